@@ -1,0 +1,70 @@
+# trafficlab: `make demo` and `make test` are the two set-up commands (see README.md).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+VERSION ?= $(shell hack/version.sh)
+PKG := github.com/trafficlab/kubectl-trafficlab
+OUT := _output
+BIN := $(CURDIR)/$(OUT)/bin
+# Build caches, cluster binaries and tools live outside the clone so a second run is fast.
+export TRAFFICLAB_CACHE ?= /var/cache/trafficlab
+export CGO_ENABLED := 0
+
+PLUGIN_LDFLAGS := -s -w -X $(PKG)/pkg/version.version=$(VERSION)
+AGENT_LDFLAGS := -s -w -X main.version=$(VERSION)
+AGENT_ARCHES := amd64 arm64
+GO_TEST_FLAGS ?= -count=1
+
+.PHONY: build agent agent-image test test-unit test-kernel e2e cluster-up cluster-down demo lint verify dist bench clean help
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+build: ## build kubectl-trafficlab and its completion helper into _output/bin
+	go build -trimpath -ldflags '$(PLUGIN_LDFLAGS)' -o $(BIN)/ ./cmd/kubectl-trafficlab ./cmd/kubectl_complete-trafficlab
+
+agent: ## build the static agent for every image platform
+	for arch in $(AGENT_ARCHES); do \
+	  GOOS=linux GOARCH=$$arch go build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o $(OUT)/agent/linux_$$arch/trafficlab-agent ./ephemeral/agent; \
+	done
+
+# The tag comes from the plugin itself, so the image is always the one the plugin will ask for.
+agent-image: build agent ## build the multi-platform agent image tarball into _output/images
+	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
+	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
+	  -entrypoint /trafficlab-agent -user 65532 -out $(OUT)/images/agent.tar
+
+test: test-unit test-kernel e2e ## every test level: unit, kernel, end to end on the local cluster
+
+test-unit: ## unit tests (kernel and e2e tests skip themselves here)
+	go test $(GO_TEST_FLAGS) ./...
+
+test-kernel: ## kernel tests in network namespaces they create (root)
+	TRAFFICLAB_KERNEL_TESTS=1 go test $(GO_TEST_FLAGS) -run Kernel ./...
+
+e2e: agent-image ## end-to-end tests on the local cluster (started and stopped if it was not up)
+	PATH="$(BIN):$$PATH" hack/e2e.sh
+
+cluster-up: agent-image ## start the local single-node cluster (builds and caches what it needs)
+	hack/cluster/up.sh
+
+cluster-down: ## stop the local cluster and remove everything it made on the host
+	hack/cluster/down.sh
+
+demo: cluster-up ## build, start the cluster, and run the plugin through kubectl's plugin discovery
+	source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && \
+	  echo "+ kubectl plugin list" && kubectl plugin list 2>/dev/null | grep trafficlab && \
+	  echo "+ kubectl trafficlab version" && kubectl trafficlab version
+
+lint: ## golangci-lint (pinned in hack/tools), with the import rules of ephemeral/ and capture/
+	hack/lint.sh
+
+dist: ## cross-compiled archives, checksums and the rendered krew manifest in dist/
+	hack/dist.sh $(VERSION)
+
+verify: dist ## krew manifest, docs map, gofmt, go vet
+	hack/verify.sh
+
+clean: ## remove build outputs (not the caches)
+	rm -rf $(OUT) dist

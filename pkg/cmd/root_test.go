@@ -1,0 +1,169 @@
+package cmd
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/version"
+)
+
+func execute(t *testing.T, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	streams, _, out, errOut := genericiooptions.NewTestIOStreams()
+	root := NewCmdTrafficlab(streams)
+	root.SetArgs(args)
+	err = root.Execute()
+	return out.String(), errOut.String(), err
+}
+
+func TestVersion(t *testing.T) {
+	info := version.Get()
+	tests := []struct {
+		name    string
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{
+			name: "plain",
+			args: []string{"version"},
+			want: "Plugin Version: " + info.Version + "\nAgent Image: " + info.AgentImage + "\n",
+		},
+		{
+			name: "yaml",
+			args: []string{"version", "-o", "yaml"},
+			want: "agentImage: " + info.AgentImage + "\ngoVersion: " + info.GoVersion + "\nversion: " + info.Version + "\n",
+		},
+		{
+			name:    "unknown output",
+			args:    []string{"version", "--output", "xml"},
+			wantErr: `--output must be 'yaml' or 'json', not "xml"`,
+		},
+		{
+			name:    "no arguments",
+			args:    []string{"version", "extra"},
+			wantErr: `unknown command "extra" for "kubectl trafficlab version"`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _, err := execute(t, tt.args...)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, out); diff != "" {
+				t.Errorf("output mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestVersionJSON(t *testing.T) {
+	out, _, err := execute(t, "version", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got version.Info
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("output is not json: %v\n%s", err, out)
+	}
+	if diff := cmp.Diff(version.Get(), got); diff != "" {
+		t.Errorf("json mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// kubectl users expect its connection flags and -v; klog's other flags would only clutter the help.
+func TestRootFlags(t *testing.T) {
+	streams, _, _, _ := genericiooptions.NewTestIOStreams()
+	root := NewCmdTrafficlab(streams)
+	for _, name := range []string{"namespace", "context", "kubeconfig", "as", "as-group", "cluster", "user", "server", "request-timeout", "v"} {
+		if root.PersistentFlags().Lookup(name) == nil {
+			t.Errorf("flag --%s is missing", name)
+		}
+	}
+	for short, long := range map[string]string{"n": "namespace", "v": "v", "s": "server"} {
+		f := root.PersistentFlags().ShorthandLookup(short)
+		if f == nil || f.Name != long {
+			t.Errorf("-%s should be --%s, got %v", short, long, f)
+		}
+	}
+	root.PersistentFlags().VisitAll(func(f *pflag.Flag) {
+		for _, klogOnly := range []string{"logtostderr", "alsologtostderr", "log_dir", "log_file", "skip_headers", "stderrthreshold", "vmodule", "add_dir_header", "one_output"} {
+			if f.Name == klogOnly {
+				t.Errorf("klog flag --%s must not be exposed", f.Name)
+			}
+		}
+	})
+}
+
+func TestFlagErrorsPointToHelp(t *testing.T) {
+	_, _, err := execute(t, "version", "--bogus")
+	if err == nil {
+		t.Fatal("want an error for an unknown flag")
+	}
+	want := "unknown flag: --bogus\nSee 'kubectl trafficlab version -h' for help and examples"
+	if err.Error() != want {
+		t.Errorf("error = %q, want %q", err.Error(), want)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	_, _, err := execute(t, "stael")
+	if err == nil || !strings.Contains(err.Error(), `unknown command "stael"`) {
+		t.Fatalf("error = %v, want unknown command", err)
+	}
+}
+
+func TestCompletion(t *testing.T) {
+	for shell, marker := range map[string]string{
+		"bash": "__start_kubectl-trafficlab",
+		"zsh":  "#compdef kubectl-trafficlab",
+		"fish": "complete -c kubectl-trafficlab",
+	} {
+		t.Run(shell, func(t *testing.T) {
+			out, _, err := execute(t, "completion", shell)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(out, marker) {
+				t.Errorf("completion %s output lacks %q", shell, marker)
+			}
+		})
+	}
+}
+
+// kubectl's plugin completion calls `kubectl-trafficlab __complete <words>`; the verbs must come back.
+func TestHiddenCompleteListsVerbs(t *testing.T) {
+	out, _, err := execute(t, "__complete", "ver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := strings.SplitN(out, "\n", 2)[0]
+	if !strings.HasPrefix(first, "version\t") {
+		t.Errorf("first completion = %q, want version", first)
+	}
+}
+
+func TestHelpUsesDisplayName(t *testing.T) {
+	out, _, err := execute(t, "--help")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "kubectl trafficlab [command]") {
+		t.Errorf("help does not use the display name:\n%s", out)
+	}
+	if strings.Contains(out, "kubectl-trafficlab [command]") {
+		t.Errorf("help shows the binary name instead of the display name")
+	}
+}
