@@ -1,0 +1,177 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+
+	"k8s.io/klog/v2"
+)
+
+// Dialer opens a connection from the pod to address ("host:port", resolved by the pod).
+type Dialer interface {
+	Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error)
+}
+
+// Forwarder listens on local addresses and carries each accepted TCP connection to the pod.
+type Forwarder struct {
+	Dialer Dialer
+	// Addresses to listen on; "localhost" means 127.0.0.1 and ::1, as kubectl port-forward does.
+	Addresses []string
+	Out       io.Writer
+	ErrOut    io.Writer
+}
+
+// Listener is one bound local address for one spec.
+type Listener struct {
+	Spec Spec
+	ln   net.Listener
+}
+
+// Addr is the bound local address (the real port when 0 was asked).
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
+
+// Listen binds every address for every TCP spec before anything is forwarded, so a port already in use
+// fails the command at once instead of after the agent is set up. It prints kubectl's
+// "Forwarding from" lines.
+func (f *Forwarder) Listen(specs []Spec) ([]*Listener, error) {
+	var out []*Listener
+	closeAll := func() {
+		for _, l := range out {
+			l.ln.Close()
+		}
+	}
+	for _, s := range specs {
+		if s.Protocol != "tcp" {
+			continue
+		}
+		bound := 0
+		var lastErr error
+		for _, host := range expand(f.Addresses) {
+			port := s.LocalPort
+			if port == 0 && len(out) > 0 && out[len(out)-1].Spec == s {
+				// ":PORT" picks one free port and uses it on every address, as kubectl does.
+				port = out[len(out)-1].ln.Addr().(*net.TCPAddr).Port
+			}
+			ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+			if err != nil {
+				lastErr = err
+				// kubectl tolerates a missing IPv6 loopback when listening on "localhost".
+				continue
+			}
+			out = append(out, &Listener{Spec: s, ln: ln})
+			bound++
+			fmt.Fprintf(f.Out, "Forwarding from %s -> %s\n", ln.Addr(), s)
+		}
+		if bound == 0 {
+			closeAll()
+			return nil, fmt.Errorf("unable to listen on any of the requested addresses %q for %s: %w", f.Addresses, s, lastErr)
+		}
+	}
+	return out, nil
+}
+
+// expand turns kubectl's "localhost" into both loopback addresses.
+func expand(addrs []string) []string {
+	if len(addrs) == 0 {
+		addrs = []string{"localhost"}
+	}
+	var out []string
+	for _, a := range addrs {
+		if a == "localhost" {
+			out = append(out, "127.0.0.1", "::1")
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// Serve accepts on every listener until ctx ends; then it closes them and waits for open connections.
+func (f *Forwarder) Serve(ctx context.Context, listeners []*Listener) error {
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, l := range listeners {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.accept(ctx, l)
+		}()
+	}
+	<-ctx.Done()
+	for _, l := range listeners {
+		l.ln.Close()
+	}
+	wg.Wait()
+	return nil
+}
+
+func (f *Forwarder) accept(ctx context.Context, l *Listener) {
+	var conns sync.WaitGroup
+	defer conns.Wait()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				fmt.Fprintf(f.ErrOut, "error: accepting on %s: %v\n", l.ln.Addr(), err)
+			}
+			return
+		}
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			f.handle(ctx, l.Spec, c)
+		}()
+	}
+}
+
+func (f *Forwarder) handle(ctx context.Context, s Spec, local net.Conn) {
+	defer local.Close()
+	klog.V(2).InfoS("handling connection", "from", local.RemoteAddr(), "to", s.String())
+	remote, err := f.Dialer.Dial(ctx, "tcp", s.Remote())
+	if err != nil {
+		// One failed dial closes one local connection; the session goes on.
+		fmt.Fprintf(f.ErrOut, "error: connection from %s to %s: %v\n", local.RemoteAddr(), s, err)
+		return
+	}
+	defer remote.Close()
+	stop := context.AfterFunc(ctx, func() {
+		local.Close()
+		remote.Close()
+	})
+	defer stop()
+	Pipe(local, remote)
+}
+
+// closeWriter is implemented by TCP connections and by tunnel streams.
+type closeWriter interface{ CloseWrite() error }
+
+// Pipe copies both ways and half-closes each direction when its source reaches EOF, so protocols that
+// shut down one side (HTTP/1.0 clients, rsync, pg COPY) keep working. It returns when both are done.
+func Pipe(a, b io.ReadWriter) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	cp := func(dst, src io.ReadWriter) {
+		defer wg.Done()
+		_, err := io.Copy(dst, src)
+		if cw, ok := dst.(closeWriter); ok && err == nil {
+			_ = cw.CloseWrite()
+			return
+		}
+		// Without half-close, or after an error, the only way to tell the other side is to close.
+		if c, ok := dst.(io.Closer); ok {
+			_ = c.Close()
+		}
+		if c, ok := src.(io.Closer); ok {
+			_ = c.Close()
+		}
+	}
+	go cp(a, b)
+	go cp(b, a)
+	wg.Wait()
+}
