@@ -2,42 +2,16 @@ package dial
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-)
 
-func TestClassify(t *testing.T) {
-	opErr := func(err error) error { return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", err)} }
-	tests := []struct {
-		name string
-		err  error
-		want Kind
-	}{
-		{"refused", opErr(syscall.ECONNREFUSED), KindRefused},
-		{"no such host", &net.DNSError{Err: "no such host", Name: "redis", IsNotFound: true}, KindUnknownHost},
-		{"dns timeout", &net.DNSError{Err: "i/o timeout", Name: "redis", IsTimeout: true}, KindTimeout},
-		{"host unreachable", opErr(syscall.EHOSTUNREACH), KindUnreachable},
-		{"network unreachable", opErr(syscall.ENETUNREACH), KindUnreachable},
-		{"connect timeout", opErr(syscall.ETIMEDOUT), KindTimeout},
-		{"context deadline", fmt.Errorf("dial: %w", context.DeadlineExceeded), KindTimeout},
-		{"permission", opErr(syscall.EPERM), KindForbidden},
-		{"other", errors.New("boom"), KindInternal},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := Classify(tt.err); got != tt.want {
-				t.Errorf("Classify(%v) = %v, want %v", tt.err, got, tt.want)
-			}
-		})
-	}
-}
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+	"golang.org/x/net/dns/dnsmessage"
+)
 
 func TestDialTCPAndUDP(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -82,29 +56,77 @@ func TestDialTCPAndUDP(t *testing.T) {
 	}
 }
 
-func TestDialRefusedIsOneLine(t *testing.T) {
+// The plugin tells the user why a dial failed from the code alone, so the cause must survive wrapping.
+func TestDialFailuresKeepTheirCode(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	closed := ln.Addr().String()
 	ln.Close()
-	_, err = (&Dialer{}).Dial(context.Background(), "tcp", addr)
-	var de *Error
-	if !errors.As(err, &de) || de.Kind != KindRefused {
-		t.Fatalf("err = %v, want a refused dial error", err)
+	nxdomain := nxdomainResolver(t)
+	tests := []struct {
+		name, network, addr string
+		resolver            *net.Resolver
+		want                wire.Code
+	}{
+		{"refused", "tcp", closed, nil, wire.CodeRefused},
+		{"unsupported network", "unix", "/tmp/x", nil, wire.CodeUnsupported},
+		{"no port", "tcp", "no-port", nil, wire.CodeBadRequest},
+		{"unknown name", "tcp", "redis.invalid:6379", nxdomain, wire.CodeUnknownHost},
 	}
-	if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), fmt.Sprintf("%q", addr)) {
-		t.Errorf("error %q should be one line quoting the address", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := (&Dialer{Timeout: 2 * time.Second, Resolver: tt.resolver}).Dial(context.Background(), tt.network, tt.addr)
+			if err == nil {
+				t.Fatal("want an error")
+			}
+			if got := wire.CodeFor(err); got != tt.want {
+				t.Errorf("CodeFor(%v) = %v, want %v", err, got, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") || !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.addr)) && tt.network != "unix" {
+				t.Errorf("error %q should be one line quoting the address", err)
+			}
+		})
 	}
 }
 
-func TestDialRejectsBadRequests(t *testing.T) {
-	for _, tc := range []struct{ network, addr string }{{"unix", "/tmp/x"}, {"tcp", "no-port"}} {
-		_, err := (&Dialer{}).Dial(context.Background(), tc.network, tc.addr)
-		var de *Error
-		if !errors.As(err, &de) || de.Kind != KindForbidden {
-			t.Errorf("Dial(%q, %q) = %v, want forbidden", tc.network, tc.addr, err)
-		}
+// nxdomainResolver points Go's resolver at a DNS server on loopback that knows no names, so the test
+// sends no query off the machine.
+func nxdomainResolver(t *testing.T) *net.Resolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, RCode: dnsmessage.RCodeNameError})
+			b.StartQuestions()
+			b.Question(q)
+			if out, err := b.Finish(); err == nil {
+				pc.WriteTo(out, from)
+			}
+		}
+	}()
+	addr := pc.LocalAddr().String()
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", addr)
+	}}
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"k8s.io/klog/v2"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // Dialer opens a connection from the pod to address ("host:port", resolved by the pod).
@@ -139,39 +141,12 @@ func (f *Forwarder) handle(ctx context.Context, s Spec, local net.Conn) {
 		fmt.Fprintf(f.ErrOut, "error: connection from %s to %s: %v\n", local.RemoteAddr(), s, err)
 		return
 	}
-	defer remote.Close()
 	stop := context.AfterFunc(ctx, func() {
 		local.Close()
 		remote.Close()
 	})
 	defer stop()
-	Pipe(local, remote)
-}
-
-// closeWriter is implemented by TCP connections and by tunnel streams.
-type closeWriter interface{ CloseWrite() error }
-
-// Pipe copies both ways and half-closes each direction when its source reaches EOF, so protocols that
-// shut down one side (HTTP/1.0 clients, rsync, pg COPY) keep working. It returns when both are done.
-func Pipe(a, b io.ReadWriter) {
-	var wg sync.WaitGroup
-	wg.Add(2)
-	cp := func(dst, src io.ReadWriter) {
-		defer wg.Done()
-		_, err := io.Copy(dst, src)
-		if cw, ok := dst.(closeWriter); ok && err == nil {
-			_ = cw.CloseWrite()
-			return
-		}
-		// Without half-close, or after an error, the only way to tell the other side is to close.
-		if c, ok := dst.(io.Closer); ok {
-			_ = c.Close()
-		}
-		if c, ok := src.(io.Closer); ok {
-			_ = c.Close()
-		}
+	if err := wire.Join(local, remote); err != nil {
+		klog.V(2).InfoS("connection ended with an error", "from", local.RemoteAddr(), "to", s.String(), "err", err)
 	}
-	go cp(a, b)
-	go cp(b, a)
-	wg.Wait()
 }
