@@ -1,0 +1,140 @@
+// Package netfilter owns the agent's nftables state. Every session keeps all its rules in one
+// table of its own, inet trafficlab_<session>, so that removing the session is one atomic table
+// delete and the agent never touches a table it did not create: the pod's netns is shared with
+// the app and possibly a service mesh or CNI, and flushing their rules would break the pod.
+//
+// It speaks netlink through github.com/google/nftables; it never runs the nft binary, which the
+// agent image does not contain.
+package netfilter
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// TablePrefix starts the name of every table the agent creates.
+	TablePrefix = "trafficlab_"
+
+	// maxIDLen keeps table names short enough for nft listings and well under the kernel's
+	// 256-byte name limit.
+	maxIDLen = 16
+
+	// family is inet so one table covers IPv4 and IPv6.
+	family = nftables.TableFamilyINet
+)
+
+// Conn is the part of *nftables.Conn this package uses; tests substitute it.
+type Conn interface {
+	AddTable(t *nftables.Table) *nftables.Table
+	DelTable(t *nftables.Table)
+	ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error)
+	Flush() error
+}
+
+// ValidateID checks that id can name a session's table: 1 to 16 characters from [a-z0-9].
+func ValidateID(id string) error {
+	if id == "" {
+		return errors.New("session id must not be empty")
+	}
+	if len(id) > maxIDLen {
+		return fmt.Errorf("session id %q is longer than %d characters", id, maxIDLen)
+	}
+	for _, r := range id {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') {
+			return fmt.Errorf("session id %q may contain only a-z and 0-9", id)
+		}
+	}
+	return nil
+}
+
+// TableName returns the name of the session's table.
+func TableName(id string) (string, error) {
+	if err := ValidateID(id); err != nil {
+		return "", err
+	}
+	return TablePrefix + id, nil
+}
+
+// Table returns the session's table as the nftables package describes it.
+func Table(id string) (*nftables.Table, error) {
+	name, err := TableName(id)
+	if err != nil {
+		return nil, err
+	}
+	return &nftables.Table{Name: name, Family: family}, nil
+}
+
+// sessionID reports whether name is a table this package would have created, and for which
+// session. Tables that merely share the prefix but could not come from TableName are foreign.
+func sessionID(name string) (string, bool) {
+	id, ok := strings.CutPrefix(name, TablePrefix)
+	if !ok || ValidateID(id) != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// Ensure creates the session's table, or leaves it as it is if it exists. Like `nft add table`,
+// it never fails because the table is already there and never removes what the table holds.
+func Ensure(c Conn, id string) error {
+	t, err := Table(id)
+	if err != nil {
+		return err
+	}
+	c.AddTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("create nftables table inet %q: %w", t.Name, err)
+	}
+	return nil
+}
+
+// Delete removes the session's table with everything in it. A table that does not exist is not
+// an error, so cleanup can run more than once (signal handler, then exit path).
+func Delete(c Conn, id string) error {
+	t, err := Table(id)
+	if err != nil {
+		return err
+	}
+	return deleteTable(c, t)
+}
+
+func deleteTable(c Conn, t *nftables.Table) error {
+	c.DelTable(t)
+	// Deleting and treating ENOENT as done, rather than listing first, has no window in which
+	// another cleanup can remove the table between the two steps.
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete nftables table inet %q: %w", t.Name, err)
+	}
+	return nil
+}
+
+// Sweep deletes the tables of sessions that keep does not claim, typically those of agents that
+// died without cleaning up, and returns their session ids. Tables of any other name or family
+// are never touched.
+func Sweep(c Conn, keep func(id string) bool) ([]string, error) {
+	tables, err := c.ListTablesOfFamily(family)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables inet tables: %w", err)
+	}
+	var deleted []string
+	var errs []error
+	for _, t := range tables {
+		id, ours := sessionID(t.Name)
+		if !ours || keep(id) {
+			continue
+		}
+		// One batch per table: nftables batches are all-or-nothing, so a table that vanished
+		// meanwhile would otherwise keep the others alive.
+		if err := deleteTable(c, &nftables.Table{Name: t.Name, Family: family}); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, id)
+	}
+	return deleted, errors.Join(errs...)
+}

@@ -1,0 +1,284 @@
+// Package session runs one plugin session inside the agent: the exec'd `trafficlab-agent session`
+// process reads the plugin's Hello on stdin, listens on the pod's loopback for data connections, and
+// serves streams until the control channel ends. Everything the session holds (listener, tunnels,
+// dialed connections) is released when Run returns, and the process exits after it, so even state the
+// kernel keeps for a process (owned nftables tables, later) cannot outlive the session.
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Config is what one session needs.
+type Config struct {
+	Version string
+	// Control is the exec stream: the plugin's frames arrive on In, ours go to Out. Out is the process's
+	// stdout, which an exec stream carries to the plugin and the runtime does not log.
+	In  io.Reader
+	Out io.Writer
+	Log *slog.Logger
+	// ListenAddress is where data connections arrive; the pod's loopback, so that no port opens on the
+	// pod IP and only the kubelet's port-forward (or a process in the pod) can reach it.
+	ListenAddress string
+	Dialer        *dial.Dialer
+	Tunnel        wire.TunnelConfig
+	// PreambleTimeout bounds an unauthenticated connection's handshake.
+	PreambleTimeout time.Duration
+	Clock           wire.Clock
+}
+
+// Run serves one session and returns why it ended. A plugin that said Bye or closed stdin is a normal
+// end (nil); a lost peer or a broken handshake is an error.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.ListenAddress == "" {
+		cfg.ListenAddress = "127.0.0.1:0"
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &dial.Dialer{}
+	}
+	if cfg.PreambleTimeout <= 0 {
+		cfg.PreambleTimeout = 10 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctrl := wire.NewControl(cfg.In, cfg.Out, wire.ControlConfig{Role: wire.RoleAgent, Version: cfg.Version, Clock: cfg.Clock})
+	hctx, cancelHello := context.WithTimeout(ctx, 30*time.Second)
+	hello, err := ctrl.ReadHello(hctx)
+	cancelHello()
+	if err != nil {
+		return fmt.Errorf("session handshake: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		_ = ctrl.Send(wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("agent cannot listen on %s: %v", cfg.ListenAddress, err)})
+		return fmt.Errorf("listen for data connections on %q: %w", cfg.ListenAddress, err)
+	}
+	id, err := newID()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	s := &server{cfg: cfg, secret: hello.Secret, log: cfg.Log.With("session", id)}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.acceptConns(ctx, ln)
+	}()
+	defer func() {
+		cancel()
+		ln.Close()
+		s.closeAll()
+		wg.Wait()
+	}()
+	if err := ctrl.Welcome(wire.Welcome{
+		SessionID:   id,
+		DataPort:    ln.Addr().(*net.TCPAddr).Port,
+		AgentPID:    os.Getpid(),
+		Kinds:       []string{wire.KindDial},
+		Compression: wire.SupportedCompression(),
+	}); err != nil {
+		return fmt.Errorf("send welcome: %w", err)
+	}
+	s.log.Info("session started", "data", ln.Addr().String(), "plugin", hello.Version)
+	err = ctrl.Run(ctx)
+	switch {
+	case errors.Is(err, wire.ErrBye), errors.Is(err, wire.ErrPeerClosed), errors.Is(err, context.Canceled):
+		s.log.Info("session ended", "why", err)
+		return nil
+	}
+	s.log.Warn("session ended", "why", err)
+	return err
+}
+
+func newID() (string, error) {
+	var b [6]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("session id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+type server struct {
+	cfg    Config
+	secret wire.Secret
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	closed   bool
+	sessions map[*wire.Session]struct{}
+	streams  sync.WaitGroup
+}
+
+func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				s.log.Error("accept data connection", "err", err)
+			}
+			return
+		}
+		s.streams.Add(1)
+		go func() {
+			defer s.streams.Done()
+			s.serveConn(ctx, c)
+		}()
+	}
+}
+
+func (s *server) serveConn(ctx context.Context, c net.Conn) {
+	_ = c.SetDeadline(time.Now().Add(s.cfg.PreambleTimeout))
+	if err := wire.ServerPreamble(c, s.secret); err != nil {
+		// Anything in the pod can connect to the loopback port; only the secret's holder gets a tunnel.
+		s.log.Warn("data connection refused", "from", c.RemoteAddr().String(), "err", err)
+		c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	t, err := wire.Server(c, s.cfg.Tunnel)
+	if err != nil {
+		s.log.Error("start tunnel", "err", err)
+		c.Close()
+		return
+	}
+	if !s.track(t) {
+		t.Close()
+		return
+	}
+	defer s.untrack(t)
+	for {
+		in, err := t.Accept(ctx)
+		if err != nil {
+			return
+		}
+		s.streams.Add(1)
+		go func() {
+			defer s.streams.Done()
+			s.serveStream(ctx, in)
+		}()
+	}
+}
+
+func (s *server) track(t *wire.Session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.sessions == nil {
+		s.sessions = map[*wire.Session]struct{}{}
+	}
+	s.sessions[t] = struct{}{}
+	return true
+}
+
+func (s *server) untrack(t *wire.Session) {
+	s.mu.Lock()
+	delete(s.sessions, t)
+	s.mu.Unlock()
+	t.Close()
+}
+
+// closeAll ends every tunnel, which ends every stream in it, so Run's wait cannot hang on a stream
+// whose peer vanished.
+func (s *server) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	ts := make([]*wire.Session, 0, len(s.sessions))
+	for t := range s.sessions {
+		ts = append(ts, t)
+	}
+	s.mu.Unlock()
+	for _, t := range ts {
+		t.Close()
+	}
+}
+
+func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
+	req := in.Request()
+	if req.Kind != wire.KindDial {
+		_ = in.Reject(fmt.Errorf("stream kind %q: %w", req.Kind, wire.ErrUnsupported))
+		return
+	}
+	c, err := s.cfg.Dialer.Dial(ctx, req.Network, req.Address)
+	if err != nil {
+		s.log.Info("dial failed", "network", req.Network, "address", req.Address, "err", err)
+		_ = in.Reject(err)
+		return
+	}
+	if req.Network == wire.NetworkUDP {
+		st, err := in.AcceptWith(wire.CompressionNone)
+		if err != nil {
+			c.Close()
+			return
+		}
+		relayUDP(st, c)
+		return
+	}
+	st, err := in.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.Close()
+		c.Close()
+	})
+	defer stop()
+	if err := wire.Join(st, c); err != nil {
+		s.log.Debug("stream ended with an error", "address", req.Address, "err", err)
+	}
+}
+
+// relayUDP carries datagrams between a stream and a connected UDP socket until either ends.
+func relayUDP(st *wire.Stream, c net.Conn) {
+	defer st.Close()
+	defer c.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, wire.MaxDatagramSize)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				st.Close()
+				return
+			}
+			if err := wire.WriteDatagram(st, buf[:n]); err != nil {
+				c.Close()
+				return
+			}
+		}
+	}()
+	buf := make([]byte, wire.MaxDatagramSize)
+	for {
+		n, err := wire.ReadDatagram(st, buf)
+		if err != nil {
+			break
+		}
+		// A lost datagram is UDP's normal life; only the stream's end ends the association.
+		_, _ = c.Write(buf[:n])
+	}
+	c.Close()
+	<-done
+}

@@ -1,0 +1,284 @@
+// Package tunnel is the plugin's end of a session with the agent: it execs `trafficlab-agent session`
+// for the control channel, opens data connections to the port the agent names, and hands out streams
+// that dial from the pod. It sees the cluster only through two one-method interfaces, so the whole
+// session runs in tests over in-memory pipes.
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// ControlStarter starts the agent's session process and connects its stdin and stdout; it returns when
+// the process ends. In the plugin it is an exec into the agent container.
+type ControlStarter interface {
+	StartControl(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error
+}
+
+// DataOpener opens one byte stream to 127.0.0.1:port inside the pod: a port-forward stream, or an exec
+// relay when port-forward is not allowed.
+type DataOpener interface {
+	OpenData(ctx context.Context, port int) (io.ReadWriteCloser, error)
+}
+
+// Config is what Connect needs.
+type Config struct {
+	Control ControlStarter
+	Data    DataOpener
+	// DataConns is how many data connections carry streams; more than one spreads the kubelet's and
+	// apiserver's per-connection work over cores. Zero means 1.
+	DataConns int
+	Version   string
+	Tunnel    wire.TunnelConfig
+	// HeartbeatInterval and HeartbeatDeadline bound how long a cut network goes unnoticed.
+	HeartbeatInterval time.Duration
+	HeartbeatDeadline time.Duration
+	// Compression is offered on TCP streams, best first; nil offers none.
+	Compression []wire.Compression
+	// HandshakeTimeout bounds the exec start, the Hello and each data preamble.
+	HandshakeTimeout time.Duration
+}
+
+// Conn is a live session with the agent.
+type Conn struct {
+	cfg     Config
+	welcome wire.Welcome
+	ctrl    *wire.Control
+	stdin   *io.PipeWriter
+	stderr  *tailBuffer
+
+	tunnels []*wire.Session
+	mu      sync.Mutex
+	next    int
+
+	cancel   context.CancelFunc
+	done     chan struct{}
+	err      error
+	execDone chan error
+	closing  sync.Once
+}
+
+// Connect starts a session and its data connections. On error nothing is left running.
+func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+	if cfg.DataConns <= 0 {
+		cfg.DataConns = 1
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 30 * time.Second
+	}
+	secret, err := wire.NewSecret()
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	c := &Conn{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan error, 1)}
+	go func() {
+		err := cfg.Control.StartControl(runCtx, inR, outW, c.stderr)
+		if err == nil {
+			err = io.EOF
+		}
+		outW.CloseWithError(err)
+		inR.CloseWithError(err)
+		c.execDone <- err
+	}()
+	c.ctrl = wire.NewControl(outR, inW, wire.ControlConfig{
+		Role: wire.RolePlugin, Version: cfg.Version,
+		HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatDeadline: cfg.HeartbeatDeadline,
+	})
+	fail := func(err error) (*Conn, error) {
+		c.shutdown(err)
+		return nil, err
+	}
+	hctx, hcancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer hcancel()
+	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret})
+	if err != nil {
+		return fail(c.withAgentOutput(fmt.Errorf("agent session: %w", err)))
+	}
+	for range cfg.DataConns {
+		t, err := c.openTunnel(hctx, secret)
+		if err != nil {
+			return fail(err)
+		}
+		c.tunnels = append(c.tunnels, t)
+	}
+	go c.run(runCtx)
+	return c, nil
+}
+
+func (c *Conn) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Session, error) {
+	rwc, err := c.cfg.Data.OpenData(ctx, c.welcome.DataPort)
+	if err != nil {
+		return nil, fmt.Errorf("open data connection to the agent's port %d: %w", c.welcome.DataPort, err)
+	}
+	// Port-forward streams have no deadlines: closing is the only way to unblock a stuck preamble.
+	stop := context.AfterFunc(ctx, func() { rwc.Close() })
+	err = wire.ClientPreamble(rwc, secret)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		rwc.Close()
+		return nil, fmt.Errorf("data connection handshake: %w", err)
+	}
+	t, err := wire.Client(rwc, c.cfg.Tunnel)
+	if err != nil {
+		rwc.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// run watches the session: the control channel's end (heartbeat loss, EOF, Bye) or the loss of every
+// data connection ends it.
+func (c *Conn) run(ctx context.Context) {
+	allGone := make(chan struct{})
+	go func() {
+		for _, t := range c.tunnels {
+			select {
+			case <-t.Done():
+			case <-ctx.Done():
+				return
+			}
+		}
+		close(allGone)
+	}()
+	ctrlDone := make(chan error, 1)
+	go func() { ctrlDone <- c.ctrl.Run(ctx) }()
+	var err error
+	select {
+	case err = <-ctrlDone:
+		err = c.withAgentOutput(fmt.Errorf("agent session ended: %w", err))
+	case <-allGone:
+		err = errors.New("agent session ended: every data connection to the agent is closed")
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	c.shutdown(err)
+}
+
+// withAgentOutput adds the last line the agent printed, which usually says why it stopped.
+func (c *Conn) withAgentOutput(err error) error {
+	if line := c.stderr.lastLine(); line != "" {
+		return fmt.Errorf("%w (agent: %s)", err, line)
+	}
+	return err
+}
+
+func (c *Conn) shutdown(err error) {
+	c.closing.Do(func() {
+		c.err = err
+		for _, t := range c.tunnels {
+			t.Close()
+		}
+		c.stdin.Close()
+		c.cancel()
+		close(c.done)
+	})
+}
+
+// Welcome is what the agent said about itself.
+func (c *Conn) Welcome() wire.Welcome { return c.welcome }
+
+// Done is closed when the session has ended; Err then says why.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is why the session ended, nil while it runs.
+func (c *Conn) Err() error {
+	select {
+	case <-c.done:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline,
+// and waits (bounded) for the agent's session process to exit.
+func (c *Conn) Close() error {
+	select {
+	case <-c.done:
+	default:
+		_ = c.ctrl.Bye("plugin closed the session")
+	}
+	c.shutdown(errClosed)
+	select {
+	case <-c.execDone:
+	case <-time.After(5 * time.Second):
+	}
+	return nil
+}
+
+var errClosed = errors.New("session closed")
+
+// Dial opens a stream through which the agent dials address from the pod.
+func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error) {
+	t := c.pick()
+	if t == nil {
+		if err := c.Err(); err != nil {
+			return nil, err
+		}
+		return nil, wire.ErrSessionClosed
+	}
+	req := wire.OpenRequest{Kind: wire.KindDial, Network: network, Address: address}
+	if network == wire.NetworkTCP {
+		req.Compression = c.cfg.Compression
+	}
+	s, err := t.Open(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// pick spreads streams over the data connections, preferring the least loaded.
+func (c *Conn) pick() *wire.Session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var best *wire.Session
+	for i := range c.tunnels {
+		t := c.tunnels[(c.next+i)%len(c.tunnels)]
+		if t.IsClosed() {
+			continue
+		}
+		if best == nil || t.NumStreams() < best.NumStreams() {
+			best = t
+		}
+	}
+	c.next++
+	return best
+}
+
+// tailBuffer keeps the last bytes the agent wrote to stderr.
+type tailBuffer struct {
+	mu  sync.Mutex
+	b   []byte
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = t.b[len(t.b)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) lastLine() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	lines := bytes.Split(bytes.TrimSpace(t.b), []byte("\n"))
+	return strings.TrimSpace(string(lines[len(lines)-1]))
+}

@@ -1,0 +1,323 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// fixedSecret is 0x00..0x1f, so golden bytes are stable.
+func fixedSecret() Secret {
+	var s Secret
+	for i := range s {
+		s[i] = byte(i)
+	}
+	return s
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	tests := []Message{
+		Hello{Protocol: Protocol, Version: "v1.2.3", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}},
+		// Another protocol's Hello keeps only the frozen fields.
+		Hello{Protocol: 99, Version: "v99"},
+		Welcome{Protocol: Protocol, Version: "v1.2.3", SessionID: "a1b2", DataPort: 40000, AgentPID: 1, Kinds: []string{KindDial}, Compression: SupportedCompression()},
+		Welcome{Protocol: 2, Version: "v9"},
+		Heartbeat{Seq: 1<<64 - 1},
+		Heartbeat{},
+		Error{Code: CodeProtocolMismatch, Message: "x", Protocol: 2, Version: "v2"},
+		Error{Code: CodeInternal, Message: "nft: \"table\" busy\n"},
+		Bye{Reason: "interrupted"},
+		Bye{},
+		OpenRequest{Kind: KindDial, Network: NetworkTCP, Address: "db.default.svc:5432", Compression: []Compression{CompressionS2, CompressionZstd}},
+		OpenRequest{Kind: KindDial, Network: NetworkUDP, Address: "[fd00::1]:53"},
+		OpenRequest{Kind: "steal", Address: "ignored for unknown kinds"},
+		OpenReply{Code: CodeOK, Compression: CompressionZstd},
+		OpenReply{Code: CodeRefused, Message: "dial tcp 10.0.0.1:80: connect: connection refused"},
+	}
+	for _, m := range tests {
+		t.Run(fmt.Sprintf("%v", m.FrameType()), func(t *testing.T) {
+			var buf bytes.Buffer
+			if err := WriteMessage(&buf, m); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ReadMessage(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(m, got); diff != "" {
+				t.Errorf("round trip (-want +got):\n%s", diff)
+			}
+			if buf.Len() != 0 {
+				t.Errorf("%d bytes left after one frame", buf.Len())
+			}
+		})
+	}
+}
+
+// TestGolden pins the bytes of every frame type. If this fails, the wire format changed: bump
+// Protocol and update docs/protocol.md, or undo the change.
+func TestGolden(t *testing.T) {
+	frame := func(m Message) []byte {
+		b, err := AppendFrame(nil, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	hdr := func(typ byte, body string) string {
+		return fmt.Sprintf("%02x%08x", typ, len(body)) + hex.EncodeToString([]byte(body))
+	}
+	tests := []struct {
+		name string
+		got  []byte
+		want string
+	}{
+		{"hello", frame(Hello{Protocol: 1, Version: "v1.0.0", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}}),
+			hdr(0x01, `{"protocol":1,"version":"v1.0.0","secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","options":{"heartbeatIntervalMs":1000,"heartbeatDeadlineMs":5000}}`)},
+		{"welcome", frame(Welcome{Protocol: 1, Version: "v1.0.0", SessionID: "s1", DataPort: 40000, AgentPID: 12, Kinds: []string{"dial"}, Compression: []Compression{"s2", "zstd"}}),
+			hdr(0x02, `{"protocol":1,"version":"v1.0.0","sessionId":"s1","dataPort":40000,"agentPid":12,"kinds":["dial"],"compression":["s2","zstd"]}`)},
+		{"heartbeat", frame(Heartbeat{Seq: 3}), hdr(0x03, `{"seq":3}`)},
+		{"error", frame(Error{Code: CodeProtocolMismatch, Message: "m", Protocol: 1, Version: "v1.0.0"}),
+			hdr(0x04, `{"code":8,"message":"m","protocol":1,"version":"v1.0.0"}`)},
+		{"bye", frame(Bye{Reason: "done"}), hdr(0x05, `{"reason":"done"}`)},
+		{"open", frame(OpenRequest{Kind: "dial", Network: "tcp", Address: "localhost:8080", Compression: []Compression{"s2"}}),
+			hdr(0x10, `{"kind":"dial","network":"tcp","address":"localhost:8080","compression":["s2"]}`)},
+		{"open reply ok", frame(OpenReply{Code: CodeOK, Compression: CompressionS2}), hdr(0x11, `{"code":0,"compression":"s2"}`)},
+		{"open reply error", frame(OpenReply{Code: CodeRefused, Message: "refused"}), hdr(0x11, `{"code":1,"message":"refused"}`)},
+		// The fixed parts, spelled out so the test does not merely repeat the encoder.
+		{"heartbeat literal", frame(Heartbeat{Seq: 3}), "03" + "00000009" + "7b22736571223a337d"},
+		{"preamble", AppendPreamble(nil, Preamble{Protocol: 1, Secret: fixedSecret()}),
+			"544c4401" + "0001" + "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"},
+		{"preamble ack ok", AppendPreambleAck(nil, CodeOK), "544c4101" + "0001" + "00"},
+		{"preamble ack forbidden", AppendPreambleAck(nil, CodeForbidden), "544c4101" + "0001" + "04"},
+		{"control magic", []byte(ControlMagic), "544c4301"},
+		{"datagram", mustDatagram(t, []byte("dns?")), "0004" + "646e733f"},
+		{"empty datagram", mustDatagram(t, nil), "0000"},
+		{"raw block", blockBytes(t, CompressionNone, []byte("hello")), "00000005" + "68656c6c6f"},
+		{"small block stays raw", blockBytes(t, CompressionS2, []byte("hello")), "00000005" + "68656c6c6f"},
+		{"s2 block header", blockBytes(t, CompressionS2, bytes.Repeat([]byte("a"), 1024))[:7], "01" + "00000a" + "000400"},
+		{"end block", endBlock(t), "ff000000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := hex.EncodeToString(tt.got); got != tt.want {
+				t.Errorf("bytes changed:\n got %s\nwant %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func mustDatagram(t *testing.T, p []byte) []byte {
+	b, err := AppendDatagram(nil, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func blockBytes(t *testing.T, c Compression, p []byte) []byte {
+	var out bytes.Buffer
+	st, err := Wrap(nopCloser{&out}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(p); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+func endBlock(t *testing.T) []byte {
+	var out bytes.Buffer
+	st, _ := Wrap(nopCloser{&out}, CompressionNone)
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes()
+}
+
+func rawFrame(typ byte, body string) []byte {
+	return append([]byte{typ, byte(len(body) >> 24), byte(len(body) >> 16), byte(len(body) >> 8), byte(len(body))}, body...)
+}
+
+type nopCloser struct{ io.ReadWriter }
+
+func (nopCloser) Close() error { return nil }
+
+func TestReadFrameErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, io.EOF},
+		{"short header", []byte{1, 0, 0}, io.ErrUnexpectedEOF},
+		{"short body", []byte{3, 0, 0, 0, 9, '{'}, io.ErrUnexpectedEOF},
+		{"too large", []byte{1, 0, 1, 0, 1}, ErrFrameTooLarge},
+		{"unknown type", []byte{0x7f, 0, 0, 0, 2, '{', '}'}, ErrMalformed},
+		{"not an object", []byte{3, 0, 0, 0, 4, 'n', 'u', 'l', 'l'}, ErrMalformed},
+		{"bad json", []byte{3, 0, 0, 0, 1, '{'}, ErrMalformed},
+		{"hello without secret", rawFrame(1, `{"protocol":1}`), ErrMalformed},
+		{"short secret", rawFrame(1, `{"protocol":1,"secret":"AAEC"}`), ErrMalformed},
+		{"welcome without port", rawFrame(2, `{"protocol":1}`), ErrMalformed},
+		{"error with ok code", rawFrame(4, `{"code":0}`), ErrMalformed},
+		{"open without kind", rawFrame(0x10, `{}`), ErrBadRequest},
+		{"open bad port", rawFrame(0x10, `{"kind":"dial","network":"tcp","address":"h:99999"}`), ErrBadRequest},
+		{"open bad network", rawFrame(0x10, `{"kind":"dial","network":"ip","address":"h:1"}`), ErrUnsupported},
+		{"reply unknown codec", rawFrame(0x11, `{"code":0,"compression":"lz4"}`), ErrUnsupported},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ReadMessage(bytes.NewReader(tt.in))
+			if !errors.Is(err, tt.want) {
+				t.Errorf("got %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestPreamble(t *testing.T) {
+	secret := fixedSecret()
+	other := secret
+	other[31] ^= 1
+	tests := []struct {
+		name       string
+		client     Preamble
+		serverWant error
+	}{
+		{"ok", Preamble{Protocol: Protocol, Secret: secret}, nil},
+		{"bad secret", Preamble{Protocol: Protocol, Secret: other}, ErrBadSecret},
+		{"zero secret", Preamble{Protocol: Protocol}, ErrBadSecret},
+		{"plugin newer", Preamble{Protocol: Protocol + 1, Secret: secret}, ErrProtocolMismatch},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, s := pipePair(t)
+			defer c.Close()
+			defer s.Close()
+			serr := make(chan error, 1)
+			go func() { serr <- ServerPreamble(s, secret) }()
+			// Write the preamble by hand so the test can lie about the protocol.
+			if _, err := c.Write(AppendPreamble(nil, tt.client)); err != nil {
+				t.Fatal(err)
+			}
+			proto, code, err := ReadPreambleAck(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if proto != Protocol {
+				t.Errorf("agent answered with protocol %d", proto)
+			}
+			if got := <-serr; !errors.Is(got, tt.serverWant) {
+				t.Errorf("server: %v, want %v", got, tt.serverWant)
+			}
+			if (tt.serverWant == nil) != (code == CodeOK) {
+				t.Errorf("answer code %v for server error %v", code, tt.serverWant)
+			}
+		})
+	}
+	// The plugin's view, through ClientPreamble.
+	t.Run("client bad secret", func(t *testing.T) {
+		c, s := pipePair(t)
+		defer c.Close()
+		go func() { _ = ServerPreamble(s, other); s.Close() }()
+		err := ClientPreamble(c, secret)
+		if !errors.Is(err, ErrBadSecret) {
+			t.Errorf("got %v, want ErrBadSecret", err)
+		}
+	})
+	t.Run("client sees newer agent", func(t *testing.T) {
+		c, s := pipePair(t)
+		defer c.Close()
+		go func() {
+			_, _ = ReadPreamble(s)
+			ack := AppendPreambleAck(nil, CodeProtocolMismatch)
+			ack[5] = 2 // a protocol-2 agent
+			_, _ = s.Write(ack)
+		}()
+		err := ClientPreamble(c, secret)
+		want := "agent speaks protocol 2, this plugin speaks 1: upgrade kubectl-trafficlab"
+		if err == nil || err.Error() != want {
+			t.Errorf("got %v, want %s", err, want)
+		}
+	})
+	t.Run("bad magic", func(t *testing.T) {
+		_, err := ReadPreamble(strings.NewReader(strings.Repeat("GET / HTTP/1.1\r\n", 3)))
+		if !errors.Is(err, ErrBadMagic) || !strings.Contains(err.Error(), `"GET "`) {
+			t.Errorf("got %v", err)
+		}
+	})
+}
+
+func TestSecretNeverPrinted(t *testing.T) {
+	h := Hello{Protocol: 1, Secret: fixedSecret()}
+	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
+		out := fmt.Sprintf(f, h)
+		if strings.Contains(out, "AAEC") || strings.Contains(out, "[0 1 2") || strings.Contains(out, "0x0, 0x1") {
+			t.Errorf("%s of a Hello shows the secret: %s", f, out)
+		}
+	}
+}
+
+func TestCodeFor(t *testing.T) {
+	tests := []struct {
+		err  error
+		want Code
+	}{
+		{nil, CodeOK},
+		{&RemoteError{Code: CodeUnreachable}, CodeUnreachable},
+		{fmt.Errorf("wrapped: %w", ErrBadSecret), CodeForbidden},
+		{errors.New("?"), CodeInternal},
+	}
+	for _, tt := range tests {
+		if got := CodeFor(tt.err); got != tt.want {
+			t.Errorf("CodeFor(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestDatagrams(t *testing.T) {
+	var buf bytes.Buffer
+	d := NewDatagramConn(&buf)
+	in := [][]byte{[]byte("a"), {}, bytes.Repeat([]byte{7}, MaxDatagramSize), []byte("after the big one")}
+	for _, p := range in {
+		if err := d.WriteDatagram(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.WriteDatagram(make([]byte, MaxDatagramSize+1)); !errors.Is(err, ErrDatagramTooLarge) {
+		t.Errorf("oversized write: %v", err)
+	}
+	rbuf := make([]byte, MaxDatagramSize)
+	var got [][]byte
+	for {
+		n, err := d.ReadDatagram(rbuf)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, append([]byte{}, rbuf[:n]...))
+	}
+	if diff := cmp.Diff(in, got); diff != "" {
+		t.Errorf("datagrams (-want +got):\n%s", diff)
+	}
+	// A datagram larger than the buffer is skipped whole, so the next one still lines up.
+	buf.Reset()
+	_ = d.WriteDatagram([]byte("too long"))
+	_ = d.WriteDatagram([]byte("ok"))
+	small := make([]byte, 4)
+	if _, err := d.ReadDatagram(small); !errors.Is(err, ErrDatagramTooLarge) {
+		t.Errorf("short buffer: %v", err)
+	}
+	if n, err := d.ReadDatagram(small); err != nil || string(small[:n]) != "ok" {
+		t.Errorf("next datagram: %q, %v", small[:n], err)
+	}
+}

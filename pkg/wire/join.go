@@ -1,0 +1,69 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// Join copies a→b and b→a until both directions end, propagating half-closes: when one side's reads
+// end in io.EOF, the other side's write half is closed (CloseWrite when it has one). When a direction
+// fails otherwise (an abort, a reset), both sides are closed at once, and a *net.TCPConn is closed
+// with a reset so that the failure stays visible end to end. Join closes a and b before returning.
+func Join(a, b io.ReadWriteCloser) error {
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	var once sync.Once
+	abort := func() {
+		once.Do(func() {
+			resetTCP(a)
+			resetTCP(b)
+			_ = a.Close()
+			_ = b.Close()
+		})
+	}
+	pipe := func(i int, dst, src io.ReadWriteCloser) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		_, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, buf)
+		if err == nil {
+			err = closeWrite(dst)
+		}
+		if err != nil {
+			errs[i] = err
+			abort()
+		}
+	}
+	wg.Add(2)
+	go pipe(0, b, a)
+	go pipe(1, a, b)
+	wg.Wait()
+	_ = a.Close()
+	_ = b.Close()
+	return errors.Join(errs...)
+}
+
+// closeWrite half-closes w when it can; a writer without a write half is fully closed, which is the
+// best a plain io.WriteCloser can signal.
+func closeWrite(w io.WriteCloser) error {
+	if cw, ok := w.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return fmt.Errorf("close write: %w", err)
+		}
+		return nil
+	}
+	return w.Close()
+}
+
+func resetTCP(c io.Closer) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+}
+
+// writerOnly and readerOnly hide ReadFrom/WriteTo so that io.CopyBuffer uses our 64 KiB buffer, which
+// matches MaxBlockSize; *net.TCPConn's WriteTo would copy through its own smaller buffer.
+type writerOnly struct{ io.Writer }
+type readerOnly struct{ io.Reader }

@@ -1,0 +1,214 @@
+package wire
+
+import (
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+)
+
+// SecretSize is the length of a session secret.
+const SecretSize = 32
+
+// Secret authenticates data connections to the session that created it. It prints as "[redacted]"
+// so that logging a Hello with %v or %+v cannot leak it.
+type Secret [SecretSize]byte
+
+// NewSecret returns a secret from crypto/rand.
+func NewSecret() (Secret, error) {
+	var s Secret
+	if _, err := rand.Read(s[:]); err != nil {
+		return s, fmt.Errorf("generate session secret: %w", err)
+	}
+	return s, nil
+}
+
+// Equal compares in constant time, so that response timing reveals nothing about the secret.
+func (s Secret) Equal(o Secret) bool { return subtle.ConstantTimeCompare(s[:], o[:]) == 1 }
+
+// IsZero reports an unset secret, which no session may use.
+func (s Secret) IsZero() bool { return s == Secret{} }
+
+func (Secret) String() string   { return "[redacted]" }
+func (Secret) GoString() string { return "wire.Secret{[redacted]}" }
+
+// MarshalText encodes the secret as standard base64; only the JSON encoder should ever call it.
+func (s Secret) MarshalText() ([]byte, error) {
+	return base64.StdEncoding.AppendEncode(nil, s[:]), nil
+}
+
+// UnmarshalText accepts exactly SecretSize bytes of standard base64.
+func (s *Secret) UnmarshalText(b []byte) error {
+	raw, err := base64.StdEncoding.AppendDecode(nil, b)
+	if err != nil {
+		return fmt.Errorf("secret: %w", err)
+	}
+	if len(raw) != SecretSize {
+		return fmt.Errorf("secret is %d bytes, want %d: %w", len(raw), SecretSize, ErrMalformed)
+	}
+	copy(s[:], raw)
+	return nil
+}
+
+// Duration travels as integer milliseconds: readable in a hex dump and free of float rounding.
+type Duration int64
+
+// Std converts to time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) * time.Millisecond }
+
+// Millis converts from time.Duration, truncating below a millisecond.
+func Millis(d time.Duration) Duration { return Duration(d / time.Millisecond) }
+
+// SessionOptions are chosen by the plugin and adopted by the agent. Zero values mean "the default".
+type SessionOptions struct {
+	HeartbeatInterval Duration `json:"heartbeatIntervalMs,omitempty"`
+	HeartbeatDeadline Duration `json:"heartbeatDeadlineMs,omitempty"`
+}
+
+// Hello is the plugin's first control frame.
+type Hello struct {
+	Protocol int            `json:"protocol"`
+	Version  string         `json:"version"`
+	Secret   Secret         `json:"secret"`
+	Options  SessionOptions `json:"options"`
+}
+
+// Welcome is the agent's answer to an acceptable Hello.
+type Welcome struct {
+	Protocol  int    `json:"protocol"`
+	Version   string `json:"version"`
+	SessionID string `json:"sessionId"`
+	// DataPort is the agent's listener on 127.0.0.1 inside the pod, for port-forward.
+	DataPort int `json:"dataPort"`
+	AgentPID int `json:"agentPid"`
+	// Kinds lists the stream kinds the agent accepts, so the plugin can refuse a verb up front
+	// instead of failing on the first stream.
+	Kinds []string `json:"kinds,omitempty"`
+	// Compression lists the codecs the agent can decode and encode.
+	Compression []Compression `json:"compression,omitempty"`
+}
+
+// Heartbeat proves liveness; Seq only helps when reading traces.
+type Heartbeat struct {
+	Seq uint64 `json:"seq"`
+}
+
+// Error reports a failure on the control channel. A protocol mismatch carries the sender's
+// protocol and version so the receiver can say which side to upgrade.
+type Error struct {
+	Code     Code   `json:"code"`
+	Message  string `json:"message"`
+	Protocol int    `json:"protocol,omitempty"`
+	Version  string `json:"version,omitempty"`
+}
+
+// Bye ends the session on purpose; the receiver releases everything and exits.
+type Bye struct {
+	Reason string `json:"reason,omitempty"`
+}
+
+// Stream kinds. The side that opens a stream is fixed per kind (see docs/protocol.md); a peer that
+// does not know a kind replies CodeUnsupported, so adding a kind does not bump Protocol.
+const (
+	// KindDial is opened by the plugin: the agent dials Address from the pod's network namespace.
+	KindDial = "dial"
+)
+
+// Networks a dial may ask for.
+const (
+	NetworkTCP = "tcp"
+	NetworkUDP = "udp"
+)
+
+// OpenRequest is the first frame on every stream, sent by the side that opened it.
+type OpenRequest struct {
+	Kind    string `json:"kind"`
+	Network string `json:"network,omitempty"`
+	// Address is host:port as the pod should dial it.
+	Address string `json:"address,omitempty"`
+	// Compression lists acceptable codecs in the opener's order of preference; empty means none.
+	Compression []Compression `json:"compression,omitempty"`
+}
+
+// OpenReply answers an OpenRequest. Only after a CodeOK reply does stream data follow, framed and
+// compressed as Compression says.
+type OpenReply struct {
+	Code        Code        `json:"code"`
+	Message     string      `json:"message,omitempty"`
+	Compression Compression `json:"compression,omitempty"`
+}
+
+func (Hello) FrameType() FrameType       { return FrameHello }
+func (Welcome) FrameType() FrameType     { return FrameWelcome }
+func (Heartbeat) FrameType() FrameType   { return FrameHeartbeat }
+func (Error) FrameType() FrameType       { return FrameError }
+func (Bye) FrameType() FrameType         { return FrameBye }
+func (OpenRequest) FrameType() FrameType { return FrameOpen }
+func (OpenReply) FrameType() FrameType   { return FrameOpenReply }
+
+// validate checks only what the frame itself can know. Hellos and Welcomes of another protocol never
+// get here (see Frame.Decode): a mismatch must reach the handshake, which turns it into advice.
+func (h *Hello) validate() error {
+	if h.Secret.IsZero() {
+		return fmt.Errorf("empty secret: %w", ErrMalformed)
+	}
+	if h.Options.HeartbeatInterval < 0 || h.Options.HeartbeatDeadline < 0 {
+		return fmt.Errorf("negative heartbeat option: %w", ErrMalformed)
+	}
+	return nil
+}
+
+func (w *Welcome) validate() error {
+	if w.DataPort <= 0 || w.DataPort > 65535 {
+		return fmt.Errorf("data port %d out of range: %w", w.DataPort, ErrMalformed)
+	}
+	return nil
+}
+
+func (*Heartbeat) validate() error { return nil }
+func (*Bye) validate() error       { return nil }
+
+func (e *Error) validate() error {
+	if e.Code == CodeOK {
+		return fmt.Errorf("error frame with code ok: %w", ErrMalformed)
+	}
+	return nil
+}
+
+func (r *OpenReply) validate() error {
+	if r.Code == CodeOK && !r.Compression.known() {
+		return fmt.Errorf("reply chose codec %q: %w", r.Compression, ErrUnsupported)
+	}
+	return nil
+}
+
+// validate checks the shape of the request. An unknown kind or network is not malformed: the
+// receiver answers CodeUnsupported so that newer peers can probe older ones.
+func (r *OpenRequest) validate() error {
+	if r.Kind == "" {
+		return fmt.Errorf("open request without kind: %w", ErrBadRequest)
+	}
+	if r.Kind != KindDial {
+		return nil
+	}
+	if r.Network != NetworkTCP && r.Network != NetworkUDP {
+		return fmt.Errorf("network %q: %w", r.Network, ErrUnsupported)
+	}
+	host, port, err := net.SplitHostPort(r.Address)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", r.Address, ErrBadRequest)
+	}
+	if host == "" {
+		return fmt.Errorf("address %q has no host: %w", r.Address, ErrBadRequest)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("address %q: port must be 1-65535: %w", r.Address, ErrBadRequest)
+	}
+	return nil
+}
+
+// Validate lets the opener catch a bad request before it costs a round trip.
+func (r OpenRequest) Validate() error { return r.validate() }
