@@ -14,6 +14,7 @@ import (
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/portforward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/version"
 )
 
@@ -64,7 +65,10 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 	configFlags.AddFlags(flags)
 	addKlogVerbosity(cmd)
 
-	cmd.AddCommand(version.NewCmdVersion(streams))
+	cmd.AddCommand(
+		portforward.NewCmdPortForward(streams, configFlags),
+		version.NewCmdVersion(streams),
+	)
 	return cmd
 }
 

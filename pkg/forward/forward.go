@@ -37,6 +37,9 @@ type Listener struct {
 // Addr is the bound local address (the real port when 0 was asked).
 func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 
+// Close releases the address; Serve does it on its own when ctx ends.
+func (l *Listener) Close() error { return l.ln.Close() }
+
 // Listen binds every address for every TCP spec before anything is forwarded, so a port already in use
 // fails the command at once instead of after the agent is set up. It prints kubectl's
 // "Forwarding from" lines.

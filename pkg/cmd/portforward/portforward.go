@@ -1,0 +1,190 @@
+// Package portforward implements `kubectl trafficlab port-forward`: local ports to anything the pod can
+// reach, dialed from the pod's network namespace by the agent.
+package portforward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/kubectl/pkg/util/templates"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+)
+
+var (
+	pfLong = templates.LongDesc(`
+		Forward local ports to any host and port the pod can reach.
+
+		Unlike kubectl port-forward, which reaches only the pod's own ports, the far end is dialed
+		from inside the pod's network namespace by the trafficlab agent: the pod's localhost, other
+		pods and services by IP, and DNS names as the pod resolves them (search domains included).
+		TCP and UDP. The agent is added to the pod as an ephemeral container (or reused), needs no
+		capability, and leaves the pod as it was when the command ends.`)
+
+	pfExample = templates.Examples(`
+		# Forward local 8080 to port 80 on the pod's own localhost
+		kubectl trafficlab port-forward pod/web 8080:80
+
+		# Reach a service the pod sees by its short name, on local 6379
+		kubectl trafficlab port-forward deploy/api redis:6379
+
+		# Ask the cluster's DNS through the pod, over UDP
+		kubectl trafficlab port-forward pod/web 5353:kube-dns.kube-system:53/udp
+
+		# Listen on all interfaces, several forwards at once
+		kubectl trafficlab port-forward svc/api --address 0.0.0.0 8080:80 5432:db.data:5432`)
+)
+
+// Options holds what port-forward needs to run.
+type Options struct {
+	Target    target.Options
+	Session   session.Options
+	Addresses []string
+	Specs     []forward.Spec
+
+	args        []string
+	configFlags *genericclioptions.ConfigFlags
+	config      *rest.Config
+	client      kubernetes.Interface
+
+	genericiooptions.IOStreams
+}
+
+// NewOptions returns Options with kubectl's defaults.
+func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *Options {
+	return &Options{IOStreams: streams, configFlags: configFlags, Session: session.NewOptions(), Addresses: []string{"localhost"}}
+}
+
+// NewCmdPortForward returns the port-forward command.
+func NewCmdPortForward(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *cobra.Command {
+	o := NewOptions(streams, configFlags)
+	cmd := &cobra.Command{
+		Use:                   "port-forward TYPE/NAME [LOCAL_PORT:]HOST:PORT[/udp] [...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Forward local ports to anything the pod can reach",
+		Long:                  pfLong,
+		Example:               pfExample,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(cmd, args); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
+	cmd.Flags().StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	cmd.Flags().StringSliceVar(&o.Addresses, "address", o.Addresses, "Addresses to listen on (comma separated). Only accepts IP addresses or localhost as a value. When localhost is supplied, trafficlab will try to bind on both 127.0.0.1 and ::1 and will fail if neither of these addresses are available to bind.")
+	o.Session.AddFlags(cmd.Flags())
+	return cmd
+}
+
+// Complete reads flags, arguments and the kubeconfig.
+func (o *Options) Complete(cmd *cobra.Command, args []string) error {
+	o.args = args
+	if o.Target.Selector == "" && len(args) > 0 {
+		o.Target.Resource = args[0]
+		args = args[1:]
+	}
+	o.Specs = nil
+	for _, a := range args {
+		s, err := forward.ParseSpec(a)
+		if err != nil {
+			return err
+		}
+		o.Specs = append(o.Specs, s)
+	}
+	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return fmt.Errorf("reading the namespace from kubeconfig: %w", err)
+	}
+	o.Target.Namespace = ns
+	if o.config, err = o.configFlags.ToRESTConfig(); err != nil {
+		return fmt.Errorf("reading kubeconfig: %w", err)
+	}
+	if o.client, err = kubernetes.NewForConfig(o.config); err != nil {
+		return fmt.Errorf("creating a client: %w", err)
+	}
+	return nil
+}
+
+// Validate checks the options; no I/O.
+func (o *Options) Validate() error {
+	if o.Target.Resource == "" && o.Target.Selector == "" {
+		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab port-forward pod/web 8080:80")
+	}
+	if len(o.Specs) == 0 {
+		return errors.New("at least one [LOCAL_PORT:]HOST:PORT[/udp] is required, e.g. 8080:80 or redis:6379")
+	}
+	for _, a := range o.Addresses {
+		if a != "localhost" && !isIP(a) {
+			return fmt.Errorf("--address %q is not an IP address or localhost", a)
+		}
+	}
+	return o.Session.Validate()
+}
+
+// Run binds the local ports first (a busy port fails before anything is added to the pod), then starts
+// the session and forwards until interrupted or the agent goes away.
+func (o *Options) Run(ctx context.Context) error {
+	fw := &forward.Forwarder{Addresses: o.Addresses, Out: o.Out, ErrOut: o.ErrOut}
+	tcp, err := fw.Listen(o.Specs)
+	if err != nil {
+		return err
+	}
+	udp, err := fw.ListenUDP(o.Specs)
+	if err != nil {
+		for _, l := range tcp {
+			l.Close()
+		}
+		return err
+	}
+	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{Target: o.Target}, o.ErrOut)
+	if err != nil {
+		for _, l := range tcp {
+			l.Close()
+		}
+		for _, l := range udp {
+			l.Close()
+		}
+		return err
+	}
+	defer s.Close()
+	fw.Dialer = s.Conn
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		fw.Serve(fctx, tcp)
+	}()
+	go func() {
+		defer wg.Done()
+		fw.ServeUDP(fctx, udp)
+	}()
+	select {
+	case <-ctx.Done():
+		cancel()
+		wg.Wait()
+		return nil
+	case <-s.Conn.Done():
+		cancel()
+		wg.Wait()
+		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
+	}
+}
+
+func isIP(s string) bool { return net.ParseIP(s) != nil }

@@ -1,0 +1,239 @@
+// Package session is the path every verb shares: resolve the target, add or reuse the agent, and open
+// a tunnel to it, printing a timed progress line for each step. Verbs then use the tunnel.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/pflag"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/progress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/tunnel"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/version"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Data paths.
+const (
+	DataAuto        = "auto"
+	DataPortForward = "portforward"
+	DataExec        = "exec"
+)
+
+// Options are the agent flags every verb shares.
+type Options struct {
+	AgentImage       string
+	ImagePullPolicy  string
+	AgentIdleTimeout time.Duration
+	AllowHostNetwork bool
+	Transport        string
+	DataPath         string
+	DataConnections  int
+	AgentWaitTimeout time.Duration
+	Quiet            bool
+}
+
+// NewOptions returns the defaults.
+func NewOptions() Options {
+	return Options{
+		AgentImage:       version.Get().AgentImage,
+		AgentIdleTimeout: 10 * time.Minute,
+		Transport:        string(transport.ProtocolAuto),
+		DataPath:         DataAuto,
+		DataConnections:  2,
+		AgentWaitTimeout: 2 * time.Minute,
+	}
+}
+
+// AddFlags registers the shared flags.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
+	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
+	fs.DurationVar(&o.AgentIdleTimeout, "agent-idle-timeout", o.AgentIdleTimeout, "How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed). 0 keeps it until the pod ends.")
+	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's.")
+	fs.StringVar(&o.Transport, "transport", o.Transport, "How streams reach the kubelet: auto, spdy or websocket.")
+	fs.StringVar(&o.DataPath, "data-path", o.DataPath, "How traffic reaches the agent: auto (port-forward, exec when port-forward is forbidden), portforward or exec.")
+	fs.IntVar(&o.DataConnections, "data-connections", o.DataConnections, "Parallel data connections to the agent.")
+	fs.DurationVar(&o.AgentWaitTimeout, "agent-wait-timeout", o.AgentWaitTimeout, "How long to wait for the agent to start.")
+	fs.BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
+}
+
+// Validate checks the flags only.
+func (o *Options) Validate() error {
+	if o.AgentImage == "" {
+		return errors.New("--agent-image must not be empty")
+	}
+	switch corev1.PullPolicy(o.ImagePullPolicy) {
+	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
+	default:
+		return fmt.Errorf("--image-pull-policy must be Always, IfNotPresent or Never, not %q", o.ImagePullPolicy)
+	}
+	if o.AgentIdleTimeout < 0 {
+		return fmt.Errorf("--agent-idle-timeout must not be negative, not %q", o.AgentIdleTimeout)
+	}
+	if _, err := transport.ParseProtocol(o.Transport); err != nil {
+		return fmt.Errorf("--transport: %w", err)
+	}
+	switch o.DataPath {
+	case DataAuto, DataPortForward, DataExec:
+	default:
+		return fmt.Errorf("--data-path must be auto, portforward or exec, not %q", o.DataPath)
+	}
+	if o.DataConnections < 1 || o.DataConnections > 16 {
+		return fmt.Errorf("--data-connections must be from 1 to 16, not %d", o.DataConnections)
+	}
+	if o.AgentWaitTimeout <= 0 {
+		return fmt.Errorf("--agent-wait-timeout must be positive, not %q", o.AgentWaitTimeout)
+	}
+	return nil
+}
+
+// Request is what one verb asks for.
+type Request struct {
+	Target       target.Options
+	Capabilities inject.Capabilities
+}
+
+// Session is a live tunnel to an agent in the target pod.
+type Session struct {
+	Target *target.Target
+	Agent  string
+	Conn   *tunnel.Conn
+	data   io.Closer
+}
+
+// Close ends the tunnel; the agent's session process exits and releases what it held.
+func (s *Session) Close() error {
+	err := s.Conn.Close()
+	if s.data != nil {
+		s.data.Close()
+	}
+	return err
+}
+
+// Start runs the shared path. Progress goes to errOut, as kubectl's own progress does, so that a verb's
+// stdout stays its own.
+func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface, o Options, req Request, errOut io.Writer) (*Session, error) {
+	p := progress.New(errOut, o.Quiet)
+	proto, _ := transport.ParseProtocol(o.Transport)
+	what := req.Target.Resource
+	if what == "" {
+		what = "pods matching " + fmt.Sprintf("%q", req.Target.Selector)
+	}
+	p.Stepf("resolving %s in namespace %s", what, req.Target.Namespace)
+	tgt, err := target.Resolve(ctx, client, req.Target)
+	if err != nil {
+		return nil, err
+	}
+	pod := tgt.Pod
+	spec := inject.AgentSpec{
+		Image:            o.AgentImage,
+		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
+		TargetContainer:  tgt.Container,
+		Capabilities:     req.Capabilities,
+		IdleTimeout:      o.AgentIdleTimeout,
+		MemoryLimitBytes: 64 << 20,
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	name, reuse, why := inject.FindReusable(pod, spec)
+	if why != "" {
+		p.Stepf("%s", why)
+	}
+	dataPath := o.DataPath
+	needs := target.Needs{Inject: !reuse, Exec: true, PortForward: dataPath != DataExec, Transport: targetTransport(proto)}
+	if err := target.Preflight(ctx, client, pod.Namespace, pod.Name, needs); err != nil {
+		var missing *inject.MissingPermissionError
+		if dataPath != DataAuto || !errors.As(err, &missing) || !onlyPortForward(missing) {
+			return nil, err
+		}
+		// Exec carries data too, three times slower; better slow than refused.
+		fmt.Fprintf(errOut, "warning: %v; carrying data over exec instead (slower)\n", err)
+		dataPath = DataExec
+		needs.PortForward = false
+		if err := target.Preflight(ctx, client, pod.Namespace, pod.Name, needs); err != nil {
+			return nil, err
+		}
+	}
+	if !reuse {
+		c := inject.BuildAgentContainer(pod, spec)
+		name = c.Name
+		p.Stepf("adding agent %s to pod %s/%s", name, pod.Namespace, pod.Name)
+		if _, err := inject.Inject(ctx, client, pod, c); err != nil {
+			return nil, err
+		}
+		p.Stepf("waiting for agent %s to start", name)
+		wctx, cancel := context.WithTimeout(ctx, o.AgentWaitTimeout)
+		_, err := inject.WaitRunning(wctx, client, pod.Namespace, pod.Name, name)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		p.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
+	}
+	restClient := client.CoreV1().RESTClient()
+	execer := &transport.KubeExecutor{Config: config, Client: restClient, Protocol: proto}
+	var data tunnel.DataOpener
+	var closer io.Closer
+	switch dataPath {
+	case DataExec:
+		data = &transport.ExecData{Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name, Binary: inject.AgentBinary}
+	default:
+		pf := &transport.PortForwardData{Config: config, Client: restClient, Namespace: pod.Namespace, Pod: pod.Name, Protocol: proto}
+		data, closer = pf, pf
+	}
+	conn, err := tunnel.Connect(ctx, tunnel.Config{
+		Control: &transport.AgentControl{
+			Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name,
+			Command: []string{inject.AgentBinary, "session"},
+		},
+		Data:        data,
+		DataConns:   o.DataConnections,
+		Version:     version.Get().Version,
+		Tunnel:      wire.DefaultTunnelConfig(),
+		Compression: wire.SupportedCompression(),
+	})
+	if err != nil {
+		if closer != nil {
+			closer.Close()
+		}
+		return nil, err
+	}
+	via := "exec"
+	if pf, ok := data.(*transport.PortForwardData); ok {
+		via = "port-forward over " + string(pf.Used())
+	}
+	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
+	return &Session{Target: tgt, Agent: name, Conn: conn, data: closer}, nil
+}
+
+func onlyPortForward(e *inject.MissingPermissionError) bool {
+	for _, r := range e.Rules {
+		if r.Resource != "pods/portforward" {
+			return false
+		}
+	}
+	return len(e.Rules) > 0
+}
+
+func targetTransport(p transport.Protocol) target.Transport {
+	switch p {
+	case transport.ProtocolSPDY:
+		return target.TransportSPDY
+	case transport.ProtocolWebSocket:
+		return target.TransportWebSocket
+	}
+	return target.TransportWebSocketOrSPDY
+}
