@@ -31,6 +31,7 @@ agent: ## build the static agent for every image platform
 
 # The tag comes from the plugin itself, so the image is always the one the plugin will ask for.
 agent-image: build agent ## build the multi-platform agent image tarball into _output/images
+	mkdir -p $(OUT)/images
 	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
 	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
 	  -entrypoint /trafficlab-agent -user 65532 -out $(OUT)/images/agent.tar

@@ -67,7 +67,10 @@ func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptio
 
 // NewCmdPortForward returns the port-forward command.
 func NewCmdPortForward(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *cobra.Command {
-	o := NewOptions(streams, configFlags)
+	return newCmd(NewOptions(streams, configFlags))
+}
+
+func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "port-forward TYPE/NAME [LOCAL_PORT:]HOST:PORT[/udp] [...]",
 		DisableFlagsInUseLine: true,
