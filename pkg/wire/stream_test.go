@@ -141,3 +141,6 @@ func TestStreamCorruption(t *testing.T) {
 		})
 	}
 }
+
+// Stream is what the plugin's forwarders and the agent's dialer hand around as a HalfCloser.
+var _ HalfCloser = (*Stream)(nil)

@@ -1,0 +1,128 @@
+// Command echo is the trafficlab HTTP test peer. On one port it speaks HTTP/1.1 with
+// keep-alive and HTTP/2 cleartext (h2c with prior knowledge, via net/http's Protocols; the
+// x/net h2c package is deprecated and would add only the Upgrade dance), and serves:
+//
+//	/            JSON description of the request: method, path, headers, body sha256, pod
+//	/sink        same as /, meant for large POST bodies (the body is hashed, never stored)
+//	/bytes?n=N   N pseudo-random bytes (seed=S picks the stream, default 1); the sha256 of
+//	             what was sent follows in the X-Body-Sha256 trailer
+//	/healthz     200 "ok"
+//
+// Usage: peer-echo [-addr :8080]   (or ECHO_ADDR)
+package main
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+)
+
+type reply struct {
+	Pod        string              `json:"pod"`
+	Method     string              `json:"method"`
+	Path       string              `json:"path"`
+	Query      string              `json:"query,omitempty"`
+	Proto      string              `json:"proto"`
+	Host       string              `json:"host"`
+	RemoteAddr string              `json:"remoteAddr"`
+	Headers    map[string][]string `json:"headers"`
+	BodyBytes  int64               `json:"bodyBytes"`
+	BodySHA256 string              `json:"bodySha256"`
+}
+
+func podName() string {
+	if p := os.Getenv("POD_NAME"); p != "" {
+		return p
+	}
+	h, _ := os.Hostname()
+	return h
+}
+
+func echo(pod string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("read body: %v", err), http.StatusBadRequest)
+			return
+		}
+		rep := reply{
+			Pod: pod, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Proto: r.Proto,
+			Host: r.Host, RemoteAddr: r.RemoteAddr, Headers: r.Header,
+			BodyBytes: n, BodySHA256: hex.EncodeToString(h.Sum(nil)),
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Pod", pod)
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			log.Printf("write reply to %s: %v", r.RemoteAddr, err)
+		}
+	}
+}
+
+// randReader is a deterministic stream so clients can recompute what they should get.
+type randReader struct{ src *rand.ChaCha8 }
+
+func (r randReader) Read(p []byte) (int, error) { return r.src.Read(p) }
+
+func bytesHandler(pod string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "want ?n=<non-negative byte count>", http.StatusBadRequest)
+			return
+		}
+		seed, _ := strconv.ParseUint(r.URL.Query().Get("seed"), 10, 64)
+		if seed == 0 {
+			seed = 1
+		}
+		var key [32]byte
+		for i := 0; i < 8; i++ {
+			key[i] = byte(seed >> (8 * i))
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("X-Pod", pod)
+		w.Header().Set("X-Bytes", strconv.FormatInt(n, 10))
+		w.Header().Set("Trailer", "X-Body-Sha256")
+		h := sha256.New()
+		start := time.Now()
+		sent, err := io.CopyBuffer(io.MultiWriter(w, h), io.LimitReader(randReader{rand.NewChaCha8(key)}, n), make([]byte, 256<<10))
+		if err != nil {
+			log.Printf("bytes to %s: sent %d of %d: %v", r.RemoteAddr, sent, n, err)
+			return
+		}
+		w.Header().Set("X-Body-Sha256", hex.EncodeToString(h.Sum(nil)))
+		log.Printf("bytes to %s: %d in %s", r.RemoteAddr, sent, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+func main() {
+	def := os.Getenv("ECHO_ADDR")
+	if def == "" {
+		def = ":8080"
+	}
+	addr := flag.String("addr", def, "listen address")
+	flag.Parse()
+	pod := podName()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/bytes", bytesHandler(pod))
+	mux.HandleFunc("/sink", echo(pod))
+	mux.HandleFunc("/", echo(pod))
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge on the same port
+	srv := &http.Server{Addr: *addr, Handler: mux, Protocols: &protos, ReadHeaderTimeout: 30 * time.Second}
+	log.Printf("peer-echo %s listening on %s (http/1.1 + h2c)", pod, *addr)
+	log.Fatal(srv.ListenAndServe())
+}
