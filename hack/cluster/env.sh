@@ -37,7 +37,8 @@ KUBERNETES_SVC_IP=10.96.0.1
 DNS_SVC_IP=10.96.0.10
 ETCD_PORT=23790 ETCD_PEER_PORT=23800 API_PORT=16443 KUBELET_PORT=10250 KUBELET_HEALTHZ_PORT=10248
 PROXY_HEALTHZ_PORT=10256 PROXY_METRICS_PORT=10249
-GUARD_TABLE=trafficlab_guard
+# Not "trafficlab_*": that prefix belongs to the agent's session tables, which it sweeps.
+GUARD_TABLE=tlcluster_guard
 
 export KUBECONFIG=$CLUSTER_DIR/admin.kubeconfig
 # Our kubectl first: the base image ships an unrelated /usr/bin/kubectl v1.32.

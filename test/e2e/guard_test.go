@@ -21,7 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const guardTable = "trafficlab_guard"
+const guardTable = "tlcluster_guard"
 
 func run(t *testing.T, args ...string) string {
 	t.Helper()
