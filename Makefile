@@ -69,3 +69,8 @@ verify: dist ## krew manifest, docs map, gofmt, go vet
 
 clean: ## remove build outputs (not the caches)
 	rm -rf $(OUT) dist
+
+bench: build agent-image ## trafficlab vs kubectl port-forward on the local cluster; table in _output/bench.md
+	hack/cluster/up.sh
+	source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && eval "$$(hack/cluster/images.sh)" && \
+	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --out $(OUT)/bench.md

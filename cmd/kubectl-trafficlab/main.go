@@ -8,7 +8,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd"
 )
@@ -20,6 +22,7 @@ func main() {
 // run keeps deferred cleanups (the signal handler, and through the context every session's teardown)
 // ahead of os.Exit.
 func run() int {
+	quietStreamErrors()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := cmd.NewCmdTrafficlab(genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr})
@@ -28,4 +31,15 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// quietStreamErrors moves client-go's "Unhandled Error" lines to -v=2: its exec and port-forward readers
+// report the ordinary close of a finished stream as an error, which would follow every clean exit of a
+// session. Every error that matters reaches the user through a returned error instead.
+func quietStreamErrors() {
+	utilruntime.ErrorHandlers = []utilruntime.ErrorHandler{
+		func(ctx context.Context, err error, msg string, keysAndValues ...any) {
+			klog.FromContext(ctx).V(2).Info("stream error", append([]any{"err", err, "msg", msg}, keysAndValues...)...)
+		},
+	}
 }

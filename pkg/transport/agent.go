@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"time"
 
 	"k8s.io/client-go/rest"
 )
@@ -107,8 +108,9 @@ func (e *ExecData) OpenData(ctx context.Context, port int) (io.ReadWriteCloser, 
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c := &execConn{r: outR, w: inW, cancel: cancel}
+	c := &execConn{r: outR, w: inW, cancel: cancel, done: make(chan struct{})}
 	go func() {
+		defer close(c.done)
 		err := e.Exec.Exec(ctx, ExecRequest{
 			Namespace: e.Namespace, Pod: e.Pod, Container: e.Container,
 			Command: []string{e.Binary, "relay", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))},
@@ -128,6 +130,7 @@ type execConn struct {
 	r      *io.PipeReader
 	w      *io.PipeWriter
 	cancel context.CancelFunc
+	done   chan struct{}
 }
 
 func (c *execConn) Read(p []byte) (int, error)  { return c.r.Read(p) }
@@ -136,8 +139,16 @@ func (c *execConn) Write(p []byte) (int, error) { return c.w.Write(p) }
 // CloseWrite ends the exec's stdin, which the relay reads as EOF.
 func (c *execConn) CloseWrite() error { return c.w.Close() }
 
+// Close ends stdin first so the relay exits and the exec ends cleanly; it cuts the stream only if the
+// relay does not go within a second.
 func (c *execConn) Close() error {
 	c.w.Close()
+	// Drain what the relay still sends, so its writes do not fail while it shuts down.
+	go func() { _, _ = io.Copy(io.Discard, c.r) }()
+	select {
+	case <-c.done:
+	case <-time.After(time.Second):
+	}
 	c.r.CloseWithError(fmt.Errorf("exec data connection closed: %w", io.ErrClosedPipe))
 	c.cancel()
 	return nil

@@ -96,7 +96,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatDeadline: cfg.HeartbeatDeadline,
 	})
 	fail := func(err error) (*Conn, error) {
-		c.shutdown(err)
+		c.shutdown(err, false)
 		return nil, err
 	}
 	hctx, hcancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
@@ -164,7 +164,7 @@ func (c *Conn) run(ctx context.Context) {
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
-	c.shutdown(err)
+	c.shutdown(err, false)
 }
 
 // withAgentOutput adds the last line the agent printed, which usually says why it stopped.
@@ -175,14 +175,19 @@ func (c *Conn) withAgentOutput(err error) error {
 	return err
 }
 
-func (c *Conn) shutdown(err error) {
+// shutdown ends the session and, unless graceful, the exec stream at once. A graceful end (Close)
+// only closes stdin, so that the agent exits and the exec stream ends cleanly; cutting it under a
+// reading client-go stream makes client-go log errors the user should not see.
+func (c *Conn) shutdown(err error, graceful bool) {
 	c.closing.Do(func() {
 		c.err = err
 		for _, t := range c.tunnels {
 			t.Close()
 		}
 		c.stdin.Close()
-		c.cancel()
+		if !graceful {
+			c.cancel()
+		}
 		close(c.done)
 	})
 }
@@ -206,16 +211,21 @@ func (c *Conn) Err() error {
 // Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline,
 // and waits (bounded) for the agent's session process to exit.
 func (c *Conn) Close() error {
-	select {
-	case <-c.done:
-	default:
+	alive := c.Err() == nil
+	// Data first: a goodbye first would make the agent drop the data connections under our last
+	// writes, and an exec data path would log the failed write.
+	for _, t := range c.tunnels {
+		t.Close()
+	}
+	if alive {
 		_ = c.ctrl.Bye("plugin closed the session")
 	}
-	c.shutdown(errClosed)
+	c.shutdown(errClosed, true)
 	select {
 	case <-c.execDone:
 	case <-time.After(5 * time.Second):
 	}
+	c.cancel()
 	return nil
 }
 

@@ -12,6 +12,7 @@
 package main
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -106,6 +107,37 @@ func bytesHandler(pod string) http.HandlerFunc {
 	}
 }
 
+// jsonHandler streams about n bytes of JSON records shaped like an API list response: repetitive keys,
+// varying values. Benchmarks use it for compressible payloads.
+func jsonHandler(pod string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, "want ?n=<non-negative byte count>", http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("X-Pod", pod)
+		bw := bufio.NewWriterSize(w, 256<<10)
+		phases := [...]string{"Running", "Pending", "Succeeded"}
+		var written int64
+		bw.WriteString(`{"kind":"List","items":[`)
+		for i := 0; written < n; i++ {
+			if i > 0 {
+				bw.WriteByte(',')
+			}
+			rec := fmt.Sprintf(`{"metadata":{"name":"web-%d-%x","namespace":"shop","uid":"%08x-%04x-4000-8000-%012x","resourceVersion":"%d","labels":{"app":"web","tier":"frontend","pod-template-hash":"%x"}},"spec":{"nodeName":"node-%d","containers":[{"name":"app","image":"registry.example/shop/web:v1.%d.0","ports":[{"containerPort":8080,"protocol":"TCP"}]}]},"status":{"phase":"%s","podIP":"10.88.%d.%d","startTime":"2026-11-23T01:%02d:%02dZ","restartCount":%d}}`,
+				i, i*2654435761%1000003, i*7919, i%65536, i*104729, 100000+i, i%4096, i%16, i%40, phases[i%3], (i/250)%250, i%250, (i/60)%60, i%60, i%7)
+			bw.WriteString(rec)
+			written += int64(len(rec)) + 1
+		}
+		bw.WriteString("]}\n")
+		if err := bw.Flush(); err != nil {
+			log.Printf("json to %s: %v", r.RemoteAddr, err)
+		}
+	}
+}
+
 func main() {
 	def := os.Getenv("ECHO_ADDR")
 	if def == "" {
@@ -117,6 +149,7 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/bytes", bytesHandler(pod))
+	mux.HandleFunc("/json", jsonHandler(pod))
 	mux.HandleFunc("/sink", echo(pod))
 	mux.HandleFunc("/", echo(pod))
 	var protos http.Protocols
