@@ -33,7 +33,7 @@ func (d *Dialer) Dial(ctx context.Context, network, address string) (net.Conn, e
 		return nil, fmt.Errorf("dial %q: network must be tcp or udp: %w", network, wire.ErrUnsupported)
 	}
 	if _, _, err := net.SplitHostPort(address); err != nil {
-		return nil, fmt.Errorf("dial %s %q: %v: %w", network, address, err, wire.ErrBadRequest)
+		return nil, fmt.Errorf("dial %s %q: %w: %w", network, address, err, wire.ErrBadRequest)
 	}
 	timeout := d.Timeout
 	if timeout <= 0 {

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 func TestDialTCPAndUDP(t *testing.T) {

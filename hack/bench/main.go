@@ -250,7 +250,9 @@ func render(rs []result, size int64, requests int) string {
 	return b.String()
 }
 
-func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms" }
+func ms(d time.Duration) string {
+	return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 2, 64) + " ms"
+}
 
 func ratio(a, b time.Duration) float64 { return float64(a) / float64(b) }
 

@@ -97,7 +97,7 @@ func expand(addrs []string) []string {
 }
 
 // Serve accepts on every listener until ctx ends; then it closes them and waits for open connections.
-func (f *Forwarder) Serve(ctx context.Context, listeners []*Listener) error {
+func (f *Forwarder) Serve(ctx context.Context, listeners []*Listener) {
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -113,7 +113,6 @@ func (f *Forwarder) Serve(ctx context.Context, listeners []*Listener) error {
 		l.ln.Close()
 	}
 	wg.Wait()
-	return nil
 }
 
 func (f *Forwarder) accept(ctx context.Context, l *Listener) {

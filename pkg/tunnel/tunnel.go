@@ -62,7 +62,7 @@ type Conn struct {
 	cancel   context.CancelFunc
 	done     chan struct{}
 	err      error
-	execDone chan error
+	execDone chan struct{} // closed when the exec'd session process has ended
 	closing  sync.Once
 }
 
@@ -81,7 +81,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &Conn{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan error, 1)}
+	c := &Conn{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan struct{})}
 	go func() {
 		err := cfg.Control.StartControl(runCtx, inR, outW, c.stderr)
 		if err == nil {
@@ -89,7 +89,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		}
 		outW.CloseWithError(err)
 		inR.CloseWithError(err)
-		c.execDone <- err
+		close(c.execDone)
 	}()
 	c.ctrl = wire.NewControl(outR, inW, wire.ControlConfig{
 		Role: wire.RolePlugin, Version: cfg.Version,

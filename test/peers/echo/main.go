@@ -121,17 +121,17 @@ func jsonHandler(pod string) http.HandlerFunc {
 		bw := bufio.NewWriterSize(w, 256<<10)
 		phases := [...]string{"Running", "Pending", "Succeeded"}
 		var written int64
-		bw.WriteString(`{"kind":"List","items":[`)
+		_, _ = bw.WriteString(`{"kind":"List","items":[`)
 		for i := 0; written < n; i++ {
 			if i > 0 {
-				bw.WriteByte(',')
+				_ = bw.WriteByte(',')
 			}
 			rec := fmt.Sprintf(`{"metadata":{"name":"web-%d-%x","namespace":"shop","uid":"%08x-%04x-4000-8000-%012x","resourceVersion":"%d","labels":{"app":"web","tier":"frontend","pod-template-hash":"%x"}},"spec":{"nodeName":"node-%d","containers":[{"name":"app","image":"registry.example/shop/web:v1.%d.0","ports":[{"containerPort":8080,"protocol":"TCP"}]}]},"status":{"phase":"%s","podIP":"10.88.%d.%d","startTime":"2026-11-23T01:%02d:%02dZ","restartCount":%d}}`,
 				i, i*2654435761%1000003, i*7919, i%65536, i*104729, 100000+i, i%4096, i%16, i%40, phases[i%3], (i/250)%250, i%250, (i/60)%60, i%60, i%7)
-			bw.WriteString(rec)
+			_, _ = bw.WriteString(rec)
 			written += int64(len(rec)) + 1
 		}
-		bw.WriteString("]}\n")
+		_, _ = bw.WriteString("]}\n")
 		if err := bw.Flush(); err != nil {
 			log.Printf("json to %s: %v", r.RemoteAddr, err)
 		}
