@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Builds pinned dev tools once into a cache outside the repo and prints the path
+# of each, one per line.
+#
+#   hack/tools/install.sh golangci-lint
+#   hack/tools/install.sh validate-krew-manifest kubectl-krew
+#
+# The versions live in hack/tools/golangci/go.mod and hack/tools/krew/go.mod
+# (Go 1.24+ `tool` directives), two modules so neither tool's dependency graph
+# moves the other's (together they would bump golangci-lint's x/text and krew's
+# x/net, x/text, logr) and neither touches the main go.mod. Without this script:
+#
+#   go tool -modfile=hack/tools/golangci/go.mod golangci-lint run
+#
+# Cache: ${TRAFFICLAB_CACHE:-/var/cache/trafficlab}/tools/<module>-<key>/, where
+# <key> hashes the module's go.mod + go.sum, the Go version and GOOS/GOARCH, so
+# bumping a pin or Go rebuilds and a second run only stats the binary. When
+# /var/cache is not writable (non-root) it falls back to
+# ${XDG_CACHE_HOME:-$HOME/.cache}/trafficlab.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+cache_root() {
+	if [[ -n "${TRAFFICLAB_CACHE:-}" ]]; then
+		printf '%s\n' "$TRAFFICLAB_CACHE"
+		return
+	fi
+	if mkdir -p /var/cache/trafficlab 2>/dev/null && [[ -w /var/cache/trafficlab ]]; then
+		printf '%s\n' /var/cache/trafficlab
+		return
+	fi
+	printf '%s\n' "${XDG_CACHE_HOME:-$HOME/.cache}/trafficlab"
+}
+
+# tool name -> "<module dir under hack/tools> <package>"
+spec() {
+	case "$1" in
+	golangci-lint) echo "golangci github.com/golangci/golangci-lint/v2/cmd/golangci-lint" ;;
+	validate-krew-manifest) echo "krew sigs.k8s.io/krew/cmd/validate-krew-manifest" ;;
+	kubectl-krew) echo "krew sigs.k8s.io/krew/cmd/krew" ;;
+	*) return 1 ;;
+	esac
+}
+
+if [[ $# -eq 0 ]]; then
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew ..." >&2
+	exit 2
+fi
+
+cache="$(cache_root)"
+goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
+
+for tool in "$@"; do
+	if ! read -r moddir pkg < <(spec "$tool"); then
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew" >&2
+		exit 2
+	fi
+	mod="$root/hack/tools/$moddir"
+	key="$( { cat "$mod/go.mod" "$mod/go.sum"; echo "$goversion"; } | sha256sum | cut -c1-12)"
+	dir="$cache/tools/$moddir-$key"
+	bin="$dir/$tool"
+	if [[ ! -x "$bin" ]]; then
+		mkdir -p "$dir"
+		echo "building $tool (pinned in hack/tools/$moddir/go.mod) into $dir" >&2
+		tmp="$(mktemp "$dir/.$tool.XXXXXX")"
+		# GOOS/GOARCH/CGO from the caller's environment must not leak into a
+		# host tool (dist.sh exports them while cross-compiling).
+		if ! env -u GOOS -u GOARCH -u CGO_ENABLED go build -C "$mod" -mod=readonly -buildvcs=false -trimpath -o "$tmp" "$pkg"; then
+			rm -f "$tmp"
+			echo "hack/tools/install.sh: building $tool failed; check network access to the Go module proxy or run: go -C hack/tools/$moddir mod download" >&2
+			exit 1
+		fi
+		mv -f "$tmp" "$bin"
+	fi
+	printf '%s\n' "$bin"
+done
