@@ -41,8 +41,8 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 func (l *Listener) Close() error { return l.ln.Close() }
 
 // Listen binds every address for every TCP spec before anything is forwarded, so a port already in use
-// fails the command at once instead of after the agent is set up. It prints kubectl's
-// "Forwarding from" lines.
+// fails the command at once instead of after the agent is set up. Nothing is printed until Announce:
+// scripts wait for "Forwarding from" as they do with kubectl, and it must mean the forward works.
 func (f *Forwarder) Listen(specs []Spec) ([]*Listener, error) {
 	var out []*Listener
 	closeAll := func() {
@@ -70,7 +70,6 @@ func (f *Forwarder) Listen(specs []Spec) ([]*Listener, error) {
 			}
 			out = append(out, &Listener{Spec: s, ln: ln})
 			bound++
-			fmt.Fprintf(f.Out, "Forwarding from %s -> %s\n", ln.Addr(), s)
 		}
 		if bound == 0 {
 			closeAll()
@@ -78,6 +77,16 @@ func (f *Forwarder) Listen(specs []Spec) ([]*Listener, error) {
 		}
 	}
 	return out, nil
+}
+
+// Announce prints kubectl's "Forwarding from" line for every bound address.
+func (f *Forwarder) Announce(tcp []*Listener, udp []*UDPListener) {
+	for _, l := range tcp {
+		fmt.Fprintf(f.Out, "Forwarding from %s -> %s\n", l.Addr(), l.Spec)
+	}
+	for _, l := range udp {
+		fmt.Fprintf(f.Out, "Forwarding from %s/udp -> %s\n", l.Addr(), l.Spec)
+	}
 }
 
 // expand turns kubectl's "localhost" into both loopback addresses.

@@ -76,6 +76,10 @@ func startForwarder(t *testing.T, d Dialer, specs ...Spec) (*Forwarder, []*Liste
 	if err != nil {
 		t.Fatal(err)
 	}
+	if out.String() != "" {
+		t.Fatalf("Listen printed %q before the session exists", out.String())
+	}
+	f.Announce(ls, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -31,7 +31,7 @@ func (l *UDPListener) Addr() net.Addr { return l.pc.LocalAddr() }
 // Close releases the address; ServeUDP does it on its own when ctx ends.
 func (l *UDPListener) Close() error { return l.pc.Close() }
 
-// ListenUDP binds every address for every UDP spec and prints kubectl-style lines.
+// ListenUDP binds every address for every UDP spec; Announce prints them.
 func (f *Forwarder) ListenUDP(specs []Spec) ([]*UDPListener, error) {
 	var out []*UDPListener
 	for _, s := range specs {
@@ -52,7 +52,6 @@ func (f *Forwarder) ListenUDP(specs []Spec) ([]*UDPListener, error) {
 			}
 			out = append(out, &UDPListener{Spec: s, pc: pc})
 			bound++
-			fmt.Fprintf(f.Out, "Forwarding from %s/udp -> %s\n", pc.LocalAddr(), s)
 		}
 		if bound == 0 {
 			for _, l := range out {

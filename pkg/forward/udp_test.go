@@ -42,6 +42,7 @@ func TestUDPForwardKeepsClientsApart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.Announce(nil, ls)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

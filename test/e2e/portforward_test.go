@@ -622,15 +622,14 @@ func TestPortForwardErrors(t *testing.T) {
 					errLines = append(errLines, l.text)
 				case l.stream == "stderr" && progressRE.MatchString(l.text):
 				case l.stream == "stdout" && strings.HasPrefix(l.text, "Forwarding from "):
-					// Known defect (reported): the local ports are bound, and announced, before the
-					// target is resolved, so a command that fails still printed "Forwarding from".
+					// Scripts wait for this line: a command that fails must never print it.
 					early = append(early, l.text)
 				default:
 					other = append(other, l.stream+": "+l.text)
 				}
 			}
 			if len(early) > 0 {
-				t.Logf("NOTE: a failing command announced %q before its error", early)
+				t.Errorf("a failing command announced %q before its error", early)
 			}
 			if len(errLines) != 1 || len(other) != 0 {
 				t.Fatalf("want exactly one error line (besides progress), got errors %q and other lines %q", errLines, other)

@@ -166,6 +166,7 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 	defer s.Close()
 	fw.Dialer = s.Conn
+	fw.Announce(tcp, udp)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
