@@ -694,3 +694,36 @@ func pfIsTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// When the agent's session process dies under a running plugin, the plugin says so and exits non-zero
+// instead of leaving local ports that lead nowhere.
+func TestPortForwardAgentDeath(t *testing.T) {
+	pfRequirePlugin(t)
+	ctx := testContext(t, 2*time.Minute)
+	ns := newNamespace(t, "pf-agentdeath")
+	createPodReady(ctx, t, ns, pfEchoPod(t, "target", nil, false))
+	pf := pfStart(t, "pf", ns, "pod/target", ":8080")
+	port, _ := pf.localPort("localhost:8080", 30*time.Second)
+	pf.connected(time.Minute)
+	pfMustEcho(ctx, t, port, "target")
+	procs, err := pfAgentProcs(ctx, ns, "target", "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sessions := pfSplitAgentProcs(procs)
+	if len(sessions) != 1 {
+		t.Fatalf("want one session process, got %+v", procs)
+	}
+	// The agent shares the target's PID namespace, so the target container (root, with busybox) can
+	// kill the agent's session process.
+	if out, err := pfPodSh(ctx, ns, "target", "main", fmt.Sprintf("kill -9 %d", sessions[0].pid)); err != nil {
+		t.Fatalf("kill the agent session: %v: %s", err, out)
+	}
+	err = pf.waitExit(15 * time.Second)
+	if err == nil {
+		t.Fatalf("plugin exited 0 after its agent died; output:\n%s", pf.output())
+	}
+	if !strings.Contains(pf.output(), "error: lost the agent") {
+		t.Errorf("plugin did not say it lost the agent:\n%s", pf.output())
+	}
+}
