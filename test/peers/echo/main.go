@@ -12,7 +12,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -107,9 +107,20 @@ func bytesHandler(pod string) http.HandlerFunc {
 	}
 }
 
-// jsonHandler streams about n bytes of JSON records shaped like an API list response: repetitive keys,
-// varying values. Benchmarks use it for compressible payloads.
-func jsonHandler(pod string) http.HandlerFunc {
+// jsonChunk is about 1 MiB of JSON records shaped like an API list response (repetitive keys, varying
+// values), made once: benchmarks measure the path, not this server's formatting speed.
+func jsonChunk() []byte {
+	phases := [...]string{"Running", "Pending", "Succeeded"}
+	var b bytes.Buffer
+	for i := 0; b.Len() < 1<<20; i++ {
+		fmt.Fprintf(&b, `{"metadata":{"name":"web-%d-%x","namespace":"shop","uid":"%08x-%04x-4000-8000-%012x","resourceVersion":"%d","labels":{"app":"web","tier":"frontend","pod-template-hash":"%x"}},"spec":{"nodeName":"node-%d","containers":[{"name":"app","image":"registry.example/shop/web:v1.%d.0","ports":[{"containerPort":8080,"protocol":"TCP"}]}]},"status":{"phase":"%s","podIP":"10.88.%d.%d","startTime":"2026-11-23T01:%02d:%02dZ","restartCount":%d}},`,
+			i, i*2654435761%1000003, i*7919, i%65536, i*104729, 100000+i, i%4096, i%16, i%40, phases[i%3], (i/250)%250, i%250, (i/60)%60, i%60, i%7)
+	}
+	return b.Bytes()
+}
+
+// jsonHandler streams about n bytes of a JSON list (the chunk repeated), valid as a whole document.
+func jsonHandler(pod string, chunk []byte) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
 		if err != nil || n < 0 {
@@ -118,23 +129,17 @@ func jsonHandler(pod string) http.HandlerFunc {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("X-Pod", pod)
-		bw := bufio.NewWriterSize(w, 256<<10)
-		phases := [...]string{"Running", "Pending", "Succeeded"}
-		var written int64
-		_, _ = bw.WriteString(`{"kind":"List","items":[`)
-		for i := 0; written < n; i++ {
-			if i > 0 {
-				_ = bw.WriteByte(',')
+		if _, err := io.WriteString(w, `{"kind":"List","items":[`); err != nil {
+			return
+		}
+		for written := int64(0); written < n; written += int64(len(chunk)) {
+			if _, err := w.Write(chunk); err != nil {
+				log.Printf("json to %s: %v", r.RemoteAddr, err)
+				return
 			}
-			rec := fmt.Sprintf(`{"metadata":{"name":"web-%d-%x","namespace":"shop","uid":"%08x-%04x-4000-8000-%012x","resourceVersion":"%d","labels":{"app":"web","tier":"frontend","pod-template-hash":"%x"}},"spec":{"nodeName":"node-%d","containers":[{"name":"app","image":"registry.example/shop/web:v1.%d.0","ports":[{"containerPort":8080,"protocol":"TCP"}]}]},"status":{"phase":"%s","podIP":"10.88.%d.%d","startTime":"2026-11-23T01:%02d:%02dZ","restartCount":%d}}`,
-				i, i*2654435761%1000003, i*7919, i%65536, i*104729, 100000+i, i%4096, i%16, i%40, phases[i%3], (i/250)%250, i%250, (i/60)%60, i%60, i%7)
-			_, _ = bw.WriteString(rec)
-			written += int64(len(rec)) + 1
 		}
-		_, _ = bw.WriteString("]}\n")
-		if err := bw.Flush(); err != nil {
-			log.Printf("json to %s: %v", r.RemoteAddr, err)
-		}
+		// The chunk ends with a comma; close the list with one more record.
+		_, _ = io.WriteString(w, `{"metadata":{"name":"last"}}]}`+"\n")
 	}
 }
 
@@ -149,7 +154,7 @@ func main() {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/bytes", bytesHandler(pod))
-	mux.HandleFunc("/json", jsonHandler(pod))
+	mux.HandleFunc("/json", jsonHandler(pod, jsonChunk()))
 	mux.HandleFunc("/sink", echo(pod))
 	mux.HandleFunc("/", echo(pod))
 	var protos http.Protocols
