@@ -189,7 +189,8 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 	var closer io.Closer
 	switch dataPath {
 	case DataExec:
-		data = &transport.ExecData{Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name, Binary: inject.AgentBinary}
+		dataExec := &transport.KubeExecutor{Config: config, Client: restClient, Protocol: proto, PreferSPDY: true}
+		data = &transport.ExecData{Exec: dataExec, Namespace: pod.Namespace, Pod: pod.Name, Container: name, Binary: inject.AgentBinary}
 	default:
 		pf := &transport.PortForwardData{Config: config, Client: restClient, Namespace: pod.Namespace, Pod: pod.Name, Protocol: proto}
 		data, closer = pf, pf

@@ -95,8 +95,12 @@ func dialPortForward(config *rest.Config, u *url.URL, p Protocol) (httpstream.Co
 		return dialWS()
 	}
 	conn, got, err := dialSPDY()
-	if err != nil && shouldFallback(err) {
-		return dialWS()
+	if err != nil && spdyRefused(err) {
+		wconn, wgot, werr := dialWS()
+		if werr != nil {
+			return nil, "", fmt.Errorf("%w (websocket: %v)", err, werr)
+		}
+		return wconn, wgot, nil
 	}
 	return conn, got, err
 }

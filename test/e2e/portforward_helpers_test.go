@@ -110,7 +110,13 @@ func pfStart(t *testing.T, name, ns string, args ...string) *pfProc {
 		p.mu.Unlock()
 		close(p.done)
 	}()
-	t.Cleanup(func() { p.stop() })
+	t.Cleanup(func() {
+		p.stop()
+		// Whatever the test checked, a plugin that crashed on the way out has failed the user.
+		if out := p.output(); strings.Contains(out, "panic:") || strings.Contains(out, "Unhandled Error") {
+			t.Errorf("%s crashed or logged client-go noise:\n%s", name, out)
+		}
+	})
 	return p
 }
 

@@ -220,16 +220,16 @@ func TestPortForwardLargeTransfer(t *testing.T) {
 	createPodReady(ctx, t, ns, pfEchoPod(t, "target", nil, false))
 	pf := pfStart(t, "pf", ns, "pod/target", ":8080")
 	port, _ := pf.localPort("localhost:8080", 30*time.Second)
-	pf.connected(time.Minute)
+	agent, _, _ := pf.connected(time.Minute)
 
 	const size = 1 << 30
-	client := &http.Client{Transport: &http.Transport{DisableCompression: true, DisableKeepAlives: true}}
+	hc := &http.Client{Transport: &http.Transport{DisableCompression: true, DisableKeepAlives: true}}
 	buf := make([]byte, 1<<20)
 
 	t.Run("download", func(t *testing.T) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/bytes?n=%d&seed=7", port, size), nil)
 		start := time.Now()
-		resp, err := client.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -258,7 +258,7 @@ func TestPortForwardLargeTransfer(t *testing.T) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/sink", port), io.NopCloser(body))
 		req.ContentLength = size
 		start := time.Now()
-		resp, err := client.Do(req)
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -273,6 +273,24 @@ func TestPortForwardLargeTransfer(t *testing.T) {
 			t.Fatalf("peer received %d bytes with sha256 %s; sent %d with %s", r.BodyBytes, r.BodySHA256, size, want)
 		}
 		t.Logf("MEASURE upload 1 GiB in %s: %.1f MiB/s (sha256 %s matches)", el.Round(time.Millisecond), float64(size)/(1<<20)/el.Seconds(), want[:16])
+	})
+
+	// The runtime writes a container's own stdout and stderr to node log files; 2 GiB went through the
+	// agent, and none of it may be there: only the agent's few log lines.
+	t.Run("not in the agent's log", func(t *testing.T) {
+		logs, err := client(t).CoreV1().Pods(ns).GetLogs("target", &corev1.PodLogOptions{Container: agent}).DoRaw(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(logs) > 16<<10 {
+			t.Fatalf("agent container log is %d bytes after the transfer; tunnel bytes leak into it", len(logs))
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(logs)), "\n") {
+			if line != "" && !strings.HasPrefix(line, "time=") {
+				t.Errorf("agent log has a line that is not a log record: %q", trunc(line))
+			}
+		}
+		t.Logf("agent container log after 2 GiB: %d bytes", len(logs))
 	})
 }
 
