@@ -44,39 +44,64 @@ func (l *Listener) Close() error { return l.ln.Close() }
 // fails the command at once instead of after the agent is set up. Nothing is printed until Announce:
 // scripts wait for "Forwarding from" as they do with kubectl, and it must mean the forward works.
 func (f *Forwarder) Listen(specs []Spec) ([]*Listener, error) {
-	var out []*Listener
-	closeAll := func() {
-		for _, l := range out {
-			l.ln.Close()
+	return bindEach(f.Addresses, specs, "tcp", func(s Spec, addr string) (*Listener, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, err
 		}
-	}
+		return &Listener{Spec: s, ln: ln}, nil
+	})
+}
+
+// bindEach binds every address for every spec of one protocol. ":PORT" picks one free port and uses it
+// on every address, as kubectl does; an address that cannot be bound is skipped (kubectl tolerates a
+// missing IPv6 loopback for "localhost") unless none can, which closes everything bound so far.
+func bindEach[L interface {
+	Addr() net.Addr
+	Close() error
+}](addrs []string, specs []Spec, proto string, bind func(Spec, string) (L, error)) ([]L, error) {
+	var out []L
 	for _, s := range specs {
-		if s.Protocol != "tcp" {
+		if s.Protocol != proto {
 			continue
 		}
+		var first L
 		bound := 0
 		var lastErr error
-		for _, host := range expand(f.Addresses) {
+		for _, host := range expand(addrs) {
 			port := s.LocalPort
-			if port == 0 && len(out) > 0 && out[len(out)-1].Spec == s {
-				// ":PORT" picks one free port and uses it on every address, as kubectl does.
-				port = out[len(out)-1].ln.Addr().(*net.TCPAddr).Port
+			if port == 0 && bound > 0 {
+				port = portOf(first.Addr())
 			}
-			ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+			l, err := bind(s, net.JoinHostPort(host, strconv.Itoa(port)))
 			if err != nil {
 				lastErr = err
-				// kubectl tolerates a missing IPv6 loopback when listening on "localhost".
 				continue
 			}
-			out = append(out, &Listener{Spec: s, ln: ln})
+			if bound == 0 {
+				first = l
+			}
+			out = append(out, l)
 			bound++
 		}
 		if bound == 0 {
-			closeAll()
-			return nil, fmt.Errorf("unable to listen on any of the requested addresses %q for %s: %w", f.Addresses, s, lastErr)
+			for _, l := range out {
+				l.Close()
+			}
+			return nil, fmt.Errorf("unable to listen on any of the requested addresses %q for %s: %w", addrs, s, lastErr)
 		}
 	}
 	return out, nil
+}
+
+func portOf(a net.Addr) int {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.Port
+	case *net.UDPAddr:
+		return a.Port
+	}
+	return 0
 }
 
 // Announce prints kubectl's "Forwarding from" line for every bound address.

@@ -165,3 +165,20 @@ func TestLocalhostMeansBothLoopbacks(t *testing.T) {
 		t.Errorf("expand = %v, want %v", got, want)
 	}
 }
+
+// ":PORT" binds one free port on every address, as kubectl does.
+func TestFreePortSharedAcrossAddresses(t *testing.T) {
+	f := &Forwarder{Addresses: []string{"127.0.0.1", "127.0.0.2"}, Out: io.Discard, ErrOut: io.Discard}
+	ls, err := f.Listen([]Spec{{Host: "localhost", Port: 80, Protocol: "tcp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	if len(ls) != 2 || portOf(ls[0].Addr()) == 0 || portOf(ls[0].Addr()) != portOf(ls[1].Addr()) {
+		t.Fatalf("listeners %v %v should share one free port", ls[0].Addr(), ls[1].Addr())
+	}
+}

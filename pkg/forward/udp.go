@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -33,34 +32,13 @@ func (l *UDPListener) Close() error { return l.pc.Close() }
 
 // ListenUDP binds every address for every UDP spec; Announce prints them.
 func (f *Forwarder) ListenUDP(specs []Spec) ([]*UDPListener, error) {
-	var out []*UDPListener
-	for _, s := range specs {
-		if s.Protocol != "udp" {
-			continue
+	return bindEach(f.Addresses, specs, "udp", func(s Spec, addr string) (*UDPListener, error) {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, err
 		}
-		bound := 0
-		var lastErr error
-		for _, host := range expand(f.Addresses) {
-			port := s.LocalPort
-			if port == 0 && len(out) > 0 && out[len(out)-1].Spec == s {
-				port = out[len(out)-1].pc.LocalAddr().(*net.UDPAddr).Port
-			}
-			pc, err := net.ListenPacket("udp", net.JoinHostPort(host, strconv.Itoa(port)))
-			if err != nil {
-				lastErr = err
-				continue
-			}
-			out = append(out, &UDPListener{Spec: s, pc: pc})
-			bound++
-		}
-		if bound == 0 {
-			for _, l := range out {
-				l.pc.Close()
-			}
-			return nil, fmt.Errorf("unable to listen on any of the requested addresses %q for %s: %w", f.Addresses, s, lastErr)
-		}
-	}
-	return out, nil
+		return &UDPListener{Spec: s, pc: pc}, nil
+	})
 }
 
 // ServeUDP relays datagrams until ctx ends: one tunnel stream per local client address, so replies
