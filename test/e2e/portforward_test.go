@@ -300,12 +300,7 @@ func TestPortForwardConcurrent(t *testing.T) {
 	// Not parallel: the RSS numbers are for this load alone.
 	pfRequirePlugin(t)
 	ctx := testContext(t, 3*time.Minute)
-	ns := newNamespace(t, "pf-conc")
-	createPodReady(ctx, t, ns, pfEchoPod(t, "target", nil, false))
-	pf := pfStart(t, "pf", ns, "pod/target", ":8080")
-	port, _ := pf.localPort("localhost:8080", 30*time.Second)
-	pf.connected(time.Minute)
-	pfMustEcho(ctx, t, port, "target")
+	ns, _, port := pfTargetSession(ctx, t, "pf-conc")
 
 	procs, err := pfAgentProcs(ctx, ns, "target", "main")
 	if err != nil {
@@ -718,12 +713,7 @@ func pfIsTimeout(err error) bool {
 func TestPortForwardAgentDeath(t *testing.T) {
 	pfRequirePlugin(t)
 	ctx := testContext(t, 2*time.Minute)
-	ns := newNamespace(t, "pf-agentdeath")
-	createPodReady(ctx, t, ns, pfEchoPod(t, "target", nil, false))
-	pf := pfStart(t, "pf", ns, "pod/target", ":8080")
-	port, _ := pf.localPort("localhost:8080", 30*time.Second)
-	pf.connected(time.Minute)
-	pfMustEcho(ctx, t, port, "target")
+	ns, pf, _ := pfTargetSession(ctx, t, "pf-agentdeath")
 	procs, err := pfAgentProcs(ctx, ns, "target", "main")
 	if err != nil {
 		t.Fatal(err)
