@@ -53,10 +53,8 @@ cluster-up: agent-image ## start the local single-node cluster (builds and cache
 cluster-down: ## stop the local cluster and remove everything it made on the host
 	hack/cluster/down.sh
 
-demo: cluster-up ## build, start the cluster, and run the plugin through kubectl's plugin discovery
-	source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && \
-	  echo "+ kubectl plugin list" && kubectl plugin list 2>/dev/null | grep trafficlab && \
-	  echo "+ kubectl trafficlab version" && kubectl trafficlab version
+demo: cluster-up ## build, start the cluster, find the plugin through kubectl, forward to a demo Service
+	hack/demo.sh
 
 lint: ## golangci-lint (pinned in hack/tools), with the import rules of ephemeral/ and capture/
 	hack/lint.sh
