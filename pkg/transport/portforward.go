@@ -98,7 +98,7 @@ func dialPortForward(config *rest.Config, u *url.URL, p Protocol) (httpstream.Co
 	if err != nil && spdyRefused(err) {
 		wconn, wgot, werr := dialWS()
 		if werr != nil {
-			return nil, "", fmt.Errorf("%w (websocket: %v)", err, werr)
+			return nil, "", fmt.Errorf("%w (websocket: %w)", err, werr)
 		}
 		return wconn, wgot, nil
 	}
