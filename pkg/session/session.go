@@ -152,7 +152,7 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 		p.Stepf("%s", why)
 	}
 	dataPath := o.DataPath
-	needs := target.Needs{Inject: !reuse, Exec: true, PortForward: dataPath != DataExec, Transport: targetTransport(proto)}
+	needs := target.Needs{Inject: !reuse, Exec: true, PortForward: dataPath != DataExec, Transport: proto}
 	if err := target.Preflight(ctx, client, pod.Namespace, pod.Name, needs); err != nil {
 		var missing *inject.MissingPermissionError
 		if dataPath != DataAuto || !errors.As(err, &missing) || !onlyPortForward(missing) {
@@ -227,16 +227,6 @@ func onlyPortForward(e *inject.MissingPermissionError) bool {
 		}
 	}
 	return len(e.Rules) > 0
-}
-
-func targetTransport(p transport.Protocol) target.Transport {
-	switch p {
-	case transport.ProtocolSPDY:
-		return target.TransportSPDY
-	case transport.ProtocolWebSocket:
-		return target.TransportWebSocket
-	}
-	return target.TransportWebSocketOrSPDY
 }
 
 // pluginTunnelConfig gives downloads a larger window than the default: the plugin's receive window is

@@ -10,22 +10,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-)
-
-// Transport is how exec and port-forward streams reach the API server; it decides the RBAC verb. On
-// Kubernetes 1.33 a WebSocket upgrade is a GET and is authorized as "get"; SPDY's upgrade is a POST and
-// is authorized as "create".
-type Transport int
-
-const (
-	// TransportWebSocketOrSPDY tries WebSocket first and falls back to SPDY when the upgrade fails
-	// (kubectl's default). A 403 on the WebSocket upgrade is an upgrade failure too, so either verb is
-	// enough.
-	TransportWebSocketOrSPDY Transport = iota
-	// TransportWebSocket uses WebSocket only.
-	TransportWebSocket
-	// TransportSPDY uses SPDY only.
-	TransportSPDY
+	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
 )
 
 // Needs lists what a command is about to do in the target pod.
@@ -36,8 +21,9 @@ type Needs struct {
 	Exec bool
 	// PortForward: the data stream (port-forward to the agent's loopback listener).
 	PortForward bool
-	// Transport carries exec and port-forward.
-	Transport Transport
+	// Transport carries exec and port-forward; it decides the RBAC verb (see Protocol.RBACVerbs). Its
+	// zero value asks for either verb, as the fallback transports need.
+	Transport transport.Protocol
 }
 
 // Preflight checks with SelfSubjectAccessReviews that the user may do everything needs lists in the
@@ -87,16 +73,12 @@ type check struct {
 	alternatives []inject.Rule // each with one verb
 }
 
-func streamCheck(resource string, t Transport) check {
-	get := inject.Rule{Resource: resource, Verbs: []string{"get"}}
-	create := inject.Rule{Resource: resource, Verbs: []string{"create"}}
-	switch t {
-	case TransportWebSocket:
-		return check{alternatives: []inject.Rule{get}}
-	case TransportSPDY:
-		return check{alternatives: []inject.Rule{create}}
+func streamCheck(resource string, p transport.Protocol) check {
+	var c check
+	for _, v := range p.RBACVerbs() {
+		c.alternatives = append(c.alternatives, inject.Rule{Resource: resource, Verbs: []string{v}})
 	}
-	return check{alternatives: []inject.Rule{get, create}}
+	return c
 }
 
 // missingRule is the rule to ask for when no alternative is allowed: for the fallback transport that is

@@ -13,6 +13,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
 )
 
 // rbacClient answers SelfSubjectAccessReviews from allowed ("verb resource/subresource") and records
@@ -44,7 +45,7 @@ func rbacClient(ephemeralServed bool, allowed ...string) (*fake.Clientset, *[]au
 	return client, &asked
 }
 
-func allNeeds(t Transport) Needs {
+func allNeeds(t transport.Protocol) Needs {
 	return Needs{Inject: true, Exec: true, PortForward: true, Transport: t}
 }
 
@@ -73,47 +74,47 @@ func TestPreflight(t *testing.T) {
 		wantErr  string
 		wantPerm bool
 	}{
-		{name: "everything allowed", served: true, allowed: everything, needs: allNeeds(TransportWebSocketOrSPDY)},
+		{name: "everything allowed", served: true, allowed: everything, needs: allNeeds(transport.ProtocolAuto)},
 		{
 			name: "SPDY port-forward needs create", served: true,
 			allowed:  without("create pods/portforward"),
-			needs:    allNeeds(TransportSPDY),
+			needs:    allNeeds(transport.ProtocolSPDY),
 			wantErr:  `missing RBAC permission: apiGroups: [""], resources: ["pods/portforward"], verbs: ["create"] in namespace "shop"`,
 			wantPerm: true,
 		},
 		{
 			name: "WebSocket port-forward needs get", served: true,
 			allowed:  without("get pods/portforward"),
-			needs:    allNeeds(TransportWebSocket),
+			needs:    allNeeds(transport.ProtocolWebSocket),
 			wantErr:  `missing RBAC permission: apiGroups: [""], resources: ["pods/portforward"], verbs: ["get"] in namespace "shop"`,
 			wantPerm: true,
 		},
 		{
 			name: "WebSocket does not need create", served: true,
 			allowed: without("create pods/portforward", "create pods/exec"),
-			needs:   allNeeds(TransportWebSocket),
+			needs:   allNeeds(transport.ProtocolWebSocket),
 		},
 		{
 			name: "fallback is happy with create alone", served: true,
 			allowed: without("get pods/portforward", "get pods/exec"),
-			needs:   allNeeds(TransportWebSocketOrSPDY),
+			needs:   allNeeds(transport.ProtocolAuto),
 		},
 		{
 			name: "fallback is happy with get alone", served: true,
 			allowed: without("create pods/portforward", "create pods/exec"),
-			needs:   allNeeds(TransportWebSocketOrSPDY),
+			needs:   allNeeds(transport.ProtocolAuto),
 		},
 		{
 			name: "fallback with neither asks for both verbs", served: true,
 			allowed:  without("get pods/exec", "create pods/exec"),
-			needs:    allNeeds(TransportWebSocketOrSPDY),
+			needs:    allNeeds(transport.ProtocolAuto),
 			wantErr:  `missing RBAC permission: apiGroups: [""], resources: ["pods/exec"], verbs: ["create", "get"] in namespace "shop"`,
 			wantPerm: true,
 		},
 		{
 			name: "every missing rule at once, merged per resource", served: true,
 			allowed: []string{"list pods", "get pods/portforward"},
-			needs:   allNeeds(TransportWebSocket),
+			needs:   allNeeds(transport.ProtocolWebSocket),
 			wantErr: `missing RBAC permissions: apiGroups: [""], resources: ["pods/ephemeralcontainers"], verbs: ["patch"]; ` +
 				`apiGroups: [""], resources: ["pods"], verbs: ["watch"]; apiGroups: [""], resources: ["pods/exec"], verbs: ["get"] in namespace "shop"`,
 			wantPerm: true,
@@ -121,18 +122,18 @@ func TestPreflight(t *testing.T) {
 		{
 			name: "reusing an agent needs no patch", served: true,
 			allowed: without("patch pods/ephemeralcontainers", "list pods", "watch pods"),
-			needs:   Needs{Exec: true, PortForward: true, Transport: TransportSPDY},
+			needs:   Needs{Exec: true, PortForward: true, Transport: transport.ProtocolSPDY},
 		},
 		{
 			name:    "ephemeral containers not served",
 			allowed: everything,
-			needs:   allNeeds(TransportSPDY),
+			needs:   allNeeds(transport.ProtocolSPDY),
 			wantErr: "ephemeral containers are not supported by this cluster (Kubernetes 1.25+ with the EphemeralContainers feature)",
 		},
 		{
 			name:    "without injecting, discovery is not consulted",
 			allowed: everything,
-			needs:   Needs{Exec: true, Transport: TransportSPDY},
+			needs:   Needs{Exec: true, Transport: transport.ProtocolSPDY},
 		},
 	}
 	for _, tc := range tests {
@@ -157,7 +158,7 @@ func TestPreflight(t *testing.T) {
 // judged as the real requests will be.
 func TestPreflightAsksAboutThePod(t *testing.T) {
 	client, asked := rbacClient(true, "patch pods/ephemeralcontainers", "list pods", "watch pods", "create pods/exec", "create pods/portforward")
-	if err := Preflight(context.Background(), client, ns, "web-1", allNeeds(TransportSPDY)); err != nil {
+	if err := Preflight(context.Background(), client, ns, "web-1", allNeeds(transport.ProtocolSPDY)); err != nil {
 		t.Fatalf("Preflight() error = %v", err)
 	}
 	want := []authorizationv1.ResourceAttributes{
