@@ -39,6 +39,8 @@ func main() {
 	case len(args) > 0 && args[0] == "relay":
 		//nolint:forbidigo // the exec stream's stdout carries the relayed bytes, and exec output is not logged
 		err = runRelay(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "guard":
+		err = runGuard(ctx, args[1:], os.Stderr)
 	default:
 		err = run(ctx, args, procEnv(), os.Stderr)
 	}

@@ -3,13 +3,25 @@
 // delete and the agent never touches a table it did not create: the pod's netns is shared with
 // the app and possibly a service mesh or CNI, and flushing their rules would break the pod.
 //
-// It speaks netlink through github.com/google/nftables; it never runs the nft binary, which the
-// agent image does not contain.
+// A steal's redirect (Open) lives in an owned table (NFT_TABLE_F_OWNER, Linux 5.12): the kernel
+// deletes it the moment the netlink socket that created it closes, which happens however the
+// agent ends, SIGKILL included, and refuses changes from any other socket. So the table, its
+// chains and rules are created in one batch over a socket the session keeps open until Close,
+// which deletes the table over that same socket first. google/nftables cannot do this (it always
+// sends table flags 0, and its default connection opens a socket per flush), so Open frames the
+// batch itself over one lasting mdlayher/netlink socket and uses google/nftables/expr only to
+// encode rule expressions. A kernel that refuses the flag gets the same table without it, and a
+// Guard process then removes the table once the session process is gone.
+//
+// Ensure, Delete and Sweep handle plain tables through github.com/google/nftables; Flush resets
+// connections opened before a steal through sock_diag and conntrack. Nothing here runs the nft
+// binary, which the agent image does not contain.
 package netfilter
 
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 	"strings"
 
 	"github.com/google/nftables"
@@ -115,7 +127,8 @@ func deleteTable(c Conn, t *nftables.Table) error {
 
 // Sweep deletes the tables of sessions that keep does not claim, typically those of agents that
 // died without cleaning up, and returns their session ids. Tables of any other name or family
-// are never touched.
+// are never touched, and neither are owned tables: they belong to a live socket (the kernel
+// removes them when it closes) and refuse changes from any other.
 func Sweep(c Conn, keep func(id string) bool) ([]string, error) {
 	tables, err := c.ListTablesOfFamily(family)
 	if err != nil {
@@ -125,7 +138,7 @@ func Sweep(c Conn, keep func(id string) bool) ([]string, error) {
 	var errs []error
 	for _, t := range tables {
 		id, ours := sessionID(t.Name)
-		if !ours || keep(id) {
+		if !ours || keep(id) || ownedTable(t) {
 			continue
 		}
 		// One batch per table: nftables batches are all-or-nothing, so a table that vanished
@@ -137,4 +150,11 @@ func Sweep(c Conn, keep func(id string) bool) ([]string, error) {
 		deleted = append(deleted, id)
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// ownedTable reports the owner flag on a listed table. google/nftables v0.3.0 decodes the
+// big-endian NFTA_TABLE_FLAGS in host byte order, so on little-endian machines the flag arrives
+// byte-swapped; accepting both orders stays right once the library is fixed.
+func ownedTable(t *nftables.Table) bool {
+	return t.Flags&tableFlagOwner != 0 || bits.ReverseBytes32(t.Flags)&tableFlagOwner != 0
 }

@@ -284,6 +284,7 @@ func TestSweep(t *testing.T) {
 		inet("trafficlab_"),      // likewise
 		inet("xtrafficlab_dead"), // likewise
 		inet("trafficlab_dead2"),
+		{Name: "trafficlab_owned", Family: nftables.TableFamilyINet, Flags: tableFlagOwner}, // a live session's
 	}
 	keep := func(id string) bool { return id == "live" }
 

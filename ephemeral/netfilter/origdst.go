@@ -1,0 +1,66 @@
+package netfilter
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST, which x/sys/unix does not define.
+const ip6tSoOriginalDst = 80
+
+// OriginalDst returns where a redirected connection was headed before the redirect: the pod
+// address and stolen port the client dialed. It asks conntrack through getsockopt, as
+// SO_ORIGINAL_DST (IPv4, including IPv4 clients of a dual-stack listener) or
+// IP6T_SO_ORIGINAL_DST (IPv6). A connection nobody redirected gets ENOENT.
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
+	local, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("original destination: local address %v is not TCP", c.LocalAddr())
+	}
+	// The family of the connection, not of the socket: an IPv4 client on a [::] listener has
+	// IPv4 conntrack state, found through the IPv4 option.
+	level, opt := unix.SOL_IP, unix.SO_ORIGINAL_DST
+	if local.IP.To4() == nil {
+		level, opt = unix.SOL_IPV6, ip6tSoOriginalDst
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	var sa unix.RawSockaddrInet6 // large enough for sockaddr_in too
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		size := uint32(unsafe.Sizeof(sa))
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt),
+			uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&size)), 0)
+		if errno != 0 {
+			serr = errno
+		}
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination of %v: %w", c.RemoteAddr(), err)
+	}
+	return parseSockaddr(&sa)
+}
+
+// parseSockaddr reads a sockaddr_in or sockaddr_in6, whose ports are in network byte order.
+func parseSockaddr(sa *unix.RawSockaddrInet6) (netip.AddrPort, error) {
+	b := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(sa))[:]
+	port := binary.BigEndian.Uint16(b[2:4])
+	switch sa.Family {
+	case unix.AF_INET:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), port), nil
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), port), nil
+	default:
+		return netip.AddrPort{}, fmt.Errorf("original destination: unexpected address family %d", sa.Family)
+	}
+}

@@ -1,0 +1,279 @@
+package netfilter
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// tableFlagOwner is NFT_TABLE_F_OWNER (Linux 5.12), which x/sys/unix does not define: the
+	// kernel deletes such a table when the netlink socket that created it closes, and refuses
+	// changes to it from any other socket.
+	tableFlagOwner = 0x2
+
+	// redirectPriority puts the session's chains just before dstnat (-100). NAT chains on one
+	// hook run in priority order and the first that maps a connection wins, so ours must come
+	// before kube-proxy-like and service-mesh dstnat rules to see the connection at all.
+	redirectPriority = -110
+
+	// Chain names inside the session's table.
+	chainPrerouting = "prerouting"
+	chainOutput     = "output"
+	chainInput      = "input"
+
+	// ctStatusDstNAT is IPS_DST_NAT: set on every connection a redirect rule mapped.
+	ctStatusDstNAT = 1 << 5
+
+	// TCP header flag bits.
+	tcpFlagSyn = 0x02
+	tcpFlagAck = 0x10
+
+	// ifnameSize is IFNAMSIZ: the kernel compares interface names as 16-byte registers.
+	ifnameSize = 16
+)
+
+// Redirect describes what a steal session redirects.
+type Redirect struct {
+	// Ports are the pod ports to steal. Duplicates are harmless.
+	Ports []uint16
+	// ListenPort is the agent's listener, bound on the wildcard address; redirected connections
+	// go there.
+	ListenPort uint16
+	// Mark is the SO_MARK of the agent's own sockets: their packets are never redirected, so the
+	// agent can still pass connections through to the app's real ports.
+	Mark uint32
+}
+
+// Validate reports the first reason the redirect cannot be installed.
+func (r Redirect) Validate() error {
+	if len(r.Ports) == 0 {
+		return errors.New("no port to redirect")
+	}
+	if slices.Contains(r.Ports, 0) {
+		return errors.New("port 0 cannot be redirected")
+	}
+	if r.ListenPort == 0 {
+		return errors.New("listen port must not be 0")
+	}
+	if slices.Contains(r.Ports, r.ListenPort) {
+		return fmt.Errorf("listen port %d is also a port to redirect: connections would loop", r.ListenPort)
+	}
+	if r.Mark == 0 {
+		// 0 is the mark of every socket nobody marked, so the app's clients would be exempt too.
+		return errors.New("mark must not be 0")
+	}
+	return nil
+}
+
+// ports returns the ports sorted and without duplicates, so equal redirects give equal batches.
+func (r Redirect) ports() []uint16 {
+	return slices.Compact(slices.Sorted(slices.Values(r.Ports)))
+}
+
+// Batch returns the netlink messages of the one nftables batch that creates the session's table
+// with everything in it, from BATCH_BEGIN to BATCH_END. The kernel applies a batch all or nothing.
+// owned sets NFT_TABLE_F_OWNER on the table. Sequence numbers are left 0 for the sender to fill.
+//
+// In nft syntax, for ports P and listen port L:
+//
+//	table inet trafficlab_<id> {   # flags owner
+//	  chain prerouting { type nat hook prerouting priority -110
+//	    meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
+//	  chain output { type nat hook output priority -110
+//	    oifname "lo" meta mark != Mark meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
+//	  chain input { type filter hook input priority -110
+//	    meta l4proto tcp tcp dport L ct status dnat accept
+//	    meta l4proto tcp tcp dport L drop }
+//	}
+//
+// Output matches lo only: that is how the pod reaches itself, on 127.0.0.1, ::1 and its own
+// addresses alike; connections leaving the pod are not the steal's business. Only connections
+// opened after the table are redirected (see tcpSyn). The input chain keeps the wildcard listener
+// from being reached directly, without a redirect.
+func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
+	name, err := TableName(id)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	var flags uint32
+	if owned {
+		flags = tableFlagOwner
+	}
+	b := &batch{table: name}
+	b.add(unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, func(ae *netlink.AttributeEncoder) {
+		ae.String(unix.NFTA_TABLE_NAME, name)
+		ae.Uint32(unix.NFTA_TABLE_FLAGS, flags)
+	})
+	b.chain(chainPrerouting, "nat", unix.NF_INET_PRE_ROUTING)
+	b.chain(chainOutput, "nat", unix.NF_INET_LOCAL_OUT)
+	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN)
+
+	ports := r.ports()
+	for _, p := range ports {
+		b.rule(chainPrerouting, slices.Concat(tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
+	}
+	for _, p := range ports {
+		b.rule(chainOutput, slices.Concat([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			// The mark is a host-order u32 in the register, as nft encodes it.
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, r.Mark)},
+		}, tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
+	}
+	// Accept-then-drop rather than one "not dnat: drop" rule: a packet without conntrack state
+	// (notrack) fails the ct match and must be dropped too.
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{
+			SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, ctStatusDstNAT),
+			Xor:  make([]byte, 4),
+		},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}))
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
+	if b.err != nil {
+		return nil, fmt.Errorf("encode nftables batch for table inet %q: %w", name, b.err)
+	}
+	return b.done(), nil
+}
+
+// deleteBatch is `nft delete table inet NAME` as one batch.
+func deleteBatch(name string) []netlink.Message {
+	b := &batch{table: name}
+	b.add(unix.NFT_MSG_DELTABLE, 0, func(ae *netlink.AttributeEncoder) {
+		ae.String(unix.NFTA_TABLE_NAME, name)
+	})
+	return b.done()
+}
+
+// batch collects the messages of one nftables transaction.
+type batch struct {
+	table string
+	msgs  []netlink.Message
+	err   error
+}
+
+func (b *batch) add(typ int, flags netlink.HeaderFlags, attrs func(ae *netlink.AttributeEncoder)) {
+	ae := netlink.NewAttributeEncoder()
+	ae.ByteOrder = binary.BigEndian // nf_tables attributes are big endian
+	attrs(ae)
+	data, err := ae.Encode()
+	if err != nil {
+		b.err = errors.Join(b.err, err)
+		return
+	}
+	b.msgs = append(b.msgs, netlink.Message{
+		Header: netlink.Header{
+			Type:  nftMsgType(typ),
+			Flags: netlink.Request | netlink.Acknowledge | flags,
+		},
+		Data: append(nfgenmsg(unix.NFPROTO_INET, 0), data...),
+	})
+}
+
+func (b *batch) chain(name, typ string, hook uint32) {
+	b.add(unix.NFT_MSG_NEWCHAIN, netlink.Create, func(ae *netlink.AttributeEncoder) {
+		ae.String(unix.NFTA_CHAIN_TABLE, b.table)
+		ae.String(unix.NFTA_CHAIN_NAME, name)
+		ae.Nested(unix.NFTA_CHAIN_HOOK, func(nae *netlink.AttributeEncoder) error {
+			nae.Uint32(unix.NFTA_HOOK_HOOKNUM, hook)
+			nae.Int32(unix.NFTA_HOOK_PRIORITY, redirectPriority)
+			return nil
+		})
+		ae.String(unix.NFTA_CHAIN_TYPE, typ)
+	})
+}
+
+func (b *batch) rule(chain string, exprs []expr.Any) {
+	b.add(unix.NFT_MSG_NEWRULE, netlink.Create|netlink.Append, func(ae *netlink.AttributeEncoder) {
+		ae.String(unix.NFTA_RULE_TABLE, b.table)
+		ae.String(unix.NFTA_RULE_CHAIN, chain)
+		ae.Nested(unix.NFTA_RULE_EXPRESSIONS, func(nae *netlink.AttributeEncoder) error {
+			for _, e := range exprs {
+				data, err := expr.Marshal(unix.NFPROTO_INET, e)
+				if err != nil {
+					return err
+				}
+				nae.Bytes(unix.NLA_F_NESTED|unix.NFTA_LIST_ELEM, data)
+			}
+			return nil
+		})
+	})
+}
+
+// done frames the messages as one batch for the nf_tables subsystem.
+func (b *batch) done() []netlink.Message {
+	marker := func(typ netlink.HeaderType) netlink.Message {
+		return netlink.Message{
+			Header: netlink.Header{Type: typ, Flags: netlink.Request},
+			// The batch markers carry the subsystem they address in nfgenmsg's res_id.
+			Data: nfgenmsg(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES),
+		}
+	}
+	out := make([]netlink.Message, 0, len(b.msgs)+2)
+	out = append(out, marker(unix.NFNL_MSG_BATCH_BEGIN))
+	out = append(out, b.msgs...)
+	return append(out, marker(unix.NFNL_MSG_BATCH_END))
+}
+
+func nftMsgType(typ int) netlink.HeaderType {
+	return netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | typ)
+}
+
+// nfgenmsg is the header every nfnetlink message starts with: family, version, res_id (big
+// endian).
+func nfgenmsg(family uint8, resID uint16) []byte {
+	return binary.BigEndian.AppendUint16([]byte{family, unix.NFNETLINK_V0}, resID)
+}
+
+// tcpDport is `meta l4proto tcp tcp dport PORT`.
+func tcpDport(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+	}
+}
+
+// tcpSyn is `tcp flags & (syn | ack) == syn`: the opening packet of a connection.
+//
+// NAT rules see the first packet of every connection conntrack tracks, and that is not always a
+// SYN: in a pod netns where nothing used conntrack before our table (no mesh, no rules), every
+// connection already open is picked up mid-stream by its next packet. Redirected there, it would
+// land on the agent's listener, which knows nothing of it and resets it. Open connections stay
+// with the app; Flush is how a steal takes them.
+func tcpSyn() []expr.Any {
+	return []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagSyn | tcpFlagAck}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpFlagSyn}},
+	}
+}
+
+// redirectTo is `redirect to :PORT`.
+func redirectTo(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		// Flags as nft sends them for `redirect to :PORT`.
+		&expr.Redir{RegisterProtoMin: 1, Flags: unix.NF_NAT_RANGE_PROTO_SPECIFIED},
+	}
+}
+
+func ifname(name string) []byte {
+	b := make([]byte, ifnameSize)
+	copy(b, name)
+	return b
+}
