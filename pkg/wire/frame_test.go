@@ -36,7 +36,9 @@ func TestMessageRoundTrip(t *testing.T) {
 		Bye{},
 		OpenRequest{Kind: KindDial, Network: NetworkTCP, Address: "db.default.svc:5432", Compression: []Compression{CompressionS2, CompressionZstd}},
 		OpenRequest{Kind: KindDial, Network: NetworkUDP, Address: "[fd00::1]:53"},
-		OpenRequest{Kind: "steal", Address: "ignored for unknown kinds"},
+		OpenRequest{Kind: "mirror", Address: "ignored for unknown kinds"},
+		OpenRequest{Kind: KindSteal, Steal: &StealSpec{Ports: []int{80, 8080}, Filter: &HTTPFilter{Headers: []string{"^X-Dev: a"}, Match: MatchAny}, DetectTimeout: 500}},
+		OpenRequest{Kind: KindIncoming, Network: NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:4000"},
 		OpenReply{Code: CodeOK, Compression: CompressionZstd},
 		OpenReply{Code: CodeRefused, Message: "dial tcp 10.0.0.1:80: connect: connection refused"},
 	}

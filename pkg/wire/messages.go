@@ -131,6 +131,11 @@ type OpenRequest struct {
 	Address string `json:"address,omitempty"`
 	// Compression lists acceptable codecs in the opener's order of preference; empty means none.
 	Compression []Compression `json:"compression,omitempty"`
+	// Steal is KindSteal's spec.
+	Steal *StealSpec `json:"steal,omitempty"`
+	// Port is the pod port a KindIncoming connection arrived on, Peer its client.
+	Port int    `json:"port,omitempty"`
+	Peer string `json:"peer,omitempty"`
 }
 
 // OpenReply answers an OpenRequest. Only after a CodeOK reply does stream data follow, framed and
@@ -191,7 +196,16 @@ func (r *OpenRequest) validate() error {
 	if r.Kind == "" {
 		return fmt.Errorf("open request without kind: %w", ErrBadRequest)
 	}
-	if r.Kind != KindDial {
+	switch r.Kind {
+	case KindDial:
+	case KindSteal:
+		if r.Steal == nil {
+			return fmt.Errorf("steal stream without a spec: %w", ErrBadRequest)
+		}
+		return r.Steal.Validate()
+	case KindIncoming:
+		return r.validateIncoming()
+	default:
 		return nil
 	}
 	if r.Network != NetworkTCP && r.Network != NetworkUDP {

@@ -1,0 +1,261 @@
+package wire
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/dlclark/regexp2"
+)
+
+// Stream kinds of a steal. KindSteal is opened by the plugin and lives as long as the steal: the agent
+// accepts it once the redirect is in place, sends StealEvents on it, and removes the redirect when it
+// ends. KindIncoming is opened by the agent for each stolen connection (or, in a filtered steal, each
+// connection to the developer's process); the plugin dials the local port and joins the two.
+const (
+	KindSteal    = "steal"
+	KindIncoming = "incoming"
+)
+
+// Filter matching combines.
+const (
+	MatchAll = "all"
+	MatchAny = "any"
+)
+
+// RegexOptions are the options every filter pattern is compiled with, on both sides, so that the
+// plugin refuses before injection exactly the patterns the agent would refuse. Case-insensitive, as
+// HTTP header names are; regexp2's default (.NET) syntax, for look-ahead.
+const RegexOptions = regexp2.IgnoreCase
+
+// HTTPFilter selects the HTTP requests a filtered steal takes. Headers see each header as one
+// "Name: value" line; Paths see the request target (path and query); Methods are compared without
+// case. Match is MatchAll or MatchAny over the filters given.
+type HTTPFilter struct {
+	Headers []string `json:"headers,omitempty"`
+	Paths   []string `json:"paths,omitempty"`
+	Methods []string `json:"methods,omitempty"`
+	Match   string   `json:"match,omitempty"`
+}
+
+// Empty reports a filter that selects nothing by itself: the steal then takes whole connections.
+func (f *HTTPFilter) Empty() bool {
+	return f == nil || len(f.Headers)+len(f.Paths)+len(f.Methods) == 0
+}
+
+// Validate compiles every pattern, so a bad one is named before anything changes in the pod.
+func (f *HTTPFilter) Validate() error {
+	if f == nil {
+		return nil
+	}
+	if f.Match != "" && f.Match != MatchAll && f.Match != MatchAny {
+		return fmt.Errorf("match must be %q or %q, not %q", MatchAll, MatchAny, f.Match)
+	}
+	for _, p := range f.Headers {
+		if _, err := regexp2.Compile(p, RegexOptions); err != nil {
+			return fmt.Errorf("header filter %q: %w", p, err)
+		}
+	}
+	for _, p := range f.Paths {
+		if _, err := regexp2.Compile(p, RegexOptions); err != nil {
+			return fmt.Errorf("path filter %q: %w", p, err)
+		}
+	}
+	for _, m := range f.Methods {
+		if m == "" || strings.ContainsAny(m, " \t\r\n") {
+			return fmt.Errorf("method %q is not an HTTP method", m)
+		}
+	}
+	return nil
+}
+
+// StealSpec is what the plugin asks the agent to steal, carried in the KindSteal stream's request.
+type StealSpec struct {
+	// Ports are the pod's ports to steal.
+	Ports []int `json:"ports"`
+	// Filter, when not empty, steals only the matching HTTP requests; the rest goes to the app.
+	Filter *HTTPFilter `json:"filter,omitempty"`
+	// StealProbes takes the kubelet's probe requests too.
+	StealProbes bool `json:"stealProbes,omitempty"`
+	// FlushConnections resets open connections to the ports so that clients reconnect into the steal.
+	FlushConnections bool `json:"flushConnections,omitempty"`
+	// DetectTimeout bounds the wait for a client's first bytes (protocol and probe detection); a
+	// server-first protocol says nothing first and is then taken as not HTTP.
+	DetectTimeout Duration `json:"detectTimeoutMs,omitempty"`
+}
+
+// Validate checks the spec's shape and compiles its filter.
+func (s *StealSpec) Validate() error {
+	if len(s.Ports) == 0 {
+		return fmt.Errorf("steal without ports: %w", ErrBadRequest)
+	}
+	seen := map[int]bool{}
+	for _, p := range s.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("port %d out of range 1-65535: %w", p, ErrBadRequest)
+		}
+		if seen[p] {
+			return fmt.Errorf("port %d given twice: %w", p, ErrBadRequest)
+		}
+		seen[p] = true
+	}
+	if s.DetectTimeout < 0 {
+		return fmt.Errorf("negative detect timeout: %w", ErrBadRequest)
+	}
+	if err := s.Filter.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", err, ErrBadRequest)
+	}
+	return nil
+}
+
+// Steal event kinds.
+const (
+	// EventReady is the first event: the redirect is in place.
+	EventReady = "ready"
+	// EventRequest is one HTTP request of a filtered steal (or a probe passed to the app).
+	EventRequest = "request"
+	// EventConnection is one connection of a whole-port steal, sent when it ends.
+	EventConnection = "connection"
+	// EventWarning is something the developer should know, e.g. a request the local process refused.
+	EventWarning = "warning"
+)
+
+// StealEvent is one line of what a steal did, sent by the agent on the KindSteal stream.
+type StealEvent struct {
+	Kind string `json:"kind"`
+	// Port is the pod port the client connected to.
+	Port int `json:"port,omitempty"`
+	// Peer is the client's address as the pod saw it.
+	Peer     string   `json:"peer,omitempty"`
+	Proto    string   `json:"proto,omitempty"`
+	Method   string   `json:"method,omitempty"`
+	Path     string   `json:"path,omitempty"`
+	Status   int      `json:"status,omitempty"`
+	Stolen   bool     `json:"stolen,omitempty"`
+	Duration Duration `json:"durationMs,omitempty"`
+	// BytesIn is what the client sent, BytesOut what it received.
+	BytesIn  int64  `json:"bytesIn,omitempty"`
+	BytesOut int64  `json:"bytesOut,omitempty"`
+	Message  string `json:"message,omitempty"`
+	// Ready's details: connections reset by FlushConnections, and whether the kernel owns the table.
+	Flushed     int  `json:"flushed,omitempty"`
+	KernelOwned bool `json:"kernelOwned,omitempty"`
+}
+
+// EventWriter sends events as JSON lines; one Encode is one line, so the reader can resync after a
+// line it does not understand.
+type EventWriter struct{ enc *json.Encoder }
+
+// NewEventWriter writes to w.
+func NewEventWriter(w io.Writer) *EventWriter { return &EventWriter{enc: json.NewEncoder(w)} }
+
+// Write sends one event.
+func (e *EventWriter) Write(ev StealEvent) error { return e.enc.Encode(ev) }
+
+// EventReader reads what an EventWriter sent.
+type EventReader struct{ dec *json.Decoder }
+
+// NewEventReader reads from r.
+func NewEventReader(r io.Reader) *EventReader { return &EventReader{dec: json.NewDecoder(r)} }
+
+// Read returns the next event; io.EOF when the steal has ended.
+func (e *EventReader) Read() (StealEvent, error) {
+	var ev StealEvent
+	if err := e.dec.Decode(&ev); err != nil {
+		return StealEvent{}, err
+	}
+	return ev, nil
+}
+
+// validateIncoming checks an incoming stream's request: the pod port and the client address.
+func (r *OpenRequest) validateIncoming() error {
+	if r.Port < 1 || r.Port > 65535 {
+		return fmt.Errorf("incoming stream for port %d: %w", r.Port, ErrBadRequest)
+	}
+	if r.Peer != "" {
+		if _, _, err := net.SplitHostPort(r.Peer); err != nil {
+			return fmt.Errorf("incoming stream peer %q: %w", r.Peer, ErrBadRequest)
+		}
+	}
+	return nil
+}
+
+// FilterMatcher is a compiled HTTPFilter. Both sides use it: the agent per request, the plugin to warn
+// about the probes a filter would take.
+type FilterMatcher struct {
+	headers, paths []*regexp2.Regexp
+	methods        []string
+	any            bool
+}
+
+// matchTimeout bounds one pattern on one input: a pathological look-around must not stall the pod's
+// traffic; a timed-out match counts as no match.
+const matchTimeout = 50 * time.Millisecond
+
+// Compile compiles the filter; nil for an empty one.
+func (f *HTTPFilter) Compile() (*FilterMatcher, error) {
+	if f.Empty() {
+		return nil, nil
+	}
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	m := &FilterMatcher{any: f.Match == MatchAny}
+	for _, p := range f.Headers {
+		re := regexp2.MustCompile(p, RegexOptions)
+		re.MatchTimeout = matchTimeout
+		m.headers = append(m.headers, re)
+	}
+	for _, p := range f.Paths {
+		re := regexp2.MustCompile(p, RegexOptions)
+		re.MatchTimeout = matchTimeout
+		m.paths = append(m.paths, re)
+	}
+	for _, x := range f.Methods {
+		m.methods = append(m.methods, strings.ToUpper(x))
+	}
+	return m, nil
+}
+
+// Match reports whether a request matches: each header pattern must match one "Name: value" line,
+// each path pattern the request target (path and query), and the method must be one of those listed.
+// With MatchAll every such condition must hold, with MatchAny one is enough.
+func (m *FilterMatcher) Match(method, target string, headers []string) bool {
+	var results []bool
+	for _, re := range m.headers {
+		hit := false
+		for _, h := range headers {
+			if ok, _ := re.MatchString(h); ok {
+				hit = true
+				break
+			}
+		}
+		results = append(results, hit)
+	}
+	for _, re := range m.paths {
+		ok, _ := re.MatchString(target)
+		results = append(results, ok)
+	}
+	if len(m.methods) > 0 {
+		hit := false
+		for _, x := range m.methods {
+			if strings.EqualFold(x, method) {
+				hit = true
+				break
+			}
+		}
+		results = append(results, hit)
+	}
+	for _, r := range results {
+		if r && m.any {
+			return true
+		}
+		if !r && !m.any {
+			return false
+		}
+	}
+	return !m.any
+}

@@ -1,0 +1,127 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestStealSpecValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		spec    StealSpec
+		wantErr string
+	}{
+		{name: "whole port", spec: StealSpec{Ports: []int{80}}},
+		{name: "filtered", spec: StealSpec{Ports: []int{80, 443}, Filter: &HTTPFilter{Headers: []string{"^User-Agent: (?!kube-probe)"}, Match: MatchAll}}},
+		{name: "no ports", spec: StealSpec{}, wantErr: "steal without ports"},
+		{name: "port zero", spec: StealSpec{Ports: []int{0}}, wantErr: "port 0 out of range"},
+		{name: "port too big", spec: StealSpec{Ports: []int{65536}}, wantErr: "port 65536 out of range"},
+		{name: "duplicate", spec: StealSpec{Ports: []int{80, 80}}, wantErr: "port 80 given twice"},
+		{name: "bad regex", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Paths: []string{"(a"}}}, wantErr: `path filter "(a"`},
+		{name: "bad match", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Match: "most"}}, wantErr: `match must be "all" or "any", not "most"`},
+		{name: "bad method", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Methods: []string{"GE T"}}}, wantErr: `method "GE T"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.spec.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, ErrBadRequest) {
+				t.Fatalf("error = %v, want a bad request containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestFilterMatcher(t *testing.T) {
+	browser := []string{"Host: web", "User-Agent: curl/8.5.0", "X-Dev: alice"}
+	probe := []string{"Host: 10.88.0.5:8080", "User-Agent: kube-probe/1.33", "Accept: */*"}
+	tests := []struct {
+		name    string
+		filter  HTTPFilter
+		method  string
+		target  string
+		headers []string
+		want    bool
+	}{
+		{"look-ahead passes a browser", HTTPFilter{Headers: []string{"^User-Agent: (?!kube-probe)"}}, "GET", "/", browser, true},
+		{"look-ahead spares a probe", HTTPFilter{Headers: []string{"^User-Agent: (?!kube-probe)"}}, "GET", "/healthz", probe, false},
+		{"header name case-insensitive", HTTPFilter{Headers: []string{"^x-dev: ALICE$"}}, "GET", "/", browser, true},
+		{"header absent", HTTPFilter{Headers: []string{"^X-Dev: bob$"}}, "GET", "/", browser, false},
+		{"path sees the query", HTTPFilter{Paths: []string{`\?debug=1`}}, "GET", "/api?debug=1", nil, true},
+		{"path anchored", HTTPFilter{Paths: []string{"^/api/"}}, "GET", "/web/api/", nil, false},
+		{"method list", HTTPFilter{Methods: []string{"post", "PUT"}}, "POST", "/", nil, true},
+		{"method not listed", HTTPFilter{Methods: []string{"POST"}}, "GET", "/", nil, false},
+		{"all needs every filter", HTTPFilter{Headers: []string{"^X-Dev: alice"}, Paths: []string{"^/admin"}, Match: MatchAll}, "GET", "/api", browser, false},
+		{"any needs one", HTTPFilter{Headers: []string{"^X-Dev: alice"}, Paths: []string{"^/admin"}, Match: MatchAny}, "GET", "/api", browser, true},
+		{"all of two headers", HTTPFilter{Headers: []string{"^X-Dev: alice", "^Host: web$"}}, "GET", "/", browser, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := tt.filter.Compile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Match(tt.method, tt.target, tt.headers); got != tt.want {
+				t.Errorf("Match = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if m, err := (&HTTPFilter{}).Compile(); m != nil || err != nil {
+		t.Errorf("empty filter compiled to %v, %v; want nil, nil", m, err)
+	}
+}
+
+func TestEventsRoundTrip(t *testing.T) {
+	events := []StealEvent{
+		{Kind: EventReady, Flushed: 2, KernelOwned: true},
+		{Kind: EventRequest, Port: 80, Peer: "10.0.0.2:4000", Proto: "HTTP/1.1", Method: "GET", Path: "/x", Status: 200, Stolen: true, Duration: 3, BytesIn: 10, BytesOut: 20},
+		{Kind: EventWarning, Message: "local process refused"},
+	}
+	var buf bytes.Buffer
+	w := NewEventWriter(&buf)
+	for _, e := range events {
+		if err := w.Write(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(buf.String(), "\n"); n != len(events) {
+		t.Errorf("%d lines for %d events", n, len(events))
+	}
+	r := NewEventReader(&buf)
+	var got []StealEvent
+	for {
+		e, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, e)
+	}
+	if diff := cmp.Diff(events, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+}
+
+func TestIncomingValidate(t *testing.T) {
+	for _, req := range []OpenRequest{
+		{Kind: KindIncoming, Port: 0},
+		{Kind: KindIncoming, Port: 80, Peer: "no-port"},
+		{Kind: KindSteal},
+	} {
+		if err := req.Validate(); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("Validate(%+v) = %v, want a bad request", req, err)
+		}
+	}
+}
