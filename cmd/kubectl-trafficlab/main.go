@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
 )
 
 func main() {
@@ -27,6 +29,11 @@ func run() int {
 	defer stop()
 	root := cmd.NewCmdTrafficlab(genericiooptions.IOStreams{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr})
 	if err := root.ExecuteContext(ctx); err != nil {
+		// A command run by the plugin (steal -- COMMAND) passes its exit code on, as kubectl exec does.
+		var exit *exitcode.Error
+		if errors.As(err, &exit) {
+			return exit.Code
+		}
 		fmt.Fprintf(os.Stderr, "error: %v\n", err)
 		return 1
 	}

@@ -20,6 +20,7 @@ func runSession(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	fs := flag.NewFlagSet("trafficlab-agent session", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dialTimeout := fs.Duration("dial-timeout", dial.DefaultTimeout, "bound on one dial from the pod, name resolution included")
+	debug := fs.Bool("debug", false, "log every connection, not only the session's life (the plugin asks for it at -v=5)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -30,7 +31,7 @@ func runSession(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		Version: agentVersion(),
 		In:      stdin,
 		Out:     stdout,
-		Log:     slog.New(slog.NewTextHandler(stderr, nil)),
+		Log:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level(*debug)})),
 		Dialer:  &dial.Dialer{Timeout: *dialTimeout},
 		Tunnel:  wire.DefaultTunnelConfig(),
 	})
@@ -81,4 +82,11 @@ func (s stdio) Close() error {
 		_ = c.Close()
 	}
 	return err
+}
+
+func level(debug bool) slog.Level {
+	if debug {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }

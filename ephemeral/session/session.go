@@ -16,9 +16,11 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -72,7 +74,7 @@ func Run(ctx context.Context, cfg Config) error {
 		ln.Close()
 		return err
 	}
-	s := &server{cfg: cfg, secret: hello.Secret, log: cfg.Log.With("session", id)}
+	s := &server{cfg: cfg, id: id, secret: hello.Secret, log: cfg.Log.With("session", id)}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -86,12 +88,13 @@ func Run(ctx context.Context, cfg Config) error {
 		ln.Close()
 		s.closeAll()
 		wg.Wait()
+		s.waitStreams(5 * time.Second)
 	}()
 	if err := ctrl.Welcome(wire.Welcome{
 		SessionID:   id,
 		DataPort:    ln.Addr().(*net.TCPAddr).Port,
 		AgentPID:    os.Getpid(),
-		Kinds:       []string{wire.KindDial},
+		Kinds:       []string{wire.KindDial, wire.KindSteal},
 		Compression: wire.SupportedCompression(),
 	}); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
@@ -117,8 +120,11 @@ func newID() (string, error) {
 
 type server struct {
 	cfg    Config
+	id     string
 	secret wire.Secret
 	log    *slog.Logger
+
+	stealing atomic.Bool
 
 	mu       sync.Mutex
 	closed   bool
@@ -199,6 +205,23 @@ func (s *server) untrack(t *wire.Session) {
 	t.Close()
 }
 
+// waitStreams lets the streams finish their cleanup before the process exits: a steal removes its
+// redirect before it closes its listener, whereas at exit the kernel closes the listener and the
+// netlink socket that owns the redirect in no particular order, and a connection arriving between
+// the two would be reset. The bound keeps a stuck stream from keeping the process.
+func (s *server) waitStreams(limit time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		s.streams.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(limit):
+		s.log.Warn("streams still running at session end", "waited", limit)
+	}
+}
+
 // closeAll ends every tunnel, which ends every stream in it, so Run's wait cannot hang on a stream
 // whose peer vanished.
 func (s *server) closeAll() {
@@ -216,6 +239,10 @@ func (s *server) closeAll() {
 
 func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 	req := in.Request()
+	if req.Kind == wire.KindSteal {
+		s.serveSteal(ctx, in)
+		return
+	}
 	if req.Kind != wire.KindDial {
 		_ = in.Reject(fmt.Errorf("stream kind %q: %w", req.Kind, wire.ErrUnsupported))
 		return
@@ -281,4 +308,86 @@ func relayUDP(st *wire.Stream, c net.Conn) {
 	}
 	c.Close()
 	<-done
+}
+
+// serveSteal runs the steal the plugin asked for while its stream lives. The stream is accepted only
+// once the redirect is in place, so the plugin's "stealing" is true when it prints it.
+func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
+	if !s.stealing.CompareAndSwap(false, true) {
+		_ = in.Reject(fmt.Errorf("this session already steals: %w", wire.ErrUnsupported))
+		return
+	}
+	defer s.stealing.Store(false)
+	spec := *in.Request().Steal
+	// Events wait here for the stream; a burst beyond the buffer is dropped and counted rather than
+	// slowing the connections that cause it.
+	events := make(chan wire.StealEvent, 1024)
+	var dropped atomic.Int64
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := steal.Start(ctx, steal.Config{
+		ID:   s.id,
+		Spec: spec,
+		Open: s,
+		Log:  s.log,
+		Events: func(e wire.StealEvent) {
+			select {
+			case events <- e:
+			default:
+				dropped.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		s.log.Warn("steal refused", "ports", spec.Ports, "err", err)
+		_ = in.Reject(err)
+		return
+	}
+	defer st.Close()
+	stream, err := in.AcceptWith(wire.CompressionNone)
+	if err != nil {
+		return
+	}
+	defer stream.Close()
+	s.log.Info("stealing", "ports", spec.Ports, "filtered", !spec.Filter.Empty())
+	// The plugin never writes on this stream: its end (EOF or abort) is the steal's end.
+	go func() {
+		_, _ = io.Copy(io.Discard, stream)
+		cancel()
+	}()
+	w := wire.NewEventWriter(stream)
+	for {
+		select {
+		case e := <-events:
+			if n := dropped.Swap(0); n > 0 {
+				_ = w.Write(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("%d events dropped: the plugin reads them too slowly", n)})
+			}
+			if err := w.Write(e); err != nil {
+				return
+			}
+		case <-ctx.Done():
+			_ = st.Close()
+			s.log.Info("steal ended", "ports", spec.Ports)
+			return
+		}
+	}
+}
+
+// OpenIncoming opens a stream to the plugin for a stolen connection, on the least busy tunnel.
+func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
+	s.mu.Lock()
+	var best *wire.Session
+	for t := range s.sessions {
+		if t.IsClosed() {
+			continue
+		}
+		if best == nil || t.NumStreams() < best.NumStreams() {
+			best = t
+		}
+	}
+	s.mu.Unlock()
+	if best == nil {
+		return nil, fmt.Errorf("no data connection to the plugin: %w", wire.ErrSessionClosed)
+	}
+	return best.Open(ctx, req)
 }

@@ -3,16 +3,19 @@
 package session
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/progress"
@@ -102,6 +105,9 @@ func (o *Options) Validate() error {
 type Request struct {
 	Target       target.Options
 	Capabilities inject.Capabilities
+	// Check runs once the target is known and before anything changes in the cluster, so that a verb
+	// refuses bad input (a port the Service does not have) with the pod left as it was.
+	Check func(*target.Target) error
 }
 
 // Session is a live tunnel to an agent in the target pod.
@@ -109,7 +115,9 @@ type Session struct {
 	Target *target.Target
 	Agent  string
 	Conn   *tunnel.Conn
-	data   io.Closer
+	// Progress goes on with the same clock, so a verb's own steps read as part of the same start-up.
+	Progress *progress.Printer
+	data     io.Closer
 }
 
 // Close ends the tunnel; the agent's session process exits and releases what it held.
@@ -134,6 +142,11 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 	tgt, err := target.Resolve(ctx, client, req.Target)
 	if err != nil {
 		return nil, err
+	}
+	if req.Check != nil {
+		if err := req.Check(tgt); err != nil {
+			return nil, err
+		}
 	}
 	pod := tgt.Pod
 	spec := inject.AgentSpec{
@@ -198,13 +211,14 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 	conn, err := tunnel.Connect(ctx, tunnel.Config{
 		Control: &transport.AgentControl{
 			Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name,
-			Command: []string{inject.AgentBinary, "session"},
+			Command: agentCommand(),
 		},
 		Data:        data,
 		DataConns:   o.DataConnections,
 		Version:     version.Get().Version,
 		Tunnel:      pluginTunnelConfig(),
 		Compression: wire.SupportedCompression(),
+		AgentLog:    agentLog(errOut),
 	})
 	if err != nil {
 		if closer != nil {
@@ -217,7 +231,45 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 		via = "port-forward over " + string(pf.Used())
 	}
 	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
-	return &Session{Target: tgt, Agent: name, Conn: conn, data: closer}, nil
+	return &Session{Target: tgt, Agent: name, Conn: conn, Progress: p, data: closer}, nil
+}
+
+// agentCommand is the exec'd session process; at -v=5 it logs every connection too.
+func agentCommand() []string {
+	if klog.V(5).Enabled() {
+		return []string{inject.AgentBinary, "session", "--debug"}
+	}
+	return []string{inject.AgentBinary, "session"}
+}
+
+// agentLog shows the agent's own log with -v=4 and above, as kubectl shows its requests at -v=6.
+func agentLog(errOut io.Writer) io.Writer {
+	if !klog.V(4).Enabled() {
+		return nil
+	}
+	return &prefixWriter{out: errOut, prefix: "agent: "}
+}
+
+// prefixWriter writes each line with a prefix; a partial line waits for its end.
+type prefixWriter struct {
+	mu     sync.Mutex
+	out    io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		_, _ = fmt.Fprintf(w.out, "%s%s\n", w.prefix, w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
 }
 
 func onlyPortForward(e *inject.MissingPermissionError) bool {

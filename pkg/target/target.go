@@ -47,6 +47,10 @@ type Options struct {
 type Target struct {
 	Pod       *corev1.Pod
 	Container string
+	// Service is set when the target was named as a Service, whose ports a verb may translate.
+	Service *corev1.Service
+	// Replicas is how many ready pods the name or selector matched; the target is one of them.
+	Replicas int
 }
 
 // Resolve finds the target and checks it can take an agent. It only reads from the API server.
@@ -54,10 +58,11 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 	if (o.Resource == "") == (o.Selector == "") {
 		return nil, fmt.Errorf("name exactly one target: TYPE/NAME or --selector")
 	}
-	pod, err := findPod(ctx, client, o)
+	f, err := findPod(ctx, client, o)
 	if err != nil {
 		return nil, err
 	}
+	pod := f.pod
 	if err := checkPod(ctx, client, pod, o.AllowHostNetwork); err != nil {
 		return nil, err
 	}
@@ -65,41 +70,56 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 	if err != nil {
 		return nil, err
 	}
-	return &Target{Pod: pod, Container: container}, nil
+	return &Target{Pod: pod, Container: container, Service: f.svc, Replicas: f.replicas}, nil
 }
 
-func findPod(ctx context.Context, client kubernetes.Interface, o Options) (*corev1.Pod, error) {
+type found struct {
+	pod      *corev1.Pod
+	svc      *corev1.Service
+	replicas int
+}
+
+func findPod(ctx context.Context, client kubernetes.Interface, o Options) (found, error) {
 	ns := o.Namespace
 	if o.Selector != "" {
 		sel, err := labels.Parse(o.Selector)
 		if err != nil {
-			return nil, fmt.Errorf("invalid selector %q: %w", o.Selector, err)
+			return found{}, fmt.Errorf("invalid selector %q: %w", o.Selector, err)
 		}
 		return readyPod(ctx, client, ns, sel, fmt.Sprintf("selector %q", o.Selector))
 	}
 
 	k, name, err := parseResource(o.Resource)
 	if err != nil {
-		return nil, err
+		return found{}, err
 	}
 	info := kinds()[k]
 	if k == kindPod {
 		pod, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			return nil, explainGetError(err, info.gr, ns)
+			return found{}, explainGetError(err, info.gr, ns)
 		}
-		return pod, nil
+		return found{pod: pod, replicas: 1}, nil
 	}
-	sel, err := selectorFor(ctx, client, k, ns, name)
+	var svc *corev1.Service
+	if k == kindService {
+		svc, err = client.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return found{}, explainGetError(err, info.gr, ns)
+		}
+	}
+	sel, err := selectorFor(ctx, client, k, ns, name, svc)
 	if err != nil {
-		return nil, explainGetError(err, info.gr, ns)
+		return found{}, explainGetError(err, info.gr, ns)
 	}
-	return readyPod(ctx, client, ns, sel, fmt.Sprintf("%s %q", info.noun, name))
+	f, err := readyPod(ctx, client, ns, sel, fmt.Sprintf("%s %q", info.noun, name))
+	f.svc = svc
+	return f, err
 }
 
 // selectorFor reads the label selector of the pods a workload or service owns, as kubectl's
 // polymorphichelpers.SelectorsForObject does.
-func selectorFor(ctx context.Context, client kubernetes.Interface, k kind, ns, name string) (labels.Selector, error) {
+func selectorFor(ctx context.Context, client kubernetes.Interface, k kind, ns, name string, svc *corev1.Service) (labels.Selector, error) {
 	get := metav1.GetOptions{}
 	var ls *metav1.LabelSelector
 	switch k {
@@ -140,11 +160,7 @@ func selectorFor(ctx context.Context, client kubernetes.Interface, k kind, ns, n
 		}
 		return selectorFromSet(o.Spec.Selector, "replicationcontroller", name, ns)
 	case kindService:
-		o, err := client.CoreV1().Services(ns).Get(ctx, name, get)
-		if err != nil {
-			return nil, err
-		}
-		return selectorFromSet(o.Spec.Selector, "service", name, ns)
+		return selectorFromSet(svc.Spec.Selector, "service", name, ns)
 	default:
 		return nil, fmt.Errorf("resource kind %d has no pod selector", k)
 	}
@@ -169,13 +185,13 @@ func selectorFromSet(set map[string]string, noun, name, ns string) (labels.Selec
 // readyPod picks the pod kubectl exec and port-forward would pick (the most active one, by kubectl's
 // own ordering) among those that are ready: an agent in a pod that is starting or stopping would lose
 // its session with the pod.
-func readyPod(ctx context.Context, client kubernetes.Interface, ns string, sel labels.Selector, what string) (*corev1.Pod, error) {
+func readyPod(ctx context.Context, client kubernetes.Interface, ns string, sel labels.Selector, what string) (found, error) {
 	list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
-		return nil, explainListError(err, ns)
+		return found{}, explainListError(err, ns)
 	}
 	if len(list.Items) == 0 {
-		return nil, fmt.Errorf("no ready pod for %s in namespace %q (no pod matches selector %q)", what, ns, sel.String())
+		return found{}, fmt.Errorf("no ready pod for %s in namespace %q (no pod matches selector %q)", what, ns, sel.String())
 	}
 	var ready []*corev1.Pod
 	notReady := map[string]int{}
@@ -193,10 +209,10 @@ func readyPod(ctx context.Context, client kubernetes.Interface, ns string, sel l
 		}
 	}
 	if len(ready) == 0 {
-		return nil, fmt.Errorf("no ready pod for %s in namespace %q (%s)", what, ns, summarize(len(list.Items), notReady))
+		return found{}, fmt.Errorf("no ready pod for %s in namespace %q (%s)", what, ns, summarize(len(list.Items), notReady))
 	}
 	sort.Sort(sort.Reverse(podutils.ActivePods(ready)))
-	return ready[0], nil
+	return found{pod: ready[0], replicas: len(ready)}, nil
 }
 
 func summarize(total int, counts map[string]int) string {

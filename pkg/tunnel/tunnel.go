@@ -45,6 +45,9 @@ type Config struct {
 	Compression []wire.Compression
 	// HandshakeTimeout bounds the exec start, the Hello and each data preamble.
 	HandshakeTimeout time.Duration
+	// AgentLog, when set, also receives everything the agent's session process writes to stderr
+	// (its log), for -v debugging.
+	AgentLog io.Writer
 }
 
 // Conn is a live session with the agent.
@@ -58,6 +61,9 @@ type Conn struct {
 	tunnels []*wire.Session
 	mu      sync.Mutex
 	next    int
+
+	acceptOnce sync.Once
+	incoming   chan *wire.Incoming
 
 	cancel   context.CancelFunc
 	done     chan struct{}
@@ -83,7 +89,11 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	outR, outW := io.Pipe()
 	c := &Conn{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan struct{})}
 	go func() {
-		err := cfg.Control.StartControl(runCtx, inR, outW, c.stderr)
+		var stderr io.Writer = c.stderr
+		if cfg.AgentLog != nil {
+			stderr = io.MultiWriter(c.stderr, cfg.AgentLog)
+		}
+		err := cfg.Control.StartControl(runCtx, inR, outW, stderr)
 		if err == nil {
 			err = io.EOF
 		}
@@ -249,6 +259,51 @@ func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteC
 		return nil, err
 	}
 	return s, nil
+}
+
+// Steal asks the agent to steal; the returned stream carries the steal's events and ending it (Close)
+// ends the steal. The agent answers only once its redirect is in place.
+func (c *Conn) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
+	t := c.pick()
+	if t == nil {
+		if err := c.Err(); err != nil {
+			return nil, err
+		}
+		return nil, wire.ErrSessionClosed
+	}
+	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
+}
+
+// Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
+// first call starts accepting; before it, the agent's streams wait in yamux's backlog.
+func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {
+	c.acceptOnce.Do(func() {
+		c.incoming = make(chan *wire.Incoming)
+		for _, t := range c.tunnels {
+			go func() {
+				for {
+					in, err := t.Accept(context.Background())
+					if err != nil {
+						return
+					}
+					select {
+					case c.incoming <- in:
+					case <-c.done:
+						_ = in.Reject(wire.ErrSessionClosed)
+						return
+					}
+				}
+			}()
+		}
+	})
+	select {
+	case in := <-c.incoming:
+		return in, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-c.done:
+		return nil, c.err
+	}
 }
 
 // pick spreads streams over the data connections, preferring the least loaded.

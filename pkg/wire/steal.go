@@ -65,7 +65,7 @@ func (f *HTTPFilter) Validate() error {
 		}
 	}
 	for _, m := range f.Methods {
-		if m == "" || strings.ContainsAny(m, " \t\r\n") {
+		if !isToken(m) {
 			return fmt.Errorf("method %q is not an HTTP method", m)
 		}
 	}
@@ -183,79 +183,103 @@ func (r *OpenRequest) validateIncoming() error {
 	return nil
 }
 
-// FilterMatcher is a compiled HTTPFilter. Both sides use it: the agent per request, the plugin to warn
-// about the probes a filter would take.
+// FilterMatcher is a compiled HTTPFilter; it is safe for concurrent use. Both sides use it: the
+// agent per request, the plugin to warn about the probes a filter would take.
 type FilterMatcher struct {
 	headers, paths []*regexp2.Regexp
 	methods        []string
-	any            bool
+	all            bool
 }
 
-// matchTimeout bounds one pattern on one input: a pathological look-around must not stall the pod's
-// traffic; a timed-out match counts as no match.
-const matchTimeout = 50 * time.Millisecond
+// MatchTimeout bounds one pattern on one input. regexp2 backtracks (that is what buys look-ahead),
+// so a pathological pattern could otherwise stall every request on the port; a timed-out pattern
+// counts as not matching, which sends the request to the app.
+const MatchTimeout = 50 * time.Millisecond
 
 // Compile compiles the filter; nil for an empty one.
-func (f *HTTPFilter) Compile() (*FilterMatcher, error) {
+func (f *HTTPFilter) Compile() (*FilterMatcher, error) { return f.compile(MatchTimeout) }
+
+func (f *HTTPFilter) compile(timeout time.Duration) (*FilterMatcher, error) {
 	if f.Empty() {
 		return nil, nil
 	}
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
-	m := &FilterMatcher{any: f.Match == MatchAny}
+	m := &FilterMatcher{all: f.Match != MatchAny, methods: f.Methods}
 	for _, p := range f.Headers {
 		re := regexp2.MustCompile(p, RegexOptions)
-		re.MatchTimeout = matchTimeout
+		re.MatchTimeout = timeout
 		m.headers = append(m.headers, re)
 	}
 	for _, p := range f.Paths {
 		re := regexp2.MustCompile(p, RegexOptions)
-		re.MatchTimeout = matchTimeout
+		re.MatchTimeout = timeout
 		m.paths = append(m.paths, re)
-	}
-	for _, x := range f.Methods {
-		m.methods = append(m.methods, strings.ToUpper(x))
 	}
 	return m, nil
 }
 
-// Match reports whether a request matches: each header pattern must match one "Name: value" line,
-// each path pattern the request target (path and query), and the method must be one of those listed.
-// With MatchAll every such condition must hold, with MatchAny one is enough.
+// Match reports whether a request matches. Each header pattern is a filter of its own and matches
+// when one "Name: value" line does; each path pattern is one, matched against the request target
+// (path and query); the methods together are one more (the method is one of them, without case).
+// With MatchAll every filter must match, with MatchAny one is enough.
 func (m *FilterMatcher) Match(method, target string, headers []string) bool {
-	var results []bool
 	for _, re := range m.headers {
-		hit := false
+		ok := false
 		for _, h := range headers {
-			if ok, _ := re.MatchString(h); ok {
-				hit = true
+			if matchString(re, h) {
+				ok = true
 				break
 			}
 		}
-		results = append(results, hit)
+		if done, result := m.verdict(ok); done {
+			return result
+		}
 	}
 	for _, re := range m.paths {
-		ok, _ := re.MatchString(target)
-		results = append(results, ok)
+		if done, result := m.verdict(matchString(re, target)); done {
+			return result
+		}
 	}
 	if len(m.methods) > 0 {
-		hit := false
+		ok := false
 		for _, x := range m.methods {
-			if strings.EqualFold(x, method) {
-				hit = true
-				break
-			}
+			ok = ok || strings.EqualFold(x, method)
 		}
-		results = append(results, hit)
+		if done, result := m.verdict(ok); done {
+			return result
+		}
 	}
-	for _, r := range results {
-		if r && m.any {
-			return true
-		}
-		if !r && !m.any {
+	return m.all
+}
+
+// verdict short-circuits: a miss decides "all", a hit decides "any".
+func (m *FilterMatcher) verdict(ok bool) (done, result bool) {
+	if m.all {
+		return !ok, false
+	}
+	return ok, true
+}
+
+func matchString(re *regexp2.Regexp, s string) bool {
+	ok, err := re.MatchString(s)
+	return err == nil && ok
+}
+
+// isToken reports an RFC 9110 token, which is what a method is.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
 			return false
 		}
 	}
-	return !m.any
+	return true
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -25,6 +26,7 @@ func TestStealSpecValidate(t *testing.T) {
 		{name: "bad regex", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Paths: []string{"(a"}}}, wantErr: `path filter "(a"`},
 		{name: "bad match", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Match: "most"}}, wantErr: `match must be "all" or "any", not "most"`},
 		{name: "bad method", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Methods: []string{"GE T"}}}, wantErr: `method "GE T"`},
+		{name: "method not a token", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Methods: []string{"GET/"}}}, wantErr: `method "GET/"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +66,14 @@ func TestFilterMatcher(t *testing.T) {
 		{"all needs every filter", HTTPFilter{Headers: []string{"^X-Dev: alice"}, Paths: []string{"^/admin"}, Match: MatchAll}, "GET", "/api", browser, false},
 		{"any needs one", HTTPFilter{Headers: []string{"^X-Dev: alice"}, Paths: []string{"^/admin"}, Match: MatchAny}, "GET", "/api", browser, true},
 		{"all of two headers", HTTPFilter{Headers: []string{"^X-Dev: alice", "^Host: web$"}}, "GET", "/", browser, true},
+		{"a header pattern sees one line at a time", HTTPFilter{Headers: []string{`^X-A: 1.*X-B`}}, "GET", "/", []string{"X-A: 1", "X-B: 2"}, false},
+		{"value with a colon", HTTPFilter{Headers: []string{`^Host: example\.com:8080$`}}, "GET", "/", []string{"Host: example.com:8080"}, true},
+		{"path ignores case", HTTPFilter{Paths: []string{`^/API`}}, "GET", "/api", nil, true},
+		{"methods are one filter", HTTPFilter{Methods: []string{"GET", "POST"}, Match: MatchAll}, "POST", "/", nil, true},
+		{"any: none", HTTPFilter{Headers: []string{`^X-A: 2`}, Paths: []string{`^/nope`}, Methods: []string{"PUT"}, Match: MatchAny}, "GET", "/", []string{"X-A: 1"}, false},
+		{"all: method missing", HTTPFilter{Paths: []string{`^/api`}, Methods: []string{"POST"}}, "GET", "/api", nil, false},
+		{"no headers at all", HTTPFilter{Headers: []string{`.*`}}, "GET", "/", nil, false},
+		{"negative look-behind", HTTPFilter{Paths: []string{`(?<!/internal)/admin`}}, "GET", "/internal/admin", nil, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,6 +132,35 @@ func TestIncomingValidate(t *testing.T) {
 	} {
 		if err := req.Validate(); !errors.Is(err, ErrBadRequest) {
 			t.Errorf("Validate(%+v) = %v, want a bad request", req, err)
+		}
+	}
+}
+
+func TestFilterMatchTimeout(t *testing.T) {
+	// Catastrophic backtracking: without the timeout this takes far longer than the test.
+	m, err := (&HTTPFilter{Paths: []string{`^(a+)+$`}}).compile(10 * time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if m.Match("GET", strings.Repeat("a", 64)+"!", nil) {
+		t.Error("a timed-out pattern matched")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("match took %v despite the timeout", d)
+	}
+}
+
+func BenchmarkFilterMatch(b *testing.B) {
+	m, err := (&HTTPFilter{Headers: []string{`^User-Agent: (?!kube-probe)`, `^x-steal: yes$`}}).Compile()
+	if err != nil {
+		b.Fatal(err)
+	}
+	headers := []string{"Host: api", "User-Agent: curl/8.5.0", "Accept: */*", "X-Steal: yes"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if !m.Match("GET", "/api/users?id=1", headers) {
+			b.Fatal("no match")
 		}
 	}
 }

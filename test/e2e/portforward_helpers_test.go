@@ -90,8 +90,14 @@ func (p *pfProc) addLine(stream, text string) {
 // The process is interrupted (then killed) when the test ends.
 func pfStart(t *testing.T, name, ns string, args ...string) *pfProc {
 	t.Helper()
+	return pluginStart(t, name, "port-forward", ns, args...)
+}
+
+// pluginStart runs `kubectl trafficlab VERB -n NS ARGS...` as kubectl's plugin discovery finds it.
+func pluginStart(t *testing.T, name, verb, ns string, args ...string) *pfProc {
+	t.Helper()
 	pfRequirePlugin(t)
-	argv := append([]string{"trafficlab", "port-forward", "-n", ns}, args...)
+	argv := append([]string{"trafficlab", verb, "-n", ns}, args...)
 	p := &pfProc{t: t, name: name, changed: make(chan struct{}), done: make(chan struct{})}
 	p.cmd = exec.Command("kubectl", argv...)
 	p.cmd.Stdout = &pfLineWriter{p: p, stream: "stdout"}
@@ -99,7 +105,7 @@ func pfStart(t *testing.T, name, ns string, args ...string) *pfProc {
 	t.Logf("%s: kubectl %s", name, strings.Join(argv, " "))
 	p.start = time.Now()
 	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start kubectl trafficlab port-forward: %v", err)
+		t.Fatalf("start kubectl trafficlab %s: %v", verb, err)
 	}
 	go func() {
 		err := p.cmd.Wait()

@@ -1,0 +1,275 @@
+package httpx
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+)
+
+// bufioSize is the size of each pooled bufio.Reader and Writer (net/http uses 4 KiB). A head larger
+// than one buffer is still read, a line at a time.
+const bufioSize = 8 << 10
+
+// copyBufSize matches wire.Join's buffers: large enough that a big body moves in few syscalls, since
+// bufio reads and writes straight through its buffer for slices at least this large.
+const copyBufSize = 32 << 10
+
+var (
+	readerPool  sync.Pool
+	writerPool  sync.Pool
+	copyBufPool = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+)
+
+func getReader(r io.Reader) *bufio.Reader {
+	if v, ok := readerPool.Get().(*bufio.Reader); ok {
+		v.Reset(r)
+		return v
+	}
+	return bufio.NewReaderSize(r, bufioSize)
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readerPool.Put(br)
+}
+
+func getWriter(w io.Writer) *bufio.Writer {
+	if v, ok := writerPool.Get().(*bufio.Writer); ok {
+		v.Reset(w)
+		return v
+	}
+	return bufio.NewWriterSize(w, bufioSize)
+}
+
+func putWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	writerPool.Put(bw)
+}
+
+// writeError marks a failure on the destination side of a copy, so that callers can tell a peer
+// that stopped reading from one that stopped sending.
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }
+
+func isWriteError(err error) bool {
+	var we writeError
+	return errors.As(err, &we)
+}
+
+// copyN relays exactly n bytes. Whenever src has nothing buffered, so before each read that may
+// block, it flushes dst: what came before (a request head whose client waits for 100 Continue, the
+// last piece of a streamed body) goes out now, and big bodies still move in large writes.
+func copyN(dst *bufio.Writer, src *bufio.Reader, n int64) (int64, error) {
+	return copyBody(dst, src, n)
+}
+
+// copyToEOF relays src until it ends; a body without framing ends when its connection does.
+func copyToEOF(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
+	return copyBody(dst, src, -1)
+}
+
+func copyBody(dst *bufio.Writer, src *bufio.Reader, n int64) (int64, error) {
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
+	var written int64
+	for n < 0 || written < n {
+		if src.Buffered() == 0 {
+			if err := dst.Flush(); err != nil {
+				return written, writeError{err}
+			}
+		}
+		p := buf
+		if n >= 0 && n-written < int64(len(p)) {
+			p = p[:n-written]
+		}
+		r, err := src.Read(p)
+		if r > 0 {
+			if _, werr := dst.Write(p[:r]); werr != nil {
+				return written, writeError{werr}
+			}
+			written += int64(r)
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if n < 0 {
+					return written, nil
+				}
+				err = io.ErrUnexpectedEOF
+			}
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// maxChunkLine bounds a chunk-size line with its extensions; no real client comes near it.
+const maxChunkLine = 4 << 10
+
+// copyChunked relays one chunked body (RFC 9112 7.1) byte for byte, chunk extensions and trailer
+// section included, and stops right after it. Unlike heads, chunk framing must end its lines in CRLF:
+// net/http rejects a bare LF there (CVE-2025-22871), and a proxy that read such a body differently
+// from the app behind it would take the rest of the body for the next request.
+func copyChunked(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
+	var written int64
+	for {
+		line, err := readChunkLine(dst, src)
+		if err != nil {
+			return written, err
+		}
+		size, err := chunkSize(line)
+		if err != nil {
+			return written, err
+		}
+		if _, err := dst.Write(line); err != nil {
+			return written, writeError{err}
+		}
+		written += int64(len(line))
+		if size == 0 {
+			n, err := copyTrailers(dst, src)
+			return written + n, err
+		}
+		n, err := copyN(dst, src, size)
+		written += n
+		if err != nil {
+			return written, err
+		}
+		crlf, err := readChunkLine(dst, src)
+		if err != nil {
+			return written, err
+		}
+		if string(crlf) != "\r\n" {
+			return written, fmt.Errorf("chunk data not followed by CRLF: %w", ErrMalformed)
+		}
+		if _, err := dst.Write(crlf); err != nil {
+			return written, writeError{err}
+		}
+		written += int64(len(crlf))
+	}
+}
+
+// readChunkLine reads one CRLF-terminated line of chunk framing; the slice is valid until src's next
+// read. Before it blocks it flushes dst, so that each chunk goes out whole as soon as it is in.
+func readChunkLine(dst *bufio.Writer, src *bufio.Reader) ([]byte, error) {
+	if src.Buffered() == 0 {
+		if err := dst.Flush(); err != nil {
+			return nil, writeError{err}
+		}
+	}
+	line, err := src.ReadSlice('\n')
+	switch {
+	case errors.Is(err, bufio.ErrBufferFull) || len(line) > maxChunkLine:
+		return nil, fmt.Errorf("chunk line longer than %d bytes: %w", maxChunkLine, ErrMalformed)
+	case errors.Is(err, io.EOF):
+		return nil, io.ErrUnexpectedEOF
+	case err != nil:
+		return nil, err
+	case len(line) < 2 || line[len(line)-2] != '\r':
+		return nil, fmt.Errorf("chunk line %q without CRLF: %w", clip(string(line)), ErrMalformed)
+	}
+	return line, nil
+}
+
+// chunkSize parses "1a;ext=v\r\n": hex digits, then an extension or trailing whitespace. It takes
+// net/http's reading (whitespace only at the end, none before ";"): RFC 9112 would allow whitespace
+// before ";", but a line net/http rejects must not be one the proxy relays as a chunk.
+func chunkSize(line []byte) (int64, error) {
+	var n int64
+	i := 0
+	for ; i < len(line); i++ {
+		d, ok := hexDigit(line[i])
+		if !ok {
+			break
+		}
+		if i >= 15 {
+			return 0, fmt.Errorf("chunk size too large: %w", ErrMalformed)
+		}
+		n = n<<4 | int64(d)
+	}
+	tail, ok := strings.CutSuffix(string(line[i:]), "\r\n")
+	switch {
+	case i == 0 || !ok:
+		return 0, fmt.Errorf("chunk size line %q: %w", clip(string(line)), ErrMalformed)
+	case strings.HasPrefix(tail, ";"):
+		if !validValue(tail) {
+			return 0, fmt.Errorf("chunk extension %q: %w", clip(tail), ErrMalformed)
+		}
+	case strings.Trim(tail, " \t") != "":
+		return 0, fmt.Errorf("chunk size line %q: %w", clip(string(line)), ErrMalformed)
+	}
+	return n, nil
+}
+
+func hexDigit(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// copyTrailers relays the trailer section after the last chunk, through its empty line.
+func copyTrailers(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
+	var written int64
+	for {
+		line, err := readChunkLine(dst, src)
+		if err != nil {
+			return written, err
+		}
+		if written+int64(len(line)) > MaxHeadSize {
+			return written, fmt.Errorf("trailers: %w", ErrHeadTooLarge)
+		}
+		if !validValue(string(line[:len(line)-2])) {
+			return written, fmt.Errorf("trailer line %q: %w", clip(string(line)), ErrMalformed)
+		}
+		if _, err := dst.Write(line); err != nil {
+			return written, writeError{err}
+		}
+		written += int64(len(line))
+		if len(line) == 2 {
+			return written, nil
+		}
+	}
+}
+
+// readHead reads one head (through its empty line) into buf[:0]. Requests may be preceded by empty
+// lines (RFC 9112 2.2), which skipBlank drops. io.EOF means the peer closed before sending a byte of
+// it; a head cut short is io.ErrUnexpectedEOF.
+func readHead(br *bufio.Reader, buf []byte, skipBlank bool) ([]byte, error) {
+	buf = buf[:0]
+	lineStart := 0
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > MaxHeadSize {
+			return buf, ErrHeadTooLarge
+		}
+		buf = append(buf, frag...)
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) && len(buf) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return buf, err
+		}
+		line := buf[lineStart:]
+		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			if lineStart == 0 && skipBlank {
+				buf = buf[:0]
+				continue
+			}
+			return buf, nil
+		}
+		lineStart = len(buf)
+	}
+}

@@ -1,0 +1,496 @@
+package httpx
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// bodyGrace is how long a finished response waits for the rest of its request body. A server may
+// answer before reading the body (413, or a final status to "Expect: 100-continue"); the client then
+// either sends the body anyway or closes, and a client that does neither must not pin the connection.
+const bodyGrace = 2 * time.Second
+
+// ServeHTTP1 proxies an HTTP/1.x client connection request by request: each request is decided by
+// r.Steal and forwarded, head and body byte for byte, on a keep-alive connection to that side, which
+// is dialed on first use and reused by later requests for the same side. Responses are relayed raw,
+// one per request, so pipelined requests are answered in order. A request whose local process cannot
+// be reached goes to the app, with a warning event. A successful upgrade (101, or 2xx to CONNECT) turns
+// the connection into a raw relay between the client and that side.
+//
+// pre is what was already read from client (Peek's Prefix). If the first request is not HTTP after
+// all, the connection goes to the app raw, as if the proxy were not there. ServeHTTP1 closes client and
+// everything it dialed before it returns; a client that closes between requests is a nil error.
+func ServeHTTP1(ctx context.Context, client net.Conn, pre []byte, r Route) error {
+	c := &h1conn{ctx: ctx, route: r, client: client, pre: bytes.NewReader(pre)}
+	c.cr, c.cw = getReader(io.MultiReader(c.pre, client)), getWriter(client)
+	c.conns.add(client)
+	stop := context.AfterFunc(ctx, c.conns.closeAll)
+	err := c.serve()
+	stop()
+	c.release()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+type h1conn struct {
+	ctx    context.Context
+	route  Route
+	client net.Conn
+	pre    *bytes.Reader // the part of Peek's prefix cr has not taken in yet
+	cr     *bufio.Reader
+	cw     *bufio.Writer
+	conns  conns
+	ups    [2]*h1up
+	head   []byte // the current request head; RequestHead.Raw points into it
+	rhead  []byte // the current response head
+	served int    // requests forwarded so far
+}
+
+// h1up is a keep-alive connection to one side.
+type h1up struct {
+	conn net.Conn
+	br   *bufio.Reader
+	bw   *bufio.Writer
+}
+
+func (c *h1conn) release() {
+	for s := range c.ups {
+		c.drop(side(s))
+	}
+	c.conns.closeAll()
+	putReader(c.cr)
+	putWriter(c.cw)
+}
+
+func (c *h1conn) drop(s side) {
+	u := c.ups[s]
+	if u == nil {
+		return
+	}
+	c.ups[s] = nil
+	c.conns.remove(u.conn)
+	putReader(u.br)
+	putWriter(u.bw)
+}
+
+func (c *h1conn) serve() error {
+	for {
+		var err error
+		c.head, err = readHead(c.cr, c.head, true)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			// A first head that never ends, or that the client broke off, goes to the app as it
+			// came, which then answers (or not) as it would without the proxy.
+			switch {
+			case c.served == 0 && errors.Is(err, ErrHeadTooLarge):
+				c.route.warn(Event{}, "first request head larger than 64 KiB; connection relayed raw to the app")
+				return c.rawToApp()
+			case c.served == 0 && errors.Is(err, io.ErrUnexpectedEOF):
+				return c.rawToApp()
+			}
+			if errors.Is(err, ErrHeadTooLarge) {
+				c.reply(http.StatusRequestHeaderFieldsTooLarge, "request head larger than 64 KiB")
+			}
+			return fmt.Errorf("read request: %w", err)
+		}
+		h, err := ParseRequestHead(c.head)
+		if err != nil {
+			if c.served == 0 {
+				c.route.warn(Event{}, "first request is not HTTP/1 after all (%v); connection relayed raw to the app", err)
+				return c.rawToApp()
+			}
+			c.reply(http.StatusBadRequest, err.Error())
+			return fmt.Errorf("request %d: %w", c.served+1, err)
+		}
+		keep, err := c.exchange(&h)
+		c.served++
+		if err != nil || !keep {
+			return err
+		}
+	}
+}
+
+// rawToApp gives a connection whose first bytes were not the HTTP they promised to the app unchanged:
+// the proxy should not answer for a protocol it does not speak.
+func (c *h1conn) rawToApp() error {
+	up, err := c.route.dial(c.ctx, sideApp)
+	if err != nil {
+		return err
+	}
+	if !c.conns.add(up) {
+		return errAborted
+	}
+	head := bytes.Clone(c.head)
+	return splice(c.ctx, &readerConn{Conn: c.client, r: io.MultiReader(bytes.NewReader(head), c.cr)}, up)
+}
+
+// exchange forwards one request and relays its response; keep says whether the client connection
+// carries on.
+func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
+	start := time.Now()
+	c.declineH2C(h)
+	ev := Event{Method: h.Method, Path: h.Target, Proto: h.Proto}
+	want := sideApp
+	if c.route.steal(h) {
+		want = sideLocal
+	}
+	hasBody := h.Chunked || h.ContentLength > 0
+	var res h1result
+	for attempt := 0; ; attempt++ {
+		u, s, fresh, err := c.upstream(ev, want)
+		if err != nil {
+			c.route.warn(ev, "%v", err)
+			c.reply(http.StatusBadGateway, "trafficlab: "+err.Error())
+			ev.Status, ev.Duration = http.StatusBadGateway, time.Since(start)
+			c.route.emit(ev)
+			return false, err
+		}
+		ev.Stolen = s == sideLocal
+		res = c.roundTrip(h, u, hasBody)
+		// When nothing reached the client and nothing of the client's was spent, the request can go
+		// again: to the app when a new connection to the local process broke at once (its tunnel
+		// could open, its process could not answer), or to a new connection when a kept one turned
+		// out dead and the request is safe to repeat.
+		retry := false
+		switch {
+		case res.err == nil || res.relayed || hasBody || attempt > 0 || c.ctx.Err() != nil:
+		case fresh && s == sideLocal:
+			c.route.warn(ev, "local process closed the connection without answering (%v); request sent to the app", res.err)
+			want, retry = sideApp, true
+		case !fresh:
+			retry = replayable(h.Method, h.Get)
+		}
+		if !retry {
+			break
+		}
+		c.drop(s)
+	}
+	ev.Status, ev.ReqBytes, ev.RespBytes = res.status, res.reqBytes, res.respBytes
+	ev.Duration = time.Since(start)
+	if res.err != nil && !res.relayed {
+		c.reply(http.StatusBadGateway, "trafficlab: "+res.err.Error())
+		ev.Status = http.StatusBadGateway
+	}
+	c.route.emit(ev)
+	if res.err != nil {
+		return false, res.err
+	}
+	if res.upgraded {
+		return false, c.spliceUpgraded(res.side)
+	}
+	if res.upClose {
+		c.drop(res.side)
+	}
+	return !h.Close && !res.clientClose, nil
+}
+
+// upstream returns the connection for side want, falling back to the app when the local process
+// cannot be reached.
+func (c *h1conn) upstream(ev Event, want side) (u *h1up, s side, fresh bool, err error) {
+	if u := c.ups[want]; u != nil {
+		if u.br.Buffered() == 0 && alive(u.conn) {
+			return u, want, false, nil
+		}
+		c.drop(want)
+	}
+	conn, err := c.route.dial(c.ctx, want)
+	if err != nil && want == sideLocal && c.ctx.Err() == nil {
+		c.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
+		return c.upstream(ev, sideApp)
+	}
+	if err != nil {
+		return nil, want, false, err
+	}
+	if !c.conns.add(conn) {
+		return nil, want, false, errAborted
+	}
+	u = &h1up{conn: conn, br: getReader(conn), bw: getWriter(conn)}
+	c.ups[want] = u
+	return u, want, true, nil
+}
+
+type h1result struct {
+	side                side
+	status              int
+	reqBytes, respBytes int64
+	relayed             bool // response bytes reached the client's buffer
+	upgraded            bool
+	upClose             bool // the upstream connection cannot be reused
+	clientClose         bool // the client connection cannot be reused
+	err                 error
+}
+
+// roundTrip sends the request on u and relays the response. A request body is copied by a goroutine
+// of its own while the response is read, because a server may answer (100 Continue, or early with a
+// final status) before it has read the body, and a proxy that insisted on sending the whole body first
+// would deadlock with it. Bodiless requests, most of them, need no goroutine.
+func (c *h1conn) roundTrip(h *RequestHead, u *h1up, hasBody bool) (res h1result) {
+	for s, x := range c.ups {
+		if x == u {
+			res.side = side(s)
+		}
+	}
+	res.reqBytes = int64(len(h.Raw))
+	if _, err := u.bw.Write(h.Raw); err != nil {
+		res.err = fmt.Errorf("send request to %s: %w", res.side, err)
+		return res
+	}
+	var body chan bodyResult
+	if !hasBody {
+		if err := u.bw.Flush(); err != nil {
+			res.err = fmt.Errorf("send request to %s: %w", res.side, err)
+			return res
+		}
+	} else {
+		body = make(chan bodyResult, 1)
+		go func() { body <- c.copyRequestBody(h, u) }()
+	}
+	c.relayResponse(h, u, &res)
+	if body != nil {
+		b, ok := c.awaitBody(body, u)
+		res.reqBytes += b.n
+		switch {
+		case !ok:
+			res.upClose, res.clientClose = true, true
+		case b.err != nil && !isWriteError(b.err):
+			if res.err == nil {
+				res.err = fmt.Errorf("read request body: %w", b.err)
+			}
+		case b.err != nil:
+			// The server stopped reading the body; its response (if any) has been relayed, but
+			// neither connection is at a request boundary now.
+			res.upClose, res.clientClose = true, true
+		}
+	}
+	return res
+}
+
+type bodyResult struct {
+	n   int64
+	err error
+}
+
+func (c *h1conn) copyRequestBody(h *RequestHead, u *h1up) bodyResult {
+	var n int64
+	var err error
+	if h.Chunked {
+		n, err = copyChunked(u.bw, c.cr)
+	} else {
+		n, err = copyN(u.bw, c.cr, h.ContentLength)
+	}
+	if err == nil {
+		if ferr := u.bw.Flush(); ferr != nil {
+			err = writeError{ferr}
+		}
+	}
+	if err != nil && !isWriteError(err) {
+		// The client broke off mid-body: the server would wait for the rest forever, and so would
+		// the response reader.
+		u.conn.Close()
+	}
+	return bodyResult{n, err}
+}
+
+// awaitBody waits for the request body copy after the response is done; ok is false when it had to
+// be cut short, which leaves both connections mid-message.
+func (c *h1conn) awaitBody(body chan bodyResult, u *h1up) (bodyResult, bool) {
+	select {
+	case b := <-body:
+		return b, true
+	default:
+	}
+	t := time.NewTimer(bodyGrace)
+	defer t.Stop()
+	select {
+	case b := <-body:
+		return b, true
+	case <-t.C:
+	}
+	_ = c.client.SetReadDeadline(time.Now())
+	u.conn.Close()
+	b := <-body
+	_ = c.client.SetReadDeadline(time.Time{})
+	return b, false
+}
+
+// relayResponse relays interim responses and then the final one to the client.
+func (c *h1conn) relayResponse(h *RequestHead, u *h1up, res *h1result) {
+	for {
+		var err error
+		c.rhead, err = readHead(u.br, c.rhead, false)
+		if err != nil {
+			res.err = fmt.Errorf("read response from %s: %w", res.side, err)
+			res.upClose = true
+			return
+		}
+		rh, err := ParseResponseHead(c.rhead)
+		if err != nil {
+			res.err = fmt.Errorf("response from %s: %w", res.side, err)
+			res.upClose = true
+			return
+		}
+		res.relayed = true
+		res.status = rh.Status
+		res.respBytes += int64(len(rh.Raw))
+		if _, err := c.cw.Write(rh.Raw); err != nil {
+			res.err = fmt.Errorf("write response: %w", err)
+			return
+		}
+		tunnel := rh.Status == http.StatusSwitchingProtocols ||
+			(h.Method == http.MethodConnect && rh.Status/100 == 2)
+		if rh.Status/100 == 1 || tunnel {
+			if err := c.cw.Flush(); err != nil {
+				res.err = fmt.Errorf("write response: %w", err)
+				return
+			}
+			if tunnel {
+				res.upgraded = true
+				return
+			}
+			continue
+		}
+		var n int64
+		switch {
+		case h.Method == http.MethodHead || rh.Status == http.StatusNoContent || rh.Status == http.StatusNotModified:
+		case rh.Chunked:
+			n, err = copyChunked(c.cw, u.br)
+		case rh.ContentLength >= 0:
+			n, err = copyN(c.cw, u.br, rh.ContentLength)
+		default:
+			n, err = copyToEOF(c.cw, u.br)
+			res.upClose, res.clientClose = true, true
+		}
+		res.respBytes += n
+		if err == nil {
+			err = c.cw.Flush()
+		}
+		if err != nil {
+			res.err = fmt.Errorf("relay response body from %s: %w", res.side, err)
+			res.upClose, res.clientClose = true, true
+			return
+		}
+		res.upClose = res.upClose || rh.Close
+		return
+	}
+}
+
+// spliceUpgraded relays the upgraded connection raw; the other side's connection is no longer needed.
+func (c *h1conn) spliceUpgraded(s side) error {
+	c.drop(1 - s)
+	u := c.ups[s]
+	c.ups[s] = nil
+	defer func() {
+		putReader(u.br)
+		putWriter(u.bw)
+	}()
+	// Bare connections where nothing is buffered in front of them, so that an abort still resets
+	// them (Join only resets a *net.TCPConn).
+	a, b := c.client, u.conn
+	if c.cr.Buffered() > 0 || c.pre.Len() > 0 {
+		a = &readerConn{Conn: c.client, r: c.cr}
+	}
+	if u.br.Buffered() > 0 {
+		b = &readerConn{Conn: u.conn, r: u.br}
+	}
+	return splice(c.ctx, a, b)
+}
+
+// declineH2C removes an "Upgrade: h2c" offer (RFC 7540 3.2) from the request, so that the server
+// answers in HTTP/1.1 and the client carries on in HTTP/1.1. Taking the upgrade instead would have
+// the proxy answer 101 for an app that may not speak HTTP/2 at all, or speak it only with prior
+// knowledge; declining is always valid (the client asked, the server may say no), keeps every later
+// request decided on its own, and costs only multiplexing for the rare clients that upgrade (curl
+// --http2 on http:// URLs; gRPC uses prior knowledge, which ServeH2C handles). The offer is removed
+// whatever the Connection header says, because servers differ on whether they need its "upgrade"
+// token (golang.org/x/net/http2/h2c only looks for HTTP2-Settings). It reports whether it changed h.
+func (c *h1conn) declineH2C(h *RequestHead) bool {
+	offered := false
+	var keepUp []string
+	for _, f := range h.Header {
+		if asciiEqualFold(f.Name, "Upgrade") {
+			forTokens(f.Value, func(t string) {
+				if asciiEqualFold(t, "h2c") {
+					offered = true
+				} else {
+					keepUp = append(keepUp, t)
+				}
+			})
+		}
+	}
+	if !offered {
+		return false
+	}
+	if h.Upgrade != "" {
+		h.Upgrade = joinTokens(keepUp)
+	}
+	var b bytes.Buffer
+	b.Grow(len(h.Raw))
+	b.WriteString(h.Method + " " + h.Target + " " + h.Proto + "\r\n")
+	fields := h.Header[:0:0]
+	for _, f := range h.Header {
+		switch {
+		case asciiEqualFold(f.Name, "HTTP2-Settings"):
+			continue
+		case asciiEqualFold(f.Name, "Upgrade"):
+			var toks []string
+			forTokens(f.Value, func(t string) {
+				if !asciiEqualFold(t, "h2c") {
+					toks = append(toks, t)
+				}
+			})
+			if len(toks) == 0 {
+				continue
+			}
+			f.Value = joinTokens(toks)
+		case asciiEqualFold(f.Name, "Connection"):
+			var toks []string
+			forTokens(f.Value, func(t string) {
+				if !asciiEqualFold(t, "HTTP2-Settings") && (len(keepUp) > 0 || !asciiEqualFold(t, "upgrade")) {
+					toks = append(toks, t)
+				}
+			})
+			if len(toks) == 0 {
+				continue
+			}
+			f.Value = joinTokens(toks)
+		}
+		fields = append(fields, f)
+		b.WriteString(f.Name + ": " + f.Value + "\r\n")
+	}
+	b.WriteString("\r\n")
+	h.Header = fields
+	h.Raw = b.Bytes()
+	return true
+}
+
+func joinTokens(ts []string) string {
+	s := ""
+	for i, t := range ts {
+		if i > 0 {
+			s += ", "
+		}
+		s += t
+	}
+	return s
+}
+
+// reply answers the client for the proxy itself (its own errors), and ends the connection.
+func (c *h1conn) reply(status int, msg string) {
+	msg += "\n"
+	_, _ = c.cw.WriteString("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) +
+		"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(msg)) +
+		"\r\nConnection: close\r\n\r\n" + msg)
+	_ = c.cw.Flush()
+}

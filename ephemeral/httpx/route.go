@@ -1,0 +1,177 @@
+package httpx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Route is where one client connection's requests may go, and who hears about them.
+type Route struct {
+	// Steal decides one request: true sends it to Local. The agent combines its filter (a
+	// wire.FilterMatcher over Method, PathQuery and HeaderLines) with the probe rule here (whole-port steal is a Steal that returns true for everything but probes). nil
+	// steals nothing.
+	Steal func(h *RequestHead) bool
+	// App dials a new connection to the pod's own app (the connection's original destination). As
+	// with net.Dialer.DialContext, ctx bounds the dial only: the connection must outlive it.
+	App func(ctx context.Context) (net.Conn, error)
+	// Local dials a new connection to the developer's process through the tunnel. It fails when that
+	// process is down, and the request then goes to the app with a warning. nil means always down.
+	Local func(ctx context.Context) (net.Conn, error)
+	// Event hears about every request when its response is done, and about warnings when they happen.
+	// It is called from the connection's goroutines (HTTP/2: one per stream) and must not block long.
+	Event func(Event)
+}
+
+// Event describes one finished request, or a warning (Warning set; Status, Duration and the byte
+// counts are then zero, and the other fields name the request it concerns).
+type Event struct {
+	Method string
+	Path   string // the request target as sent (HTTP/2: :path)
+	// Status is the final status the client got: 101 for a spliced upgrade, 502 when no side could
+	// be reached, 0 when the exchange broke before any status.
+	Status int
+	// Stolen means the request went to the local process (false after a fallback to the app).
+	Stolen   bool
+	Duration time.Duration
+	// ReqBytes and RespBytes count heads and bodies as relayed (HTTP/2: bodies only).
+	ReqBytes, RespBytes int64
+	Warning             string
+	Proto               string // "HTTP/1.1", "HTTP/1.0", "h2c" or "grpc"
+}
+
+type side int
+
+const (
+	sideApp side = iota
+	sideLocal
+)
+
+func (s side) String() string {
+	if s == sideLocal {
+		return "local process"
+	}
+	return "app"
+}
+
+func (r *Route) steal(h *RequestHead) bool { return r.Steal != nil && r.Steal(h) }
+
+func (r *Route) dial(ctx context.Context, s side) (net.Conn, error) {
+	d := r.App
+	if s == sideLocal {
+		d = r.Local
+	}
+	if d == nil {
+		return nil, fmt.Errorf("no %s to dial", s)
+	}
+	c, err := d(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", s, err)
+	}
+	return c, nil
+}
+
+func (r *Route) emit(e Event) {
+	if r.Event != nil {
+		r.Event(e)
+	}
+}
+
+func (r *Route) warn(e Event, format string, args ...any) {
+	r.emit(Event{Method: e.Method, Path: e.Path, Proto: e.Proto, Warning: fmt.Sprintf(format, args...)})
+}
+
+// ServeRaw relays client (after replaying pre) to a connection from dial, both ways, until both
+// directions end; it closes both connections. It is what a non-HTTP connection gets.
+func ServeRaw(ctx context.Context, client net.Conn, pre []byte, dial func(context.Context) (net.Conn, error)) error {
+	up, err := dial(ctx)
+	if err != nil {
+		client.Close()
+		return err
+	}
+	if len(pre) == 0 {
+		// The bare connection, so that an abort still resets it (Join only resets a *net.TCPConn).
+		return splice(ctx, client, up)
+	}
+	return splice(ctx, &readerConn{Conn: client, r: io.MultiReader(bytes.NewReader(pre), client)}, up)
+}
+
+// splice relays a and b until both directions end or ctx is done, with half-closes carried across.
+func splice(ctx context.Context, a, b net.Conn) error {
+	stop := context.AfterFunc(ctx, func() {
+		a.Close()
+		b.Close()
+	})
+	err := wire.Join(a, b)
+	stop()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// readerConn is a connection whose reads come through r (bytes already read, then the connection).
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *readerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// conns tracks a client connection's connections so that a cancelled context closes them all, from
+// whichever goroutine it fires on.
+type conns struct {
+	mu     sync.Mutex
+	closed bool
+	set    map[net.Conn]struct{}
+}
+
+// add starts tracking c; false means the set is already closed, and c has been closed too.
+func (s *conns) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return false
+	}
+	if s.set == nil {
+		s.set = make(map[net.Conn]struct{})
+	}
+	s.set[c] = struct{}{}
+	return true
+}
+
+func (s *conns) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.set, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+func (s *conns) closeAll() {
+	s.mu.Lock()
+	s.closed = true
+	set := s.set
+	s.set = nil
+	s.mu.Unlock()
+	for c := range set {
+		c.Close()
+	}
+}
+
+// errAborted is what dials return after the connection's context ended.
+var errAborted = errors.New("connection aborted")

@@ -1,0 +1,440 @@
+// Package steal runs one steal in the agent: a listener that the session's nftables redirect feeds,
+// and for each redirected connection the choice the developer asked for. A whole-port steal sends the
+// connection through the tunnel to the developer's process (except the kubelet's probes); a filtered
+// steal decides per HTTP request (ephemeral/httpx) and sends the rest to the pod's app, dialed at the
+// connection's original destination with the pass-through mark so that it does not loop back here.
+package steal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// PassMark is the SO_MARK of the agent's own connections to the app; the redirect's output rule skips
+// it. The low 16 bits stay clear: kube-proxy (0x4000, 0x8000) and Cilium (0x0f00) use them on packets
+// that leave the pod, and marked connections only ever go to the pod's own addresses over lo.
+const PassMark = 0x7f1a0000
+
+// DefaultDetectTimeout is how long a new connection may stay silent before it is taken as a
+// server-first protocol: such clients wait for the server's greeting, so they pay this once per
+// connection; HTTP clients write at once and pay nothing.
+const DefaultDetectTimeout = 500 * time.Millisecond
+
+// Opener opens a connection to the developer's process through the tunnel (a KindIncoming stream).
+type Opener interface {
+	OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error)
+}
+
+// Redirector installs the session's redirect and removes it on Close.
+type Redirector interface {
+	Redirect(id string, r netfilter.Redirect) (Redirect, error)
+}
+
+// Redirect is an installed redirect.
+type Redirect interface {
+	io.Closer
+	KernelOwned() bool
+}
+
+// Config is one steal.
+type Config struct {
+	// ID names the session's nftables table.
+	ID   string
+	Spec wire.StealSpec
+	Open Opener
+	// Events receives what the steal does; it must not block for long.
+	Events func(wire.StealEvent)
+	Log    *slog.Logger
+	// Redirector defaults to nftables in the current network namespace.
+	Redirector Redirector
+	// Flush resets open connections to the ports; defaults to netfilter.Flush.
+	Flush func(ports []uint16, skipMark uint32) (sockets, entries int, err error)
+	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
+	// whatever reaches it without having been redirected.
+	ListenAddress string
+}
+
+// Steal is a running steal.
+type Steal struct {
+	cfg      Config
+	matcher  *wire.FilterMatcher
+	ln       *net.TCPListener
+	redirect Redirect
+	app      net.Dialer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	once   sync.Once
+	closed atomic.Bool
+}
+
+type nftRedirector struct{}
+
+func (nftRedirector) Redirect(id string, r netfilter.Redirect) (Redirect, error) {
+	o, err := netfilter.Open(id, r)
+	if err != nil {
+		return nil, err
+	}
+	if !o.KernelOwned() {
+		if err := startGuard(id); err != nil {
+			_ = o.Close()
+			return nil, err
+		}
+	}
+	return o, nil
+}
+
+// startGuard runs `trafficlab-agent guard ID PID` for kernels before 5.12, which refuse the owner flag:
+// the guard deletes the table when this process dies, however it dies. Its own session (setsid) keeps
+// it out of signals sent to ours.
+func startGuard(id string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("start the table guard: %w", err)
+	}
+	cmd := exec.Command(exe, "guard", id, strconv.Itoa(os.Getpid()))
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the table guard: %w", err)
+	}
+	go func() { _ = cmd.Wait() }()
+	return nil
+}
+
+// Start listens, installs the redirect, resets open connections if asked, and serves until Close.
+// When Start fails nothing is left in the pod.
+func Start(ctx context.Context, cfg Config) (*Steal, error) {
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Events == nil {
+		cfg.Events = func(wire.StealEvent) {}
+	}
+	if cfg.Redirector == nil {
+		cfg.Redirector = nftRedirector{}
+	}
+	if cfg.Flush == nil {
+		cfg.Flush = netfilter.Flush
+	}
+	if cfg.ListenAddress == "" {
+		cfg.ListenAddress = ":0"
+	}
+	if cfg.Spec.DetectTimeout == 0 {
+		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
+	}
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}}
+	m, err := cfg.Spec.Filter.Compile()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+	}
+	s.matcher = m
+	s.app = net.Dialer{Timeout: 10 * time.Second, Control: markControl}
+	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	if err != nil {
+		return nil, fmt.Errorf("listen for stolen connections: %w", err)
+	}
+	s.ln = ln.(*net.TCPListener)
+	ports := make([]uint16, len(cfg.Spec.Ports))
+	for i, p := range cfg.Spec.Ports {
+		ports[i] = uint16(p)
+	}
+	r, err := cfg.Redirector.Redirect(cfg.ID, netfilter.Redirect{
+		Ports:      ports,
+		ListenPort: uint16(s.ln.Addr().(*net.TCPAddr).Port),
+		Mark:       PassMark,
+	})
+	if err != nil {
+		s.ln.Close()
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("install the redirect: %w (the agent needs NET_ADMIN): %w", err, wire.ErrForbidden)
+		}
+		return nil, fmt.Errorf("install the redirect: %w", err)
+	}
+	s.redirect = r
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: r.KernelOwned()}
+	if cfg.Spec.FlushConnections {
+		socks, entries, err := cfg.Flush(ports, PassMark)
+		if err != nil {
+			// The redirect works without it; only already-open connections stay with the app.
+			cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("could not reset open connections: %v", err)})
+		}
+		ready.Flushed = socks
+		cfg.Log.Info("flushed connections", "sockets", socks, "conntrack", entries)
+	}
+	cfg.Events(ready)
+	s.wg.Add(1)
+	go s.accept()
+	context.AfterFunc(s.ctx, func() { _ = s.Close() })
+	return s, nil
+}
+
+// markControl sets the pass-through mark before connect, so that not even the SYN is redirected.
+func markControl(_, _ string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, PassMark)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set the pass-through mark: %w", serr)
+	}
+	return nil
+}
+
+// ListenPort is where redirected connections arrive, for tests.
+func (s *Steal) ListenPort() int { return s.ln.Addr().(*net.TCPAddr).Port }
+
+// Close resets the connections in flight, then removes the redirect, so that new connections reach
+// the app, then closes the listener. The order matters: removing the pod's last NAT hooks drops the
+// NAT bindings of its connections, and a reset sent after that leaves with the agent's port as its
+// source, which the client ignores; measured, such a client waited for an answer forever. It is
+// idempotent.
+func (s *Steal) Close() error {
+	var err error
+	s.once.Do(func() {
+		s.closed.Store(true)
+		s.cancel()
+		s.mu.Lock()
+		for c := range s.conns {
+			if tc, ok := c.(*net.TCPConn); ok {
+				_ = tc.SetLinger(0)
+			}
+			c.Close()
+		}
+		s.mu.Unlock()
+		err = s.redirect.Close()
+		s.ln.Close()
+		s.wg.Wait()
+	})
+	return err
+}
+
+func (s *Steal) accept() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.AcceptTCP()
+		if err != nil {
+			if !s.closed.Load() {
+				s.cfg.Log.Error("accept stolen connection", "err", err)
+			}
+			return
+		}
+		if !s.track(c) {
+			c.Close()
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer s.untrack(c)
+			s.serve(c)
+		}()
+	}
+}
+
+func (s *Steal) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Steal) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+// conn is what one redirected connection needs to be served.
+type conn struct {
+	client *net.TCPConn
+	orig   netip.AddrPort
+	peer   string
+}
+
+func (s *Steal) serve(c *net.TCPConn) {
+	_ = c.SetNoDelay(true)
+	orig, err := netfilter.OriginalDst(c)
+	if err != nil {
+		s.cfg.Log.Warn("stolen connection without an original destination", "peer", c.RemoteAddr().String(), "err", err)
+		_ = c.SetLinger(0)
+		return
+	}
+	cn := conn{client: c, orig: orig, peer: c.RemoteAddr().String()}
+	s.cfg.Log.Debug("redirected connection", "peer", cn.peer, "to", orig.String())
+	filtered := s.matcher != nil
+	var pk httpx.Peeked
+	if filtered || !s.cfg.Spec.StealProbes {
+		pk, err = httpx.Peek(c, s.cfg.Spec.DetectTimeout.Std())
+		if err != nil {
+			s.cfg.Log.Debug("client went away before its first request", "peer", cn.peer, "err", err)
+			return
+		}
+	}
+	if !filtered {
+		if pk.First != nil && pk.First.IsProbe() && !s.cfg.Spec.StealProbes {
+			s.passThrough(cn, pk.Prefix)
+			return
+		}
+		s.stealWhole(cn, pk.Prefix)
+		return
+	}
+	route := httpx.Route{
+		Steal: func(h *httpx.RequestHead) bool {
+			if h.IsProbe() && !s.cfg.Spec.StealProbes {
+				return false
+			}
+			return s.matcher.Match(h.Method, h.PathQuery(), h.HeaderLines())
+		},
+		App:   func(ctx context.Context) (net.Conn, error) { return s.dialApp(ctx, cn) },
+		Local: func(ctx context.Context) (net.Conn, error) { return s.openLocal(ctx, cn) },
+		Event: func(e httpx.Event) { s.requestEvent(cn, e) },
+	}
+	switch pk.Proto {
+	case httpx.ProtoHTTP1:
+		err = httpx.ServeHTTP1(s.ctx, c, pk.Prefix, route)
+	case httpx.ProtoH2C:
+		err = httpx.ServeH2C(s.ctx, c, pk.Prefix, route)
+	default:
+		// A filter selects HTTP requests; whatever else arrives on the port is the app's.
+		s.passThrough(cn, pk.Prefix)
+		return
+	}
+	if err != nil && s.ctx.Err() == nil {
+		s.cfg.Log.Debug("filtered connection ended", "peer", cn.peer, "err", err)
+	}
+}
+
+func (s *Steal) requestEvent(cn conn, e httpx.Event) {
+	ev := wire.StealEvent{
+		Kind: wire.EventRequest, Port: int(cn.orig.Port()), Peer: cn.peer, Proto: e.Proto,
+		Method: e.Method, Path: e.Path, Status: e.Status, Stolen: e.Stolen,
+		Duration: wire.Millis(e.Duration), BytesIn: e.ReqBytes, BytesOut: e.RespBytes,
+	}
+	if e.Warning != "" {
+		ev.Kind = wire.EventWarning
+		ev.Message = e.Warning
+	}
+	s.cfg.Events(ev)
+}
+
+func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
+	c, err := s.app.DialContext(ctx, "tcp", cn.orig.String())
+	if err != nil {
+		return nil, fmt.Errorf("dial the app at %s: %w", cn.orig, err)
+	}
+	_ = c.(*net.TCPConn).SetNoDelay(true)
+	return c, nil
+}
+
+func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
+	return s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
+		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
+		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
+	})
+}
+
+// passThrough hands the whole connection to the app, replaying what detection read.
+func (s *Steal) passThrough(cn conn, prefix []byte) {
+	app, err := s.dialApp(s.ctx, cn)
+	if err != nil {
+		s.cfg.Log.Warn("pass-through to the app failed", "peer", cn.peer, "err", err)
+		_ = cn.client.SetLinger(0)
+		return
+	}
+	if len(prefix) > 0 {
+		if _, err := app.Write(prefix); err != nil {
+			app.Close()
+			return
+		}
+	}
+	_ = wire.Join(cn.client, app)
+}
+
+// stealWhole sends the connection to the developer's process. When that process is down the client
+// is reset, as it would be by a port nobody listens on, rather than silently served by the app.
+func (s *Steal) stealWhole(cn conn, prefix []byte) {
+	start := time.Now()
+	local, err := s.openLocal(s.ctx, cn)
+	if err != nil {
+		_ = cn.client.SetLinger(0)
+		s.cfg.Events(wire.StealEvent{
+			Kind: wire.EventWarning, Port: int(cn.orig.Port()), Peer: cn.peer,
+			Message: fmt.Sprintf("connection from %s to port %d reset: %v", cn.peer, cn.orig.Port(), err),
+		})
+		return
+	}
+	cl := &counted{Conn: local}
+	if len(prefix) > 0 {
+		if _, err := cl.Write(prefix); err != nil {
+			cl.Close()
+			_ = cn.client.SetLinger(0)
+			return
+		}
+	}
+	s.cfg.Log.Debug("stealing connection", "peer", cn.peer, "port", cn.orig.Port())
+	err = wire.Join(cn.client, cl)
+	s.cfg.Log.Debug("stolen connection ended", "peer", cn.peer, "err", err)
+	s.cfg.Events(wire.StealEvent{
+		Kind: wire.EventConnection, Port: int(cn.orig.Port()), Peer: cn.peer, Stolen: true,
+		Duration: wire.Millis(time.Since(start)), BytesIn: cl.written.Load(), BytesOut: cl.read.Load(),
+	})
+}
+
+// counted counts what crosses the tunnel side of a stolen connection: written is what the client sent,
+// read what it received.
+type counted struct {
+	net.Conn
+	read, written atomic.Int64
+}
+
+func (c *counted) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	return n, err
+}
+
+func (c *counted) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	return n, err
+}
+
+func (c *counted) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}

@@ -1,0 +1,153 @@
+package steal
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Acceptor hands out the streams the agent opens for stolen connections.
+type Acceptor interface {
+	Accept(ctx context.Context) (*wire.Incoming, error)
+}
+
+// server joins stolen connections to the local process and prints what the agent reports.
+type server struct {
+	locals map[int]string // pod port -> local address
+	out    *printer
+	dialer net.Dialer
+}
+
+// readReady waits for the agent's first event, which says the redirect is in place.
+func (s *server) readReady(er *wire.EventReader) (wire.StealEvent, error) {
+	ev, err := er.Read()
+	if err != nil {
+		return wire.StealEvent{}, fmt.Errorf("read the agent's answer: %w", err)
+	}
+	if ev.Kind != wire.EventReady {
+		return wire.StealEvent{}, fmt.Errorf("agent answered %q before %q: %w", ev.Kind, wire.EventReady, wire.ErrMalformed)
+	}
+	return ev, nil
+}
+
+func (s *server) serve(ctx context.Context, a Acceptor) {
+	for {
+		in, err := a.Accept(ctx)
+		if err != nil {
+			return
+		}
+		go s.handle(ctx, in)
+	}
+}
+
+// handle answers only after the local dial, so that a refusal reaches the agent as one: a whole-port
+// steal then resets the client, a filtered one sends the request to the app.
+func (s *server) handle(ctx context.Context, in *wire.Incoming) {
+	req := in.Request()
+	if req.Kind != wire.KindIncoming {
+		_ = in.Reject(fmt.Errorf("stream kind %q: %w", req.Kind, wire.ErrUnsupported))
+		return
+	}
+	addr, ok := s.locals[req.Port]
+	if !ok {
+		_ = in.Reject(fmt.Errorf("port %d is not stolen by this session: %w", req.Port, wire.ErrBadRequest))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := s.dialer.DialContext(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
+		return
+	}
+	_ = c.(*net.TCPConn).SetNoDelay(true)
+	st, err := in.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.Close()
+		c.Close()
+	})
+	defer stop()
+	_ = wire.Join(st, c)
+}
+
+func (s *server) printEvents(er *wire.EventReader) {
+	for {
+		ev, err := er.Read()
+		if err != nil {
+			return
+		}
+		s.out.event(ev)
+	}
+}
+
+// printer writes one line per event: stolen requests and connections to out, warnings to errOut.
+type printer struct {
+	mu     sync.Mutex
+	out    io.Writer
+	errOut io.Writer
+	json   bool
+	now    func() time.Time
+}
+
+func newPrinter(out, errOut io.Writer, asJSON bool) *printer {
+	return &printer{out: out, errOut: errOut, json: asJSON, now: time.Now}
+}
+
+// jsonEvent is an event with the time the plugin printed it.
+type jsonEvent struct {
+	Time time.Time `json:"time"`
+	wire.StealEvent
+}
+
+func (p *printer) event(ev wire.StealEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ev.Kind == wire.EventWarning {
+		fmt.Fprintf(p.errOut, "warning: %s\n", ev.Message)
+		if !p.json {
+			return
+		}
+	}
+	if ev.Kind == wire.EventRequest && !ev.Stolen {
+		// Passed-through requests are the app's business; only JSON consumers see them.
+		if !p.json {
+			return
+		}
+	}
+	if p.json {
+		b, err := json.Marshal(jsonEvent{Time: p.now().UTC(), StealEvent: ev})
+		if err == nil {
+			fmt.Fprintf(p.out, "%s\n", b)
+		}
+		return
+	}
+	ts := p.now().Format("15:04:05")
+	switch ev.Kind {
+	case wire.EventRequest:
+		fmt.Fprintf(p.out, "%s %s %s %d %s %s (from %s)\n", ts, ev.Method, ev.Path, ev.Status, ev.Duration.Std(), ev.Proto, ev.Peer)
+	case wire.EventConnection:
+		fmt.Fprintf(p.out, "%s connection from %s to port %d: %s in, %s out, %s\n", ts, ev.Peer, ev.Port, bytesString(ev.BytesIn), bytesString(ev.BytesOut), ev.Duration.Std())
+	}
+}
+
+func bytesString(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
