@@ -76,6 +76,7 @@ func TestInjectErrors(t *testing.T) {
 	tests := []struct {
 		name    string
 		caps    Capabilities
+		add     bool // AddNetRaw
 		err     error
 		want    string
 		wantIs  error
@@ -114,6 +115,7 @@ func TestInjectErrors(t *testing.T) {
 		{
 			name: "422 from a PodSecurity webhook, restricted, NET_RAW as root",
 			caps: NetRaw,
+			add:  true,
 			err: status(http.StatusUnprocessableEntity, metav1.StatusReasonInvalid,
 				`pods "web" is forbidden: violates PodSecurity "restricted:latest": unrestricted capabilities (container "trafficlab-abcde" must not include "NET_RAW" in securityContext.capabilities.add), runAsNonRoot != true (container "trafficlab-abcde" must not set securityContext.runAsNonRoot=false), runAsUser=0 (container "trafficlab-abcde" must not set runAsUser=0)`, nil),
 			want: `namespace "shop" enforces PodSecurity "restricted:latest" (label pod-security.kubernetes.io/enforce), which forbids the agent's NET_RAW and root (UID 0); ` +
@@ -135,7 +137,7 @@ func TestInjectErrors(t *testing.T) {
 				}
 				return true, nil, tc.err
 			})
-			c := BuildAgentContainer(pod, AgentSpec{Image: testImage, TargetContainer: "app", Capabilities: tc.caps, NameSuffix: suffixes("abcde")})
+			c := BuildAgentContainer(pod, AgentSpec{Image: testImage, TargetContainer: "app", Capabilities: tc.caps, AddNetRaw: tc.add, NameSuffix: suffixes("abcde")})
 
 			_, err := Inject(context.Background(), client, pod, c)
 			if err == nil {

@@ -62,21 +62,46 @@ func (c Capabilities) String() string {
 	return strings.Join(s, " and ")
 }
 
-// capabilitiesOf reads the capability set an existing container was given.
+// runtimeDefaultsButNetRaw is containerd's and Docker's default capability set without NET_RAW. An
+// agent that only sniffs drops these and keeps NET_RAW from the runtime's default instead of adding
+// it: PodSecurity "baseline" forbids adding NET_RAW but allows any drop, so such an agent is admitted
+// where one that adds a capability is not.
+var runtimeDefaultsButNetRaw = []corev1.Capability{
+	"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+	"NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+}
+
+// capabilitiesOf reads the capability set an existing container was given, including NET_RAW kept
+// from the runtime's defaults by a root container that does not drop it.
 func capabilitiesOf(sc *corev1.SecurityContext) Capabilities {
 	var c Capabilities
 	if sc == nil || sc.Capabilities == nil {
 		return c
 	}
 	for _, cp := range sc.Capabilities.Add {
-		switch strings.TrimPrefix(strings.ToUpper(string(cp)), "CAP_") {
+		switch capName(cp) {
 		case "NET_ADMIN":
 			c |= NetAdmin
 		case "NET_RAW":
 			c |= NetRaw
 		}
 	}
+	if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+		kept := true
+		for _, cp := range sc.Capabilities.Drop {
+			if n := capName(cp); n == "ALL" || n == "NET_RAW" {
+				kept = false
+			}
+		}
+		if kept {
+			c |= NetRaw
+		}
+	}
 	return c
+}
+
+func capName(c corev1.Capability) string {
+	return strings.TrimPrefix(strings.ToUpper(string(c)), "CAP_")
 }
 
 // AgentSpec says which agent to add.
@@ -87,6 +112,9 @@ type AgentSpec struct {
 	// either way.
 	TargetContainer string
 	Capabilities    Capabilities
+	// AddNetRaw adds NET_RAW even when it is the only capability needed, for runtimes that do not grant
+	// it by default (CRI-O since 1.18). Without it, a sniffing agent keeps the runtime's default NET_RAW.
+	AddNetRaw bool
 	// IdleTimeout is how long the agent lives without a session; ephemeral containers never restart and
 	// cannot be removed, so the agent must end itself. Zero passes no flag and leaves the agent's own
 	// default, because the agent reads --idle-timeout=0 as "never".
@@ -123,10 +151,14 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 		caps = 0
 	}
 
+	add, drop := caps.List(), []corev1.Capability{"ALL"}
+	if caps == NetRaw && !spec.AddNetRaw {
+		add, drop = nil, runtimeDefaultsButNetRaw
+	}
 	sc := &corev1.SecurityContext{
 		Capabilities: &corev1.Capabilities{
-			Add:  caps.List(),
-			Drop: []corev1.Capability{"ALL"},
+			Add:  add,
+			Drop: drop,
 		},
 		AllowPrivilegeEscalation: ptr.To(false),
 		ReadOnlyRootFilesystem:   ptr.To(true),

@@ -96,9 +96,18 @@ func TestBuildAgentContainer(t *testing.T) {
 			want: agent("trafficlab-abcde", asRoot("NET_ADMIN")),
 		},
 		{
-			name: "NET_RAW (sniff) runs as root with only NET_RAW",
+			name: "NET_RAW (sniff) runs as root keeping the runtime's NET_RAW, adding nothing (PodSecurity baseline admits it)",
 			pod:  testPod(),
 			spec: with(func(s *AgentSpec) { s.Capabilities = NetRaw }),
+			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
+				asRoot()(c)
+				c.SecurityContext.Capabilities.Drop = runtimeDefaultsButNetRaw
+			}),
+		},
+		{
+			name: "NET_RAW added for runtimes without it by default",
+			pod:  testPod(),
+			spec: with(func(s *AgentSpec) { s.Capabilities = NetRaw; s.AddNetRaw = true }),
 			want: agent("trafficlab-abcde", asRoot("NET_RAW")),
 		},
 		{
@@ -194,8 +203,12 @@ func TestBuildAgentContainerHasNoForbiddenFields(t *testing.T) {
 			len(c.VolumeMounts) != 0 || c.Stdin || c.StdinOnce || c.TTY {
 			t.Errorf("caps %v: forbidden or unwanted field set: %+v", caps, c)
 		}
-		if got := c.SecurityContext.Capabilities.Drop; len(got) != 1 || got[0] != "ALL" {
-			t.Errorf("caps %v: drop = %v, want [ALL]", caps, got)
+		want := []corev1.Capability{"ALL"}
+		if caps == NetRaw {
+			want = runtimeDefaultsButNetRaw
+		}
+		if diff := cmp.Diff(want, c.SecurityContext.Capabilities.Drop); diff != "" {
+			t.Errorf("caps %v: drop (-want +got):\n%s", caps, diff)
 		}
 	}
 }
@@ -230,4 +243,22 @@ func errString(err error) string {
 		return ""
 	}
 	return err.Error()
+}
+
+func TestCapabilitiesOfBuiltAgents(t *testing.T) {
+	for _, tt := range []struct {
+		spec AgentSpec
+		want Capabilities
+	}{
+		{AgentSpec{Image: testImage}, 0},
+		{AgentSpec{Image: testImage, Capabilities: NetAdmin}, NetAdmin},
+		{AgentSpec{Image: testImage, Capabilities: NetRaw}, NetRaw},
+		{AgentSpec{Image: testImage, Capabilities: NetRaw, AddNetRaw: true}, NetRaw},
+		{AgentSpec{Image: testImage, Capabilities: NetAdmin | NetRaw}, NetAdmin | NetRaw},
+	} {
+		c := BuildAgentContainer(testPod(), tt.spec)
+		if got := capabilitiesOf(c.SecurityContext); got != tt.want {
+			t.Errorf("capabilitiesOf(agent built for %v, add %v) = %v, want %v", tt.spec.Capabilities, tt.spec.AddNetRaw, got, tt.want)
+		}
+	}
 }
