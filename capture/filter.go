@@ -107,6 +107,11 @@ func (f Filter) Program(snapLen uint32) ([]bpf.Instruction, error) {
 // every frame to packet sockets twice, once leaving and once arriving (libpcap does the same,
 // in user space).
 func program(f *Filter, snapLen uint32, loopback bool) ([]bpf.RawInstruction, error) {
+	return programWith(f, nil, snapLen, loopback)
+}
+
+// programWith is program for a frame that must match both f and e; either may be nil.
+func programWith(f *Filter, e *Expr, snapLen uint32, loopback bool) ([]bpf.RawInstruction, error) {
 	var prog []bpf.Instruction
 	if loopback {
 		prog = append(prog,
@@ -115,14 +120,29 @@ func program(f *Filter, snapLen uint32, loopback bool) ([]bpf.RawInstruction, er
 			bpf.RetConstant{Val: 0},
 		)
 	}
-	if f == nil {
-		prog = append(prog, bpf.RetConstant{Val: snapLen})
-	} else {
+	switch {
+	case e != nil:
+		x := *e
+		if f != nil {
+			if err := f.Validate(); err != nil {
+				return nil, err
+			}
+			// One program for both, so the port test and the expression share loads.
+			x = Expr{root: join[andExpr](filterNode(*f), e.root)}
+		}
+		xp, err := x.Program(snapLen)
+		if err != nil {
+			return nil, err
+		}
+		prog = append(prog, xp...)
+	case f != nil:
 		fp, err := f.Program(snapLen)
 		if err != nil {
 			return nil, err
 		}
 		prog = append(prog, fp...)
+	default:
+		prog = append(prog, bpf.RetConstant{Val: snapLen})
 	}
 	raw, err := bpf.Assemble(prog)
 	if err != nil {

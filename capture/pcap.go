@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -161,4 +162,18 @@ func (w *Writer) Flush() error {
 		}
 	}
 	return w.buf.Flush()
+}
+
+// WriteStats records the capture's kernel counts in a pcapng interface statistics block on the
+// first interface (the counts are summed over every socket), so that a reader of the file, tshark
+// or the plugin, learns how many packets the kernel dropped. A pcap file has no place for them.
+func (w *Writer) WriteStats(s Stats, at time.Time) error {
+	if w.ng == nil {
+		return nil
+	}
+	return w.ng.WriteInterfaceStats(0, pcapgo.NgInterfaceStatistics{
+		LastUpdate:      at,
+		PacketsReceived: s.Received,
+		PacketsDropped:  s.Dropped,
+	})
 }

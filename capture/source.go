@@ -40,6 +40,9 @@ type Options struct {
 	Interface string
 	// Filter selects packets in the kernel; nil captures everything.
 	Filter *Filter
+	// Expr selects packets in the kernel with a tcpdump-syntax expression; nil captures
+	// everything. With Filter too, a packet must match both.
+	Expr *Expr
 	// SnapLen is how many bytes of each frame to keep; 0 means DefaultSnapLen.
 	SnapLen int
 }
@@ -101,6 +104,9 @@ func Open(opts Options) (*Capture, error) {
 			return nil, err
 		}
 	}
+	if opts.Expr != nil && opts.Expr.root == nil {
+		return nil, errors.New("empty filter expression: use ParseExpr")
+	}
 	ifcs, err := interfaces(opts.Interface)
 	if err != nil {
 		return nil, err
@@ -113,7 +119,7 @@ func Open(opts Options) (*Capture, error) {
 		failed:  make(chan struct{}),
 	}
 	for _, ifc := range ifcs {
-		h, err := openHandle(ifc, opts.Filter, snapLen)
+		h, err := openHandle(ifc, opts.Filter, opts.Expr, snapLen)
 		if err != nil {
 			c.Close()
 			return nil, err
@@ -162,8 +168,8 @@ func ethernetFramed(ifc net.Interface) bool {
 	return len(ifc.HardwareAddr) == 6 || ifc.Flags&net.FlagLoopback != 0
 }
 
-func openHandle(ifc net.Interface, f *Filter, snapLen int) (*handle, error) {
-	raw, err := program(f, uint32(snapLen), ifc.Flags&net.FlagLoopback != 0)
+func openHandle(ifc net.Interface, f *Filter, e *Expr, snapLen int) (*handle, error) {
+	raw, err := programWith(f, e, uint32(snapLen), ifc.Flags&net.FlagLoopback != 0)
 	if err != nil {
 		return nil, err
 	}
