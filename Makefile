@@ -45,7 +45,7 @@ test-kernel: ## kernel tests in network namespaces they create (root)
 	TRAFFICLAB_KERNEL_TESTS=1 go test $(GO_TEST_FLAGS) -run Kernel ./...
 
 e2e: agent-image ## end-to-end tests on the local cluster (started and stopped if it was not up)
-	PATH="$(BIN):$$PATH" hack/e2e.sh
+	grpcurl="$$(hack/tools/install.sh grpcurl)" && PATH="$(BIN):$$(dirname "$$grpcurl"):$$PATH" hack/e2e.sh
 
 cluster-up: agent-image ## start the local single-node cluster (builds and caches what it needs)
 	hack/cluster/up.sh
@@ -68,7 +68,8 @@ verify: dist ## krew manifest, docs map, gofmt, go vet
 clean: ## remove build outputs (not the caches)
 	rm -rf $(OUT) dist
 
-bench: build agent-image ## trafficlab vs kubectl port-forward on the local cluster; table in _output/bench.md
+bench: build agent-image ## trafficlab port-forward and steal vs kubectl port-forward on the local cluster; tables in _output/bench.md
 	hack/cluster/up.sh
-	source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && eval "$$(hack/cluster/images.sh)" && \
-	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --out $(OUT)/bench.md
+	vegeta="$$(hack/tools/install.sh vegeta)" && \
+	  source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && eval "$$(hack/cluster/images.sh)" && \
+	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --vegeta "$$vegeta" --out $(OUT)/bench.md $(BENCH_FLAGS)

@@ -1,7 +1,11 @@
 // Command bench measures trafficlab port-forward against kubectl port-forward to the same pod port in
 // the same run: bulk download throughput for incompressible and JSON payloads, and small-request
-// latency over a kept-alive connection and with a new connection per request. It needs the local
-// cluster (make cluster-up) and `kubectl` and `kubectl-trafficlab` on PATH; `make bench` does all that.
+// latency over a kept-alive connection and with a new connection per request. The steal suite
+// (steal.go) measures `kubectl trafficlab steal`: small-request latency through the steal tunnel
+// against kubectl port-forward, and the cost of the HTTP filter for requests it passes to the app, at
+// a fixed rate and at the highest rate each path sustains (with the vegeta binary, vegeta.go). It
+// needs the local cluster (make cluster-up), `kubectl` and `kubectl-trafficlab` on PATH and vegeta
+// (hack/tools/install.sh vegeta); `make bench` does all that.
 package main
 
 import (
@@ -47,10 +51,31 @@ func run() error {
 	size := flag.Int64("bytes", 512<<20, "bytes per bulk download")
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
-	out := flag.String("out", "", "also write the markdown table here")
+	out := flag.String("out", "", "also write the markdown tables here")
+	suites := flag.String("suites", "forward,steal", "which measurements to run, comma separated: forward, steal")
+	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
+	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
+	var so stealOptions
+	so.addFlags(flag.CommandLine)
 	flag.Parse()
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
+	}
+	runForward, runSteal := false, false
+	for _, s := range strings.Split(*suites, ",") {
+		switch strings.TrimSpace(s) {
+		case "forward":
+			runForward = true
+		case "steal":
+			runSteal = true
+		default:
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal or both", s)
+		}
+	}
+	if runSteal {
+		if err := so.check(); err != nil {
+			return err
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -69,6 +94,37 @@ func run() error {
 	if err := kubectl(ctx, "", "-n", ns, "wait", "--for=condition=Ready", "pod/echo", "--timeout=120s"); err != nil {
 		return err
 	}
+	uid, err := kubectlOutput(ctx, "-n", ns, "get", "pod", "echo", "-o", "jsonpath={.metadata.uid}")
+	if err != nil {
+		return err
+	}
+	m := &machine{podUID: strings.TrimSpace(uid), idleBusy: *quiet, maxOther: *disturbed, attempts: 3}
+	var tables []string
+	if runForward {
+		t, err := forwardSuite(ctx, m, ns, *size, *requests)
+		if err != nil {
+			return err
+		}
+		tables = append(tables, t)
+	}
+	if runSteal {
+		t, err := stealSuite(ctx, m, ns, so)
+		if err != nil {
+			return fmt.Errorf("steal: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	doc := strings.Join(tables, "\n")
+	fmt.Print(doc)
+	if *out != "" {
+		return os.WriteFile(*out, []byte(doc), 0o644)
+	}
+	return nil
+}
+
+// forwardSuite is the port-forward comparison: bulk downloads and small-request latency through each
+// forwarder, one after the other, to the same pod port.
+func forwardSuite(ctx context.Context, m *machine, ns string, size int64, requests int) (string, error) {
 	fws := []forwarder{
 		{"kubectl port-forward (default: WebSocket)", []string{"-n", ns, "port-forward", "pod/echo"}},
 		{"kubectl port-forward (SPDY)", []string{"-n", ns, "port-forward", "pod/echo"}},
@@ -81,68 +137,31 @@ func run() error {
 		if i == 1 {
 			env = append(env, "KUBECTL_PORT_FORWARD_WEBSOCKETS=false")
 		}
-		r, err := measure(ctx, f, env, *size, *requests)
+		// The machine is shared; a forwarder measured while something else runs is not comparable.
+		if err := m.waitQuiet(ctx); err != nil {
+			return "", err
+		}
+		r, err := measure(ctx, f, env, size, requests)
 		if err != nil {
-			return fmt.Errorf("%s: %w", f.name, err)
+			return "", fmt.Errorf("%s: %w", f.name, err)
 		}
 		fmt.Fprintf(os.Stderr, "%s: random %.0f MiB/s, json %.0f MiB/s, keep-alive p50 %v p99 %v, new-conn p50 %v p99 %v\n",
 			r.name, r.randomMiBps, r.jsonMiBps, r.keepP50, r.keepP99, r.newP50, r.newP99)
 		results = append(results, r)
 	}
-	table := render(results, *size, *requests)
-	fmt.Print(table)
-	if *out != "" {
-		return os.WriteFile(*out, []byte(table), 0o644)
-	}
-	return nil
+	return render(results, size, requests), nil
 }
 
 var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
 
 func measure(ctx context.Context, f forwarder, env []string, size int64, requests int) (result, error) {
-	port, err := freePort()
-	if err != nil {
-		return result{}, err
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	args := append(append([]string{}, f.args...), fmt.Sprintf("%d:8080", port))
-	cmd := exec.CommandContext(ctx, "kubectl", args...)
-	cmd.Env = env
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
+	port, stop, err := startForwarder(ctx, f, env)
 	if err != nil {
 		return result{}, err
 	}
-	if err := cmd.Start(); err != nil {
-		return result{}, err
-	}
-	defer func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		_ = cmd.Wait()
-	}()
-	ready := make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		found := false
-		for sc.Scan() {
-			if !found && forwardingRE.MatchString(sc.Text()) {
-				found = true
-				ready <- nil
-			}
-		}
-		if !found {
-			ready <- errors.New("forwarder exited before it was ready")
-		}
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			return result{}, err
-		}
-	case <-time.After(2 * time.Minute):
-		return result{}, errors.New("forwarder not ready within 2m")
-	}
+	defer stop()
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	// trafficlab prints "Forwarding from" before the agent is connected; the first request waits for it.
 	if err := waitHTTP(ctx, base+"/healthz"); err != nil {
@@ -162,6 +181,55 @@ func measure(ctx context.Context, f forwarder, env []string, size int64, request
 		return r, err
 	}
 	return r, nil
+}
+
+// startForwarder runs `kubectl ARGS LOCAL:8080` on a free local port and returns that port once the
+// forwarder prints "Forwarding from", and a function that interrupts it and waits for its exit.
+func startForwarder(ctx context.Context, f forwarder, env []string) (int, func(), error) {
+	port, err := freePort()
+	if err != nil {
+		return 0, nil, err
+	}
+	args := append(append([]string{}, f.args...), fmt.Sprintf("%d:8080", port))
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	cmd.Env = env
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	}
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		found := false
+		for sc.Scan() {
+			if !found && forwardingRE.MatchString(sc.Text()) {
+				found = true
+				ready <- nil
+			}
+		}
+		if !found {
+			ready <- errors.New("forwarder exited before it was ready")
+		}
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			stop()
+			return 0, nil, err
+		}
+	case <-time.After(2 * time.Minute):
+		stop()
+		return 0, nil, errors.New("forwarder not ready within 2m")
+	}
+	return port, stop, nil
 }
 
 func freePort() (int, error) {
@@ -215,6 +283,17 @@ func download(ctx context.Context, url string) (float64, error) {
 }
 
 func latency(ctx context.Context, url string, n int, keepAlive bool) (p50, p99 time.Duration, err error) {
+	samples, err := sampleLatency(ctx, url, n, keepAlive)
+	if err != nil {
+		return 0, 0, err
+	}
+	p50, p99 = percentiles(samples)
+	return p50, p99, nil
+}
+
+// sampleLatency times n sequential GETs after 10 unrecorded warm-up requests, over one kept-alive
+// connection or with a new connection per request.
+func sampleLatency(ctx context.Context, url string, n int, keepAlive bool) ([]time.Duration, error) {
 	tr := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 1}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
@@ -224,16 +303,24 @@ func latency(ctx context.Context, url string, n int, keepAlive bool) (p50, p99 t
 		start := time.Now()
 		resp, err := c.Do(req)
 		if err != nil {
-			return 0, 0, err
+			return nil, err
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
 		if i >= 10 { // warm-up
 			samples = append(samples, time.Since(start))
 		}
 	}
+	return samples, nil
+}
+
+// percentiles sorts samples in place and returns their median and 99th percentile.
+func percentiles(samples []time.Duration) (p50, p99 time.Duration) {
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
-	return samples[len(samples)/2], samples[len(samples)*99/100], nil
+	return samples[len(samples)/2], samples[len(samples)*99/100]
 }
 
 func render(rs []result, size int64, requests int) string {
@@ -266,4 +353,16 @@ func kubectl(ctx context.Context, stdin string, args ...string) error {
 		return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// kubectlOutput runs kubectl and returns its stdout.
+func kubectlOutput(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
 }

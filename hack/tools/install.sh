@@ -4,11 +4,15 @@
 #
 #   hack/tools/install.sh golangci-lint
 #   hack/tools/install.sh validate-krew-manifest kubectl-krew
+#   hack/tools/install.sh grpcurl vegeta
 #
-# The versions live in hack/tools/golangci/go.mod and hack/tools/krew/go.mod
-# (Go 1.24+ `tool` directives), two modules so neither tool's dependency graph
-# moves the other's (together they would bump golangci-lint's x/text and krew's
-# x/net, x/text, logr) and neither touches the main go.mod. Without this script:
+# The versions live in hack/tools/<module>/go.mod (Go 1.24+ `tool` directives):
+# golangci (golangci-lint), krew (validate-krew-manifest, kubectl-krew), grpcurl
+# (the e2e tests' gRPC client) and vegeta (hack/bench's paced load generator).
+# One module per tool set so no tool's dependency graph moves another's
+# (golangci-lint and krew together would bump golangci-lint's x/text and krew's
+# x/net, x/text, logr; vegeta brings prometheus) and none touches the main
+# go.mod. Without this script:
 #
 #   go tool -modfile=hack/tools/golangci/go.mod golangci-lint run
 #
@@ -33,18 +37,22 @@ cache_root() {
 	printf '%s\n' "${XDG_CACHE_HOME:-$HOME/.cache}/trafficlab"
 }
 
-# tool name -> "<module dir under hack/tools> <package>"
+# tool name -> "<module dir under hack/tools> <package> [<main's version variable>]"
+# The third field, for tools whose -version would otherwise print an empty or
+# "dev build" string, is set by -ldflags -X to the module version from go.mod.
 spec() {
 	case "$1" in
 	golangci-lint) echo "golangci github.com/golangci/golangci-lint/v2/cmd/golangci-lint" ;;
 	validate-krew-manifest) echo "krew sigs.k8s.io/krew/cmd/validate-krew-manifest" ;;
 	kubectl-krew) echo "krew sigs.k8s.io/krew/cmd/krew" ;;
+	grpcurl) echo "grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl main.version" ;;
+	vegeta) echo "vegeta github.com/tsenart/vegeta/v12 main.Version" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta ..." >&2
 	exit 2
 fi
 
@@ -52,21 +60,32 @@ cache="$(cache_root)"
 goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 
 for tool in "$@"; do
-	if ! read -r moddir pkg < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew" >&2
+	versionvar=""
+	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"
-	key="$( { cat "$mod/go.mod" "$mod/go.sum"; echo "$goversion"; } | sha256sum | cut -c1-12)"
+	# versionvar joins the key only when set, so the keys (and caches) of the
+	# tools without one stay what they were.
+	key="$( { cat "$mod/go.mod" "$mod/go.sum"; echo "$goversion"; [[ -z "$versionvar" ]] || echo "$versionvar"; } | sha256sum | cut -c1-12)"
 	dir="$cache/tools/$moddir-$key"
 	bin="$dir/$tool"
 	if [[ ! -x "$bin" ]]; then
 		mkdir -p "$dir"
 		echo "building $tool (pinned in hack/tools/$moddir/go.mod) into $dir" >&2
+		ldflags=""
+		if [[ -n "$versionvar" ]]; then
+			if ! version="$(go list -C "$mod" -mod=readonly -f '{{.Module.Version}}' "$pkg")"; then
+				echo "hack/tools/install.sh: cannot resolve the version of $tool; check network access to the Go module proxy or run: go -C hack/tools/$moddir mod download" >&2
+				exit 1
+			fi
+			ldflags="-X $versionvar=$version"
+		fi
 		tmp="$(mktemp "$dir/.$tool.XXXXXX")"
 		# GOOS/GOARCH/CGO from the caller's environment must not leak into a
 		# host tool (dist.sh exports them while cross-compiling).
-		if ! env -u GOOS -u GOARCH -u CGO_ENABLED go build -C "$mod" -mod=readonly -buildvcs=false -trimpath -o "$tmp" "$pkg"; then
+		if ! env -u GOOS -u GOARCH -u CGO_ENABLED go build -C "$mod" -mod=readonly -buildvcs=false -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg"; then
 			rm -f "$tmp"
 			echo "hack/tools/install.sh: building $tool failed; check network access to the Go module proxy or run: go -C hack/tools/$moddir mod download" >&2
 			exit 1

@@ -94,7 +94,17 @@ func TestTunnelHalfClose(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
 			client, server := tunnelPair(t, tr, DefaultTunnelConfig())
+			// The handler's last step (CloseWrite) may return after the client has read the end
+			// block; the test must not tear the tunnel down under it.
+			handled := make(chan struct{})
+			defer func() {
+				select {
+				case <-handled:
+				case <-time.After(10 * time.Second): // a test that failed before the handler ran
+				}
+			}()
 			serve(t, server, handlers{"reply-after-eof:80": func(st *Stream) {
+				defer close(handled)
 				defer st.Close()
 				got, err := io.ReadAll(st)
 				if err != nil {
