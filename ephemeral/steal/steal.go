@@ -338,6 +338,9 @@ func (s *Steal) serve(c *net.TCPConn) {
 }
 
 func (s *Steal) requestEvent(cn conn, e httpx.Event) {
+	if !e.Stolen && e.Warning == "" && !s.cfg.Spec.PassedEvents {
+		return
+	}
 	ev := wire.StealEvent{
 		Kind: wire.EventRequest, Port: int(cn.orig.Port()), Peer: cn.peer, Proto: e.Proto,
 		Method: e.Method, Path: e.Path, Status: e.Status, Stolen: e.Stolen,

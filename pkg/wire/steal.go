@@ -82,6 +82,10 @@ type StealSpec struct {
 	StealProbes bool `json:"stealProbes,omitempty"`
 	// FlushConnections resets open connections to the ports so that clients reconnect into the steal.
 	FlushConnections bool `json:"flushConnections,omitempty"`
+	// PassedEvents asks for an event for every request passed to the app too, not only for the stolen
+	// ones and warnings; at thousands of requests a second those cost the tunnel, the apiserver and
+	// the kubelet more than the filter itself, so the plugin asks only when it shows them (-o json).
+	PassedEvents bool `json:"passedEvents,omitempty"`
 	// DetectTimeout bounds the wait for a client's first bytes (protocol and probe detection); a
 	// server-first protocol says nothing first and is then taken as not HTTP.
 	DetectTimeout Duration `json:"detectTimeoutMs,omitempty"`

@@ -264,6 +264,7 @@ func (o *Options) Run(ctx context.Context) error {
 		StealProbes:      o.StealProbes,
 		FlushConnections: o.FlushConnections,
 		DetectTimeout:    wire.Millis(o.DetectTimeout),
+		PassedEvents:     o.Output == "json",
 	}
 	locals := map[int]string{}
 	for _, p := range o.ports {
@@ -284,7 +285,13 @@ func (o *Options) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start stealing: %w", err)
 	}
-	s.Progress.Stepf("stealing %s", o.describe(ready))
+	if o.Session.Quiet {
+		// Even quiet, a script needs to know when the steal is in place, as port-forward's
+		// "Forwarding from" line tells it.
+		fmt.Fprintf(o.ErrOut, "stealing %s\n", o.describe(ready))
+	} else {
+		s.Progress.Stepf("stealing %s", o.describe(ready))
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go srv.serve(sctx, s.Conn)
