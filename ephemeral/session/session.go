@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -94,7 +95,7 @@ func Run(ctx context.Context, cfg Config) error {
 		SessionID:   id,
 		DataPort:    ln.Addr().(*net.TCPAddr).Port,
 		AgentPID:    os.Getpid(),
-		Kinds:       []string{wire.KindDial, wire.KindSteal},
+		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump},
 		Compression: wire.SupportedCompression(),
 	}); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
@@ -239,8 +240,12 @@ func (s *server) closeAll() {
 
 func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 	req := in.Request()
-	if req.Kind == wire.KindSteal {
+	switch req.Kind {
+	case wire.KindSteal:
 		s.serveSteal(ctx, in)
+		return
+	case wire.KindDump:
+		s.serveDump(ctx, in)
 		return
 	}
 	if req.Kind != wire.KindDial {
@@ -390,4 +395,34 @@ func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Co
 		return nil, fmt.Errorf("no data connection to the plugin: %w", wire.ErrSessionClosed)
 	}
 	return best.Open(ctx, req)
+}
+
+// serveDump captures while the plugin's stream lives and writes the capture on it as pcapng. The
+// stream is accepted only once the packet sockets are open, so a missing NET_RAW is the plugin's
+// refusal, not a silent empty capture.
+func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
+	spec := *in.Request().Dump
+	c, err := sniff.Open(spec)
+	if err != nil {
+		s.log.Warn("dump refused", "filter", spec.Expr(), "err", err)
+		_ = in.Reject(err)
+		return
+	}
+	st, err := in.AcceptWith(wire.CompressionNone)
+	if err != nil {
+		c.Close()
+		return
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The plugin never writes on this stream: its end is the dump's end.
+	go func() {
+		_, _ = io.Copy(io.Discard, st)
+		cancel()
+	}()
+	s.log.Info("dumping", "filter", spec.Expr())
+	stats, err := sniff.Dump(ctx, c, st)
+	s.log.Info("dump ended", "received", stats.Received, "dropped", stats.Dropped, "err", err)
+	_ = st.CloseWrite()
 }

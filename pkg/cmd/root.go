@@ -14,6 +14,7 @@ import (
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/dump"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/portforward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/version"
@@ -68,6 +69,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 
 	cmd.AddCommand(
 		portforward.NewCmdPortForward(streams, configFlags),
+		dump.NewCmdDump(streams, configFlags),
 		steal.NewCmdSteal(streams, configFlags),
 		version.NewCmdVersion(streams),
 	)

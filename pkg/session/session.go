@@ -105,6 +105,8 @@ func (o *Options) Validate() error {
 type Request struct {
 	Target       target.Options
 	Capabilities inject.Capabilities
+	// AddNetRaw adds NET_RAW instead of keeping the runtime's default (see inject.AgentSpec).
+	AddNetRaw bool
 	// Check runs once the target is known and before anything changes in the cluster, so that a verb
 	// refuses bad input (a port the Service does not have) with the pod left as it was.
 	Check func(*target.Target) error
@@ -154,6 +156,7 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
 		TargetContainer:  tgt.Container,
 		Capabilities:     req.Capabilities,
+		AddNetRaw:        req.AddNetRaw,
 		IdleTimeout:      o.AgentIdleTimeout,
 		MemoryLimitBytes: 64 << 20,
 	}

@@ -274,6 +274,19 @@ func (c *Conn) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, er
 	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
 }
 
+// Dump asks the agent to capture; the returned stream carries the capture as pcapng. CloseWrite ends
+// the capture: the agent then writes its packet counts and closes its side.
+func (c *Conn) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
+	t := c.pick()
+	if t == nil {
+		if err := c.Err(); err != nil {
+			return nil, err
+		}
+		return nil, wire.ErrSessionClosed
+	}
+	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
+}
+
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
 // first call starts accepting; before it, the agent's streams wait in yamux's backlog.
 func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {

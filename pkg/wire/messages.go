@@ -133,6 +133,8 @@ type OpenRequest struct {
 	Compression []Compression `json:"compression,omitempty"`
 	// Steal is KindSteal's spec.
 	Steal *StealSpec `json:"steal,omitempty"`
+	// Dump is KindDump's spec.
+	Dump *DumpSpec `json:"dump,omitempty"`
 	// Port is the pod port a KindIncoming connection arrived on, Peer its client.
 	Port int    `json:"port,omitempty"`
 	Peer string `json:"peer,omitempty"`
@@ -205,6 +207,11 @@ func (r *OpenRequest) validate() error {
 		return r.Steal.Validate()
 	case KindIncoming:
 		return r.validateIncoming()
+	case KindDump:
+		if r.Dump == nil {
+			return fmt.Errorf("dump stream without a spec: %w", ErrBadRequest)
+		}
+		return r.Dump.Validate()
 	default:
 		return nil
 	}

@@ -1,0 +1,289 @@
+// Package dump implements `kubectl trafficlab dump`: the pod's traffic shown live in the terminal,
+// one line per HTTP exchange or TCP connection, and written as pcapng for Wireshark.
+package dump
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/kubectl/pkg/util/templates"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+var (
+	dumpLong = templates.LongDesc(`
+		Show a pod's traffic live and write it as pcapng for Wireshark, without touching the pod.
+
+		The agent, added to the pod as an ephemeral container, captures on every interface of the
+		pod's network namespace (loopback included) with the filter compiled into the kernel, and
+		streams the packets to this machine. The terminal shows one line per HTTP request and
+		response (HTTP/1.1 and h2c) and one per other TCP connection; -w writes the capture.
+
+		FILTER is a tcpdump-style expression (host, net, port, portrange, tcp, udp, icmp, ip, ip6,
+		and, or, not, parentheses). Capturing needs only NET_RAW, which container runtimes such as
+		containerd give a root container by default, so the agent adds no capability and is admitted
+		in namespaces at the PodSecurity "baseline" level. Where the runtime drops NET_RAW (CRI-O),
+		use --add-net-raw.`)
+
+	dumpExample = templates.Examples(`
+		# Watch the HTTP requests to port 8080 of pod web
+		kubectl trafficlab dump pod/web --port 8080
+
+		# Open the live capture in Wireshark
+		kubectl trafficlab dump deploy/api --port 8080 -w - | wireshark -k -i -
+
+		# Write a file with a tcpdump-style filter, and one JSON line per exchange on stdout
+		kubectl trafficlab dump pod/web -w web.pcapng -o json 'tcp port 8080 and not host 10.88.0.1'`)
+)
+
+// Options holds what dump needs to run.
+type Options struct {
+	Target    target.Options
+	Session   session.Options
+	Ports     []int
+	Filter    string
+	Write     string
+	Output    string
+	SnapLen   int
+	AddNetRaw bool
+
+	configFlags *genericclioptions.ConfigFlags
+	config      *rest.Config
+	client      kubernetes.Interface
+
+	genericiooptions.IOStreams
+}
+
+// NewOptions returns Options with the defaults.
+func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *Options {
+	return &Options{IOStreams: streams, configFlags: configFlags, Session: session.NewOptions()}
+}
+
+// NewCmdDump returns the dump command.
+func NewCmdDump(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *cobra.Command {
+	return newCmd(NewOptions(streams, configFlags))
+}
+
+func newCmd(o *Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:                   "dump TYPE/NAME [--port PORT ...] [-w FILE|-] [FILTER]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Show a pod's traffic live and write it as pcapng",
+		Long:                  dumpLong,
+		Example:               dumpExample,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(cmd, args); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
+	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	f.IntSliceVarP(&o.Ports, "port", "p", nil, "Capture only packets to or from these ports (TCP or UDP). Repeatable or comma separated.")
+	f.StringVarP(&o.Write, "write", "w", "", "Write the capture as pcapng to this file, or to stdout with -; the live view then goes to stderr.")
+	f.StringVarP(&o.Output, "output", "o", "", "Output format of the live view: json (one object per line), or empty for text.")
+	f.IntVar(&o.SnapLen, "snaplen", 0, "Bytes of each packet to keep; 0 keeps whole packets.")
+	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "Add NET_RAW to the agent instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
+	o.Session.AddFlags(f)
+	return cmd
+}
+
+// Complete reads flags, arguments and the kubeconfig.
+func (o *Options) Complete(cmd *cobra.Command, args []string) error {
+	if o.Target.Selector == "" && len(args) > 0 {
+		o.Target.Resource = args[0]
+		args = args[1:]
+	}
+	// tcpdump takes its expression as the remaining words, quoted or not.
+	o.Filter = strings.Join(args, " ")
+	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return fmt.Errorf("reading the namespace from kubeconfig: %w", err)
+	}
+	o.Target.Namespace = ns
+	if o.config, err = o.configFlags.ToRESTConfig(); err != nil {
+		return fmt.Errorf("reading kubeconfig: %w", err)
+	}
+	if o.client, err = kubernetes.NewForConfig(o.config); err != nil {
+		return fmt.Errorf("creating a client: %w", err)
+	}
+	return nil
+}
+
+// Validate checks the options; no I/O. The filter itself is compiled by the agent, and by capture here
+// too so that a typo is reported before anything is added to the pod.
+func (o *Options) Validate() error {
+	if o.Target.Resource == "" && o.Target.Selector == "" {
+		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab dump pod/web --port 8080")
+	}
+	spec := o.spec()
+	for _, p := range o.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("--port %d is out of range 1-65535", p)
+		}
+	}
+	if o.SnapLen < 0 || o.SnapLen > 262144 {
+		return fmt.Errorf("--snaplen must be from 0 to 262144, not %d", o.SnapLen)
+	}
+	if err := checkFilter(spec); err != nil {
+		return err
+	}
+	if o.Output != "" && o.Output != "json" {
+		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
+	}
+	if o.Write == "-" && o.Output == "json" {
+		return errors.New("-w - writes the capture to stdout; it cannot also carry -o json lines")
+	}
+	return o.Session.Validate()
+}
+
+func (o *Options) spec() wire.DumpSpec {
+	return wire.DumpSpec{Ports: o.Ports, Filter: o.Filter, SnapLen: o.SnapLen}
+}
+
+// Run starts the session and the capture, and shows and writes it until interrupted or the agent
+// goes away. Ctrl-C ends the capture gracefully: the agent then sends its packet counts.
+func (o *Options) Run(ctx context.Context) error {
+	var file io.WriteCloser
+	switch o.Write {
+	case "":
+	case "-":
+		file = nopCloser{o.Out}
+	default:
+		f, err := os.Create(o.Write)
+		if err != nil {
+			return fmt.Errorf("-w %q: %w", o.Write, err)
+		}
+		file = f
+	}
+	if file != nil {
+		defer file.Close()
+	}
+	viewOut := o.Out
+	if o.Write == "-" {
+		viewOut = o.ErrOut
+	}
+	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
+		Target: o.Target, Capabilities: inject.NetRaw, AddNetRaw: o.AddNetRaw,
+	}, o.ErrOut)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	st, err := s.Conn.Dump(ctx, o.spec())
+	if err != nil {
+		return fmt.Errorf("start capturing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
+	}
+	defer st.Close()
+	what := "every packet"
+	if f := strings.TrimSpace(describe(o.spec())); f != "" {
+		what = f
+	}
+	s.Progress.Stepf("capturing %s in pod %s/%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name)
+
+	var r io.Reader = st
+	if file != nil {
+		r = io.TeeReader(st, file)
+	}
+	v := newView(viewOut, o.Output == "json", o.Ports)
+	done := make(chan error, 1)
+	var stats *pcapgo.NgInterfaceStatistics
+	go func() {
+		done <- read(r, v, func(s pcapgo.NgInterfaceStatistics) { stats = &s })
+	}()
+	var runErr error
+	select {
+	case err := <-done:
+		runErr = err
+	case <-ctx.Done():
+		// Half-close: the agent stops, sends its counts and closes its side.
+		_ = st.CloseWrite()
+		select {
+		case err := <-done:
+			runErr = err
+		case <-time.After(5 * time.Second):
+		}
+	case <-s.Conn.Done():
+		runErr = fmt.Errorf("lost the agent: %w", s.Conn.Err())
+	}
+	v.close()
+	if stats != nil {
+		fmt.Fprintf(o.ErrOut, "%d packets captured, %d dropped by the kernel\n", stats.PacketsReceived, stats.PacketsDropped)
+	}
+	if runErr != nil && !errors.Is(runErr, io.EOF) && ctx.Err() == nil {
+		return runErr
+	}
+	return nil
+}
+
+func describe(spec wire.DumpSpec) string {
+	var parts []string
+	if len(spec.Ports) > 0 {
+		ps := make([]string, len(spec.Ports))
+		for i, p := range spec.Ports {
+			ps[i] = strconv.Itoa(p)
+		}
+		parts = append(parts, "ports "+strings.Join(ps, ","))
+	}
+	if spec.Filter != "" {
+		parts = append(parts, fmt.Sprintf("%q", spec.Filter))
+	}
+	return strings.Join(parts, " and ")
+}
+
+// read decodes the pcapng stream, handing each packet to the view, until the stream ends.
+func read(r io.Reader, v *view, onStats func(pcapgo.NgInterfaceStatistics)) error {
+	ng, err := pcapgo.NewNgReader(r, pcapgo.NgReaderOptions{StatisticsCallback: func(_ int, s pcapgo.NgInterfaceStatistics) { onStats(s) }})
+	if err != nil {
+		return fmt.Errorf("read the capture: %w", err)
+	}
+	for {
+		data, ci, err := ng.ReadPacketData()
+		if err != nil {
+			return err
+		}
+		v.packet(data, ci)
+	}
+}
+
+type nopCloser struct{ io.Writer }
+
+func (nopCloser) Close() error { return nil }
+
+// checkFilter compiles the user's expression alone first, so that an error's position refers to what
+// the user typed.
+func checkFilter(spec wire.DumpSpec) error {
+	if strings.TrimSpace(spec.Filter) != "" {
+		if _, err := capture.ParseExpr(spec.Filter); err != nil {
+			return err
+		}
+	}
+	if text := spec.Expr(); text != "" {
+		if _, err := capture.ParseExpr(text); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,110 @@
+package dump
+
+import (
+	"bytes"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
+)
+
+const kubeconfig = `apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]
+current-context: x
+`
+
+func parse(t *testing.T, args ...string) (*Options, error) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config")
+	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	streams, _, _, _ := genericiooptions.NewTestIOStreams()
+	flags := genericclioptions.NewConfigFlags(true)
+	flags.KubeConfig = &path
+	o := NewOptions(streams, flags)
+	cmd := newCmd(o)
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if err := o.Complete(c, args); err != nil {
+			return err
+		}
+		return o.Validate()
+	}
+	cmd.SetArgs(args)
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	return o, cmd.Execute()
+}
+
+func TestCompleteAndValidate(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		wantFilter string
+		wantExpr   string
+		wantErr    string
+	}{
+		{name: "ports only", args: []string{"pod/web", "--port", "8080,9090"}, wantExpr: "(port 8080 or port 9090)"},
+		{name: "filter words like tcpdump", args: []string{"pod/web", "tcp", "port", "80", "and", "not", "host", "10.0.0.1"}, wantFilter: "tcp port 80 and not host 10.0.0.1", wantExpr: "(tcp port 80 and not host 10.0.0.1)"},
+		{name: "quoted filter and port", args: []string{"pod/web", "-p", "8080", "udp or icmp"}, wantFilter: "udp or icmp", wantExpr: "(port 8080) and (udp or icmp)"},
+		{name: "write to stdout", args: []string{"pod/web", "-w", "-"}},
+		{name: "no target", args: []string{"-p", "80"}, wantErr: "TYPE/NAME or -l selector is required"},
+		{name: "bad filter", args: []string{"pod/web", "tcp prot 80"}, wantErr: `filter "tcp prot 80": unknown word "prot" at 5`},
+		{name: "port out of range", args: []string{"pod/web", "-p", "0"}, wantErr: "--port 0 is out of range"},
+		{name: "snaplen", args: []string{"pod/web", "--snaplen", "300000"}, wantErr: "--snaplen must be from 0 to 262144"},
+		{name: "json and pcap on stdout", args: []string{"pod/web", "-w", "-", "-o", "json"}, wantErr: "-w - writes the capture to stdout"},
+		{name: "bad output", args: []string{"pod/web", "-o", "yaml"}, wantErr: `--output must be json or empty, not "yaml"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, tt.args...)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("error = %v, want one line containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := o.spec()
+			if o.Filter != tt.wantFilter || spec.Expr() != tt.wantExpr {
+				t.Errorf("filter %q expr %q, want %q and %q", o.Filter, spec.Expr(), tt.wantFilter, tt.wantExpr)
+			}
+		})
+	}
+}
+
+func TestViewLines(t *testing.T) {
+	var out bytes.Buffer
+	v := &view{out: &out}
+	at := time.Date(2026, 11, 23, 10, 4, 5, 120e6, time.UTC)
+	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
+	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: "/a?b=1", Status: 200, Latency: 1234 * time.Microsecond, RespBytes: 42})
+	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "grpc", Method: "POST", Path: "/helloworld.Greeter/SayHello", Status: 200, GRPCStatus: "0", Partial: true})
+	v.connection(capture.Connection{Start: at, Client: c, Server: s, Duration: 2 * time.Second, BytesIn: 10, BytesOut: 20, Gaps: 1})
+	want := "10:04:05.120 10.88.0.1:5555 HTTP/1.1 GET /a?b=1 200 1.23ms 0B/42B\n" +
+		"10:04:05.120 10.88.0.1:5555 grpc POST /helloworld.Greeter/SayHello 200 grpc-status=0 0s 0B/0B (partial)\n" +
+		"10:04:05.120 10.88.0.1:5555 -> 10.88.0.7:8080 TCP 2s 10B/20B (1 gaps)\n"
+	if got := out.String(); got != want {
+		t.Errorf("view:\n%s\nwant:\n%s", got, want)
+	}
+	out.Reset()
+	v.json = true
+	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "h2c", Method: "GET", Path: "/", Status: 404})
+	if got, want := out.String(), `{"kind":"http","time":"2026-11-23T10:04:05.12Z","client":"10.88.0.1:5555","server":"10.88.0.7:8080","proto":"h2c","method":"GET","path":"/","status":404,"latencyMs":0,"reqBytes":0,"respBytes":0}`+"\n"; got != want {
+		t.Errorf("json:\n%s\nwant:\n%s", got, want)
+	}
+}
