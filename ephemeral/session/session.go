@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -95,7 +97,7 @@ func Run(ctx context.Context, cfg Config) error {
 		SessionID:   id,
 		DataPort:    ln.Addr().(*net.TCPAddr).Port,
 		AgentPID:    os.Getpid(),
-		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump},
+		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump, wire.KindMirror},
 		Compression: wire.SupportedCompression(),
 	}); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
@@ -246,6 +248,9 @@ func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 		return
 	case wire.KindDump:
 		s.serveDump(ctx, in)
+		return
+	case wire.KindMirror:
+		s.serveMirror(ctx, in)
 		return
 	}
 	if req.Kind != wire.KindDial {
@@ -424,5 +429,34 @@ func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 	s.log.Info("dumping", "filter", spec.Expr())
 	stats, err := sniff.Dump(ctx, c, st)
 	s.log.Info("dump ended", "received", stats.Received, "dropped", stats.Dropped, "err", err)
+	_ = st.CloseWrite()
+}
+
+// serveMirror sniffs the mirrored ports while the plugin's stream lives, and ends with the counts as
+// one JSON line on it.
+func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
+	spec := *in.Request().Mirror
+	c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"})
+	if err != nil {
+		s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
+		_ = in.Reject(err)
+		return
+	}
+	st, err := in.AcceptWith(wire.CompressionNone)
+	if err != nil {
+		c.Close()
+		return
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		_, _ = io.Copy(io.Discard, st)
+		cancel()
+	}()
+	s.log.Info("mirroring", "ports", spec.Ports)
+	stats, err := mirror.Run(ctx, c, spec.Ports, s, s.log)
+	s.log.Info("mirror ended", "stats", stats, "err", err)
+	_ = json.NewEncoder(st).Encode(stats)
 	_ = st.CloseWrite()
 }

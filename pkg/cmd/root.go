@@ -15,6 +15,7 @@ import (
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/dump"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/portforward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/version"
@@ -70,6 +71,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 	cmd.AddCommand(
 		portforward.NewCmdPortForward(streams, configFlags),
 		dump.NewCmdDump(streams, configFlags),
+		mirror.NewCmdMirror(streams, configFlags),
 		steal.NewCmdSteal(streams, configFlags),
 		version.NewCmdVersion(streams),
 	)

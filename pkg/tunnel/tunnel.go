@@ -287,6 +287,19 @@ func (c *Conn) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, erro
 	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
 }
 
+// Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
+// connection. Ending the returned stream ends the mirror; its last line is the agent's counts.
+func (c *Conn) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
+	t := c.pick()
+	if t == nil {
+		if err := c.Err(); err != nil {
+			return nil, err
+		}
+		return nil, wire.ErrSessionClosed
+	}
+	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+}
+
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
 // first call starts accepting; before it, the agent's streams wait in yamux's backlog.
 func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {

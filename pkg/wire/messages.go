@@ -135,6 +135,8 @@ type OpenRequest struct {
 	Steal *StealSpec `json:"steal,omitempty"`
 	// Dump is KindDump's spec.
 	Dump *DumpSpec `json:"dump,omitempty"`
+	// Mirror is KindMirror's spec.
+	Mirror *MirrorSpec `json:"mirror,omitempty"`
 	// Port is the pod port a KindIncoming connection arrived on, Peer its client.
 	Port int    `json:"port,omitempty"`
 	Peer string `json:"peer,omitempty"`
@@ -205,8 +207,13 @@ func (r *OpenRequest) validate() error {
 			return fmt.Errorf("steal stream without a spec: %w", ErrBadRequest)
 		}
 		return r.Steal.Validate()
-	case KindIncoming:
+	case KindIncoming, KindMirrored:
 		return r.validateIncoming()
+	case KindMirror:
+		if r.Mirror == nil {
+			return fmt.Errorf("mirror stream without a spec: %w", ErrBadRequest)
+		}
+		return r.Mirror.Validate()
 	case KindDump:
 		if r.Dump == nil {
 			return fmt.Errorf("dump stream without a spec: %w", ErrBadRequest)

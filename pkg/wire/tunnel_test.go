@@ -276,7 +276,7 @@ func TestTunnelOpenErrors(t *testing.T) {
 		{dialReq("blocked:1"), ErrForbidden, CodeForbidden, "permission denied"},
 		{dialReq("unreachable:1"), ErrUnreachable, CodeUnreachable, "no route to host"},
 		{dialReq("weird:1"), ErrInternal, CodeInternal, "something odd"},
-		{OpenRequest{Kind: "mirror"}, ErrUnsupported, CodeUnsupported, `stream kind "mirror"`},
+		{OpenRequest{Kind: "exec"}, ErrUnsupported, CodeUnsupported, `stream kind "exec"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.req.Address+tt.req.Kind, func(t *testing.T) {

@@ -140,4 +140,3 @@ func TestStealBadInput(t *testing.T) {
 		t.Errorf("bad input added %d ephemeral containers to the pod", n)
 	}
 }
-

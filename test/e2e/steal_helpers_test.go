@@ -37,6 +37,7 @@ type localServer struct {
 	Port int
 	mu   sync.Mutex
 	uas  []string
+	reqs []pfReply // method, path, query, body size and sha256 of every request
 	srv  *http.Server
 }
 
@@ -60,6 +61,9 @@ func startLocalServer(t *testing.T) *localServer {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		ls.mu.Lock()
+		ls.reqs = append(ls.reqs, pfReply{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, BodyBytes: n, BodySHA256: hex.EncodeToString(h.Sum(nil))})
+		ls.mu.Unlock()
 		if r.URL.Path == "/healthz" {
 			// A stolen probe would fail: the pod would turn unready.
 			http.Error(w, "the laptop does not answer probes", http.StatusInternalServerError)
@@ -71,6 +75,12 @@ func startLocalServer(t *testing.T) *localServer {
 	go func() { _ = ls.srv.Serve(ln) }()
 	t.Cleanup(func() { ls.srv.Close() })
 	return ls
+}
+
+func (ls *localServer) requests() []pfReply {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return append([]pfReply(nil), ls.reqs...)
 }
 
 func (ls *localServer) userAgents() []string {
