@@ -49,4 +49,3 @@ type Stats struct {
 	// Dropped counts frames that passed the filter but found the socket buffer full.
 	Dropped uint64
 }
-
