@@ -22,7 +22,6 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
@@ -58,7 +57,7 @@ type Options struct {
 	LocalAddress string
 	AddNetRaw    bool
 
-	ports       []steal.PortSpec
+	ports       []target.PortSpec
 	configFlags *genericclioptions.ConfigFlags
 	config      *rest.Config
 	client      kubernetes.Interface
@@ -113,7 +112,7 @@ func (o *Options) Complete(_ *cobra.Command, args []string) error {
 	}
 	o.ports = nil
 	for _, a := range o.PortArgs {
-		ps, err := steal.ParsePortSpec(a)
+		ps, err := target.ParsePortSpec(a)
 		if err != nil {
 			return err
 		}
@@ -148,13 +147,13 @@ func (o *Options) Validate() error {
 }
 
 func (o *Options) check(t *target.Target) error {
-	ports, warnings, err := steal.ResolvePorts(t, o.ports)
+	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return err
 	}
 	o.ports = ports
 	for _, w := range warnings {
-		fmt.Fprintf(o.ErrOut, "warning: %s\n", strings.Replace(w, "stealing it anyway", "mirroring it anyway", 1))
+		fmt.Fprintf(o.ErrOut, "warning: %s\n", w)
 	}
 	if t.Replicas > 1 {
 		fmt.Fprintf(o.ErrOut, "warning: %d ready pods match; only pod %s is mirrored\n", t.Replicas, t.Pod.Name)

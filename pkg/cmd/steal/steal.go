@@ -79,7 +79,7 @@ type Options struct {
 	Output           string
 	Command          []string
 
-	ports       []PortSpec
+	ports       []target.PortSpec
 	filter      *wire.HTTPFilter
 	configFlags *genericclioptions.ConfigFlags
 	config      *rest.Config
@@ -151,7 +151,7 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	}
 	o.ports = nil
 	for _, a := range o.PortArgs {
-		ps, err := ParsePortSpec(a)
+		ps, err := target.ParsePortSpec(a)
 		if err != nil {
 			return err
 		}
@@ -211,7 +211,7 @@ func (o *Options) Validate() error {
 // check resolves the ports against the target before the agent is added, and warns about what the
 // steal will not do as the user may expect.
 func (o *Options) check(t *target.Target) error {
-	ports, warnings, err := ResolvePorts(t, o.ports)
+	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return err
 	}
@@ -344,7 +344,7 @@ func exitError(name string, err error) error {
 }
 
 func (o *Options) describe(ready wire.StealEvent) string {
-	sorted := append([]PortSpec(nil), o.ports...)
+	sorted := append([]target.PortSpec(nil), o.ports...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Port < sorted[j].Port })
 	var parts []string
 	for _, p := range sorted {

@@ -59,15 +59,15 @@ func TestCompleteAndValidate(t *testing.T) {
 	tests := []struct {
 		name        string
 		args        []string
-		wantPorts   []PortSpec
+		wantPorts   []target.PortSpec
 		wantCommand []string
 		wantErr     string
 	}{
-		{name: "port only", args: []string{"pod/web", "--port", "80"}, wantPorts: []PortSpec{{Remote: "80", Port: 80, Local: 80}}},
-		{name: "remote and local", args: []string{"pod/web", "-p", "80:8080", "-p", "9090"}, wantPorts: []PortSpec{{Remote: "80", Port: 80, Local: 8080}, {Remote: "9090", Port: 9090, Local: 9090}}},
-		{name: "named port", args: []string{"svc/web", "--port", "http:8080"}, wantPorts: []PortSpec{{Remote: "http", Local: 8080}}},
-		{name: "command", args: []string{"pod/web", "--port", "80", "--", "sh", "-c", "exit 3"}, wantPorts: []PortSpec{{Remote: "80", Port: 80, Local: 80}}, wantCommand: []string{"sh", "-c", "exit 3"}},
-		{name: "look-ahead filter", args: []string{"pod/web", "--port", "80", "--header-filter", "^User-Agent: (?!kube-probe)"}, wantPorts: []PortSpec{{Remote: "80", Port: 80, Local: 80}}},
+		{name: "port only", args: []string{"pod/web", "--port", "80"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
+		{name: "remote and local", args: []string{"pod/web", "-p", "80:8080", "-p", "9090"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 8080}, {Remote: "9090", Port: 9090, Local: 9090}}},
+		{name: "named port", args: []string{"svc/web", "--port", "http:8080"}, wantPorts: []target.PortSpec{{Remote: "http", Local: 8080}}},
+		{name: "command", args: []string{"pod/web", "--port", "80", "--", "sh", "-c", "exit 3"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}, wantCommand: []string{"sh", "-c", "exit 3"}},
+		{name: "look-ahead filter", args: []string{"pod/web", "--port", "80", "--header-filter", "^User-Agent: (?!kube-probe)"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
 		{name: "no port", args: []string{"pod/web"}, wantErr: "--port is required"},
 		{name: "no target", args: []string{"--port", "80"}, wantErr: "TYPE/NAME or -l selector is required"},
 		{name: "two targets", args: []string{"pod/web", "pod/db", "--port", "80"}, wantErr: "steal takes one TYPE/NAME"},
@@ -117,60 +117,6 @@ func testPod() *corev1.Pod {
 			}}},
 			LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090}}},
 		}}},
-	}
-}
-
-func TestResolvePorts(t *testing.T) {
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{
-			{Name: "web", Port: 80, TargetPort: intstr.FromString("http")},
-			{Name: "admin", Port: 81, TargetPort: intstr.FromInt32(7070)},
-			{Name: "dns", Port: 53, Protocol: corev1.ProtocolUDP},
-		}},
-	}
-	tests := []struct {
-		name         string
-		svc          *corev1.Service
-		specs        []PortSpec
-		want         []int
-		wantWarnings []string
-		wantErr      string
-	}{
-		{name: "pod number", specs: []PortSpec{{Remote: "8080", Local: 1}}, want: []int{8080}},
-		{name: "pod name", specs: []PortSpec{{Remote: "metrics", Local: 1}}, want: []int{9090}},
-		{name: "pod unknown name", specs: []PortSpec{{Remote: "grpc", Local: 1}}, wantErr: `pod "web-1" has no TCP container port named "grpc"`},
-		{name: "undeclared port warns", specs: []PortSpec{{Remote: "3000", Local: 1}}, want: []int{3000}, wantWarnings: []string{`container "app" does not declare port 3000; stealing it anyway`}},
-		{name: "service port to named target", svc: svc, specs: []PortSpec{{Remote: "80", Local: 1}}, want: []int{8080}},
-		{name: "service port by name to number", svc: svc, specs: []PortSpec{{Remote: "admin", Local: 1}}, want: []int{7070}, wantWarnings: []string{`container "app" does not declare port 7070; stealing it anyway`}},
-		{name: "service lacks port", svc: svc, specs: []PortSpec{{Remote: "8080", Local: 1}}, wantErr: `service "web" has no TCP port "8080"; its TCP ports are 80 (web), 81 (admin)`},
-		{name: "service UDP port refused", svc: svc, specs: []PortSpec{{Remote: "53", Local: 1}}, wantErr: `service "web" has no TCP port "53"`},
-		{name: "same pod port twice", svc: svc, specs: []PortSpec{{Remote: "80", Local: 1}, {Remote: "web", Local: 2}}, wantErr: `both name the pod's port 8080`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			tg := &target.Target{Pod: testPod(), Container: "app", Service: tt.svc}
-			got, warnings, err := ResolvePorts(tg, tt.specs)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("error = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			var ports []int
-			for _, p := range got {
-				ports = append(ports, p.Port)
-			}
-			if diff := cmp.Diff(tt.want, ports); diff != "" {
-				t.Errorf("ports (-want +got):\n%s", diff)
-			}
-			if diff := cmp.Diff(tt.wantWarnings, warnings); diff != "" {
-				t.Errorf("warnings (-want +got):\n%s", diff)
-			}
-		})
 	}
 }
 
