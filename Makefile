@@ -53,7 +53,7 @@ cluster-up: agent-image ## start the local single-node cluster (builds and cache
 cluster-down: ## stop the local cluster and remove everything it made on the host
 	hack/cluster/down.sh
 
-demo: cluster-up ## build, start the cluster, find the plugin through kubectl, forward to a demo Service
+demo: cluster-up ## build, start the cluster, find the plugin through kubectl, forward to a demo Service, then steal it
 	hack/demo.sh
 
 lint: ## golangci-lint (pinned in hack/tools), with the import rules of ephemeral/ and capture/

@@ -45,7 +45,10 @@ out=$(mktemp)
 steal_out=$(mktemp)
 pf=; st=; local_srv=
 cleanup() {
-  for p in $pf $st $local_srv; do kill -INT "$p" 2>/dev/null || true; done
+  # SIGINT is the plugin's Ctrl-C (it listens for it); the local server, started in the background of
+  # a script, inherits SIGINT ignored, so it gets SIGTERM.
+  for p in $pf $st; do kill -INT "$p" 2>/dev/null || true; done
+  [[ -z $local_srv ]] || kill "$local_srv" 2>/dev/null || true
   for p in $pf $st $local_srv; do wait "$p" 2>/dev/null || true; done
   rm -f "$out" "$steal_out"
 }

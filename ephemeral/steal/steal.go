@@ -212,16 +212,18 @@ func markControl(_, _ string, rc syscall.RawConn) error {
 // ListenPort is where redirected connections arrive, for tests.
 func (s *Steal) ListenPort() int { return s.ln.Addr().(*net.TCPAddr).Port }
 
-// Close resets the connections in flight, then removes the redirect, so that new connections reach
-// the app, then closes the listener. The order matters: removing the pod's last NAT hooks drops the
-// NAT bindings of its connections, and a reset sent after that leaves with the agent's port as its
-// source, which the client ignores; measured, such a client waited for an answer forever. It is
-// idempotent.
+// Close ends the steal in the one order that leaves no client hanging: the listener first, so that
+// connections still in its accept queue are refused, then the connections in flight are reset, and
+// only then is the redirect removed. Removing the pod's last NAT hooks drops the NAT bindings of its
+// connections, and a reset sent after that leaves with the agent's port as its source, which the
+// client ignores: measured, such clients waited for an answer until their own timeout. A connection
+// that arrives in the few milliseconds between the first and the last step is refused. Idempotent.
 func (s *Steal) Close() error {
 	var err error
 	s.once.Do(func() {
 		s.closed.Store(true)
 		s.cancel()
+		s.ln.Close()
 		s.mu.Lock()
 		for c := range s.conns {
 			if tc, ok := c.(*net.TCPConn); ok {
@@ -230,9 +232,8 @@ func (s *Steal) Close() error {
 			c.Close()
 		}
 		s.mu.Unlock()
-		err = s.redirect.Close()
-		s.ln.Close()
 		s.wg.Wait()
+		err = s.redirect.Close()
 	})
 	return err
 }
