@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -19,19 +20,29 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// dialer is the plugin's side in one: every mirrored connection is dialed to a real local server.
-type dialer struct {
-	addr string
-	mu   sync.Mutex
-	reqs []wire.OpenRequest
+// recorder is the plugin's side in one: every mirrored connection's bytes are recorded, in order,
+// as the plugin would write them to the local port.
+type recorder struct {
+	mu    sync.Mutex
+	reqs  []wire.OpenRequest
+	bufs  []*bytes.Buffer
+	ended sync.WaitGroup
 }
 
-func (d *dialer) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
-	d.mu.Lock()
-	d.reqs = append(d.reqs, req)
-	d.mu.Unlock()
-	var nd net.Dialer
-	return nd.DialContext(ctx, "tcp", d.addr)
+func (r *recorder) OpenIncoming(_ context.Context, req wire.OpenRequest) (net.Conn, error) {
+	agent, plugin := net.Pipe()
+	buf := &bytes.Buffer{}
+	r.mu.Lock()
+	r.reqs = append(r.reqs, req)
+	r.bufs = append(r.bufs, buf)
+	r.mu.Unlock()
+	r.ended.Add(1)
+	go func() {
+		defer r.ended.Done()
+		defer plugin.Close()
+		_, _ = io.Copy(buf, plugin)
+	}()
+	return agent, nil
 }
 
 // TestKernelMirror: real HTTP traffic to a server in a namespace is copied, request by request, to a
@@ -47,23 +58,6 @@ func TestKernelMirror(t *testing.T) {
 	go func() { _ = app.Serve(l) }()
 	t.Cleanup(func() { app.Close() })
 
-	// The local server records the requests it receives.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var got []string
-	local := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		mu.Lock()
-		got = append(got, r.Method+" "+r.URL.Path+" "+string(b))
-		mu.Unlock()
-		fmt.Fprintln(w, "local")
-	})}
-	go func() { _ = local.Serve(ln) }()
-	t.Cleanup(func() { local.Close() })
-
 	var c *capture.Capture
 	if err := server.Do(func() error {
 		var err error
@@ -72,7 +66,7 @@ func TestKernelMirror(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	d := &dialer{addr: ln.Addr().String()}
+	d := &recorder{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var stats Stats
 	done := make(chan struct{})
@@ -97,27 +91,42 @@ func TestKernelMirror(t *testing.T) {
 		}
 	}
 	hc.CloseIdleConnections()
+	// The client's FIN ends the mirrored connection; its stream then ends too.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		if n >= len(want) || time.Now().After(deadline) {
+		d.mu.Lock()
+		n := len(d.bufs)
+		d.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	d.ended.Wait()
 	cancel()
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.bufs) != 1 {
+		t.Fatalf("%d mirrored connections, want one (kept alive)", len(d.bufs))
+	}
+	var got []string
+	br := bufio.NewReader(bytes.NewReader(d.bufs[0].Bytes()))
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			break
+		}
+		b, _ := io.ReadAll(req.Body)
+		got = append(got, req.Method+" "+req.URL.Path+" "+string(b))
+	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("local server got %q, want %q", got, want)
+		t.Errorf("mirrored requests %q, want %q", got, want)
 	}
 	if stats.Connections != 1 || stats.Mirrored != 1 {
 		t.Errorf("stats %+v, want one connection (kept alive) mirrored", stats)
 	}
-	if len(d.reqs) != 1 || d.reqs[0].Kind != wire.KindMirrored || d.reqs[0].Port != 8080 || !strings.HasPrefix(d.reqs[0].Peer, "10.79.0.2:") {
+	if d.reqs[0].Kind != wire.KindMirrored || d.reqs[0].Port != 8080 || !strings.HasPrefix(d.reqs[0].Peer, "10.79.0.2:") {
 		t.Errorf("open requests %+v", d.reqs)
 	}
 }

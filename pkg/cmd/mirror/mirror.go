@@ -214,6 +214,9 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 }
 
+// quietFor is how long a local server must send nothing before a mirrored connection is closed.
+const quietFor = 500 * time.Millisecond
+
 // server writes each mirrored connection to the local port and discards the answers.
 type server struct {
 	locals map[int]string
@@ -257,21 +260,40 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
 	defer stop()
 	start := time.Now()
-	var answered atomic.Int64
+	var answered, lastAnswer atomic.Int64
+	lastAnswer.Store(time.Now().UnixNano())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n, _ := io.Copy(io.Discard, c)
-		answered.Store(n)
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			if n > 0 {
+				answered.Add(int64(n))
+				lastAnswer.Store(time.Now().UnixNano())
+			}
+			if err != nil {
+				return
+			}
+		}
 	}()
 	sent, _ := io.Copy(c, st)
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
+	// The copy runs ahead of the local server's answers, so several requests may be waiting in its
+	// socket; a half-close now makes servers such as Go's net/http drop those still queued behind a
+	// running handler. So the connection stays open until the server has been quiet for a while.
+	for waited := time.Duration(0); waited < 30*time.Second; waited += quietFor / 4 {
+		select {
+		case <-done:
+			waited = 30 * time.Second
+			continue
+		case <-time.After(quietFor / 4):
+		}
+		if time.Since(time.Unix(0, lastAnswer.Load())) >= quietFor {
+			break
+		}
 	}
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-	}
+	c.Close()
+	<-done
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	fmt.Fprintf(s.out, "%s mirrored connection from %s to port %d: %d B sent to %s, %d B answered (discarded), %s\n",
