@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
@@ -99,6 +100,30 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--agent-wait-timeout must be positive, not %q", o.AgentWaitTimeout)
 	}
 	return nil
+}
+
+// Kube is what every verb reads from kubectl's connection flags: the namespace (-n or the
+// kubeconfig's), the REST config and a client.
+type Kube struct {
+	Namespace string
+	Config    *rest.Config
+	Client    kubernetes.Interface
+}
+
+// LoadKube reads the kubeconfig the way kubectl does.
+func LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
+	var k Kube
+	var err error
+	if k.Namespace, _, err = flags.ToRawKubeConfigLoader().Namespace(); err != nil {
+		return k, fmt.Errorf("reading the namespace from kubeconfig: %w", err)
+	}
+	if k.Config, err = flags.ToRESTConfig(); err != nil {
+		return k, fmt.Errorf("reading kubeconfig: %w", err)
+	}
+	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
+		return k, fmt.Errorf("creating a client: %w", err)
+	}
+	return k, nil
 }
 
 // Request is what one verb asks for.

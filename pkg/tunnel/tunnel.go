@@ -243,18 +243,11 @@ var errClosed = errors.New("session closed")
 
 // Dial opens a stream through which the agent dials address from the pod.
 func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error) {
-	t := c.pick()
-	if t == nil {
-		if err := c.Err(); err != nil {
-			return nil, err
-		}
-		return nil, wire.ErrSessionClosed
-	}
 	req := wire.OpenRequest{Kind: wire.KindDial, Network: network, Address: address}
 	if network == wire.NetworkTCP {
 		req.Compression = c.cfg.Compression
 	}
-	s, err := t.Open(ctx, req)
+	s, err := c.open(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -264,40 +257,19 @@ func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteC
 // Steal asks the agent to steal; the returned stream carries the steal's events and ending it (Close)
 // ends the steal. The agent answers only once its redirect is in place.
 func (c *Conn) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
-	t := c.pick()
-	if t == nil {
-		if err := c.Err(); err != nil {
-			return nil, err
-		}
-		return nil, wire.ErrSessionClosed
-	}
-	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
+	return c.open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
 }
 
 // Dump asks the agent to capture; the returned stream carries the capture as pcapng. CloseWrite ends
 // the capture: the agent then writes its packet counts and closes its side.
 func (c *Conn) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
-	t := c.pick()
-	if t == nil {
-		if err := c.Err(); err != nil {
-			return nil, err
-		}
-		return nil, wire.ErrSessionClosed
-	}
-	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
+	return c.open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
 }
 
 // Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
 // connection. Ending the returned stream ends the mirror; its last line is the agent's counts.
 func (c *Conn) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
-	t := c.pick()
-	if t == nil {
-		if err := c.Err(); err != nil {
-			return nil, err
-		}
-		return nil, wire.ErrSessionClosed
-	}
-	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+	return c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
 }
 
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
@@ -330,6 +302,18 @@ func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {
 	case <-c.done:
 		return nil, c.err
 	}
+}
+
+// open opens a stream of any kind on the least loaded data connection.
+func (c *Conn) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, error) {
+	t := c.pick()
+	if t == nil {
+		if err := c.Err(); err != nil {
+			return nil, err
+		}
+		return nil, wire.ErrSessionClosed
+	}
+	return t.Open(ctx, req)
 }
 
 // pick spreads streams over the data connections, preferring the least loaded.

@@ -158,17 +158,11 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 		o.ports = append(o.ports, ps)
 	}
 	o.filter = &wire.HTTPFilter{Headers: o.HeaderFilters, Paths: o.PathFilters, Methods: o.Methods, Match: o.Match}
-	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
+	k, err := session.LoadKube(o.configFlags)
 	if err != nil {
-		return fmt.Errorf("reading the namespace from kubeconfig: %w", err)
+		return err
 	}
-	o.Target.Namespace = ns
-	if o.config, err = o.configFlags.ToRESTConfig(); err != nil {
-		return fmt.Errorf("reading kubeconfig: %w", err)
-	}
-	if o.client, err = kubernetes.NewForConfig(o.config); err != nil {
-		return fmt.Errorf("creating a client: %w", err)
-	}
+	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
 	return nil
 }
 
