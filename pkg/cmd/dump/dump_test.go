@@ -2,50 +2,24 @@ package dump
 
 import (
 	"bytes"
-	"io"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/cobra"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 )
 
-const kubeconfig = `apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u, namespace: shop}}]
-current-context: x
-`
-
+// parse runs the real cobra command line through Complete and Validate, stopping before Run.
 func parse(t *testing.T, args ...string) (*Options, error) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "config")
-	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	streams, _, _, _ := genericiooptions.NewTestIOStreams()
-	flags := genericclioptions.NewConfigFlags(true)
-	flags.KubeConfig = &path
-	o := NewOptions(streams, flags)
-	cmd := newCmd(o)
-	cmd.RunE = func(c *cobra.Command, args []string) error {
-		if err := o.Complete(c, args); err != nil {
-			return err
-		}
-		return o.Validate()
-	}
-	cmd.SetArgs(args)
-	cmd.SetOut(io.Discard)
-	cmd.SetErr(io.Discard)
-	return o, cmd.Execute()
+	o := NewOptions(streams, cmdtest.ConfigFlags(t))
+	return o, cmdtest.Parse(newCmd(o), o.Complete, o.Validate, args...)
 }
 
 func TestCompleteAndValidate(t *testing.T) {
