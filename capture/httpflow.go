@@ -38,6 +38,14 @@ type Exchange struct {
 	// peers themselves left unfinished (a request the server closed the connection on, a
 	// reset stream) is not partial: it has Status 0 or its response is short.
 	Partial bool
+	// Seq is the Request.Seq of the request answered, to pair the two; 0 when the request
+	// was not captured. It is set whether or not requests are reported.
+	Seq uint64
+	// StreamID is the HTTP/2 stream, 0 for HTTP/1.
+	StreamID uint32
+	// Response is the response in full with HTTPOptions.KeepResponses; nil without it, and
+	// when no response was seen.
+	Response *Response
 }
 
 func (e Exchange) String() string {
@@ -68,19 +76,45 @@ type Connection struct {
 }
 
 // HTTPOptions configure HTTP decoding. The callbacks run on the goroutine that feeds the
-// decoder (for an Assembler's handlers, the one calling Feed or Flush).
+// decoder (for an Assembler's handlers, the one calling Feed, Flush or Close, with the
+// Assembler's lock held); the calls for one connection never overlap.
 type HTTPOptions struct {
 	// OnExchange is called for each request/response pair when it completes, and for every
 	// request still open when its connection ends.
 	OnExchange func(Exchange)
 	// OnConnection is called at the end of a connection that was not (all) HTTP.
 	OnConnection func(Connection)
+	// OnRequest is called for each client request as soon as it is complete (head and whole
+	// body), in the order the requests complete on the connection, and always before the
+	// OnExchange with its Seq. A request the decoder gives up on (a gap, the end of the
+	// capture or of the connection) is reported then, marked Partial. Requests lost whole in
+	// a gap, HTTP/1 bytes after a protocol switch (WebSocket, CONNECT), and HTTP/2 streams
+	// past 1024 open at once are not reported. Setting it makes the decoder keep each
+	// request's fields, body and raw bytes until then.
+	OnRequest func(*Request)
+	// KeepResponses fills Exchange.Response: each response's fields and body are kept until
+	// its exchange is reported.
+	KeepResponses bool
+	// OnProtocol is called once per connection when the decoder settles what the client
+	// speaks: ProtoHTTP1 when the first HTTP/1 message parses, ProtoH2C at the HTTP/2 client
+	// preface, ProtoOpaque when the first bytes are not HTTP (or, at the latest, when the
+	// connection ends undecided). It comes before the connection's first OnRequest and
+	// OnExchange, by the time the client sent MaxHeaderBytes (unless the capture missed the
+	// connection's start: HTTP/1 is then settled by the first message found after the gap).
+	// A later change (HTTP/2 that can no longer be followed, an upgrade) is not reported.
+	OnProtocol func(f Flow, proto string)
 	// MaxHeaderBytes bounds an HTTP/1 head or an HTTP/2 header block; default 64 KiB.
 	// Bigger ones are treated as lost.
 	MaxHeaderBytes int
 	// MaxBuffer bounds the bytes of one direction held back while the other catches up (a
 	// response captured before its request was delivered); default 256 KiB.
 	MaxBuffer int
+	// MaxBody bounds the body kept of each request (OnRequest) and response
+	// (KeepResponses); default 4 MiB. Beyond it the message is marked Truncated. One
+	// connection keeps at most 4×(MaxBody+MaxHeaderBytes) of fields and bodies at once
+	// (concurrent HTTP/2 streams), plus the raw bytes of the HTTP/1 request in progress
+	// (MaxHeaderBytes+2×MaxBody); past it, what comes next is truncated too.
+	MaxBody int
 }
 
 func (o HTTPOptions) withDefaults() HTTPOptions {
@@ -89,6 +123,9 @@ func (o HTTPOptions) withDefaults() HTTPOptions {
 	}
 	if o.MaxBuffer <= 0 {
 		o.MaxBuffer = 256 << 10
+	}
+	if o.MaxBody <= 0 {
+		o.MaxBody = 4 << 20
 	}
 	return o
 }
@@ -111,7 +148,7 @@ const (
 // pipelining, and h2c with prior knowledge or upgrade. It is a StreamHandler; feed it by hand
 // (Data, Gap, End) to decode recorded streams. Connections that turn out not to be HTTP are
 // summarized as one Connection. Memory per connection is bounded by the options: bodies are
-// counted as they pass, never kept.
+// counted as they pass, and only kept for OnRequest and KeepResponses, up to MaxBody.
 //
 // After a gap an HTTP/1 direction resynchronizes at the next request or status line; until
 // requests and responses line up again, a response is paired with the latest request that
@@ -138,7 +175,10 @@ type HTTPFlow struct {
 	exchanges int
 	summarize bool // emit a Connection at the end even though exchanges were decoded
 	finished  bool
-	stuck     bool // process ran out of its budget (a bug; the fuzz test looks)
+	stuck     bool   // process ran out of its budget (a bug; the fuzz test looks)
+	seq       uint64 // the Seq of the latest request
+	held      int    // bytes of fields and bodies kept (see maxHeld)
+	settled   bool   // OnProtocol was called
 
 	h1 *h1conn
 	h2 *h2conn
@@ -231,6 +271,7 @@ func (f *HTTPFlow) finish() {
 	case modeH2:
 		f.h2.finish()
 	}
+	f.settle(ProtoOpaque)
 	if (f.exchanges == 0 || f.summarize) && f.opts.OnConnection != nil {
 		f.opts.OnConnection(Connection{
 			Client: f.flow.Client, Server: f.flow.Server,
@@ -244,16 +285,30 @@ func (f *HTTPFlow) finish() {
 	f.h1, f.h2 = nil, nil
 }
 
-func (f *HTTPFlow) emit(e *Exchange) {
+// emit reports an exchange with its kept response, if any.
+func (f *HTTPFlow) emit(e *Exchange, resp *kept) {
 	f.exchanges++
 	e.Client, e.Server = f.flow.Client, f.flow.Server
+	e.Response = f.response(resp)
 	if f.opts.OnExchange != nil {
 		f.opts.OnExchange(*e)
 	}
 }
 
+// settle reports the protocol, the first time only.
+func (f *HTTPFlow) settle(proto string) {
+	if f.settled {
+		return
+	}
+	f.settled = true
+	if f.opts.OnProtocol != nil {
+		f.opts.OnProtocol(f.flow, proto)
+	}
+}
+
 // opaque stops decoding; the connection is only counted from now on and summarized.
 func (f *HTTPFlow) opaque() {
+	f.settle(ProtoOpaque)
 	f.mode = modeOpaque
 	f.summarize = true
 	f.buf[0].reset()
@@ -272,6 +327,7 @@ func (f *HTTPFlow) startHTTP1() {
 }
 
 func (f *HTTPFlow) startH2() {
+	f.settle(ProtoH2C)
 	f.mode = modeH2
 	f.h2 = newH2conn(f)
 	if f.lost[ServerToClient] {
@@ -474,6 +530,8 @@ type h1exchange struct {
 	respEnd   time.Time
 	responded bool // a response was paired with it
 	emitted   bool
+	rq        *reqState // the request being kept for OnRequest, until it is reported
+	rs        *kept     // the response being kept for KeepResponses
 }
 
 type h1conn struct {
@@ -508,9 +566,9 @@ func (c *h1conn) step(d Direction) bool {
 			return false
 		}
 		n := int(min(int64(len(p)), h.left))
-		c.body(d, int64(n))
+		c.body(d, int64(n), p[:n])
 		h.left -= int64(n)
-		b.consume(n)
+		c.take(d, n)
 		if h.left == 0 {
 			if h.st == h1Body {
 				c.done(d, b.timeAt(-1))
@@ -529,7 +587,7 @@ func (c *h1conn) step(d Direction) bool {
 			c.lose(d, b.timeAt(0))
 			return true
 		}
-		b.consume(n)
+		c.take(d, n)
 		if size == 0 {
 			h.st = h1Trailer
 		} else {
@@ -541,9 +599,9 @@ func (c *h1conn) step(d Direction) bool {
 		case len(p) == 0, len(p) == 1 && p[0] == '\r':
 			return false
 		case p[0] == '\n':
-			b.consume(1)
+			c.take(d, 1)
 		case p[0] == '\r' && p[1] == '\n':
-			b.consume(2)
+			c.take(d, 2)
 		default:
 			c.lose(d, b.timeAt(0))
 			return true
@@ -556,7 +614,8 @@ func (c *h1conn) step(d Direction) bool {
 			return n < 0
 		}
 		t := b.timeAt(n - 1)
-		b.consume(n)
+		c.trailer(d, line)
+		c.take(d, n)
 		if len(line) == 0 {
 			c.done(d, t)
 		}
@@ -566,7 +625,7 @@ func (c *h1conn) step(d Direction) bool {
 			return false
 		}
 		if h.st == h1UntilClose {
-			c.body(d, int64(len(p)))
+			c.body(d, int64(len(p)), p)
 		}
 		b.consume(len(p))
 		return true
@@ -596,16 +655,60 @@ func (c *h1conn) line(d Direction, p []byte, limit int) (line []byte, n int, ok 
 	return bytes.TrimSuffix(p[:i], []byte("\r")), i + 1, true
 }
 
-func (c *h1conn) body(d Direction, n int64) {
+// body counts n bytes of the body in progress in d; data holds them, nil when they were
+// lost in a gap.
+func (c *h1conn) body(d Direction, n int64, data []byte) {
 	ex := c.half[d].ex
 	if ex == nil {
 		return
 	}
 	if d == ClientToServer {
 		ex.ReqBytes += n
+		if ex.rq != nil {
+			c.f.addBody(&ex.rq.kept, data)
+		}
 	} else {
 		ex.RespBytes += n
+		if ex.rs != nil {
+			c.f.addBody(ex.rs, data)
+		}
 	}
+}
+
+// trailer keeps a trailer line of the message in progress in d.
+func (c *h1conn) trailer(d Direction, line []byte) {
+	ex := c.half[d].ex
+	switch {
+	case ex == nil || len(line) == 0:
+	case d == ClientToServer && ex.rq != nil:
+		c.f.addLine(&ex.rq.kept, &ex.rq.trailer, line)
+	case d == ServerToClient && ex.rs != nil:
+		c.f.addLine(ex.rs, &ex.rs.trailer, line)
+	}
+}
+
+// take consumes n bytes of the message in progress in d, which a kept request's Raw holds.
+func (c *h1conn) take(d Direction, n int) {
+	b := &c.f.buf[d]
+	if ex := c.half[d].ex; d == ClientToServer && ex != nil && ex.rq != nil {
+		c.f.addRaw(ex.rq, b.bytes()[:n])
+	}
+	b.consume(n)
+}
+
+// tellRequest reports the request of ex, which ended at end, once.
+func (c *h1conn) tellRequest(ex *h1exchange, end time.Time, partial bool) {
+	if ex.rq != nil {
+		rq := ex.rq
+		ex.rq = nil
+		c.f.tellRequest(rq, end, partial)
+	}
+}
+
+// decodedHTTP notes that a message parsed: the connection is HTTP.
+func (c *h1conn) decodedHTTP() {
+	c.decoded = true
+	c.f.settle(ProtoHTTP1)
 }
 
 // request parses a request head at the start of p.
@@ -628,12 +731,12 @@ func (c *h1conn) request(p []byte) bool {
 		c.malformed(ClientToServer)
 		return true
 	}
-	c.decoded = true
-	ex := c.newRequest(&req, b.timeAt(0))
+	c.decodedHTTP()
+	ex := c.newRequest(&req, b.timeAt(0), p[:n])
 	h := &c.half[ClientToServer]
 	h.ex = ex
 	h.lineStart = false
-	b.consume(n)
+	c.take(ClientToServer, n)
 	switch {
 	case req.chunked:
 		h.st = h1ChunkSize
@@ -648,10 +751,23 @@ func (c *h1conn) request(p []byte) bool {
 	return true
 }
 
-// newRequest queues the exchange of a request that started at ts.
-func (c *h1conn) newRequest(req *h1head, ts time.Time) *h1exchange {
-	ex := &h1exchange{Exchange: Exchange{Start: ts, Proto: req.proto, Method: req.method}}
+// newRequest queues the exchange of a request that started at ts; head holds its fields.
+func (c *h1conn) newRequest(req *h1head, ts time.Time, head []byte) *h1exchange {
+	c.f.seq++
+	ex := &h1exchange{Exchange: Exchange{Start: ts, Proto: req.proto, Method: req.method, Seq: c.f.seq}}
 	ex.Path, ex.Host = h1PathAndHost(req.target, req.host)
+	ex.rq = c.f.newReq(Request{
+		Seq: ex.Seq, Start: ts, Proto: req.proto, Method: req.method, Target: req.target, Host: ex.Host,
+	})
+	if ex.rq != nil {
+		c.f.h1Fields(&ex.rq.kept, head)
+		if req.length > 0 {
+			// Room for the whole body at once, as far as it is kept.
+			size := int(min(req.length, int64(c.f.opts.MaxBody), 64<<10))
+			ex.rq.body = make([]byte, 0, size)
+			ex.rq.raw = make([]byte, 0, len(head)+size)
+		}
+	}
 	ex.head = req.method == "HEAD"
 	ex.connect = req.method == "CONNECT"
 	if req.connUpgrade {
@@ -684,7 +800,7 @@ func (c *h1conn) response(p []byte) bool {
 		c.malformed(ServerToClient)
 		return true
 	}
-	c.decoded = true
+	c.decodedHTTP()
 	ts := b.timeAt(0)
 	h := &c.half[ServerToClient]
 	if resp.status < 200 && resp.status != 101 {
@@ -700,11 +816,14 @@ func (c *h1conn) response(p []byte) bool {
 		}
 		ex = c.orphan(ts, resp.proto)
 	}
-	b.consume(n)
 	h.lineStart = false
 	h.ex = ex
 	ex.Status = resp.status
 	ex.responded = true
+	if ex.rs = f.newResp(); ex.rs != nil {
+		f.h1Fields(ex.rs, p[:n])
+	}
+	b.consume(n)
 	if ex.Proto == "" {
 		ex.Proto = resp.proto // a response to a request not captured
 	}
@@ -718,6 +837,10 @@ func (c *h1conn) response(p []byte) bool {
 	switch {
 	case resp.status == 101 && h1HasToken(resp.upgrade, "h2c") && h1HasToken(ex.upgrade, "h2c"):
 		h.ex = nil
+		if ex.rs != nil {
+			f.release(ex.rs) // the response comes on stream 1
+			ex.rs = nil
+		}
 		c.switchH2(ex)
 		return true
 	case resp.status == 101:
@@ -854,6 +977,7 @@ func (c *h1conn) done(d Direction, t time.Time) {
 	}
 	if d == ClientToServer {
 		ex.reqDone = true
+		c.tellRequest(ex, t, false)
 		if (ex.upgrade != "" || ex.connect) && !ex.responded {
 			h.st, c.paused = h1Paused, ex // what follows depends on the response
 		}
@@ -876,7 +1000,9 @@ func (c *h1conn) emit(ex *h1exchange) {
 	if ex.Proto == "" {
 		ex.Proto = "HTTP/1.1"
 	}
-	c.f.emit(&ex.Exchange)
+	rs := ex.rs
+	ex.rs = nil
+	c.f.emit(&ex.Exchange, rs)
 }
 
 // lose gives up the message in progress in d after a gap or garbage, and hunts for the
@@ -888,6 +1014,7 @@ func (c *h1conn) lose(d Direction, last time.Time) {
 		h.ex = nil
 		if d == ClientToServer {
 			ex.reqDone = true
+			c.tellRequest(ex, last, true)
 		} else {
 			ex.respDone = true
 			ex.respEnd = last
@@ -917,8 +1044,12 @@ func (c *h1conn) gap(d Direction, n int64, t time.Time) {
 		return
 	case n >= 0 && b.len() == 0 && (h.st == h1Body || h.st == h1ChunkData) && n <= h.left:
 		// Inside a body of known length: skip the hole and stay in step.
-		c.body(d, n)
+		c.body(d, n, nil)
 		h.ex.Partial = true
+		if rq := h.ex.rq; rq != nil {
+			rq.req.Partial = true
+			rq.dropRaw()
+		}
 		h.left -= n
 		if h.left == 0 {
 			if h.st == h1Body {
@@ -929,7 +1060,7 @@ func (c *h1conn) gap(d Direction, n int64, t time.Time) {
 		}
 		return
 	case n >= 0 && b.len() == 0 && h.st == h1UntilClose:
-		c.body(d, n)
+		c.body(d, n, nil)
 		h.ex.Partial = true
 		return
 	}
@@ -960,10 +1091,11 @@ func (c *h1conn) salvage(d Direction, p []byte, last time.Time) {
 		return
 	}
 	ts := c.f.buf[d].timeAt(0)
-	c.decoded = true
+	c.decodedHTTP()
 	if d == ClientToServer {
-		ex := c.newRequest(&h, ts)
+		ex := c.newRequest(&h, ts, p[:i+1])
 		ex.Partial, ex.reqDone = true, true
+		c.tellRequest(ex, last, true)
 		return
 	}
 	if h.status < 200 && h.status != 101 {
@@ -975,6 +1107,9 @@ func (c *h1conn) salvage(d Direction, p []byte, last time.Time) {
 	}
 	ex.Status, ex.responded, ex.Partial = h.status, true, true
 	ex.respDone, ex.respEnd = true, last
+	if ex.rs = c.f.newResp(); ex.rs != nil {
+		c.f.h1Fields(ex.rs, p[:i+1])
+	}
 	c.emit(ex)
 }
 
@@ -1122,10 +1257,14 @@ func (c *h1conn) switchH2(ex *h1exchange) {
 	for _, q := range c.queue {
 		c.unanswered(q)
 	}
+	if req := c.half[ClientToServer].ex; req != nil {
+		// The client switches mid-request: its body is now read as HTTP/2.
+		c.tellRequest(req, f.buf[ClientToServer].timeAt(-1), true)
+	}
 	f.mode = modeH2
 	f.h2 = newH2conn(f)
 	s := &h2stream{Exchange: ex.Exchange, reqDone: true}
-	s.Proto, s.Status = "h2c", 0
+	s.Proto, s.Status, s.StreamID = "h2c", 0, 1
 	f.h2.streams[1] = s
 	f.h2.maxStream = 1
 	f.h1 = nil
@@ -1304,6 +1443,15 @@ func isH1Version(p []byte) bool {
 	return len(p) == 8 && string(p[:7]) == "HTTP/1." && (p[7] == '0' || p[7] == '1')
 }
 
+func isH1Token(s string) bool {
+	for i := range len(s) {
+		if !isH1TokenChar(s[i]) {
+			return false
+		}
+	}
+	return s != ""
+}
+
 func isH1TokenChar(c byte) bool {
 	switch {
 	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
@@ -1399,6 +1547,8 @@ type h2stream struct {
 	reqDone, respDone bool
 	gotResp           bool // the final response headers came
 	respEnd           time.Time
+	rq                *reqState // the request being kept for OnRequest, until it is reported
+	rs                *kept     // the response being kept for KeepResponses
 }
 
 // h2skip is a frame being skipped as it streams by: DATA, whose size is all that matters,
@@ -1490,7 +1640,7 @@ func (c *h2conn) step(d Direction) bool {
 			return false
 		}
 		n := min(int64(len(p)), sk.body+sk.pad)
-		c.skipped(d, n)
+		c.skipped(d, n, p[:n])
 		b.consume(int(n))
 		if sk.body+sk.pad == 0 {
 			c.skipDone(d, b.timeAt(-1))
@@ -1582,7 +1732,8 @@ func (c *h2conn) frame(d Direction, fr http2.Frame, ts, te time.Time) bool {
 		return c.fragment(d, fr.HeaderBlockFragment(), fr.HeadersEnded(), te)
 	case *http2.RSTStreamFrame:
 		if s := c.streams[fr.StreamID]; s != nil {
-			s.reqDone, s.respDone = true, true
+			c.requestDone(s, te, true)
+			s.respDone = true
 			if s.respEnd.IsZero() {
 				s.respEnd = te
 			}
@@ -1631,12 +1782,15 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 				return
 			}
 			c.maxStream = blk.stream
-			s = &h2stream{Exchange: Exchange{Start: blk.start, Proto: "h2c"}}
+			c.f.seq++
+			s = &h2stream{Exchange: Exchange{Start: blk.start, Proto: "h2c", Seq: c.f.seq, StreamID: blk.stream}}
 			c.streams[blk.stream] = s
 			for _, hf := range blk.fields {
 				switch hf.Name {
 				case ":method":
-					s.Method = hf.Value
+					if isH1Token(hf.Value) { // a malformed stream's method is not reported
+						s.Method = hf.Value
+					}
 				case ":path":
 					s.Path = hf.Value
 				case ":authority":
@@ -1651,14 +1805,35 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 					}
 				}
 			}
+			s.rq = c.f.newReq(Request{
+				Seq: s.Seq, StreamID: blk.stream, Start: blk.start, Proto: "h2c", GRPC: s.Proto == "grpc",
+				Method: s.Method, Target: s.Path, Host: s.Host,
+			})
+			if rq := s.rq; rq != nil {
+				for _, hf := range blk.fields {
+					if isPseudo(hf.Name) {
+						c.f.addField(&rq.kept, &rq.req.Pseudo, hf.Name, hf.Value)
+					} else {
+						c.f.addField(&rq.kept, &rq.header, hf.Name, hf.Value)
+					}
+				}
+			}
+		} else if rq := s.rq; rq != nil && !s.reqDone {
+			// A second block from the client is the trailer.
+			for _, hf := range blk.fields {
+				if !isPseudo(hf.Name) {
+					c.f.addField(&rq.kept, &rq.trailer, hf.Name, hf.Value)
+				}
+			}
 		}
 		if blk.endStream {
-			s.reqDone = true
+			c.requestDone(s, te, false)
 		}
 	} else {
 		if s == nil {
 			return
 		}
+		c.keepResponse(s, blk)
 		for _, hf := range blk.fields {
 			switch hf.Name {
 			case ":status":
@@ -1682,8 +1857,55 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 
 func isGRPC(contentType string) bool { return strings.HasPrefix(contentType, "application/grpc") }
 
-// skipped passes n bytes of the frame being skipped in d, counting DATA bodies.
-func (c *h2conn) skipped(d Direction, n int64) {
+// keepResponse keeps the fields of a header block from the server: the final response's
+// header, or the trailer after it. Interim (1xx) blocks are left out.
+func (c *h2conn) keepResponse(s *h2stream, blk *h2block) {
+	if !c.f.opts.KeepResponses {
+		return
+	}
+	if s.gotResp {
+		if s.rs != nil {
+			for _, hf := range blk.fields {
+				if !isPseudo(hf.Name) {
+					c.f.addField(s.rs, &s.rs.trailer, hf.Name, hf.Value)
+				}
+			}
+		}
+		return
+	}
+	final := false
+	for _, hf := range blk.fields {
+		if hf.Name == ":status" {
+			n, ok := parseH1Length(hf.Value)
+			final = ok && n >= 200 && n < 1000
+		}
+	}
+	if !final {
+		return
+	}
+	s.rs = c.f.newResp()
+	for _, hf := range blk.fields {
+		if !isPseudo(hf.Name) {
+			c.f.addField(s.rs, &s.rs.header, hf.Name, hf.Value)
+		}
+	}
+}
+
+// requestDone ends the request of s at t; partial says it was not seen whole.
+func (c *h2conn) requestDone(s *h2stream, t time.Time, partial bool) {
+	if s.reqDone {
+		return
+	}
+	s.reqDone = true
+	if rq := s.rq; rq != nil {
+		s.rq = nil
+		c.f.tellRequest(rq, t, partial)
+	}
+}
+
+// skipped passes n bytes of the frame being skipped in d, counting DATA bodies; data holds
+// them, nil when they were lost in a gap.
+func (c *h2conn) skipped(d Direction, n int64, data []byte) {
 	sk := &c.skip[d]
 	body := min(n, sk.body)
 	sk.body -= body
@@ -1692,10 +1914,19 @@ func (c *h2conn) skipped(d Direction, n int64) {
 	if s == nil || !sk.data {
 		return
 	}
+	if data != nil {
+		data = data[:body]
+	}
 	if d == ClientToServer {
 		s.ReqBytes += body
+		if s.rq != nil && !s.reqDone {
+			c.f.addBody(&s.rq.kept, data)
+		}
 	} else {
 		s.RespBytes += body
+		if s.rs != nil {
+			c.f.addBody(s.rs, data)
+		}
 	}
 }
 
@@ -1709,12 +1940,15 @@ func (c *h2conn) skipDone(d Direction, t time.Time) {
 	}
 	if sk.partial {
 		s.Partial = true
+		if s.rq != nil && d == ClientToServer {
+			s.rq.req.Partial = true
+		}
 	}
 	if !sk.endStream {
 		return
 	}
 	if d == ClientToServer {
-		s.reqDone = true
+		c.requestDone(s, t, false)
 	} else {
 		s.respDone, s.respEnd = true, t
 	}
@@ -1734,7 +1968,9 @@ func (c *h2conn) emit(s *h2stream) {
 	if !s.respEnd.IsZero() {
 		s.Latency = max(0, s.respEnd.Sub(s.Start))
 	}
-	c.f.emit(&s.Exchange)
+	rs := s.rs
+	s.rs = nil
+	c.f.emit(&s.Exchange, rs)
 }
 
 // gap handles a hole of n bytes in d.
@@ -1742,7 +1978,7 @@ func (c *h2conn) gap(d Direction, n int64) {
 	if sk := &c.skip[d]; sk.active && n >= 0 && n <= sk.body+sk.pad {
 		// Inside a frame of known size: the frames after it are not lost.
 		sk.partial = true
-		c.skipped(d, n)
+		c.skipped(d, n, nil)
 		if sk.body+sk.pad == 0 {
 			c.skipDone(d, c.f.last)
 		}
@@ -1767,6 +2003,8 @@ func (c *h2conn) flushStreams(partial bool) {
 	for _, id := range ids {
 		s := c.streams[id]
 		delete(c.streams, id)
+		// A request the client did not finish is reported, unfinished, before its exchange.
+		c.requestDone(s, c.f.last, true)
 		// A stream cut short in the middle of a message was not seen whole.
 		s.Partial = s.Partial || partial || (s.gotResp && !s.respDone)
 		c.emit(s)

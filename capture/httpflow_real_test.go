@@ -218,6 +218,12 @@ func (l *clientLog) do(t *testing.T, c *http.Client, proto, method, url string, 
 	for k, v := range header {
 		req.Header[k] = v
 	}
+	l.doReq(t, c, proto, req, bodyLen)
+}
+
+func (l *clientLog) doReq(t *testing.T, c *http.Client, proto string, req *http.Request, bodyLen int64) {
+	t.Helper()
+	method, url := req.Method, req.URL
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Errorf("%s %s: %v", method, url, err)
@@ -240,18 +246,131 @@ func (l *clientLog) do(t *testing.T, c *http.Client, proto, method, url string, 
 // unsized hides a reader's length, so that the client sends the body chunked.
 type unsized struct{ io.Reader }
 
+// withTrailer is a request whose body ends with a trailer field X-Sum.
+func withTrailer(t *testing.T, url string, body []byte) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest("POST", url, unsized{bytes.NewReader(body)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Trailer = http.Header{"X-Sum": {fmt.Sprint(len(body))}}
+	return req
+}
+
+// flowRecorders keep what decoders with every option on report, per connection.
+type flowRecorders map[netip.AddrPort]*fullRecorder
+
+func (m flowRecorders) get(client netip.AddrPort) *fullRecorder {
+	if m[client] == nil {
+		m[client] = &fullRecorder{}
+	}
+	return m[client]
+}
+
+func (m flowRecorders) options() HTTPOptions {
+	return HTTPOptions{
+		OnExchange: func(e Exchange) {
+			r := m.get(e.Client)
+			r.exchanges = append(r.exchanges, e)
+			r.events = append(r.events, fmt.Sprintf("ex %d", e.Seq))
+		},
+		OnConnection: func(c Connection) { m.get(c.Client).connections = append(m.get(c.Client).connections, c) },
+		OnRequest: func(q *Request) {
+			r := m.get(q.Flow.Client)
+			r.requests = append(r.requests, q)
+			r.events = append(r.events, fmt.Sprintf("req %d", q.Seq))
+		},
+		OnProtocol: func(f Flow, proto string) {
+			r := m.get(f.Client)
+			r.protos = append(r.protos, proto)
+			r.events = append(r.events, "proto "+proto)
+		},
+		KeepResponses: true,
+	}
+}
+
+// checkRealRequests checks the requests and responses kept of the real traffic: HTTP/1
+// requests are the client's bytes exactly, bodies are what was sent and echoed.
+// echoed is the number of /echo calls on each connection.
+func checkRealRequests(t *testing.T, conns []*relayConn, recs flowRecorders, echoed [2]int) {
+	t.Helper()
+	for i, rc := range conns {
+		r := recs[rc.client]
+		if r == nil {
+			t.Fatalf("nothing reported for %v", rc.client)
+		}
+		checkPairing(t, r)
+		wantProto := []string{ProtoHTTP1, ProtoH2C}[i]
+		if !slices.Equal(r.protos, []string{wantProto}) {
+			t.Errorf("%v: protocol %q, want %s", rc.client, r.protos, wantProto)
+		}
+		var sent, answered, raw []byte
+		for _, ch := range rc.chunks {
+			if ch.fromClient {
+				sent = append(sent, ch.data...)
+			} else {
+				answered = append(answered, ch.data...)
+			}
+		}
+		if i == 0 && !bytes.Contains(answered, []byte("HTTP/1.1 100 Continue\r\n")) {
+			t.Error("the server did not send 100 Continue: the test does not cover it")
+		}
+		requests := map[uint64]*Request{}
+		for _, q := range r.requests {
+			requests[q.Seq] = q
+			raw = append(raw, q.Raw...)
+			if q.Partial || q.Truncated || (q.Raw == nil) != (i == 1) || q.End.Before(q.Start) {
+				t.Errorf("request %s", requestKey(q))
+			}
+			if q.Trailer != nil && !slices.Equal(q.Trailer, []string{"X-Sum: " + fmt.Sprint(len(q.Body))}) &&
+				!slices.Equal(q.Trailer, []string{"x-sum: " + fmt.Sprint(len(q.Body))}) {
+				t.Errorf("request trailer %q with a body of %d", q.Trailer, len(q.Body))
+			}
+		}
+		if i == 0 && !bytes.Equal(raw, sent) {
+			t.Errorf("the HTTP/1 requests' Raw (%d bytes) differ from what the client sent (%d bytes)", len(raw), len(sent))
+		}
+		echoes, trailers := 0, 0
+		for _, e := range r.exchanges {
+			q := requests[e.Seq]
+			if q == nil || e.Response == nil || q.Method != e.Method || q.Host != e.Host || int64(len(q.Body)) != e.ReqBytes ||
+				int64(len(e.Response.Body)) != e.RespBytes {
+				t.Errorf("exchange %v does not match its request %+v", e, q)
+				continue
+			}
+			if e.Path == "/echo" {
+				echoes++
+				if !bytes.Equal(q.Body, e.Response.Body) {
+					t.Errorf("echo of %d bytes came back as %d different bytes", len(q.Body), len(e.Response.Body))
+				}
+			}
+			if q.Trailer != nil {
+				trailers++
+			}
+			if e.Proto == "grpc" && (!q.GRPC || !slices.Contains(e.Response.Trailer, "grpc-status: 0")) {
+				t.Errorf("grpc call %+v, response trailer %q", q, e.Response.Trailer)
+			}
+		}
+		if echoes != echoed[i] || trailers != 1 {
+			t.Errorf("%v: %d echoes with their requests, %d request trailers", rc.client, echoes, trailers)
+		}
+	}
+}
+
 func TestHTTPFlowRealTraffic(t *testing.T) {
 	relay := startRelay(t, realServer(t))
 	base := "http://" + relay.l.Addr().String()
 	var log clientLog
 
-	h1 := &http.Transport{Protocols: new(http.Protocols), MaxConnsPerHost: 1}
+	h1 := &http.Transport{Protocols: new(http.Protocols), MaxConnsPerHost: 1, ExpectContinueTimeout: 5 * time.Second}
 	h1.Protocols.SetHTTP1(true)
 	c1 := &http.Client{Transport: h1, Timeout: 10 * time.Second}
 	big := bytes.Repeat([]byte("0123456789"), 1000)
 	log.do(t, c1, "HTTP/1.1", "GET", base+"/hello?name=x", nil, 0, nil)
 	log.do(t, c1, "HTTP/1.1", "POST", base+"/echo", bytes.NewReader(big), int64(len(big)), nil)
 	log.do(t, c1, "HTTP/1.1", "POST", base+"/echo", unsized{bytes.NewReader(big[:5000])}, 5000, nil)
+	log.do(t, c1, "HTTP/1.1", "PUT", base+"/echo", bytes.NewReader(big[:3000]), 3000, http.Header{"Expect": {"100-continue"}})
+	log.doReq(t, c1, "HTTP/1.1", withTrailer(t, base+"/echo", big[:700]), 700)
 	log.do(t, c1, "HTTP/1.1", "GET", base+"/stream", nil, 0, nil)
 	log.do(t, c1, "HTTP/1.1", "HEAD", base+"/hello", nil, 0, nil)
 	log.do(t, c1, "HTTP/1.1", "GET", base+"/missing", nil, 0, nil)
@@ -264,6 +383,7 @@ func TestHTTPFlowRealTraffic(t *testing.T) {
 	log.do(t, c2, "h2c", "GET", base+"/hello?name=y", nil, 0, nil)
 	huge := bytes.Repeat(big, 5)
 	log.do(t, c2, "h2c", "POST", base+"/echo", bytes.NewReader(huge), int64(len(huge)), nil)
+	log.doReq(t, c2, "h2c", withTrailer(t, base+"/echo", big[:900]), 900)
 	var wg sync.WaitGroup
 	for _, i := range []string{"1", "2"} {
 		wg.Go(func() { log.do(t, c2, "h2c", "GET", base+"/pair?i="+i, nil, 0, nil) })
@@ -287,11 +407,26 @@ func TestHTTPFlowRealTraffic(t *testing.T) {
 		rng := rand.New(rand.NewPCG(seed, 42))
 		var r httpRecorder
 		a := NewAssembler(HTTPStreams(r.options()), AssemblerOptions{})
+		// The same traffic again with requests and responses kept: the exchanges must not change.
+		recs := flowRecorders{}
+		full := NewAssembler(HTTPStreams(recs.options()), AssemblerOptions{})
 		for _, fr := range replayFrames(t, conns, rng, seed%2 == 1) {
-			a.Feed(fr.data, gopacket.CaptureInfo{Timestamp: fr.at, CaptureLength: len(fr.data), Length: len(fr.data)})
+			ci := gopacket.CaptureInfo{Timestamp: fr.at, CaptureLength: len(fr.data), Length: len(fr.data)}
+			a.Feed(fr.data, ci)
+			full.Feed(fr.data, ci)
 		}
 		a.Close()
+		full.Close()
+		checkRealRequests(t, conns, recs, [2]int{4, 2})
+		var fullKeys []string
+		for _, rc := range conns {
+			fullKeys = append(fullKeys, recs[rc.client].keys()...)
+		}
 		got := r.keys()
+		if !slices.Equal(fullKeys, got) {
+			t.Errorf("seed %d: keeping requests changed the exchanges:\n    %s\nwithout:\n    %s", seed,
+				strings.Join(fullKeys, "\n    "), strings.Join(got, "\n    "))
+		}
 		want := slices.Clone(log.keys)
 		sort.Strings(got)
 		sort.Strings(want)

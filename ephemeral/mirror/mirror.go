@@ -1,9 +1,11 @@
-// Package mirror replays a copy of the pod's incoming connections to the developer while the pod's
-// app keeps answering them. It sniffs (NET_RAW only): the packets are captured with the port in
-// the kernel filter, reassembled into the client's byte stream, and each connection's client bytes
-// are written to a stream the plugin joins to the local port; the local answers are read and thrown
-// away by the plugin. A copy that cannot keep up is dropped and counted, never the pod's traffic,
-// which the capture only observes.
+// Package mirror replays a copy of the pod's incoming traffic while the pod's app keeps answering it.
+// The traffic comes either from a capture (sniff mode: the packets are reassembled per connection,
+// NET_RAW only) or from the steal's redirect (redirect mode: the agent relays every byte to the app
+// and hands a copy here); both arrive as capture.StreamHandler calls. HTTP is copied per request, so
+// filters, sampling and --diff work on keep-alive connections and on connections open before the
+// mirror began; other protocols are copied per connection from their first byte. The copy goes to
+// the developer (a KindMirrored stream per connection) or to an address the pod reaches. A copy that
+// cannot keep up is dropped and counted, never the pod's traffic.
 package mirror
 
 import (
@@ -12,6 +14,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,49 +32,201 @@ type Opener interface {
 	OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error)
 }
 
-// queueLen bounds the chunks of one connection waiting for the tunnel; past it the copy is dropped.
-const queueLen = 256
+// Dialer dials the copy's destination from the pod (--to).
+type Dialer interface {
+	Dial(ctx context.Context, network, address string) (net.Conn, error)
+}
 
-// flushEvery lets the assembler report holes and ends when no packet comes.
-const flushEvery = 250 * time.Millisecond
+const (
+	// queueLen bounds the requests of one connection waiting for the copy; past it they are dropped.
+	queueLen = 64
+	// maxQueued bounds the bytes waiting for copies across the whole mirror, so that a slow
+	// destination costs the agent a fixed amount of memory, not the pod's traffic.
+	maxQueued = 64 << 20
+	// maxBody is the largest request (and, for --diff, response) body kept; larger requests are
+	// not mirrored, and larger responses are compared by their first maxBody bytes.
+	maxBody = 8 << 20
+	// answerTimeout bounds the wait for the copy's response to one request.
+	answerTimeout = 30 * time.Second
+	// flushEvery lets the assembler report holes and ends when no packet comes.
+	flushEvery = 250 * time.Millisecond
+)
 
-// Stats count what the mirror did.
-type Stats struct {
-	// Connections is every new connection seen on the ports, Mirrored those copied to the plugin.
-	Connections int64 `json:"connections"`
-	Mirrored    int64 `json:"mirrored"`
-	// Dropped copies, by cause: open before the capture began, bytes the capture lost, a tunnel
-	// slower than the traffic, a local process that refused.
-	DroppedMidStream   int64 `json:"droppedMidStream"`
-	DroppedGap         int64 `json:"droppedGap"`
-	DroppedSlow        int64 `json:"droppedSlow"`
-	DroppedLocalRefuse int64 `json:"droppedLocalRefused"`
+// Config is one mirror.
+type Config struct {
+	Spec wire.MirrorSpec
+	// Open reaches the plugin; Dial reaches Spec.To.
+	Open Opener
+	Dial Dialer
+	// Events receives what the mirror did; it must not block.
+	Events func(wire.MirrorEvent)
+	Log    *slog.Logger
 }
 
 // Mirror is one running mirror.
 type Mirror struct {
-	open  Opener
-	log   *slog.Logger
-	ports []uint16
-	ctx   context.Context
-	stats struct {
-		connections, mirrored, midStream, gap, slow, refused atomic.Int64
-	}
-	wg sync.WaitGroup
+	cfg     Config
+	ctx     context.Context
+	cancel  context.CancelFunc
+	matcher *wire.FilterMatcher
+	ports   map[uint16]bool
+	// own are the local addresses of the mirror's own connections to its destination: when the
+	// destination routes back to the pod's port, they must not be mirrored again.
+	own sync.Map
+
+	queued  atomic.Int64
+	sampleM sync.Mutex
+	sampled int64
+	stats   counters
+	wg      sync.WaitGroup
 }
 
-// Run captures with c (already filtered to the mirrored ports) until ctx ends, mirroring each new
-// connection's client bytes through open.
-func Run(ctx context.Context, c *capture.Capture, ports []int, open Opener, log *slog.Logger) (Stats, error) {
-	m := &Mirror{open: open, log: log, ctx: ctx}
-	opts := capture.AssemblerOptions{}
-	for _, p := range ports {
-		m.ports = append(m.ports, uint16(p))
-		opts.ServerPorts = append(opts.ServerPorts, uint16(p))
+type counters struct {
+	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
+	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
+}
+
+// New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
+func New(ctx context.Context, cfg Config) (*Mirror, error) {
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, err
 	}
-	asm := capture.NewAssembler(m.factory, opts)
-	stop := make(chan struct{})
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Events == nil {
+		cfg.Events = func(wire.MirrorEvent) {}
+	}
+	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}}
+	matcher, err := cfg.Spec.Filter.Compile()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+	}
+	m.matcher = matcher
+	for _, p := range cfg.Spec.Ports {
+		m.ports[uint16(p)] = true
+	}
+	m.ctx, m.cancel = context.WithCancel(ctx)
+	return m, nil
+}
+
+// Handler is the mirror's capture.StreamFactory: nil for connections it does not copy.
+func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
+	if !m.ports[f.Server.Port()] {
+		return nil
+	}
+	if _, ok := m.own.Load(f.Client.String()); ok {
+		return nil
+	}
+	m.stats.connections.Add(1)
+	return newConn(m, f)
+}
+
+// Close stops the copies in flight and waits for them.
+func (m *Mirror) Close() {
+	m.cancel()
+	m.wg.Wait()
+}
+
+// Drain waits up to d for the copies already queued, then closes.
+func (m *Mirror) Drain(d time.Duration) {
+	done := make(chan struct{})
 	go func() {
+		m.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+	m.Close()
+}
+
+// Stats is a snapshot of the counts.
+func (m *Mirror) Stats() wire.MirrorStats {
+	s := &m.stats
+	return wire.MirrorStats{
+		Connections: s.connections.Load(), Requests: s.requests.Load(), Probes: s.probes.Load(), Unselected: s.unselected.Load(),
+		SampledOut: s.sampledOut.Load(), Mirrored: s.mirrored.Load(), Answered: s.answered.Load(),
+		Differ: s.differ.Load(), DroppedMidStream: s.midStream.Load(), DroppedGap: s.gap.Load(),
+		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
+		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(),
+		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
+		AgentMaxRSS: maxRSS(),
+	}
+}
+
+// sample decides whether a selected request is copied. The choice is spread evenly rather than
+// drawn at random, so that 50 percent of 100 requests is 50 copies, every time.
+func (m *Mirror) sample() bool {
+	p := int64(m.cfg.Spec.Percent)
+	if p == 0 || p == 100 {
+		return true
+	}
+	m.sampleM.Lock()
+	defer m.sampleM.Unlock()
+	m.sampled++
+	return m.sampled*p/100 > (m.sampled-1)*p/100
+}
+
+// reserve takes n bytes of the shared queue budget; false means the copy must be dropped.
+func (m *Mirror) reserve(n int) bool {
+	if m.queued.Add(int64(n)) > maxQueued {
+		m.queued.Add(-int64(n))
+		return false
+	}
+	return true
+}
+
+func (m *Mirror) release(n int) { m.queued.Add(-int64(n)) }
+
+// dial opens one connection to the copy's destination.
+func (m *Mirror) dial(ctx context.Context, f capture.Flow) (net.Conn, error) {
+	if m.cfg.Spec.To == "" {
+		return m.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
+			Kind: wire.KindMirrored, Network: wire.NetworkTCP, Address: f.Server.String(),
+			Port: int(f.Server.Port()), Peer: f.Client.String(), Compression: wire.SupportedCompression(),
+		})
+	}
+	c, err := m.cfg.Dial.Dial(ctx, "tcp", m.cfg.Spec.To)
+	if err != nil {
+		return nil, err
+	}
+	key := c.LocalAddr().String()
+	m.own.Store(key, struct{}{})
+	return &ownConn{Conn: c, forget: func() { m.own.Delete(key) }}, nil
+}
+
+type ownConn struct {
+	net.Conn
+	once   sync.Once
+	forget func()
+}
+
+func (c *ownConn) Close() error {
+	c.once.Do(c.forget)
+	return c.Conn.Close()
+}
+
+func (c *ownConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// Sniff feeds the mirror from a capture (already filtered to the mirrored ports) until ctx ends.
+func (m *Mirror) Sniff(ctx context.Context, c *capture.Capture) error {
+	opts := capture.AssemblerOptions{}
+	for p := range m.ports {
+		opts.ServerPorts = append(opts.ServerPorts, p)
+	}
+	asm := capture.NewAssembler(m.Handler, opts)
+	stop := make(chan struct{})
+	var flushes sync.WaitGroup
+	flushes.Add(1)
+	go func() {
+		defer flushes.Done()
 		// Capture timestamps come from this machine's clock, so now is the capture's time too.
 		t := time.NewTicker(flushEvery)
 		defer t.Stop()
@@ -79,6 +236,10 @@ func Run(ctx context.Context, c *capture.Capture, ports []int, open Opener, log 
 				return
 			case now := <-t.C:
 				asm.Flush(now)
+				if st, err := c.Stats(); err == nil {
+					m.stats.kernelRecv.Store(int64(st.Received))
+					m.stats.kernelDrops.Store(int64(st.Dropped))
+				}
 			}
 		}
 	}()
@@ -87,121 +248,29 @@ func Run(ctx context.Context, c *capture.Capture, ports []int, open Opener, log 
 		return nil
 	})
 	close(stop)
+	flushes.Wait()
 	asm.Close()
-	m.wg.Wait()
-	return m.Stats(), err
+	if st, serr := c.Stats(); serr == nil {
+		m.stats.kernelRecv.Store(int64(st.Received))
+		m.stats.kernelDrops.Store(int64(st.Dropped))
+	}
+	return err
 }
 
-// Stats is a snapshot of the counts.
-func (m *Mirror) Stats() Stats {
-	return Stats{
-		Connections: m.stats.connections.Load(), Mirrored: m.stats.mirrored.Load(),
-		DroppedMidStream: m.stats.midStream.Load(), DroppedGap: m.stats.gap.Load(),
-		DroppedSlow: m.stats.slow.Load(), DroppedLocalRefuse: m.stats.refused.Load(),
-	}
-}
-
-func (m *Mirror) factory(f capture.Flow) capture.StreamHandler {
-	ours := false
-	for _, p := range m.ports {
-		ours = ours || f.Server.Port() == p
-	}
-	if !ours {
-		return nil
-	}
-	m.stats.connections.Add(1)
-	return &conn{m: m, flow: f}
-}
-
-// conn mirrors one connection. Its handler methods run on the capture's goroutine and must not
-// block: bytes go to a queue that a goroutine of its own writes to the tunnel.
-type conn struct {
-	m       *Mirror
-	flow    capture.Flow
-	queue   chan []byte
-	dead    bool // the copy was given up; the rest of the connection is ignored
-	started bool
-}
-
-func (c *conn) Data(dir capture.Direction, data []byte, _ time.Time) {
-	if dir != capture.ClientToServer || c.dead {
-		return
-	}
-	if !c.started {
-		c.start()
-	}
-	chunk := append([]byte(nil), data...)
-	select {
-	case c.queue <- chunk:
-	default:
-		c.giveUp(&c.m.stats.slow, "the tunnel is slower than the traffic")
-	}
-}
-
-func (c *conn) Gap(dir capture.Direction, missing int, _ time.Time) {
-	if dir != capture.ClientToServer || c.dead {
-		return
-	}
-	if !c.started {
-		// A connection open before the capture began: its first bytes are gone, and a replay that
-		// starts in the middle of a request would only confuse the local server.
-		c.dead = true
-		c.m.stats.midStream.Add(1)
-		return
-	}
-	c.giveUp(&c.m.stats.gap, fmt.Sprintf("%d bytes were not captured", missing))
-}
-
-func (c *conn) End(dir capture.Direction, _ capture.EndReason, _ time.Time) {
-	if dir != capture.ClientToServer || !c.started || c.dead {
-		return
-	}
-	close(c.queue)
-	c.dead = true
-}
-
-func (c *conn) giveUp(counter *atomic.Int64, why string) {
-	counter.Add(1)
-	c.m.log.Debug("mirror copy dropped", "client", c.flow.Client.String(), "why", why)
-	if c.started {
-		close(c.queue)
-	}
-	c.dead = true
-}
-
-func (c *conn) start() {
-	c.started = true
-	c.queue = make(chan []byte, queueLen)
-	c.m.wg.Add(1)
-	go c.send()
-}
-
-// send opens the plugin's stream and writes the queued client bytes to it. When the local process
-// refuses, the rest of the connection is drained and counted.
-func (c *conn) send() {
-	defer c.m.wg.Done()
-	st, err := c.m.open.OpenIncoming(c.m.ctx, wire.OpenRequest{
-		Kind: wire.KindMirrored, Network: wire.NetworkTCP, Address: c.flow.Server.String(),
-		Port: int(c.flow.Server.Port()), Peer: c.flow.Client.String(), Compression: wire.SupportedCompression(),
-	})
+// maxRSS is the process's peak resident set (VmHWM), 0 when unknown.
+func maxRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
-		c.m.stats.refused.Add(1)
-		for range c.queue {
-		}
-		return
+		return 0
 	}
-	defer st.Close()
-	c.m.stats.mirrored.Add(1)
-	// The plugin reads the local answers; whatever it sends back is not ours to keep.
-	go func() { _, _ = io.Copy(io.Discard, st) }()
-	for chunk := range c.queue {
-		if _, err := st.Write(chunk); err != nil {
-			for range c.queue {
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0
 			}
-			return
+			return kb << 10
 		}
 	}
-	if cw, ok := st.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
+	return 0
 }

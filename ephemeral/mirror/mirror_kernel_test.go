@@ -1,132 +1,198 @@
-package mirror
+package mirror_test
 
 import (
-	"bufio"
-	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// recorder is the plugin's side in one: every mirrored connection's bytes are recorded, in order,
-// as the plugin would write them to the local port.
-type recorder struct {
-	mu    sync.Mutex
-	reqs  []wire.OpenRequest
-	bufs  []*bytes.Buffer
-	ended sync.WaitGroup
+// toLocal is the plugin's side: every mirrored connection is joined to the local server.
+type toLocal struct{ addr string }
+
+func (d toLocal) OpenIncoming(ctx context.Context, _ wire.OpenRequest) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", d.addr)
 }
 
-func (r *recorder) OpenIncoming(_ context.Context, req wire.OpenRequest) (net.Conn, error) {
-	agent, plugin := net.Pipe()
-	buf := &bytes.Buffer{}
-	r.mu.Lock()
-	r.reqs = append(r.reqs, req)
-	r.bufs = append(r.bufs, buf)
-	r.mu.Unlock()
-	r.ended.Add(1)
-	go func() {
-		defer r.ended.Done()
-		defer plugin.Close()
-		_, _ = io.Copy(buf, plugin)
-	}()
-	return agent, nil
+// recorded is a real HTTP server (HTTP/1.1 and h2c) that records the sha256 of every body it gets.
+type recorded struct {
+	mu   sync.Mutex
+	seen []string
+	addr string
 }
 
-// TestKernelMirror: real HTTP traffic to a server in a namespace is copied, request by request, to a
-// local server, while the client gets the real server's answers.
-func TestKernelMirror(t *testing.T) {
-	testnet.Enabled(t)
-	server, client := testnet.New(t), testnet.New(t)
-	testnet.Connect(t, server, []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.79.0.2/24")})
-	l := server.Listen(t, "tcp", "10.79.0.1:8080")
-	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "app %s\n", r.URL.Path)
+func serveRecorded(t *testing.T, l net.Listener, answer string) *recorded {
+	r := &recorded{addr: l.Addr().String()}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		b, _ := io.ReadAll(req.Body)
+		r.mu.Lock()
+		r.seen = append(r.seen, fmt.Sprintf("%s %s %s %x", req.Proto, req.Method, req.URL.Path, sha256.Sum256(b)))
+		r.mu.Unlock()
+		fmt.Fprintf(w, "%s %s\n", answer, req.URL.Path)
 	})}
-	go func() { _ = app.Serve(l) }()
-	t.Cleanup(func() { app.Close() })
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	return r
+}
 
-	var c *capture.Capture
-	if err := server.Do(func() error {
-		var err error
-		c, err = capture.Open(capture.Options{Filter: &capture.Filter{Proto: capture.TCP, Port: 8080}})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	d := &recorder{}
-	ctx, cancel := context.WithCancel(context.Background())
-	var stats Stats
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		stats, _ = Run(ctx, c, []int{8080}, d, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	}()
+func (r *recorded) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// Connections are copied side by side, so only their requests keep their order.
+	return slices.Sorted(slices.Values(r.seen))
+}
 
-	hc := &http.Client{Transport: &http.Transport{DialContext: client.DialContext}}
-	want := []string{"GET /a ", "POST /b hello", "GET /c "}
-	for _, w := range want {
-		f := strings.SplitN(w, " ", 3)
-		req, _ := http.NewRequest(f[0], "http://10.79.0.1:8080"+f[1], strings.NewReader(f[2]))
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
+// clients sends HTTP/1.1 and h2c requests with bodies through client's namespace to addr, checks that
+// the app answered each, and returns what the app recorded should be.
+func clients(t *testing.T, dial func(ctx context.Context, network, addr string) (net.Conn, error), addr string) []string {
+	t.Helper()
+	var h1, h2 http.Protocols
+	h1.SetHTTP1(true)
+	h2.SetUnencryptedHTTP2(true)
+	var want []string
+	for _, p := range []struct {
+		proto, short string
+		protos       *http.Protocols
+	}{{"HTTP/1.1", "h1", &h1}, {"HTTP/2.0", "h2", &h2}} {
+		hc := &http.Client{Transport: &http.Transport{DialContext: dial, Protocols: p.protos}}
+		for i, size := range []int{0, 5, 300 << 10} {
+			body := strings.Repeat(fmt.Sprint(i), size)
+			method := "GET"
+			if size > 0 {
+				method = "POST"
+			}
+			path := fmt.Sprintf("/%s/%d", p.short, i)
+			req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "app "+path+"\n" {
+				t.Fatalf("client got %q, want the app's answer", b)
+			}
+			want = append(want, fmt.Sprintf("%s %s %s %x", p.proto, method, path, sha256.Sum256([]byte(body))))
 		}
-		line, _ := bufio.NewReader(resp.Body).ReadString('\n')
-		resp.Body.Close()
-		if line != "app "+f[1]+"\n" {
-			t.Errorf("client got %q, want the app's answer", line)
-		}
+		hc.CloseIdleConnections()
 	}
-	hc.CloseIdleConnections()
-	// The client's FIN ends the mirrored connection; its stream then ends too.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		d.mu.Lock()
-		n := len(d.bufs)
-		d.mu.Unlock()
-		if n > 0 || time.Now().After(deadline) {
-			break
+	slices.Sort(want)
+	return want
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	d.ended.Wait()
-	cancel()
-	<-done
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if len(d.bufs) != 1 {
-		t.Fatalf("%d mirrored connections, want one (kept alive)", len(d.bufs))
-	}
-	var got []string
-	br := bufio.NewReader(bytes.NewReader(d.bufs[0].Bytes()))
-	for {
-		req, err := http.ReadRequest(br)
-		if err != nil {
-			break
-		}
-		b, _ := io.ReadAll(req.Body)
-		got = append(got, req.Method+" "+req.URL.Path+" "+string(b))
-	}
-	if fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Errorf("mirrored requests %q, want %q", got, want)
-	}
-	if stats.Connections != 1 || stats.Mirrored != 1 {
-		t.Errorf("stats %+v, want one connection (kept alive) mirrored", stats)
-	}
-	if d.reqs[0].Kind != wire.KindMirrored || d.reqs[0].Port != 8080 || !strings.HasPrefix(d.reqs[0].Peer, "10.79.0.2:") {
-		t.Errorf("open requests %+v", d.reqs)
+}
+
+// TestKernelMirrorModes: real HTTP/1.1 and h2c traffic to an app in a namespace is copied request by
+// request to a local server, sniffed and redirected, while the client gets the app's answers; the
+// local server sees the same requests with the same bodies.
+func TestKernelMirrorModes(t *testing.T) {
+	testnet.Enabled(t)
+	for _, mode := range []string{wire.MirrorSniff, wire.MirrorRedirect} {
+		t.Run(mode, func(t *testing.T) {
+			pod, client := testnet.New(t), testnet.New(t)
+			testnet.Connect(t, pod, []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.79.0.2/24")})
+			app := serveRecorded(t, pod.Listen(t, "tcp", "10.79.0.1:8080"), "app")
+			ll, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			local := serveRecorded(t, ll, "local")
+
+			spec := wire.MirrorSpec{Ports: []int{8080}, Mode: mode, Diff: true}
+			var mu sync.Mutex
+			var evs []wire.MirrorEvent
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			m, err := mirror.New(ctx, mirror.Config{Spec: spec, Open: toLocal{addr: local.addr}, Events: func(e wire.MirrorEvent) {
+				mu.Lock()
+				evs = append(evs, e)
+				mu.Unlock()
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			if mode == wire.MirrorSniff {
+				var c *capture.Capture
+				if err := pod.Do(func() error {
+					var err error
+					c, err = capture.Open(capture.Options{Filter: &capture.Filter{Proto: capture.TCP, Port: 8080}})
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				go func() { done <- m.Sniff(ctx, c) }()
+			} else {
+				var st *steal.Steal
+				if err := pod.Do(func() error {
+					var err error
+					st, err = steal.Start(ctx, steal.Config{ID: "mirrortest", Spec: wire.StealSpec{Ports: []int{8080}}, Tee: m.Handler, InNetns: pod.Do})
+					return err
+				}); err != nil {
+					t.Fatal(err)
+				}
+				go func() {
+					<-ctx.Done()
+					done <- st.Close()
+				}()
+			}
+			want := clients(t, client.DialContext, "10.79.0.1:8080")
+			waitFor(t, "the copies", func() bool { return len(local.list()) == len(want) })
+			if got := local.list(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("local server got\n%q\nwant\n%q", got, want)
+			}
+			if got := app.list(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("app got\n%q\nwant\n%q", got, want)
+			}
+			// Every answer differs in its first word, and --diff says so for each.
+			waitFor(t, "the diffs", func() bool {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(evs) == len(want)
+			})
+			mu.Lock()
+			for _, e := range evs {
+				if len(e.Differences) != 1 || !strings.HasPrefix(e.Differences[0], "body differs from byte 0") {
+					t.Errorf("event %+v, want a body difference", e)
+				}
+			}
+			mu.Unlock()
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			m.Close()
+			s := m.Stats()
+			if s.Mirrored != int64(len(want)) || s.Answered != s.Mirrored || s.Dropped() != 0 || s.KernelDropped != 0 {
+				t.Errorf("stats %+v, want every request mirrored and answered", s)
+			}
+		})
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,7 +20,6 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
-	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -432,31 +430,3 @@ func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 	_ = st.CloseWrite()
 }
 
-// serveMirror sniffs the mirrored ports while the plugin's stream lives, and ends with the counts as
-// one JSON line on it.
-func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
-	spec := *in.Request().Mirror
-	c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"})
-	if err != nil {
-		s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
-		_ = in.Reject(err)
-		return
-	}
-	st, err := in.AcceptWith(wire.CompressionNone)
-	if err != nil {
-		c.Close()
-		return
-	}
-	defer st.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		_, _ = io.Copy(io.Discard, st)
-		cancel()
-	}()
-	s.log.Info("mirroring", "ports", spec.Ports)
-	stats, err := mirror.Run(ctx, c, spec.Ports, s, s.log)
-	s.log.Info("mirror ended", "stats", stats, "err", err)
-	_ = json.NewEncoder(st).Encode(stats)
-	_ = st.CloseWrite()
-}

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -58,6 +59,9 @@ type Redirect interface {
 type Config struct {
 	// ID names the session's nftables table.
 	ID   string
+	// Tee, when set, makes this a mirror's redirect: every connection goes to the app unchanged
+	// and a copy of its bytes, both ways, goes to the handler Tee returns for it (nil: no copy).
+	Tee func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
 	// Events receives what the steal does; it must not block for long.
@@ -67,6 +71,9 @@ type Config struct {
 	Redirector Redirector
 	// Flush resets open connections to the ports; defaults to netfilter.Flush.
 	Flush func(ports []uint16, skipMark uint32) (sockets, entries int, err error)
+	// InNetns runs f in the pod's network namespace, where the app is dialed; nil runs it as is,
+	// as the agent already lives there. Kernel tests, which do not, pass their namespace's.
+	InNetns func(f func() error) error
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
@@ -295,6 +302,10 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 	cn := conn{client: c, orig: orig, peer: c.RemoteAddr().String()}
 	s.cfg.Log.Debug("redirected connection", "peer", cn.peer, "to", orig.String())
+	if s.cfg.Tee != nil {
+		s.teeThrough(cn)
+		return
+	}
 	filtered := s.matcher != nil
 	var pk httpx.Peeked
 	if filtered || !s.cfg.Spec.StealProbes {
@@ -355,7 +366,18 @@ func (s *Steal) requestEvent(cn conn, e httpx.Event) {
 }
 
 func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
-	c, err := s.app.DialContext(ctx, "tcp", cn.orig.String())
+	var c net.Conn
+	dial := func() error {
+		var err error
+		c, err = s.app.DialContext(ctx, "tcp", cn.orig.String())
+		return err
+	}
+	var err error
+	if s.cfg.InNetns != nil {
+		err = s.cfg.InNetns(dial)
+	} else {
+		err = dial()
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dial the app at %s: %w", cn.orig, err)
 	}

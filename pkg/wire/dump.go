@@ -10,32 +10,6 @@ import (
 // capture on the stream as pcapng, until the plugin closes it. It needs only NET_RAW.
 const KindDump = "dump"
 
-// KindMirror is opened by the plugin and lives as long as the mirror (sniff mode): the agent
-// captures the ports' traffic and opens a KindMirrored stream for each new connection, carrying its
-// client's bytes; the plugin writes them to the local port and throws the answers away.
-const (
-	KindMirror   = "mirror"
-	KindMirrored = "mirrored"
-)
-
-// MirrorSpec is what a mirror copies, carried in the KindMirror stream's request.
-type MirrorSpec struct {
-	Ports []int `json:"ports"`
-}
-
-// Validate checks the spec's shape.
-func (m *MirrorSpec) Validate() error {
-	if len(m.Ports) == 0 {
-		return fmt.Errorf("mirror without ports: %w", ErrBadRequest)
-	}
-	for _, p := range m.Ports {
-		if p < 1 || p > 65535 {
-			return fmt.Errorf("port %d out of range 1-65535: %w", p, ErrBadRequest)
-		}
-	}
-	return nil
-}
-
 // maxFilterLen bounds a capture filter expression; tcpdump's are a line.
 const maxFilterLen = 4096
 

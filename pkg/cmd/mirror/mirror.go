@@ -1,27 +1,26 @@
-// Package mirror implements `kubectl trafficlab mirror`: a copy of the pod's incoming connections is
-// replayed to a local port while the pod's app keeps answering them.
+// Package mirror implements `kubectl trafficlab mirror`: a copy of the pod's incoming traffic is
+// replayed to a local port (or to an address the pod reaches) while the pod's app keeps answering it.
 package mirror
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
@@ -30,23 +29,39 @@ import (
 
 var (
 	mirrorLong = templates.LongDesc(`
-		Replay a copy of a pod's incoming connections to a process on your machine, while the pod's
-		app keeps answering them.
+		Replay a copy of a pod's incoming traffic to a process on your machine (or to another
+		service), while the pod's app keeps answering it.
 
-		The agent sniffs the pod's traffic on the port (it needs only NET_RAW, which container
-		runtimes such as containerd give a root container by default, so it adds no capability and
-		is admitted at the PodSecurity "baseline" level), reassembles each new connection's client
-		bytes and sends them to LOCAL, whose answers are read and thrown away. The pod's own traffic
-		is only observed, never slowed: a copy that cannot keep up is dropped and counted.
-		Connections already open when the mirror starts are not copied (their beginning was not
-		seen), and a connection the capture lost bytes of is cut at the loss.`)
+		HTTP/1.1, h2c and gRPC are copied request by request: the copy's answers are read and
+		thrown away (or compared with the pod's, with --diff), filters select which requests are
+		copied, and --percent samples them. Other protocols are copied connection by connection.
+
+		In sniff mode (the default) the agent watches the pod's packets: it needs only NET_RAW,
+		which container runtimes such as containerd give a root container by default, so it adds
+		no capability and is admitted at the PodSecurity "baseline" level. The pod's traffic is
+		only observed. Requests on HTTP/1.1 connections that were open before the mirror began are
+		copied from the next request on; h2c and other protocols only on connections that begin
+		after it.
+
+		In redirect mode the agent sits in the connection's path with the steal's nftables redirect
+		(it needs NET_ADMIN) and relays every byte to the app unchanged; nothing is missed even
+		under load. When the mirror ends, connections it relays are reset and their clients
+		reconnect to the app directly.
+
+		In both modes a copy that cannot keep up is dropped and counted, never the pod's traffic.`)
 
 	mirrorExample = templates.Examples(`
 		# Replay what port 8080 of pod web receives to local port 8080
 		kubectl trafficlab mirror pod/web --port 8080
 
-		# Through a Service's port, to local 9090
-		kubectl trafficlab mirror svc/api --port 80:9090`)
+		# Through a Service's port, to local 9090, only the requests under /api
+		kubectl trafficlab mirror svc/api --port 80:9090 --path-filter '^/api/'
+
+		# Send 10% of the requests to the canary Service in the cluster instead
+		kubectl trafficlab mirror deploy/api --port 8080 --to svc/api-canary:80 --percent 10
+
+		# Print the requests whose local answer differs from the pod's
+		kubectl trafficlab mirror pod/web --port 8080 --diff --diff-header content-type`)
 )
 
 // Options holds what mirror needs to run.
@@ -56,8 +71,17 @@ type Options struct {
 	PortArgs     []string
 	LocalAddress string
 	AddNetRaw    bool
+	Mode         string
+	Filter       httpfilter.Flags
+	To           string
+	Percent      int
+	Diff         bool
+	DiffHeaders  []string
+	Output       string
 
 	ports       []target.PortSpec
+	localGiven  bool
+	to          string
 	configFlags *genericclioptions.ConfigFlags
 	config      *rest.Config
 	client      kubernetes.Interface
@@ -67,7 +91,10 @@ type Options struct {
 
 // NewOptions returns Options with the defaults.
 func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *Options {
-	return &Options{IOStreams: streams, configFlags: configFlags, Session: session.NewOptions(), LocalAddress: "127.0.0.1"}
+	return &Options{
+		IOStreams: streams, configFlags: configFlags, Session: session.NewOptions(),
+		LocalAddress: "127.0.0.1", Mode: wire.MirrorSniff, Percent: 100,
+	}
 }
 
 // NewCmdMirror returns the mirror command.
@@ -77,9 +104,9 @@ func NewCmdMirror(streams genericiooptions.IOStreams, configFlags *genericcliopt
 
 func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:                   "mirror TYPE/NAME --port REMOTE[:LOCAL] [--port ...]",
+		Use:                   "mirror TYPE/NAME --port REMOTE[:LOCAL] [--port ...] [filters] [--mode sniff|redirect] [--to svc/NAME:PORT]",
 		DisableFlagsInUseLine: true,
-		Short:                 "Replay a copy of a pod's incoming traffic to a local process",
+		Short:                 "Replay a copy of a pod's incoming traffic to a local process or another service",
 		Long:                  mirrorLong,
 		Example:               mirrorExample,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -95,28 +122,42 @@ func newCmd(o *Options) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
 	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
-	f.StringArrayVarP(&o.PortArgs, "port", "p", nil, "Pod port to mirror and the local port that receives the copy, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port.")
+	f.StringArrayVarP(&o.PortArgs, "port", "p", nil, "Pod port to mirror and the local port that receives the copy, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeatable.")
 	f.StringVar(&o.LocalAddress, "local-address", o.LocalAddress, "Address of the local process that receives the copy.")
+	f.StringVar(&o.Mode, "mode", o.Mode, "How the agent sees the traffic: sniff (packet capture, NET_RAW only) or redirect (in the path with nftables, NET_ADMIN; nothing is missed).")
+	o.Filter.AddFlags(f, "Mirror")
+	f.StringVar(&o.To, "to", "", "Send the copy to svc/NAME:PORT or HOST:PORT, dialed from the pod, instead of to a local port.")
+	f.IntVar(&o.Percent, "percent", o.Percent, "Share of the selected requests to copy, 1-100, spread evenly.")
+	f.BoolVar(&o.Diff, "diff", false, "Compare each copy's response with the pod's (status, --diff-header headers, gRPC status, body) and print only the requests whose responses differ.")
+	f.StringSliceVar(&o.DiffHeaders, "diff-header", []string{"Content-Type"}, "Response headers --diff compares (comma separated).")
+	f.StringVarP(&o.Output, "output", "o", "", "Output format for the per-request lines: json, or empty for text.")
 	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "Add NET_RAW to the agent instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
 	o.Session.AddFlags(f)
 	return cmd
 }
 
 // Complete reads flags, arguments and the kubeconfig.
-func (o *Options) Complete(_ *cobra.Command, args []string) error {
+func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) > 1 {
 		return fmt.Errorf("mirror takes one TYPE/NAME, got %q; ports go in --port", args)
 	}
 	if o.Target.Selector == "" && len(args) == 1 {
 		o.Target.Resource = args[0]
+	} else if len(args) == 1 {
+		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
 	}
 	o.ports = nil
+	o.localGiven = false
 	for _, a := range o.PortArgs {
 		ps, err := target.ParsePortSpec(a)
 		if err != nil {
 			return err
 		}
+		o.localGiven = o.localGiven || strings.Contains(a, ":")
 		o.ports = append(o.ports, ps)
+	}
+	if cmd != nil && !cmd.Flags().Changed("percent") {
+		o.Percent = 100
 	}
 	k, err := session.LoadKube(o.configFlags)
 	if err != nil {
@@ -137,159 +178,197 @@ func (o *Options) Validate() error {
 	if net.ParseIP(o.LocalAddress) == nil && o.LocalAddress != "localhost" {
 		return fmt.Errorf("--local-address %q is not an IP address or localhost", o.LocalAddress)
 	}
+	if o.Mode != wire.MirrorSniff && o.Mode != wire.MirrorRedirect {
+		return fmt.Errorf("--mode must be sniff or redirect, not %q", o.Mode)
+	}
+	if err := o.Filter.Validate(); err != nil {
+		return err
+	}
+	if o.Percent < 1 || o.Percent > 100 {
+		return fmt.Errorf("--percent must be between 1 and 100, not %d", o.Percent)
+	}
+	if o.To != "" {
+		if _, _, err := parseTo(o.To); err != nil {
+			return err
+		}
+		if o.localGiven {
+			return errors.New("--port REMOTE:LOCAL names a local port, but --to sends the copy elsewhere; give --port REMOTE only")
+		}
+	}
+	for _, h := range o.DiffHeaders {
+		if err := (&wire.MirrorSpec{Ports: []int{1}, DiffHeaders: []string{h}}).Validate(); err != nil {
+			return fmt.Errorf("--diff-header %q is not a header name", h)
+		}
+	}
+	if o.Output != "" && o.Output != "json" {
+		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
+	}
+	if o.AddNetRaw && o.Mode == wire.MirrorRedirect {
+		return errors.New("--add-net-raw is for --mode sniff; redirect needs NET_ADMIN, which the agent adds")
+	}
 	return o.Session.Validate()
 }
 
-func (o *Options) check(t *target.Target) error {
+// parseTo splits --to into a Service (svc/NAME:PORT) or a host and a port.
+func parseTo(to string) (svc, hostport string, err error) {
+	rest, isSvc := strings.CutPrefix(to, "svc/")
+	if !isSvc {
+		rest, isSvc = strings.CutPrefix(to, "service/")
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" || port == "" {
+		return "", "", fmt.Errorf("--to %q must be svc/NAME:PORT or HOST:PORT", to)
+	}
+	if isSvc {
+		return rest, "", nil
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return "", "", fmt.Errorf("--to %q: port must be 1-65535", to)
+	}
+	return "", rest, nil
+}
+
+// check resolves the ports and --to against the cluster before the agent is added.
+func (o *Options) check(ctx context.Context, t *target.Target) error {
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return err
 	}
 	o.ports = ports
+	if t.Replicas > 1 {
+		warnings = append(warnings, fmt.Sprintf("%d ready pods match; only pod %s is mirrored", t.Replicas, t.Pod.Name))
+	}
+	if o.To != "" {
+		to, err := o.resolveTo(ctx, t.Pod.Namespace)
+		if err != nil {
+			return err
+		}
+		o.to = to
+	}
 	for _, w := range warnings {
 		fmt.Fprintf(o.ErrOut, "warning: %s\n", w)
-	}
-	if t.Replicas > 1 {
-		fmt.Fprintf(o.ErrOut, "warning: %d ready pods match; only pod %s is mirrored\n", t.Replicas, t.Pod.Name)
 	}
 	return nil
 }
 
-// Run starts the session and the mirror, and copies connections until interrupted or the agent goes
-// away; then it prints the counts.
+// resolveTo turns svc/NAME:PORT into the Service's cluster IP (or, headless, its DNS name) and
+// port, refusing a Service or port that does not exist.
+func (o *Options) resolveTo(ctx context.Context, namespace string) (string, error) {
+	svc, hostport, _ := parseTo(o.To)
+	if svc == "" {
+		return hostport, nil
+	}
+	name, port, _ := net.SplitHostPort(svc)
+	s, err := o.client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("--to %q: service %q not found in namespace %q", o.To, name, namespace)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--to %q: get service %q: %w", o.To, name, err)
+	}
+	for _, p := range s.Spec.Ports {
+		if p.Name == port || strconv.Itoa(int(p.Port)) == port {
+			host := s.Spec.ClusterIP
+			if host == "" || host == "None" {
+				host = fmt.Sprintf("%s.%s.svc", s.Name, s.Namespace)
+			}
+			return net.JoinHostPort(host, strconv.Itoa(int(p.Port))), nil
+		}
+	}
+	return "", fmt.Errorf("--to %q: service %q has no port %q", o.To, name, port)
+}
+
+// Run starts the session and the mirror, serves the copies until interrupted or the agent goes away,
+// and prints the counts.
 func (o *Options) Run(ctx context.Context) error {
+	caps := inject.NetRaw
+	if o.Mode == wire.MirrorRedirect {
+		caps = inject.NetAdmin
+	}
 	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
-		Target: o.Target, Capabilities: inject.NetRaw, AddNetRaw: o.AddNetRaw, Check: o.check,
+		Target: o.Target, Capabilities: caps, AddNetRaw: o.AddNetRaw,
+		Check: func(t *target.Target) error { return o.check(ctx, t) },
 	}, o.ErrOut)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	spec := wire.MirrorSpec{}
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff}
+	if o.Percent < 100 {
+		spec.Percent = o.Percent
+	}
+	if o.Diff {
+		spec.DiffHeaders = o.DiffHeaders
+	}
+	if f := o.Filter.Filter(); !f.Empty() {
+		spec.Filter = f
+	}
 	locals := map[int]string{}
 	var parts []string
 	for _, p := range o.ports {
 		spec.Ports = append(spec.Ports, p.Port)
 		locals[p.Port] = net.JoinHostPort(o.LocalAddress, strconv.Itoa(p.Local))
-		parts = append(parts, fmt.Sprintf("port %d -> %s", p.Port, locals[p.Port]))
+		dest := locals[p.Port]
+		if o.to != "" {
+			dest = o.To + " (from the pod)"
+		}
+		parts = append(parts, fmt.Sprintf("port %d -> %s", p.Port, dest))
 	}
 	st, err := s.Conn.Mirror(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("start mirroring in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
 	}
 	defer st.Close()
-	s.Progress.Stepf("mirroring %s (new connections; the pod keeps answering)", strings.Join(parts, ", "))
-	srv := &server{locals: locals, out: o.Out}
+	how := "sniffing"
+	if o.Mode == wire.MirrorRedirect {
+		how = "redirect"
+	}
+	if o.Percent < 100 {
+		how += fmt.Sprintf(", %d%% of requests", o.Percent)
+	}
+	msg := fmt.Sprintf("mirroring %s (%s; the pod keeps answering)", strings.Join(parts, ", "), how)
+	if o.Session.Quiet {
+		fmt.Fprintln(o.ErrOut, msg)
+	} else {
+		s.Progress.Stepf("%s", msg)
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	srv := &server{locals: locals}
 	go srv.serve(sctx, s.Conn)
-	summary := make(chan string, 1)
+	p := newPrinter(o.Out, o.Output == "json", o.Diff)
+	stats := make(chan *wire.MirrorStats, 1)
 	go func() {
-		var stats map[string]int64
-		if err := json.NewDecoder(st).Decode(&stats); err == nil {
-			summary <- fmt.Sprintf("%d connections seen, %d mirrored; not mirrored: %d already open, %d with lost packets, %d too slow, %d refused locally",
-				stats["connections"], stats["mirrored"], stats["droppedMidStream"], stats["droppedGap"], stats["droppedSlow"], stats["droppedLocalRefused"])
+		er := wire.NewMirrorEventReader(st)
+		for {
+			ev, err := er.Read()
+			if err != nil {
+				close(stats)
+				return
+			}
+			if ev.Kind == wire.EventStats {
+				stats <- ev.Stats
+				continue
+			}
+			p.print(ev)
 		}
-		close(summary)
 	}()
 	select {
 	case <-ctx.Done():
 		_ = st.CloseWrite()
 		select {
-		case line, ok := <-summary:
-			if ok {
-				fmt.Fprintln(o.ErrOut, line)
+		case sum, ok := <-stats:
+			if ok && sum != nil {
+				if o.Output == "json" {
+					p.print(wire.MirrorEvent{Kind: wire.EventStats, Stats: sum})
+				}
+				fmt.Fprintln(o.ErrOut, sum.Summary())
 			}
 		case <-time.After(5 * time.Second):
+			fmt.Fprintln(o.ErrOut, "warning: the agent did not send the mirror's counts in 5s")
 		}
 		return nil
 	case <-s.Conn.Done():
 		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
 	}
-}
-
-// quietFor is how long a local server must send nothing before a mirrored connection is closed.
-const quietFor = 500 * time.Millisecond
-
-// server writes each mirrored connection to the local port and discards the answers.
-type server struct {
-	locals map[int]string
-	out    io.Writer
-	mu     sync.Mutex
-	dialer net.Dialer
-}
-
-func (s *server) serve(ctx context.Context, a interface {
-	Accept(ctx context.Context) (*wire.Incoming, error)
-}) {
-	for {
-		in, err := a.Accept(ctx)
-		if err != nil {
-			return
-		}
-		go s.handle(ctx, in)
-	}
-}
-
-func (s *server) handle(ctx context.Context, in *wire.Incoming) {
-	req := in.Request()
-	addr, ok := s.locals[req.Port]
-	if req.Kind != wire.KindMirrored || !ok {
-		_ = in.Reject(fmt.Errorf("stream %s for port %d: %w", req.Kind, req.Port, wire.ErrUnsupported))
-		return
-	}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	c, err := s.dialer.DialContext(dctx, "tcp", addr)
-	cancel()
-	if err != nil {
-		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
-		return
-	}
-	defer c.Close()
-	st, err := in.Accept()
-	if err != nil {
-		return
-	}
-	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
-	defer stop()
-	start := time.Now()
-	var answered, lastAnswer atomic.Int64
-	lastAnswer.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := c.Read(buf)
-			if n > 0 {
-				answered.Add(int64(n))
-				lastAnswer.Store(time.Now().UnixNano())
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
-	sent, _ := io.Copy(c, st)
-	// The copy runs ahead of the local server's answers, so several requests may be waiting in its
-	// socket; a half-close now makes servers such as Go's net/http drop those still queued behind a
-	// running handler. So the connection stays open until the server has been quiet for a while.
-	for waited := time.Duration(0); waited < 30*time.Second; waited += quietFor / 4 {
-		select {
-		case <-done:
-			waited = 30 * time.Second
-			continue
-		case <-time.After(quietFor / 4):
-		}
-		if time.Since(time.Unix(0, lastAnswer.Load())) >= quietFor {
-			break
-		}
-	}
-	c.Close()
-	<-done
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	fmt.Fprintf(s.out, "%s mirrored connection from %s to port %d: %d B sent to %s, %d B answered (discarded), %s\n",
-		time.Now().Format("15:04:05"), req.Peer, req.Port, sent, addr, answered.Load(), time.Since(start).Round(time.Millisecond))
 }

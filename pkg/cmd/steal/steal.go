@@ -21,6 +21,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubectl/pkg/util/templates"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
@@ -69,10 +70,7 @@ type Options struct {
 	Session          session.Options
 	PortArgs         []string
 	LocalAddress     string
-	HeaderFilters    []string
-	PathFilters      []string
-	Methods          []string
-	Match            string
+	Filter           httpfilter.Flags
 	FlushConnections bool
 	StealProbes      bool
 	DetectTimeout    time.Duration
@@ -92,7 +90,7 @@ type Options struct {
 func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *Options {
 	return &Options{
 		IOStreams: streams, configFlags: configFlags, Session: session.NewOptions(),
-		LocalAddress: "127.0.0.1", Match: wire.MatchAll, DetectTimeout: 500 * time.Millisecond,
+		LocalAddress: "127.0.0.1", DetectTimeout: 500 * time.Millisecond,
 	}
 }
 
@@ -123,10 +121,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
 	f.StringArrayVarP(&o.PortArgs, "port", "p", nil, "Pod port to steal and the local port that answers it, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeat for several ports.")
 	f.StringVar(&o.LocalAddress, "local-address", o.LocalAddress, "Address of the local process that answers.")
-	f.StringArrayVar(&o.HeaderFilters, "header-filter", nil, "Steal only HTTP requests with a header line (\"Name: value\") matching this regular expression (case-insensitive, look-ahead allowed). Repeatable.")
-	f.StringArrayVar(&o.PathFilters, "path-filter", nil, "Steal only HTTP requests whose path and query match this regular expression. Repeatable.")
-	f.StringSliceVar(&o.Methods, "method", nil, "Steal only HTTP requests with one of these methods (comma separated).")
-	f.StringVar(&o.Match, "match", o.Match, "How filters combine: all (every filter must match) or any.")
+	o.Filter.AddFlags(f, "Steal")
 	f.BoolVar(&o.FlushConnections, "flush-connections", false, "Reset connections that are already open to the stolen ports, so clients reconnect into the steal; requests in flight on them fail.")
 	f.BoolVar(&o.StealProbes, "steal-probes", false, "Steal the kubelet's probe requests too; if they then fail, the kubelet restarts or unreadies the pod.")
 	f.DurationVar(&o.DetectTimeout, "detect-timeout", o.DetectTimeout, "How long the agent waits for a new connection's first bytes to recognise HTTP and probes; a client that says nothing first (a server-first protocol) waits this long once.")
@@ -157,7 +152,7 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 		}
 		o.ports = append(o.ports, ps)
 	}
-	o.filter = &wire.HTTPFilter{Headers: o.HeaderFilters, Paths: o.PathFilters, Methods: o.Methods, Match: o.Match}
+	o.filter = o.Filter.Filter()
 	k, err := session.LoadKube(o.configFlags)
 	if err != nil {
 		return err
@@ -177,21 +172,8 @@ func (o *Options) Validate() error {
 	if net.ParseIP(o.LocalAddress) == nil && o.LocalAddress != "localhost" {
 		return fmt.Errorf("--local-address %q is not an IP address or localhost", o.LocalAddress)
 	}
-	if o.Match != wire.MatchAll && o.Match != wire.MatchAny {
-		return fmt.Errorf("--match must be all or any, not %q", o.Match)
-	}
-	for _, p := range o.HeaderFilters {
-		if err := (&wire.HTTPFilter{Headers: []string{p}}).Validate(); err != nil {
-			return fmt.Errorf("--header-filter %q is not a valid regular expression: %w", p, errors.Unwrap(err))
-		}
-	}
-	for _, p := range o.PathFilters {
-		if err := (&wire.HTTPFilter{Paths: []string{p}}).Validate(); err != nil {
-			return fmt.Errorf("--path-filter %q is not a valid regular expression: %w", p, errors.Unwrap(err))
-		}
-	}
-	if err := (&wire.HTTPFilter{Methods: o.Methods}).Validate(); err != nil {
-		return fmt.Errorf("--method: %w", err)
+	if err := o.Filter.Validate(); err != nil {
+		return err
 	}
 	if o.DetectTimeout <= 0 || o.DetectTimeout > time.Minute {
 		return fmt.Errorf("--detect-timeout must be between 1ms and 1m, not %q", o.DetectTimeout)

@@ -1,0 +1,265 @@
+package mirror
+
+import (
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// preLimit bounds the client bytes kept until the connection's protocol is known; HTTP is known
+// from its first line, and a protocol that says more than this before being recognised is copied
+// only if it turns out not to be HTTP, which it then is.
+const preLimit = 64 << 10
+
+// conn follows one of the pod's connections. Its StreamHandler methods, and the HTTP decoder's
+// callbacks they cause, run on the capture's (or the tee's) goroutine and must not block: copies go
+// to the replayer's bounded queue.
+type conn struct {
+	m    *Mirror
+	flow capture.Flow
+	hf   *capture.HTTPFlow
+
+	proto     string // "" until known; protoOpaque for a protocol that is not HTTP
+	sawClient bool   // the client's first byte (or a hole before it) was seen
+	midStream bool   // the capture began after the connection did
+	pre       []byte // client bytes before the protocol was known
+	preLost   bool
+	dead      bool // an opaque copy was given up
+	rep       *replayer
+
+	mu      sync.Mutex
+	pending map[uint64]*pair
+}
+
+const protoOpaque = "tcp"
+
+// pair waits for both answers to one request when --diff compares them.
+type pair struct {
+	ev    wire.MirrorEvent
+	local *answer
+	pod   *capture.Exchange
+}
+
+func newConn(m *Mirror, f capture.Flow) *conn {
+	c := &conn{m: m, flow: f, pending: map[uint64]*pair{}}
+	opts := capture.HTTPOptions{
+		OnProtocol: c.protocol,
+		OnRequest:  c.request,
+		MaxBody:    maxBody,
+	}
+	if m.cfg.Spec.Diff {
+		opts.KeepResponses = true
+		opts.OnExchange = c.exchange
+	}
+	c.hf = capture.NewHTTPFlow(f, opts)
+	return c
+}
+
+func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
+	if dir == capture.ClientToServer && !c.sawClient {
+		c.sawClient = true
+	}
+	if c.proto == protoOpaque {
+		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
+			if !c.rep.raw(data) {
+				c.dead = true
+			}
+		}
+		return
+	}
+	if c.proto == "" && dir == capture.ClientToServer && !c.midStream && !c.preLost {
+		if len(c.pre)+len(data) > preLimit {
+			c.preLost, c.pre = true, nil
+		} else {
+			c.pre = append(c.pre, data...)
+		}
+	}
+	c.hf.Data(dir, data, t)
+}
+
+func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
+	if dir == capture.ClientToServer && !c.sawClient {
+		// A connection open before the capture began: fine for HTTP/1, which resynchronises on the
+		// next request, but an opaque or h2c stream cannot be replayed from its middle.
+		c.sawClient, c.midStream = true, true
+	}
+	if c.proto == protoOpaque {
+		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
+			c.dead = true
+			c.rep.abort(&c.m.stats.gap)
+		}
+		return
+	}
+	c.hf.Gap(dir, missing, t)
+}
+
+func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
+	if c.proto == protoOpaque {
+		if dir == capture.ClientToServer && c.rep != nil {
+			c.rep.finish()
+		}
+		return
+	}
+	c.hf.End(dir, why, t)
+	if dir == capture.ClientToServer && c.rep != nil {
+		c.rep.finish()
+	}
+}
+
+// protocol is the decoder's verdict on the connection.
+func (c *conn) protocol(_ capture.Flow, proto string) {
+	if proto != "" && proto != protoOpaque {
+		c.proto = proto
+		c.pre = nil
+		if strings.HasPrefix(proto, "h2") && c.midStream {
+			// HPACK's table is built from the connection's start: the rest cannot be decoded.
+			c.m.stats.midStream.Add(1)
+		}
+		return
+	}
+	c.proto = protoOpaque
+	pre := c.pre
+	c.pre = nil
+	c.m.stats.requests.Add(1)
+	switch {
+	case c.midStream || c.preLost:
+		c.m.stats.midStream.Add(1)
+		c.dead = true
+	case c.m.matcher != nil:
+		// A filter selects HTTP requests; a connection of another protocol matches none.
+		c.m.stats.unselected.Add(1)
+		c.dead = true
+	case !c.m.sample():
+		c.m.stats.sampledOut.Add(1)
+		c.dead = true
+	default:
+		c.rep = newReplayer(c)
+		if len(pre) > 0 && !c.rep.raw(pre) {
+			c.dead = true
+		}
+	}
+}
+
+// request is one complete client request.
+func (c *conn) request(r *capture.Request) {
+	s := &c.m.stats
+	s.requests.Add(1)
+	switch {
+	case r.Partial:
+		s.gap.Add(1)
+		return
+	case isUpgrade(r):
+		s.upgrade.Add(1)
+		return
+	case isProbe(r):
+		// The kubelet's probes are the pod's business, not the developer's, as in a steal.
+		s.probes.Add(1)
+		return
+	case c.m.matcher != nil && !c.m.matcher.Match(r.Method, r.Target, r.Header):
+		s.unselected.Add(1)
+		return
+	case !c.m.sample():
+		s.sampledOut.Add(1)
+		return
+	case r.Truncated || (r.Raw == nil && !strings.HasPrefix(r.Proto, "h2")):
+		s.tooLarge.Add(1)
+		return
+	}
+	if c.rep == nil {
+		c.rep = newReplayer(c)
+	}
+	c.rep.request(r)
+}
+
+// exchange is the pod's answer to a request (with --diff only).
+func (c *conn) exchange(e capture.Exchange) {
+	c.mu.Lock()
+	p, ok := c.pending[e.Seq]
+	if !ok {
+		p = &pair{}
+		c.pending[e.Seq] = p
+	}
+	ex := e
+	p.pod = &ex
+	done := p.local != nil
+	if done {
+		delete(c.pending, e.Seq)
+	}
+	c.mu.Unlock()
+	if done {
+		c.m.report(p)
+	}
+}
+
+// answered records the copy's answer; with --diff the event waits for the pod's.
+func (c *conn) answered(id uint64, ev wire.MirrorEvent, a *answer) {
+	if !c.m.cfg.Spec.Diff || a == nil {
+		c.m.cfg.Events(ev)
+		return
+	}
+	c.mu.Lock()
+	p, ok := c.pending[id]
+	if !ok {
+		p = &pair{}
+		c.pending[id] = p
+	}
+	p.ev, p.local = ev, a
+	done := p.pod != nil
+	if done {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if done {
+		c.m.report(p)
+	}
+}
+
+// unpaired reports the copies whose pod answer never showed (the connection ended first).
+func (c *conn) unpaired() {
+	c.mu.Lock()
+	var left []*pair
+	for id, p := range c.pending {
+		if p.local != nil {
+			left = append(left, p)
+		}
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	for _, p := range left {
+		p.ev.Message = "the pod's response was not captured"
+		c.m.cfg.Events(p.ev)
+	}
+}
+
+// report compares the two answers and sends the event.
+func (m *Mirror) report(p *pair) {
+	p.ev.PodStatus = p.pod.Status
+	p.ev.Differences = compare(p.local, p.pod, m.cfg.Spec.DiffHeaders)
+	if len(p.ev.Differences) > 0 {
+		m.stats.differ.Add(1)
+	}
+	m.cfg.Events(p.ev)
+}
+
+func isProbe(r *capture.Request) bool {
+	for _, h := range r.Header {
+		name, value, _ := strings.Cut(h, ":")
+		if strings.EqualFold(strings.TrimSpace(name), "user-agent") {
+			return strings.HasPrefix(strings.TrimSpace(value), "kube-probe/")
+		}
+	}
+	return false
+}
+
+func isUpgrade(r *capture.Request) bool {
+	for _, h := range r.Header {
+		name, _, _ := strings.Cut(h, ":")
+		if strings.EqualFold(strings.TrimSpace(name), "upgrade") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,309 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// localServer is the developer's process: it records what it is sent and answers like the app,
+// except where told to differ.
+type localServer struct {
+	mu   sync.Mutex
+	seen []string
+	srv  *httptest.Server
+}
+
+func newLocalServer(t *testing.T, differ string) *localServer {
+	t.Helper()
+	l := &localServer{}
+	l.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		l.mu.Lock()
+		l.seen = append(l.seen, r.Method+" "+r.URL.RequestURI()+" "+string(b))
+		l.mu.Unlock()
+		w.Header().Set("Content-Type", "text/plain")
+		if r.URL.Path == differ {
+			w.WriteHeader(http.StatusTeapot)
+			fmt.Fprintf(w, "local %s\n", r.URL.Path)
+			return
+		}
+		fmt.Fprintf(w, "app %s\n", r.URL.Path)
+	}))
+	l.srv.EnableHTTP2 = true
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	l.srv.Config.Protocols = &p
+	l.srv.Start()
+	t.Cleanup(l.srv.Close)
+	return l
+}
+
+func (l *localServer) requests() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.seen...)
+}
+
+// dialer is the plugin's side: each mirrored connection is joined to the local server.
+type dialer struct {
+	addr  string
+	mu    sync.Mutex
+	opens []wire.OpenRequest
+}
+
+func (d *dialer) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
+	d.mu.Lock()
+	d.opens = append(d.opens, req)
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", d.addr)
+}
+
+func (d *dialer) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, address)
+}
+
+type events struct {
+	mu  sync.Mutex
+	all []wire.MirrorEvent
+}
+
+func (e *events) add(ev wire.MirrorEvent) {
+	e.mu.Lock()
+	e.all = append(e.all, ev)
+	e.mu.Unlock()
+}
+
+func (e *events) list() []wire.MirrorEvent {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]wire.MirrorEvent(nil), e.all...)
+}
+
+var testFlow = capture.Flow{
+	Client: netip.MustParseAddrPort("10.0.0.2:40000"),
+	Server: netip.MustParseAddrPort("10.0.0.1:8080"),
+}
+
+func request(method, path, body string) string {
+	return fmt.Sprintf("%s %s HTTP/1.1\r\nHost: app\r\nUser-Agent: test\r\nContent-Length: %d\r\n\r\n%s", method, path, len(body), body)
+}
+
+func response(body string) string {
+	return fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+}
+
+// feed plays one keep-alive connection through the mirror: each request, then the app's answer.
+func feed(h capture.StreamHandler, midStream bool, exchanges [][2]string) {
+	now := time.Now()
+	if midStream {
+		h.Gap(capture.ClientToServer, 100, now)
+		h.Gap(capture.ServerToClient, 100, now)
+	}
+	for _, ex := range exchanges {
+		h.Data(capture.ClientToServer, []byte(ex[0]), now)
+		h.Data(capture.ServerToClient, []byte(ex[1]), now)
+	}
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+}
+
+func TestMirrorHTTP1(t *testing.T) {
+	type result struct {
+		Local []string
+		Diffs []string
+		Stats wire.MirrorStats
+	}
+	three := [][2]string{
+		{request("GET", "/a", ""), response("app /a\n")},
+		{request("POST", "/b", "hello"), response("app /b\n")},
+		{request("GET", "/c?x=1", ""), response("app /c\n")},
+	}
+	tests := []struct {
+		name      string
+		spec      wire.MirrorSpec
+		midStream bool
+		differ    string
+		want      result
+	}{{
+		name: "every request, in order",
+		spec: wire.MirrorSpec{Ports: []int{8080}},
+		want: result{
+			Local: []string{"GET /a ", "POST /b hello", "GET /c?x=1 "},
+			Stats: wire.MirrorStats{Connections: 1, Requests: 3, Mirrored: 3, Answered: 3},
+		},
+	}, {
+		name: "filter per request on a keep-alive connection",
+		spec: wire.MirrorSpec{Ports: []int{8080}, Filter: &wire.HTTPFilter{Paths: []string{"^/(a|c)"}}},
+		want: result{
+			Local: []string{"GET /a ", "GET /c?x=1 "},
+			Stats: wire.MirrorStats{Connections: 1, Requests: 3, Unselected: 1, Mirrored: 2, Answered: 2},
+		},
+	}, {
+		name:      "a connection open before the mirror is copied from its next request",
+		spec:      wire.MirrorSpec{Ports: []int{8080}},
+		midStream: true,
+		want: result{
+			Local: []string{"GET /a ", "POST /b hello", "GET /c?x=1 "},
+			Stats: wire.MirrorStats{Connections: 1, Requests: 3, Mirrored: 3, Answered: 3},
+		},
+	}, {
+		name:   "diff reports the planted difference and nothing else",
+		spec:   wire.MirrorSpec{Ports: []int{8080}, Diff: true, DiffHeaders: []string{"Content-Type"}},
+		differ: "/b",
+		want: result{
+			Local: []string{"GET /a ", "POST /b hello", "GET /c?x=1 "},
+			Diffs: []string{`/b: status 418, pod 200; body differs from byte 0 (9 B, pod 7 B): "local /b\n", pod "app /b\n"`},
+			Stats: wire.MirrorStats{Connections: 1, Requests: 3, Mirrored: 3, Answered: 3, Differ: 1},
+		},
+	}, {
+		name: "methods filter with percent",
+		spec: wire.MirrorSpec{Ports: []int{8080}, Filter: &wire.HTTPFilter{Methods: []string{"GET"}}, Percent: 50},
+		want: result{
+			Local: []string{"GET /c?x=1 "},
+			Stats: wire.MirrorStats{Connections: 1, Requests: 3, Unselected: 1, SampledOut: 1, Mirrored: 1, Answered: 1},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			local := newLocalServer(t, tt.differ)
+			var ev events
+			m, err := New(context.Background(), Config{Spec: tt.spec, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Events: ev.add})
+			if err != nil {
+				t.Fatal(err)
+			}
+			feed(m.Handler(testFlow), tt.midStream, three)
+			m.Drain(10 * time.Second)
+			got := result{Local: local.requests(), Stats: m.Stats()}
+			got.Stats.AgentMaxRSS = 0
+			for _, e := range ev.list() {
+				if len(e.Differences) > 0 {
+					got.Diffs = append(got.Diffs, e.Path+": "+strings.Join(e.Differences, "; "))
+				}
+			}
+			if d := cmp.Diff(tt.want, got); d != "" {
+				t.Errorf("mirror (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestMirrorPercent: 50 percent of 100 selected requests is 50 copies, every time.
+func TestMirrorPercent(t *testing.T) {
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exs [][2]string
+	for i := range 100 {
+		exs = append(exs, [2]string{request("GET", fmt.Sprintf("/%d", i), ""), response("x")})
+	}
+	feed(m.Handler(testFlow), false, exs)
+	m.Drain(10 * time.Second)
+	if n := len(local.requests()); n != 50 {
+		t.Errorf("local server got %d requests, want 50", n)
+	}
+	if s := m.Stats(); s.Mirrored != 50 || s.SampledOut != 50 {
+		t.Errorf("stats %+v, want 50 mirrored and 50 sampled out", s)
+	}
+}
+
+// TestMirrorOpaque: a protocol that is not HTTP is copied byte for byte from its first byte, and
+// not at all when the connection was open before the mirror.
+func TestMirrorOpaque(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan string, 2)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				b, _ := io.ReadAll(c)
+				_, _ = c.Write([]byte("+OK\r\n"))
+				c.Close()
+				got <- string(b)
+			}()
+		}
+	}()
+	for _, midStream := range []bool{false, true} {
+		var ev events
+		m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: ln.Addr().String()}, Events: ev.add})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := m.Handler(testFlow)
+		now := time.Now()
+		if midStream {
+			h.Gap(capture.ClientToServer, 10, now)
+		}
+		h.Data(capture.ClientToServer, []byte("*1\r\n$4\r\nPING\r\n"), now)
+		h.Data(capture.ServerToClient, []byte("+PONG\r\n"), now)
+		h.Data(capture.ClientToServer, []byte("*1\r\n$4\r\nQUIT\r\n"), now)
+		h.End(capture.ClientToServer, capture.EndFIN, now)
+		h.End(capture.ServerToClient, capture.EndFIN, now)
+		m.Drain(10 * time.Second)
+		s := m.Stats()
+		if midStream {
+			if s.DroppedMidStream != 1 || s.Mirrored != 0 {
+				t.Errorf("mid-stream stats %+v, want one dropped as open before the mirror", s)
+			}
+			continue
+		}
+		if b := <-got; b != "*1\r\n$4\r\nPING\r\n*1\r\n$4\r\nQUIT\r\n" {
+			t.Errorf("copy got %q", b)
+		}
+		if s.Mirrored != 1 || s.Answered != 1 {
+			t.Errorf("stats %+v, want one connection copied", s)
+		}
+		if evs := ev.list(); len(evs) != 1 || evs[0].Kind != wire.EventCopied || evs[0].BytesOut != 5 {
+			t.Errorf("events %+v, want one copied connection with a 5-byte answer", evs)
+		}
+	}
+}
+
+// TestMirrorRefused: a destination that refuses is counted, and the rest of the connection is not
+// dialed again.
+func TestMirrorRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	d := &dialer{addr: addr}
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed(m.Handler(testFlow), false, [][2]string{{request("GET", "/a", ""), response("x")}, {request("GET", "/b", ""), response("y")}})
+	m.Drain(10 * time.Second)
+	if s := m.Stats(); s.DroppedRefused != 2 || s.Mirrored != 0 {
+		t.Errorf("stats %+v, want two refused", s)
+	}
+	if len(d.opens) != 1 {
+		t.Errorf("%d dials, want one", len(d.opens))
+	}
+}

@@ -1,0 +1,394 @@
+package mirror
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// item is one thing to copy: a request, or bytes of an opaque connection.
+type item struct {
+	req  *capture.Request
+	raw  []byte
+	size int
+}
+
+// answer is the copy's response to one request.
+type answer struct {
+	status  int
+	header  http.Header
+	body    []byte
+	trailer http.Header
+}
+
+// replayer copies one of the pod's connections to one connection (HTTP/1, opaque) or one HTTP/2
+// client (h2c) of the destination, a request at a time: the next request is sent once the copy has
+// answered the previous one, as the pod's client did, so the destination sees the same sequence.
+type replayer struct {
+	c     *conn
+	q     chan item
+	once  sync.Once
+	closed atomic.Bool
+
+	sink    net.Conn
+	br      *bufio.Reader
+	refused bool
+	h2      *http.Client
+	sent    int64
+	got     atomic.Int64
+	rawDone chan struct{}
+}
+
+func newReplayer(c *conn) *replayer {
+	r := &replayer{c: c, q: make(chan item, queueLen)}
+	c.m.wg.Add(1)
+	go r.run()
+	return r
+}
+
+// request queues a request; a full queue or budget drops it. Called on the capture goroutine.
+func (r *replayer) request(req *capture.Request) {
+	n := len(req.Raw) + len(req.Body)
+	if !r.offer(item{req: req, size: n}) {
+		r.c.m.stats.slow.Add(1)
+	}
+}
+
+// raw queues bytes of an opaque connection; false means the copy was given up.
+func (r *replayer) raw(p []byte) bool {
+	if !r.offer(item{raw: append([]byte(nil), p...), size: len(p)}) {
+		r.abort(&r.c.m.stats.slow)
+		return false
+	}
+	return true
+}
+
+func (r *replayer) offer(it item) bool {
+	if r.closed.Load() || !r.c.m.reserve(it.size) {
+		return false
+	}
+	select {
+	case r.q <- it:
+		return true
+	default:
+		r.c.m.release(it.size)
+		return false
+	}
+}
+
+// abort gives an opaque copy up: counted once, as the connection's drop.
+func (r *replayer) abort(counter *atomic.Int64) {
+	if r.closed.Load() {
+		return
+	}
+	counter.Add(1)
+	r.finish()
+}
+
+// finish ends the queue; what is queued is still copied.
+func (r *replayer) finish() {
+	r.once.Do(func() {
+		r.closed.Store(true)
+		close(r.q)
+	})
+}
+
+func (r *replayer) run() {
+	defer r.c.m.wg.Done()
+	ctx := r.c.m.ctx
+	stop := context.AfterFunc(ctx, func() {
+		if r.sink != nil {
+			r.sink.Close()
+		}
+	})
+	defer stop()
+	opaque := false
+	start := time.Now()
+	for it := range r.q {
+		r.c.m.release(it.size)
+		if ctx.Err() != nil {
+			continue
+		}
+		switch {
+		case it.req == nil:
+			opaque = true
+			r.copyRaw(ctx, it.raw)
+		case strings.HasPrefix(it.req.Proto, "h2"):
+			r.replayH2(ctx, it.req)
+		default:
+			r.replayH1(ctx, it.req)
+		}
+	}
+	if opaque {
+		r.endRaw(start)
+	}
+	if r.sink != nil {
+		r.sink.Close()
+	}
+	if r.h2 != nil {
+		r.h2.CloseIdleConnections()
+	}
+	r.c.unpaired()
+}
+
+// open dials the destination once per connection; after a refusal the rest of the connection is
+// counted as refused without dialing again.
+func (r *replayer) open(ctx context.Context) (net.Conn, error) {
+	if r.refused {
+		return nil, errRefused
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := r.c.m.dial(dctx, r.c.flow)
+	if err != nil {
+		r.refused = true
+		r.c.m.cfg.Log.Debug("mirror destination refused", "client", r.c.flow.Client.String(), "err", err)
+		return nil, fmt.Errorf("%w: %w", errRefused, err)
+	}
+	return c, nil
+}
+
+var errRefused = errors.New("the copy's destination refused the connection")
+
+func (r *replayer) event(req *capture.Request) wire.MirrorEvent {
+	return wire.MirrorEvent{
+		Kind: wire.EventMirrored, Port: int(r.c.flow.Server.Port()), Peer: r.c.flow.Client.String(),
+		Proto: req.Proto, Method: req.Method, Path: req.Target, BytesIn: int64(len(req.Body)),
+	}
+}
+
+// replayH1 writes the request's bytes as captured and reads the copy's response.
+func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
+	m := r.c.m
+	if r.sink == nil {
+		c, err := r.open(ctx)
+		if err != nil {
+			m.stats.refused.Add(1)
+			return
+		}
+		r.sink, r.br = c, bufio.NewReaderSize(c, 32<<10)
+	}
+	ev := r.event(req)
+	start := time.Now()
+	_ = r.sink.SetDeadline(start.Add(answerTimeout))
+	if _, err := r.sink.Write(req.Raw); err != nil {
+		m.stats.refused.Add(1)
+		r.drop()
+		return
+	}
+	m.stats.mirrored.Add(1)
+	a, n, keep, err := readH1Response(r.br, req.Method, m.cfg.Spec.Diff)
+	ev.Duration = wire.Millis(time.Since(start))
+	if err != nil {
+		m.stats.failed.Add(1)
+		ev.Error = err.Error()
+		r.drop()
+		r.c.answered(req.Seq, ev, nil)
+		return
+	}
+	m.stats.answered.Add(1)
+	ev.Status, ev.BytesOut = a.status, n
+	if !keep {
+		r.drop()
+	}
+	r.c.answered(req.Seq, ev, a)
+}
+
+// drop closes the destination connection; the next request opens a new one.
+func (r *replayer) drop() {
+	if r.sink != nil {
+		r.sink.Close()
+		r.sink, r.br = nil, nil
+	}
+}
+
+// readH1Response reads one final response (skipping 1xx interim ones), keeping the body for a diff.
+func readH1Response(br *bufio.Reader, method string, keep bool) (*answer, int64, bool, error) {
+	for {
+		resp, err := http.ReadResponse(br, &http.Request{Method: method})
+		if err != nil {
+			return nil, 0, false, fmt.Errorf("read the copy's response: %w", err)
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		a := &answer{status: resp.StatusCode, header: resp.Header}
+		n, body, err := readBody(resp.Body, keep)
+		resp.Body.Close()
+		if err != nil {
+			return nil, n, false, fmt.Errorf("read the copy's response body: %w", err)
+		}
+		a.body, a.trailer = body, resp.Trailer
+		return a, n, !resp.Close, nil
+	}
+}
+
+func readBody(rd io.Reader, keep bool) (int64, []byte, error) {
+	if !keep {
+		n, err := io.Copy(io.Discard, rd)
+		return n, nil, err
+	}
+	var b bytes.Buffer
+	n, err := io.Copy(&b, io.LimitReader(rd, maxBody))
+	if err != nil {
+		return n, nil, err
+	}
+	rest, err := io.Copy(io.Discard, rd)
+	return n + rest, b.Bytes(), err
+}
+
+// replayH2 sends the decoded request over an h2c client of the destination; HPACK state cannot be
+// copied from the pod's connection, so the request is encoded afresh.
+func (r *replayer) replayH2(ctx context.Context, req *capture.Request) {
+	m := r.c.m
+	if r.refused {
+		m.stats.refused.Add(1)
+		return
+	}
+	if r.h2 == nil {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		r.h2 = &http.Client{Transport: &http.Transport{
+			Protocols: &p,
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return r.open(ctx)
+			},
+		}}
+	}
+	hreq, err := h2Request(ctx, req)
+	if err != nil {
+		m.stats.failed.Add(1)
+		return
+	}
+	ev := r.event(req)
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, answerTimeout)
+	defer cancel()
+	resp, err := r.h2.Do(hreq.WithContext(rctx))
+	if err != nil {
+		if errors.Is(err, errRefused) {
+			m.stats.refused.Add(1)
+			return
+		}
+		m.stats.mirrored.Add(1)
+		m.stats.failed.Add(1)
+		ev.Error = err.Error()
+		r.c.answered(req.Seq, ev, nil)
+		return
+	}
+	m.stats.mirrored.Add(1)
+	a := &answer{status: resp.StatusCode, header: resp.Header}
+	n, body, err := readBody(resp.Body, m.cfg.Spec.Diff)
+	resp.Body.Close()
+	ev.Duration = wire.Millis(time.Since(start))
+	if err != nil {
+		m.stats.failed.Add(1)
+		ev.Error = err.Error()
+		r.c.answered(req.Seq, ev, nil)
+		return
+	}
+	a.body, a.trailer = body, resp.Trailer
+	m.stats.answered.Add(1)
+	ev.Status, ev.BytesOut = a.status, n
+	r.c.answered(req.Seq, ev, a)
+}
+
+// h2Request rebuilds a captured HTTP/2 request.
+func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error) {
+	u := &url.URL{Scheme: "http", Host: req.Host, Opaque: req.Target}
+	if !strings.HasPrefix(req.Target, "/") {
+		u.Opaque = "/" + req.Target
+	}
+	hreq, err := http.NewRequestWithContext(ctx, req.Method, "http://"+req.Host+"/", bytes.NewReader(req.Body))
+	if err != nil {
+		return nil, fmt.Errorf("rebuild request %s %q: %w", req.Method, req.Target, err)
+	}
+	hreq.URL = u
+	hreq.Host = req.Host
+	hreq.ContentLength = int64(len(req.Body))
+	for _, line := range req.Header {
+		name, value, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		switch strings.ToLower(name) {
+		case "host", "content-length", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			continue
+		case "te":
+			if !strings.EqualFold(value, "trailers") {
+				continue
+			}
+		}
+		hreq.Header.Add(name, value)
+	}
+	if len(req.Trailer) > 0 {
+		hreq.Trailer = http.Header{}
+		for _, line := range req.Trailer {
+			if name, value, ok := strings.Cut(line, ":"); ok {
+				hreq.Trailer.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+			}
+		}
+		hreq.ContentLength = -1
+	}
+	return hreq, nil
+}
+
+// copyRaw writes bytes of an opaque connection; the answers are read and counted by a reader of
+// their own, since such protocols need not alternate.
+func (r *replayer) copyRaw(ctx context.Context, p []byte) {
+	if r.refused {
+		return
+	}
+	if r.sink == nil {
+		c, err := r.open(ctx)
+		if err != nil {
+			r.c.m.stats.refused.Add(1)
+			return
+		}
+		r.sink = c
+		r.c.m.stats.mirrored.Add(1)
+		r.rawDone = make(chan struct{})
+		go func() {
+			defer close(r.rawDone)
+			n, _ := io.Copy(io.Discard, c)
+			r.got.Add(n)
+		}()
+	}
+	_ = r.sink.SetWriteDeadline(time.Now().Add(answerTimeout))
+	if _, err := r.sink.Write(p); err != nil {
+		r.refused = true
+		return
+	}
+	r.sent += int64(len(p))
+}
+
+// endRaw half-closes an opaque copy, gives the destination a moment to finish, and reports it.
+func (r *replayer) endRaw(start time.Time) {
+	if r.sink == nil {
+		return
+	}
+	if cw, ok := r.sink.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = r.sink.SetReadDeadline(time.Now().Add(2 * time.Second))
+	<-r.rawDone
+	r.c.m.stats.answered.Add(1)
+	r.c.m.cfg.Events(wire.MirrorEvent{
+		Kind: wire.EventCopied, Port: int(r.c.flow.Server.Port()), Peer: r.c.flow.Client.String(),
+		Proto: protoOpaque, BytesIn: r.sent, BytesOut: r.got.Load(), Duration: wire.Millis(time.Since(start)),
+	})
+}

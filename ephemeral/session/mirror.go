@@ -1,0 +1,152 @@
+package session
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// eventFlush is how long mirror events may wait to share a write: at thousands of requests a second,
+// one tunnel write per event would cost more than the mirror itself.
+const eventFlush = 50 * time.Millisecond
+
+// serveMirror runs the mirror the plugin asked for while its stream lives: events go on the stream as
+// JSON lines, and the counts are the last one. The stream is accepted only once the capture or the
+// redirect is in place, so "mirroring" is true when the plugin prints it.
+func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
+	spec := *in.Request().Mirror
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := make(chan wire.MirrorEvent, 4096)
+	var dropped atomic.Int64
+	m, err := mirror.New(ctx, mirror.Config{
+		Spec: spec, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log,
+		Events: func(e wire.MirrorEvent) {
+			select {
+			case events <- e:
+			default:
+				dropped.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		_ = in.Reject(err)
+		return
+	}
+	var run func() error
+	if spec.Sniffs() {
+		c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"})
+		if err != nil {
+			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
+			_ = in.Reject(err)
+			return
+		}
+		run = func() error { return m.Sniff(ctx, c) }
+	} else {
+		if !s.stealing.CompareAndSwap(false, true) {
+			_ = in.Reject(fmt.Errorf("this session already steals or mirrors with a redirect: %w", wire.ErrUnsupported))
+			return
+		}
+		defer s.stealing.Store(false)
+		st, err := steal.Start(ctx, steal.Config{
+			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports}, Open: s, Log: s.log, Tee: m.Handler,
+		})
+		if err != nil {
+			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
+			_ = in.Reject(err)
+			return
+		}
+		run = func() error {
+			<-ctx.Done()
+			return st.Close()
+		}
+	}
+	stream, err := in.AcceptWith(wire.CompressionNone)
+	if err != nil {
+		cancel()
+		_ = run()
+		return
+	}
+	defer stream.Close()
+	// The plugin never writes on this stream: its end is the mirror's end.
+	go func() {
+		_, _ = io.Copy(io.Discard, stream)
+		cancel()
+	}()
+	s.log.Info("mirroring", "ports", spec.Ports, "mode", spec.Mode, "to", spec.To)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	var werr error
+	bw := bufio.NewWriterSize(stream, 64<<10)
+	w := wire.NewMirrorEventWriter(bw)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(eventFlush)
+		defer t.Stop()
+		for {
+			select {
+			case e, ok := <-events:
+				if !ok {
+					return
+				}
+				if werr == nil {
+					werr = w.Write(e)
+				}
+			case <-t.C:
+				if werr == nil {
+					werr = bw.Flush()
+				}
+			}
+		}
+	}()
+	err = run()
+	// Requests already queued still get their copy, briefly: the plugin is waiting for the counts.
+	m.Drain(2 * time.Second)
+	close(events)
+	wg.Wait()
+	stats := m.Stats()
+	stats.EventsDropped = dropped.Load()
+	s.log.Info("mirror ended", "stats", stats, "err", err)
+	if werr == nil {
+		_ = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats})
+		_ = bw.Flush()
+	}
+	_ = stream.CloseWrite()
+}
+
+// mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections
+// carry the pass-through mark, so that a destination that is the pod itself is not redirected back.
+type mirrorDialer struct{ marked bool }
+
+func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Conn, error) {
+	nd := net.Dialer{Timeout: 10 * time.Second}
+	if d.marked {
+		nd.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, steal.PassMark)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	c, err := nd.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("dial the mirror's destination %s: %w", address, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,114 @@
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// server joins each mirrored connection the agent opens to the local port. The agent writes one
+// request at a time and reads the answers itself, so this side only carries bytes.
+type server struct {
+	locals map[int]string
+	dialer net.Dialer
+}
+
+func (s *server) serve(ctx context.Context, a interface {
+	Accept(ctx context.Context) (*wire.Incoming, error)
+}) {
+	for {
+		in, err := a.Accept(ctx)
+		if err != nil {
+			return
+		}
+		go s.handle(ctx, in)
+	}
+}
+
+func (s *server) handle(ctx context.Context, in *wire.Incoming) {
+	req := in.Request()
+	addr, ok := s.locals[req.Port]
+	if req.Kind != wire.KindMirrored || !ok {
+		_ = in.Reject(fmt.Errorf("stream %s for port %d: %w", req.Kind, req.Port, wire.ErrUnsupported))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	c, err := s.dialer.DialContext(dctx, "tcp", addr)
+	cancel()
+	if err != nil {
+		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
+		return
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	st, err := in.Accept()
+	if err != nil {
+		c.Close()
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
+	defer stop()
+	_ = wire.Join(st, c)
+}
+
+// printer writes one line per mirrored request (with --diff, per request that differs).
+type printer struct {
+	mu       sync.Mutex
+	out      io.Writer
+	json     bool
+	diffOnly bool
+}
+
+func newPrinter(out io.Writer, asJSON, diffOnly bool) *printer {
+	return &printer{out: out, json: asJSON, diffOnly: diffOnly}
+}
+
+func (p *printer) print(ev wire.MirrorEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.json {
+		_ = json.NewEncoder(p.out).Encode(ev)
+		return
+	}
+	now := time.Now().Format("15:04:05")
+	switch ev.Kind {
+	case wire.EventWarning:
+		fmt.Fprintf(p.out, "%s warning: %s\n", now, ev.Message)
+	case wire.EventCopied:
+		fmt.Fprintf(p.out, "%s %s -> port %d: connection copied, %d B sent, %d B answered, %s\n",
+			now, ev.Peer, ev.Port, ev.BytesIn, ev.BytesOut, ev.Duration.Std().Round(time.Millisecond))
+	case wire.EventMirrored:
+		if p.diffOnly && len(ev.Differences) == 0 && ev.Error == "" && ev.Message == "" {
+			return
+		}
+		line := fmt.Sprintf("%s %s %s %s", now, ev.Peer, ev.Method, ev.Path)
+		switch {
+		case ev.Error != "":
+			line += " -> no answer: " + ev.Error
+		default:
+			line += fmt.Sprintf(" -> %d, %d B, %s", ev.Status, ev.BytesOut, fmtDuration(ev.Duration.Std()))
+		}
+		if len(ev.Differences) > 0 {
+			line += "; differs: " + strings.Join(ev.Differences, "; ")
+		}
+		if ev.Message != "" {
+			line += " (" + ev.Message + ")"
+		}
+		fmt.Fprintln(p.out, line)
+	}
+}
+
+func fmtDuration(d time.Duration) string {
+	if d < time.Millisecond {
+		return d.Round(time.Microsecond).String()
+	}
+	return d.Round(100 * time.Microsecond).String()
+}
