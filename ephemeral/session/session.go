@@ -41,6 +41,8 @@ type Config struct {
 	// PreambleTimeout bounds an unauthenticated connection's handshake.
 	PreambleTimeout time.Duration
 	Clock           wire.Clock
+	// ResolvConfPath is the pod's resolver configuration; /etc/resolv.conf when empty.
+	ResolvConfPath string
 }
 
 // Run serves one session and returns why it ended. A plugin that said Bye or closed stdin is a normal
@@ -97,6 +99,7 @@ func Run(ctx context.Context, cfg Config) error {
 		AgentPID:    os.Getpid(),
 		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump, wire.KindMirror},
 		Compression: wire.SupportedCompression(),
+		ResolvConf:  readResolvConf(s.cfg.ResolvConfPath),
 	}); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}
@@ -430,3 +433,20 @@ func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 	_ = st.CloseWrite()
 }
 
+// maxResolvConf bounds what the welcome carries; the kubelet writes a few lines.
+const maxResolvConf = 16 << 10
+
+// readResolvConf is the pod's resolver configuration: the runtime mounts the pod's resolv.conf into
+// every container, the agent's included. Missing, it is empty and exec says what that means.
+func readResolvConf(path string) string {
+	if path == "" {
+		path = "/etc/resolv.conf"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, maxResolvConf))
+	return string(b)
+}

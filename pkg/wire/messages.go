@@ -89,6 +89,8 @@ type Welcome struct {
 	Kinds []string `json:"kinds,omitempty"`
 	// Compression lists the codecs the agent can decode and encode.
 	Compression []Compression `json:"compression,omitempty"`
+	// ResolvConf is the pod's /etc/resolv.conf, so that exec resolves names as the pod does.
+	ResolvConf string `json:"resolvConf,omitempty"`
 }
 
 // Heartbeat proves liveness; Seq only helps when reading traces.
