@@ -77,5 +77,6 @@ func benchmarkCapture(b *testing.B, snapLen int) {
 	b.ReportMetric(float64(frames.Load())/elapsed.Seconds(), "frames/s")
 	b.ReportMetric(float64(bytes.Load())/elapsed.Seconds()/1e6, "captured-MB/s")
 	b.ReportMetric(float64(st.Dropped), "dropped")
+	b.ReportMetric(float64(st.RingFull), "ring-full")
 	b.ReportMetric(float64(frames.Load()), "frames")
 }

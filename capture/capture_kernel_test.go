@@ -2,6 +2,7 @@ package capture
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -9,8 +10,11 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -428,3 +432,226 @@ func acceptOne(l net.Listener) net.Conn {
 type nopConn struct{ net.Conn }
 
 func (nopConn) Read([]byte) (int, error) { return 0, io.EOF }
+
+// TestKernelCaptureBurst sends a burst of TCP data as fast as the kernel takes it, over a veth
+// and over lo, and checks that every byte of it was captured and nothing dropped: the ring must
+// absorb what arrives faster than the capture is read.
+func TestKernelCaptureBurst(t *testing.T) {
+	const size = 4 << 20
+	t.Run("veth", func(t *testing.T) {
+		server, client, link := pair(t)
+		testBurst(t, server, client, link.Name, "10.77.0.1:8080", size)
+	})
+	t.Run("lo", func(t *testing.T) {
+		ns := testnet.New(t)
+		testBurst(t, ns, ns, "lo", "127.0.0.1:8080", size)
+	})
+}
+
+func testBurst(t *testing.T, server, client *testnet.NS, ifc, addr string, size int) {
+	l := server.Listen(t, "tcp", addr)
+	received := make(chan int64, 1)
+	go func() {
+		conn, err := l.Accept()
+		if err != nil {
+			received <- -1
+			return
+		}
+		defer conn.Close()
+		n, _ := io.Copy(io.Discard, conn)
+		received <- n
+	}()
+	c := openIn(t, server, Options{Interface: ifc, Filter: &Filter{Proto: TCP, Port: 8080}})
+
+	// The capture is read while the burst goes, as a dump reads it.
+	var (
+		frames int
+		isn    uint32
+		synced bool
+		segs   []span
+	)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	runDone := make(chan error, 1)
+	go func() {
+		runDone <- c.Run(ctx, func(data []byte, _ gopacket.CaptureInfo) error {
+			frames++
+			p := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+			tcp, _ := p.Layer(layers.LayerTypeTCP).(*layers.TCP)
+			if tcp == nil || tcp.DstPort != 8080 {
+				return nil
+			}
+			switch {
+			case tcp.SYN:
+				isn, synced = tcp.Seq, true
+			case len(tcp.Payload) > 0 && synced:
+				start := int64(tcp.Seq - isn - 1)
+				segs = append(segs, span{start, start + int64(len(tcp.Payload))})
+			}
+			if tcp.FIN {
+				return errEnough // the client's last segment: everything before it has been read
+			}
+			return nil
+		})
+	}()
+
+	conn, err := client.DialContext(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := conn.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if n := <-received; n != int64(size) {
+		t.Fatalf("server read %d bytes, want %d", n, size)
+	}
+	took := time.Since(start)
+	var runErr error
+	select {
+	case runErr = <-runDone:
+	case <-time.After(2 * time.Second): // the FIN was lost too
+		cancel()
+		runErr = <-runDone
+	}
+	if runErr != nil && !errors.Is(runErr, errEnough) {
+		t.Fatalf("Run: %v", runErr)
+	}
+	st, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	covered := coverage(segs, int64(size))
+	t.Logf("%s: %d MiB in %v; %d frames read, %d of %d bytes captured; stats %+v", ifc, size>>20, took, frames, covered, size, st)
+	if covered != int64(size) || st.Dropped != 0 {
+		t.Errorf("%s: captured %d of %d bytes of the burst, kernel dropped %d frames", ifc, covered, size, st.Dropped)
+	}
+	if st.Received < uint64(frames) {
+		t.Errorf("%s: kernel counted %d frames, %d were read", ifc, st.Received, frames)
+	}
+}
+
+// span is a byte range [from, to) of a TCP stream, relative to its first data byte.
+type span struct{ from, to int64 }
+
+// coverage returns how many bytes of [0, size) the spans cover.
+func coverage(spans []span, size int64) int64 {
+	slices.SortFunc(spans, func(a, b span) int { return cmp.Compare(a.from, b.from) })
+	var covered, end int64
+	for _, s := range spans {
+		from, to := max(s.from, end, 0), min(s.to, size)
+		if to > from {
+			covered += to - from
+			end = to
+		}
+	}
+	return covered
+}
+
+// TestKernelCaptureStatsCountDrops fills a small ring while nobody reads the capture: the kernel
+// must count what did not fit, and every frame it counted as received must come out.
+func TestKernelCaptureStatsCountDrops(t *testing.T) {
+	server, client, link := pair(t)
+	sink := listenPacket(t, server, "10.77.0.1:5353")
+	var delivered atomic.Int64
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := sink.ReadFrom(buf); err != nil {
+				return
+			}
+			delivered.Add(1)
+		}
+	}()
+	// A ring of four 128 KiB blocks holds about 2,200 of these frames, queued ones included.
+	c := openIn(t, server, Options{Interface: link.Name, Filter: &Filter{Proto: UDP, Port: 5353}, SnapLen: 96, RingSize: 4 * minBlockSize})
+
+	src := listenPacket(t, client, "10.77.0.2:0")
+	dst := &net.UDPAddr{IP: net.IPv4(10, 77, 0, 1), Port: 5353}
+	const sent = 20000
+	msg := make([]byte, 64)
+	for range sent {
+		if _, err := src.WriteTo(msg, dst); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	// Wait until the server has had everything that got through, and the kernel has handed
+	// the last block over.
+	for n := int64(-1); n != delivered.Load(); {
+		n = delivered.Load()
+		time.Sleep(100 * time.Millisecond)
+	}
+	live, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := collect(t, c, time.Second, nil)
+	final, err := c.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("sent %d datagrams, server got %d, read %d frames; stats %+v, at the end %+v", sent, delivered.Load(), len(got), live, final)
+	if live.Dropped == 0 || live.RingFull == 0 {
+		t.Errorf("no drops counted with a full ring: %+v", live)
+	}
+	if final.Received != uint64(len(got)) {
+		t.Errorf("kernel placed %d frames in the ring, %d came out of the capture", final.Received, len(got))
+	}
+	if final.Dropped != live.Dropped || final.Received != live.Received {
+		t.Errorf("counts changed without traffic: %+v, then %+v after Close", live, final)
+	}
+	// The packet socket sees a datagram before the server's socket does.
+	if total := final.Received + final.Dropped; total > sent || total < uint64(delivered.Load()) {
+		t.Errorf("kernel counted %d frames for %d sent, %d delivered", total, sent, delivered.Load())
+	}
+}
+
+func listenPacket(t *testing.T, ns *testnet.NS, addr string) net.PacketConn {
+	t.Helper()
+	var pc net.PacketConn
+	if err := ns.Do(func() error {
+		var err error
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
+}
+
+// TestKernelCaptureCloseIsPrompt closes an idle capture, whose readers wait in poll(2): Close
+// must return within about one poll timeout and leave no goroutine behind.
+func TestKernelCaptureCloseIsPrompt(t *testing.T) {
+	server, _, _ := pair(t)
+	before := runtime.NumGoroutine()
+	c := openIn(t, server, Options{Filter: &Filter{Proto: TCP, Port: 8080}})
+	readErr := make(chan error, 1)
+	go func() {
+		_, _, err := c.ReadPacketData()
+		readErr <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 3*pollTimeout {
+		t.Errorf("Close took %v", took)
+	}
+	if err := <-readErr; !errors.Is(err, io.EOF) {
+		t.Errorf("ReadPacketData after Close: %v, want io.EOF", err)
+	}
+	if _, err := c.Stats(); err != nil {
+		t.Errorf("Stats after Close: %v", err)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines after Close, %d before Open", n, before)
+	}
+}

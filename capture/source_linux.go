@@ -9,16 +9,30 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/gopacket/gopacket"
-	"github.com/gopacket/gopacket/pcapgo"
+	"github.com/gopacket/gopacket/afpacket"
 	"golang.org/x/net/bpf"
 )
 
-// Capture reads frames from one or more AF_PACKET sockets. It must be opened in the network
-// namespace to capture in; after that it can be used from any goroutine.
+const (
+	// pollTimeout is how long a reader waits in poll(2) for a block before it looks whether
+	// the capture was closed: Close waits for the readers, because unmapping a ring under one
+	// would crash it. It also ends the drain at open (see drain), so it must stay well above
+	// twice blockTimeout.
+	pollTimeout = 100 * time.Millisecond
+	// blockTimeout is how long the kernel keeps filling a block before it hands it over
+	// anyway, so that light traffic still shows up promptly (a dump flushes every 100 ms).
+	// The price is a block per timeout under a trickle, hence minRingBlocks.
+	blockTimeout = 10 * time.Millisecond
+)
+
+// Capture reads frames from one or more AF_PACKET sockets, each with a memory-mapped TPACKET_V3
+// ring. It must be opened in the network namespace to capture in; after that it can be used from
+// any goroutine.
 type Capture struct {
-	handles []*handle
+	rings   []*ring
 	snapLen int
 
 	packets chan packet
@@ -33,10 +47,11 @@ type Capture struct {
 	closed bool
 }
 
-type handle struct {
-	eth  *pcapgo.EthernetHandle
-	ifc  Interface
-	skip uint64 // frames queued before the filter was in place, still to be discarded
+type ring struct {
+	tp  *afpacket.TPacket
+	ifc Interface
+	// last is what afpacket's sums of the socket's counters said at the last counts call.
+	last afpacket.SocketStatsV3
 }
 
 type packet struct {
@@ -61,6 +76,10 @@ func Open(opts Options) (*Capture, error) {
 	if opts.Expr != nil && opts.Expr.root == nil {
 		return nil, errors.New("empty filter expression: use ParseExpr")
 	}
+	blockSize, blocks, err := ringGeometry(snapLen, opts.RingSize)
+	if err != nil {
+		return nil, err
+	}
 	ifcs, err := interfaces(opts.Interface)
 	if err != nil {
 		return nil, err
@@ -72,17 +91,38 @@ func Open(opts Options) (*Capture, error) {
 		done:    make(chan struct{}),
 		failed:  make(chan struct{}),
 	}
+	filters := make([][]bpf.RawInstruction, len(ifcs))
+	for i, ifc := range ifcs {
+		if filters[i], err = programWith(opts.Filter, opts.Expr, uint32(snapLen), ifc.Flags&net.FlagLoopback != 0); err != nil {
+			return nil, err
+		}
+	}
 	for _, ifc := range ifcs {
-		h, err := openHandle(ifc, opts.Filter, opts.Expr, snapLen)
+		r, err := openRing(ifc, blockSize, blocks)
 		if err != nil {
 			c.Close()
 			return nil, err
 		}
-		c.handles = append(c.handles, h)
+		c.rings = append(c.rings, r)
 	}
-	for _, h := range c.handles {
-		c.readers.Add(1)
-		go c.read(h)
+	// The drains wait out a poll timeout each, so they run side by side.
+	errs := make([]error, len(c.rings))
+	var drains sync.WaitGroup
+	for i, r := range c.rings {
+		drains.Go(func() { errs[i] = r.drain() })
+	}
+	drains.Wait()
+	for i, r := range c.rings {
+		if errs[i] == nil {
+			errs[i] = r.start(filters[i])
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		c.Close()
+		return nil, err
+	}
+	for _, r := range c.rings {
+		c.readers.Go(func() { c.read(r) })
 	}
 	return c, nil
 }
@@ -122,66 +162,95 @@ func ethernetFramed(ifc net.Interface) bool {
 	return len(ifc.HardwareAddr) == 6 || ifc.Flags&net.FlagLoopback != 0
 }
 
-func openHandle(ifc net.Interface, f *Filter, e *Expr, snapLen int) (*handle, error) {
-	raw, err := programWith(f, e, uint32(snapLen), ifc.Flags&net.FlagLoopback != 0)
+// openRing opens a packet socket on ifc with its ring, and shuts it with a drop-all filter: until
+// drain and start run, the ring keeps only what arrived unfiltered.
+func openRing(ifc net.Interface, blockSize, blocks int) (*ring, error) {
+	dropAll, err := bpf.Assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("assemble drop-all filter: %w", err)
 	}
-	eth, err := pcapgo.NewEthernetHandle(ifc.Name)
+	// afpacket binds the socket and maps its ring before anything else can be done with it, so
+	// it receives every frame of ifc from then until a filter is attached.
+	tp, err := afpacket.NewTPacket(
+		afpacket.OptInterface(ifc.Name),
+		afpacket.TPacketVersion3,
+		afpacket.OptBlockSize(blockSize),
+		afpacket.OptNumBlocks(blocks),
+		afpacket.OptBlockTimeout(blockTimeout),
+		afpacket.OptPollTimeout(pollTimeout),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("open packet socket on %q: %w", ifc.Name, err)
 	}
-	h := &handle{eth: eth, ifc: Interface{Index: ifc.Index, Name: ifc.Name}}
-	if err := h.setup(raw, snapLen); err != nil {
-		eth.Close()
-		return nil, fmt.Errorf("set up packet socket on %q: %w", ifc.Name, err)
+	if err := tp.SetBPF(dropAll); err != nil {
+		tp.Close()
+		return nil, fmt.Errorf("attach drop-all filter on %q: %w", ifc.Name, err)
 	}
-	return h, nil
+	return &ring{tp: tp, ifc: Interface{Index: ifc.Index, Name: ifc.Name}}, nil
 }
 
-// setup installs the filter without letting unfiltered frames through. The socket receives
-// frames from the moment it exists, before any filter is attached (the pcapgo constructor even
-// receives from all interfaces until it binds), so the frames queued by then are counted under a
-// drop-everything filter and discarded later by the reader. libpcap does the same by draining.
-func (h *handle) setup(filter []bpf.RawInstruction, snapLen int) error {
-	if err := h.eth.SetCaptureLength(snapLen); err != nil {
+// drain discards the frames that reached the ring before the drop-all filter. Their number is
+// unknown (afpacket clears the socket's counters after the ring is mapped, and frames can arrive
+// in between), so drain reads until the ring stays empty for a whole poll timeout. That proves it
+// empty: nothing passes the drop-all filter, and the kernel hands over the last, partly filled
+// block within two block timeouts. libpcap, which can see the blocks, filters them in user space
+// instead.
+func (r *ring) drain() error {
+	for {
+		_, _, err := r.tp.ZeroCopyReadPacketData()
+		if errors.Is(err, afpacket.ErrTimeout) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("drain packet socket on %q: %w", r.ifc.Name, err)
+		}
+	}
+}
+
+// start takes the counts of the unfiltered frames out of the socket's statistics, so that Stats
+// counts only filtered ones, and attaches the filter.
+func (r *ring) start(filter []bpf.RawInstruction) error {
+	if _, err := r.counts(); err != nil {
 		return err
 	}
-	dropAll, err := bpf.Assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
-	if err != nil {
-		return err
-	}
-	if err := h.eth.SetBPF(dropAll); err != nil {
-		return fmt.Errorf("attach drop-all filter: %w", err)
-	}
-	// PACKET_STATISTICS resets on read, so these counts cover exactly the frames queued
-	// before the drop-all filter, and Stats later counts only filtered ones.
-	st, err := h.eth.Stats()
-	if err != nil {
-		return fmt.Errorf("read socket statistics: %w", err)
-	}
-	h.skip = uint64(st.Packets - st.Drops)
-	if err := h.eth.SetBPF(filter); err != nil {
-		return fmt.Errorf("attach filter: %w", err)
+	if err := r.tp.SetBPF(filter); err != nil {
+		return fmt.Errorf("attach filter on %q: %w", r.ifc.Name, err)
 	}
 	return nil
 }
 
-func (c *Capture) read(h *handle) {
-	defer c.readers.Done()
+// counts returns the socket's counts since the last call: frames placed in the ring, frames
+// dropped because it was full, and the times it filled up.
+func (r *ring) counts() (Stats, error) {
+	_, now, err := r.tp.SocketStats()
+	if err != nil {
+		return Stats{}, fmt.Errorf("read socket statistics of %q: %w", r.ifc.Name, err)
+	}
+	// afpacket's sums are 32-bit and wrap; differences of them stay right. The kernel counts
+	// the drops in packets too.
+	packets := uint32(now.Packets()) - uint32(r.last.Packets())
+	drops := uint32(now.Drops()) - uint32(r.last.Drops())
+	freezes := uint32(now.QueueFreezes()) - uint32(r.last.QueueFreezes())
+	r.last = now
+	return Stats{Received: uint64(packets - drops), Dropped: uint64(drops), RingFull: uint64(freezes)}, nil
+}
+
+func (c *Capture) read(r *ring) {
 	for {
-		data, ci, err := h.eth.ReadPacketData()
-		if err != nil {
+		// ReadPacketData copies the frame out of the ring: the block it is in goes back to
+		// the kernel once the next one is read.
+		data, ci, err := r.tp.ReadPacketData()
+		if errors.Is(err, afpacket.ErrTimeout) {
 			select {
-			case <-c.done: // Close closed the socket under the read
+			case <-c.done:
+				return
 			default:
-				c.fail(fmt.Errorf("read from %q: %w", h.ifc.Name, err))
+				continue
 			}
-			return
 		}
-		if h.skip > 0 {
-			h.skip--
-			continue
+		if err != nil {
+			c.fail(fmt.Errorf("read from %q: %w", r.ifc.Name, err))
+			return
 		}
 		select {
 		case c.packets <- packet{data: data, ci: ci}:
@@ -202,9 +271,9 @@ func (c *Capture) fail(err error) {
 
 // Interfaces lists what the capture reads from; CaptureInfo.InterfaceIndex refers to these.
 func (c *Capture) Interfaces() []Interface {
-	out := make([]Interface, len(c.handles))
-	for i, h := range c.handles {
-		out[i] = h.ifc
+	out := make([]Interface, len(c.rings))
+	for i, r := range c.rings {
+		out[i] = r.ifc
 	}
 	return out
 }
@@ -254,43 +323,43 @@ func (c *Capture) Stats() (Stats, error) {
 	if c.closed {
 		return c.stats, nil
 	}
-	return c.stats, c.updateStats()
+	// Not one return statement: Go leaves open whether c.stats would be read before the call.
+	err := c.updateStats()
+	return c.stats, err
 }
 
 // updateStats adds the counts since the last call; c.mu must be held.
 func (c *Capture) updateStats() error {
 	var errs []error
-	for _, h := range c.handles {
-		st, err := h.eth.Stats()
+	for _, r := range c.rings {
+		st, err := r.counts()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read socket statistics of %q: %w", h.ifc.Name, err))
+			errs = append(errs, err)
 			continue
 		}
-		// The kernel resets its counters on every read and reports drops inside Packets.
-		c.stats.Received += uint64(st.Packets - st.Drops)
-		c.stats.Dropped += uint64(st.Drops)
+		c.stats.Received += st.Received
+		c.stats.Dropped += st.Dropped
+		c.stats.RingFull += st.RingFull
 	}
 	return errors.Join(errs...)
 }
 
-// Close stops the capture and closes its sockets. It is safe to call more than once.
+// Close stops the capture and closes its sockets, within a poll timeout (100 ms). It is safe to
+// call more than once.
 func (c *Capture) Close() error {
-	var errs []error
 	c.once.Do(func() {
 		close(c.done)
+		// A reader in poll(2) notices done when the poll times out; the rings stay mapped
+		// until then.
+		c.readers.Wait()
 		c.mu.Lock()
 		// Last chance to read the counters; the sockets take them along.
 		_ = c.updateStats()
 		c.closed = true
 		c.mu.Unlock()
-		for _, h := range c.handles {
-			// Closing the socket wakes a reader blocked in recvmsg: the fd is non-blocking
-			// and parked in the Go netpoller.
-			if err := h.eth.Close(); err != nil {
-				errs = append(errs, fmt.Errorf("close packet socket on %q: %w", h.ifc.Name, err))
-			}
+		for _, r := range c.rings {
+			r.tp.Close()
 		}
-		c.readers.Wait()
 	})
-	return errors.Join(errs...)
+	return nil
 }

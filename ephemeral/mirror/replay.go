@@ -38,9 +38,9 @@ type answer struct {
 // client (h2c) of the destination, a request at a time: the next request is sent once the copy has
 // answered the previous one, as the pod's client did, so the destination sees the same sequence.
 type replayer struct {
-	c     *conn
-	q     chan item
-	once  sync.Once
+	c      *conn
+	q      chan item
+	once   sync.Once
 	closed atomic.Bool
 
 	sink    net.Conn
