@@ -15,9 +15,14 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
 )
 
 func main() {
+	// The exec verb's namespace helper is this binary re-executed; it must not start the plugin.
+	if sandbox.IsHelper(os.Args) {
+		os.Exit(sandbox.RunHelper())
+	}
 	os.Exit(run())
 }
 
