@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,7 +34,9 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	defer cancel()
 	events := make(chan wire.MirrorEvent, 4096)
 	var dropped atomic.Int64
-	m, err := mirror.New(ctx, mirror.Config{
+	// The mirror outlives the plugin's stream by its drain: copies in flight when the plugin ends
+	// the mirror are finished (Drain) before their context goes.
+	m, err := mirror.New(context.WithoutCancel(ctx), mirror.Config{
 		Spec: spec, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log,
 		Events: func(e wire.MirrorEvent) {
 			select {
@@ -86,6 +90,9 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, stream)
 		cancel()
 	}()
+	if err := lowerPriority(); err != nil {
+		s.log.Warn("mirror keeps the agent's priority", "err", err)
+	}
 	s.log.Info("mirroring", "ports", spec.Ports, "mode", spec.Mode, "to", spec.To)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -149,4 +156,28 @@ func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Co
 		return nil, fmt.Errorf("dial the mirror's destination %s: %w", address, err)
 	}
 	return c, nil
+}
+
+// mirrorNice is the scheduling priority of a session that mirrors: a copy is best effort, and on a
+// busy node the pod's app must win the CPU, not the agent reassembling its traffic. Raising one's
+// own nice value needs no privilege.
+const mirrorNice = 10
+
+// lowerPriority renices every thread of the agent's session process; threads started later inherit
+// the value from the thread that creates them.
+func lowerPriority() error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("list the session's threads: %w", err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.Setpriority(unix.PRIO_PROCESS, tid, mirrorNice); err != nil {
+			return fmt.Errorf("renice thread %d: %w", tid, err)
+		}
+	}
+	return nil
 }

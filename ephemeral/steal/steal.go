@@ -58,10 +58,10 @@ type Redirect interface {
 // Config is one steal.
 type Config struct {
 	// ID names the session's nftables table.
-	ID   string
+	ID string
 	// Tee, when set, makes this a mirror's redirect: every connection goes to the app unchanged
 	// and a copy of its bytes, both ways, goes to the handler Tee returns for it (nil: no copy).
-	Tee func(capture.Flow) capture.StreamHandler
+	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
 	// Events receives what the steal does; it must not block for long.

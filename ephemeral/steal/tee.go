@@ -1,6 +1,7 @@
 package steal
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -97,7 +98,7 @@ func (s *teeSide) Read(p []byte) (int, error) {
 	if n > 0 {
 		s.t.offer(s.dir, p[:n])
 	}
-	if err == io.EOF && !s.t.ended[s.dir] {
+	if errors.Is(err, io.EOF) && !s.t.ended[s.dir] {
 		s.t.end(s.dir)
 	}
 	return n, err
@@ -107,7 +108,7 @@ func (s *teeSide) CloseWrite() error {
 	if cw, ok := s.Conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return s.Conn.Close()
+	return s.Close()
 }
 
 // teeThrough relays the connection to the app unchanged and copies both directions to the mirror.

@@ -52,27 +52,31 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal", "which measurements to run, comma separated: forward, steal")
+	suites := flag.String("suites", "forward,steal,mirror", "which measurements to run, comma separated: forward, steal, mirror")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
 	so.addFlags(flag.CommandLine)
+	var mo mirrorOptions
+	mo.addFlags(flag.CommandLine)
 	flag.Parse()
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal := false, false
+	runForward, runSteal, runMirror := false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
 			runForward = true
 		case "steal":
 			runSteal = true
+		case "mirror":
+			runMirror = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal or both", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror", s)
 		}
 	}
-	if runSteal {
+	if runSteal || runMirror {
 		if err := so.check(); err != nil {
 			return err
 		}
@@ -111,6 +115,13 @@ func run() error {
 		t, err := stealSuite(ctx, m, ns, so)
 		if err != nil {
 			return fmt.Errorf("steal: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	if runMirror {
+		t, err := mirrorSuite(ctx, m, ns, so, mo)
+		if err != nil {
+			return fmt.Errorf("mirror: %w", err)
 		}
 		tables = append(tables, t)
 	}

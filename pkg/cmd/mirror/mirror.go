@@ -146,6 +146,19 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	} else if len(args) == 1 {
 		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
 	}
+	if err := o.CompletePorts(); err != nil {
+		return err
+	}
+	k, err := session.LoadKube(o.configFlags)
+	if err != nil {
+		return err
+	}
+	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
+	return nil
+}
+
+// CompletePorts parses PortArgs; exec, which runs a mirror of its own, calls it after setting them.
+func (o *Options) CompletePorts() error {
 	o.ports = nil
 	o.localGiven = false
 	for _, a := range o.PortArgs {
@@ -156,14 +169,6 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 		o.localGiven = o.localGiven || strings.Contains(a, ":")
 		o.ports = append(o.ports, ps)
 	}
-	if cmd != nil && !cmd.Flags().Changed("percent") {
-		o.Percent = 100
-	}
-	k, err := session.LoadKube(o.configFlags)
-	if err != nil {
-		return err
-	}
-	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
 	return nil
 }
 
@@ -172,6 +177,14 @@ func (o *Options) Validate() error {
 	if o.Target.Resource == "" && o.Target.Selector == "" {
 		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab mirror pod/web --port 8080")
 	}
+	if err := o.ValidateMirror(); err != nil {
+		return err
+	}
+	return o.Session.Validate()
+}
+
+// ValidateMirror checks what the mirror itself needs, for this verb and for exec --mirror.
+func (o *Options) ValidateMirror() error {
 	if len(o.ports) == 0 {
 		return errors.New("--port is required, e.g. --port 8080 or --port 80:9090")
 	}
@@ -206,7 +219,7 @@ func (o *Options) Validate() error {
 	if o.AddNetRaw && o.Mode == wire.MirrorRedirect {
 		return errors.New("--add-net-raw is for --mode sniff; redirect needs NET_ADMIN, which the agent adds")
 	}
-	return o.Session.Validate()
+	return nil
 }
 
 // parseTo splits --to into a Service (svc/NAME:PORT) or a host and a port.
@@ -228,8 +241,8 @@ func parseTo(to string) (svc, hostport string, err error) {
 	return "", rest, nil
 }
 
-// check resolves the ports and --to against the cluster before the agent is added.
-func (o *Options) check(ctx context.Context, t *target.Target) error {
+// Check resolves the ports and --to against the cluster before the agent is added.
+func (o *Options) Check(ctx context.Context, t *target.Target) error {
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return err
@@ -287,12 +300,36 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
 		Target: o.Target, Capabilities: caps, AddNetRaw: o.AddNetRaw,
-		Check: func(t *target.Target) error { return o.check(ctx, t) },
+		Check: func(t *target.Target) error { return o.Check(ctx, t) },
 	}, o.ErrOut)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	stop, err := o.Attach(ctx, s, nil)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		stop()
+		return nil
+	case <-s.Conn.Done():
+		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
+	}
+}
+
+// countsWait bounds the wait for the agent's counts after an interrupt: it first finishes the copies
+// in flight (up to 2 s), and a busy agent is slower still.
+const countsWait = 10 * time.Second
+
+// LocalDialer connects a mirrored connection to the process that receives the copy at addr.
+type LocalDialer func(ctx context.Context, addr string, port int) (net.Conn, error)
+
+// Attach starts the mirror on a session that is up and serves it until the returned stop, which
+// prints the counts, is called. dial reaches the local process; nil dials LOCAL on --local-address.
+// exec uses it to deliver the copies inside its command's namespace.
+func (o *Options) Attach(ctx context.Context, s *session.Session, dial LocalDialer) (stop func(), err error) {
 	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent
@@ -316,9 +353,8 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 	st, err := s.Conn.Mirror(ctx, spec)
 	if err != nil {
-		return fmt.Errorf("start mirroring in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
+		return nil, fmt.Errorf("start mirroring in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
 	}
-	defer st.Close()
 	how := "sniffing"
 	if o.Mode == wire.MirrorRedirect {
 		how = "redirect"
@@ -332,9 +368,10 @@ func (o *Options) Run(ctx context.Context) error {
 	} else {
 		s.Progress.Stepf("%s", msg)
 	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	srv := &server{locals: locals}
+	// Copies in flight when the user interrupts still finish: the agent drains them before it sends
+	// the counts, so the local connections are served until then, whatever ctx says.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	srv := &server{locals: locals, dial: dial}
 	go srv.serve(sctx, s.Conn)
 	p := newPrinter(o.Out, o.Output == "json", o.Diff)
 	stats := make(chan *wire.MirrorStats, 1)
@@ -353,9 +390,10 @@ func (o *Options) Run(ctx context.Context) error {
 			p.print(ev)
 		}
 	}()
-	select {
-	case <-ctx.Done():
+	return func() {
+		defer cancel()
 		_ = st.CloseWrite()
+		defer st.Close()
 		select {
 		case sum, ok := <-stats:
 			if ok && sum != nil {
@@ -364,11 +402,17 @@ func (o *Options) Run(ctx context.Context) error {
 				}
 				fmt.Fprintln(o.ErrOut, sum.Summary())
 			}
-		case <-time.After(5 * time.Second):
-			fmt.Fprintln(o.ErrOut, "warning: the agent did not send the mirror's counts in 5s")
+		case <-time.After(countsWait):
+			fmt.Fprintf(o.ErrOut, "warning: the agent did not send the mirror's counts in %s\n", countsWait)
 		}
-		return nil
-	case <-s.Conn.Done():
-		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
+	}, nil
+}
+
+// LocalPorts are the local ports that receive the connections, once the ports are completed.
+func (o *Options) LocalPorts() []int {
+	var out []int
+	for _, p := range o.ports {
+		out = append(out, p.Local)
 	}
+	return out
 }

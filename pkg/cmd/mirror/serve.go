@@ -17,6 +17,7 @@ import (
 // request at a time and reads the answers itself, so this side only carries bytes.
 type server struct {
 	locals map[int]string
+	dial   LocalDialer // nil: dialer
 	dialer net.Dialer
 }
 
@@ -40,7 +41,13 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	c, err := s.dialer.DialContext(dctx, "tcp", addr)
+	var c net.Conn
+	var err error
+	if s.dial != nil {
+		c, err = s.dial(dctx, addr, req.Port)
+	} else {
+		c, err = s.dialer.DialContext(dctx, "tcp", addr)
+	}
 	cancel()
 	if err != nil {
 		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
