@@ -15,6 +15,7 @@ import (
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/dump"
+	execcmd "github.com/trafficlab/kubectl-trafficlab/pkg/cmd/exec"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/portforward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
@@ -72,6 +73,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 		portforward.NewCmdPortForward(streams, configFlags),
 		dump.NewCmdDump(streams, configFlags),
 		mirror.NewCmdMirror(streams, configFlags),
+		execcmd.NewCmdExec(streams, configFlags),
 		steal.NewCmdSteal(streams, configFlags),
 		version.NewCmdVersion(streams),
 	)

@@ -271,3 +271,41 @@ func TestNetworkCutEndsBothSides(t *testing.T) {
 func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
+
+// TestDialContextUDP: a "udp" conn from DialContext keeps datagram boundaries through the agent.
+func TestDialContextUDP(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(append([]byte("echo:"), buf[:n]...), from)
+		}
+	}()
+	c, _ := connect(t, tunnel.Config{})
+	conn, err := c.DialContext(context.Background(), "udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, msg := range []string{"a", "", "three"} {
+		if _, err := conn.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		n, err := conn.Read(buf)
+		if err != nil || string(buf[:n]) != "echo:"+msg {
+			t.Fatalf("read %q, %v; want %q", buf[:n], err, "echo:"+msg)
+		}
+	}
+	if _, err := c.DialContext(context.Background(), "ip", "1.2.3.4:1"); err == nil {
+		t.Error("dial of network ip succeeded")
+	}
+}

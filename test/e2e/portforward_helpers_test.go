@@ -96,10 +96,19 @@ func pfStart(t *testing.T, name, ns string, args ...string) *pfProc {
 // pluginStart runs `kubectl trafficlab VERB -n NS ARGS...` as kubectl's plugin discovery finds it.
 func pluginStart(t *testing.T, name, verb, ns string, args ...string) *pfProc {
 	t.Helper()
+	return pluginStartAs(t, nil, name, verb, ns, args...)
+}
+
+// pluginStartAs is pluginStart as another user (nil: this process's).
+func pluginStartAs(t *testing.T, u *osUser, name, verb, ns string, args ...string) *pfProc {
+	t.Helper()
 	pfRequirePlugin(t)
 	argv := append([]string{"trafficlab", verb, "-n", ns}, args...)
 	p := &pfProc{t: t, name: name, changed: make(chan struct{}), done: make(chan struct{})}
 	p.cmd = exec.Command("kubectl", argv...)
+	if u != nil {
+		u.apply(p.cmd)
+	}
 	p.cmd.Stdout = &pfLineWriter{p: p, stream: "stdout"}
 	p.cmd.Stderr = &pfLineWriter{p: p, stream: "stderr"}
 	t.Logf("%s: kubectl %s", name, strings.Join(argv, " "))

@@ -21,6 +21,7 @@ type Acceptor interface {
 type server struct {
 	locals map[int]string // pod port -> local address
 	out    *printer
+	dial   LocalDialer // nil: dialer
 	dialer net.Dialer
 }
 
@@ -60,13 +61,21 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	c, err := s.dialer.DialContext(dctx, "tcp", addr)
+	var c net.Conn
+	var err error
+	if s.dial != nil {
+		c, err = s.dial(dctx, addr, req.Port)
+	} else {
+		c, err = s.dialer.DialContext(dctx, "tcp", addr)
+	}
 	cancel()
 	if err != nil {
 		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
 		return
 	}
-	_ = c.(*net.TCPConn).SetNoDelay(true)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
 	st, err := in.Accept()
 	if err != nil {
 		c.Close()

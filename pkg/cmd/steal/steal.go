@@ -144,6 +144,20 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	} else if len(args) == 1 {
 		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
 	}
+	if err := o.CompletePorts(); err != nil {
+		return err
+	}
+	k, err := session.LoadKube(o.configFlags)
+	if err != nil {
+		return err
+	}
+	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
+	return nil
+}
+
+// CompletePorts parses PortArgs and the filter flags; exec, which runs a steal of its own, calls it
+// after setting them.
+func (o *Options) CompletePorts() error {
 	o.ports = nil
 	for _, a := range o.PortArgs {
 		ps, err := target.ParsePortSpec(a)
@@ -153,11 +167,6 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 		o.ports = append(o.ports, ps)
 	}
 	o.filter = o.Filter.Filter()
-	k, err := session.LoadKube(o.configFlags)
-	if err != nil {
-		return err
-	}
-	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
 	return nil
 }
 
@@ -166,6 +175,14 @@ func (o *Options) Validate() error {
 	if o.Target.Resource == "" && o.Target.Selector == "" {
 		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab steal pod/web --port 80:8080")
 	}
+	if err := o.ValidateSteal(); err != nil {
+		return err
+	}
+	return o.Session.Validate()
+}
+
+// ValidateSteal checks what the steal itself needs, for this verb and for exec --steal.
+func (o *Options) ValidateSteal() error {
 	if len(o.ports) == 0 {
 		return errors.New("--port is required, e.g. --port 80 or --port 80:8080")
 	}
@@ -181,12 +198,12 @@ func (o *Options) Validate() error {
 	if o.Output != "" && o.Output != "json" {
 		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
 	}
-	return o.Session.Validate()
+	return nil
 }
 
-// check resolves the ports against the target before the agent is added, and warns about what the
+// Check resolves the ports against the target before the agent is added, and warns about what the
 // steal will not do as the user may expect.
-func (o *Options) check(t *target.Target) error {
+func (o *Options) Check(t *target.Target) error {
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return err
@@ -230,48 +247,17 @@ func (o *Options) Run(ctx context.Context) error {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = o.In, o.Out, o.ErrOut
 	}
 	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
-		Target: o.Target, Capabilities: inject.NetAdmin, Check: o.check,
+		Target: o.Target, Capabilities: inject.NetAdmin, Check: o.Check,
 	}, o.ErrOut)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	spec := wire.StealSpec{
-		StealProbes:      o.StealProbes,
-		FlushConnections: o.FlushConnections,
-		DetectTimeout:    wire.Millis(o.DetectTimeout),
-		PassedEvents:     o.Output == "json",
-	}
-	locals := map[int]string{}
-	for _, p := range o.ports {
-		spec.Ports = append(spec.Ports, p.Port)
-		locals[p.Port] = net.JoinHostPort(o.LocalAddress, strconv.Itoa(p.Local))
-	}
-	if !o.filter.Empty() {
-		spec.Filter = o.filter
-	}
-	events, err := s.Conn.Steal(ctx, spec)
+	stop, err := o.Attach(ctx, s, nil)
 	if err != nil {
-		return fmt.Errorf("start stealing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
+		return err
 	}
-	defer events.Close()
-	srv := &server{locals: locals, out: newPrinter(o.Out, o.ErrOut, o.Output == "json")}
-	er := wire.NewEventReader(events)
-	ready, err := srv.readReady(er)
-	if err != nil {
-		return fmt.Errorf("start stealing: %w", err)
-	}
-	if o.Session.Quiet {
-		// Even quiet, a script needs to know when the steal is in place, as port-forward's
-		// "Forwarding from" line tells it.
-		fmt.Fprintf(o.ErrOut, "stealing %s\n", o.describe(ready))
-	} else {
-		s.Progress.Stepf("stealing %s", o.describe(ready))
-	}
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go srv.serve(sctx, s.Conn)
-	go srv.printEvents(er)
+	defer stop()
 	if cmd == nil {
 		select {
 		case <-ctx.Done():
@@ -307,6 +293,54 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 }
 
+// LocalDialer connects a stolen connection to the process that answers it, whose address is addr.
+type LocalDialer func(ctx context.Context, addr string, port int) (net.Conn, error)
+
+// Attach starts the steal on a session that is up and serves it until the returned stop is called or
+// ctx ends. dial reaches the local process; nil dials LOCAL on --local-address. exec uses it to
+// deliver stolen connections inside its command's namespace.
+func (o *Options) Attach(ctx context.Context, s *session.Session, dial LocalDialer) (stop func(), err error) {
+	spec := wire.StealSpec{
+		StealProbes:      o.StealProbes,
+		FlushConnections: o.FlushConnections,
+		DetectTimeout:    wire.Millis(o.DetectTimeout),
+		PassedEvents:     o.Output == "json",
+	}
+	locals := map[int]string{}
+	for _, p := range o.ports {
+		spec.Ports = append(spec.Ports, p.Port)
+		locals[p.Port] = net.JoinHostPort(o.LocalAddress, strconv.Itoa(p.Local))
+	}
+	if !o.filter.Empty() {
+		spec.Filter = o.filter
+	}
+	events, err := s.Conn.Steal(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("start stealing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
+	}
+	srv := &server{locals: locals, out: newPrinter(o.Out, o.ErrOut, o.Output == "json"), dial: dial}
+	er := wire.NewEventReader(events)
+	ready, err := srv.readReady(er)
+	if err != nil {
+		events.Close()
+		return nil, fmt.Errorf("start stealing: %w", err)
+	}
+	if o.Session.Quiet {
+		// Even quiet, a script needs to know when the steal is in place, as port-forward's
+		// "Forwarding from" line tells it.
+		fmt.Fprintf(o.ErrOut, "stealing %s\n", o.describe(ready))
+	} else {
+		s.Progress.Stepf("stealing %s", o.describe(ready))
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	go srv.serve(sctx, s.Conn)
+	go srv.printEvents(er)
+	return func() {
+		cancel()
+		events.Close()
+	}, nil
+}
+
 // exitError passes a command's exit code on; a command that ran and failed is not the plugin's error.
 func exitError(name string, err error) error {
 	var ee *exec.ExitError
@@ -338,4 +372,13 @@ func (o *Options) describe(ready wire.StealEvent) string {
 		d += fmt.Sprintf(", %d open connections reset", ready.Flushed)
 	}
 	return d + ")"
+}
+
+// LocalPorts are the local ports that receive the connections, once the ports are completed.
+func (o *Options) LocalPorts() []int {
+	var out []int
+	for _, p := range o.ports {
+		out = append(out, p.Local)
+	}
+	return out
 }

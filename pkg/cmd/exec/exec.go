@@ -1,0 +1,317 @@
+// Package exec implements `kubectl trafficlab exec`: a local command with the pod's outgoing network
+// (its connections, datagrams and DNS go out from the pod), optionally receiving the pod's stolen or
+// mirrored incoming traffic, without root.
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	osexec "os/exec"
+	"runtime"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/klog/v2"
+	"k8s.io/kubectl/pkg/util/templates"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+)
+
+var (
+	execLong = templates.LongDesc(`
+		Run a local command with the network view of a pod: its outgoing TCP and UDP connections
+		and its DNS queries go out from the pod, so cluster Services answer by their names
+		("redis", "redis.other-ns", FQDNs) with the pod's search domains, while localhost is
+		still your machine's.
+
+		On Linux the command runs in its own user and network namespace, with a user-space TCP/IP
+		stack behind a TUN device: every program works (static binaries too), without root and
+		without touching your machine's network. The kernel must allow unprivileged user
+		namespaces and /dev/net/tun must be readable and writable by you. Elsewhere, or with
+		--proxy, the command gets a local SOCKS5 and HTTP proxy through the pod instead, in
+		ALL_PROXY, HTTP_PROXY and HTTPS_PROXY; only programs that honour those go through it.
+
+		--local keeps destinations (names, addresses, CIDRs, each with an optional port) on your
+		machine, everything else goes through the pod; --remote does the opposite. Names are
+		matched when they are resolved.
+
+		With --steal or --mirror the command also receives the pod's incoming traffic on its
+		LOCAL port, as the steal and mirror commands would deliver it, inside its namespace.
+
+		The session ends when the command exits, and the command's exit code is the plugin's.`)
+
+	execExample = templates.Examples(`
+		# Run a local build of the service with the pod's network
+		kubectl trafficlab exec deploy/api -- go run ./cmd/api
+
+		# Keep the database local, send everything else through the pod
+		kubectl trafficlab exec deploy/api --local db:5432 -- ./api
+
+		# Also take the pod's incoming requests on port 8080
+		kubectl trafficlab exec deploy/api --steal 8080 --header-filter '^X-Dev: me$' -- ./api
+
+		# Without namespaces: through a SOCKS5/HTTP proxy
+		kubectl trafficlab exec deploy/api --proxy -- curl http://redis:6379`)
+)
+
+// Options holds what exec needs to run.
+type Options struct {
+	Target    target.Options
+	Session   session.Options
+	StealArg  string
+	MirrorArg string
+	Filter    httpfilter.Flags
+	Local     []string
+	Remote    []string
+	Proxy     bool
+	Command   []string
+
+	steal       *steal.Options
+	mirror      *mirror.Options
+	egress      *egress.Filter
+	configFlags *genericclioptions.ConfigFlags
+	config      *rest.Config
+	client      kubernetes.Interface
+	// sandboxErr says why the namespace cannot be used here (Complete); Validate refuses with it.
+	sandboxErr error
+
+	genericiooptions.IOStreams
+}
+
+// NewOptions returns Options with the defaults.
+func NewOptions(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *Options {
+	return &Options{IOStreams: streams, configFlags: configFlags, Session: session.NewOptions()}
+}
+
+// NewCmdExec returns the exec command.
+func NewCmdExec(streams genericiooptions.IOStreams, configFlags *genericclioptions.ConfigFlags) *cobra.Command {
+	return newCmd(NewOptions(streams, configFlags))
+}
+
+func newCmd(o *Options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:                   "exec TYPE/NAME [--steal PORT[:LOCAL] | --mirror PORT[:LOCAL]] [--local DEST ...] [--remote DEST ...] [--proxy] -- COMMAND [ARGS...]",
+		DisableFlagsInUseLine: true,
+		Short:                 "Run a local command with a pod's outgoing network (and optionally its incoming traffic)",
+		Long:                  execLong,
+		Example:               execExample,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.Complete(cmd, args); err != nil {
+				return err
+			}
+			if err := o.Validate(); err != nil {
+				return err
+			}
+			return o.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
+	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	f.StringVar(&o.StealArg, "steal", "", "Also steal the pod's port, PORT[:LOCAL], and deliver its connections to the command on LOCAL (defaults to PORT).")
+	f.StringVar(&o.MirrorArg, "mirror", "", "Also mirror the pod's port, PORT[:LOCAL], to the command on LOCAL (defaults to PORT).")
+	o.Filter.AddFlags(f, "Steal or mirror")
+	f.StringArrayVar(&o.Local, "local", nil, "Reach this destination from your machine, not through the pod: HOST, IP or CIDR, with an optional :PORT (e.g. db:5432, 10.0.0.0/8). Repeatable.")
+	f.StringArrayVar(&o.Remote, "remote", nil, "Send only this destination through the pod, everything else from your machine: HOST, IP or CIDR, with an optional :PORT. Repeatable.")
+	f.BoolVar(&o.Proxy, "proxy", runtime.GOOS != "linux", "Give the command a SOCKS5 and HTTP proxy (ALL_PROXY, HTTP_PROXY, HTTPS_PROXY) instead of its own network namespace.")
+	o.Session.AddFlags(f)
+	return cmd
+}
+
+// Complete reads flags, arguments and the kubeconfig, and finds out whether the namespace can be used.
+func (o *Options) Complete(cmd *cobra.Command, args []string) error {
+	if at := cmd.ArgsLenAtDash(); at >= 0 {
+		o.Command = args[at:]
+		args = args[:at]
+	}
+	if len(args) > 1 {
+		return fmt.Errorf("exec takes one TYPE/NAME, got %q; the command goes after --", args)
+	}
+	if o.Target.Selector == "" && len(args) == 1 {
+		o.Target.Resource = args[0]
+	} else if len(args) == 1 {
+		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
+	}
+	f, err := egress.NewFilter(o.Local, o.Remote)
+	if err != nil {
+		return err
+	}
+	o.egress = f
+	if o.StealArg != "" {
+		o.steal = steal.NewOptions(o.IOStreams, o.configFlags)
+		o.steal.PortArgs, o.steal.Filter, o.steal.Session = []string{o.StealArg}, o.Filter, o.Session
+		if err := o.steal.CompletePorts(); err != nil {
+			return fmt.Errorf("--steal: %w", err)
+		}
+	}
+	if o.MirrorArg != "" {
+		o.mirror = mirror.NewOptions(o.IOStreams, o.configFlags)
+		o.mirror.PortArgs, o.mirror.Filter, o.mirror.Session = []string{o.MirrorArg}, o.Filter, o.Session
+		if err := o.mirror.CompletePorts(); err != nil {
+			return fmt.Errorf("--mirror: %w", err)
+		}
+	}
+	if !o.Proxy {
+		o.sandboxErr = sandbox.Check()
+	}
+	k, err := session.LoadKube(o.configFlags)
+	if err != nil {
+		return err
+	}
+	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
+	return nil
+}
+
+// Validate checks the options; no I/O.
+func (o *Options) Validate() error {
+	if o.Target.Resource == "" && o.Target.Selector == "" {
+		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab exec deploy/api -- ./api")
+	}
+	if len(o.Command) == 0 {
+		return errors.New("a command is required after --, e.g. kubectl trafficlab exec deploy/api -- ./api")
+	}
+	if o.steal != nil && o.mirror != nil {
+		return errors.New("--steal and --mirror cannot be combined; choose one")
+	}
+	if o.steal == nil && o.mirror == nil && !o.Filter.Filter().Empty() {
+		return errors.New("--header-filter, --path-filter and --method select what --steal or --mirror takes; add one of them")
+	}
+	if o.steal != nil {
+		if err := o.steal.ValidateSteal(); err != nil {
+			return fmt.Errorf("--steal: %w", err)
+		}
+	}
+	if o.mirror != nil {
+		if err := o.mirror.ValidateMirror(); err != nil {
+			return fmt.Errorf("--mirror: %w", err)
+		}
+	}
+	if o.sandboxErr != nil {
+		return o.sandboxErr
+	}
+	return o.Session.Validate()
+}
+
+// check runs once the target is known, before anything changes in the cluster.
+func (o *Options) check(ctx context.Context, t *target.Target) error {
+	switch {
+	case o.steal != nil:
+		return o.steal.Check(t)
+	case o.mirror != nil:
+		return o.mirror.Check(ctx, t)
+	}
+	if t.Replicas > 1 {
+		fmt.Fprintf(o.ErrOut, "warning: %d ready pods match; the command uses pod %s's network\n", t.Replicas, t.Pod.Name)
+	}
+	return nil
+}
+
+// Run starts the session, the command's network and the command, and returns the command's exit.
+func (o *Options) Run(ctx context.Context) error {
+	var caps inject.Capabilities
+	switch {
+	case o.steal != nil:
+		caps = inject.NetAdmin
+	case o.mirror != nil:
+		caps = inject.NetRaw
+	}
+	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
+		Target: o.Target, Capabilities: caps,
+		Check: func(t *target.Target) error { return o.check(ctx, t) },
+	}, o.ErrOut)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if s.Conn.Welcome().ResolvConf == "" {
+		fmt.Fprintln(o.ErrOut, "warning: the agent could not read the pod's /etc/resolv.conf; names are resolved by the pod's loopback, without search domains")
+	}
+	var code int
+	if o.Proxy {
+		code, err = o.runProxied(ctx, s)
+	} else {
+		code, err = o.runSandboxed(ctx, s)
+	}
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &exitcode.Error{Command: o.Command[0], Code: code}
+	}
+	return nil
+}
+
+// attach starts --steal or --mirror, delivering through dial; stop is a no-op without either.
+func (o *Options) attach(ctx context.Context, s *session.Session, dial func(ctx context.Context, addr string, port int) (net.Conn, error)) (func(), error) {
+	switch {
+	case o.steal != nil:
+		return o.steal.Attach(ctx, s, dial)
+	case o.mirror != nil:
+		return o.mirror.Attach(ctx, s, dial)
+	}
+	return func() {}, nil
+}
+
+// waitCommand waits for the command; an interrupt gives it 5 s to end on its own (the terminal's
+// Ctrl-C reaches it too), a lost agent ends it at once.
+func waitCommand(ctx context.Context, s *session.Session, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
+	type exit struct {
+		code int
+		err  error
+	}
+	exited := make(chan exit, 1)
+	go func() {
+		code, err := wait()
+		exited <- exit{code, err}
+	}()
+	select {
+	case e := <-exited:
+		return e.code, e.err
+	case <-ctx.Done():
+		signal(os.Interrupt)
+		select {
+		case e := <-exited:
+			return e.code, e.err
+		case <-time.After(5 * time.Second):
+			kill()
+			e := <-exited
+			return e.code, e.err
+		}
+	case <-s.Conn.Done():
+		kill()
+		if e := <-exited; e.err != nil {
+			klog.V(2).InfoS("command stopped after the agent was lost", "err", e.err)
+		}
+		return 0, fmt.Errorf("lost the agent: %w", s.Conn.Err())
+	}
+}
+
+// exitCode is an exec.Cmd's exit as a shell reports it.
+func exitCode(cmd *osexec.Cmd, err error) (int, error) {
+	var ee *osexec.ExitError
+	if errors.As(err, &ee) {
+		if code := ee.ExitCode(); code >= 0 {
+			return code, nil
+		}
+		return 128 + signalNumber(ee), nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("run %q: %w", cmd.Path, err)
+	}
+	return 0, nil
+}

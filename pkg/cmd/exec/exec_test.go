@@ -1,0 +1,58 @@
+package exec
+
+import (
+	"strings"
+	"testing"
+
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+)
+
+// parse runs the real cobra command line through Complete and Validate, stopping before Run. The
+// namespace check is left out: it depends on the machine, and --proxy does not need it.
+func parse(t *testing.T, args ...string) (*Options, error) {
+	t.Helper()
+	streams, _, _, _ := genericiooptions.NewTestIOStreams()
+	o := NewOptions(streams, cmdtest.ConfigFlags(t))
+	return o, cmdtest.Parse(newCmd(o), o.Complete, o.Validate, args...)
+}
+
+func TestCompleteAndValidate(t *testing.T) {
+	tests := []struct {
+		name        string
+		args        []string
+		wantCommand []string
+		wantErr     string
+	}{
+		{name: "command", args: []string{"deploy/api", "--proxy", "--", "./api", "-v"}, wantCommand: []string{"./api", "-v"}},
+		{name: "local rules", args: []string{"deploy/api", "--proxy", "--local", "db:5432", "--local", "10.0.0.0/8", "--", "./api"}, wantCommand: []string{"./api"}},
+		{name: "steal with a filter", args: []string{"deploy/api", "--proxy", "--steal", "8080", "--header-filter", "^X-Dev: me$", "--", "./api"}, wantCommand: []string{"./api"}},
+		{name: "mirror", args: []string{"deploy/api", "--proxy", "--mirror", "8080:9090", "--", "./api"}, wantCommand: []string{"./api"}},
+		{name: "no command", args: []string{"deploy/api", "--proxy"}, wantErr: "a command is required after --"},
+		{name: "no target", args: []string{"--proxy", "--", "./api"}, wantErr: "TYPE/NAME or -l selector is required"},
+		{name: "local and remote", args: []string{"deploy/api", "--proxy", "--local", "db", "--remote", "redis", "--", "./api"}, wantErr: "--local"},
+		{name: "bad local port", args: []string{"deploy/api", "--proxy", "--local", "db:99999", "--", "./api"}, wantErr: `invalid --local "db:99999": port must be 1-65535`},
+		{name: "steal and mirror", args: []string{"deploy/api", "--proxy", "--steal", "80", "--mirror", "81", "--", "./api"}, wantErr: "--steal and --mirror cannot be combined"},
+		{name: "filter without steal", args: []string{"deploy/api", "--proxy", "--path-filter", "^/api", "--", "./api"}, wantErr: "add one of them"},
+		{name: "bad steal port", args: []string{"deploy/api", "--proxy", "--steal", "80:x", "--", "./api"}, wantErr: `--steal: --port "80:x": LOCAL must be a port number`},
+		{name: "bad filter", args: []string{"deploy/api", "--proxy", "--steal", "80", "--header-filter", "^X-(a", "--", "./api"}, wantErr: `--header-filter "^X-(a" is not a valid regular expression`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, tt.args...)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Join(o.Command, " ") != strings.Join(tt.wantCommand, " ") {
+				t.Errorf("command %q, want %q", o.Command, tt.wantCommand)
+			}
+		})
+	}
+}

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package exec
+
+import (
+	"context"
+	"errors"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+)
+
+func (o *Options) runSandboxed(context.Context, *session.Session) (int, error) {
+	return 0, errors.New("a network namespace for the command needs Linux; use --proxy")
+}
