@@ -41,6 +41,13 @@ type result struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == execClientArg {
+		if err := execClient(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "bench %s: %v\n", execClientArg, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
 		os.Exit(1)
@@ -52,7 +59,7 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal,mirror", "which measurements to run, comma separated: forward, steal, mirror")
+	suites := flag.String("suites", "forward,steal,mirror,exec", "which measurements to run, comma separated: forward, steal, mirror, exec")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
@@ -63,7 +70,7 @@ func run() error {
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal, runMirror := false, false, false
+	runForward, runSteal, runMirror, runExec := false, false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
@@ -72,8 +79,10 @@ func run() error {
 			runSteal = true
 		case "mirror":
 			runMirror = true
+		case "exec":
+			runExec = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec", s)
 		}
 	}
 	if runSteal || runMirror {
@@ -115,6 +124,13 @@ func run() error {
 		t, err := stealSuite(ctx, m, ns, so)
 		if err != nil {
 			return fmt.Errorf("steal: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	if runExec {
+		t, err := execSuite(ctx, m, ns, *size, *requests)
+		if err != nil {
+			return fmt.Errorf("exec: %w", err)
 		}
 		tables = append(tables, t)
 	}

@@ -128,7 +128,7 @@ func TestExecUnprivileged(t *testing.T) {
 	netcheck := buildNetcheck(t)
 	st := newStealTarget(ctx, t, "exec")
 	udpLabels := map[string]string{"app": "udpecho"}
-	createPodReady(ctx, t, st.ns, pfEchoPod(t, "udp", udpLabels, true))
+	udpPod := createPodReady(ctx, t, st.ns, pfEchoPod(t, "udp", udpLabels, true))
 	if _, err := client(t).CoreV1().Services(st.ns).Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "udpecho"},
 		Spec: corev1.ServiceSpec{Selector: udpLabels, Ports: []corev1.ServicePort{{
@@ -141,15 +141,17 @@ func TestExecUnprivileged(t *testing.T) {
 	db := hostServer(t, "host database")
 
 	fqdn := fmt.Sprintf("http://echo.%s.svc.cluster.local/", st.ns)
+	withNS := fmt.Sprintf("http://echo.%s/", st.ns)
 	podIP := "http://" + net.JoinHostPort(st.podIP, "8080") + "/"
 	local := fmt.Sprintf("http://%s:%d/", host, db)
 	want := []*regexp.Regexp{
 		regexp.MustCompile(`^GET ` + regexp.QuoteMeta(fqdn) + ` -> 200 pod=target$`),
 		regexp.MustCompile(`^GET http://echo/ -> 200 pod=target$`),
+		regexp.MustCompile(`^GET ` + regexp.QuoteMeta(withNS) + ` -> 200 pod=target$`),
 		regexp.MustCompile(`^GET ` + regexp.QuoteMeta(podIP) + ` -> 200 pod=target$`),
 		regexp.MustCompile(`^GET ` + regexp.QuoteMeta(local) + ` -> 200 host database$`),
 	}
-	checks := []string{fqdn, "http://echo/", podIP, local}
+	checks := []string{fqdn, "http://echo/", withNS, podIP, local}
 
 	run := func(t *testing.T, name string, wantCode int, args ...string) *pfProc {
 		t.Helper()
@@ -193,9 +195,13 @@ func TestExecUnprivileged(t *testing.T) {
 		run(t, "exec-exit", 7, "pod/target", "--", "sh", "-c", "exit 7")
 	})
 	t.Run("steal", func(t *testing.T) {
+		// The same command reaches another pod through the target while it receives the target's
+		// requests.
+		other := "http://" + net.JoinHostPort(udpPod.Status.PodIP, "8080") + "/"
 		p := pluginStartAs(t, u, "exec-steal", "exec", st.ns, "pod/target", "--steal", "8080:18080", "--",
-			netcheck, "-serve", "127.0.0.1:18080", "-serve-count", "1")
+			netcheck, "-serve", "127.0.0.1:18080", "-serve-count", "1", other)
 		p.waitLine(0, "stderr", stealingRE, 3*time.Minute)
+		p.waitLine(0, "stdout", regexp.MustCompile(`^GET `+regexp.QuoteMeta(other)+` -> 200 pod=udp$`), time.Minute)
 		p.waitLine(0, "stdout", regexp.MustCompile(`^serving on 127\.0\.0\.1:18080$`), time.Minute)
 		resp, err := http.Get(st.svcURL("/stolen"))
 		if err != nil {
