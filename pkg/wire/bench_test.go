@@ -112,3 +112,43 @@ func BenchmarkStreamThroughput(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkStreamRoundTrip is one small request and its answer on an open stream, over loopback TCP:
+// the latency a kept-alive HTTP request through the tunnel pays (the chain's hops not included).
+func BenchmarkStreamRoundTrip(b *testing.B) {
+	cc, sc := tcpPair(b)
+	client, err := Client(cc, DefaultTunnelConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	server, err := Server(sc, DefaultTunnelConfig())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	defer server.Close()
+	go func() {
+		in, err := server.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		st, _ := in.Accept()
+		_, _ = io.Copy(st, st)
+		st.Close()
+	}()
+	st, err := client.Open(context.Background(), dialReq("echo:1", CompressionNone))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	b.ResetTimer()
+	for range b.N {
+		if _, err := st.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

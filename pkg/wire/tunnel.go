@@ -91,7 +91,7 @@ type Session struct {
 
 // Client starts the plugin's end of a tunnel on conn, after ClientPreamble succeeded on it.
 func Client(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
-	m, err := yamux.Client(newCoalescer(conn), cfg.yamux())
+	m, err := yamux.Client(newCoalescer(newBatcher(conn)), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel client: %w", err)
 	}
@@ -100,7 +100,7 @@ func Client(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
 
 // Server starts the agent's end of a tunnel on conn, after ServerPreamble succeeded on it.
 func Server(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
-	m, err := yamux.Server(newCoalescer(conn), cfg.yamux())
+	m, err := yamux.Server(newCoalescer(newBatcher(conn)), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel server: %w", err)
 	}
