@@ -217,6 +217,38 @@ func TestExecUnprivileged(t *testing.T) {
 		}
 		waitAnswer(ctx, t, time.Minute, st.svcURL("/"), "target")
 	})
+	t.Run("no tun", func(t *testing.T) {
+		// Where the user cannot open /dev/net/tun, exec says so in one line, offers --proxy, and
+		// changes nothing in the cluster.
+		before, err := client(t).CoreV1().Pods(st.ns).Get(ctx, "target", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod("/dev/net/tun", 0o600); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = os.Chmod("/dev/net/tun", 0o666) }()
+		p := pluginStartAs(t, u, "exec-no-tun", "exec", st.ns, "pod/target", "--", "true")
+		if err := p.waitExit(time.Minute); err == nil {
+			t.Fatalf("exec without /dev/net/tun succeeded:\n%s", p.output())
+		}
+		var errLines []string
+		for _, l := range p.snapshot() {
+			if l.stream == "stderr" && strings.HasPrefix(l.text, "error: ") {
+				errLines = append(errLines, l.text)
+			}
+		}
+		if len(errLines) != 1 || !strings.Contains(errLines[0], "/dev/net/tun") || !strings.Contains(errLines[0], "--proxy") {
+			t.Errorf("want one error line naming /dev/net/tun and --proxy:\n%s", p.output())
+		}
+		after, err := client(t).CoreV1().Pods(st.ns).Get(ctx, "target", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(after.Spec.EphemeralContainers) != len(before.Spec.EphemeralContainers) {
+			t.Errorf("exec refused but the pod's ephemeral containers went from %d to %d", len(before.Spec.EphemeralContainers), len(after.Spec.EphemeralContainers))
+		}
+	})
 	t.Run("proxy", func(t *testing.T) {
 		p := run(t, "exec-proxy", 0, append([]string{"pod/target", "--proxy", "--local", fmt.Sprintf("%s:%d", host, db), "--", netcheck}, checks...)...)
 		expect(t, p, want...)

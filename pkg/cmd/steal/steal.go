@@ -293,6 +293,9 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 }
 
+// stealEndWait bounds the wait for the agent to confirm that the steal is over.
+const stealEndWait = 3 * time.Second
+
 // LocalDialer connects a stolen connection to the process that answers it, whose address is addr.
 type LocalDialer func(ctx context.Context, addr string, port int) (net.Conn, error)
 
@@ -334,8 +337,19 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial LocalDial
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	go srv.serve(sctx, s.Conn)
-	go srv.printEvents(er)
+	printed := make(chan struct{})
+	go func() {
+		defer close(printed)
+		srv.printEvents(er)
+	}()
 	return func() {
+		// The agent ends the stream once its redirect is gone: waiting for that means that when the
+		// plugin exits, a new connection to the pod reaches the app, not a redirect being torn down.
+		_ = events.CloseWrite()
+		select {
+		case <-printed:
+		case <-time.After(stealEndWait):
+		}
 		cancel()
 		events.Close()
 	}, nil
