@@ -9,9 +9,9 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// preLimit bounds the client bytes kept until the connection's protocol is known; HTTP is known
-// from its first line, and a protocol that says more than this before being recognised is copied
-// only if it turns out not to be HTTP, which it then is.
+// preLimit bounds the client bytes kept until the connection's protocol is known, for the copy of a
+// protocol that turns out not to be HTTP. HTTP is recognised from its first line; a connection whose
+// client says more than this before the decoder decides is not copied (counted as mid-stream).
 const preLimit = 64 << 10
 
 // conn follows one of the pod's connections. Its StreamHandler methods, and the HTTP decoder's
@@ -22,7 +22,7 @@ type conn struct {
 	flow capture.Flow
 	hf   *capture.HTTPFlow
 
-	proto     string // "" until known; protoOpaque for a protocol that is not HTTP
+	proto     string // "" until known, else one of capture's Proto constants
 	sawClient bool   // the client's first byte (or a hole before it) was seen
 	midStream bool   // the capture began after the connection did
 	pre       []byte // client bytes before the protocol was known
@@ -33,8 +33,6 @@ type conn struct {
 	mu      sync.Mutex
 	pending map[uint64]*pair
 }
-
-const protoOpaque = "tcp"
 
 // pair waits for both answers to one request when --diff compares them.
 type pair struct {
@@ -62,7 +60,7 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 	if dir == capture.ClientToServer && !c.sawClient {
 		c.sawClient = true
 	}
-	if c.proto == protoOpaque {
+	if c.proto == capture.ProtoOpaque {
 		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
 			if !c.rep.raw(data) {
 				c.dead = true
@@ -86,7 +84,7 @@ func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
 		// next request, but an opaque or h2c stream cannot be replayed from its middle.
 		c.sawClient, c.midStream = true, true
 	}
-	if c.proto == protoOpaque {
+	if c.proto == capture.ProtoOpaque {
 		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
 			c.dead = true
 			c.rep.abort(&c.m.stats.gap)
@@ -97,7 +95,7 @@ func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
 }
 
 func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
-	if c.proto == protoOpaque {
+	if c.proto == capture.ProtoOpaque {
 		if dir == capture.ClientToServer && c.rep != nil {
 			c.rep.finish()
 		}
@@ -111,16 +109,16 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 
 // protocol is the decoder's verdict on the connection.
 func (c *conn) protocol(_ capture.Flow, proto string) {
-	if proto != "" && proto != protoOpaque {
+	if proto != "" && proto != capture.ProtoOpaque {
 		c.proto = proto
 		c.pre = nil
-		if strings.HasPrefix(proto, "h2") && c.midStream {
+		if proto == capture.ProtoH2C && c.midStream {
 			// HPACK's table is built from the connection's start: the rest cannot be decoded.
 			c.m.stats.midStream.Add(1)
 		}
 		return
 	}
-	c.proto = protoOpaque
+	c.proto = capture.ProtoOpaque
 	pre := c.pre
 	c.pre = nil
 	c.m.stats.requests.Add(1)
@@ -164,7 +162,7 @@ func (c *conn) request(r *capture.Request) {
 	case !c.m.sample():
 		s.sampledOut.Add(1)
 		return
-	case r.Truncated || (r.Raw == nil && !strings.HasPrefix(r.Proto, "h2")):
+	case r.Truncated || (r.Raw == nil && r.Proto != capture.ProtoH2C):
 		s.tooLarge.Add(1)
 		return
 	}

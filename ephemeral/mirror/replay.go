@@ -126,7 +126,7 @@ func (r *replayer) run() {
 		case it.req == nil:
 			opaque = true
 			r.copyRaw(ctx, it.raw)
-		case strings.HasPrefix(it.req.Proto, "h2"):
+		case it.req.Proto == capture.ProtoH2C:
 			r.replayH2(ctx, it.req)
 		default:
 			r.replayH1(ctx, it.req)
@@ -389,6 +389,6 @@ func (r *replayer) endRaw(start time.Time) {
 	r.c.m.stats.answered.Add(1)
 	r.c.m.cfg.Events(wire.MirrorEvent{
 		Kind: wire.EventCopied, Port: int(r.c.flow.Server.Port()), Peer: r.c.flow.Client.String(),
-		Proto: protoOpaque, BytesIn: r.sent, BytesOut: r.got.Load(), Duration: wire.Millis(time.Since(start)),
+		Proto: capture.ProtoOpaque, BytesIn: r.sent, BytesOut: r.got.Load(), Duration: wire.Millis(time.Since(start)),
 	})
 }
