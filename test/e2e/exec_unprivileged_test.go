@@ -273,5 +273,3 @@ func hostServer(t *testing.T, answer string) int {
 	t.Cleanup(func() { srv.Close() })
 	return ln.Addr().(*net.TCPAddr).Port
 }
-
-
