@@ -163,7 +163,7 @@ func (s *MirrorStats) Dropped() int64 {
 // Summary is the one line printed when a mirror ends.
 func (s *MirrorStats) Summary() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d requests seen on %d connections, %d mirrored, %d answered", s.Requests, s.Connections, s.Mirrored, s.Answered)
+	fmt.Fprintf(&b, "%s seen on %s, %d mirrored, %d answered", plural(s.Requests, "request"), plural(s.Connections, "connection"), s.Mirrored, s.Answered)
 	if s.Differ > 0 {
 		fmt.Fprintf(&b, ", %d differed", s.Differ)
 	}
@@ -189,6 +189,13 @@ func (s *MirrorStats) Summary() string {
 		fmt.Fprintf(&b, "; kernel dropped %d of %d packets", s.KernelDropped, s.KernelReceived+s.KernelDropped)
 	}
 	return b.String()
+}
+
+func plural(n int64, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
 
 // MirrorEventWriter sends mirror events as JSON lines.

@@ -217,6 +217,20 @@ func TestExecUnprivileged(t *testing.T) {
 		}
 		waitAnswer(ctx, t, time.Minute, st.svcURL("/"), "target")
 	})
+	t.Run("mirror", func(t *testing.T) {
+		// The pod keeps answering; the command gets a copy of the request.
+		p := pluginStartAs(t, u, "exec-mirror", "exec", st.ns, "pod/target", "--mirror", "8080:18081", "--",
+			netcheck, "-serve", "127.0.0.1:18081", "-serve-count", "1")
+		p.waitLine(0, "stderr", regexp.MustCompile(`mirroring port 8080 -> `), 3*time.Minute)
+		p.waitLine(0, "stdout", regexp.MustCompile(`^serving on 127\.0\.0\.1:18081$`), time.Minute)
+		if r, err := getJSON(ctx, st.svcURL("/mirrored"), nil, nil); err != nil || r.Pod != "target" {
+			t.Fatalf("request through the Service: %+v, %v; want the pod's answer", r, err)
+		}
+		p.waitLine(0, "stdout", regexp.MustCompile(`^served GET /mirrored$`), time.Minute)
+		if err := p.waitExit(time.Minute); err != nil {
+			t.Errorf("exec exited with %v:\n%s", err, p.output())
+		}
+	})
 	t.Run("no tun", func(t *testing.T) {
 		// Where the user cannot open /dev/net/tun, exec says so in one line, offers --proxy, and
 		// changes nothing in the cluster.

@@ -84,7 +84,7 @@ func TestMirrorSniff(t *testing.T) {
 	if err := p.stop(); err != nil {
 		t.Errorf("mirror exited with %v", err)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(`^\d+ requests seen on \d+ connections, [3-9]\d* mirrored, [3-9]\d* answered.*kernel dropped 0 of \d+ packets$`), 10*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(`^\d+ requests? seen on \d+ connections?, [3-9]\d* mirrored, [3-9]\d* answered.*kernel dropped 0 of \d+ packets$`), 10*time.Second)
 }
 
 // TestMirrorToServicePercent: the copy goes to another Service of the cluster, dialed from the pod,
@@ -134,7 +134,7 @@ func TestMirrorToServicePercent(t *testing.T) {
 	if err := p.stop(); err != nil {
 		t.Errorf("mirror exited with %v", err)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(`^\d+ requests seen on \d+ connections, 50 mirrored, 50 answered, 50 differed; not mirrored or unanswered: (\d+ kubelet probes, )?50 sampled out`), 10*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(`^\d+ requests? seen on \d+ connections?, 50 mirrored, 50 answered, 50 differed; not mirrored or unanswered: (\d+ kubelet probes, )?50 sampled out`), 10*time.Second)
 	if n := countCanary(); n != 50 {
 		t.Errorf("%d copies answered by the canary, want 50", n)
 	}
@@ -176,7 +176,7 @@ func TestMirrorRedirectDiff(t *testing.T) {
 	if err := p.stop(); err != nil {
 		t.Errorf("mirror exited with %v", err)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(fmt.Sprintf(`^\d+ requests seen on \d+ connections, %d mirrored, %d answered, 2 differed`, sent, sent)), 10*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(fmt.Sprintf(`^\d+ requests? seen on \d+ connections?, %d mirrored, %d answered, 2 differed`, sent, sent)), 10*time.Second)
 	var lines []string
 	for _, l := range stdoutLines(p) {
 		if l != "" {
