@@ -21,6 +21,7 @@ import (
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
@@ -323,13 +324,10 @@ func (o *Options) Run(ctx context.Context) error {
 // in flight (up to 2 s), and a busy agent is slower still.
 const countsWait = 10 * time.Second
 
-// LocalDialer connects a mirrored connection to the process that receives the copy at addr.
-type LocalDialer func(ctx context.Context, addr string, port int) (net.Conn, error)
-
 // Attach starts the mirror on a session that is up and serves it until the returned stop, which
 // prints the counts, is called. dial reaches the local process; nil dials LOCAL on --local-address.
 // exec uses it to deliver the copies inside its command's namespace.
-func (o *Options) Attach(ctx context.Context, s *session.Session, dial LocalDialer) (stop func(), err error) {
+func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.LocalDialer) (stop func(), err error) {
 	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent

@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -17,8 +17,7 @@ import (
 // request at a time and reads the answers itself, so this side only carries bytes.
 type server struct {
 	locals map[int]string
-	dial   LocalDialer // nil: dialer
-	dialer net.Dialer
+	dial   forward.LocalDialer // nil: TCP to the local address
 }
 
 func (s *server) serve(ctx context.Context, a interface {
@@ -40,30 +39,7 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 		_ = in.Reject(fmt.Errorf("stream %s for port %d: %w", req.Kind, req.Port, wire.ErrUnsupported))
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	var c net.Conn
-	var err error
-	if s.dial != nil {
-		c, err = s.dial(dctx, addr, req.Port)
-	} else {
-		c, err = s.dialer.DialContext(dctx, "tcp", addr)
-	}
-	cancel()
-	if err != nil {
-		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
-		return
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	st, err := in.Accept()
-	if err != nil {
-		c.Close()
-		return
-	}
-	stop := context.AfterFunc(ctx, func() { st.Close(); c.Close() })
-	defer stop()
-	_ = wire.Join(st, c)
+	forward.JoinLocal(ctx, in, addr, s.dial)
 }
 
 // printer writes one line per mirrored request (with --diff, per request that differs).

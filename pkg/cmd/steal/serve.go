@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -21,8 +21,7 @@ type Acceptor interface {
 type server struct {
 	locals map[int]string // pod port -> local address
 	out    *printer
-	dial   LocalDialer // nil: dialer
-	dialer net.Dialer
+	dial   forward.LocalDialer // nil: TCP to the local address
 }
 
 // readReady waits for the agent's first event, which says the redirect is in place.
@@ -60,33 +59,7 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 		_ = in.Reject(fmt.Errorf("port %d is not stolen by this session: %w", req.Port, wire.ErrBadRequest))
 		return
 	}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	var c net.Conn
-	var err error
-	if s.dial != nil {
-		c, err = s.dial(dctx, addr, req.Port)
-	} else {
-		c, err = s.dialer.DialContext(dctx, "tcp", addr)
-	}
-	cancel()
-	if err != nil {
-		_ = in.Reject(fmt.Errorf("local process at %s: %w", addr, err))
-		return
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	st, err := in.Accept()
-	if err != nil {
-		c.Close()
-		return
-	}
-	stop := context.AfterFunc(ctx, func() {
-		st.Close()
-		c.Close()
-	})
-	defer stop()
-	_ = wire.Join(st, c)
+	forward.JoinLocal(ctx, in, addr, s.dial)
 }
 
 func (s *server) printEvents(er *wire.EventReader) {

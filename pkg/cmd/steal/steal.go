@@ -23,6 +23,7 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
@@ -296,13 +297,10 @@ func (o *Options) Run(ctx context.Context) error {
 // stealEndWait bounds the wait for the agent to confirm that the steal is over.
 const stealEndWait = 3 * time.Second
 
-// LocalDialer connects a stolen connection to the process that answers it, whose address is addr.
-type LocalDialer func(ctx context.Context, addr string, port int) (net.Conn, error)
-
 // Attach starts the steal on a session that is up and serves it until the returned stop is called or
 // ctx ends. dial reaches the local process; nil dials LOCAL on --local-address. exec uses it to
 // deliver stolen connections inside its command's namespace.
-func (o *Options) Attach(ctx context.Context, s *session.Session, dial LocalDialer) (stop func(), err error) {
+func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.LocalDialer) (stop func(), err error) {
 	spec := wire.StealSpec{
 		StealProbes:      o.StealProbes,
 		FlushConnections: o.FlushConnections,
