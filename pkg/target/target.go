@@ -43,6 +43,19 @@ type Options struct {
 	AllowHostNetwork bool
 }
 
+// SetResource takes TYPE/NAME from a verb's arguments (already checked to be at most one); given
+// together with --selector it is refused, since the two name the pod in different ways.
+func (o *Options) SetResource(args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if o.Selector != "" {
+		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Selector)
+	}
+	o.Resource = args[0]
+	return nil
+}
+
 // Target is the pod and container an agent will join.
 type Target struct {
 	Pod       *corev1.Pod

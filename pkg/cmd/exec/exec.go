@@ -11,7 +11,6 @@ import (
 	"os"
 	osexec "os/exec"
 	"runtime"
-	"time"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
@@ -142,10 +141,8 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) > 1 {
 		return fmt.Errorf("exec takes one TYPE/NAME, got %q; the command goes after --", args)
 	}
-	if o.Target.Selector == "" && len(args) == 1 {
-		o.Target.Resource = args[0]
-	} else if len(args) == 1 {
-		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
+	if err := o.Target.SetResource(args); err != nil {
+		return err
 	}
 	f, err := egress.NewFilter(o.Local, o.Remote)
 	if err != nil {
@@ -267,38 +264,17 @@ func (o *Options) attach(ctx context.Context, s *session.Session, dial func(ctx 
 	return func() {}, nil
 }
 
-// waitCommand waits for the command; an interrupt gives it 5 s to end on its own (the terminal's
-// Ctrl-C reaches it too), a lost agent ends it at once.
+// waitCommand waits for the command: an interrupt is passed on (a script's SIGTERM to the plugin
+// reaches no one else) with exitcode.Grace to end, a lost agent ends it at once.
 func waitCommand(ctx context.Context, s *session.Session, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
-	type exit struct {
-		code int
-		err  error
-	}
-	exited := make(chan exit, 1)
-	go func() {
-		code, err := wait()
-		exited <- exit{code, err}
-	}()
-	select {
-	case e := <-exited:
-		return e.code, e.err
-	case <-ctx.Done():
-		signal(os.Interrupt)
-		select {
-		case e := <-exited:
-			return e.code, e.err
-		case <-time.After(5 * time.Second):
-			kill()
-			e := <-exited
-			return e.code, e.err
-		}
-	case <-s.Conn.Done():
-		kill()
-		if e := <-exited; e.err != nil {
-			klog.V(2).InfoS("command stopped after the agent was lost", "err", e.err)
+	code, lost, err := exitcode.Wait(ctx, s.Conn.Done(), wait, func() { signal(os.Interrupt) }, kill)
+	if lost {
+		if err != nil {
+			klog.V(2).InfoS("command stopped after the agent was lost", "err", err)
 		}
 		return 0, fmt.Errorf("lost the agent: %w", s.Conn.Err())
 	}
+	return code, err
 }
 
 // exitCode is an exec.Cmd's exit as a shell reports it.

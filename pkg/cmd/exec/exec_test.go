@@ -31,6 +31,8 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "mirror", args: []string{"deploy/api", "--proxy", "--mirror", "8080:9090", "--", "./api"}, wantCommand: []string{"./api"}},
 		{name: "no command", args: []string{"deploy/api", "--proxy"}, wantErr: "a command is required after --"},
 		{name: "no target", args: []string{"--proxy", "--", "./api"}, wantErr: "TYPE/NAME or -l selector is required"},
+		{name: "name and selector", args: []string{"deploy/api", "-l", "app=api", "--proxy", "--", "./api"}, wantErr: `give TYPE/NAME "deploy/api" or --selector "app=api", not both`},
+		{name: "selector", args: []string{"-l", "app=api", "--proxy", "--", "./api"}, wantCommand: []string{"./api"}},
 		{name: "local and remote", args: []string{"deploy/api", "--proxy", "--local", "db", "--remote", "redis", "--", "./api"}, wantErr: "--local"},
 		{name: "bad local port", args: []string{"deploy/api", "--proxy", "--local", "db:99999", "--", "./api"}, wantErr: `invalid --local "db:99999": port must be 1-65535`},
 		{name: "steal and mirror", args: []string{"deploy/api", "--proxy", "--steal", "80", "--mirror", "81", "--", "./api"}, wantErr: "--steal and --mirror cannot be combined"},

@@ -142,10 +142,8 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) > 1 {
 		return fmt.Errorf("mirror takes one TYPE/NAME, got %q; ports go in --port", args)
 	}
-	if o.Target.Selector == "" && len(args) == 1 {
-		o.Target.Resource = args[0]
-	} else if len(args) == 1 {
-		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
+	if err := o.Target.SetResource(args); err != nil {
+		return err
 	}
 	if err := o.CompletePorts(); err != nil {
 		return err

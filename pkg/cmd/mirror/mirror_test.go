@@ -51,6 +51,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "bad regex", args: []string{"pod/web", "-p", "8080", "--header-filter", "^X-(a"}, wantErr: `--header-filter "^X-(a" is not a valid regular expression`},
 		{name: "net raw with redirect", args: []string{"pod/web", "-p", "8080", "--mode", "redirect", "--add-net-raw"}, wantErr: `--add-net-raw is for --mode sniff`},
 		{name: "no port", args: []string{"pod/web"}, wantErr: "--port is required"},
+		{name: "name and selector", args: []string{"pod/web", "-l", "app=web", "-p", "8080"}, wantErr: `give TYPE/NAME "pod/web" or --selector "app=web", not both`},
 		{name: "bad output", args: []string{"pod/web", "-p", "8080", "-o", "yaml"}, wantErr: `--output must be json or empty, not "yaml"`},
 	}
 	for _, tt := range tests {

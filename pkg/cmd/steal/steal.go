@@ -140,10 +140,8 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	if len(args) > 1 {
 		return fmt.Errorf("steal takes one TYPE/NAME, got %q; ports go in --port, a command after --", args)
 	}
-	if o.Target.Selector == "" && len(args) == 1 {
-		o.Target.Resource = args[0]
-	} else if len(args) == 1 {
-		return fmt.Errorf("give TYPE/NAME %q or --selector %q, not both", args[0], o.Target.Selector)
+	if err := o.Target.SetResource(args); err != nil {
+		return err
 	}
 	if err := o.CompletePorts(); err != nil {
 		return err
@@ -270,28 +268,19 @@ func (o *Options) Run(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %q: %w", o.Command[0], err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case err := <-exited:
-		return exitError(o.Command[0], err)
-	case <-ctx.Done():
-		// The command got the same signal from the terminal; give it a moment to finish on its own.
-		select {
-		case err := <-exited:
-			return exitError(o.Command[0], err)
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			return exitError(o.Command[0], <-exited)
-		}
-	case <-s.Conn.Done():
-		_ = cmd.Process.Kill()
+	// The exit error is kept whole: exitError turns it into the plugin's.
+	var waitErr error
+	_, lost, _ := exitcode.Wait(ctx, s.Conn.Done(),
+		func() (int, error) { waitErr = cmd.Wait(); return 0, nil },
+		nil, func() { _ = cmd.Process.Kill() })
+	if lost {
 		// The command's exit is our doing; the lost agent is what the user needs to hear.
-		if err := <-exited; err != nil {
-			klog.V(2).InfoS("command stopped after the agent was lost", "command", o.Command[0], "err", err)
+		if waitErr != nil {
+			klog.V(2).InfoS("command stopped after the agent was lost", "command", o.Command[0], "err", waitErr)
 		}
 		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
 	}
+	return exitError(o.Command[0], waitErr)
 }
 
 // stealEndWait bounds the wait for the agent to confirm that the steal is over.
