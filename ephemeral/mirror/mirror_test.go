@@ -307,3 +307,49 @@ func TestMirrorRefused(t *testing.T) {
 		t.Errorf("%d dials, want one", len(d.opens))
 	}
 }
+
+// gatedDialer holds every copy's connection until the gate opens, as a destination slow to accept.
+type gatedDialer struct {
+	dialer
+	gate chan struct{}
+}
+
+func (d *gatedDialer) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
+	select {
+	case <-d.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return d.dialer.OpenIncoming(ctx, req)
+}
+
+// TestMirrorBurstWaitsForASlowCopy: a keep-alive connection's burst (200 requests, as one client of
+// a 5,000 requests/s load sends in a stall) waits in its queue while the copy's destination is slow,
+// and every request is still copied, in order.
+func TestMirrorBurstWaitsForASlowCopy(t *testing.T) {
+	local := newLocalServer(t, "")
+	d := &gatedDialer{dialer: dialer{addr: local.srv.Listener.Addr().String()}, gate: make(chan struct{})}
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	now := time.Now()
+	var want []string
+	for i := range 200 {
+		path := fmt.Sprintf("/%d", i)
+		want = append(want, "GET "+path+" ")
+		h.Data(capture.ClientToServer, []byte(request("GET", path, "")), now)
+		h.Data(capture.ServerToClient, []byte(response("x")), now)
+	}
+	close(d.gate)
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+	m.Drain(20 * time.Second)
+	if s := m.Stats(); s.Mirrored != 200 || s.DroppedSlow != 0 {
+		t.Errorf("stats %+v, want 200 mirrored and none too slow", s)
+	}
+	if diff := cmp.Diff(want, local.requests()); diff != "" {
+		t.Errorf("local server (-want +got):\n%s", diff)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -154,6 +155,11 @@ func startMirror(ctx context.Context, ns string, local int, mode string, r *mirr
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
+			// One line per copy: decoding each would make the harness a load of its own on the
+			// machine it measures. Only the last line, the counts, is needed.
+			if !bytes.Contains(sc.Bytes(), []byte(`"kind":"stats"`)) {
+				continue
+			}
 			var ev wire.MirrorEvent
 			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == wire.EventStats {
 				mu.Lock()

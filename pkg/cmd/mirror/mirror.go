@@ -396,9 +396,12 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 				if o.Output == "json" {
 					p.print(wire.MirrorEvent{Kind: wire.EventStats, Stats: sum})
 				}
+				p.flush()
 				fmt.Fprintln(o.ErrOut, sum.Summary())
 			}
+			p.flush()
 		case <-time.After(countsWait):
+			p.flush()
 			fmt.Fprintf(o.ErrOut, "warning: the agent did not send the mirror's counts in %s\n", countsWait)
 		}
 	}, nil

@@ -2,8 +2,11 @@ package mirror
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
@@ -105,5 +108,50 @@ func TestResolveTo(t *testing.T) {
 		if err != nil || got != tt.want {
 			t.Errorf("%s: %q, %v; want %q", tt.to, got, err, tt.want)
 		}
+	}
+}
+
+// countingWriter counts the writes that reach it.
+type countingWriter struct {
+	mu     sync.Mutex
+	writes int
+	buf    strings.Builder
+}
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes++
+	return w.buf.Write(p)
+}
+
+func (w *countingWriter) state() (int, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes, w.buf.String()
+}
+
+// TestPrinterBatchesLines: a burst of lines reaches the output in one write, without a flush from
+// the caller, and every line is there.
+func TestPrinterBatchesLines(t *testing.T) {
+	w := &countingWriter{}
+	p := newPrinter(w, true, false)
+	for i := range 100 {
+		p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, out := w.state()
+		if lines := strings.Count(out, "\n"); lines == 100 {
+			// One write when the burst fits in printFlush; a slow machine may split it, never by line.
+			if n > 10 {
+				t.Errorf("100 lines took %d writes, want them batched", n)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s the output has %d lines, want 100", strings.Count(out, "\n"))
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

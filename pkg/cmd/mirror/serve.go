@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,21 +43,43 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 	forward.JoinLocal(ctx, in, addr, s.dial)
 }
 
+// printFlush is how long a printed line may wait for others to share a write. At thousands of
+// copies a second, a write per line is a system call here and a wake-up of whatever reads the
+// output (a terminal, jq) per request; nobody watching can tell 20 ms.
+const printFlush = 20 * time.Millisecond
+
 // printer writes one line per mirrored request (with --diff, per request that differs).
 type printer struct {
 	mu       sync.Mutex
-	out      io.Writer
+	out      *bufio.Writer
+	timer    *time.Timer
+	armed    bool
 	json     bool
 	diffOnly bool
 }
 
 func newPrinter(out io.Writer, asJSON, diffOnly bool) *printer {
-	return &printer{out: out, json: asJSON, diffOnly: diffOnly}
+	p := &printer{out: bufio.NewWriterSize(out, 64<<10), json: asJSON, diffOnly: diffOnly}
+	p.timer = time.AfterFunc(time.Hour, p.flush)
+	p.timer.Stop()
+	return p
+}
+
+// flush writes what is buffered; the mirror's end calls it before its summary.
+func (p *printer) flush() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.armed = false
+	_ = p.out.Flush()
 }
 
 func (p *printer) print(ev wire.MirrorEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if !p.armed {
+		p.armed = true
+		p.timer.Reset(printFlush)
+	}
 	if p.json {
 		_ = json.NewEncoder(p.out).Encode(ev)
 		return
