@@ -88,10 +88,22 @@ type codecs struct {
 	zdec     *zstd.Decoder
 	zerr     error
 	bufs     sync.Pool // *[]byte of cap maxEncodedBlock
+	small    sync.Pool // *[]byte of cap smallBuf
+}
+
+// smallBuf is the buffer a small write is encoded in. Most writes on a mirror's copy or an HTTP
+// exchange are a few hundred bytes; lending each a buffer sized for a 64 KiB block made the agent
+// allocate ~76 KiB per write whenever a GC had emptied the pool, and at 5,000 copies a second
+// that allocation, and the GC it drove, was a tenth of the agent's CPU (perf, redirect mode).
+const smallBuf = 4 << 10
+
+// encodedLen bounds the framed block for n bytes of data, in any codec.
+func encodedLen(n int) int {
+	return blockCompHeaderSize + max(s2.MaxEncodedLen(n), n+n/8+64)
 }
 
 func maxEncodedBlock() int {
-	return blockCompHeaderSize + max(s2.MaxEncodedLen(MaxBlockSize), MaxBlockSize+MaxBlockSize/8+64)
+	return encodedLen(MaxBlockSize)
 }
 
 func newCodecs() *codecs {
@@ -100,11 +112,31 @@ func newCodecs() *codecs {
 		b := make([]byte, maxEncodedBlock())
 		return &b
 	}
+	c.small.New = func() any {
+		b := make([]byte, smallBuf)
+		return &b
+	}
 	return c
 }
 
-func (c *codecs) getBuf() *[]byte  { return c.bufs.Get().(*[]byte) }
-func (c *codecs) putBuf(b *[]byte) { c.bufs.Put(b) }
+// getBuf lends a buffer of cap maxEncodedBlock.
+func (c *codecs) getBuf() *[]byte { return c.bufs.Get().(*[]byte) }
+
+// getBufFor lends a buffer that holds n bytes of data encoded, small when that is enough.
+func (c *codecs) getBufFor(n int) *[]byte {
+	if encodedLen(n) <= smallBuf {
+		return c.small.Get().(*[]byte)
+	}
+	return c.bufs.Get().(*[]byte)
+}
+
+func (c *codecs) putBuf(b *[]byte) {
+	if cap(*b) == smallBuf {
+		c.small.Put(b)
+		return
+	}
+	c.bufs.Put(b)
+}
 
 func (c *codecs) zstd() (*zstd.Encoder, *zstd.Decoder, error) {
 	c.zstdOnce.Do(func() {
@@ -142,7 +174,7 @@ func (c *codecs) close() {
 	}
 }
 
-// encodeBlock writes one framed block for src into dst (cap >= maxEncodedBlock()) and returns it.
+// encodeBlock writes one framed block for src into dst (cap >= encodedLen(len(src))) and returns it.
 // It falls back to a raw block when the codec does not save at least 1/8.
 func (c *codecs) encodeBlock(dst []byte, codec Compression, src []byte) ([]byte, bool, error) {
 	if codec != CompressionNone && len(src) >= minCompressSize {

@@ -286,7 +286,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 	if err := s.flushPending(); err != nil {
 		return 0, err
 	}
-	buf := s.codecs.getBuf()
+	buf := s.codecs.getBufFor(min(len(p), MaxBlockSize))
 	defer s.codecs.putBuf(buf)
 	written := 0
 	for len(p) > 0 {

@@ -144,3 +144,44 @@ func TestStreamCorruption(t *testing.T) {
 
 // Stream is what the plugin's forwarders and the agent's dialer hand around as a HalfCloser.
 var _ HalfCloser = (*Stream)(nil)
+
+// TestStreamSmallWritesUseSmallBuffers: a write of a few hundred bytes borrows a small buffer, not
+// one sized for a 64 KiB block; sizes at the small buffer's edge still round-trip in every codec.
+func TestStreamSmallWritesUseSmallBuffers(t *testing.T) {
+	c := newCodecs()
+	for _, tt := range []struct {
+		n       int
+		wantCap int
+	}{
+		{0, smallBuf}, {300, smallBuf}, {3000, smallBuf}, {smallBuf, maxEncodedBlock()}, {MaxBlockSize, maxEncodedBlock()},
+	} {
+		b := c.getBufFor(tt.n)
+		if cap(*b) != tt.wantCap || encodedLen(tt.n) > cap(*b) {
+			t.Errorf("getBufFor(%d): cap %d, want %d (encoded at most %d)", tt.n, cap(*b), tt.wantCap, encodedLen(tt.n))
+		}
+		c.putBuf(b)
+	}
+	edge := 0
+	for n := 1; encodedLen(n) <= smallBuf; n++ {
+		edge = n
+	}
+	for _, codec := range []Compression{CompressionNone, CompressionS2, CompressionZstd} {
+		for _, n := range []int{edge - 1, edge, edge + 1} {
+			for name, p := range map[string][]byte{"random": randomBytes(7, n), "json": jsonBytes(7, n)} {
+				a, b := net.Pipe()
+				w, _ := Wrap(a, codec)
+				r, _ := Wrap(b, CompressionNone)
+				go func() {
+					_, _ = w.Write(p)
+					_ = w.CloseWrite()
+				}()
+				got, err := io.ReadAll(r)
+				if err != nil || !bytes.Equal(got, p) {
+					t.Errorf("%s %s %d bytes: got %d bytes, err %v", codec, name, n, len(got), err)
+				}
+				w.Close()
+				r.Close()
+			}
+		}
+	}
+}
