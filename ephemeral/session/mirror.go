@@ -25,6 +25,10 @@ import (
 // one tunnel write per event would cost more than the mirror itself.
 const eventFlush = 50 * time.Millisecond
 
+// countsEvery is how often the counts so far go to the plugin, which reports the last of them when
+// the final counts are late.
+const countsEvery = time.Second
+
 // serveMirror runs the mirror the plugin asked for while its stream lives: events go on the stream as
 // JSON lines, and the counts are the last one. The stream is accepted only once the capture or the
 // redirect is in place, so "mirroring" is true when the plugin prints it.
@@ -103,6 +107,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		defer wg.Done()
 		t := time.NewTicker(eventFlush)
 		defer t.Stop()
+		lastCounts := time.Now()
 		for {
 			select {
 			case e, ok := <-events:
@@ -112,7 +117,13 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 				if werr == nil {
 					werr = w.Write(e)
 				}
-			case <-t.C:
+			case now := <-t.C:
+				if werr == nil && now.Sub(lastCounts) >= countsEvery {
+					lastCounts = now
+					stats := m.Stats()
+					stats.EventsDropped, stats.Partial = dropped.Load(), true
+					werr = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats})
+				}
 				if werr == nil {
 					werr = bw.Flush()
 				}

@@ -108,6 +108,9 @@ func mirrorLoad(ctx context.Context, m *machine, ns, podURL string, local *local
 			// A mirror that could not keep up may miss its counts: that is a result, not a failure.
 			r.notes = append(r.notes, err.Error())
 		}
+		if r.stats != nil && r.stats.Partial {
+			r.notes = append(r.notes, "(the final counts were late: these are the agent's last report, up to a second before the end)")
+		}
 	}
 	r.served = local.served.Load() - before
 	fmt.Fprintf(os.Stderr, "  mirror %q: %s; local server got %d\n", mode, r.report, r.served)

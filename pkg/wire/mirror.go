@@ -153,6 +153,9 @@ type MirrorStats struct {
 	EventsDropped int64 `json:"eventsDropped,omitempty"`
 	// AgentMaxRSS is the agent session's peak resident memory, in bytes.
 	AgentMaxRSS int64 `json:"agentMaxRss,omitempty"`
+	// Partial marks counts sent while the mirror runs (once a second), not at its end: what the
+	// plugin reports if the final counts are late, as they are on a node too busy to end promptly.
+	Partial bool `json:"partial,omitempty"`
 }
 
 // Dropped sums the copies not made, whatever the cause.

@@ -131,6 +131,21 @@ func TestMirrorToServicePercent(t *testing.T) {
 		n := countCanary()
 		return n == 50, fmt.Sprintf("%d so far", n)
 	})
+	// With -o json the agent's counts so far arrive every second, before any interrupt.
+	eventually(ctx, t, 10*time.Second, "partial counts of 50 mirrored", func(context.Context) (bool, string) {
+		last := "none"
+		for _, line := range stdoutLines(p) {
+			var ev wire.MirrorEvent
+			if json.Unmarshal([]byte(line), &ev) != nil || ev.Kind != wire.EventStats || ev.Stats == nil || !ev.Stats.Partial {
+				continue
+			}
+			if ev.Stats.Mirrored == 50 && ev.Stats.SampledOut == 50 {
+				return true, ""
+			}
+			last = line
+		}
+		return false, "last: " + last
+	})
 	if err := p.stop(); err != nil {
 		t.Errorf("mirror exited with %v", err)
 	}

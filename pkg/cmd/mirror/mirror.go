@@ -131,7 +131,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.IntVar(&o.Percent, "percent", o.Percent, "Share of the selected requests to copy, 1-100, spread evenly.")
 	f.BoolVar(&o.Diff, "diff", false, "Compare each copy's response with the pod's (status, --diff-header headers, gRPC status, body) and print only the requests whose responses differ.")
 	f.StringSliceVar(&o.DiffHeaders, "diff-header", []string{"Content-Type"}, "Response headers --diff compares (comma separated).")
-	f.StringVarP(&o.Output, "output", "o", "", "Output format for the per-request lines: json, or empty for text.")
+	f.StringVarP(&o.Output, "output", "o", "", "Output format for the per-request lines: json (with the counts so far every second, and the final counts last), or empty for text.")
 	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "Add NET_RAW to the agent instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
 	o.Session.AddFlags(f)
 	return cmd
@@ -370,17 +370,21 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 	srv := &server{locals: locals, dial: dial}
 	go srv.serve(sctx, s.Conn)
 	p := newPrinter(o.Out, o.Output == "json", o.Diff)
-	stats := make(chan *wire.MirrorStats, 1)
+	cnt := newCounts()
 	go func() {
+		defer cnt.end()
 		er := wire.NewMirrorEventReader(st)
 		for {
 			ev, err := er.Read()
 			if err != nil {
-				close(stats)
 				return
 			}
 			if ev.Kind == wire.EventStats {
-				stats <- ev.Stats
+				cnt.add(ev.Stats)
+				// A JSON consumer also gets the counts so far, every second; people get the summary.
+				if ev.Stats != nil && ev.Stats.Partial && o.Output == "json" {
+					p.print(ev)
+				}
 				continue
 			}
 			p.print(ev)
@@ -390,19 +394,19 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 		defer cancel()
 		_ = st.CloseWrite()
 		defer st.Close()
-		select {
-		case sum, ok := <-stats:
-			if ok && sum != nil {
-				if o.Output == "json" {
-					p.print(wire.MirrorEvent{Kind: wire.EventStats, Stats: sum})
-				}
-				p.flush()
-				fmt.Fprintln(o.ErrOut, sum.Summary())
-			}
-			p.flush()
-		case <-time.After(countsWait):
-			p.flush()
-			fmt.Fprintf(o.ErrOut, "warning: the agent did not send the mirror's counts in %s\n", countsWait)
+		sum := cnt.wait(countsWait)
+		if sum != nil && !sum.Partial && o.Output == "json" {
+			p.print(wire.MirrorEvent{Kind: wire.EventStats, Stats: sum})
+		}
+		p.flush()
+		switch {
+		case sum == nil:
+			fmt.Fprintf(o.ErrOut, "warning: the agent sent no counts for the mirror in %s\n", countsWait)
+		case sum.Partial:
+			fmt.Fprintf(o.ErrOut, "warning: the mirror's final counts did not come in %s (the node is busy); these are from the agent's last report\n", countsWait)
+			fmt.Fprintln(o.ErrOut, sum.Summary())
+		default:
+			fmt.Fprintln(o.ErrOut, sum.Summary())
 		}
 	}, nil
 }

@@ -155,3 +155,36 @@ func TestPrinterBatchesLines(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestCountsFallBackToTheLastReport: the final counts win when they come; when they are late, or
+// the events end without them, the agent's last partial report is what the user gets.
+func TestCountsFallBackToTheLastReport(t *testing.T) {
+	partial := &wire.MirrorStats{Requests: 10, Partial: true}
+	later := &wire.MirrorStats{Requests: 20, Partial: true}
+	final := &wire.MirrorStats{Requests: 25}
+	tests := []struct {
+		name  string
+		feed  []*wire.MirrorStats
+		ended bool
+		want  *wire.MirrorStats
+	}{
+		{"final counts", []*wire.MirrorStats{partial, later, final}, true, final},
+		{"final counts late", []*wire.MirrorStats{partial, later}, false, later},
+		{"events ended without final counts", []*wire.MirrorStats{partial}, true, partial},
+		{"no counts at all", nil, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCounts()
+			for _, s := range tt.feed {
+				c.add(s)
+			}
+			if tt.ended {
+				c.end()
+			}
+			if got := c.wait(50 * time.Millisecond); got != tt.want {
+				t.Errorf("wait = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

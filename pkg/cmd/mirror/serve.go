@@ -43,6 +43,53 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 	forward.JoinLocal(ctx, in, addr, s.dial)
 }
 
+// counts keeps what the agent counted: the final counts once they come, and meanwhile the latest
+// partial ones, which it sends every second.
+type counts struct {
+	mu    sync.Mutex
+	last  *wire.MirrorStats
+	final chan *wire.MirrorStats // gets the final counts; closed when the events end
+}
+
+func newCounts() *counts { return &counts{final: make(chan *wire.MirrorStats, 1)} }
+
+// add takes one counts event; only the event reader calls it.
+func (c *counts) add(s *wire.MirrorStats) {
+	if s == nil {
+		return
+	}
+	if s.Partial {
+		c.mu.Lock()
+		c.last = s
+		c.mu.Unlock()
+		return
+	}
+	select {
+	case c.final <- s:
+	default:
+	}
+}
+
+// end says no more events will come; only the event reader calls it, after its last add.
+func (c *counts) end() { close(c.final) }
+
+// wait returns the final counts, or else, once they cannot come or d has passed, the latest
+// partial ones; nil when the agent sent none.
+func (c *counts) wait(d time.Duration) *wire.MirrorStats {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case s, ok := <-c.final:
+		if ok {
+			return s
+		}
+	case <-t.C:
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.last
+}
+
 // printFlush is how long a printed line may wait for others to share a write. At thousands of
 // copies a second, a write per line is a system call here and a wake-up of whatever reads the
 // output (a terminal, jq) per request; nobody watching can tell 20 ms.
