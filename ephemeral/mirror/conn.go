@@ -24,6 +24,7 @@ type conn struct {
 
 	proto     string // "" until known, else one of capture's Proto constants
 	sawClient bool   // the client's first byte (or a hole before it) was seen
+	clientEnd bool   // the client's direction has ended
 	midStream bool   // the capture began after the connection did
 	pre       []byte // client bytes before the protocol was known
 	preLost   bool
@@ -102,7 +103,12 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 		return
 	}
 	c.hf.End(dir, why, t)
-	if dir == capture.ClientToServer && c.rep != nil {
+	// The server's end can complete a request the client's end left pending, and start the
+	// replayer then: finish it on whichever end comes last.
+	if dir == capture.ClientToServer {
+		c.clientEnd = true
+	}
+	if c.clientEnd && c.rep != nil {
 		c.rep.finish()
 	}
 }

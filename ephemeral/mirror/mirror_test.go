@@ -353,3 +353,30 @@ func TestMirrorBurstWaitsForASlowCopy(t *testing.T) {
 		t.Errorf("local server (-want +got):\n%s", diff)
 	}
 }
+
+// TestMirrorCloseWithAConnectionThatNeverEnds: the capture can stop before a connection's end is
+// seen; closing the mirror must not wait for that end.
+func TestMirrorCloseWithAConnectionThatNeverEnds(t *testing.T) {
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	now := time.Now()
+	h.Data(capture.ClientToServer, []byte(request("GET", "/open", "")), now)
+	h.Data(capture.ServerToClient, []byte(response("x")), now)
+	closed := make(chan struct{})
+	go func() {
+		m.Drain(100 * time.Millisecond)
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain did not return within 10s of a 100ms drain")
+	}
+	if s := m.Stats(); s.Mirrored != 1 {
+		t.Errorf("stats %+v, want the one request mirrored", s)
+	}
+}

@@ -117,7 +117,18 @@ func (r *replayer) run() {
 	defer stop()
 	opaque := false
 	start := time.Now()
-	for it := range r.q {
+	for {
+		var it item
+		var ok bool
+		// Once the mirror is closed, a connection whose end was never seen (the capture stopped
+		// first) must not hold Close: its queue may never be closed.
+		select {
+		case it, ok = <-r.q:
+		case <-ctx.Done():
+		}
+		if !ok {
+			break
+		}
 		r.c.m.release(it.size)
 		if ctx.Err() != nil {
 			continue
