@@ -30,7 +30,7 @@ const eventFlush = 50 * time.Millisecond
 const countsEvery = time.Second
 
 // serveMirror runs the mirror the plugin asked for while its stream lives: events go on the stream as
-// JSON lines, and the counts are the last one. The stream is accepted only once the capture or the
+// JSON lines, with the counts so far every second and the final counts last. The stream is accepted only once the capture or the
 // redirect is in place, so "mirroring" is true when the plugin prints it.
 func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	spec := *in.Request().Mirror
@@ -98,6 +98,11 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		s.log.Warn("mirror keeps the agent's priority", "err", err)
 	}
 	s.log.Info("mirroring", "ports", spec.Ports, "mode", spec.Mode, "to", spec.To)
+	counts := func(partial bool) wire.MirrorStats {
+		st := m.Stats()
+		st.EventsDropped, st.Partial = dropped.Load(), partial
+		return st
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	var werr error
@@ -120,9 +125,8 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			case now := <-t.C:
 				if werr == nil && now.Sub(lastCounts) >= countsEvery {
 					lastCounts = now
-					stats := m.Stats()
-					stats.EventsDropped, stats.Partial = dropped.Load(), true
-					werr = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats})
+					sofar := counts(true)
+					werr = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &sofar})
 				}
 				if werr == nil {
 					werr = bw.Flush()
@@ -135,8 +139,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	m.Drain(2 * time.Second)
 	close(events)
 	wg.Wait()
-	stats := m.Stats()
-	stats.EventsDropped = dropped.Load()
+	stats := counts(false)
 	s.log.Info("mirror ended", "stats", stats, "err", err)
 	if werr == nil {
 		_ = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats})
