@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -45,19 +44,15 @@ type mirrorRun struct {
 // mirrorSuite offers the same fixed rate to the pod three times: alone, mirrored by sniffing, and
 // mirrored through the redirect; the copies go to a local server that counts them.
 func mirrorSuite(ctx context.Context, m *machine, ns string, so stealOptions, o mirrorOptions) (string, error) {
-	ip, err := kubectlOutput(ctx, "-n", ns, "get", "pod", "echo", "-o", "jsonpath={.status.podIP}")
+	podURL, err := echoPodURL(ctx, ns)
 	if err != nil {
 		return "", err
 	}
-	podURL := "http://" + net.JoinHostPort(strings.TrimSpace(ip), "8080")
 	local, err := startLocal()
 	if err != nil {
 		return "", err
 	}
 	defer local.srv.Close()
-	if err := waitAnswer(ctx, podURL+"/healthz", nil, false, nil); err != nil {
-		return "", fmt.Errorf("the host does not reach the pod IP: %w", err)
-	}
 	var runs []*mirrorRun
 	for _, mode := range []string{"", wire.MirrorSniff, wire.MirrorRedirect} {
 		r, err := mirrorLoad(ctx, m, ns, podURL, local, so, o, mode)

@@ -278,19 +278,15 @@ type pathLatency struct {
 // never matches, so every request goes through the agent's HTTP engine to the app; then the highest
 // rate each path sustains.
 func stealSuite(ctx context.Context, m *machine, ns string, o stealOptions) (string, error) {
-	ip, err := kubectlOutput(ctx, "-n", ns, "get", "pod", "echo", "-o", "jsonpath={.status.podIP}")
+	podURL, err := echoPodURL(ctx, ns)
 	if err != nil {
 		return "", err
 	}
-	podURL := "http://" + net.JoinHostPort(strings.TrimSpace(ip), "8080")
 	local, err := startLocal()
 	if err != nil {
 		return "", err
 	}
 	defer local.srv.Close()
-	if err := waitAnswer(ctx, podURL+"/healthz", nil, false, nil); err != nil {
-		return "", fmt.Errorf("the host does not reach the pod IP: %w", err)
-	}
 
 	lat, notes, err := stealLatency(ctx, m, ns, podURL, local, o)
 	if err != nil {
@@ -603,3 +599,16 @@ func disturbed(u cpuUse) string {
 }
 
 func msf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// echoPodURL is the echo pod's address as the host reaches it directly, once it answers there.
+func echoPodURL(ctx context.Context, ns string) (string, error) {
+	ip, err := kubectlOutput(ctx, "-n", ns, "get", "pod", "echo", "-o", "jsonpath={.status.podIP}")
+	if err != nil {
+		return "", err
+	}
+	podURL := "http://" + net.JoinHostPort(strings.TrimSpace(ip), "8080")
+	if err := waitAnswer(ctx, podURL+"/healthz", nil, false, nil); err != nil {
+		return "", fmt.Errorf("the host does not reach the pod IP: %w", err)
+	}
+	return podURL, nil
+}
