@@ -73,7 +73,7 @@ func DialPortForward(ctx context.Context, config *rest.Config, client rest.Inter
 
 func dialPortForward(config *rest.Config, u *url.URL, p Protocol) (httpstream.Connection, Protocol, error) {
 	dialSPDY := func() (httpstream.Connection, Protocol, error) {
-		rt, upgrader, err := spdy.RoundTripperFor(config)
+		rt, upgrader, err := spdyRoundTripperFor(config)
 		if err != nil {
 			return nil, "", fmt.Errorf("creating spdy round tripper: %w", err)
 		}
