@@ -94,6 +94,8 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, stream)
 		cancel()
 	}()
+	s.setWriteInterval(wire.MirrorWriteInterval)
+	defer s.setWriteInterval(0)
 	if err := lowerPriority(); err != nil {
 		s.log.Warn("mirror keeps the agent's priority", "err", err)
 	}
@@ -174,7 +176,9 @@ func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Co
 
 // mirrorNice is the scheduling priority of a session that mirrors: a copy is best effort, and on a
 // busy node the pod's app must win the CPU, not the agent reassembling its traffic. Raising one's
-// own nice value needs no privilege.
+// own nice value needs no privilege. It orders the agent's threads against other processes of the
+// agent's container only: the kernel weighs the agent's container against the app's by their
+// cgroups, not by nice (SCHED_IDLE, which also yields to the app's wake-ups, measured no better).
 const mirrorNice = 10
 
 // lowerPriority renices every thread of the agent's session process; threads started later inherit

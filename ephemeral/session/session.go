@@ -202,6 +202,15 @@ func (s *server) track(t *wire.Session) bool {
 	return true
 }
 
+// setWriteInterval spaces the writes of every tunnel of the session (wire.Session.SetWriteInterval).
+func (s *server) setWriteInterval(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for t := range s.sessions {
+		t.SetWriteInterval(d)
+	}
+}
+
 func (s *server) untrack(t *wire.Session) {
 	s.mu.Lock()
 	delete(s.sessions, t)

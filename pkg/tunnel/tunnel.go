@@ -218,6 +218,13 @@ func (c *Conn) Err() error {
 	}
 }
 
+// SetWriteInterval spaces the writes of every data connection (wire.Session.SetWriteInterval).
+func (c *Conn) SetWriteInterval(d time.Duration) {
+	for _, t := range c.tunnels {
+		t.SetWriteInterval(d)
+	}
+}
+
 // Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline,
 // and waits (bounded) for the agent's session process to exit.
 func (c *Conn) Close() error {

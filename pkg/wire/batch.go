@@ -3,6 +3,7 @@ package wire
 import (
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,8 +16,15 @@ const maxBatch = 1 << 20
 // message every hop handles), the frames that arrive meanwhile are joined into the next write. Idle,
 // a frame leaves at once; under load, many small frames (a mirror's requests, a busy port-forward)
 // cross the chain as a few large ones. Without it the chain's per-message cost bounded the rate.
+//
+// Group commit alone does not batch when writes return at once, as they do into a socket: a
+// mirror's answers, one per copied request, then crossed the chain one write each. interval spaces
+// the writes out instead: a write waits until interval has passed since the one before, and what
+// arrives meanwhile joins it. A frame after a quiet interval still leaves at once.
 type batcher struct {
-	conn io.ReadWriteCloser
+	conn     io.ReadWriteCloser
+	interval atomic.Int64 // time.Duration; zero writes as soon as the previous write returned
+	last     time.Time    // when the last write started; only the flusher uses it
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -63,6 +71,13 @@ func (b *batcher) flush() {
 			b.mu.Unlock()
 			return
 		}
+		if wait := time.Until(b.last.Add(time.Duration(b.interval.Load()))); wait > 0 && !b.closing {
+			b.mu.Unlock()
+			time.Sleep(wait)
+			b.mu.Lock()
+			continue
+		}
+		b.last = time.Now()
 		out := b.pending
 		b.pending = b.spare[:0]
 		b.mu.Unlock()

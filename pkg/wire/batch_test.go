@@ -3,7 +3,9 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -129,4 +131,71 @@ func (s *stuckConn) Read([]byte) (int, error) { return 0, io.EOF }
 func (s *stuckConn) Close() error {
 	s.once.Do(func() { close(s.unblock) })
 	return nil
+}
+
+// stampConn records when each write came and what it carried.
+type stampConn struct {
+	mu     sync.Mutex
+	writes [][]byte
+	at     []time.Time
+}
+
+func (c *stampConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes = append(c.writes, append([]byte(nil), p...))
+	c.at = append(c.at, time.Now())
+	return len(p), nil
+}
+
+func (c *stampConn) Read([]byte) (int, error) { return 0, io.EOF }
+func (c *stampConn) Close() error             { return nil }
+
+func (c *stampConn) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.writes)
+}
+
+// TestBatcherWriteInterval: with an interval, a frame after a quiet spell leaves alone, and the
+// frames that follow it closely leave spaced by at least the interval, joined, in order. Without one,
+// a connection whose writes return at once gets one write per frame.
+func TestBatcherWriteInterval(t *testing.T) {
+	const interval = 20 * time.Millisecond
+	c := &stampConn{}
+	b := newBatcher(c)
+	b.interval.Store(int64(interval))
+	if _, err := b.Write([]byte("first;")); err != nil {
+		t.Fatal(err)
+	}
+	for c.count() == 0 {
+		runtime.Gosched()
+	}
+	var want bytes.Buffer
+	want.WriteString("first;")
+	for i := range 200 {
+		p := fmt.Appendf(nil, "%d;", i)
+		want.Write(p)
+		if _, err := b.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		runtime.Gosched()
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if string(c.writes[0]) != "first;" {
+		t.Errorf("first write %q, want the first frame alone", c.writes[0])
+	}
+	if got := bytes.Join(c.writes, nil); !bytes.Equal(got, want.Bytes()) {
+		t.Errorf("bytes written %q, want %q", got, want.Bytes())
+	}
+	// Close flushes what is queued without waiting out the interval, so the last gap may be short.
+	for i := 1; i < len(c.at)-1; i++ {
+		if gap := c.at[i].Sub(c.at[i-1]); gap < interval {
+			t.Errorf("write %d came %v after the one before, want at least %v (%d writes for 201 frames)", i, gap, interval, len(c.writes))
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // KindMirror is opened by the plugin and lives as long as the mirror: the agent watches the ports'
@@ -18,6 +19,14 @@ const (
 	KindMirror   = "mirror"
 	KindMirrored = "mirrored"
 )
+
+// MirrorWriteInterval spaces the tunnel's writes on both ends while a mirror runs (see
+// Session.SetWriteInterval): each write is a message for the apiserver, the kubelet and the runtime
+// to relay, and a mirror sends thousands of small copies and answers a second. It is also added to a
+// copy's round trip, which paces the copies of one connection (the next request waits for the
+// answer): at 2,000 requests/s, 4 ms cut the relays' calls from 13 to 5 per request but left
+// 33-51% of the copies too slow; 1 ms copied 99.88% and 100% in two runs.
+const MirrorWriteInterval = time.Millisecond
 
 // Mirror modes.
 const (

@@ -81,6 +81,7 @@ func (c TunnelConfig) yamux() *yamux.Config {
 // opens dial streams, the agent will open steal streams.
 type Session struct {
 	mux      *yamux.Session
+	batcher  *batcher
 	codecs   *codecs
 	openTO   time.Duration
 	incoming chan *Incoming
@@ -91,23 +92,25 @@ type Session struct {
 
 // Client starts the plugin's end of a tunnel on conn, after ClientPreamble succeeded on it.
 func Client(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
-	m, err := yamux.Client(newCoalescer(newBatcher(conn)), cfg.yamux())
+	b := newBatcher(conn)
+	m, err := yamux.Client(newCoalescer(b), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel client: %w", err)
 	}
-	return newSession(m, cfg), nil
+	return newSession(m, b, cfg), nil
 }
 
 // Server starts the agent's end of a tunnel on conn, after ServerPreamble succeeded on it.
 func Server(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
-	m, err := yamux.Server(newCoalescer(newBatcher(conn)), cfg.yamux())
+	b := newBatcher(conn)
+	m, err := yamux.Server(newCoalescer(b), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel server: %w", err)
 	}
-	return newSession(m, cfg), nil
+	return newSession(m, b, cfg), nil
 }
 
-func newSession(m *yamux.Session, cfg TunnelConfig) *Session {
+func newSession(m *yamux.Session, b *batcher, cfg TunnelConfig) *Session {
 	openTO := cfg.OpenTimeout
 	if openTO <= 0 {
 		openTO = DefaultTunnelConfig().OpenTimeout
@@ -118,6 +121,7 @@ func newSession(m *yamux.Session, cfg TunnelConfig) *Session {
 	}
 	s := &Session{
 		mux:      m,
+		batcher:  b,
 		codecs:   newCodecs(),
 		openTO:   openTO,
 		incoming: make(chan *Incoming, backlog),
@@ -265,6 +269,14 @@ func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
 // Done is closed when the session ends, for whatever reason.
 func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+
+// SetWriteInterval sets the least time between two writes to the data connection; the frames that
+// come meanwhile share the next write. Every write is a message that each hop of the port-forward
+// chain handles, so many small frames a second (a mirror's copies and their answers) cost the
+// apiserver, the kubelet and the runtime far less as fewer, larger writes, at the price of up to d
+// more latency, and only while frames come faster than one per d. Zero, the default, writes as soon
+// as the previous write returned.
+func (s *Session) SetWriteInterval(d time.Duration) { s.batcher.interval.Store(int64(d)) }
 
 // IsClosed reports whether the session has ended.
 func (s *Session) IsClosed() bool { return s.mux.IsClosed() }

@@ -364,6 +364,9 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 	} else {
 		s.Progress.Stepf("%s", msg)
 	}
+	// The copies' answers go back to the agent one small frame each; spaced writes carry them
+	// across the port-forward chain in batches (the agent does the same with the copies).
+	s.Conn.SetWriteInterval(wire.MirrorWriteInterval)
 	// Copies in flight when the user interrupts still finish: the agent drains them before it sends
 	// the counts, so the local connections are served until then, whatever ctx says.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -392,6 +395,7 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 	}()
 	return func() {
 		defer cancel()
+		defer s.Conn.SetWriteInterval(0)
 		_ = st.CloseWrite()
 		defer st.Close()
 		sum := cnt.wait(countsWait)
