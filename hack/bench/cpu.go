@@ -25,6 +25,7 @@ type cpuSample struct {
 type procCPU struct {
 	group string
 	ticks uint64 // utime + stime
+	calls uint64 // read and write system calls (syscr + syscw), each a message through a relay
 }
 
 // cpuGroups are the table's columns, in order. kernel is the kernel's threads (softirq work of the
@@ -122,15 +123,41 @@ func takeCPU(podUID string) cpuSample {
 			cg, _ := os.ReadFile(d + "/cgroup")
 			inPod = bytes.Contains(cg, []byte(podUID)) || bytes.Contains(cg, []byte(systemdUID))
 		}
-		s.procs[pid] = procCPU{group: group(comm, inPod, flags&pfKthread != 0), ticks: ut + st}
+		g := group(comm, inPod, flags&pfKthread != 0)
+		s.procs[pid] = procCPU{group: g, ticks: ut + st, calls: ioCalls(d, g)}
 	}
 	return s
+}
+
+// ioCalls is the process's read and write system calls so far, for the relays only: the port-forward
+// chain costs per message more than per byte, so its calls per request tell how well the tunnel
+// batches, independently of how fast the machine happens to be.
+func ioCalls(dir, group string) uint64 {
+	if group != "apiserver" && group != "kubelet" && group != "containerd" {
+		return 0
+	}
+	b, err := os.ReadFile(dir + "/io")
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			c, _ := strconv.ParseUint(v, 10, 64)
+			n += c
+		} else if v, ok := strings.CutPrefix(line, "syscw: "); ok {
+			c, _ := strconv.ParseUint(v, 10, 64)
+			n += c
+		}
+	}
+	return n
 }
 
 // cpuUse is CPU use between two samples in cores (1.0 = one core busy the whole time).
 type cpuUse struct {
 	busy      float64 // the whole machine
 	groups    map[string]float64
+	relayIO   uint64  // read and write calls of the apiserver, the kubelet and containerd
 	client    float64 // vegeta, from its rusage (machine.run)
 	disturbed bool    // other processes were busy during the run (machine.run)
 }
@@ -153,6 +180,9 @@ func (s cpuSample) since(earlier cpuSample) cpuUse {
 			continue
 		}
 		u.groups[p.group] += float64(p.ticks-e.ticks) / perCore
+		if p.calls >= e.calls {
+			u.relayIO += p.calls - e.calls
+		}
 	}
 	return u
 }

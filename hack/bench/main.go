@@ -90,6 +90,11 @@ func run() error {
 			return err
 		}
 	}
+	if runMirror {
+		if err := mo.check(); err != nil {
+			return err
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -21,14 +21,32 @@ import (
 type mirrorOptions struct {
 	rate     int
 	duration time.Duration
+	modes    string
+	local    string
 }
 
 func (o *mirrorOptions) addFlags(fs interface {
 	IntVar(*int, string, int, string)
 	DurationVar(*time.Duration, string, time.Duration, string)
+	StringVar(*string, string, string, string)
 }) {
 	fs.IntVar(&o.rate, "mirror-rate", 5000, "mirror load: fixed offered rate to the pod, requests per second")
 	fs.DurationVar(&o.duration, "mirror-duration", 30*time.Second, "mirror load: length of each run")
+	fs.StringVar(&o.modes, "mirror-modes", "sniff,redirect", "mirror load: the modes to run after the run without a mirror, comma separated")
+	fs.StringVar(&o.local, "mirror-local", "normal", "mirror load: scheduling policy of the developer's side (plugin and local server): "+
+		"normal, or idle to stand it on a machine of its own, as on a real cluster")
+}
+
+func (o *mirrorOptions) check() error {
+	for _, m := range strings.Split(o.modes, ",") {
+		if m != wire.MirrorSniff && m != wire.MirrorRedirect {
+			return fmt.Errorf("--mirror-modes: unknown mode %q; use sniff, redirect", m)
+		}
+	}
+	if o.local != "normal" && o.local != "idle" {
+		return fmt.Errorf("--mirror-local: unknown policy %q; use normal or idle", o.local)
+	}
+	return nil
 }
 
 // mirrorRun is one load run: the pod's latency as the client sees it, and what the mirror did.
@@ -53,9 +71,19 @@ func mirrorSuite(ctx context.Context, m *machine, ns string, so stealOptions, o 
 		return "", err
 	}
 	defer local.srv.Close()
+	vegeta := []string{so.vegeta}
+	if o.local == "idle" {
+		// The plugin inherits the policy; vegeta is the pod's client and stays as it is in the run
+		// without a mirror.
+		if err := setIdle(true); err != nil {
+			return "", err
+		}
+		defer func() { _ = setIdle(false) }()
+		vegeta = []string{"chrt", "--other", "0", so.vegeta}
+	}
 	var runs []*mirrorRun
-	for _, mode := range []string{"", wire.MirrorSniff, wire.MirrorRedirect} {
-		r, err := mirrorLoad(ctx, m, ns, podURL, local, so, o, mode)
+	for _, mode := range append([]string{""}, strings.Split(o.modes, ",")...) {
+		r, err := mirrorLoad(ctx, m, ns, podURL, local, vegeta, so.conns, o, mode)
 		if err != nil {
 			return "", fmt.Errorf("mirror %q: %w", mode, err)
 		}
@@ -66,7 +94,7 @@ func mirrorSuite(ctx context.Context, m *machine, ns string, so stealOptions, o 
 
 var mirroringRE = regexp.MustCompile(`mirroring port`)
 
-func mirrorLoad(ctx context.Context, m *machine, ns, podURL string, local *localServer, so stealOptions, o mirrorOptions, mode string) (*mirrorRun, error) {
+func mirrorLoad(ctx context.Context, m *machine, ns, podURL string, local *localServer, vegeta []string, conns int, o mirrorOptions, mode string) (*mirrorRun, error) {
 	r := &mirrorRun{mode: mode}
 	if err := m.waitQuiet(ctx); err != nil {
 		return nil, err
@@ -81,7 +109,7 @@ func mirrorLoad(ctx context.Context, m *machine, ns, podURL string, local *local
 	}
 	before := local.served.Load()
 	use, err := m.run(ctx, "mirror "+mode, func() (float64, error) {
-		rep, err := attack(ctx, so.vegeta, podURL+"/healthz", o.rate, so.conns, o.duration)
+		rep, err := attack(ctx, vegeta, podURL+"/healthz", o.rate, conns, o.duration)
 		r.report = rep
 		return rep.clientCores, err
 	})
@@ -201,9 +229,9 @@ func startMirror(ctx context.Context, ns string, local int, mode string, r *mirr
 
 func renderMirror(runs []*mirrorRun, o mirrorOptions) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n### Mirror under load: %d requests/s for %s to the pod (vegeta, kept alive)\n\n", o.rate, o.duration)
-	b.WriteString("| mirror | requests | success | pod p50 | pod p99 | pod p99 vs none | copies received | kernel drops | agent peak RSS | CPU (cores) |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n### Mirror under load: %d requests/s for %s to the pod (vegeta, kept alive; developer's side %s)\n\n", o.rate, o.duration, o.local)
+	b.WriteString("| mirror | requests | success | pod p50 | pod p99 | pod p99 vs none | copies received | kernel drops | agent peak RSS | relay calls per request | CPU (cores) |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
 	base := runs[0].report.p99()
 	for _, r := range runs {
 		mode, share, drops, rss := "none", "-", "-", "-"
@@ -219,9 +247,9 @@ func renderMirror(runs []*mirrorRun, o mirrorOptions) string {
 				}
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.2f%% | %.2f ms | %.2f ms | %+.2f ms | %s | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %d | %.2f%% | %.2f ms | %.2f ms | %+.2f ms | %s | %s | %s | %.1f | %s |\n",
 			mode, r.report.Requests, 100*r.report.Success, msf(r.report.p50()), msf(r.report.p99()),
-			msf(r.report.p99()-base), share, drops, rss, r.use)
+			msf(r.report.p99()-base), share, drops, rss, float64(r.use.relayIO)/float64(max(1, r.report.Requests)), r.use)
 	}
 	for _, r := range runs {
 		if r.stats != nil {

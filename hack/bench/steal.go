@@ -408,7 +408,7 @@ func filterLoad(ctx context.Context, m *machine, ns, podURL string, local *local
 		var err error
 		fx.cpu, err = m.run(ctx, what, func() (float64, error) {
 			var err error
-			fx.r, err = attack(ctx, o.vegeta, url, o.rate, o.conns, o.rateDuration)
+			fx.r, err = attack(ctx, []string{o.vegeta}, url, o.rate, o.conns, o.rateDuration)
 			return fx.r.clientCores, err
 		})
 		if err != nil {
@@ -486,7 +486,7 @@ func maxRate(ctx context.Context, m *machine, url string, o stealOptions, abort 
 		var r vegetaReport
 		use, err := m.run(ctx, fmt.Sprintf("%d/s", rate), func() (float64, error) {
 			var err error
-			r, err = attack(ctx, o.vegeta, url, rate, o.conns, o.stepDuration)
+			r, err = attack(ctx, []string{o.vegeta}, url, rate, o.conns, o.stepDuration)
 			return r.clientCores, err
 		})
 		if err != nil {

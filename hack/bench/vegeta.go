@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -59,19 +60,21 @@ func firstN(s []string, n int) []string {
 // conns caps the connections: without a cap, a run beyond what the path sustains opens a connection
 // per late request, thousands of them, and the ports they leave in TIME_WAIT make the next runs fail
 // to connect at all. Requests waiting for a connection still count from their scheduled start.
-func attack(ctx context.Context, vegeta, url string, rate, conns int, d time.Duration) (vegetaReport, error) {
+//
+// vegeta is the command that runs vegeta: its path, possibly behind a wrapper such as chrt.
+func attack(ctx context.Context, vegeta []string, url string, rate, conns int, d time.Duration) (vegetaReport, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return vegetaReport{}, err
 	}
-	atk := exec.CommandContext(ctx, vegeta, "attack",
-		fmt.Sprintf("-rate=%d/s", rate), "-duration="+d.String(), "-keepalive=true", "-timeout=5s",
-		fmt.Sprintf("-max-connections=%d", conns))
+	atk := exec.CommandContext(ctx, vegeta[0], slices.Concat(vegeta[1:], []string{"attack",
+		fmt.Sprintf("-rate=%d/s", rate), "-duration=" + d.String(), "-keepalive=true", "-timeout=5s",
+		fmt.Sprintf("-max-connections=%d", conns)})...)
 	atk.Stdin = strings.NewReader("GET " + url + "\n")
 	atk.Stdout = pw
 	var atkErr, repErr strings.Builder
 	atk.Stderr = &atkErr
-	rep := exec.CommandContext(ctx, vegeta, "report", "-type=json")
+	rep := exec.CommandContext(ctx, vegeta[0], slices.Concat(vegeta[1:], []string{"report", "-type=json"})...)
 	rep.Stdin = pr
 	rep.Stderr = &repErr
 	start := time.Now()
