@@ -1,6 +1,8 @@
 package mirror
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,12 +10,15 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -378,5 +383,229 @@ func TestMirrorCloseWithAConnectionThatNeverEnds(t *testing.T) {
 	}
 	if s := m.Stats(); s.Mirrored != 1 {
 		t.Errorf("stats %+v, want the one request mirrored", s)
+	}
+}
+
+// batchServer answers nothing on a connection until it has read `batch` requests on it, then
+// answers them all: a destination whose answers take a long round trip, as the port-forward chain
+// makes them. It records how many connections it got and what it answered.
+type batchServer struct {
+	ln    net.Listener
+	batch int
+
+	mu       sync.Mutex
+	conns    int
+	answered []string
+}
+
+func newBatchServer(t *testing.T, batch int, closeAfter string) *batchServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &batchServer{ln: ln, batch: batch}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns++
+			s.mu.Unlock()
+			go s.serve(c, closeAfter)
+		}
+	}()
+	return s
+}
+
+func (s *batchServer) serve(c net.Conn, closeAfter string) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		var paths []string
+		for len(paths) < s.batch {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			paths = append(paths, req.URL.Path)
+		}
+		for _, p := range paths {
+			s.mu.Lock()
+			s.answered = append(s.answered, p)
+			s.mu.Unlock()
+			if p == closeAfter {
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(p), p)
+				return // the requests written after it on this connection are never answered
+			}
+			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(p), p)
+		}
+	}
+}
+
+func (s *batchServer) result() (int, []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns, append([]string(nil), s.answered...)
+}
+
+// TestMirrorPipelinesHTTP1Copies: a connection's copies do not wait for each other's answers. The
+// destination answers only once it holds eight requests, which a copy that waits for each answer
+// before sending the next never gives it; the answers come back in order, each with its own status.
+func TestMirrorPipelinesHTTP1Copies(t *testing.T) {
+	dest := newBatchServer(t, 8, "")
+	var ev events
+	m, err := New(context.Background(), Config{
+		Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}, Events: ev.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var exchanges [][2]string
+	var want []string
+	for i := range 16 {
+		path := fmt.Sprintf("/%d", i)
+		want = append(want, path)
+		exchanges = append(exchanges, [2]string{request("GET", path, ""), response("x")})
+	}
+	feed(m.Handler(testFlow), false, exchanges)
+	m.Drain(20 * time.Second)
+	if s := m.Stats(); s.Mirrored != 16 || s.Answered != 16 || s.Failed != 0 {
+		t.Errorf("stats %+v, want 16 mirrored and answered", s)
+	}
+	conns, answered := dest.result()
+	if diff := cmp.Diff(want, answered); diff != "" {
+		t.Errorf("destination answered (-want +got):\n%s", diff)
+	}
+	if conns != 1 {
+		t.Errorf("destination got %d connections, want 1", conns)
+	}
+	var got []string
+	for _, e := range ev.list() {
+		if e.Kind == wire.EventMirrored && e.Status == http.StatusOK {
+			got = append(got, e.Path)
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("mirrored events with status 200 (-want +got):\n%s", diff)
+	}
+}
+
+// TestMirrorPipelineAfterConnectionClose: when the destination closes after an answer, the requests
+// already written behind it on that connection are counted as failed, not lost silently, and the
+// next ones go on a new connection; a request that itself asks to close is the last on its connection.
+func TestMirrorPipelineAfterConnectionClose(t *testing.T) {
+	dest := newBatchServer(t, 1, "/1")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closing := strings.Replace(request("GET", "/3", ""), "Host: app\r\n", "Host: app\r\nConnection: close\r\n", 1)
+	feed(m.Handler(testFlow), false, [][2]string{
+		{request("GET", "/0", ""), response("x")},
+		{request("GET", "/1", ""), response("x")},
+		{request("GET", "/2", ""), response("x")},
+		{closing, response("x")},
+		{request("GET", "/4", ""), response("x")},
+	})
+	m.Drain(20 * time.Second)
+	s := m.Stats()
+	if s.Mirrored+s.DroppedRefused != 5 || s.Answered+s.Failed != s.Mirrored {
+		t.Errorf("stats %+v: every request must be mirrored or refused, and every mirrored one answered or failed", s)
+	}
+	_, answered := dest.result()
+	if len(answered) == 0 || answered[len(answered)-1] != "/4" {
+		t.Errorf("destination answered %q, want /4 last (on a new connection)", answered)
+	}
+}
+
+// h2cRequests is a client's side of one h2c connection: the preface, its SETTINGS and one HEADERS
+// frame (ending the stream) per path.
+func h2cRequests(t *testing.T, paths []string) []byte {
+	t.Helper()
+	var out, hb bytes.Buffer
+	out.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&out, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	enc := hpack.NewEncoder(&hb)
+	for i, p := range paths {
+		hb.Reset()
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "app"}, {":path", p}} {
+			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{
+			StreamID: uint32(2*i + 1), BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out.Bytes()
+}
+
+// TestMirrorCopiesH2CConcurrently: an h2c connection's copies are multiplexed on the copy's
+// connection, not sent one after another's answer. The destination answers only once eight requests
+// are open at the same time.
+func TestMirrorCopiesH2CConcurrently(t *testing.T) {
+	const n = 8
+	var mu sync.Mutex
+	open := 0
+	all := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		open++
+		if open == n {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+			fmt.Fprintf(w, "%s\n", r.URL.Path)
+		case <-time.After(10 * time.Second):
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &p
+	srv.Start()
+	t.Cleanup(srv.Close)
+	var ev events
+	m, err := New(context.Background(), Config{
+		Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: srv.Listener.Addr().String()}, Events: ev.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for i := range n {
+		paths = append(paths, fmt.Sprintf("/%d", i))
+	}
+	h := m.Handler(testFlow)
+	now := time.Now()
+	h.Data(capture.ClientToServer, h2cRequests(t, paths), now)
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+	m.Drain(30 * time.Second)
+	if s := m.Stats(); s.Mirrored != n || s.Answered != n {
+		t.Errorf("stats %+v, want %d mirrored and answered", s, n)
+	}
+	var got []string
+	for _, e := range ev.list() {
+		if e.Kind == wire.EventMirrored && e.Status == http.StatusOK {
+			got = append(got, e.Path)
+		}
+	}
+	sort.Strings(got)
+	sort.Strings(paths)
+	if diff := cmp.Diff(paths, got); diff != "" {
+		t.Errorf("copies answered 200 (-want +got):\n%s", diff)
 	}
 }

@@ -35,17 +35,22 @@ type answer struct {
 }
 
 // replayer copies one of the pod's connections to one connection (HTTP/1, opaque) or one HTTP/2
-// client (h2c) of the destination, a request at a time: the next request is sent once the copy has
-// answered the previous one, as the pod's client did, so the destination sees the same sequence.
+// client (h2c) of the destination, in the order the pod's client sent them. HTTP/1 requests are
+// pipelined: the next one is written without waiting for the answer to the one before, which is read
+// in order by the pipe's own reader. A copy's round trip crosses the port-forward chain twice, so
+// waiting for each answer would bound a connection's copies to one per round trip.
 type replayer struct {
 	c      *conn
 	q      chan item
 	once   sync.Once
 	closed atomic.Bool
 
-	sink    net.Conn
-	br      *bufio.Reader
-	refused bool
+	sink    net.Conn // an opaque copy's connection
+	pipe    *pipe    // an HTTP/1 copy's connection
+	pipeMu  sync.Mutex
+	refused atomic.Bool // set by the h2c client's dials too
+	h2sem   chan struct{}
+	h2wg    sync.WaitGroup
 	h2      *http.Client
 	sent    int64
 	got     atomic.Int64
@@ -110,8 +115,13 @@ func (r *replayer) run() {
 	defer r.c.m.wg.Done()
 	ctx := r.c.m.ctx
 	stop := context.AfterFunc(ctx, func() {
+		r.pipeMu.Lock()
+		defer r.pipeMu.Unlock()
 		if r.sink != nil {
 			r.sink.Close()
+		}
+		if r.pipe != nil {
+			r.pipe.conn.Close()
 		}
 	})
 	defer stop()
@@ -138,7 +148,7 @@ func (r *replayer) run() {
 			opaque = true
 			r.copyRaw(ctx, it.raw)
 		case it.req.Proto == capture.ProtoH2C:
-			r.replayH2(ctx, it.req)
+			r.replayH2Async(ctx, it.req)
 		default:
 			r.replayH1(ctx, it.req)
 		}
@@ -146,9 +156,11 @@ func (r *replayer) run() {
 	if opaque {
 		r.endRaw(start)
 	}
+	r.closePipe()
 	if r.sink != nil {
 		r.sink.Close()
 	}
+	r.h2wg.Wait()
 	if r.h2 != nil {
 		r.h2.CloseIdleConnections()
 	}
@@ -158,14 +170,14 @@ func (r *replayer) run() {
 // open dials the destination once per connection; after a refusal the rest of the connection is
 // counted as refused without dialing again.
 func (r *replayer) open(ctx context.Context) (net.Conn, error) {
-	if r.refused {
+	if r.refused.Load() {
 		return nil, errRefused
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := r.c.m.dial(dctx, r.c.flow)
 	if err != nil {
-		r.refused = true
+		r.refused.Store(true)
 		r.c.m.cfg.Log.Debug("mirror destination refused", "client", r.c.flow.Client.String(), "err", err)
 		return nil, fmt.Errorf("%w: %w", errRefused, err)
 	}
@@ -181,51 +193,150 @@ func (r *replayer) event(req *capture.Request) wire.MirrorEvent {
 	}
 }
 
-// replayH1 writes the request's bytes as captured and reads the copy's response.
+// pipelineDepth bounds the requests written to one copy connection and not answered yet; past it,
+// the connection's next copy waits for an answer (and the queue behind it may fill and drop).
+const pipelineDepth = 64
+
+// pipe is one HTTP/1 copy connection: the requests written to it whose answers are still to come,
+// in order, for its reader.
+type pipe struct {
+	conn     net.Conn
+	inflight chan flight
+	done     chan struct{} // the reader has finished
+	broken   atomic.Bool   // the connection ended or failed: nothing more is written to it
+}
+
+// flight is one request written to a pipe.
+type flight struct {
+	req   *capture.Request
+	ev    wire.MirrorEvent
+	start time.Time
+}
+
+// replayH1 writes the request's bytes as captured; the pipe's reader reads the copy's response.
 func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
+	r.replayH1Once(ctx, req, false)
+}
+
+func (r *replayer) replayH1Once(ctx context.Context, req *capture.Request, retried bool) {
 	m := r.c.m
-	if r.sink == nil {
+	if r.pipe != nil && r.pipe.broken.Load() {
+		r.closePipe()
+	}
+	if r.pipe == nil {
 		c, err := r.open(ctx)
 		if err != nil {
 			m.stats.refused.Add(1)
 			return
 		}
-		// Small: one reader per copied connection, and an overloaded pod's clients open thousands
-		// (13,234 in one 9,000 requests/s run); answers are mostly a few hundred bytes.
-		r.sink, r.br = c, bufio.NewReaderSize(c, 4<<10)
+		p := &pipe{conn: c, inflight: make(chan flight, pipelineDepth), done: make(chan struct{})}
+		r.pipeMu.Lock()
+		r.pipe = p
+		r.pipeMu.Unlock()
+		go r.readAnswers(p)
 	}
-	ev := r.event(req)
-	start := time.Now()
-	_ = r.sink.SetDeadline(start.Add(answerTimeout))
-	if _, err := r.sink.Write(req.Raw); err != nil {
+	p := r.pipe
+	f := flight{req: req, ev: r.event(req), start: time.Now()}
+	_ = p.conn.SetWriteDeadline(f.start.Add(answerTimeout))
+	if _, err := p.conn.Write(req.Raw); err != nil {
+		// The reader closes the connection after an answer that ends it (Connection: close): then
+		// the request goes on a new connection, as the pod's client would have sent it.
+		ended := p.broken.Load()
+		p.broken.Store(true)
+		p.conn.Close()
+		if ended && !retried {
+			r.replayH1Once(ctx, req, true)
+			return
+		}
 		m.stats.refused.Add(1)
-		r.drop()
 		return
 	}
 	m.stats.mirrored.Add(1)
-	a, n, keep, err := readH1Response(r.br, req.Method, m.cfg.Spec.Diff)
-	ev.Duration = wire.Millis(time.Since(start))
-	if err != nil {
+	select {
+	case p.inflight <- f:
+	case <-ctx.Done():
 		m.stats.failed.Add(1)
-		ev.Error = err.Error()
-		r.drop()
-		r.c.answered(req.Seq, ev, nil)
-		return
 	}
-	m.stats.answered.Add(1)
-	ev.Status, ev.BytesOut = a.status, n
-	if !keep {
-		r.drop()
+	if endsConnection(req) {
+		// The destination closes after answering it; the next request needs a new connection.
+		r.closePipe()
 	}
-	r.c.answered(req.Seq, ev, a)
 }
 
-// drop closes the destination connection; the next request opens a new one.
-func (r *replayer) drop() {
-	if r.sink != nil {
-		r.sink.Close()
-		r.sink, r.br = nil, nil
+// endsConnection reports whether the server closes the connection after answering req: HTTP/1.1
+// with "Connection: close", or HTTP/1.0 without keep-alive.
+func endsConnection(req *capture.Request) bool {
+	line, _, _ := bytes.Cut(req.Raw, []byte("\n"))
+	http10 := bytes.HasSuffix(bytes.TrimRight(line, "\r"), []byte("HTTP/1.0"))
+	for _, h := range req.Header {
+		name, value, _ := strings.Cut(h, ":")
+		if !strings.EqualFold(strings.TrimSpace(name), "connection") {
+			continue
+		}
+		for tok := range strings.SplitSeq(value, ",") {
+			switch strings.ToLower(strings.TrimSpace(tok)) {
+			case "close":
+				return true
+			case "keep-alive":
+				http10 = false
+			}
+		}
 	}
+	return http10
+}
+
+// readAnswers reads the pipe's answers in the order its requests were written. Once the connection
+// fails or the destination closes it after an answer, the requests still in flight were not served:
+// they are counted as failed, and the next request opens a new connection.
+func (r *replayer) readAnswers(p *pipe) {
+	defer close(p.done)
+	m := r.c.m
+	// Small: one reader per copied connection, and an overloaded pod's clients open thousands
+	// (13,234 in one 9,000 requests/s run); answers are mostly a few hundred bytes.
+	br := bufio.NewReaderSize(p.conn, 4<<10)
+	for f := range p.inflight {
+		ev := f.ev
+		if p.broken.Load() {
+			m.stats.failed.Add(1)
+			ev.Error = errPipeEnded.Error()
+			r.c.answered(f.req.Seq, ev, nil)
+			continue
+		}
+		_ = p.conn.SetReadDeadline(time.Now().Add(answerTimeout))
+		a, n, keep, err := readH1Response(br, f.req.Method, m.cfg.Spec.Diff)
+		ev.Duration = wire.Millis(time.Since(f.start))
+		if err != nil {
+			p.broken.Store(true)
+			p.conn.Close()
+			m.stats.failed.Add(1)
+			ev.Error = err.Error()
+			r.c.answered(f.req.Seq, ev, nil)
+			continue
+		}
+		if !keep {
+			p.broken.Store(true)
+			p.conn.Close()
+		}
+		m.stats.answered.Add(1)
+		ev.Status, ev.BytesOut = a.status, n
+		r.c.answered(f.req.Seq, ev, a)
+	}
+}
+
+var errPipeEnded = errors.New("the copy's destination closed the connection before answering")
+
+// closePipe ends the current HTTP/1 copy connection once its reader has had the answers in flight.
+func (r *replayer) closePipe() {
+	p := r.pipe
+	if p == nil {
+		return
+	}
+	close(p.inflight)
+	<-p.done
+	p.conn.Close()
+	r.pipeMu.Lock()
+	r.pipe = nil
+	r.pipeMu.Unlock()
 }
 
 // readH1Response reads one final response (skipping 1xx interim ones), keeping the body for a diff.
@@ -263,14 +374,14 @@ func readBody(rd io.Reader, keep bool) (int64, []byte, error) {
 	return n + rest, b.Bytes(), err
 }
 
-// replayH2 sends the decoded request over an h2c client of the destination; HPACK state cannot be
-// copied from the pod's connection, so the request is encoded afresh.
-func (r *replayer) replayH2(ctx context.Context, req *capture.Request) {
-	m := r.c.m
-	if r.refused {
-		m.stats.refused.Add(1)
-		return
-	}
+// h2Concurrency bounds the requests of one h2c connection copied at once: HTTP/2 multiplexes them
+// on the copy's connection as the pod's client did on its own, so one slow answer (or the tunnel's
+// round trip) does not hold back the requests behind it.
+const h2Concurrency = 64
+
+// replayH2Async copies an h2c request on its own goroutine; past h2Concurrency it waits, and the
+// connection's queue fills behind it.
+func (r *replayer) replayH2Async(ctx context.Context, req *capture.Request) {
 	if r.h2 == nil {
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
@@ -280,6 +391,28 @@ func (r *replayer) replayH2(ctx context.Context, req *capture.Request) {
 				return r.open(ctx)
 			},
 		}}
+		r.h2sem = make(chan struct{}, h2Concurrency)
+	}
+	select {
+	case r.h2sem <- struct{}{}:
+	case <-ctx.Done():
+		return
+	}
+	r.h2wg.Add(1)
+	go func() {
+		defer r.h2wg.Done()
+		defer func() { <-r.h2sem }()
+		r.replayH2(ctx, req)
+	}()
+}
+
+// replayH2 sends the decoded request over an h2c client of the destination; HPACK state cannot be
+// copied from the pod's connection, so the request is encoded afresh.
+func (r *replayer) replayH2(ctx context.Context, req *capture.Request) {
+	m := r.c.m
+	if r.refused.Load() {
+		m.stats.refused.Add(1)
+		return
 	}
 	hreq, err := h2Request(ctx, req)
 	if err != nil {
@@ -363,7 +496,7 @@ func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error)
 // copyRaw writes bytes of an opaque connection; the answers are read and counted by a reader of
 // their own, since such protocols need not alternate.
 func (r *replayer) copyRaw(ctx context.Context, p []byte) {
-	if r.refused {
+	if r.refused.Load() {
 		return
 	}
 	if r.sink == nil {
@@ -372,7 +505,9 @@ func (r *replayer) copyRaw(ctx context.Context, p []byte) {
 			r.c.m.stats.refused.Add(1)
 			return
 		}
+		r.pipeMu.Lock()
 		r.sink = c
+		r.pipeMu.Unlock()
 		r.c.m.stats.mirrored.Add(1)
 		r.rawDone = make(chan struct{})
 		go func() {
@@ -383,7 +518,7 @@ func (r *replayer) copyRaw(ctx context.Context, p []byte) {
 	}
 	_ = r.sink.SetWriteDeadline(time.Now().Add(answerTimeout))
 	if _, err := r.sink.Write(p); err != nil {
-		r.refused = true
+		r.refused.Store(true)
 		return
 	}
 	r.sent += int64(len(p))

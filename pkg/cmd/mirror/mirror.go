@@ -35,7 +35,10 @@ var (
 
 		HTTP/1.1, h2c and gRPC are copied request by request: the copy's answers are read and
 		thrown away (or compared with the pod's, with --diff), filters select which requests are
-		copied, and --percent samples them. Other protocols are copied connection by connection.
+		copied, and --percent samples them. Each of the pod's connections gets a connection of its
+		own, in the same order; HTTP/1.1 copies are pipelined (the next request does not wait for
+		the answer to the one before), so the local server must accept pipelined requests, as
+		Go's, Node's and most others do. Other protocols are copied connection by connection.
 
 		In sniff mode (the default) the agent watches the pod's packets: it needs only NET_RAW,
 		which container runtimes such as containerd give a root container by default, so it adds
