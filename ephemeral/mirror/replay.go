@@ -215,51 +215,48 @@ type flight struct {
 
 // replayH1 writes the request's bytes as captured; the pipe's reader reads the copy's response.
 func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
-	r.replayH1Once(ctx, req, false)
-}
-
-func (r *replayer) replayH1Once(ctx context.Context, req *capture.Request, retried bool) {
 	m := r.c.m
-	if r.pipe != nil && r.pipe.broken.Load() {
-		r.closePipe()
-	}
-	if r.pipe == nil {
-		c, err := r.open(ctx)
-		if err != nil {
+	for attempt := 1; ; attempt++ {
+		if r.pipe != nil && r.pipe.broken.Load() {
+			r.closePipe()
+		}
+		if r.pipe == nil {
+			c, err := r.open(ctx)
+			if err != nil {
+				m.stats.refused.Add(1)
+				return
+			}
+			p := &pipe{conn: c, inflight: make(chan flight, pipelineDepth), done: make(chan struct{})}
+			r.pipeMu.Lock()
+			r.pipe = p
+			r.pipeMu.Unlock()
+			go r.readAnswers(p)
+		}
+		p := r.pipe
+		f := flight{req: req, ev: r.event(req), start: time.Now()}
+		_ = p.conn.SetWriteDeadline(f.start.Add(answerTimeout))
+		if _, err := p.conn.Write(req.Raw); err != nil {
+			// The reader closes the connection after an answer that ends it (Connection: close):
+			// then the request goes on a new connection, as the pod's client would have sent it.
+			ended := p.broken.Swap(true)
+			p.conn.Close()
+			if ended && attempt == 1 {
+				continue
+			}
 			m.stats.refused.Add(1)
 			return
 		}
-		p := &pipe{conn: c, inflight: make(chan flight, pipelineDepth), done: make(chan struct{})}
-		r.pipeMu.Lock()
-		r.pipe = p
-		r.pipeMu.Unlock()
-		go r.readAnswers(p)
-	}
-	p := r.pipe
-	f := flight{req: req, ev: r.event(req), start: time.Now()}
-	_ = p.conn.SetWriteDeadline(f.start.Add(answerTimeout))
-	if _, err := p.conn.Write(req.Raw); err != nil {
-		// The reader closes the connection after an answer that ends it (Connection: close): then
-		// the request goes on a new connection, as the pod's client would have sent it.
-		ended := p.broken.Load()
-		p.broken.Store(true)
-		p.conn.Close()
-		if ended && !retried {
-			r.replayH1Once(ctx, req, true)
-			return
+		m.stats.mirrored.Add(1)
+		select {
+		case p.inflight <- f:
+		case <-ctx.Done():
+			m.stats.failed.Add(1)
 		}
-		m.stats.refused.Add(1)
+		if endsConnection(req) {
+			// The destination closes after answering it; the next request needs a new connection.
+			r.closePipe()
+		}
 		return
-	}
-	m.stats.mirrored.Add(1)
-	select {
-	case p.inflight <- f:
-	case <-ctx.Done():
-		m.stats.failed.Add(1)
-	}
-	if endsConnection(req) {
-		// The destination closes after answering it; the next request needs a new connection.
-		r.closePipe()
 	}
 }
 
