@@ -206,6 +206,13 @@ type pipe struct {
 	broken   atomic.Bool   // the connection ended or failed: nothing more is written to it
 }
 
+// end marks the pipe ended and closes its connection; it reports whether it had ended already.
+func (p *pipe) end() bool {
+	ended := p.broken.Swap(true)
+	p.conn.Close()
+	return ended
+}
+
 // flight is one request written to a pipe.
 type flight struct {
 	req   *capture.Request
@@ -238,9 +245,7 @@ func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
 		if _, err := p.conn.Write(req.Raw); err != nil {
 			// The reader closes the connection after an answer that ends it (Connection: close):
 			// then the request goes on a new connection, as the pod's client would have sent it.
-			ended := p.broken.Swap(true)
-			p.conn.Close()
-			if ended && attempt == 1 {
+			if p.end() && attempt == 1 {
 				continue
 			}
 			m.stats.refused.Add(1)
@@ -293,26 +298,26 @@ func (r *replayer) readAnswers(p *pipe) {
 	br := bufio.NewReaderSize(p.conn, 4<<10)
 	for f := range p.inflight {
 		ev := f.ev
-		if p.broken.Load() {
-			m.stats.failed.Add(1)
-			ev.Error = errPipeEnded.Error()
-			r.c.answered(f.req.Seq, ev, nil)
-			continue
+		var (
+			a    *answer
+			n    int64
+			keep bool
+			err  = errPipeEnded
+		)
+		if !p.broken.Load() {
+			_ = p.conn.SetReadDeadline(time.Now().Add(answerTimeout))
+			a, n, keep, err = readH1Response(br, f.req.Method, m.cfg.Spec.Diff)
+			ev.Duration = wire.Millis(time.Since(f.start))
 		}
-		_ = p.conn.SetReadDeadline(time.Now().Add(answerTimeout))
-		a, n, keep, err := readH1Response(br, f.req.Method, m.cfg.Spec.Diff)
-		ev.Duration = wire.Millis(time.Since(f.start))
 		if err != nil {
-			p.broken.Store(true)
-			p.conn.Close()
+			p.end()
 			m.stats.failed.Add(1)
 			ev.Error = err.Error()
 			r.c.answered(f.req.Seq, ev, nil)
 			continue
 		}
 		if !keep {
-			p.broken.Store(true)
-			p.conn.Close()
+			p.end()
 		}
 		m.stats.answered.Add(1)
 		ev.Status, ev.BytesOut = a.status, n

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -27,7 +28,7 @@ func setIdle(idle bool) error {
 			continue
 		}
 		// A thread that has just ended is gone by the time it is set.
-		if err := unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: policy}, 0); err != nil && err != unix.ESRCH {
+		if err := unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: policy}, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("set the scheduling policy of thread %d: %w", tid, err)
 		}
 	}
