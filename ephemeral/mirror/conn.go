@@ -22,11 +22,11 @@ type conn struct {
 	flow capture.Flow
 	hf   *capture.HTTPFlow
 
-	proto     string // "" until known, else one of capture's Proto constants
-	sawClient bool   // the client's first byte (or a hole before it) was seen
-	clientEnd bool   // the client's direction has ended
-	midStream bool   // the capture began after the connection did
-	pre       []byte // client bytes before the protocol was known
+	proto     string  // "" until known, else one of capture's Proto constants
+	sawClient bool    // the client's first byte (or a hole before it) was seen
+	ended     [2]bool // per Direction: that direction has ended
+	midStream bool    // the capture began after the connection did
+	pre       []byte  // client bytes before the protocol was known
 	preLost   bool
 	dead      bool // an opaque copy was given up
 	rep       *replayer
@@ -102,13 +102,13 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 		}
 		return
 	}
+	// Marked before the decoder hears of it: the last end settles the protocol of a connection
+	// that never showed one, and protocol must know the connection is over.
+	c.ended[dir] = true
 	c.hf.End(dir, why, t)
 	// The server's end can complete a request the client's end left pending, and start the
 	// replayer then: finish it on whichever end comes last.
-	if dir == capture.ClientToServer {
-		c.clientEnd = true
-	}
-	if c.clientEnd && c.rep != nil {
+	if c.ended[capture.ClientToServer] && c.rep != nil {
 		c.rep.finish()
 	}
 }
@@ -127,6 +127,12 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 	c.proto = capture.ProtoOpaque
 	pre := c.pre
 	c.pre = nil
+	if !c.sawClient && c.ended[capture.ClientToServer] && c.ended[capture.ServerToClient] {
+		// The client said nothing before the end (a kubelet tcpSocket probe, or a connection the
+		// capture ended between its handshake and its first request): there is nothing to copy,
+		// and counting it as a request would take a turn of --percent from a real one.
+		return
+	}
 	c.m.stats.requests.Add(1)
 	switch {
 	case c.midStream || c.preLost:

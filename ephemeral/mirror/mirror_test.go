@@ -230,6 +230,59 @@ func TestMirrorPercent(t *testing.T) {
 	}
 }
 
+// TestMirrorConnectionWithoutClientBytes: a connection over which the client sent nothing (a
+// kubelet tcpSocket probe, or one the capture ends before its first request arrives) has
+// nothing to copy. It is neither a request nor a sampling turn, so --percent still spreads
+// over the real requests, and no copy is dialed for it.
+func TestMirrorConnectionWithoutClientBytes(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		server string // what the server said, if anything
+		why    capture.EndReason
+	}{
+		{"closed", "", capture.EndFIN},
+		{"reset", "", capture.EndRST},
+		{"flushed at the capture's end", "", capture.EndFlush},
+		{"server greeting only", "220 smtp ready\r\n", capture.EndFIN},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			local := newLocalServer(t, "")
+			d := &dialer{addr: local.srv.Listener.Addr().String()}
+			m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			empty := testFlow
+			empty.Client = netip.MustParseAddrPort("10.0.0.3:40001")
+			h := m.Handler(empty)
+			now := time.Now()
+			if tt.server != "" {
+				h.Data(capture.ServerToClient, []byte(tt.server), now)
+			}
+			h.End(capture.ClientToServer, tt.why, now)
+			h.End(capture.ServerToClient, tt.why, now)
+			feed(m.Handler(testFlow), false, [][2]string{
+				{request("GET", "/0", ""), response("x")},
+				{request("GET", "/1", ""), response("x")},
+			})
+			m.Drain(10 * time.Second)
+			// Sampling spreads 50% as every second request, starting with the second.
+			if got := local.requests(); !cmp.Equal(got, []string{"GET /1 "}) {
+				t.Errorf("local server got %q, want only the second request", got)
+			}
+			s := m.Stats()
+			if s.Connections != 2 || s.Requests != 2 || s.Mirrored != 1 || s.SampledOut != 1 {
+				t.Errorf("stats %+v, want 2 connections, 2 requests, 1 mirrored and 1 sampled out", s)
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if len(d.opens) != 1 {
+				t.Errorf("%d copies dialed, want 1", len(d.opens))
+			}
+		})
+	}
+}
+
 // TestMirrorOpaque: a protocol that is not HTTP is copied byte for byte from its first byte, and
 // not at all when the connection was open before the mirror.
 func TestMirrorOpaque(t *testing.T) {
