@@ -10,7 +10,26 @@ if "$ROOT/hack/cluster/healthy.sh"; then
   # still import images rebuilt since the cluster came up (fast when nothing changed)
   "$ROOT/hack/cluster/up.sh"
 else
-  trap '"$ROOT/hack/cluster/down.sh"' EXIT
+  # The cluster we bring up must leave the host as it found it: the host state after down.sh is
+  # compared with the state before up.sh, and a difference fails the run.
+  HOST_BEFORE=$(mktemp)
+  "$ROOT/hack/cluster/host-state.sh" > "$HOST_BEFORE"
+  teardown() {
+    local rc=$? after
+    "$ROOT/hack/cluster/down.sh" || rc=1
+    after=$(mktemp)
+    # A kernel module up.sh loaded (br_netfilter, nf_conntrack) stays loaded and its sysctls
+    # appear: only the keys that were there before are compared.
+    if ! diff -u "$HOST_BEFORE" <("$ROOT/hack/cluster/host-state.sh" |
+      awk 'NR == FNR { if ($2 == "=") had[$1] = 1; next } !($2 == "=" && !($1 in had))' "$HOST_BEFORE" -) > "$after"; then
+      cat "$after" >&2
+      echo "e2e: the host is not as it was before the cluster came up (diff above: - before, + after)" >&2
+      rc=1
+    fi
+    rm -f "$HOST_BEFORE" "$after"
+    exit "$rc"
+  }
+  trap teardown EXIT
   "$ROOT/hack/cluster/up.sh"
 fi
 # shellcheck disable=SC1090

@@ -35,5 +35,5 @@ sysctl -e vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables 2>/dev/null
 sec "host paths"
 for d in /var/lib/kubelet /var/lib/cni /var/log/containers /var/log/pods /run/containerd /run/netns /etc/cni /opt/cni "$CLUSTER_DIR"; do
-  [ -e "$d" ] && echo "present $d" || echo "absent  $d"
+  if mountpoint -q "$d" 2>/dev/null; then echo "mount   $d"; elif [ -e "$d" ]; then echo "present $d"; else echo "absent  $d"; fi
 done
