@@ -94,8 +94,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, stream)
 		cancel()
 	}()
-	s.setWriteInterval(wire.MirrorWriteInterval)
-	defer s.setWriteInterval(0)
+	defer s.mirrorStarted()()
 	if err := lowerPriority(); err != nil {
 		s.log.Warn("mirror keeps the agent's priority", "err", err)
 	}

@@ -133,6 +133,7 @@ type server struct {
 	mu       sync.Mutex
 	closed   bool
 	sessions map[*wire.Session]struct{}
+	mirrors  int // running; while there is one, every tunnel spaces its writes
 	streams  sync.WaitGroup
 }
 
@@ -199,15 +200,33 @@ func (s *server) track(t *wire.Session) bool {
 		s.sessions = map[*wire.Session]struct{}{}
 	}
 	s.sessions[t] = struct{}{}
+	t.SetWriteInterval(s.writeInterval())
 	return true
 }
 
-// setWriteInterval spaces the writes of every tunnel of the session (wire.Session.SetWriteInterval).
-func (s *server) setWriteInterval(d time.Duration) {
+// writeInterval is what the tunnels' writes are spaced by now (wire.Session.SetWriteInterval):
+// wire.MirrorWriteInterval while a mirror runs, since its copies cross the port-forward chain one
+// small frame each. Called with mu held.
+func (s *server) writeInterval() time.Duration {
+	if s.mirrors > 0 {
+		return wire.MirrorWriteInterval
+	}
+	return 0
+}
+
+// mirrorStarted spaces the writes of every tunnel, those that join later included, until the last
+// running mirror calls the function it returns.
+func (s *server) mirrorStarted() (ended func()) {
+	s.adjustMirrors(1)
+	return func() { s.adjustMirrors(-1) }
+}
+
+func (s *server) adjustMirrors(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.mirrors += n
 	for t := range s.sessions {
-		t.SetWriteInterval(d)
+		t.SetWriteInterval(s.writeInterval())
 	}
 }
 

@@ -278,6 +278,9 @@ func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 // as the previous write returned.
 func (s *Session) SetWriteInterval(d time.Duration) { s.batcher.interval.Store(int64(d)) }
 
+// WriteInterval is the interval SetWriteInterval set.
+func (s *Session) WriteInterval() time.Duration { return time.Duration(s.batcher.interval.Load()) }
+
 // IsClosed reports whether the session has ended.
 func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
 
