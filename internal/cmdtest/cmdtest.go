@@ -1,11 +1,14 @@
 // Package cmdtest runs a verb's real cobra command line through Complete and Validate in unit tests,
-// against a kubeconfig that names namespace "shop" and a server nothing answers on.
+// against a kubeconfig that names namespace "shop" and a server nothing answers on, and counts the
+// writes of a verb's output.
 package cmdtest
 
 import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -44,4 +47,26 @@ func Parse(cmd *cobra.Command, complete func(*cobra.Command, []string) error, va
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(io.Discard)
 	return cmd.Execute()
+}
+
+// CountingWriter is a verb's output that counts the writes reaching it, for tests that a verb's
+// lines share writes (lineout) instead of making one each.
+type CountingWriter struct {
+	mu     sync.Mutex
+	writes int
+	buf    strings.Builder
+}
+
+func (w *CountingWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writes++
+	return w.buf.Write(p)
+}
+
+// State is the number of writes so far and what they carried.
+func (w *CountingWriter) State() (writes int, out string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes, w.buf.String()
 }

@@ -2,6 +2,7 @@ package dump
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
 )
 
 // parse runs the real cobra command line through Complete and Validate, stopping before Run.
@@ -63,12 +65,13 @@ func TestCompleteAndValidate(t *testing.T) {
 
 func TestViewLines(t *testing.T) {
 	var out bytes.Buffer
-	v := &view{out: &out}
+	v := &view{out: lineout.New(&out)}
 	at := time.Date(2026, 11, 23, 10, 4, 5, 120e6, time.UTC)
 	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
 	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: "/a?b=1", Status: 200, Latency: 1234 * time.Microsecond, RespBytes: 42})
 	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "grpc", Method: "POST", Path: "/helloworld.Greeter/SayHello", Status: 200, GRPCStatus: "0", Partial: true})
 	v.connection(capture.Connection{Start: at, Client: c, Server: s, Duration: 2 * time.Second, BytesIn: 10, BytesOut: 20, Gaps: 1})
+	_ = v.out.Flush()
 	want := "10:04:05.120 10.88.0.1:5555 HTTP/1.1 GET /a?b=1 200 1.23ms 0B/42B\n" +
 		"10:04:05.120 10.88.0.1:5555 grpc POST /helloworld.Greeter/SayHello 200 grpc-status=0 0s 0B/0B (partial)\n" +
 		"10:04:05.120 10.88.0.1:5555 -> 10.88.0.7:8080 TCP 2s 10B/20B (1 gaps)\n"
@@ -78,7 +81,28 @@ func TestViewLines(t *testing.T) {
 	out.Reset()
 	v.json = true
 	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "h2c", Method: "GET", Path: "/", Status: 404})
+	_ = v.out.Flush()
 	if got, want := out.String(), `{"kind":"http","time":"2026-11-23T10:04:05.12Z","client":"10.88.0.1:5555","server":"10.88.0.7:8080","proto":"h2c","method":"GET","path":"/","status":404,"latencyMs":0,"reqBytes":0,"respBytes":0}`+"\n"; got != want {
 		t.Errorf("json:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestViewBatchesLines: a burst of exchanges reaches the terminal in a few writes, not one per line,
+// and all of it is there once the view is closed.
+func TestViewBatchesLines(t *testing.T) {
+	w := &cmdtest.CountingWriter{}
+	v := newView(w, false, []int{8080})
+	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
+	for i := range 100 {
+		v.exchange(capture.Exchange{Start: time.Now(), Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
+	}
+	v.close()
+	n, out := w.State()
+	if lines := strings.Count(out, "\n"); lines != 100 {
+		t.Fatalf("%d lines after close, want 100", lines)
+	}
+	// One write when the burst fits in lineout.Delay; a slow machine may split it, never by line.
+	if n > 10 {
+		t.Errorf("100 lines took %d writes, want them batched", n)
 	}
 }

@@ -10,12 +10,13 @@ import (
 	"github.com/gopacket/gopacket"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
 )
 
 // view turns captured frames into one line per HTTP exchange and per other TCP connection. It runs
 // on the plugin: the agent only captures, so the pod pays for no decoding.
 type view struct {
-	out  io.Writer
+	out  *lineout.Writer // lines leave in batches
 	json bool
 	asm  *capture.Assembler
 	stop chan struct{}
@@ -31,7 +32,7 @@ type view struct {
 const flushEvery = 500 * time.Millisecond
 
 func newView(out io.Writer, asJSON bool, ports []int) *view {
-	v := &view{out: out, json: asJSON, stop: make(chan struct{}), done: make(chan struct{})}
+	v := &view{out: lineout.New(out), json: asJSON, stop: make(chan struct{}), done: make(chan struct{})}
 	opts := capture.AssemblerOptions{}
 	for _, p := range ports {
 		// Tells client from server for connections already open when the capture started.
@@ -73,11 +74,12 @@ func (v *view) packet(data []byte, ci gopacket.CaptureInfo) {
 	v.asm.Feed(data, ci)
 }
 
-// close ends every connection still open, which prints its exchanges.
+// close ends every connection still open, which prints its exchanges, and writes what is buffered.
 func (v *view) close() {
 	close(v.stop)
 	<-v.done
 	v.asm.Close()
+	_ = v.out.Flush()
 }
 
 // line is one JSON line of the live view.

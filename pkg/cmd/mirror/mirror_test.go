@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -111,37 +110,17 @@ func TestResolveTo(t *testing.T) {
 	}
 }
 
-// countingWriter counts the writes that reach it.
-type countingWriter struct {
-	mu     sync.Mutex
-	writes int
-	buf    strings.Builder
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.writes++
-	return w.buf.Write(p)
-}
-
-func (w *countingWriter) state() (int, string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.writes, w.buf.String()
-}
-
 // TestPrinterBatchesLines: a burst of lines reaches the output in one write, without a flush from
 // the caller, and every line is there.
 func TestPrinterBatchesLines(t *testing.T) {
-	w := &countingWriter{}
+	w := &cmdtest.CountingWriter{}
 	p := newPrinter(w, true, false)
 	for i := range 100 {
 		p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n, out := w.state()
+		n, out := w.State()
 		if lines := strings.Count(out, "\n"); lines == 100 {
 			// One write when the burst fits in printFlush; a slow machine may split it, never by line.
 			if n > 10 {

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -90,43 +90,25 @@ func (c *counts) wait(d time.Duration) *wire.MirrorStats {
 	return c.last
 }
 
-// printFlush is how long a printed line may wait for others to share a write. At thousands of
-// copies a second, a write per line is a system call here and a wake-up of whatever reads the
-// output (a terminal, jq) per request; nobody watching can tell 20 ms.
-const printFlush = 20 * time.Millisecond
-
-// printer writes one line per mirrored request (with --diff, per request that differs).
+// printer writes one line per mirrored request (with --diff, per request that differs); the lines
+// leave in batches (lineout).
 type printer struct {
 	mu       sync.Mutex
-	out      *bufio.Writer
-	timer    *time.Timer
-	armed    bool
+	out      *lineout.Writer
 	json     bool
 	diffOnly bool
 }
 
 func newPrinter(out io.Writer, asJSON, diffOnly bool) *printer {
-	p := &printer{out: bufio.NewWriterSize(out, 64<<10), json: asJSON, diffOnly: diffOnly}
-	p.timer = time.AfterFunc(time.Hour, p.flush)
-	p.timer.Stop()
-	return p
+	return &printer{out: lineout.New(out), json: asJSON, diffOnly: diffOnly}
 }
 
 // flush writes what is buffered; the mirror's end calls it before its summary.
-func (p *printer) flush() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.armed = false
-	_ = p.out.Flush()
-}
+func (p *printer) flush() { _ = p.out.Flush() }
 
 func (p *printer) print(ev wire.MirrorEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.armed {
-		p.armed = true
-		p.timer.Reset(printFlush)
-	}
 	if p.json {
 		_ = json.NewEncoder(p.out).Encode(ev)
 		return

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -63,6 +64,7 @@ func (s *server) handle(ctx context.Context, in *wire.Incoming) {
 }
 
 func (s *server) printEvents(er *wire.EventReader) {
+	defer s.out.flush()
 	for {
 		ev, err := er.Read()
 		if err != nil {
@@ -72,18 +74,22 @@ func (s *server) printEvents(er *wire.EventReader) {
 	}
 }
 
-// printer writes one line per event: stolen requests and connections to out, warnings to errOut.
+// printer writes one line per event: stolen requests and connections to out, in batches (lineout),
+// warnings to errOut.
 type printer struct {
 	mu     sync.Mutex
-	out    io.Writer
+	out    *lineout.Writer
 	errOut io.Writer
 	json   bool
 	now    func() time.Time
 }
 
 func newPrinter(out, errOut io.Writer, asJSON bool) *printer {
-	return &printer{out: out, errOut: errOut, json: asJSON, now: time.Now}
+	return &printer{out: lineout.New(out), errOut: errOut, json: asJSON, now: time.Now}
 }
+
+// flush writes the lines still buffered; the steal's end calls it.
+func (p *printer) flush() { _ = p.out.Flush() }
 
 // jsonEvent is an event with the time the plugin printed it.
 type jsonEvent struct {
@@ -95,6 +101,8 @@ func (p *printer) event(ev wire.StealEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if ev.Kind == wire.EventWarning {
+		// The lines before the warning come before it on a terminal that shows both.
+		_ = p.out.Flush()
 		fmt.Fprintf(p.errOut, "warning: %s\n", ev.Message)
 		if !p.json {
 			return

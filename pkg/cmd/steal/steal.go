@@ -336,6 +336,7 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial forward.L
 		select {
 		case <-printed:
 		case <-time.After(stealEndWait):
+			srv.out.flush()
 		}
 		cancel()
 		events.Close()

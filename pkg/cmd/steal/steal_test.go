@@ -3,6 +3,7 @@ package steal
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -138,6 +139,7 @@ func TestPrinter(t *testing.T) {
 	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: "/passed", Status: 200})
 	p.event(wire.StealEvent{Kind: wire.EventConnection, Peer: "10.88.0.7:4000", Port: 80, BytesIn: 2048, BytesOut: 3 << 20, Duration: 1500})
 	p.event(wire.StealEvent{Kind: wire.EventWarning, Message: "local process at 127.0.0.1:8080 refused"})
+	p.flush()
 	want := "10:04:05 GET /a?b=1 200 12ms HTTP/1.1 (from 10.88.0.1:5555)\n" +
 		"10:04:05 connection from 10.88.0.7:4000 to port 80: 2.0 KiB in, 3.0 MiB out, 1.5s\n"
 	if diff := cmp.Diff(want, out.String()); diff != "" {
@@ -151,8 +153,28 @@ func TestPrinter(t *testing.T) {
 	p = newPrinter(&out, io.Discard, true)
 	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
 	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "POST", Path: "/x", Status: 201, Stolen: true})
+	p.flush()
 	if got, want := out.String(), `{"time":"2026-11-23T10:04:05Z","kind":"request","method":"POST","path":"/x","status":201,"stolen":true}`+"\n"; got != want {
 		t.Errorf("json = %q, want %q", got, want)
+	}
+}
+
+// TestPrinterBatchesLines: a burst of stolen requests reaches the terminal in a few writes, not one
+// per line, and all of it is there once the steal's end flushes.
+func TestPrinterBatchesLines(t *testing.T) {
+	w := &cmdtest.CountingWriter{}
+	p := newPrinter(w, io.Discard, false)
+	for i := range 100 {
+		p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200, Stolen: true})
+	}
+	p.flush()
+	n, out := w.State()
+	if lines := strings.Count(out, "\n"); lines != 100 {
+		t.Fatalf("%d lines after the flush, want 100", lines)
+	}
+	// One write when the burst fits in lineout.Delay; a slow machine may split it, never by line.
+	if n > 10 {
+		t.Errorf("100 lines took %d writes, want them batched", n)
 	}
 }
 
