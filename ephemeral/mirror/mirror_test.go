@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"sync"
@@ -661,4 +664,68 @@ func TestMirrorCopiesH2CConcurrently(t *testing.T) {
 	if diff := cmp.Diff(paths, got); diff != "" {
 		t.Errorf("copies answered 200 (-want +got):\n%s", diff)
 	}
+}
+
+// sinkOpener is a destination that reads every copy and never answers, so each copy stays in
+// flight, and costs little itself: what a test measures is the mirror's side.
+type sinkOpener struct{}
+
+func (sinkOpener) OpenIncoming(context.Context, wire.OpenRequest) (net.Conn, error) {
+	mine, theirs := net.Pipe()
+	go func() {
+		// A small buffer of its own: io.Discard's pooled 8 KiB ones would be most of what is measured.
+		b := make([]byte, 512)
+		for {
+			if _, err := theirs.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	return mine, nil
+}
+
+// TestMirrorConnectionMemory: an overloaded pod's clients open thousands of connections, and each
+// one the mirror copies holds its queue and its pipeline of requests in flight. Channels of
+// structs allocate every slot up front (the two took ~29 KiB per connection, most of the agent's
+// memory in overload); of pointers, 2.5 KiB. MEMPROF=FILE writes the heap profile at the peak.
+func TestMirrorConnectionMemory(t *testing.T) {
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	const n = 1000
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	hs := make([]capture.StreamHandler, 0, n)
+	for i := range n {
+		f := testFlow
+		f.Client = netip.AddrPortFrom(f.Client.Addr(), uint16(10000+i))
+		h := m.Handler(f)
+		h.Data(capture.ClientToServer, []byte(request("GET", fmt.Sprintf("/%d", i), "")), time.Now())
+		hs = append(hs, h)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for m.Stats().Mirrored < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d copies sent after 10s", m.Stats().Mirrored, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if p := os.Getenv("MEMPROF"); p != "" {
+		f, _ := os.Create(p)
+		_ = pprof.WriteHeapProfile(f)
+		f.Close()
+	}
+	perConn := (int64(after.HeapInuse) - int64(before.HeapInuse)) / n
+	t.Logf("heap per copied connection with one request in flight: %d B", perConn)
+	// 16 KiB here (the copy's 4 KiB response reader, the decoder, the test's pipe); 40 KiB with the
+	// channels of structs.
+	if perConn > 24<<10 {
+		t.Errorf("each copied connection holds %d B of heap, want at most 24 KiB", perConn)
+	}
+	runtime.KeepAlive(hs)
 }

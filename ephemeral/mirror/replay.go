@@ -41,7 +41,7 @@ type answer struct {
 // waiting for each answer would bound a connection's copies to one per round trip.
 type replayer struct {
 	c      *conn
-	q      chan item
+	q      chan *item
 	once   sync.Once
 	closed atomic.Bool
 
@@ -58,7 +58,7 @@ type replayer struct {
 }
 
 func newReplayer(c *conn) *replayer {
-	r := &replayer{c: c, q: make(chan item, queueLen)}
+	r := &replayer{c: c, q: make(chan *item, queueLen)}
 	c.m.wg.Add(1)
 	go r.run()
 	return r
@@ -67,21 +67,21 @@ func newReplayer(c *conn) *replayer {
 // request queues a request; a full queue or budget drops it. Called on the capture goroutine.
 func (r *replayer) request(req *capture.Request) {
 	n := len(req.Raw) + len(req.Body)
-	if !r.offer(item{req: req, size: n}) {
+	if !r.offer(&item{req: req, size: n}) {
 		r.c.m.stats.slow.Add(1)
 	}
 }
 
 // raw queues bytes of an opaque connection; false means the copy was given up.
 func (r *replayer) raw(p []byte) bool {
-	if !r.offer(item{raw: append([]byte(nil), p...), size: len(p)}) {
+	if !r.offer(&item{raw: append([]byte(nil), p...), size: len(p)}) {
 		r.abort(&r.c.m.stats.slow)
 		return false
 	}
 	return true
 }
 
-func (r *replayer) offer(it item) bool {
+func (r *replayer) offer(it *item) bool {
 	if r.closed.Load() || !r.c.m.reserve(it.size) {
 		return false
 	}
@@ -128,7 +128,7 @@ func (r *replayer) run() {
 	opaque := false
 	start := time.Now()
 	for {
-		var it item
+		var it *item
 		var ok bool
 		// Once the mirror is closed, a connection whose end was never seen (the capture stopped
 		// first) must not hold Close: its queue may never be closed.
@@ -201,7 +201,7 @@ const pipelineDepth = 64
 // in order, for its reader.
 type pipe struct {
 	conn     net.Conn
-	inflight chan flight
+	inflight chan *flight
 	done     chan struct{} // the reader has finished
 	broken   atomic.Bool   // the connection ended or failed: nothing more is written to it
 }
@@ -233,14 +233,14 @@ func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
 				m.stats.refused.Add(1)
 				return
 			}
-			p := &pipe{conn: c, inflight: make(chan flight, pipelineDepth), done: make(chan struct{})}
+			p := &pipe{conn: c, inflight: make(chan *flight, pipelineDepth), done: make(chan struct{})}
 			r.pipeMu.Lock()
 			r.pipe = p
 			r.pipeMu.Unlock()
 			go r.readAnswers(p)
 		}
 		p := r.pipe
-		f := flight{req: req, ev: r.event(req), start: time.Now()}
+		f := &flight{req: req, ev: r.event(req), start: time.Now()}
 		_ = p.conn.SetWriteDeadline(f.start.Add(answerTimeout))
 		if _, err := p.conn.Write(req.Raw); err != nil {
 			// The reader closes the connection after an answer that ends it (Connection: close):
