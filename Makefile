@@ -42,7 +42,7 @@ test-unit: ## unit tests (kernel and e2e tests skip themselves here)
 	go test $(GO_TEST_FLAGS) ./...
 
 test-kernel: ## kernel tests in network namespaces they create (root)
-	TRAFFICLAB_KERNEL_TESTS=1 go test $(GO_TEST_FLAGS) -run Kernel ./...
+	hack/test-kernel.sh $(GO_TEST_FLAGS)
 
 e2e: agent-image ## end-to-end tests on the local cluster (started and stopped if it was not up)
 	grpcurl="$$(hack/tools/install.sh grpcurl)" && PATH="$(BIN):$$(dirname "$$grpcurl"):$$PATH" hack/e2e.sh

@@ -15,18 +15,10 @@ else
   HOST_BEFORE=$(mktemp)
   "$ROOT/hack/cluster/host-state.sh" > "$HOST_BEFORE"
   teardown() {
-    local rc=$? after
+    local rc=$?
     "$ROOT/hack/cluster/down.sh" || rc=1
-    after=$(mktemp)
-    # A kernel module up.sh loaded (br_netfilter, nf_conntrack) stays loaded and its sysctls
-    # appear: only the keys that were there before are compared.
-    if ! diff -u "$HOST_BEFORE" <("$ROOT/hack/cluster/host-state.sh" |
-      awk 'NR == FNR { if ($2 == "=") had[$1] = 1; next } !($2 == "=" && !($1 in had))' "$HOST_BEFORE" -) > "$after"; then
-      cat "$after" >&2
-      echo "e2e: the host is not as it was before the cluster came up (diff above: - before, + after)" >&2
-      rc=1
-    fi
-    rm -f "$HOST_BEFORE" "$after"
+    "$ROOT/hack/cluster/host-diff.sh" "$HOST_BEFORE" || rc=1
+    rm -f "$HOST_BEFORE"
     exit "$rc"
   }
   trap teardown EXIT

@@ -91,12 +91,8 @@ if [ -f "$CLUSTER_DIR/host-paths.created" ]; then
   find /var/log/containers -maxdepth 1 -type l -lname "$CLUSTER_DIR/*" -delete 2>/dev/null || true
   while read -r d; do
     [ -n "$d" ] || continue
-    # `ip netns add` (the e2e guard test) turns /run/netns into a bind mount of itself and leaves
-    # it so after `ip netns del`: rm fails with EBUSY on it. Unmount it once nothing is left in it;
-    # a namespace still there is someone's, and the path stays.
-    while mountpoint -q "$d"; do
-      if [ -n "$(ls -A "$d")" ] || ! umount "$d"; then echo "down.sh: $d is a mount point still in use, leaving it" >&2; continue 2; fi
-    done
+    # rm fails with EBUSY on the /run/netns that ip netns leaves mounted (env.sh)
+    unmount_netns_dir "$d" || continue
     rm -rf --one-file-system "$d"
   done < "$CLUSTER_DIR/host-paths.created"
 fi

@@ -47,3 +47,12 @@ case ":$PATH:" in *":$K8S_BIN:"*) ;; *) export PATH=$K8S_BIN:$PATH ;; esac
 # Timestamped phase logging shared by the scripts. T0 is per script run.
 : "${TRAFFICLAB_T0:=$(date +%s.%N)}"
 ts() { printf '[%6.1fs] %s\n' "$(echo "$(date +%s.%N) - $TRAFFICLAB_T0" | bc)" "$*"; }
+
+# `ip netns add` (the kernel tests' namespaces, the e2e guard test's) turns /run/netns into a bind
+# mount of itself and leaves it so after `ip netns del`. Who created the directory undoes that once
+# no namespace is left in it; a namespace still there is someone's, and the path stays.
+unmount_netns_dir() { # dir; fails (1) if the dir is still in use
+  while mountpoint -q "$1"; do
+    if [ -n "$(ls -A "$1")" ] || ! umount "$1"; then echo "$1 is a mount point still in use, leaving it" >&2; return 1; fi
+  done
+}
