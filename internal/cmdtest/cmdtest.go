@@ -70,3 +70,17 @@ func (w *CountingWriter) State() (writes int, out string) {
 	defer w.mu.Unlock()
 	return w.writes, w.buf.String()
 }
+
+// CheckBatched fails t unless the output holds exactly lines lines, written in at most one write
+// per ten lines: a burst shares a write (one when it fits in lineout.Delay; a slow machine may split
+// it, never line by line).
+func (w *CountingWriter) CheckBatched(t testing.TB, lines int) {
+	t.Helper()
+	n, out := w.State()
+	if got := strings.Count(out, "\n"); got != lines {
+		t.Fatalf("%d lines in the output, want %d", got, lines)
+	}
+	if n > max(1, lines/10) {
+		t.Errorf("%d lines took %d writes, want them batched", lines, n)
+	}
+}
