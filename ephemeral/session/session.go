@@ -225,8 +225,9 @@ func (s *server) adjustMirrors(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.mirrors += n
+	d := s.writeInterval()
 	for t := range s.sessions {
-		t.SetWriteInterval(s.writeInterval())
+		t.SetWriteInterval(d)
 	}
 }
 

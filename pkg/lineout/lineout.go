@@ -26,7 +26,6 @@ type Writer struct {
 	buf   *bufio.Writer
 	timer *time.Timer
 	armed bool
-	err   error
 }
 
 // New returns a Writer that writes to w.
@@ -37,22 +36,15 @@ func New(w io.Writer) *Writer {
 	return l
 }
 
-// Write buffers p. An error of an earlier, timed write is returned here.
+// Write buffers p. An error of an earlier, timed write is returned here: bufio.Writer keeps it.
 func (l *Writer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err != nil {
-		return 0, l.err
-	}
 	if !l.armed {
 		l.armed = true
 		l.timer.Reset(Delay)
 	}
-	n, err := l.buf.Write(p)
-	if err != nil {
-		l.err = err
-	}
-	return n, err
+	return l.buf.Write(p)
 }
 
 // Flush writes what is buffered now.
@@ -61,8 +53,5 @@ func (l *Writer) Flush() error {
 	defer l.mu.Unlock()
 	l.armed = false
 	l.timer.Stop()
-	if err := l.buf.Flush(); err != nil && l.err == nil {
-		l.err = err
-	}
-	return l.err
+	return l.buf.Flush()
 }
