@@ -13,9 +13,9 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/klog/v2"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
 
 func main() {

@@ -21,9 +21,9 @@ import (
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

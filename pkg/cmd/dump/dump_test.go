@@ -13,7 +13,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
 )
 
 // parse runs the real cobra command line through Complete and Validate, stopping before Run.

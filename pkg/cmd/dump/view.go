@@ -10,7 +10,7 @@ import (
 	"github.com/gopacket/gopacket"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
 )
 
 // view turns captured frames into one line per HTTP exchange and per other TCP connection. It runs

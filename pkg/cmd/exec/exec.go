@@ -20,15 +20,15 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubectl/pkg/util/templates"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
 
 var (

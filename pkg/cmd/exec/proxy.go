@@ -7,8 +7,8 @@ import (
 	"os"
 	osexec "os/exec"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/proxy"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/proxy"
 )
 
 // runProxied runs the command on this machine with a SOCKS5/HTTP proxy through the pod in its

@@ -13,11 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/dnsproxy"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/netstack"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/dnsproxy"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/netstack"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

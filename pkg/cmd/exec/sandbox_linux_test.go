@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
 
 // TestHostLoopbackPorts: listeners on loopback and on every address are found, the command's view

@@ -6,7 +6,7 @@ import (
 	"context"
 	"errors"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
 )
 
 func (o *Options) runSandboxed(context.Context, *session.Session) (int, error) {

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/lineout"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

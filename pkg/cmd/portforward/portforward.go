@@ -16,9 +16,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 )
 
 var (

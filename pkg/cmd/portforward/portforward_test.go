@@ -9,8 +9,8 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 )
 
 // parse runs the real cobra command line through Complete and Validate, stopping before Run.

@@ -21,12 +21,12 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/kubectl/pkg/util/templates"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/httpfilter"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/exitcode"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/forward"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/session"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

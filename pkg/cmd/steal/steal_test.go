@@ -18,7 +18,7 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

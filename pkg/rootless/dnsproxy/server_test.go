@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/net/dns/dnsmessage"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 func mustFilter(t testing.TB, local, remote []string) *egress.Filter {

@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/kubectl/pkg/util/podutils"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
 )
 
 // DefaultContainerAnnotation preselects a pod's main container for kubectl and, likewise, for trafficlab.

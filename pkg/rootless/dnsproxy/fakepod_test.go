@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 // podNameserver is the address the fake pod's resolv.conf names; podDialer maps it to fakePod.

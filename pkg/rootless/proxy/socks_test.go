@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 // appendRequest encodes a request the way a client does; names are sent as ATYP 3.

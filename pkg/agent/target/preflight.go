@@ -9,8 +9,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/transport"
 )
 
 // Needs lists what a command is about to do in the target pod.

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/session"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/tunnel"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
 
 // TestMain lets the test binary be the sandbox's helper, as main does for the plugin.

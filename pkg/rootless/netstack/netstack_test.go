@@ -27,7 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/netstack"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/netstack"
 )
 
 // These tests need no TUN device and no root: the stack under test reads a SOCK_SEQPACKET socket

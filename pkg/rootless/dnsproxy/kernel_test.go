@@ -18,7 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 // childEnv marks the test binary re-run inside fresh mount and network namespaces.

@@ -12,8 +12,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/transport"
 )
 
 // rbacClient answers SelfSubjectAccessReviews from allowed ("verb resource/subresource") and records

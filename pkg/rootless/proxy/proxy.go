@@ -20,7 +20,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 

@@ -18,7 +18,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 	"k8s.io/klog/v2"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 const (

@@ -18,11 +18,11 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/inject"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/progress"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/target"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/transport"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/tunnel"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/transport"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/progress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/version"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )

@@ -24,8 +24,8 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/netstack"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/sandbox"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/netstack"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
 
 // The kernel tests run real programs (curl, socat, getent, sh) in a sandbox, as an unprivileged

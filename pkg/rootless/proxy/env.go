@@ -3,7 +3,7 @@ package proxy
 import (
 	"strings"
 
-	"github.com/trafficlab/kubectl-trafficlab/pkg/egress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 )
 
 // Env is the environment that sends a command's clients to the proxy at addr ("host:port"):
