@@ -21,7 +21,9 @@
 #             once linked as the manifest's caveat says, kubectl's plugin
 #             completion reaches kubectl_complete-trafficlab.
 # docs        docs/architecture.md has a "- `dir/` — ..." line for every Go
-#             package directory and names no path that does not exist.
+#             package directory and names no path that does not exist; each
+#             line's import clause and every arrow match `go list`
+#             (hack/archmap).
 # go          gofmt -l is empty and go vet ./... passes.
 # agent-deps  nothing under ephemeral/ or capture/ imports k8s.io/*, even
 #             indirectly (depguard in .golangci.yml sees direct imports only).
@@ -289,6 +291,11 @@ check_docs() {
 			fail "$doc names \`$d/\`, which does not exist; remove or rename that line"
 		fi
 	done <<<"$entries"
+	step "docs: the arrows of docs/architecture.md match the imports"
+	local line
+	while read -r line; do
+		fail "${line#archmap: }"
+	done < <(go run ./hack/archmap -doc "$doc" 2>&1 >/dev/null | grep -v '^exit status')
 }
 
 # ---------------------------------------------------------------- go
