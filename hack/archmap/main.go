@@ -3,7 +3,7 @@
 //
 // The map has one list line per package directory:
 //
-//	- `pkg/cmd/steal/` — what it does. → `pkg/agent/session`, `pkg/local/deliver`
+//   - `pkg/cmd/steal/` — what it does. → `pkg/agent/session`, `pkg/local/deliver`
 //
 // Everything after the last " → " of a package line names that package's direct imports inside this
 // module (production code: no test files, the default build tags), and must name exactly those. A
