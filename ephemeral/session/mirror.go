@@ -108,7 +108,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	wg.Add(1)
 	var werr error
 	bw := bufio.NewWriterSize(stream, 64<<10)
-	w := wire.NewMirrorEventWriter(bw)
+	w := wire.NewLineWriter[wire.MirrorEvent](bw)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(eventFlush)

@@ -395,7 +395,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, stream)
 		cancel()
 	}()
-	w := wire.NewEventWriter(stream)
+	w := wire.NewLineWriter[wire.StealEvent](stream)
 	for {
 		select {
 		case e := <-events:

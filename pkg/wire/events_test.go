@@ -14,10 +14,7 @@ import (
 // wire. Plugins and agents of one version interoperate, so these bytes change only with the protocol:
 // field names, their order, omitempty, and encoding/json's escaping (<, >, & and U+2028 as \u
 // escapes) are all part of them.
-var stealEventsGolden = []struct {
-	ev   StealEvent
-	line string
-}{
+var stealEventsGolden = []golden[StealEvent]{
 	{
 		StealEvent{Kind: EventReady, Flushed: 2, KernelOwned: true},
 		`{"kind":"ready","flushed":2,"kernelOwned":true}`,
@@ -41,10 +38,7 @@ var stealEventsGolden = []struct {
 }
 
 // mirrorEventsGolden is stealEventsGolden for a mirror.
-var mirrorEventsGolden = []struct {
-	ev   MirrorEvent
-	line string
-}{
+var mirrorEventsGolden = []golden[MirrorEvent]{
 	{
 		MirrorEvent{Kind: EventReady},
 		`{"kind":"ready"}`,
@@ -79,22 +73,31 @@ var mirrorEventsGolden = []struct {
 	},
 }
 
-func TestStealEventsGolden(t *testing.T) {
+// golden is one event and its line on the wire.
+type golden[E Event] struct {
+	ev   E
+	line string
+}
+
+// checkGolden writes the events, compares the bytes with the golden lines, and reads the golden
+// lines back into the events.
+func checkGolden[E Event](t *testing.T, events []golden[E]) {
+	t.Helper()
 	var buf, want bytes.Buffer
-	w := NewEventWriter(&buf)
-	var events []StealEvent
-	for _, g := range stealEventsGolden {
+	w := NewLineWriter[E](&buf)
+	var evs []E
+	for _, g := range events {
 		if err := w.Write(g.ev); err != nil {
 			t.Fatalf("Write(%+v): %v", g.ev, err)
 		}
 		want.WriteString(g.line + "\n")
-		events = append(events, g.ev)
+		evs = append(evs, g.ev)
 	}
 	if diff := cmp.Diff(want.String(), buf.String()); diff != "" {
 		t.Errorf("bytes on the wire (-want +got):\n%s", diff)
 	}
-	r := NewEventReader(&want)
-	var got []StealEvent
+	r := NewLineReader[E](&want)
+	var got []E
 	for {
 		ev, err := r.Read()
 		if errors.Is(err, io.EOF) {
@@ -105,46 +108,19 @@ func TestStealEventsGolden(t *testing.T) {
 		}
 		got = append(got, ev)
 	}
-	if diff := cmp.Diff(events, got); diff != "" {
+	if diff := cmp.Diff(evs, got); diff != "" {
 		t.Errorf("events read back (-want +got):\n%s", diff)
 	}
 }
 
-func TestMirrorEventsGolden(t *testing.T) {
-	var buf, want bytes.Buffer
-	w := NewMirrorEventWriter(&buf)
-	var events []MirrorEvent
-	for _, g := range mirrorEventsGolden {
-		if err := w.Write(g.ev); err != nil {
-			t.Fatalf("Write(%+v): %v", g.ev, err)
-		}
-		want.WriteString(g.line + "\n")
-		events = append(events, g.ev)
-	}
-	if diff := cmp.Diff(want.String(), buf.String()); diff != "" {
-		t.Errorf("bytes on the wire (-want +got):\n%s", diff)
-	}
-	r := NewMirrorEventReader(&want)
-	var got []MirrorEvent
-	for {
-		ev, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("Read after %d events: %v", len(got), err)
-		}
-		got = append(got, ev)
-	}
-	if diff := cmp.Diff(events, got); diff != "" {
-		t.Errorf("events read back (-want +got):\n%s", diff)
-	}
-}
+func TestStealEventsGolden(t *testing.T) { checkGolden(t, stealEventsGolden) }
+
+func TestMirrorEventsGolden(t *testing.T) { checkGolden(t, mirrorEventsGolden) }
 
 // A reader of one version meets fields it does not know from a newer writer, and lines cut short
 // when the agent dies mid-write: the first are ignored, the second is an error, not a made-up event.
 func TestEventsReaderTolerance(t *testing.T) {
-	r := NewEventReader(strings.NewReader(`{"kind":"request","port":80,"fromTheFuture":{"x":[1]}}` + "\n" + `{"kind":"warn`))
+	r := NewLineReader[StealEvent](strings.NewReader(`{"kind":"request","port":80,"fromTheFuture":{"x":[1]}}` + "\n" + `{"kind":"warn`))
 	ev, err := r.Read()
 	if err != nil {
 		t.Fatalf("Read with an unknown field: %v", err)
