@@ -29,7 +29,7 @@ const (
 	appPort    = 8080
 	appPort2   = 8443
 	listenPort = 15001
-	testMark   = 0x7f1a0000
+	testMark   = PassMark
 )
 
 var kernelRedirect = Redirect{Ports: []uint16{appPort, appPort2}, ListenPort: listenPort, Mark: testMark}
@@ -101,21 +101,17 @@ func serveLines(t *testing.T, l net.Listener, reply func(net.Conn) string) {
 	}()
 }
 
-// dial connects from ns, with SO_MARK mark if it is not 0. The connection is closed when the test
-// ends.
+// dial connects from ns, through PassDialer if mark is PassMark (the only mark the agent sets),
+// else unmarked. The connection is closed when the test ends.
 func dial(t *testing.T, ns *testnet.NS, addr netip.AddrPort, mark uint32, timeout time.Duration) (net.Conn, error) {
 	t.Helper()
-	d := net.Dialer{Timeout: timeout}
-	if mark != 0 {
-		d.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
+	d := &net.Dialer{Timeout: timeout}
+	switch mark {
+	case 0:
+	case PassMark:
+		d = PassDialer(timeout)
+	default:
+		t.Fatalf("dial with mark %#x: the agent dials with PassMark or none", mark)
 	}
 	var c net.Conn
 	err := ns.Do(func() error {
@@ -580,5 +576,52 @@ func TestKernelFallbackTable(t *testing.T) {
 	}
 	if got := ask(t, n.client, a, 0); got != "app" {
 		t.Errorf("after Guard, %s answered %q, want the app", a, got)
+	}
+}
+
+// socketMark reads c's SO_MARK back from the kernel.
+func socketMark(t *testing.T, c net.Conn) int {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mark int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		mark, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatalf("getsockopt SO_MARK: %v", serr)
+	}
+	return mark
+}
+
+// PassDialer's sockets carry PassMark from before their SYN: with the redirect in place, the same
+// addresses dialed without it reach the agent's listener, and through it the app.
+func TestKernelPassDialer(t *testing.T) {
+	n := newStealNet(t)
+	openIn(t, n.pod, "pass", kernelRedirect)
+	for _, a := range []netip.AddrPort{ap(lo4, appPort), ap(lo6, appPort2), ap(n.podV4, appPort), ap(n.podV6, appPort)} {
+		for _, c := range []struct {
+			mark uint32
+			want string
+		}{
+			{0, "agent " + a.String()},
+			{PassMark, "app"},
+		} {
+			conn, err := dial(t, n.pod, a, c.mark, 5*time.Second)
+			if err != nil {
+				t.Fatalf("dial %s (mark %#x): %v", a, c.mark, err)
+			}
+			if got := socketMark(t, conn); got != int(c.mark) {
+				t.Errorf("%s: SO_MARK = %#x, want %#x", a, got, c.mark)
+			}
+			if got, err := exchangeLine(conn); err != nil || got != c.want {
+				t.Errorf("%s (mark %#x) answered %q, %v; want %q", a, c.mark, got, err, c.want)
+			}
+		}
 	}
 }

@@ -10,12 +10,12 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -108,7 +108,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	wg.Add(1)
 	var werr error
 	bw := bufio.NewWriterSize(stream, 64<<10)
-	w := wire.NewMirrorEventWriter(bw)
+	w := wire.NewLineWriter[wire.MirrorEvent](bw)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(eventFlush)
@@ -154,17 +154,9 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 type mirrorDialer struct{ marked bool }
 
 func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Conn, error) {
-	nd := net.Dialer{Timeout: 10 * time.Second}
+	nd := &net.Dialer{Timeout: 10 * time.Second}
 	if d.marked {
-		nd.Control = func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, steal.PassMark)
-			}); err != nil {
-				return err
-			}
-			return serr
-		}
+		nd = netfilter.PassDialer(nd.Timeout)
 	}
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {

@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -395,7 +397,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, stream)
 		cancel()
 	}()
-	w := wire.NewEventWriter(stream)
+	w := wire.NewLineWriter[wire.StealEvent](stream)
 	for {
 		select {
 		case e := <-events:
@@ -416,15 +418,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 // OpenIncoming opens a stream to the plugin for a stolen connection, on the least busy tunnel.
 func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
 	s.mu.Lock()
-	var best *wire.Session
-	for t := range s.sessions {
-		if t.IsClosed() {
-			continue
-		}
-		if best == nil || t.NumStreams() < best.NumStreams() {
-			best = t
-		}
-	}
+	best := wire.LeastLoaded(slices.Collect(maps.Keys(s.sessions)), 0)
 	s.mu.Unlock()
 	if best == nil {
 		return nil, fmt.Errorf("no data connection to the plugin: %w", wire.ErrSessionClosed)

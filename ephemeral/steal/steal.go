@@ -29,11 +29,6 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// PassMark is the SO_MARK of the agent's own connections to the app; the redirect's output rule skips
-// it. The low 16 bits stay clear: kube-proxy (0x4000, 0x8000) and Cilium (0x0f00) use them on packets
-// that leave the pod, and marked connections only ever go to the pod's own addresses over lo.
-const PassMark = 0x7f1a0000
-
 // DefaultDetectTimeout is how long a new connection may stay silent before it is taken as a
 // server-first protocol: such clients wait for the server's greeting, so they pay this once per
 // connection; HTTP clients write at once and pay nothing.
@@ -85,7 +80,7 @@ type Steal struct {
 	matcher  *wire.FilterMatcher
 	ln       *net.TCPListener
 	redirect Redirect
-	app      net.Dialer
+	app      *net.Dialer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -160,7 +155,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
 	s.matcher = m
-	s.app = net.Dialer{Timeout: 10 * time.Second, Control: markControl}
+	s.app = netfilter.PassDialer(10 * time.Second)
 	ln, err := net.Listen("tcp", cfg.ListenAddress)
 	if err != nil {
 		return nil, fmt.Errorf("listen for stolen connections: %w", err)
@@ -173,7 +168,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	r, err := cfg.Redirector.Redirect(cfg.ID, netfilter.Redirect{
 		Ports:      ports,
 		ListenPort: uint16(s.ln.Addr().(*net.TCPAddr).Port),
-		Mark:       PassMark,
+		Mark:       netfilter.PassMark,
 	})
 	if err != nil {
 		s.ln.Close()
@@ -186,7 +181,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: r.KernelOwned()}
 	if cfg.Spec.FlushConnections {
-		socks, entries, err := cfg.Flush(ports, PassMark)
+		socks, entries, err := cfg.Flush(ports, netfilter.PassMark)
 		if err != nil {
 			// The redirect works without it; only already-open connections stay with the app.
 			cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("could not reset open connections: %v", err)})
@@ -199,21 +194,6 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	go s.accept()
 	context.AfterFunc(s.ctx, func() { _ = s.Close() })
 	return s, nil
-}
-
-// markControl sets the pass-through mark before connect, so that not even the SYN is redirected.
-func markControl(_, _ string, rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, PassMark)
-	})
-	if err != nil {
-		return err
-	}
-	if serr != nil {
-		return fmt.Errorf("set the pass-through mark: %w", serr)
-	}
-	return nil
 }
 
 // ListenPort is where redirected connections arrive, for tests.

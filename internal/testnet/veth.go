@@ -1,9 +1,12 @@
 package testnet
 
 import (
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -21,7 +24,7 @@ type Link struct {
 // both up. The pair disappears with the namespaces.
 //
 // IPv6 addresses skip duplicate address detection, which would otherwise keep them unusable for
-// about a second.
+// about a second, and Connect returns only once each namespace routes its own addresses to itself.
 func Connect(t testing.TB, a *NS, aAddrs []netip.Prefix, b *NS, bAddrs []netip.Prefix) (Link, Link) {
 	t.Helper()
 	aName, bName := a.newIfcName(), b.newIfcName()
@@ -35,7 +38,48 @@ func Connect(t testing.TB, a *NS, aAddrs []netip.Prefix, b *NS, bAddrs []netip.P
 	if err := a.nl.LinkAdd(veth); err != nil {
 		t.Fatalf("testnet: add veth %q (netns %q) <-> %q (netns %q): %v", aName, a.Name, bName, b.Name, err)
 	}
-	return setUp(t, a, aName, aAddrs), setUp(t, b, bName, bAddrs)
+	la, lb := setUp(t, a, aName, aAddrs), setUp(t, b, bName, bAddrs)
+	waitLocalRoutes(t, la)
+	waitLocalRoutes(t, lb)
+	return la, lb
+}
+
+// waitLocalRoutes waits until the namespace routes each IPv6 address of l to itself. The address is
+// listed as soon as it is added, but the kernel installs its local route later, from a work queue,
+// once the link has carrier (even with duplicate address detection skipped). A dial from the
+// namespace to its own address in between is routed out of the link, finds no neighbour and fails
+// with EHOSTUNREACH three seconds later: seen in about a third of runs on a busy machine. IPv4
+// local routes come with the address.
+func waitLocalRoutes(t testing.TB, l Link) {
+	t.Helper()
+	missing := map[netip.Addr]bool{}
+	for _, p := range l.Addrs {
+		if p.Addr().Is6() {
+			missing[p.Addr()] = true
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(missing) > 0 {
+		routes, err := l.NS.nl.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			t.Fatalf("testnet: list local routes in netns %q: %v", l.NS.Name, err)
+		}
+		for _, r := range routes {
+			if r.Dst == nil {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(r.Dst.IP); ok {
+				delete(missing, a)
+			}
+		}
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testnet: %v on %q in netns %q got no local route within 10s", slices.Collect(maps.Keys(missing)), l.Name, l.NS.Name)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func setUp(t testing.TB, ns *NS, name string, addrs []netip.Prefix) Link {

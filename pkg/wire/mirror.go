@@ -1,9 +1,7 @@
 package wire
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -209,32 +207,4 @@ func plural(n int64, what string) string {
 		return "1 " + what
 	}
 	return fmt.Sprintf("%d %ss", n, what)
-}
-
-// MirrorEventWriter sends mirror events as JSON lines.
-type MirrorEventWriter struct{ enc *json.Encoder }
-
-// NewMirrorEventWriter writes to w.
-func NewMirrorEventWriter(w io.Writer) *MirrorEventWriter {
-	return &MirrorEventWriter{enc: json.NewEncoder(w)}
-}
-
-// Write sends one event.
-func (e *MirrorEventWriter) Write(ev MirrorEvent) error { return e.enc.Encode(ev) }
-
-// MirrorEventReader reads what a MirrorEventWriter sent.
-type MirrorEventReader struct{ dec *json.Decoder }
-
-// NewMirrorEventReader reads from r.
-func NewMirrorEventReader(r io.Reader) *MirrorEventReader {
-	return &MirrorEventReader{dec: json.NewDecoder(r)}
-}
-
-// Read returns the next event; io.EOF when the mirror has ended.
-func (e *MirrorEventReader) Read() (MirrorEvent, error) {
-	var ev MirrorEvent
-	if err := e.dec.Decode(&ev); err != nil {
-		return MirrorEvent{}, err
-	}
-	return ev, nil
 }

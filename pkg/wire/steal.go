@@ -1,9 +1,7 @@
 package wire
 
 import (
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"time"
@@ -147,31 +145,6 @@ type StealEvent struct {
 	// Ready's details: connections reset by FlushConnections, and whether the kernel owns the table.
 	Flushed     int  `json:"flushed,omitempty"`
 	KernelOwned bool `json:"kernelOwned,omitempty"`
-}
-
-// EventWriter sends events as JSON lines; one Encode is one line, so the reader can resync after a
-// line it does not understand.
-type EventWriter struct{ enc *json.Encoder }
-
-// NewEventWriter writes to w.
-func NewEventWriter(w io.Writer) *EventWriter { return &EventWriter{enc: json.NewEncoder(w)} }
-
-// Write sends one event.
-func (e *EventWriter) Write(ev StealEvent) error { return e.enc.Encode(ev) }
-
-// EventReader reads what an EventWriter sent.
-type EventReader struct{ dec *json.Decoder }
-
-// NewEventReader reads from r.
-func NewEventReader(r io.Reader) *EventReader { return &EventReader{dec: json.NewDecoder(r)} }
-
-// Read returns the next event; io.EOF when the steal has ended.
-func (e *EventReader) Read() (StealEvent, error) {
-	var ev StealEvent
-	if err := e.dec.Decode(&ev); err != nil {
-		return StealEvent{}, err
-	}
-	return ev, nil
 }
 
 // validateIncoming checks an incoming stream's request: the pod port and the client address.

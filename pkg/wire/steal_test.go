@@ -1,14 +1,10 @@
 package wire
 
 import (
-	"bytes"
 	"errors"
-	"io"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 func TestStealSpecValidate(t *testing.T) {
@@ -88,39 +84,6 @@ func TestFilterMatcher(t *testing.T) {
 	}
 	if m, err := (&HTTPFilter{}).Compile(); m != nil || err != nil {
 		t.Errorf("empty filter compiled to %v, %v; want nil, nil", m, err)
-	}
-}
-
-func TestEventsRoundTrip(t *testing.T) {
-	events := []StealEvent{
-		{Kind: EventReady, Flushed: 2, KernelOwned: true},
-		{Kind: EventRequest, Port: 80, Peer: "10.0.0.2:4000", Proto: "HTTP/1.1", Method: "GET", Path: "/x", Status: 200, Stolen: true, Duration: 3, BytesIn: 10, BytesOut: 20},
-		{Kind: EventWarning, Message: "local process refused"},
-	}
-	var buf bytes.Buffer
-	w := NewEventWriter(&buf)
-	for _, e := range events {
-		if err := w.Write(e); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n := strings.Count(buf.String(), "\n"); n != len(events) {
-		t.Errorf("%d lines for %d events", n, len(events))
-	}
-	r := NewEventReader(&buf)
-	var got []StealEvent
-	for {
-		e, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		got = append(got, e)
-	}
-	if diff := cmp.Diff(events, got); diff != "" {
-		t.Errorf("events (-want +got):\n%s", diff)
 	}
 }
 

@@ -267,6 +267,33 @@ func (s *Session) Ping() (time.Duration, error) { return s.mux.Ping() }
 // NumStreams is how many streams are open, for metrics and pool balancing.
 func (s *Session) NumStreams() int { return s.mux.NumStreams() }
 
+// LeastLoaded returns the open session with the fewest open streams, nil when none is open. Among
+// equally loaded ones the first counting from index start wins (wrapping around), so a caller that
+// advances start on every pick spreads short-lived streams round-robin instead of piling them on
+// the first connection. Both ends spread their streams with it: the plugin its dials, the agent
+// its stolen and mirrored connections.
+func LeastLoaded(sessions []*Session, start int) *Session {
+	if len(sessions) == 0 {
+		return nil
+	}
+	start %= len(sessions)
+	if start < 0 {
+		start += len(sessions)
+	}
+	var best *Session
+	bestN := 0
+	for i := range sessions {
+		s := sessions[(start+i)%len(sessions)]
+		if s.IsClosed() {
+			continue
+		}
+		if n := s.NumStreams(); best == nil || n < bestN {
+			best, bestN = s, n
+		}
+	}
+	return best
+}
+
 // Done is closed when the session ends, for whatever reason.
 func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 

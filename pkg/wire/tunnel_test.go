@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -483,5 +484,68 @@ func TestTunnelPing(t *testing.T) {
 	}
 	if _, err := server.Accept(context.Background()); !errors.Is(err, ErrSessionClosed) {
 		t.Errorf("Accept on a closed session: %v, want ErrSessionClosed", err)
+	}
+}
+
+func TestLeastLoaded(t *testing.T) {
+	// conn is one data connection: how many streams it holds open, and how it ended, if it did.
+	type conn struct {
+		streams int
+		end     string // "", "closed" (by this end) or "peer closed"
+	}
+	tests := []struct {
+		name  string
+		conns []conn
+		start int
+		want  int // index into conns; -1 for none
+	}{
+		{name: "no connections", start: 0, want: -1},
+		{name: "one idle", conns: []conn{{}}, want: 0},
+		{name: "fewest streams", conns: []conn{{streams: 2}, {}, {streams: 1}}, want: 1},
+		{name: "fewest streams whatever the start", conns: []conn{{streams: 2}, {}, {streams: 1}}, start: 2, want: 1},
+		{name: "tie goes to start", conns: []conn{{streams: 1}, {streams: 1}, {streams: 1}}, start: 0, want: 0},
+		{name: "tie goes to start 1", conns: []conn{{streams: 1}, {streams: 1}, {streams: 1}}, start: 1, want: 1},
+		{name: "tie goes to the first after start", conns: []conn{{streams: 1}, {streams: 2}, {streams: 1}}, start: 1, want: 2},
+		{name: "tie wraps to the front", conns: []conn{{streams: 1}, {streams: 1}, {streams: 2}}, start: 2, want: 0},
+		{name: "start past the end wraps", conns: []conn{{}, {}, {}}, start: 4, want: 1},
+		{name: "negative start wraps", conns: []conn{{}, {}, {}}, start: -1, want: 2},
+		{name: "closed is skipped although idle", conns: []conn{{end: "closed"}, {streams: 3}, {streams: 3}}, want: 1},
+		{name: "peer closed is skipped", conns: []conn{{streams: 2}, {end: "peer closed"}}, start: 1, want: 0},
+		{name: "tie skips the closed start", conns: []conn{{streams: 1}, {streams: 1, end: "closed"}, {streams: 1}}, start: 1, want: 2},
+		{name: "all closed", conns: []conn{{end: "closed"}, {end: "peer closed"}}, want: -1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var sessions []*Session
+			for i, c := range tt.conns {
+				client, server := tunnelPair(t, transports()[0], TunnelConfig{})
+				// The streams stay open until the session ends.
+				serve(t, server, handlers{"hold:1": func(st *Stream) { _, _ = io.Copy(io.Discard, st) }})
+				for range c.streams {
+					if _, err := client.Open(context.Background(), dialReq("hold:1")); err != nil {
+						t.Fatalf("conn %d: open: %v", i, err)
+					}
+				}
+				if n := client.NumStreams(); n != c.streams {
+					t.Fatalf("conn %d holds %d streams, want %d", i, n, c.streams)
+				}
+				switch c.end {
+				case "closed":
+					client.Close()
+				case "peer closed":
+					server.Close()
+					<-client.Done()
+				}
+				sessions = append(sessions, client)
+			}
+			got := LeastLoaded(sessions, tt.start)
+			var want *Session
+			if tt.want >= 0 {
+				want = sessions[tt.want]
+			}
+			if got != want {
+				t.Errorf("LeastLoaded(start %d) = conn %d, want conn %d", tt.start, slices.Index(sessions, got), tt.want)
+			}
+		})
 	}
 }

@@ -323,20 +323,12 @@ func (c *Conn) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, er
 	return t.Open(ctx, req)
 }
 
-// pick spreads streams over the data connections, preferring the least loaded.
+// pick spreads streams over the data connections, preferring the least loaded and taking turns
+// among equals.
 func (c *Conn) pick() *wire.Session {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var best *wire.Session
-	for i := range c.tunnels {
-		t := c.tunnels[(c.next+i)%len(c.tunnels)]
-		if t.IsClosed() {
-			continue
-		}
-		if best == nil || t.NumStreams() < best.NumStreams() {
-			best = t
-		}
-	}
+	best := wire.LeastLoaded(c.tunnels, c.next)
 	c.next++
 	return best
 }
