@@ -70,15 +70,13 @@ func execSuite(ctx context.Context, m *machine, ns string, size int64, requests 
 	if err != nil {
 		return "", err
 	}
+	kubectls := kubectlForwarders(ns)
 	var results []result
-	for _, f := range []forwarder{
-		{"kubectl port-forward (default: WebSocket)", []string{"-n", ns, "port-forward", "pod/echo"}},
-		{"trafficlab port-forward", []string{"trafficlab", "port-forward", "-n", ns, "-q", "pod/echo"}},
-	} {
+	for _, f := range append(kubectls[:], forwarder{name: "trafficlab port-forward", args: []string{"trafficlab", "port-forward", "-n", ns, "-q", "pod/echo"}}) {
 		if err := m.waitQuiet(ctx); err != nil {
 			return "", err
 		}
-		r, err := measure(ctx, f, os.Environ(), size, requests)
+		r, err := measure(ctx, f, size, requests)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", f.name, err)
 		}

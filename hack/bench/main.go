@@ -1,5 +1,5 @@
-// Command bench measures trafficlab port-forward against kubectl port-forward to the same pod port in
-// the same run: bulk download throughput for incompressible and JSON payloads, and small-request
+// Command bench measures trafficlab port-forward against kubectl port-forward (over both of kubectl's
+// transports: WebSocket, its default, and SPDY) to the same pod port in the same run: bulk download throughput for incompressible and JSON payloads, and small-request
 // latency over a kept-alive connection and with a new connection per request. The steal suite
 // (steal.go) measures `kubectl trafficlab steal`: small-request latency through the steal tunnel
 // against kubectl port-forward, and the cost of the HTTP filter for requests it passes to the app, at
@@ -31,6 +31,21 @@ import (
 type forwarder struct {
 	name string
 	args []string // after "kubectl"
+	env  []string // added to the bench's environment
+}
+
+// kubectlForwarders are kubectl port-forward's two transports, both measured in every run that
+// compares with kubectl, so that each ratio says which one it is against. Since v1.31 kubectl's
+// default is WebSocket (tunnelled SPDY over a WebSocket to the apiserver); with
+// KUBECTL_PORT_FORWARD_WEBSOCKETS=false it speaks SPDY end to end, as trafficlab's tunnel does, and
+// on this cluster that is the faster of the two. Render functions take the first as the WebSocket
+// baseline and the second as the SPDY one.
+func kubectlForwarders(ns string) [2]forwarder {
+	args := []string{"-n", ns, "port-forward", "pod/echo"}
+	return [2]forwarder{
+		{name: "kubectl port-forward (default: WebSocket)", args: args},
+		{name: "kubectl port-forward (SPDY)", args: args, env: []string{"KUBECTL_PORT_FORWARD_WEBSOCKETS=false"}},
+	}
 }
 
 type result struct {
@@ -157,23 +172,18 @@ func run() error {
 // forwardSuite is the port-forward comparison: bulk downloads and small-request latency through each
 // forwarder, one after the other, to the same pod port.
 func forwardSuite(ctx context.Context, m *machine, ns string, size int64, requests int) (string, error) {
-	fws := []forwarder{
-		{"kubectl port-forward (default: WebSocket)", []string{"-n", ns, "port-forward", "pod/echo"}},
-		{"kubectl port-forward (SPDY)", []string{"-n", ns, "port-forward", "pod/echo"}},
-		{"trafficlab port-forward", []string{"trafficlab", "port-forward", "-n", ns, "-q", "pod/echo"}},
-		{"trafficlab port-forward --data-path exec", []string{"trafficlab", "port-forward", "-n", ns, "-q", "--data-path", "exec", "pod/echo"}},
-	}
+	kubectls := kubectlForwarders(ns)
+	fws := append(kubectls[:],
+		forwarder{name: "trafficlab port-forward", args: []string{"trafficlab", "port-forward", "-n", ns, "-q", "pod/echo"}},
+		forwarder{name: "trafficlab port-forward --data-path exec", args: []string{"trafficlab", "port-forward", "-n", ns, "-q", "--data-path", "exec", "pod/echo"}},
+	)
 	var results []result
-	for i, f := range fws {
-		env := os.Environ()
-		if i == 1 {
-			env = append(env, "KUBECTL_PORT_FORWARD_WEBSOCKETS=false")
-		}
+	for _, f := range fws {
 		// The machine is shared; a forwarder measured while something else runs is not comparable.
 		if err := m.waitQuiet(ctx); err != nil {
 			return "", err
 		}
-		r, err := measure(ctx, f, env, size, requests)
+		r, err := measure(ctx, f, size, requests)
 		if err != nil {
 			return "", fmt.Errorf("%s: %w", f.name, err)
 		}
@@ -186,10 +196,10 @@ func forwardSuite(ctx context.Context, m *machine, ns string, size int64, reques
 
 var forwardingRE = regexp.MustCompile(`Forwarding from 127\.0\.0\.1:(\d+) ->`)
 
-func measure(ctx context.Context, f forwarder, env []string, size int64, requests int) (result, error) {
+func measure(ctx context.Context, f forwarder, size int64, requests int) (result, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	port, stop, err := startForwarder(ctx, f, env)
+	port, stop, err := startForwarder(ctx, f)
 	if err != nil {
 		return result{}, err
 	}
@@ -217,14 +227,14 @@ func measure(ctx context.Context, f forwarder, env []string, size int64, request
 
 // startForwarder runs `kubectl ARGS LOCAL:8080` on a free local port and returns that port once the
 // forwarder prints "Forwarding from", and a function that interrupts it and waits for its exit.
-func startForwarder(ctx context.Context, f forwarder, env []string) (int, func(), error) {
+func startForwarder(ctx context.Context, f forwarder) (int, func(), error) {
 	port, err := freePort()
 	if err != nil {
 		return 0, nil, err
 	}
 	args := append(append([]string{}, f.args...), fmt.Sprintf("%d:8080", port))
 	cmd := exec.CommandContext(ctx, "kubectl", args...)
-	cmd.Env = env
+	cmd.Env = append(os.Environ(), f.env...)
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -355,18 +365,32 @@ func percentiles(samples []time.Duration) (p50, p99 time.Duration) {
 	return samples[len(samples)/2], samples[len(samples)*99/100]
 }
 
+// render writes the forward table: rs[0] and rs[1] are kubectlForwarders' two runs, and every row
+// gets its ratio against each, in columns that name the transport.
 func render(rs []result, size int64, requests int) string {
 	var b strings.Builder
-	ref := rs[0]
-	fmt.Fprintf(&b, "Bulk: best of 3 downloads of %d MiB; latency: %d sequential GET /healthz. Ratios are against %s.\n\n", size>>20, requests, ref.name)
-	b.WriteString("| forwarder | random MiB/s | JSON MiB/s | keep-alive p50 / p99 | new connection p50 / p99 |\n|---|---|---|---|---|\n")
+	ws, spdy := rs[0], rs[1]
+	fmt.Fprintf(&b, "Bulk: best of 3 downloads of %d MiB; latency: %d sequential GET /healthz. "+
+		"Ratios are against kubectl port-forward with its default transport (vs WebSocket) and with KUBECTL_PORT_FORWARD_WEBSOCKETS=false (vs SPDY); "+
+		"above 1 is faster for throughput, slower for latency.\n\n", size>>20, requests)
+	b.WriteString("| forwarder | random MiB/s | vs WebSocket | vs SPDY | JSON MiB/s | vs WebSocket | vs SPDY |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rs {
-		fmt.Fprintf(&b, "| %s | %.0f (%.2fx) | %.0f (%.2fx) | %s / %s (%.2fx / %.2fx) | %s / %s (%.2fx / %.2fx) |\n", r.name,
-			r.randomMiBps, r.randomMiBps/ref.randomMiBps, r.jsonMiBps, r.jsonMiBps/ref.jsonMiBps,
-			ms(r.keepP50), ms(r.keepP99), ratio(r.keepP50, ref.keepP50), ratio(r.keepP99, ref.keepP99),
-			ms(r.newP50), ms(r.newP99), ratio(r.newP50, ref.newP50), ratio(r.newP99, ref.newP99))
+		fmt.Fprintf(&b, "| %s | %.0f | %.2fx | %.2fx | %.0f | %.2fx | %.2fx |\n", r.name,
+			r.randomMiBps, r.randomMiBps/ws.randomMiBps, r.randomMiBps/spdy.randomMiBps,
+			r.jsonMiBps, r.jsonMiBps/ws.jsonMiBps, r.jsonMiBps/spdy.jsonMiBps)
+	}
+	b.WriteString("\n| forwarder | keep-alive p50 / p99 | vs WebSocket | vs SPDY | new connection p50 / p99 | vs WebSocket | vs SPDY |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rs {
+		fmt.Fprintf(&b, "| %s | %s / %s | %s | %s | %s / %s | %s | %s |\n", r.name,
+			ms(r.keepP50), ms(r.keepP99), ratios(r.keepP50, r.keepP99, ws.keepP50, ws.keepP99), ratios(r.keepP50, r.keepP99, spdy.keepP50, spdy.keepP99),
+			ms(r.newP50), ms(r.newP99), ratios(r.newP50, r.newP99, ws.newP50, ws.newP99), ratios(r.newP50, r.newP99, spdy.newP50, spdy.newP99))
 	}
 	return b.String()
+}
+
+// ratios is "p50 ratio / p99 ratio" of one latency pair against a baseline's.
+func ratios(p50, p99, ref50, ref99 time.Duration) string {
+	return fmt.Sprintf("%.2fx / %.2fx", ratio(p50, ref50), ratio(p99, ref99))
 }
 
 func ms(d time.Duration) string {

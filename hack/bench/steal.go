@@ -269,11 +269,12 @@ type pathLatency struct {
 	disturbed   int // runs kept although other processes were busy
 }
 
-// stealSuite measures the steal. Latency: the same small GET through three paths, round after round:
-// the pod IP directly (the floor: no tunnel), kubectl port-forward to the pod's app (host -> apiserver
-// -> kubelet -> containerd -> pod), and the pod IP while stolen (pod -> agent -> containerd -> kubelet
-// -> apiserver -> plugin -> local server: the same hops, the other way). The steal also takes connections that kubectl
-// port-forward opens inside the pod, so the first two run while no steal is active.
+// stealSuite measures the steal. Latency: the same small GET through four paths, round after round:
+// the pod IP directly (the floor: no tunnel), kubectl port-forward over each of its transports to the
+// pod's app (host -> apiserver -> kubelet -> containerd -> pod), and the pod IP while stolen (pod ->
+// agent -> containerd -> kubelet -> apiserver -> plugin -> local server: the same hops, the other way).
+// The steal also takes connections that kubectl port-forward opens inside the pod, so the first three
+// run while no steal is active.
 // Filter: vegeta at a fixed rate to the pod IP with and without a filtered steal whose filter the load
 // never matches, so every request goes through the agent's HTTP engine to the app; then the highest
 // rate each path sustains.
@@ -302,17 +303,22 @@ func stealSuite(ctx context.Context, m *machine, ns string, o stealOptions) (str
 func stealLatency(ctx context.Context, m *machine, ns, podURL string, local *localServer, o stealOptions) ([]*pathLatency, []string, error) {
 	pfCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	pfPort, stopPF, err := startForwarder(pfCtx, forwarder{args: []string{"-n", ns, "port-forward", "pod/echo"}}, os.Environ())
-	if err != nil {
-		return nil, nil, fmt.Errorf("kubectl port-forward: %w", err)
-	}
-	defer stopPF()
-	pfURL := fmt.Sprintf("http://127.0.0.1:%d", pfPort)
-	if err := waitHTTP(ctx, pfURL+"/healthz"); err != nil {
-		return nil, nil, err
-	}
 	direct := &pathLatency{name: "direct to the pod IP (no tunnel)"}
-	pf := &pathLatency{name: "kubectl port-forward -> the pod's app"}
+	// Both of kubectl's transports, as in the forward suite: renderSteal's ratios name the one they are against.
+	var pfs [2]*pathLatency
+	var pfURLs [2]string
+	for i, f := range kubectlForwarders(ns) {
+		port, stop, err := startForwarder(pfCtx, f)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", f.name, err)
+		}
+		defer stop()
+		pfURLs[i] = fmt.Sprintf("http://127.0.0.1:%d", port)
+		if err := waitHTTP(ctx, pfURLs[i]+"/healthz"); err != nil {
+			return nil, nil, err
+		}
+		pfs[i] = &pathLatency{name: f.name + " -> the pod's app"}
+	}
 	stolen := &pathLatency{name: "pod IP -> trafficlab steal -> local server"}
 	var notes []string
 	// sample adds one round of both modes to a row and checks which side answered all of them.
@@ -353,8 +359,10 @@ func stealLatency(ctx context.Context, m *machine, ns, podURL string, local *loc
 		if err := sample(direct, podURL, false); err != nil {
 			return nil, nil, err
 		}
-		if err := sample(pf, pfURL, false); err != nil {
-			return nil, nil, err
+		for i, pf := range pfs {
+			if err := sample(pf, pfURLs[i], false); err != nil {
+				return nil, nil, err
+			}
 		}
 		p, err := startSteal(ctx, ns, podURL+"/healthz", nil, local.port)
 		if err != nil {
@@ -381,7 +389,7 @@ func stealLatency(ctx context.Context, m *machine, ns, podURL string, local *loc
 			notes[len(notes)-1] += "; stderr besides progress: " + strings.Join(msgs, "; ")
 		}
 	}
-	return []*pathLatency{direct, pf, stolen}, notes, nil
+	return []*pathLatency{direct, pfs[0], pfs[1], stolen}, notes, nil
 }
 
 // fixedRun is one fixed-rate attack with the machine's CPU use meanwhile.
@@ -534,14 +542,20 @@ func maxRate(ctx context.Context, m *machine, url string, o stealOptions, abort 
 	return lo, steps, nil
 }
 
+// renderSteal writes the steal tables: rows[1] and rows[2] are kubectl port-forward over WebSocket
+// and over SPDY (stealLatency's order), and every latency row gets its ratio against each.
 func renderSteal(rows []*pathLatency, notes []string, fr filterResult, o stealOptions) string {
 	var b strings.Builder
-	ref := rows[1] // kubectl port-forward
-	refKeep50, refKeep99 := percentiles(ref.keep)
-	refNew50, refNew99 := percentiles(ref.fresh)
-	fmt.Fprintf(&b, "Steal latency: %d rounds of %d sequential GET /healthz per path and mode (%d samples per cell), the paths one after the other in each round. Ratios are against kubectl port-forward.\n\n",
+	type ref struct{ keep50, keep99, new50, new99 time.Duration }
+	var refs [2]ref
+	for i, r := range rows[1:3] {
+		refs[i].keep50, refs[i].keep99 = percentiles(r.keep)
+		refs[i].new50, refs[i].new99 = percentiles(r.fresh)
+	}
+	fmt.Fprintf(&b, "Steal latency: %d rounds of %d sequential GET /healthz per path and mode (%d samples per cell), the paths one after the other in each round. "+
+		"Ratios are against kubectl port-forward with its default transport (vs WebSocket) and with KUBECTL_PORT_FORWARD_WEBSOCKETS=false (vs SPDY).\n\n",
 		o.rounds, o.requests, o.rounds*o.requests)
-	b.WriteString("| path | keep-alive p50 / p99 | new connection p50 / p99 |\n|---|---|---|\n")
+	b.WriteString("| path | keep-alive p50 / p99 | vs WebSocket | vs SPDY | new connection p50 / p99 | vs WebSocket | vs SPDY |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		k50, k99 := percentiles(r.keep)
 		n50, n99 := percentiles(r.fresh)
@@ -549,9 +563,9 @@ func renderSteal(rows []*pathLatency, notes []string, fr filterResult, o stealOp
 		if r.disturbed > 0 {
 			name += fmt.Sprintf(" (%d disturbed runs)", r.disturbed)
 		}
-		fmt.Fprintf(&b, "| %s | %s / %s (%.2fx / %.2fx) | %s / %s (%.2fx / %.2fx) |\n", name,
-			ms(k50), ms(k99), ratio(k50, refKeep50), ratio(k99, refKeep99),
-			ms(n50), ms(n99), ratio(n50, refNew50), ratio(n99, refNew99))
+		fmt.Fprintf(&b, "| %s | %s / %s | %s | %s | %s / %s | %s | %s |\n", name,
+			ms(k50), ms(k99), ratios(k50, k99, refs[0].keep50, refs[0].keep99), ratios(k50, k99, refs[1].keep50, refs[1].keep99),
+			ms(n50), ms(n99), ratios(n50, n99, refs[0].new50, refs[0].new99), ratios(n50, n99, refs[1].new50, refs[1].new99))
 	}
 	b.WriteString("\n")
 	for _, n := range notes {

@@ -5,5 +5,6 @@
 // pin the bytes.
 //
 // The package must stay importable by the agent, which never links k8s.io/*: it depends only on the
-// standard library, hashicorp/yamux and klauspost/compress.
+// standard library, hashicorp/yamux, klauspost/compress and dlclark/regexp2 (the HTTP filter's
+// patterns, compiled alike on both sides).
 package wire

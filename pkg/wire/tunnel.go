@@ -43,6 +43,13 @@ func DefaultTunnelConfig() TunnelConfig {
 	}
 }
 
+// PluginStreamWindow is the plugin's stream window, larger than DefaultTunnelConfig's: a receive
+// window is what the peer may have in flight towards us, and the apiserver, kubelet and runtime
+// proxies on the way buffer several MiB. Measured on the local cluster: 4 MiB ~185 MiB/s, 16 MiB
+// ~220 MiB/s for one download stream. The memory is the developer's, not the pod's; the agent keeps
+// the default for uploads.
+const PluginStreamWindow = 16 << 20
+
 func (c TunnelConfig) yamux() *yamux.Config {
 	d := DefaultTunnelConfig()
 	if c.KeepAliveInterval <= 0 {
@@ -78,7 +85,7 @@ func (c TunnelConfig) yamux() *yamux.Config {
 }
 
 // Session is one yamux session over one data connection. Either end may open streams: the plugin
-// opens dial streams, the agent will open steal streams.
+// opens dial, steal, dump and mirror streams, the agent incoming and mirrored ones.
 type Session struct {
 	mux      *yamux.Session
 	batcher  *batcher

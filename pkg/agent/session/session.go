@@ -309,12 +309,10 @@ func onlyPortForward(e *inject.MissingPermissionError) bool {
 	return len(e.Rules) > 0
 }
 
-// pluginTunnelConfig gives downloads a larger window than the default: the plugin's receive window is
-// what the agent may have in flight towards us, and the apiserver, kubelet and runtime proxies on the
-// way buffer several MiB. Measured on the local cluster: 4 MiB ~185 MiB/s, 16 MiB ~220 MiB/s for one
-// stream. The memory is the developer's, not the pod's; the agent keeps the default for uploads.
+// pluginTunnelConfig gives downloads a larger window than the agent's (wire.PluginStreamWindow says
+// why); docs/protocol.md quotes both.
 func pluginTunnelConfig() wire.TunnelConfig {
 	c := wire.DefaultTunnelConfig()
-	c.StreamWindow = 16 << 20
+	c.StreamWindow = wire.PluginStreamWindow
 	return c
 }
