@@ -2,7 +2,7 @@
 # Release and repository checks; run after hack/dist.sh.
 #
 #   hack/verify.sh              all checks
-#   hack/verify.sh krew docs    only some: krew | docs | go | agent-deps
+#   hack/verify.sh krew docs    only some: krew | docs | deps | go | agent-deps
 #
 # krew        dist/trafficlab.yaml passes validate-krew-manifest (krew v0.4.4,
 #             pinned in hack/tools/krew/go.mod) twice:
@@ -24,6 +24,9 @@
 #             package directory and names no path that does not exist; each
 #             line's import clause and every arrow match `go list`
 #             (hack/archmap).
+# deps        every direct requirement of go.mod and every pinned tool has a
+#             row in docs/dependencies.md, and no row names an unused module
+#             (hack/verify-deps.sh).
 # go          gofmt -l is empty and go vet ./... passes.
 # agent-deps  nothing under ephemeral/ or capture/ imports k8s.io/*, even
 #             indirectly (depguard in .golangci.yml sees direct imports only).
@@ -39,7 +42,7 @@ release_url="https://github.com/trafficlab/kubectl-trafficlab/releases/download"
 pkg_roots=(cmd pkg ephemeral capture internal hack test)
 
 checks=("$@")
-[[ ${#checks[@]} -gt 0 ]] || checks=(krew docs go agent-deps)
+[[ ${#checks[@]} -gt 0 ]] || checks=(krew docs deps go agent-deps)
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/trafficlab-verify.XXXXXX")"
 failures=0
@@ -298,6 +301,15 @@ check_docs() {
 	done < <(go run ./hack/archmap -doc "$doc" 2>&1 >/dev/null | grep -v '^exit status')
 }
 
+# ---------------------------------------------------------------- deps
+check_deps() {
+	step "deps: docs/dependencies.md names every dependency"
+	local line
+	while read -r line; do
+		[[ -n "$line" ]] && fail "${line#verify-deps: }"
+	done < <(hack/verify-deps.sh 2>&1 >/dev/null)
+}
+
 # ---------------------------------------------------------------- go
 check_go() {
 	step "go: gofmt and go vet"
@@ -339,10 +351,11 @@ for c in "${checks[@]}"; do
 	case "$c" in
 	krew) check_krew ;;
 	docs) check_docs ;;
+	deps) check_deps ;;
 	go) check_go ;;
 	agent-deps) check_agent_deps ;;
 	*)
-		fail "unknown check \"$c\"; use krew, docs, go or agent-deps"
+		fail "unknown check \"$c\"; use krew, docs, deps, go or agent-deps"
 		;;
 	esac
 done
