@@ -301,7 +301,7 @@ func TestAttach(t *testing.T) {
 			}
 			buf := make([]byte, 5)
 			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "GET /" {
-				return fmt.Errorf("echo through the local process = %q, %v", buf, err)
+				return fmt.Errorf("echo through the local process = %q, %w", buf, err)
 			}
 			c.Close()
 			w := wire.NewMirrorEventWriter(st)

@@ -271,7 +271,7 @@ func TestAttach(t *testing.T) {
 			}
 			buf := make([]byte, 4)
 			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
-				return fmt.Errorf("echo through the local process = %q, %v", buf, err)
+				return fmt.Errorf("echo through the local process = %q, %w", buf, err)
 			}
 			c.Close()
 			if err := w.Write(wire.StealEvent{Kind: wire.EventConnection, Peer: "10.0.0.2:1234", Port: 80, BytesIn: 4, BytesOut: 4}); err != nil {

@@ -169,7 +169,7 @@ func (o *Options) Run(ctx context.Context) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %q: %w", o.Command[0], err)
 	}
-	// The exit error is kept whole: exitError turns it into the plugin's.
+	// The command's exit code becomes the plugin's (exitError); a lost agent is the error instead.
 	_, err = s.WaitCommand(ctx, o.Command[0],
 		func() (int, error) { return 0, exitError(o.Command[0], cmd.Wait()) },
 		nil, func() { _ = cmd.Process.Kill() })
