@@ -18,9 +18,9 @@ import (
 // in flight (up to 2 s), and a busy agent is slower still.
 const countsWait = 10 * time.Second
 
-// Tunnel is what a mirror needs of the live tunnel to the agent (tunnel.Conn): the request, the
+// agentTunnel is what a mirror needs of the live tunnel to the agent (tunnel.Conn): the request, the
 // streams of the copies, and the spacing of the writes that carry the copies' answers back.
-type Tunnel interface {
+type agentTunnel interface {
 	Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error)
 	deliver.Acceptor
 	SetWriteInterval(d time.Duration)
@@ -35,7 +35,7 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.D
 	return o.attach(ctx, s.Conn, pod, dial, out, errOut, s.Announce)
 }
 
-func (o *Options) attach(ctx context.Context, t Tunnel, pod string, dial deliver.Dialer, out, errOut io.Writer, announce func(format string, args ...any)) (stop func(), err error) {
+func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, out, errOut io.Writer, announce func(format string, args ...any)) (stop func(), err error) {
 	spec := o.Spec()
 	locals := map[int]string{}
 	var parts []string

@@ -1,5 +1,6 @@
 // Package session is the path every verb shares: resolve the target, add or reuse the agent, and open
-// a tunnel to it, printing a timed progress line for each step. Verbs then use the tunnel.
+// a tunnel to it, printing a timed progress line for each step. Verbs then use the tunnel, and wait for
+// their end here (Ctrl-C, their user's command, or a lost agent).
 package session
 
 import (

@@ -19,9 +19,9 @@ import (
 // endWait bounds the wait for the agent to confirm that the steal is over.
 const endWait = 3 * time.Second
 
-// Tunnel is what a steal needs of the live tunnel to the agent (tunnel.Conn): the request, and the
+// agentTunnel is what a steal needs of the live tunnel to the agent (tunnel.Conn): the request, and the
 // streams of the stolen connections.
-type Tunnel interface {
+type agentTunnel interface {
 	Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error)
 	deliver.Acceptor
 }
@@ -35,7 +35,7 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.D
 	return o.attach(ctx, s.Conn, pod, dial, newPrinter(out, errOut, o.Output == "json"), s.Announce)
 }
 
-func (o *Options) attach(ctx context.Context, t Tunnel, pod string, dial deliver.Dialer, p *printer, announce func(format string, args ...any)) (stop func(), err error) {
+func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, p *printer, announce func(format string, args ...any)) (stop func(), err error) {
 	events, err := t.Steal(ctx, o.Spec())
 	if err != nil {
 		return nil, fmt.Errorf("start stealing in pod %s: %w", pod, err)
