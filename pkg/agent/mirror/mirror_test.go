@@ -1,11 +1,9 @@
 package mirror
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +20,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+	"github.com/trafficlab/kubectl-trafficlab/internal/tunneltest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -220,60 +219,14 @@ func (t *tunnel) SetWriteInterval(d time.Duration) {
 	t.intervals = append(t.intervals, d)
 }
 
-func pipeTunnel(t *testing.T) (agent *wire.Session, plugin *tunnel) {
-	t.Helper()
-	a, b := net.Pipe()
-	agent, err := wire.Server(a, wire.DefaultTunnelConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := wire.Client(b, wire.DefaultTunnelConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close(); p.Close() })
-	return agent, &tunnel{Session: p}
-}
-
-// syncBuffer is an output written by the mirror's goroutines and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestAttach plays the agent: the mirror is asked with the spec and announced, a copy reaches the
 // local process, the copied request is printed, the writes are spaced while the mirror lasts, and
 // stop half-closes, waits for the final counts and prints them.
 func TestAttach(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	local := ln.Addr().(*net.TCPAddr).Port
+	local := tunneltest.Echo(t).Port
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"8080:" + strconv.Itoa(local)}; o.Percent = 50 })
-	agent, plugin := pipeTunnel(t)
+	agent, p := tunneltest.Pipe(t)
+	plugin := &tunnel{Session: p}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -317,7 +270,7 @@ func TestAttach(t *testing.T) {
 		}()
 	}()
 
-	var out, errOut syncBuffer
+	var out, errOut cmdtest.CountingWriter
 	var announced []string
 	stop, err := o.attach(ctx, plugin, "shop/web-1", nil, &out, &errOut, func(format string, args ...any) {
 		announced = append(announced, fmt.Sprintf(format, args...))
@@ -338,10 +291,11 @@ func TestAttach(t *testing.T) {
 	if err := <-agentDone; err != nil {
 		t.Fatal(err)
 	}
-	if got := out.String(); !strings.HasSuffix(got, " 10.0.0.2:1234 GET / -> 200, 5 B, 3ms\n") || strings.Count(got, "\n") != 1 {
+	if _, got := out.State(); !strings.HasSuffix(got, " 10.0.0.2:1234 GET / -> 200, 5 B, 3ms\n") || strings.Count(got, "\n") != 1 {
 		t.Errorf("stdout = %q, want the copied request's line", got)
 	}
-	if got, want := errOut.String(), "2 requests seen on 1 connection, 1 mirrored, 1 answered; not mirrored or unanswered: 1 sampled out\n"; got != want {
+	want = "2 requests seen on 1 connection, 1 mirrored, 1 answered; not mirrored or unanswered: 1 sampled out\n"
+	if _, got := errOut.State(); got != want {
 		t.Errorf("stderr = %q, want %q", got, want)
 	}
 	plugin.mu.Lock()

@@ -5,10 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+	"github.com/trafficlab/kubectl-trafficlab/internal/tunneltest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -178,22 +177,6 @@ func TestCheck(t *testing.T) {
 	}
 }
 
-// pipeTunnel is a real yamux tunnel over net.Pipe; the test plays the agent on its end.
-func pipeTunnel(t *testing.T) (agent *wire.Session, plugin tunnel) {
-	t.Helper()
-	a, b := net.Pipe()
-	agent, err := wire.Server(a, wire.DefaultTunnelConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := wire.Client(b, wire.DefaultTunnelConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close(); p.Close() })
-	return agent, tunnel{p}
-}
-
 // tunnel is the plugin's end as tunnel.Conn would use it.
 type tunnel struct{ *wire.Session }
 
@@ -201,45 +184,14 @@ func (t tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, e
 	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
 }
 
-// syncBuffer is an output written by the printer's goroutine and read by the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestAttach plays the agent: the steal is asked with the spec, announced once the agent is ready,
 // a stolen connection reaches the local process, the agent's lines are printed, and stop waits for
 // the agent to confirm the end.
 func TestAttach(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	local := ln.Addr().(*net.TCPAddr).Port
+	local := tunneltest.Echo(t).Port
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"80:" + strconv.Itoa(local)}; o.FlushConnections = true })
-	agent, plugin := pipeTunnel(t)
+	agent, p := tunneltest.Pipe(t)
+	plugin := tunnel{p}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -289,7 +241,7 @@ func TestAttach(t *testing.T) {
 		}()
 	}()
 
-	var out, errOut syncBuffer
+	var out, errOut cmdtest.CountingWriter
 	var announced []string
 	stop, err := o.attach(ctx, plugin, "shop/web-1", nil, newPrinter(&out, &errOut, false), func(format string, args ...any) {
 		announced = append(announced, fmt.Sprintf(format, args...))
@@ -310,10 +262,10 @@ func TestAttach(t *testing.T) {
 	if err := <-agentDone; err != nil {
 		t.Fatal(err)
 	}
-	if got := out.String(); !strings.HasSuffix(got, " connection from 10.0.0.2:1234 to port 80: 4 B in, 4 B out, 0s\n") || strings.Count(got, "\n") != 1 {
+	if _, got := out.State(); !strings.HasSuffix(got, " connection from 10.0.0.2:1234 to port 80: 4 B in, 4 B out, 0s\n") || strings.Count(got, "\n") != 1 {
 		t.Errorf("stdout = %q, want the connection's line", got)
 	}
-	if got := errOut.String(); got != "warning: something to know\n" {
+	if _, got := errOut.State(); got != "warning: something to know\n" {
 		t.Errorf("stderr = %q, want the agent's warning", got)
 	}
 }
@@ -322,7 +274,8 @@ func TestAttach(t *testing.T) {
 // named when the request itself fails.
 func TestAttachRefused(t *testing.T) {
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"80"} })
-	agent, plugin := pipeTunnel(t)
+	agent, p := tunneltest.Pipe(t)
+	plugin := tunnel{p}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {

@@ -10,43 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/internal/tunneltest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
-
-// pipeTunnel is a real yamux tunnel over net.Pipe: the agent's end opens the streams.
-func pipeTunnel(t *testing.T) (agent, plugin *wire.Session) {
-	t.Helper()
-	a, b := net.Pipe()
-	var err error
-	if agent, err = wire.Server(a, wire.DefaultTunnelConfig()); err != nil {
-		t.Fatal(err)
-	}
-	if plugin, err = wire.Client(b, wire.DefaultTunnelConfig()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { agent.Close(); plugin.Close() })
-	return agent, plugin
-}
-
-// echoServer is a local process on a real loopback listener that answers with what it reads.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().String()
-}
 
 // closedPort is a loopback address nothing listens on.
 func closedPort(t *testing.T) string {
@@ -75,10 +41,10 @@ func echo(t *testing.T, st io.ReadWriteCloser, msg string) {
 // down and a port that is not stolen are refused to the agent with the reason.
 func TestServerSteal(t *testing.T) {
 	down := closedPort(t)
-	agent, plugin := pipeTunnel(t)
+	agent, plugin := tunneltest.Pipe(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := &Server{Kind: wire.KindIncoming, Locals: map[int]string{80: echoServer(t), 81: down}}
+	s := &Server{Kind: wire.KindIncoming, Locals: map[int]string{80: tunneltest.Echo(t).String(), 81: down}}
 	go s.Serve(ctx, plugin)
 
 	st, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:1234"})
@@ -105,7 +71,7 @@ func TestServerSteal(t *testing.T) {
 // TestServerMirrorDialer: a mirror's streams go through the verb's dialer (exec's reaches into its
 // command's namespace) with the local address and the pod port; a steal's stream is refused.
 func TestServerMirrorDialer(t *testing.T) {
-	agent, plugin := pipeTunnel(t)
+	agent, plugin := tunneltest.Pipe(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	type dialed struct {
@@ -149,7 +115,7 @@ func TestServerMirrorDialer(t *testing.T) {
 
 // TestServerDialError: the dialer's refusal reaches the agent with the local address.
 func TestServerDialError(t *testing.T) {
-	agent, plugin := pipeTunnel(t)
+	agent, plugin := tunneltest.Pipe(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := &Server{Kind: wire.KindIncoming, Locals: map[int]string{80: "127.0.0.1:8080"},
@@ -164,10 +130,10 @@ func TestServerDialError(t *testing.T) {
 // TestServerEndClosesStreams: when the delivery's context ends, the joined streams end too, so the
 // agent's side sees the connection go.
 func TestServerEndClosesStreams(t *testing.T) {
-	agent, plugin := pipeTunnel(t)
+	agent, plugin := tunneltest.Pipe(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s := &Server{Kind: wire.KindIncoming, Locals: map[int]string{80: echoServer(t)}}
+	s := &Server{Kind: wire.KindIncoming, Locals: map[int]string{80: tunneltest.Echo(t).String()}}
 	served := make(chan struct{})
 	go func() { defer close(served); s.Serve(ctx, plugin) }()
 	st, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80})
