@@ -43,15 +43,3 @@ func (r *LineReader[E]) Read() (E, error) {
 	}
 	return ev, nil
 }
-
-// EventReader, NewEventReader and NewMirrorEventReader are the names the verbs (pkg/cmd/steal,
-// pkg/cmd/mirror) read events by: the same LineReader, not a reader of their own.
-type EventReader = LineReader[StealEvent]
-
-// NewEventReader is NewLineReader[StealEvent].
-func NewEventReader(r io.Reader) *EventReader { return NewLineReader[StealEvent](r) }
-
-// NewMirrorEventReader is NewLineReader[MirrorEvent].
-func NewMirrorEventReader(r io.Reader) *LineReader[MirrorEvent] {
-	return NewLineReader[MirrorEvent](r)
-}

@@ -1,5 +1,6 @@
 // Package session is the path every verb shares: resolve the target, add or reuse the agent, and open
-// a tunnel to it, printing a timed progress line for each step. Verbs then use the tunnel.
+// a tunnel to it, printing a timed progress line for each step. Verbs then use the tunnel, and wait for
+// their end here (Ctrl-C, their user's command, or a lost agent).
 package session
 
 import (
@@ -13,9 +14,6 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
@@ -102,30 +100,6 @@ func (o *Options) Validate() error {
 	return nil
 }
 
-// Kube is what every verb reads from kubectl's connection flags: the namespace (-n or the
-// kubeconfig's), the REST config and a client.
-type Kube struct {
-	Namespace string
-	Config    *rest.Config
-	Client    kubernetes.Interface
-}
-
-// LoadKube reads the kubeconfig the way kubectl does.
-func LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
-	var k Kube
-	var err error
-	if k.Namespace, _, err = flags.ToRawKubeConfigLoader().Namespace(); err != nil {
-		return k, fmt.Errorf("reading the namespace from kubeconfig: %w", err)
-	}
-	if k.Config, err = flags.ToRESTConfig(); err != nil {
-		return k, fmt.Errorf("reading kubeconfig: %w", err)
-	}
-	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
-		return k, fmt.Errorf("creating a client: %w", err)
-	}
-	return k, nil
-}
-
 // Request is what one verb asks for.
 type Request struct {
 	Target       target.Options
@@ -133,8 +107,9 @@ type Request struct {
 	// AddNetRaw adds NET_RAW instead of keeping the runtime's default (see inject.AgentSpec).
 	AddNetRaw bool
 	// Check runs once the target is known and before anything changes in the cluster, so that a verb
-	// refuses bad input (a port the Service does not have) with the pod left as it was.
-	Check func(*target.Target) error
+	// refuses bad input (a port the Service does not have) with the pod left as it was. Its warnings
+	// (what the verb will not do as the user may expect) are printed when it accepts the target.
+	Check func(*target.Target) (warnings []string, err error)
 }
 
 // Session is a live tunnel to an agent in the target pod.
@@ -145,6 +120,8 @@ type Session struct {
 	// Progress goes on with the same clock, so a verb's own steps read as part of the same start-up.
 	Progress *progress.Printer
 	data     io.Closer
+	errOut   io.Writer
+	quiet    bool
 }
 
 // Close ends the tunnel; the agent's session process exits and releases what it held.
@@ -158,7 +135,8 @@ func (s *Session) Close() error {
 
 // Start runs the shared path. Progress goes to errOut, as kubectl's own progress does, so that a verb's
 // stdout stays its own.
-func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface, o Options, req Request, errOut io.Writer) (*Session, error) {
+func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut io.Writer) (*Session, error) {
+	config, client := kube.Config, kube.Client
 	p := progress.New(errOut, o.Quiet)
 	proto, _ := transport.ParseProtocol(o.Transport)
 	what := req.Target.Resource
@@ -171,8 +149,12 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 		return nil, err
 	}
 	if req.Check != nil {
-		if err := req.Check(tgt); err != nil {
+		warnings, err := req.Check(tgt)
+		if err != nil {
 			return nil, err
+		}
+		for _, w := range warnings {
+			fmt.Fprintf(errOut, "warning: %s\n", w)
 		}
 	}
 	pod := tgt.Pod
@@ -259,7 +241,7 @@ func Start(ctx context.Context, config *rest.Config, client kubernetes.Interface
 		via = "port-forward over " + string(pf.Used())
 	}
 	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
-	return &Session{Target: tgt, Agent: name, Conn: conn, Progress: p, data: closer}, nil
+	return &Session{Target: tgt, Agent: name, Conn: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet}, nil
 }
 
 // agentCommand is the exec'd session process; at -v=5 it logs every connection too.

@@ -16,8 +16,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
@@ -65,8 +63,7 @@ type Options struct {
 	AddNetRaw bool
 
 	configFlags *genericclioptions.ConfigFlags
-	config      *rest.Config
-	client      kubernetes.Interface
+	kube        target.Kube
 
 	genericiooptions.IOStreams
 }
@@ -99,8 +96,7 @@ func newCmd(o *Options) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
-	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	o.Target.AddFlags(f)
 	f.IntSliceVarP(&o.Ports, "port", "p", nil, "Capture only packets to or from these ports (TCP or UDP). Repeatable or comma separated.")
 	f.StringVarP(&o.Write, "write", "w", "", "Write the capture as pcapng to this file, or to stdout with -; the live view then goes to stderr.")
 	f.StringVarP(&o.Output, "output", "o", "", "Output format of the live view: json (one object per line), or empty for text.")
@@ -118,19 +114,16 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	}
 	// tcpdump takes its expression as the remaining words, quoted or not.
 	o.Filter = strings.Join(args, " ")
-	k, err := session.LoadKube(o.configFlags)
-	if err != nil {
-		return err
-	}
-	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
-	return nil
+	var err error
+	o.kube, err = o.Target.LoadKube(o.configFlags)
+	return err
 }
 
 // Validate checks the options; no I/O. The filter itself is compiled by the agent, and by capture here
 // too so that a typo is reported before anything is added to the pod.
 func (o *Options) Validate() error {
-	if o.Target.Resource == "" && o.Target.Selector == "" {
-		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab dump pod/web --port 8080")
+	if err := o.Target.Require("kubectl trafficlab dump pod/web --port 8080"); err != nil {
+		return err
 	}
 	spec := o.spec()
 	for _, p := range o.Ports {
@@ -179,7 +172,7 @@ func (o *Options) Run(ctx context.Context) error {
 	if o.Write == "-" {
 		viewOut = o.ErrOut
 	}
-	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
+	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: inject.NetRaw, AddNetRaw: o.AddNetRaw,
 	}, o.ErrOut)
 	if err != nil {
@@ -220,7 +213,7 @@ func (o *Options) Run(ctx context.Context) error {
 		case <-time.After(5 * time.Second):
 		}
 	case <-s.Conn.Done():
-		runErr = fmt.Errorf("lost the agent: %w", s.Conn.Err())
+		runErr = s.Lost()
 	}
 	v.close()
 	if stats != nil {

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	osexec "os/exec"
 	"runtime"
@@ -15,18 +14,16 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/klog/v2"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/deliver"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
@@ -84,8 +81,7 @@ type Options struct {
 	mirror      *mirror.Options
 	egress      *egress.Filter
 	configFlags *genericclioptions.ConfigFlags
-	config      *rest.Config
-	client      kubernetes.Interface
+	kube        target.Kube
 	// sandboxErr says why the namespace cannot be used here (Complete); Validate refuses with it.
 	sandboxErr error
 
@@ -120,8 +116,7 @@ func newCmd(o *Options) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
-	f.StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	o.Target.AddFlags(f)
 	f.StringVar(&o.StealArg, "steal", "", "Also steal the pod's port, PORT[:LOCAL], and deliver its connections to the command on LOCAL (defaults to PORT).")
 	f.StringVar(&o.MirrorArg, "mirror", "", "Also mirror the pod's port, PORT[:LOCAL], to the command on LOCAL (defaults to PORT).")
 	o.Filter.AddFlags(f, "Steal or mirror")
@@ -150,34 +145,32 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	}
 	o.egress = f
 	if o.StealArg != "" {
-		o.steal = steal.NewOptions(o.IOStreams, o.configFlags)
-		o.steal.PortArgs, o.steal.Filter, o.steal.Session = []string{o.StealArg}, o.Filter, o.Session
-		if err := o.steal.CompletePorts(); err != nil {
+		st := steal.NewOptions()
+		st.PortArgs, st.Filter = []string{o.StealArg}, o.Filter
+		o.steal = &st
+		if err := o.steal.Complete(); err != nil {
 			return fmt.Errorf("--steal: %w", err)
 		}
 	}
 	if o.MirrorArg != "" {
-		o.mirror = mirror.NewOptions(o.IOStreams, o.configFlags)
-		o.mirror.PortArgs, o.mirror.Filter, o.mirror.Session = []string{o.MirrorArg}, o.Filter, o.Session
-		if err := o.mirror.CompletePorts(); err != nil {
+		m := mirror.NewOptions()
+		m.PortArgs, m.Filter = []string{o.MirrorArg}, o.Filter
+		o.mirror = &m
+		if err := o.mirror.Complete(); err != nil {
 			return fmt.Errorf("--mirror: %w", err)
 		}
 	}
 	if !o.Proxy {
 		o.sandboxErr = sandbox.Check()
 	}
-	k, err := session.LoadKube(o.configFlags)
-	if err != nil {
-		return err
-	}
-	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
-	return nil
+	o.kube, err = o.Target.LoadKube(o.configFlags)
+	return err
 }
 
 // Validate checks the options; no I/O.
 func (o *Options) Validate() error {
-	if o.Target.Resource == "" && o.Target.Selector == "" {
-		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab exec deploy/api -- ./api")
+	if err := o.Target.Require("kubectl trafficlab exec deploy/api -- ./api"); err != nil {
+		return err
 	}
 	if len(o.Command) == 0 {
 		return errors.New("a command is required after --, e.g. kubectl trafficlab exec deploy/api -- ./api")
@@ -189,12 +182,12 @@ func (o *Options) Validate() error {
 		return errors.New("--header-filter, --path-filter and --method select what --steal or --mirror takes; add one of them")
 	}
 	if o.steal != nil {
-		if err := o.steal.ValidateSteal(); err != nil {
+		if err := o.steal.Validate(); err != nil {
 			return fmt.Errorf("--steal: %w", err)
 		}
 	}
 	if o.mirror != nil {
-		if err := o.mirror.ValidateMirror(); err != nil {
+		if err := o.mirror.Validate(); err != nil {
 			return fmt.Errorf("--mirror: %w", err)
 		}
 	}
@@ -205,17 +198,17 @@ func (o *Options) Validate() error {
 }
 
 // check runs once the target is known, before anything changes in the cluster.
-func (o *Options) check(ctx context.Context, t *target.Target) error {
+func (o *Options) check(ctx context.Context, t *target.Target) ([]string, error) {
 	switch {
 	case o.steal != nil:
-		return o.steal.Check(t)
+		return o.steal.Check(t, o.Target.Named())
 	case o.mirror != nil:
-		return o.mirror.Check(ctx, t)
+		return o.mirror.Check(ctx, o.kube.Client, t)
 	}
 	if t.Replicas > 1 {
-		fmt.Fprintf(o.ErrOut, "warning: %d ready pods match; the command uses pod %s's network\n", t.Replicas, t.Pod.Name)
+		return []string{fmt.Sprintf("%d ready pods match; the command uses pod %s's network", t.Replicas, t.Pod.Name)}, nil
 	}
-	return nil
+	return nil, nil
 }
 
 // Run starts the session, the command's network and the command, and returns the command's exit.
@@ -223,13 +216,13 @@ func (o *Options) Run(ctx context.Context) error {
 	var caps inject.Capabilities
 	switch {
 	case o.steal != nil:
-		caps = inject.NetAdmin
+		caps = steal.Capabilities
 	case o.mirror != nil:
-		caps = inject.NetRaw
+		caps = o.mirror.Capabilities()
 	}
-	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{
+	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: caps,
-		Check: func(t *target.Target) error { return o.check(ctx, t) },
+		Check: func(t *target.Target) ([]string, error) { return o.check(ctx, t) },
 	}, o.ErrOut)
 	if err != nil {
 		return err
@@ -254,27 +247,36 @@ func (o *Options) Run(ctx context.Context) error {
 }
 
 // attach starts --steal or --mirror, delivering through dial; stop is a no-op without either.
-func (o *Options) attach(ctx context.Context, s *session.Session, dial func(ctx context.Context, addr string, port int) (net.Conn, error)) (func(), error) {
+func (o *Options) attach(ctx context.Context, s *session.Session, dial deliver.Dialer) (func(), error) {
 	switch {
 	case o.steal != nil:
-		return o.steal.Attach(ctx, s, dial)
+		return o.steal.Attach(ctx, s, dial, o.Out, o.ErrOut)
 	case o.mirror != nil:
-		return o.mirror.Attach(ctx, s, dial)
+		return o.mirror.Attach(ctx, s, dial, o.Out, o.ErrOut)
 	}
 	return func() {}, nil
 }
 
+// localPorts are the ports the command serves itself for --steal or --mirror.
+func (o *Options) localPorts() []int {
+	var ports []target.PortSpec
+	switch {
+	case o.steal != nil:
+		ports = o.steal.Ports()
+	case o.mirror != nil:
+		ports = o.mirror.Ports()
+	}
+	var out []int
+	for _, p := range ports {
+		out = append(out, p.Local)
+	}
+	return out
+}
+
 // waitCommand waits for the command: an interrupt is passed on (a script's SIGTERM to the plugin
 // reaches no one else) with exitcode.Grace to end, a lost agent ends it at once.
-func waitCommand(ctx context.Context, s *session.Session, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
-	code, lost, err := exitcode.Wait(ctx, s.Conn.Done(), wait, func() { signal(os.Interrupt) }, kill)
-	if lost {
-		if err != nil {
-			klog.V(2).InfoS("command stopped after the agent was lost", "err", err)
-		}
-		return 0, fmt.Errorf("lost the agent: %w", s.Conn.Err())
-	}
-	return code, err
+func (o *Options) waitCommand(ctx context.Context, s *session.Session, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
+	return s.WaitCommand(ctx, o.Command[0], wait, func() { signal(os.Interrupt) }, kill)
 }
 
 // exitCode is an exec.Cmd's exit as a shell reports it.

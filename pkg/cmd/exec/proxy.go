@@ -38,7 +38,7 @@ func (o *Options) runProxied(ctx context.Context, s *session.Session) (int, erro
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %q: %w", o.Command[0], err)
 	}
-	return waitCommand(ctx, s,
+	return o.waitCommand(ctx, s,
 		func() (int, error) { return exitCode(cmd, cmd.Wait()) },
 		func(sig os.Signal) { _ = cmd.Process.Signal(sig) },
 		func() { _ = cmd.Process.Kill() })

@@ -12,8 +12,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
@@ -54,8 +52,7 @@ type Options struct {
 
 	args        []string
 	configFlags *genericclioptions.ConfigFlags
-	config      *rest.Config
-	client      kubernetes.Interface
+	kube        target.Kube
 
 	genericiooptions.IOStreams
 }
@@ -87,8 +84,7 @@ func newCmd(o *Options) *cobra.Command {
 			return o.Run(cmd.Context())
 		},
 	}
-	cmd.Flags().StringVarP(&o.Target.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
-	cmd.Flags().StringVarP(&o.Target.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+	o.Target.AddFlags(cmd.Flags())
 	cmd.Flags().StringSliceVar(&o.Addresses, "address", o.Addresses, "Addresses to listen on (comma separated). Only accepts IP addresses or localhost as a value. When localhost is supplied, trafficlab will try to bind on both 127.0.0.1 and ::1 and will fail if neither of these addresses are available to bind.")
 	o.Session.AddFlags(cmd.Flags())
 	return cmd
@@ -109,18 +105,15 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 		}
 		o.Specs = append(o.Specs, s)
 	}
-	k, err := session.LoadKube(o.configFlags)
-	if err != nil {
-		return err
-	}
-	o.Target.Namespace, o.config, o.client = k.Namespace, k.Config, k.Client
-	return nil
+	var err error
+	o.kube, err = o.Target.LoadKube(o.configFlags)
+	return err
 }
 
 // Validate checks the options; no I/O.
 func (o *Options) Validate() error {
-	if o.Target.Resource == "" && o.Target.Selector == "" {
-		return errors.New("TYPE/NAME or -l selector is required, e.g. kubectl trafficlab port-forward pod/web 8080:80")
+	if err := o.Target.Require("kubectl trafficlab port-forward pod/web 8080:80"); err != nil {
+		return err
 	}
 	if len(o.Specs) == 0 {
 		return errors.New("at least one [LOCAL_PORT:]HOST:PORT[/udp] is required, e.g. 8080:80 or redis:6379")
@@ -148,7 +141,7 @@ func (o *Options) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	s, err := session.Start(ctx, o.config, o.client, o.Session, session.Request{Target: o.Target}, o.ErrOut)
+	s, err := session.Start(ctx, o.kube, o.Session, session.Request{Target: o.Target}, o.ErrOut)
 	if err != nil {
 		for _, l := range tcp {
 			l.Close()
@@ -173,16 +166,10 @@ func (o *Options) Run(ctx context.Context) error {
 		defer wg.Done()
 		fw.ServeUDP(fctx, udp)
 	}()
-	select {
-	case <-ctx.Done():
-		cancel()
-		wg.Wait()
-		return nil
-	case <-s.Conn.Done():
-		cancel()
-		wg.Wait()
-		return fmt.Errorf("lost the agent: %w", s.Conn.Err())
-	}
+	err = s.Wait(ctx)
+	cancel()
+	wg.Wait()
+	return err
 }
 
 func isIP(s string) bool { return net.ParseIP(s) != nil }

@@ -1,7 +1,6 @@
 package steal
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -9,70 +8,8 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
-
-// Acceptor hands out the streams the agent opens for stolen connections.
-type Acceptor interface {
-	Accept(ctx context.Context) (*wire.Incoming, error)
-}
-
-// server joins stolen connections to the local process and prints what the agent reports.
-type server struct {
-	locals map[int]string // pod port -> local address
-	out    *printer
-	dial   forward.LocalDialer // nil: TCP to the local address
-}
-
-// readReady waits for the agent's first event, which says the redirect is in place.
-func (s *server) readReady(er *wire.EventReader) (wire.StealEvent, error) {
-	ev, err := er.Read()
-	if err != nil {
-		return wire.StealEvent{}, fmt.Errorf("read the agent's answer: %w", err)
-	}
-	if ev.Kind != wire.EventReady {
-		return wire.StealEvent{}, fmt.Errorf("agent answered %q before %q: %w", ev.Kind, wire.EventReady, wire.ErrMalformed)
-	}
-	return ev, nil
-}
-
-func (s *server) serve(ctx context.Context, a Acceptor) {
-	for {
-		in, err := a.Accept(ctx)
-		if err != nil {
-			return
-		}
-		go s.handle(ctx, in)
-	}
-}
-
-// handle answers only after the local dial, so that a refusal reaches the agent as one: a whole-port
-// steal then resets the client, a filtered one sends the request to the app.
-func (s *server) handle(ctx context.Context, in *wire.Incoming) {
-	req := in.Request()
-	if req.Kind != wire.KindIncoming {
-		_ = in.Reject(fmt.Errorf("stream kind %q: %w", req.Kind, wire.ErrUnsupported))
-		return
-	}
-	addr, ok := s.locals[req.Port]
-	if !ok {
-		_ = in.Reject(fmt.Errorf("port %d is not stolen by this session: %w", req.Port, wire.ErrBadRequest))
-		return
-	}
-	forward.JoinLocal(ctx, in, addr, s.dial)
-}
-
-func (s *server) printEvents(er *wire.EventReader) {
-	defer s.out.flush()
-	for {
-		ev, err := er.Read()
-		if err != nil {
-			return
-		}
-		s.out.event(ev)
-	}
-}
 
 // printer writes one line per event: stolen requests and connections to out, in batches (lineout),
 // warnings to errOut.

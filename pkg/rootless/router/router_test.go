@@ -1,10 +1,9 @@
-package exec
+package router
 
 import (
 	"context"
 	"net"
 	"net/netip"
-	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -12,23 +11,6 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/sandbox"
 )
-
-// TestHostLoopbackPorts: listeners on loopback and on every address are found, the command's view
-// of localhost then matches this machine's.
-func TestHostLoopbackPorts(t *testing.T) {
-	for _, l := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp4", "0.0.0.0:0"}, {"tcp", ":0"}, {"tcp6", "[::1]:0"}} {
-		network, addr := l.network, l.addr
-		ln, err := net.Listen(network, addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		port := ln.Addr().(*net.TCPAddr).Port
-		if !slices.Contains(hostLoopbackPorts(), port) {
-			t.Errorf("%s listener on %s (port %d) not found", network, addr, port)
-		}
-	}
-}
 
 type recordingDialer struct{ got []string }
 
@@ -57,8 +39,8 @@ func TestRouter(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := &recordingDialer{}
-	r := &router{pod: pod, filter: f, dns: &resolver{udp: pc.LocalAddr().String(), tcp: ln.Addr().String()},
-		gateways: []netip.Addr{netip.MustParseAddr(sandbox.GatewayIPv4), netip.MustParseAddr(sandbox.GatewayIPv6)}}
+	r := &Router{Pod: pod, Filter: f, DNS: Resolver{UDP: pc.LocalAddr().String(), TCP: ln.Addr().String()},
+		Gateways: []netip.Addr{netip.MustParseAddr(sandbox.GatewayIPv4), netip.MustParseAddr(sandbox.GatewayIPv6)}}
 	ctx := context.Background()
 	for _, tc := range []struct{ network, addr, want string }{
 		{"tcp", ln.Addr().String(), ln.Addr().String()},

@@ -1,7 +1,6 @@
 package mirror
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,38 +9,8 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
-	"github.com/trafficlab/kubectl-trafficlab/pkg/local/forward"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
-
-// server joins each mirrored connection the agent opens to the local port. The agent writes one
-// request at a time and reads the answers itself, so this side only carries bytes.
-type server struct {
-	locals map[int]string
-	dial   forward.LocalDialer // nil: TCP to the local address
-}
-
-func (s *server) serve(ctx context.Context, a interface {
-	Accept(ctx context.Context) (*wire.Incoming, error)
-}) {
-	for {
-		in, err := a.Accept(ctx)
-		if err != nil {
-			return
-		}
-		go s.handle(ctx, in)
-	}
-}
-
-func (s *server) handle(ctx context.Context, in *wire.Incoming) {
-	req := in.Request()
-	addr, ok := s.locals[req.Port]
-	if req.Kind != wire.KindMirrored || !ok {
-		_ = in.Reject(fmt.Errorf("stream %s for port %d: %w", req.Kind, req.Port, wire.ErrUnsupported))
-		return
-	}
-	forward.JoinLocal(ctx, in, addr, s.dial)
-}
 
 // counts keeps what the agent counted: the final counts once they come, and meanwhile the latest
 // partial ones, which it sends every second.

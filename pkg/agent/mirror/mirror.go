@@ -1,0 +1,195 @@
+// Package mirror is the plugin's side of a mirror, shared by the mirror verb and exec --mirror: the
+// ports to mirror and where the copies go (local addresses, or --to from the pod), the checks against
+// the cluster before the agent is added, asking the agent to mirror on a live tunnel, one line per
+// copied request and the counts at the end. The copies reach the local process through
+// pkg/local/deliver.
+package mirror
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Options are what the user asks of a mirror; a verb binds its flags to them.
+type Options struct {
+	PortArgs     []string
+	LocalAddress string
+	Mode         string
+	Filter       httpfilter.Flags
+	To           string
+	Percent      int
+	Diff         bool
+	DiffHeaders  []string
+	Output       string
+
+	ports      []target.PortSpec
+	localGiven bool
+	to         string
+}
+
+// NewOptions returns Options with the defaults.
+func NewOptions() Options {
+	return Options{LocalAddress: "127.0.0.1", Mode: wire.MirrorSniff, Percent: 100}
+}
+
+// Complete parses PortArgs.
+func (o *Options) Complete() error {
+	o.ports = nil
+	o.localGiven = false
+	for _, a := range o.PortArgs {
+		ps, err := target.ParsePortSpec(a)
+		if err != nil {
+			return err
+		}
+		o.localGiven = o.localGiven || strings.Contains(a, ":")
+		o.ports = append(o.ports, ps)
+	}
+	return nil
+}
+
+// Validate checks the options once completed; no I/O.
+func (o *Options) Validate() error {
+	if len(o.ports) == 0 {
+		return errors.New("--port is required, e.g. --port 8080 or --port 80:9090")
+	}
+	if net.ParseIP(o.LocalAddress) == nil && o.LocalAddress != "localhost" {
+		return fmt.Errorf("--local-address %q is not an IP address or localhost", o.LocalAddress)
+	}
+	if o.Mode != wire.MirrorSniff && o.Mode != wire.MirrorRedirect {
+		return fmt.Errorf("--mode must be sniff or redirect, not %q", o.Mode)
+	}
+	if err := o.Filter.Validate(); err != nil {
+		return err
+	}
+	if o.Percent < 1 || o.Percent > 100 {
+		return fmt.Errorf("--percent must be between 1 and 100, not %d", o.Percent)
+	}
+	if o.To != "" {
+		if _, _, err := parseTo(o.To); err != nil {
+			return err
+		}
+		if o.localGiven {
+			return errors.New("--port REMOTE:LOCAL names a local port, but --to sends the copy elsewhere; give --port REMOTE only")
+		}
+	}
+	for _, h := range o.DiffHeaders {
+		if err := (&wire.MirrorSpec{Ports: []int{1}, DiffHeaders: []string{h}}).Validate(); err != nil {
+			return fmt.Errorf("--diff-header %q is not a header name", h)
+		}
+	}
+	if o.Output != "" && o.Output != "json" {
+		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
+	}
+	return nil
+}
+
+// Capabilities are what the agent needs: NET_RAW to sniff, which the runtime gives by default (see
+// inject.AgentSpec), or NET_ADMIN for the redirect.
+func (o *Options) Capabilities() inject.Capabilities {
+	if o.Mode == wire.MirrorRedirect {
+		return inject.NetAdmin
+	}
+	return inject.NetRaw
+}
+
+// Ports are the ports to mirror and their local ends: as the user gave them once completed, resolved
+// against the pod (Service ports, named ports) once Check has run.
+func (o *Options) Ports() []target.PortSpec { return o.ports }
+
+// parseTo splits --to into a Service (svc/NAME:PORT) or a host and a port.
+func parseTo(to string) (svc, hostport string, err error) {
+	rest, isSvc := strings.CutPrefix(to, "svc/")
+	if !isSvc {
+		rest, isSvc = strings.CutPrefix(to, "service/")
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" || port == "" {
+		return "", "", fmt.Errorf("--to %q must be svc/NAME:PORT or HOST:PORT", to)
+	}
+	if isSvc {
+		return rest, "", nil
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return "", "", fmt.Errorf("--to %q: port must be 1-65535", to)
+	}
+	return "", rest, nil
+}
+
+// Check resolves the ports and --to against the cluster before the agent is added, and returns
+// warnings about what the mirror will not do as the user may expect.
+func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *target.Target) ([]string, error) {
+	ports, warnings, err := target.ResolvePorts(t, o.ports)
+	if err != nil {
+		return nil, err
+	}
+	o.ports = ports
+	if t.Replicas > 1 {
+		warnings = append(warnings, fmt.Sprintf("%d ready pods match; only pod %s is mirrored", t.Replicas, t.Pod.Name))
+	}
+	if o.To != "" {
+		to, err := o.resolveTo(ctx, client, t.Pod.Namespace)
+		if err != nil {
+			return nil, err
+		}
+		o.to = to
+	}
+	return warnings, nil
+}
+
+// resolveTo turns svc/NAME:PORT into the Service's cluster IP (or, headless, its DNS name) and
+// port, refusing a Service or port that does not exist.
+func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, namespace string) (string, error) {
+	svc, hostport, _ := parseTo(o.To)
+	if svc == "" {
+		return hostport, nil
+	}
+	name, port, _ := net.SplitHostPort(svc)
+	s, err := client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return "", fmt.Errorf("--to %q: service %q not found in namespace %q", o.To, name, namespace)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--to %q: get service %q: %w", o.To, name, err)
+	}
+	for _, p := range s.Spec.Ports {
+		if p.Name == port || strconv.Itoa(int(p.Port)) == port {
+			host := s.Spec.ClusterIP
+			if host == "" || host == "None" {
+				host = fmt.Sprintf("%s.%s.svc", s.Name, s.Namespace)
+			}
+			return net.JoinHostPort(host, strconv.Itoa(int(p.Port))), nil
+		}
+	}
+	return "", fmt.Errorf("--to %q: service %q has no port %q", o.To, name, port)
+}
+
+// Spec is what the agent is asked to do, once Check has resolved --to.
+func (o *Options) Spec() wire.MirrorSpec {
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff}
+	if o.Percent < 100 {
+		spec.Percent = o.Percent
+	}
+	if o.Diff {
+		spec.DiffHeaders = o.DiffHeaders
+	}
+	if f := o.Filter.Filter(); !f.Empty() {
+		spec.Filter = f
+	}
+	for _, p := range o.ports {
+		spec.Ports = append(spec.Ports, p.Port)
+	}
+	return spec
+}

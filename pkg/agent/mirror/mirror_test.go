@@ -1,0 +1,306 @@
+package mirror
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+	"github.com/trafficlab/kubectl-trafficlab/internal/tunneltest"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// TestResolveTo: --to svc/NAME:PORT becomes the Service's cluster IP and port (by number or name),
+// a headless Service its DNS name; a missing Service or port is refused before anything changes.
+func TestResolveTo(t *testing.T) {
+	client := fake.NewClientset(
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: "ns"}, Spec: corev1.ServiceSpec{
+			ClusterIP: "10.96.0.9", Ports: []corev1.ServicePort{{Name: "web", Port: 80}},
+		}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "ns"}, Spec: corev1.ServiceSpec{
+			ClusterIP: "None", Ports: []corev1.ServicePort{{Port: 8080}},
+		}},
+	)
+	tests := []struct{ to, want, wantErr string }{
+		{to: "svc/canary:80", want: "10.96.0.9:80"},
+		{to: "service/canary:web", want: "10.96.0.9:80"},
+		{to: "svc/headless:8080", want: "headless.ns.svc:8080"},
+		{to: "10.1.2.3:9000", want: "10.1.2.3:9000"},
+		{to: "svc/nope:80", wantErr: `--to "svc/nope:80": service "nope" not found in namespace "ns"`},
+		{to: "svc/canary:81", wantErr: `--to "svc/canary:81": service "canary" has no port "81"`},
+	}
+	denied := fake.NewClientset()
+	denied.PrependReactor("get", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "canary", fmt.Errorf("no RBAC"))
+	})
+	o := &Options{To: "svc/canary:80"}
+	if _, err := o.resolveTo(context.Background(), denied, "ns"); err == nil || !strings.HasPrefix(err.Error(), `--to "svc/canary:80": get service "canary": `) || !apierrors.IsForbidden(err) {
+		t.Errorf("forbidden: error %v, want the API's refusal wrapped", err)
+	}
+	for _, tt := range tests {
+		o := &Options{To: tt.to}
+		got, err := o.resolveTo(context.Background(), client, "ns")
+		if tt.wantErr != "" {
+			if err == nil || err.Error() != tt.wantErr {
+				t.Errorf("%s: error %v, want %q", tt.to, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || got != tt.want {
+			t.Errorf("%s: %q, %v; want %q", tt.to, got, err, tt.want)
+		}
+	}
+}
+
+// TestPrinterBatchesLines: a burst of lines reaches the output in one write, without a flush from
+// the caller, and every line is there.
+func TestPrinterBatchesLines(t *testing.T) {
+	w := &cmdtest.CountingWriter{}
+	p := newPrinter(w, true, false)
+	for i := range 100 {
+		p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
+	}
+	// No flush here: the lines leave on lineout's timer.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, out := w.State(); strings.Count(out, "\n") < 100; _, out = w.State() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5s the output has %d lines, want 100", strings.Count(out, "\n"))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	w.CheckBatched(t, 100)
+}
+
+// TestCountsFallBackToTheLastReport: the final counts win when they come; when they are late, or
+// the events end without them, the agent's last partial report is what the user gets.
+func TestCountsFallBackToTheLastReport(t *testing.T) {
+	partial := &wire.MirrorStats{Requests: 10, Partial: true}
+	later := &wire.MirrorStats{Requests: 20, Partial: true}
+	final := &wire.MirrorStats{Requests: 25}
+	tests := []struct {
+		name  string
+		feed  []*wire.MirrorStats
+		ended bool
+		want  *wire.MirrorStats
+	}{
+		{"final counts", []*wire.MirrorStats{partial, later, final}, true, final},
+		{"final counts late", []*wire.MirrorStats{partial, later}, false, later},
+		{"events ended without final counts", []*wire.MirrorStats{partial}, true, partial},
+		{"no counts at all", nil, true, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCounts()
+			for _, s := range tt.feed {
+				c.add(s)
+			}
+			if tt.ended {
+				c.end()
+			}
+			if got := c.wait(50 * time.Millisecond); got != tt.want {
+				t.Errorf("wait = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// completed is Options as a verb leaves them after Complete, with the given flags applied.
+func completed(t *testing.T, set func(*Options)) *Options {
+	t.Helper()
+	o := NewOptions()
+	o.Filter.Match = wire.MatchAll // the flag's default
+	o.DiffHeaders = []string{"Content-Type"}
+	set(&o)
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &o
+}
+
+func testPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		}}},
+	}
+}
+
+// TestCheck: the ports are resolved against the pod, --to against the cluster (the Service's
+// cluster IP goes into the agent's spec), and several matching pods are a warning.
+func TestCheck(t *testing.T) {
+	client := fake.NewClientset(&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: "shop"}, Spec: corev1.ServiceSpec{
+		ClusterIP: "10.96.0.9", Ports: []corev1.ServicePort{{Name: "web", Port: 80}},
+	}})
+	o := completed(t, func(o *Options) {
+		o.PortArgs, o.To, o.Percent, o.Diff, o.Mode = []string{"8080"}, "svc/canary:web", 10, true, wire.MirrorRedirect
+	})
+	warnings, err := o.Check(context.Background(), client, &target.Target{Pod: testPod(), Container: "app", Replicas: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"2 ready pods match; only pod web-1 is mirrored"}, warnings); d != "" {
+		t.Errorf("warnings (-want +got):\n%s", d)
+	}
+	want := wire.MirrorSpec{Mode: wire.MirrorRedirect, Ports: []int{8080}, To: "10.96.0.9:80", Percent: 10, Diff: true, DiffHeaders: []string{"Content-Type"}}
+	if d := cmp.Diff(want, o.Spec()); d != "" {
+		t.Errorf("spec (-want +got):\n%s", d)
+	}
+	if o.Capabilities() != inject.NetAdmin {
+		t.Errorf("redirect asks for %v, want NET_ADMIN", o.Capabilities())
+	}
+
+	o = completed(t, func(o *Options) { o.PortArgs, o.To = []string{"8080"}, "svc/gone:80" })
+	if _, err := o.Check(context.Background(), client, &target.Target{Pod: testPod(), Container: "app", Replicas: 1}); err == nil {
+		t.Error("--to a Service that does not exist was accepted")
+	}
+}
+
+// TestSpec: what the agent is asked follows the flags: everything by default, the sample only
+// below 100%, the compared headers only with --diff, the filter only when given.
+func TestSpec(t *testing.T) {
+	tests := []struct {
+		name string
+		set  func(*Options)
+		want wire.MirrorSpec
+	}{
+		{name: "defaults", set: func(o *Options) { o.PortArgs = []string{"8080:9090"} },
+			want: wire.MirrorSpec{Mode: wire.MirrorSniff, Ports: []int{8080}}},
+		{name: "filter", set: func(o *Options) { o.PortArgs = []string{"80", "81"}; o.Filter.Paths = []string{"^/api"} },
+			want: wire.MirrorSpec{Mode: wire.MirrorSniff, Ports: []int{80, 81}, Filter: &wire.HTTPFilter{Paths: []string{"^/api"}, Match: wire.MatchAll}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := completed(t, tt.set)
+			if d := cmp.Diff(tt.want, o.Spec()); d != "" {
+				t.Errorf("spec (-want +got):\n%s", d)
+			}
+			if o.Capabilities() != inject.NetRaw {
+				t.Errorf("sniff asks for %v, want NET_RAW", o.Capabilities())
+			}
+		})
+	}
+}
+
+// tunnel is the plugin's end of a real yamux tunnel over net.Pipe, as tunnel.Conn would use it;
+// the test plays the agent on the other end.
+type tunnel struct {
+	*wire.Session
+	mu        sync.Mutex
+	intervals []time.Duration
+}
+
+func (t *tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
+	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+}
+
+func (t *tunnel) SetWriteInterval(d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.intervals = append(t.intervals, d)
+}
+
+// TestAttach plays the agent: the mirror is asked with the spec and announced, a copy reaches the
+// local process, the copied request is printed, the writes are spaced while the mirror lasts, and
+// stop half-closes, waits for the final counts and prints them.
+func TestAttach(t *testing.T) {
+	local := tunneltest.Echo(t).Port
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"8080:" + strconv.Itoa(local)}; o.Percent = 50 })
+	agent, p := tunneltest.Pipe(t)
+	plugin := &tunnel{Session: p}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	agentDone, written := make(chan error, 1), make(chan struct{})
+	go func() {
+		agentDone <- func() error {
+			in, err := agent.Accept(ctx)
+			if err != nil {
+				return err
+			}
+			if d := cmp.Diff(&wire.MirrorSpec{Mode: wire.MirrorSniff, Ports: []int{8080}, Percent: 50}, in.Request().Mirror); d != "" {
+				return fmt.Errorf("mirror spec (-want +got):\n%s", d)
+			}
+			st, err := in.Accept()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			c, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindMirrored, Network: wire.NetworkTCP, Address: "10.0.0.1:8080", Port: 8080})
+			if err != nil {
+				return fmt.Errorf("copy: %w", err)
+			}
+			if _, err := c.Write([]byte("GET /")); err != nil {
+				return err
+			}
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "GET /" {
+				return fmt.Errorf("echo through the local process = %q, %w", buf, err)
+			}
+			c.Close()
+			w := wire.NewLineWriter[wire.MirrorEvent](st)
+			if err := w.Write(wire.MirrorEvent{Kind: wire.EventMirrored, Peer: "10.0.0.2:1234", Method: "GET", Path: "/", Status: 200, BytesOut: 5, Duration: 3}); err != nil {
+				return err
+			}
+			close(written)
+			// The plugin's stop half-closes; the agent then sends its counts and ends the stream.
+			if _, err := io.Copy(io.Discard, st); err != nil {
+				return err
+			}
+			return w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &wire.MirrorStats{Requests: 2, Connections: 1, Mirrored: 1, Answered: 1, SampledOut: 1}})
+		}()
+	}()
+
+	var out, errOut cmdtest.CountingWriter
+	var announced []string
+	stop, err := o.attach(ctx, plugin, "shop/web-1", nil, &out, &errOut, func(format string, args ...any) {
+		announced = append(announced, fmt.Sprintf(format, args...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("mirroring port 8080 -> 127.0.0.1:%d (sniffing, 50%% of requests; the pod keeps answering)", local)
+	if d := cmp.Diff([]string{want}, announced); d != "" {
+		t.Errorf("announced (-want +got):\n%s", d)
+	}
+	select {
+	case <-written:
+	case err := <-agentDone:
+		t.Fatal(err)
+	}
+	stop()
+	if err := <-agentDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, got := out.State(); !strings.HasSuffix(got, " 10.0.0.2:1234 GET / -> 200, 5 B, 3ms\n") || strings.Count(got, "\n") != 1 {
+		t.Errorf("stdout = %q, want the copied request's line", got)
+	}
+	want = "2 requests seen on 1 connection, 1 mirrored, 1 answered; not mirrored or unanswered: 1 sampled out\n"
+	if _, got := errOut.State(); got != want {
+		t.Errorf("stderr = %q, want %q", got, want)
+	}
+	plugin.mu.Lock()
+	defer plugin.mu.Unlock()
+	if d := cmp.Diff([]time.Duration{wire.MirrorWriteInterval, 0}, plugin.intervals); d != "" {
+		t.Errorf("write intervals (-want +got):\n%s", d)
+	}
+}

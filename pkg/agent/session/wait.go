@@ -1,0 +1,62 @@
+package session
+
+import (
+	"context"
+	"fmt"
+
+	"k8s.io/klog/v2"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
+)
+
+// agentConn is what the waits need of the tunnel: when it ended, and why.
+type agentConn interface {
+	Done() <-chan struct{}
+	Err() error
+}
+
+// Lost is the error a verb ends with when its tunnel to the agent has gone away.
+func (s *Session) Lost() error { return lost(s.Conn) }
+
+// Wait waits until ctx ends (the user's Ctrl-C), which is no error, or the agent is lost.
+func (s *Session) Wait(ctx context.Context) error { return wait(ctx, s.Conn) }
+
+// WaitCommand waits for the user's command name, as exitcode.Wait does, for as long as the agent is
+// there. A lost agent kills the command and is the error: the command's end is then our doing, and
+// the lost agent is what the user needs to hear.
+func (s *Session) WaitCommand(ctx context.Context, name string, waitCmd func() (int, error), interrupt, kill func()) (int, error) {
+	return waitCommand(ctx, s.Conn, name, waitCmd, interrupt, kill)
+}
+
+// Announce says that the verb's work is in place: a progress step, or with -q a plain line on
+// stderr, since even a quiet script needs to know when it may start, as port-forward's "Forwarding
+// from" line tells it.
+func (s *Session) Announce(format string, args ...any) {
+	if s.quiet {
+		fmt.Fprintf(s.errOut, format+"\n", args...)
+		return
+	}
+	s.Progress.Stepf(format, args...)
+}
+
+func lost(c agentConn) error { return fmt.Errorf("lost the agent: %w", c.Err()) }
+
+func wait(ctx context.Context, c agentConn) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-c.Done():
+		return lost(c)
+	}
+}
+
+func waitCommand(ctx context.Context, c agentConn, name string, waitCmd func() (int, error), interrupt, kill func()) (int, error) {
+	code, agentLost, err := exitcode.Wait(ctx, c.Done(), waitCmd, interrupt, kill)
+	if agentLost {
+		if err != nil {
+			klog.V(2).InfoS("command stopped after the agent was lost", "command", name, "err", err)
+		}
+		return 0, lost(c)
+	}
+	return code, err
+}

@@ -1,0 +1,123 @@
+package steal
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/local/deliver"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// endWait bounds the wait for the agent to confirm that the steal is over.
+const endWait = 3 * time.Second
+
+// agentTunnel is what a steal needs of the live tunnel to the agent (tunnel.Conn): the request, and the
+// streams of the stolen connections.
+type agentTunnel interface {
+	Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error)
+	deliver.Acceptor
+}
+
+// Attach starts the steal on a session that is up and serves it until the returned stop is called or
+// ctx ends: stolen connections go to the local process through dial (nil dials LOCAL on
+// --local-address; exec's reaches into its command's namespace), the agent's lines to out and its
+// warnings to errOut.
+func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.Dialer, out, errOut io.Writer) (stop func(), err error) {
+	pod := s.Target.Pod.Namespace + "/" + s.Target.Pod.Name
+	return o.attach(ctx, s.Conn, pod, dial, newPrinter(out, errOut, o.Output == "json"), s.Announce)
+}
+
+func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, p *printer, announce func(format string, args ...any)) (stop func(), err error) {
+	events, err := t.Steal(ctx, o.Spec())
+	if err != nil {
+		return nil, fmt.Errorf("start stealing in pod %s: %w", pod, err)
+	}
+	er := wire.NewLineReader[wire.StealEvent](events)
+	ready, err := readReady(er)
+	if err != nil {
+		events.Close()
+		return nil, fmt.Errorf("start stealing: %w", err)
+	}
+	announce("stealing %s", o.describe(ready))
+	sctx, cancel := context.WithCancel(ctx)
+	srv := &deliver.Server{Kind: wire.KindIncoming, Locals: o.locals(), Dial: dial}
+	go srv.Serve(sctx, t)
+	printed := make(chan struct{})
+	go func() {
+		defer close(printed)
+		printEvents(er, p)
+	}()
+	return func() {
+		// The agent ends the stream once its redirect is gone: waiting for that means that when the
+		// plugin exits, a new connection to the pod reaches the app, not a redirect being torn down.
+		_ = events.CloseWrite()
+		select {
+		case <-printed:
+		case <-time.After(endWait):
+			p.flush()
+		}
+		cancel()
+		events.Close()
+	}, nil
+}
+
+// readReady waits for the agent's first event, which says the redirect is in place.
+func readReady(er *wire.LineReader[wire.StealEvent]) (wire.StealEvent, error) {
+	ev, err := er.Read()
+	if err != nil {
+		return wire.StealEvent{}, fmt.Errorf("read the agent's answer: %w", err)
+	}
+	if ev.Kind != wire.EventReady {
+		return wire.StealEvent{}, fmt.Errorf("agent answered %q before %q: %w", ev.Kind, wire.EventReady, wire.ErrMalformed)
+	}
+	return ev, nil
+}
+
+func printEvents(er *wire.LineReader[wire.StealEvent], p *printer) {
+	defer p.flush()
+	for {
+		ev, err := er.Read()
+		if err != nil {
+			return
+		}
+		p.event(ev)
+	}
+}
+
+// locals maps each stolen pod port to the local address that answers it.
+func (o *Options) locals() map[int]string {
+	locals := map[int]string{}
+	for _, p := range o.ports {
+		locals[p.Port] = net.JoinHostPort(o.LocalAddress, strconv.Itoa(p.Local))
+	}
+	return locals
+}
+
+func (o *Options) describe(ready wire.StealEvent) string {
+	sorted := append([]target.PortSpec(nil), o.ports...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Port < sorted[j].Port })
+	var parts []string
+	for _, p := range sorted {
+		parts = append(parts, fmt.Sprintf("port %d -> %s", p.Port, net.JoinHostPort(o.LocalAddress, strconv.Itoa(p.Local))))
+	}
+	what := "every connection"
+	if !o.filter.Empty() {
+		what = "matching HTTP requests"
+	}
+	d := fmt.Sprintf("%s (%s", strings.Join(parts, ", "), what)
+	if !o.StealProbes {
+		d += ", probes excepted"
+	}
+	if o.FlushConnections {
+		d += fmt.Sprintf(", %d open connections reset", ready.Flushed)
+	}
+	return d + ")"
+}

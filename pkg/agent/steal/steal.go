@@ -1,0 +1,118 @@
+// Package steal is the plugin's side of a steal, shared by the steal verb and exec --steal: the
+// ports to steal and the local addresses that answer them, the checks against the pod before the
+// agent is added (ports, the probes a steal would take), asking the agent to steal on a live
+// tunnel, and one line per request or connection it reports. The stolen connections themselves reach
+// the local process through pkg/local/deliver.
+package steal
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+// Capabilities are what the agent needs for a steal: NET_ADMIN, for the nftables redirect.
+const Capabilities = inject.NetAdmin
+
+// Options are what the user asks of a steal; a verb binds its flags to them.
+type Options struct {
+	PortArgs         []string
+	LocalAddress     string
+	Filter           httpfilter.Flags
+	FlushConnections bool
+	StealProbes      bool
+	DetectTimeout    time.Duration
+	Output           string
+
+	ports  []target.PortSpec
+	filter *wire.HTTPFilter
+}
+
+// NewOptions returns Options with the defaults.
+func NewOptions() Options {
+	return Options{LocalAddress: "127.0.0.1", DetectTimeout: 500 * time.Millisecond}
+}
+
+// Complete parses PortArgs and the filter flags.
+func (o *Options) Complete() error {
+	o.ports = nil
+	for _, a := range o.PortArgs {
+		ps, err := target.ParsePortSpec(a)
+		if err != nil {
+			return err
+		}
+		o.ports = append(o.ports, ps)
+	}
+	o.filter = o.Filter.Filter()
+	return nil
+}
+
+// Validate checks the options once completed; no I/O.
+func (o *Options) Validate() error {
+	if len(o.ports) == 0 {
+		return errors.New("--port is required, e.g. --port 80 or --port 80:8080")
+	}
+	if net.ParseIP(o.LocalAddress) == nil && o.LocalAddress != "localhost" {
+		return fmt.Errorf("--local-address %q is not an IP address or localhost", o.LocalAddress)
+	}
+	if err := o.Filter.Validate(); err != nil {
+		return err
+	}
+	if o.DetectTimeout <= 0 || o.DetectTimeout > time.Minute {
+		return fmt.Errorf("--detect-timeout must be between 1ms and 1m, not %q", o.DetectTimeout)
+	}
+	if o.Output != "" && o.Output != "json" {
+		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
+	}
+	return nil
+}
+
+// Ports are the ports to steal and their local ends: as the user gave them once completed, resolved
+// against the pod (Service ports, named ports) once Check has run.
+func (o *Options) Ports() []target.PortSpec { return o.ports }
+
+// Check resolves the ports against the target before the agent is added, and returns warnings about
+// what the steal will not do as the user may expect. named is how the user named the target.
+func (o *Options) Check(t *target.Target, named string) ([]string, error) {
+	ports, warnings, err := target.ResolvePorts(t, o.ports)
+	if err != nil {
+		return nil, err
+	}
+	o.ports = ports
+	stolen := map[int]bool{}
+	for _, p := range ports {
+		stolen[p.Port] = true
+	}
+	var match func(method, path string, headers []string) bool
+	if m, _ := o.filter.Compile(); m != nil {
+		match = m.Match
+	}
+	warnings = append(warnings, probeWarnings(t.Pod, stolen, o.StealProbes, match)...)
+	if t.Replicas > 1 {
+		warnings = append(warnings, fmt.Sprintf("%d ready pods match %s; only pod %s is stolen, the others keep answering", t.Replicas, named, t.Pod.Name))
+	}
+	return warnings, nil
+}
+
+// Spec is what the agent is asked to do.
+func (o *Options) Spec() wire.StealSpec {
+	spec := wire.StealSpec{
+		StealProbes:      o.StealProbes,
+		FlushConnections: o.FlushConnections,
+		DetectTimeout:    wire.Millis(o.DetectTimeout),
+		PassedEvents:     o.Output == "json",
+	}
+	for _, p := range o.ports {
+		spec.Ports = append(spec.Ports, p.Port)
+	}
+	if !o.filter.Empty() {
+		spec.Filter = o.filter
+	}
+	return spec
+}

@@ -1,0 +1,303 @@
+package steal
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+	"github.com/trafficlab/kubectl-trafficlab/internal/tunneltest"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
+)
+
+func testPod() *corev1.Pod {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name:  "app",
+			Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: "/healthz", Port: intstr.FromString("http"),
+			}}},
+			LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090}}},
+		}}},
+	}
+}
+
+func TestProbeWarnings(t *testing.T) {
+	compile := func(f wire.HTTPFilter) func(string, string, []string) bool {
+		m, err := f.Compile()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Match
+	}
+	tests := []struct {
+		name        string
+		ports       []int
+		stealProbes bool
+		match       func(string, string, []string) bool
+		want        int
+	}{
+		{name: "probes are passed by default", ports: []int{8080, 9090}, want: 0},
+		{name: "whole port with --steal-probes", ports: []int{8080}, stealProbes: true, want: 1},
+		{name: "both probe ports", ports: []int{8080, 9090}, stealProbes: true, want: 2},
+		{name: "other port", ports: []int{3000}, stealProbes: true, want: 0},
+		{name: "look-ahead filter spares the probe", ports: []int{8080, 9090}, stealProbes: true, match: compile(wire.HTTPFilter{Headers: []string{"^User-Agent: (?!kube-probe)"}}), want: 0},
+		{name: "path filter catches the http probe", ports: []int{8080, 9090}, stealProbes: true, match: compile(wire.HTTPFilter{Paths: []string{"^/health"}}), want: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ports := map[int]bool{}
+			for _, p := range tt.ports {
+				ports[p] = true
+			}
+			got := probeWarnings(testPod(), ports, tt.stealProbes, tt.match)
+			if len(got) != tt.want {
+				t.Errorf("got %d warnings %q, want %d", len(got), got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPrinter(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newPrinter(&out, &errOut, false)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: "/a?b=1", Status: 200, Stolen: true, Duration: 12, Proto: "HTTP/1.1", Peer: "10.88.0.1:5555"})
+	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: "/passed", Status: 200})
+	p.event(wire.StealEvent{Kind: wire.EventConnection, Peer: "10.88.0.7:4000", Port: 80, BytesIn: 2048, BytesOut: 3 << 20, Duration: 1500})
+	p.event(wire.StealEvent{Kind: wire.EventWarning, Message: "local process at 127.0.0.1:8080 refused"})
+	p.flush()
+	want := "10:04:05 GET /a?b=1 200 12ms HTTP/1.1 (from 10.88.0.1:5555)\n" +
+		"10:04:05 connection from 10.88.0.7:4000 to port 80: 2.0 KiB in, 3.0 MiB out, 1.5s\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	if got := errOut.String(); got != "warning: local process at 127.0.0.1:8080 refused\n" {
+		t.Errorf("stderr = %q", got)
+	}
+
+	out.Reset()
+	p = newPrinter(&out, io.Discard, true)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "POST", Path: "/x", Status: 201, Stolen: true})
+	p.flush()
+	if got, want := out.String(), `{"time":"2026-11-23T10:04:05Z","kind":"request","method":"POST","path":"/x","status":201,"stolen":true}`+"\n"; got != want {
+		t.Errorf("json = %q, want %q", got, want)
+	}
+}
+
+// TestPrinterBatchesLines: a burst of stolen requests reaches the terminal in a few writes, not one
+// per line, and all of it is there once the steal's end flushes.
+func TestPrinterBatchesLines(t *testing.T) {
+	w := &cmdtest.CountingWriter{}
+	p := newPrinter(w, io.Discard, false)
+	for i := range 100 {
+		p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200, Stolen: true})
+	}
+	p.flush()
+	w.CheckBatched(t, 100)
+}
+
+// completed is Options as a verb leaves them after Complete, with the given flags applied.
+func completed(t *testing.T, set func(*Options)) *Options {
+	t.Helper()
+	o := NewOptions()
+	o.Filter.Match = wire.MatchAll // the flag's default
+	set(&o)
+	if err := o.Complete(); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &o
+}
+
+// TestSpec: what the agent is asked follows the flags.
+func TestSpec(t *testing.T) {
+	tests := []struct {
+		name string
+		set  func(*Options)
+		want wire.StealSpec
+	}{
+		{name: "whole port", set: func(o *Options) { o.PortArgs = []string{"80:8080", "443"} },
+			want: wire.StealSpec{Ports: []int{80, 443}, DetectTimeout: 500}},
+		{name: "filter, probes, flush, json", set: func(o *Options) {
+			o.PortArgs = []string{"80"}
+			o.Filter.Headers = []string{"^X-Dev: me$"}
+			o.Filter.Match = wire.MatchAny
+			o.StealProbes, o.FlushConnections, o.Output, o.DetectTimeout = true, true, "json", 2*time.Second
+		}, want: wire.StealSpec{Ports: []int{80}, Filter: &wire.HTTPFilter{Headers: []string{"^X-Dev: me$"}, Match: wire.MatchAny},
+			StealProbes: true, FlushConnections: true, PassedEvents: true, DetectTimeout: 2000}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if d := cmp.Diff(tt.want, completed(t, tt.set).Spec()); d != "" {
+				t.Errorf("spec (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestCheck: the ports are resolved against the pod's named ports, and the warnings name what the
+// steal takes that the user may not expect: probes with --steal-probes, only one of several pods.
+func TestCheck(t *testing.T) {
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"}; o.StealProbes = true })
+	warnings, err := o.Check(&target.Target{Pod: testPod(), Container: "app", Replicas: 3}, "deploy/web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]target.PortSpec{{Remote: "http", Port: 8080, Local: 9000}}, o.Ports()); d != "" {
+		t.Errorf("ports (-want +got):\n%s", d)
+	}
+	want := []string{
+		`--steal-probes takes the readiness probe of container "app" (port 8080) from the app; if your process does not answer it, the kubelet restarts or unreadies the pod`,
+		"3 ready pods match deploy/web; only pod web-1 is stolen, the others keep answering",
+	}
+	if d := cmp.Diff(want, warnings); d != "" {
+		t.Errorf("warnings (-want +got):\n%s", d)
+	}
+
+	o = completed(t, func(o *Options) { o.PortArgs = []string{"grpc:9000"} })
+	if _, err := o.Check(&target.Target{Pod: testPod(), Container: "app", Replicas: 1}, "pod/web-1"); err == nil {
+		t.Error("a port name the pod does not have was accepted")
+	}
+}
+
+// tunnel is the plugin's end as tunnel.Conn would use it.
+type tunnel struct{ *wire.Session }
+
+func (t tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
+	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
+}
+
+// TestAttach plays the agent: the steal is asked with the spec, announced once the agent is ready,
+// a stolen connection reaches the local process, the agent's lines are printed, and stop waits for
+// the agent to confirm the end.
+func TestAttach(t *testing.T) {
+	local := tunneltest.Echo(t).Port
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"80:" + strconv.Itoa(local)}; o.FlushConnections = true })
+	agent, p := tunneltest.Pipe(t)
+	plugin := tunnel{p}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	agentDone, written := make(chan error, 1), make(chan struct{})
+	go func() {
+		agentDone <- func() error {
+			in, err := agent.Accept(ctx)
+			if err != nil {
+				return err
+			}
+			if d := cmp.Diff(&wire.StealSpec{Ports: []int{80}, FlushConnections: true, DetectTimeout: 500}, in.Request().Steal); d != "" {
+				return fmt.Errorf("steal spec (-want +got):\n%s", d)
+			}
+			st, err := in.Accept()
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			w := wire.NewLineWriter[wire.StealEvent](st)
+			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2}); err != nil {
+				return err
+			}
+			c, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:1234"})
+			if err != nil {
+				return fmt.Errorf("stolen connection: %w", err)
+			}
+			if _, err := c.Write([]byte("ping")); err != nil {
+				return err
+			}
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+				return fmt.Errorf("echo through the local process = %q, %w", buf, err)
+			}
+			c.Close()
+			if err := w.Write(wire.StealEvent{Kind: wire.EventConnection, Peer: "10.0.0.2:1234", Port: 80, BytesIn: 4, BytesOut: 4}); err != nil {
+				return err
+			}
+			if err := w.Write(wire.StealEvent{Kind: wire.EventWarning, Message: "something to know"}); err != nil {
+				return err
+			}
+			close(written)
+			// The plugin's stop half-closes; the agent then removes its redirect and ends the stream.
+			if _, err := io.Copy(io.Discard, st); err != nil {
+				return err
+			}
+			return nil
+		}()
+	}()
+
+	var out, errOut cmdtest.CountingWriter
+	var announced []string
+	stop, err := o.attach(ctx, plugin, "shop/web-1", nil, newPrinter(&out, &errOut, false), func(format string, args ...any) {
+		announced = append(announced, fmt.Sprintf(format, args...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("stealing port 80 -> 127.0.0.1:%d (every connection, probes excepted, 2 open connections reset)", local)
+	if d := cmp.Diff([]string{want}, announced); d != "" {
+		t.Errorf("announced (-want +got):\n%s", d)
+	}
+	select {
+	case <-written:
+	case err := <-agentDone:
+		t.Fatal(err)
+	}
+	stop()
+	if err := <-agentDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, got := out.State(); !strings.HasSuffix(got, " connection from 10.0.0.2:1234 to port 80: 4 B in, 4 B out, 0s\n") || strings.Count(got, "\n") != 1 {
+		t.Errorf("stdout = %q, want the connection's line", got)
+	}
+	if _, got := errOut.State(); got != "warning: something to know\n" {
+		t.Errorf("stderr = %q, want the agent's warning", got)
+	}
+}
+
+// TestAttachRefused: an agent that answers with anything but ready is a failed start, with the pod
+// named when the request itself fails.
+func TestAttachRefused(t *testing.T) {
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"80"} })
+	agent, p := tunneltest.Pipe(t)
+	plugin := tunnel{p}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		in, err := agent.Accept(ctx)
+		if err != nil {
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer st.Close()
+		_ = wire.NewLineWriter[wire.StealEvent](st).Write(wire.StealEvent{Kind: wire.EventWarning, Message: "too early"})
+	}()
+	_, err := o.attach(ctx, plugin, "shop/web-1", nil, newPrinter(io.Discard, io.Discard, false), func(string, ...any) { t.Error("announced a steal that did not start") })
+	if err == nil || !strings.HasPrefix(err.Error(), `start stealing: agent answered "warning" before "ready"`) {
+		t.Errorf("error %v, want the early answer refused", err)
+	}
+
+	agent.Close()
+	_, err = o.attach(ctx, plugin, "shop/web-1", nil, newPrinter(io.Discard, io.Discard, false), func(string, ...any) {})
+	if err == nil || !strings.HasPrefix(err.Error(), "start stealing in pod shop/web-1: ") {
+		t.Errorf("error %v, want the failed request with the pod", err)
+	}
+}

@@ -1,0 +1,57 @@
+package target
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// AddFlags registers -c and -l, which every verb takes to name its pod and container.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVarP(&o.Container, "container", "c", "", "Container whose process the agent joins; defaults to the pod's default container.")
+	fs.StringVarP(&o.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
+}
+
+// Require refuses options that name no pod; example is the verb's own command line that does.
+func (o *Options) Require(example string) error {
+	if o.Resource == "" && o.Selector == "" {
+		return errors.New("TYPE/NAME or -l selector is required, e.g. " + example)
+	}
+	return nil
+}
+
+// Named is how the user named the target, for messages: TYPE/NAME, or the selector.
+func (o *Options) Named() string {
+	if o.Resource != "" {
+		return o.Resource
+	}
+	return fmt.Sprintf("selector %q", o.Selector)
+}
+
+// Kube is the cluster a verb talks to, from kubectl's connection flags.
+type Kube struct {
+	Config *rest.Config
+	Client kubernetes.Interface
+}
+
+// LoadKube reads the kubeconfig the way kubectl does; the namespace (-n, else the context's) is
+// the target's.
+func (o *Options) LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
+	var k Kube
+	ns, _, err := flags.ToRawKubeConfigLoader().Namespace()
+	if err != nil {
+		return k, fmt.Errorf("reading the namespace from kubeconfig: %w", err)
+	}
+	if k.Config, err = flags.ToRESTConfig(); err != nil {
+		return k, fmt.Errorf("reading kubeconfig: %w", err)
+	}
+	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
+		return k, fmt.Errorf("creating a client: %w", err)
+	}
+	o.Namespace = ns
+	return k, nil
+}
