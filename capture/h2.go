@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // ---- HTTP/2 ----
@@ -63,9 +65,12 @@ type h2conn struct {
 // h2FrameReader hands the Framer one buffered frame at a time.
 type h2FrameReader struct{ p []byte }
 
+// errH2Short is what h2FrameReader says when the Framer asks for more than the frame it was handed.
+var errH2Short = errors.New("incomplete http/2 frame")
+
 func (r *h2FrameReader) Read(b []byte) (int, error) {
 	if len(r.p) == 0 {
-		return 0, errH1Incomplete
+		return 0, errH2Short
 	}
 	n := copy(b, r.p)
 	r.p = r.p[n:]
@@ -98,14 +103,14 @@ func (c *h2conn) step(d Direction) bool {
 	b := &c.f.buf[d]
 	p := b.bytes()
 	if d == ClientToServer && c.preface {
-		if len(p) < len(h2Preface) {
+		if len(p) < len(httpsyntax.H2Preface) {
 			return false
 		}
-		if string(p[:len(h2Preface)]) != h2Preface {
+		if _, whole := httpsyntax.MatchH2Preface(p); !whole {
 			c.giveUp()
 			return false
 		}
-		b.consume(len(h2Preface))
+		b.consume(len(httpsyntax.H2Preface))
 		c.preface = false
 		return true
 	}
@@ -262,7 +267,7 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 			for _, hf := range blk.fields {
 				switch hf.Name {
 				case ":method":
-					if isH1Token(hf.Value) { // a malformed stream's method is not reported
+					if httpsyntax.IsToken(hf.Value) { // a malformed stream's method is not reported
 						s.Method = hf.Value
 					}
 				case ":path":
@@ -311,7 +316,7 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 		for _, hf := range blk.fields {
 			switch hf.Name {
 			case ":status":
-				if n, ok := parseH1Length(hf.Value); ok && n >= 200 && n < 1000 && !s.gotResp {
+				if n, ok := httpsyntax.ParseContentLength(hf.Value); ok && n >= 200 && n < 1000 && !s.gotResp {
 					s.Status, s.gotResp = int(n), true
 				}
 			case "content-type":
@@ -350,7 +355,7 @@ func (c *h2conn) keepResponse(s *h2stream, blk *h2block) {
 	final := false
 	for _, hf := range blk.fields {
 		if hf.Name == ":status" {
-			n, ok := parseH1Length(hf.Value)
+			n, ok := httpsyntax.ParseContentLength(hf.Value)
 			final = ok && n >= 200 && n < 1000
 		}
 	}

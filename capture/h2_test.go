@@ -8,6 +8,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // h2Side writes one direction of an HTTP/2 connection with its own HPACK state.
@@ -188,4 +190,11 @@ func TestHTTPFlowH2CGaps(t *testing.T) {
 			t.Errorf("connections %+v", r.connections)
 		}
 	})
+}
+
+// The leaf package spells the preface out to stay free of x/net; it must be x/net's.
+func TestH2PrefaceIsHTTP2s(t *testing.T) {
+	if httpsyntax.H2Preface != http2.ClientPreface {
+		t.Fatalf("httpsyntax.H2Preface = %q, http2.ClientPreface = %q", httpsyntax.H2Preface, http2.ClientPreface)
+	}
 }

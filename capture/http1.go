@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // ---- HTTP/1 ----
@@ -101,7 +102,7 @@ func (c *h1conn) step(d Direction) bool {
 		if !ok {
 			return n < 0
 		}
-		size, valid := parseH1ChunkSize(line)
+		size, valid := httpsyntax.ParseChunkSize(line)
 		if !valid {
 			c.lose(d, b.timeAt(0))
 			return true
@@ -234,8 +235,8 @@ func (c *h1conn) decodedHTTP() {
 func (c *h1conn) request(p []byte) bool {
 	f := c.f
 	b := &f.buf[ClientToServer]
-	n, err := h1HeadLen(p, f.opts.MaxHeaderBytes)
-	if errors.Is(err, errH1Incomplete) {
+	n, err := httpsyntax.HeadLen(p, f.opts.MaxHeaderBytes)
+	if errors.Is(err, httpsyntax.ErrIncomplete) {
 		return false
 	}
 	var req h1head
@@ -307,8 +308,8 @@ func (c *h1conn) newRequest(req *h1head, ts time.Time, head []byte) *h1exchange 
 func (c *h1conn) response(p []byte) bool {
 	f := c.f
 	b := &f.buf[ServerToClient]
-	n, err := h1HeadLen(p, f.opts.MaxHeaderBytes)
-	if errors.Is(err, errH1Incomplete) {
+	n, err := httpsyntax.HeadLen(p, f.opts.MaxHeaderBytes)
+	if errors.Is(err, httpsyntax.ErrIncomplete) {
 		return false
 	}
 	var resp h1head
@@ -354,7 +355,7 @@ func (c *h1conn) response(p []byte) bool {
 		}
 	}
 	switch {
-	case resp.status == 101 && h1HasToken(resp.upgrade, "h2c") && h1HasToken(ex.upgrade, "h2c"):
+	case resp.status == 101 && httpsyntax.HasElement(resp.upgrade, "h2c") && httpsyntax.HasElement(ex.upgrade, "h2c"):
 		h.ex = nil
 		if ex.rs != nil {
 			f.release(ex.rs) // the response comes on stream 1
@@ -667,9 +668,6 @@ func (c *h1conn) hunt(d Direction, p []byte) bool {
 // maxH1Line bounds the request or status line hunting waits for.
 const maxH1Line = 8 << 10
 
-// h1Methods are the methods a request line found in the middle of other bytes may start with.
-var h1Methods = []string{"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-
 // findH1Request returns where the first whole request line in p starts, or -1. A line
 // start (lineStart: p starts at one) may begin with any method; elsewhere only a known
 // method counts, so that the end of a body glued to the next request is told apart.
@@ -685,7 +683,7 @@ func findH1Request(p []byte, lineStart bool) int {
 		switch {
 		case v+1 >= len(p):
 			return -1 // the line is not complete yet
-		case p[v] != '0' && p[v] != '1':
+		case !httpsyntax.IsVersion(string(p[i+1 : v+1])):
 			continue
 		case p[v+1] != '\n' && (p[v+1] != '\r' || v+2 >= len(p) || p[v+2] != '\n'):
 			if p[v+1] == '\r' && v+2 >= len(p) {
@@ -704,11 +702,8 @@ func findH1Request(p []byte, lineStart bool) int {
 		if run < sp && ((run == 0 && lineStart) || (run > 0 && p[run-1] == '\n')) {
 			return run
 		}
-		method := p[run:sp]
-		for _, m := range h1Methods {
-			if bytes.HasSuffix(method, []byte(m)) {
-				return sp - len(m)
-			}
+		if m := httpsyntax.MethodSuffixLen(p[run:sp]); m > 0 {
+			return sp - m
 		}
 	}
 }
@@ -726,7 +721,7 @@ func findH1Status(p []byte) int {
 		if n < 0 {
 			return -1
 		}
-		if isH1StatusLine(bytes.TrimSuffix(p[i:i+n], []byte("\r"))) {
+		if _, _, _, ok := httpsyntax.ParseStatusLine(string(bytes.TrimSuffix(p[i:i+n], []byte("\r")))); ok {
 			return i
 		}
 	}
@@ -801,92 +796,60 @@ type h1head struct {
 	upgrade               string
 }
 
-var (
-	errH1Incomplete = errors.New("incomplete http head")
-	errH1Malformed  = errors.New("malformed http head")
-)
-
-// h1HeadLen returns the length of the head at the start of b, through its empty line.
-func h1HeadLen(b []byte, limit int) (int, error) {
-	i := 0
-	for {
-		j := bytes.IndexByte(b[i:min(len(b), limit)], '\n')
-		if j < 0 {
-			if len(b) >= limit {
-				return 0, fmt.Errorf("head longer than %d bytes: %w", limit, errH1Malformed)
-			}
-			return 0, errH1Incomplete
-		}
-		end := i + j
-		if end == i || (end == i+1 && b[i] == '\r') {
-			if i == 0 {
-				return 0, fmt.Errorf("head starts with an empty line: %w", errH1Malformed)
-			}
-			return end + 1, nil
-		}
-		i = end + 1
-	}
-}
-
-// parseH1Head parses a request or response head. It is lenient where the message is still
-// clear (folded lines, Content-Length with Transfer-Encoding, where the latter wins), since
-// it watches traffic rather than relaying it.
+// parseH1Head parses a request or response head. Its lines are read as the agent's proxy
+// reads them (httpsyntax); it is lenient only where the message is still clear (folded lines,
+// Content-Length with Transfer-Encoding, where the latter wins), since it watches traffic
+// rather than relaying it.
 func parseH1Head(b []byte, request bool) (h1head, error) {
 	s := string(b)
-	line, rest, _ := strings.Cut(s, "\n")
-	line = strings.TrimSuffix(line, "\r")
+	line, rest := httpsyntax.CutLine(s)
 	h := h1head{length: -1}
+	var ok bool
 	if request {
-		if !isH1RequestLine([]byte(line)) {
-			return h, fmt.Errorf("request line %q: %w", h1Clip(line), errH1Malformed)
+		if h.method, h.target, h.proto, ok = httpsyntax.ParseRequestLine(line); !ok || len(h.method) > maxH1Method {
+			return h, fmt.Errorf("request line %q: %w", h1Clip(line), httpsyntax.ErrMalformed)
 		}
-		h.method, line, _ = strings.Cut(line, " ")
-		h.target, h.proto, _ = strings.Cut(line, " ")
 	} else {
-		if !isH1StatusLine([]byte(line)) {
-			return h, fmt.Errorf("status line %q: %w", h1Clip(line), errH1Malformed)
+		if h.proto, h.status, _, ok = httpsyntax.ParseStatusLine(line); !ok {
+			return h, fmt.Errorf("status line %q: %w", h1Clip(line), httpsyntax.ErrMalformed)
 		}
-		h.proto = line[:8]
-		h.status = int(line[9]-'0')*100 + int(line[10]-'0')*10 + int(line[11]-'0')
 	}
 	for rest != "" {
 		var l string
-		l, rest, _ = strings.Cut(rest, "\n")
-		l = strings.TrimSuffix(l, "\r")
+		l, rest = httpsyntax.CutLine(rest)
 		if l == "" {
 			break
 		}
 		if l[0] == ' ' || l[0] == '\t' {
 			continue // an obsolete folded continuation of the previous field
 		}
-		name, value, ok := strings.Cut(l, ":")
-		if !ok || name == "" {
-			return h, fmt.Errorf("header line %q: %w", h1Clip(l), errH1Malformed)
+		name, value, ok := httpsyntax.CutField(l)
+		if !ok {
+			return h, fmt.Errorf("header line %q: %w", h1Clip(l), httpsyntax.ErrMalformed)
 		}
-		value = strings.Trim(value, " \t")
 		switch {
-		case strings.EqualFold(name, "Content-Length"):
-			n, ok := parseH1Length(value)
+		case httpsyntax.EqualFold(name, "Content-Length"):
+			n, ok := httpsyntax.ParseContentLength(value)
 			if !ok || (h.length >= 0 && h.length != n) {
-				return h, fmt.Errorf("content-length %q: %w", h1Clip(value), errH1Malformed)
+				return h, fmt.Errorf("content-length %q: %w", h1Clip(value), httpsyntax.ErrMalformed)
 			}
 			h.length = n
-		case strings.EqualFold(name, "Transfer-Encoding"):
-			h.te = h1JoinList(h.te, value)
-		case strings.EqualFold(name, "Host"):
+		case httpsyntax.EqualFold(name, "Transfer-Encoding"):
+			h.te = httpsyntax.JoinList(h.te, value)
+		case httpsyntax.EqualFold(name, "Host"):
 			if h.host == "" {
 				h.host = value
 			}
-		case strings.EqualFold(name, "Connection"):
-			h.connUpgrade = h.connUpgrade || h1HasToken(value, "upgrade")
-		case strings.EqualFold(name, "Upgrade"):
-			h.upgrade = h1JoinList(h.upgrade, value)
+		case httpsyntax.EqualFold(name, "Connection"):
+			h.connUpgrade = h.connUpgrade || httpsyntax.HasElement(value, "upgrade")
+		case httpsyntax.EqualFold(name, "Upgrade"):
+			h.upgrade = httpsyntax.JoinList(h.upgrade, value)
 		}
 	}
 	if h.te != "" {
 		// RFC 9112 6.3: Transfer-Encoding overrides Content-Length; a body whose last coding
 		// is not chunked runs to the close (responses) or cannot be framed (requests).
-		h.chunked = strings.EqualFold(h1LastToken(h.te), "chunked")
+		h.chunked = httpsyntax.EqualFold(httpsyntax.LastElement(h.te), "chunked")
 		h.length = -1
 		if h.chunked {
 			h.te = ""
@@ -895,156 +858,19 @@ func parseH1Head(b []byte, request bool) (h1head, error) {
 	return h, nil
 }
 
+// maxH1Method bounds the method of a request line: any token is a method, but detect must give up
+// on a run of token bytes without a space at some point, and a request line found later must not
+// be one that detect would not have taken at the start of the connection.
+const maxH1Method = 32
+
 // h1PathAndHost turns a request target into the path with its query, taking the host from an
-// absolute-form target when the request has no Host field.
+// absolute-form or authority-form target when the request has no Host field.
 func h1PathAndHost(target, host string) (string, string) {
-	if target == "" || target[0] == '/' || target == "*" {
-		return target, host
-	}
-	_, rest, ok := strings.Cut(target, "://")
-	if !ok {
-		// Authority form (CONNECT host:port).
-		if host == "" {
-			host = target
-		}
-		return target, host
-	}
-	authority, path := rest, "/"
-	if i := strings.IndexAny(rest, "/?"); i >= 0 {
-		authority, path = rest[:i], rest[i:]
-		if path[0] == '?' {
-			path = "/" + path
-		}
-	}
+	path, authority := httpsyntax.SplitTarget(target)
 	if host == "" {
 		host = authority
 	}
 	return path, host
-}
-
-// isH1RequestLine reports whether line (without its line ending) is an HTTP/1 request line.
-func isH1RequestLine(line []byte) bool {
-	method, rest, ok := bytes.Cut(line, []byte(" "))
-	if !ok || len(method) == 0 || len(method) > 32 {
-		return false
-	}
-	for _, c := range method {
-		if !isH1TokenChar(c) {
-			return false
-		}
-	}
-	target, proto, ok := bytes.Cut(rest, []byte(" "))
-	if !ok || len(target) == 0 {
-		return false
-	}
-	for _, c := range target {
-		if c <= ' ' || c == 0x7f {
-			return false
-		}
-	}
-	return isH1Version(proto)
-}
-
-// isH1StatusLine reports whether line is an HTTP/1 status line: "HTTP/1.1 200 OK".
-func isH1StatusLine(line []byte) bool {
-	if len(line) < 12 || !isH1Version(line[:8]) || line[8] != ' ' || (len(line) > 12 && line[12] != ' ') {
-		return false
-	}
-	for _, c := range line[9:12] {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return line[9] != '0'
-}
-
-func isH1Version(p []byte) bool {
-	return len(p) == 8 && string(p[:7]) == "HTTP/1." && (p[7] == '0' || p[7] == '1')
-}
-
-func isH1Token(s string) bool {
-	for i := range len(s) {
-		if !isH1TokenChar(s[i]) {
-			return false
-		}
-	}
-	return s != ""
-}
-
-func isH1TokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
-}
-
-func parseH1Length(s string) (int64, bool) {
-	if s == "" || len(s) > 18 {
-		return 0, false
-	}
-	var n int64
-	for i := range len(s) {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
-}
-
-// parseH1ChunkSize parses a chunk-size line, ignoring chunk extensions.
-func parseH1ChunkSize(line []byte) (int64, bool) {
-	if i := bytes.IndexByte(line, ';'); i >= 0 {
-		line = line[:i]
-	}
-	line = bytes.Trim(line, " \t")
-	if len(line) == 0 || len(line) > 15 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range line {
-		var v byte
-		switch {
-		case c >= '0' && c <= '9':
-			v = c - '0'
-		case c >= 'a' && c <= 'f':
-			v = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			v = c - 'A' + 10
-		default:
-			return 0, false
-		}
-		n = n<<4 | int64(v)
-	}
-	return n, true
-}
-
-func h1JoinList(a, b string) string {
-	if a == "" {
-		return b
-	}
-	return a + ", " + b
-}
-
-func h1LastToken(list string) string {
-	last := ""
-	for t := range strings.SplitSeq(list, ",") {
-		if t = strings.Trim(t, " \t"); t != "" {
-			last = t
-		}
-	}
-	return last
-}
-
-func h1HasToken(list, token string) bool {
-	for t := range strings.SplitSeq(list, ",") {
-		if strings.EqualFold(strings.Trim(t, " \t"), token) {
-			return true
-		}
-	}
-	return false
 }
 
 // h1Clip keeps error messages about hostile input short.

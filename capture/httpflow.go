@@ -6,7 +6,7 @@ import (
 	"sort"
 	"time"
 
-	"golang.org/x/net/http2"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // Exchange is one HTTP request and its response, as seen on the wire.
@@ -363,9 +363,6 @@ func (f *HTTPFlow) process() {
 	f.opaque()
 }
 
-// h2Preface is what an HTTP/2 client sends first.
-const h2Preface = http2.ClientPreface
-
 // detect decides the protocol from the client's first bytes.
 func (f *HTTPFlow) detect() bool {
 	b := f.buf[ClientToServer].bytes()
@@ -376,9 +373,8 @@ func (f *HTTPFlow) detect() bool {
 		}
 		return false
 	}
-	n := min(len(b), len(h2Preface))
-	if string(b[:n]) == h2Preface[:n] {
-		if n < len(h2Preface) {
+	if match, whole := httpsyntax.MatchH2Preface(b); match {
+		if !whole {
 			return false
 		}
 		f.startH2()
@@ -390,7 +386,7 @@ func (f *HTTPFlow) detect() bool {
 		case c == ' ' && i > 0:
 			f.startHTTP1()
 			return true
-		case !isH1TokenChar(c) || i >= 32:
+		case !httpsyntax.IsTokenChar(c) || i >= maxH1Method:
 			f.opaque()
 			return false
 		}
