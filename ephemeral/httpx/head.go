@@ -3,8 +3,10 @@ package httpx
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
@@ -77,16 +79,10 @@ func getField(fs []HeaderField, name string) string {
 	return ""
 }
 
-// IsProbe reports whether the request comes from a kubelet probe: HTTP probes and gRPC probes send a
-// User-Agent of "kube-probe/<major>.<minor>" (gRPC adds " grpc-go/...").
-func (h *RequestHead) IsProbe() bool {
-	const p = "kube-probe/"
-	for _, f := range h.Header {
-		if httpsyntax.EqualFold(f.Name, "User-Agent") && len(f.Value) >= len(p) && httpsyntax.EqualFold(f.Value[:len(p)], p) {
-			return true
-		}
-	}
-	return false
+// ProbeRequest is the request as probe.Rule reads it, on a connection from source to the pod's
+// address dest.
+func (h *RequestHead) ProbeRequest(source, dest netip.AddrPort) probe.Request {
+	return probe.Request{Source: source, Port: dest.Port(), Path: h.PathQuery(), Header: h.HeaderLines()}
 }
 
 // PathQuery is the path and query the request is for: Target itself in origin form, with scheme and

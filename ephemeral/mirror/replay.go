@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -271,15 +272,15 @@ func endsConnection(req *capture.Request) bool {
 	line, _, _ := bytes.Cut(req.Raw, []byte("\n"))
 	http10 := bytes.HasSuffix(bytes.TrimRight(line, "\r"), []byte("HTTP/1.0"))
 	for _, h := range req.Header {
-		name, value, _ := strings.Cut(h, ":")
-		if !strings.EqualFold(strings.TrimSpace(name), "connection") {
+		value, ok := httpsyntax.FieldLineValue(h, "Connection")
+		if !ok {
 			continue
 		}
-		for tok := range strings.SplitSeq(value, ",") {
-			switch strings.ToLower(strings.TrimSpace(tok)) {
-			case "close":
+		for tok := range httpsyntax.ListElements(value) {
+			switch {
+			case httpsyntax.EqualFold(tok, "close"):
 				return true
-			case "keep-alive":
+			case httpsyntax.EqualFold(tok, "keep-alive"):
 				http10 = false
 			}
 		}
