@@ -469,11 +469,10 @@ func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error)
 	hreq.Host = req.Host
 	hreq.ContentLength = int64(len(req.Body))
 	for _, line := range req.Header {
-		name, value, ok := strings.Cut(line, ":")
+		name, value, ok := httpsyntax.SplitFieldLine(line)
 		if !ok {
 			continue
 		}
-		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
 		switch strings.ToLower(name) {
 		case "host", "content-length", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
 			continue
@@ -487,8 +486,8 @@ func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error)
 	if len(req.Trailer) > 0 {
 		hreq.Trailer = http.Header{}
 		for _, line := range req.Trailer {
-			if name, value, ok := strings.Cut(line, ":"); ok {
-				hreq.Trailer.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+			if name, value, ok := httpsyntax.SplitFieldLine(line); ok {
+				hreq.Trailer.Add(name, value)
 			}
 		}
 		hreq.ContentLength = -1

@@ -159,14 +159,22 @@ func CutField(line string) (name, value string, ok bool) {
 	return name, value, true
 }
 
-// FieldLineValue is the value of a "Name: value" line (the form capture and the steal filters
-// keep fields in) when its name is name (EqualFold); ok is false for another name.
+// SplitFieldLine splits a "Name: value" line (the form capture keeps fields in and the steal
+// filters match) into its name and value, trimmed of white space; ok is false without a colon.
+// Unlike CutField it does not judge the syntax: the line was judged when it was parsed.
+func SplitFieldLine(line string) (name, value string, ok bool) {
+	name, value, ok = strings.Cut(line, ":")
+	return strings.Trim(name, " \t"), strings.Trim(value, " \t"), ok
+}
+
+// FieldLineValue is the value of a "Name: value" line when its name is name (EqualFold); ok is
+// false for another name.
 func FieldLineValue(line, name string) (value string, ok bool) {
-	n, v, found := strings.Cut(line, ":")
-	if !found || !EqualFold(strings.Trim(n, " \t"), name) {
+	n, v, found := SplitFieldLine(line)
+	if !found || !EqualFold(n, name) {
 		return "", false
 	}
-	return strings.Trim(v, " \t"), true
+	return v, true
 }
 
 // JoinList appends b to the comma-separated list a, as repeated field lines of a list field are

@@ -146,6 +146,21 @@ func TestCutField(t *testing.T) {
 		line, name, value string
 		ok                bool
 	}{
+		{"Host: svc", "Host", "svc", true},
+		{" Host \t:\t svc ", "Host", "svc", true},
+		{"X:", "X", "", true},
+		{"X: a:b", "X", "a:b", true},
+		{"no colon", "no colon", "", false},
+	} {
+		n, v, ok := SplitFieldLine(tt.line)
+		if n != tt.name || v != tt.value || ok != tt.ok {
+			t.Errorf("SplitFieldLine(%q) = %q, %q, %v; want %q, %q, %v", tt.line, n, v, ok, tt.name, tt.value, tt.ok)
+		}
+	}
+	for _, tt := range []struct {
+		line, name, value string
+		ok                bool
+	}{
 		{"User-Agent: kube-probe/1.33", "user-agent", "kube-probe/1.33", true},
 		{"user-agent:x ", "User-Agent", "x", true},
 		{"User-Agents: x", "User-Agent", "", false},
