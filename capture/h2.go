@@ -12,8 +12,6 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
-// ---- HTTP/2 ----
-
 // h2MaxStreams bounds the streams tracked per connection; the headers of further ones are
 // still decoded, to keep the compression state, but they are not reported.
 const h2MaxStreams = 1024

@@ -9,8 +9,6 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
-// ---- HTTP/1 ----
-
 type h1state uint8
 
 const (

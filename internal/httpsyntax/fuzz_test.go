@@ -23,7 +23,7 @@ func FuzzHeadLen(f *testing.F) {
 		switch {
 		case err == nil:
 			head := b[:n]
-			if n > limit || !(bytes.HasSuffix(head, []byte("\n\n")) || bytes.HasSuffix(head, []byte("\n\r\n"))) {
+			if n > limit || (!bytes.HasSuffix(head, []byte("\n\n")) && !bytes.HasSuffix(head, []byte("\n\r\n"))) {
 				t.Fatalf("HeadLen(%q, %d) = %d: not through an empty line", b, limit, n)
 			}
 			// No empty line before the one that ends it.
