@@ -2,11 +2,13 @@ package httpx
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // bufioSize is the size of each pooled bufio.Reader and Writer (net/http uses 4 KiB). A head larger
@@ -175,46 +177,14 @@ func readChunkLine(dst *bufio.Writer, src *bufio.Reader) ([]byte, error) {
 	return line, nil
 }
 
-// chunkSize parses "1a;ext=v\r\n": hex digits, then an extension or trailing whitespace. It takes
-// net/http's reading (whitespace only at the end, none before ";"): RFC 9112 would allow whitespace
-// before ";", but a line net/http rejects must not be one the proxy relays as a chunk.
+// chunkSize parses a chunk-size line with its CRLF.
 func chunkSize(line []byte) (int64, error) {
-	var n int64
-	i := 0
-	for ; i < len(line); i++ {
-		d, ok := hexDigit(line[i])
-		if !ok {
-			break
-		}
-		if i >= 15 {
-			return 0, fmt.Errorf("chunk size too large: %w", ErrMalformed)
-		}
-		n = n<<4 | int64(d)
-	}
-	tail, ok := strings.CutSuffix(string(line[i:]), "\r\n")
-	switch {
-	case i == 0 || !ok:
-		return 0, fmt.Errorf("chunk size line %q: %w", clip(string(line)), ErrMalformed)
-	case strings.HasPrefix(tail, ";"):
-		if !validValue(tail) {
-			return 0, fmt.Errorf("chunk extension %q: %w", clip(tail), ErrMalformed)
-		}
-	case strings.Trim(tail, " \t") != "":
+	size, crlf := bytes.CutSuffix(line, []byte("\r\n"))
+	n, ok := httpsyntax.ParseChunkSize(size)
+	if !ok || !crlf {
 		return 0, fmt.Errorf("chunk size line %q: %w", clip(string(line)), ErrMalformed)
 	}
 	return n, nil
-}
-
-func hexDigit(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // copyTrailers relays the trailer section after the last chunk, through its empty line.
@@ -228,7 +198,7 @@ func copyTrailers(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 		if written+int64(len(line)) > MaxHeadSize {
 			return written, fmt.Errorf("trailers: %w", ErrHeadTooLarge)
 		}
-		if !validValue(string(line[:len(line)-2])) {
+		if !httpsyntax.IsFieldValue(string(line[:len(line)-2])) {
 			return written, fmt.Errorf("trailer line %q: %w", clip(string(line)), ErrMalformed)
 		}
 		if _, err := dst.Write(line); err != nil {

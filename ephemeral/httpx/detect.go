@@ -11,6 +11,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // Proto is the protocol a connection speaks, as far as routing is concerned.
@@ -40,20 +42,6 @@ func (p Proto) String() string {
 // is what common servers (nginx large_client_header_buffers 4x8k, Node's 16 KiB) stay far below.
 const MaxHeadSize = 64 << 10
 
-// h2Preface is what an HTTP/2 client sends first (RFC 9113 3.4).
-const h2Preface = http2.ClientPreface
-
-// methods are the request methods Detect recognises. Any token is a valid method, but accepting any
-// token would take text protocols (SMTP's "EHLO host", Redis inline commands) for HTTP; they would then
-// fail to parse and go raw to the app anyway, just later. WebDAV and a few other registered methods
-// are included because they show up in real apps.
-var methods = []string{
-	"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-	"PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK", "SEARCH", "REPORT",
-	"MKCALENDAR", "MKACTIVITY", "CHECKOUT", "MERGE", "ACL", "BIND", "UNBIND", "REBIND", "PURGE",
-	"LINK", "UNLINK", "QUERY",
-}
-
 // Detect names the protocol of a connection from its first bytes. decided is false while prefix is
 // too short to tell (a client that sent "GE" so far); once decided, the answer holds for every longer
 // prefix, so a caller may stop reading. An HTTP/1 verdict rests on the method and the space after it;
@@ -62,25 +50,21 @@ func Detect(prefix []byte) (p Proto, decided bool) {
 	if len(prefix) == 0 {
 		return ProtoUnknown, false
 	}
-	if n := min(len(prefix), len(h2Preface)); string(prefix[:n]) == h2Preface[:n] {
-		if n == len(h2Preface) {
+	if match, whole := httpsyntax.MatchH2Preface(prefix); match {
+		if whole {
 			return ProtoH2C, true
 		}
-		// "PRI" is not in methods, so a preface prefix cannot also be a method prefix.
+		// "PRI" is not a well-known method, so a preface prefix cannot also be a method prefix.
 		return ProtoUnknown, false
 	}
-	partial := false
-	for _, m := range methods {
-		switch {
-		case len(prefix) > len(m):
-			if prefix[len(m)] == ' ' && string(prefix[:len(m)]) == m {
-				return ProtoHTTP1, true
-			}
-		case string(prefix) == m[:len(prefix)]:
-			partial = true
-		}
-	}
-	if partial {
+	// Only well-known methods: any token is a valid method, but accepting any token would take text
+	// protocols (SMTP's "EHLO host", Redis inline commands) for HTTP; they would then fail to parse and
+	// go raw to the app anyway, just later.
+	found, more := httpsyntax.StartsWithMethod(prefix)
+	switch {
+	case found:
+		return ProtoHTTP1, true
+	case more:
 		return ProtoUnknown, false
 	}
 	return ProtoUnknown, true
@@ -149,7 +133,7 @@ func (pk *Peeked) examine(b []byte) bool {
 		}
 		return !errors.Is(err, ErrIncomplete) || len(b) >= MaxHeadSize
 	case ProtoH2C:
-		h, err := parseH2First(b[len(h2Preface):])
+		h, err := parseH2First(b[len(httpsyntax.H2Preface):])
 		if err == nil {
 			pk.First = h
 			return true

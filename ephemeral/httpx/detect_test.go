@@ -96,7 +96,7 @@ func TestPeekHTTP1(t *testing.T) {
 	if r.err != nil || r.pk.Proto != ProtoHTTP1 || r.pk.First == nil {
 		t.Fatalf("Peek = %+v, %v", r.pk, r.err)
 	}
-	if f := r.pk.First; f.Method != "POST" || f.Target != "/probe?x=1" || !f.IsProbe() || string(f.Raw) != head ||
+	if f := r.pk.First; f.Method != "POST" || f.Target != "/probe?x=1" || !isProbe(f) || string(f.Raw) != head ||
 		string(r.pk.Prefix) != head {
 		t.Errorf("first head %+v, prefix %q", f, r.pk.Prefix)
 	}
@@ -122,7 +122,7 @@ func TestPeekH2C(t *testing.T) {
 		t.Fatalf("Peek = %+v, %v", r.pk, r.err)
 	}
 	f := r.pk.First
-	if f.Method != "GET" || f.Target != "/grpc.health.v1.Health/Check?x=1" || f.Proto != "HTTP/2.0" || !f.IsProbe() ||
+	if f.Method != "GET" || f.Target != "/grpc.health.v1.Health/Check?x=1" || f.Proto != "HTTP/2.0" || !isProbe(f) ||
 		f.Get("x-steal") != "yes" || f.Get("host") != addr || f.ContentLength != 0 {
 		t.Errorf("first head %+v", f)
 	}

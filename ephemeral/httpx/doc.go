@@ -15,9 +15,9 @@
 //	}
 //
 // Filtered steal sets route.Steal to a compiled Filter's Match (and, unless probes are to be stolen
-// too, !IsProbe). Whole-port steal can do the same with a Steal that only checks IsProbe, or, cheaper,
-// decide once per connection from pk.First.IsProbe() and relay the connection raw with ServeRaw:
-// kubelet probes open a connection per probe.
+// too, not probe.Rule's IsProbe of the head's ProbeRequest). Whole-port steal can do the same with a
+// Steal that only checks for probes, or, cheaper, decide once per connection from pk.First and relay
+// the connection raw with ServeRaw: kubelet probes open a connection per probe.
 //
 // HTTP/1 is proxied with its own small parser rather than net/http, so that heads and bodies are
 // forwarded byte for byte (header case and order, chunk extensions, trailers) and so that keep-alive

@@ -349,7 +349,7 @@ func TestGRPCProbeNotStolen(t *testing.T) {
 	checkLeaks(t)
 	app, local := grpcServer(t, "app"), grpcServer(t, "local")
 	// Whole-port steal: everything but probes.
-	p := startProxy(t, proxyConfig{app: app.addr, local: local.addr, steal: func(h *RequestHead) bool { return !h.IsProbe() }})
+	p := startProxy(t, proxyConfig{app: app.addr, local: local.addr, steal: func(h *RequestHead) bool { return !isProbe(h) }})
 	for ua, want := range map[string]string{"kube-probe/1.33": "app", "curl-ish/1": "local"} {
 		cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithUserAgent(ua))
 		if err != nil {

@@ -1,19 +1,22 @@
 package httpx
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 var (
 	// ErrIncomplete means the bytes end before the head does; read more and parse again.
-	ErrIncomplete = errors.New("incomplete http head")
+	ErrIncomplete = httpsyntax.ErrIncomplete
 	// ErrHeadTooLarge means no end of head was found within MaxHeadSize bytes.
 	ErrHeadTooLarge = errors.New("http head larger than 64 KiB")
 	// ErrMalformed is wrapped by every syntax error and every framing the proxy refuses to guess at.
-	ErrMalformed = errors.New("malformed http message")
+	ErrMalformed = httpsyntax.ErrMalformed
 )
 
 // HeaderField is one header line as received: the name keeps its case, the value is trimmed of the
@@ -69,44 +72,24 @@ func (h *ResponseHead) Get(name string) string { return getField(h.Header, name)
 
 func getField(fs []HeaderField, name string) string {
 	for _, f := range fs {
-		if asciiEqualFold(f.Name, name) {
+		if httpsyntax.EqualFold(f.Name, name) {
 			return f.Value
 		}
 	}
 	return ""
 }
 
-// IsProbe reports whether the request comes from a kubelet probe: HTTP probes and gRPC probes send a
-// User-Agent of "kube-probe/<major>.<minor>" (gRPC adds " grpc-go/...").
-func (h *RequestHead) IsProbe() bool {
-	const p = "kube-probe/"
-	for _, f := range h.Header {
-		if asciiEqualFold(f.Name, "User-Agent") && len(f.Value) >= len(p) && asciiEqualFold(f.Value[:len(p)], p) {
-			return true
-		}
-	}
-	return false
+// ProbeRequest is the request as probe.Rule reads it, on a connection from source to the pod's
+// address dest.
+func (h *RequestHead) ProbeRequest(source, dest netip.AddrPort) probe.Request {
+	return probe.Request{Source: source, Port: dest.Port(), Path: h.PathQuery(), Header: h.HeaderLines()}
 }
 
 // PathQuery is the path and query the request is for: Target itself in origin form, with scheme and
 // authority removed in absolute form ("http://host/a?b" is "/a?b").
 func (h *RequestHead) PathQuery() string {
-	t := h.Target
-	if t == "" || t[0] == '/' || t == "*" {
-		return t
-	}
-	i := strings.Index(t, "://")
-	if i < 0 {
-		return t // authority form (CONNECT host:port)
-	}
-	rest := t[i+3:]
-	if j := strings.IndexAny(rest, "/?"); j >= 0 {
-		if rest[j] == '?' {
-			return "/" + rest[j:]
-		}
-		return rest[j:]
-	}
-	return "/"
+	p, _ := httpsyntax.SplitTarget(h.Target)
+	return p
 }
 
 // addHost makes HTTP/2's :authority visible as a Host field, unless the client sent both.
@@ -129,11 +112,10 @@ func ParseRequestHead(b []byte) (RequestHead, error) {
 	}
 	// One string for all the head's strings: a request costs one allocation here, not one per field.
 	s := string(b[:n])
-	line, rest := cutLine(s)
+	line, rest := httpsyntax.CutLine(s)
 	h := RequestHead{Raw: b[:n:n]}
-	method, rest1, ok1 := strings.Cut(line, " ")
-	target, proto, ok2 := strings.Cut(rest1, " ")
-	if !ok1 || !ok2 || !isToken(method) || !validTarget(target) || !validHTTP1(proto) {
+	method, target, proto, ok := httpsyntax.ParseRequestLine(line)
+	if !ok {
 		return RequestHead{}, fmt.Errorf("request line %q: %w", clip(line), ErrMalformed)
 	}
 	h.Method, h.Target, h.Proto = method, target, proto
@@ -155,7 +137,7 @@ func (h *RequestHead) frame() error {
 	switch {
 	case f.te != "" && f.cl >= 0:
 		return fmt.Errorf("request with both Transfer-Encoding and Content-Length: %w", ErrMalformed)
-	case f.te != "" && (http10 || !asciiEqualFold(f.te, "chunked")):
+	case f.te != "" && (http10 || !httpsyntax.EqualFold(f.te, "chunked")):
 		return fmt.Errorf("request Transfer-Encoding %q: %w", clip(f.te), ErrMalformed)
 	case f.te != "":
 		h.Chunked, h.ContentLength = true, -1
@@ -166,7 +148,7 @@ func (h *RequestHead) frame() error {
 	if f.upgrade && !http10 {
 		h.Upgrade = f.upgradeValue
 	}
-	h.Expect100 = !http10 && asciiEqualFold(f.expect, "100-continue")
+	h.Expect100 = !http10 && httpsyntax.EqualFold(f.expect, "100-continue")
 	return nil
 }
 
@@ -177,23 +159,13 @@ func ParseResponseHead(b []byte) (ResponseHead, error) {
 		return ResponseHead{}, err
 	}
 	s := string(b[:n])
-	line, rest := cutLine(s)
+	line, rest := httpsyntax.CutLine(s)
 	h := ResponseHead{Raw: b[:n:n], ContentLength: -1}
-	proto, status, _ := strings.Cut(line, " ")
-	code, reason, hasReason := strings.Cut(status, " ")
-	if !validHTTP1(proto) || len(code) != 3 || !validReason(reason) || (!hasReason && len(status) != 3) {
+	proto, status, reason, ok := httpsyntax.ParseStatusLine(line)
+	if !ok {
 		return ResponseHead{}, fmt.Errorf("status line %q: %w", clip(line), ErrMalformed)
 	}
-	for i := range 3 {
-		if code[i] < '0' || code[i] > '9' {
-			return ResponseHead{}, fmt.Errorf("status line %q: %w", clip(line), ErrMalformed)
-		}
-		h.Status = h.Status*10 + int(code[i]-'0')
-	}
-	if h.Status < 100 {
-		return ResponseHead{}, fmt.Errorf("status line %q: %w", clip(line), ErrMalformed)
-	}
-	h.Proto, h.Reason = proto, reason
+	h.Proto, h.Status, h.Reason = proto, status, reason
 	if h.Header, err = parseFields(rest); err != nil {
 		return ResponseHead{}, err
 	}
@@ -204,7 +176,7 @@ func ParseResponseHead(b []byte) (ResponseHead, error) {
 	// RFC 9112 6.3: Transfer-Encoding overrides Content-Length, and a response whose last coding is
 	// not chunked runs until the connection closes.
 	switch {
-	case f.te != "" && asciiEqualFold(lastToken(f.te), "chunked"):
+	case f.te != "" && httpsyntax.EqualFold(httpsyntax.LastElement(f.te), "chunked"):
 		h.Chunked = true
 	case f.te != "":
 		h.Close = true
@@ -228,81 +200,52 @@ func scanFraming(fs []HeaderField) (framing, error) {
 	f := framing{cl: -1}
 	for _, hf := range fs {
 		switch {
-		case asciiEqualFold(hf.Name, "Content-Length"):
-			n, ok := parseLength(hf.Value)
+		case httpsyntax.EqualFold(hf.Name, "Content-Length"):
+			n, ok := httpsyntax.ParseContentLength(hf.Value)
 			if !ok || (f.cl >= 0 && f.cl != n) {
 				return f, fmt.Errorf("Content-Length %q: %w", clip(hf.Value), ErrMalformed)
 			}
 			f.cl = n
-		case asciiEqualFold(hf.Name, "Transfer-Encoding"):
-			f.te = joinList(f.te, hf.Value)
-		case asciiEqualFold(hf.Name, "Connection"):
-			forTokens(hf.Value, func(t string) {
+		case httpsyntax.EqualFold(hf.Name, "Transfer-Encoding"):
+			f.te = httpsyntax.JoinList(f.te, hf.Value)
+		case httpsyntax.EqualFold(hf.Name, "Connection"):
+			for t := range httpsyntax.ListElements(hf.Value) {
 				switch {
-				case asciiEqualFold(t, "close"):
+				case httpsyntax.EqualFold(t, "close"):
 					f.close = true
-				case asciiEqualFold(t, "keep-alive"):
+				case httpsyntax.EqualFold(t, "keep-alive"):
 					f.keepAlive = true
-				case asciiEqualFold(t, "upgrade"):
+				case httpsyntax.EqualFold(t, "upgrade"):
 					f.upgrade = true
 				}
-			})
-		case asciiEqualFold(hf.Name, "Upgrade"):
-			f.upgradeValue = joinList(f.upgradeValue, hf.Value)
-		case asciiEqualFold(hf.Name, "Expect"):
+			}
+		case httpsyntax.EqualFold(hf.Name, "Upgrade"):
+			f.upgradeValue = httpsyntax.JoinList(f.upgradeValue, hf.Value)
+		case httpsyntax.EqualFold(hf.Name, "Expect"):
 			f.expect = hf.Value
 		}
 	}
-	if f.te != "" {
+	if f.te != "" && httpsyntax.LastElement(f.te) == "" {
 		// An empty list ("Transfer-Encoding: ,") is as bad as an unknown coding.
-		n := 0
-		forTokens(f.te, func(string) { n++ })
-		if n == 0 {
-			return f, fmt.Errorf("Transfer-Encoding %q: %w", clip(f.te), ErrMalformed)
-		}
+		return f, fmt.Errorf("Transfer-Encoding %q: %w", clip(f.te), ErrMalformed)
 	}
 	return f, nil
 }
 
-// headLen returns the length of the head at the start of b, through its empty line. Lines end in
-// CRLF or a bare LF (RFC 9112 2.2 lets a recipient accept LF, and net/http does).
+// headLen returns the length of the head at the start of b, through its empty line.
 func headLen(b []byte) (int, error) {
-	i := 0
-	for {
-		j := bytes.IndexByte(b[i:min(len(b), MaxHeadSize)], '\n')
-		if j < 0 {
-			if len(b) >= MaxHeadSize {
-				return 0, ErrHeadTooLarge
-			}
-			return 0, ErrIncomplete
-		}
-		end := i + j
-		empty := end == i || (end == i+1 && b[i] == '\r')
-		if empty {
-			if i == 0 {
-				return 0, fmt.Errorf("head starts with an empty line: %w", ErrMalformed)
-			}
-			return end + 1, nil
-		}
-		i = end + 1
+	n, err := httpsyntax.HeadLen(b, MaxHeadSize)
+	if errors.Is(err, httpsyntax.ErrTooLarge) {
+		return 0, ErrHeadTooLarge
 	}
-}
-
-// cutLine splits off the first line of s, without its line ending.
-func cutLine(s string) (line, rest string) {
-	i := strings.IndexByte(s, '\n')
-	if i < 0 {
-		return s, ""
-	}
-	line, rest = s[:i], s[i+1:]
-	return strings.TrimSuffix(line, "\r"), rest
+	return n, err
 }
 
 // parseFields parses header lines up to the empty line that ends s.
 func parseFields(s string) ([]HeaderField, error) {
 	fs := make([]HeaderField, 0, strings.Count(s, "\n"))
 	for {
-		line, rest := cutLine(s)
+		line, rest := httpsyntax.CutLine(s)
 		if line == "" {
 			return fs, nil
 		}
@@ -312,134 +255,12 @@ func parseFields(s string) ([]HeaderField, error) {
 			// whether the app unfolds them.
 			return nil, fmt.Errorf("folded header line %q: %w", clip(line), ErrMalformed)
 		}
-		name, value, ok := strings.Cut(line, ":")
-		if !ok || !isToken(name) {
+		name, value, ok := httpsyntax.CutField(line)
+		if !ok {
 			return nil, fmt.Errorf("header line %q: %w", clip(line), ErrMalformed)
-		}
-		value = strings.Trim(value, " \t")
-		if !validValue(value) {
-			return nil, fmt.Errorf("header %q value %q: %w", clip(name), clip(value), ErrMalformed)
 		}
 		fs = append(fs, HeaderField{Name: name, Value: value})
 	}
-}
-
-// parseLength parses a Content-Length value: digits only (no sign, no list), at most 18 of them so
-// that it cannot overflow.
-func parseLength(s string) (int64, bool) {
-	if s == "" || len(s) > 18 {
-		return 0, false
-	}
-	var n int64
-	for i := range len(s) {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int64(c-'0')
-	}
-	return n, true
-}
-
-func joinList(a, b string) string {
-	if a == "" {
-		return b
-	}
-	return a + ", " + b
-}
-
-// forTokens calls f with each non-empty, trimmed element of a comma-separated list.
-func forTokens(list string, f func(string)) {
-	for list != "" {
-		var t string
-		t, list, _ = strings.Cut(list, ",")
-		if t = strings.Trim(t, " \t"); t != "" {
-			f(t)
-		}
-	}
-}
-
-func lastToken(list string) string {
-	last := ""
-	forTokens(list, func(t string) { last = t })
-	return last
-}
-
-// tokenChars is RFC 9110 5.6.2 tchar.
-var tokenChars = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c], t[c-'a'+'A'] = true, true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
-
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := range len(s) {
-		if !tokenChars[s[i]] {
-			return false
-		}
-	}
-	return true
-}
-
-// validTarget accepts any non-empty run of visible bytes; which of them a URI may hold is the app's
-// concern, and obs-text (bytes >= 0x80) shows up in real traffic.
-func validTarget(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; c <= ' ' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func validValue(s string) bool {
-	for i := range len(s) {
-		if c := s[i]; (c < ' ' && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
-
-func validReason(s string) bool { return validValue(s) }
-
-func validHTTP1(s string) bool {
-	return len(s) == 8 && s[:7] == "HTTP/1." && s[7] >= '0' && s[7] <= '9'
-}
-
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range len(a) {
-		x, y := a[i], b[i]
-		if x == y {
-			continue
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // clip keeps error messages about hostile input short.

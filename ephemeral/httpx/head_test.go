@@ -5,10 +5,13 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 )
 
 func TestDetect(t *testing.T) {
@@ -273,19 +276,12 @@ func TestPathQueryAndProbe(t *testing.T) {
 			t.Errorf("PathQuery(%q) = %q, want %q", target, got, want)
 		}
 	}
-	for ua, want := range map[string]bool{
-		"kube-probe/1.33":                true,
-		"kube-probe/1.30 grpc-go/1.62.1": true,
-		"Kube-Probe/1.33":                true,
-		"curl/8.5.0":                     false,
-		"kube-probe":                     false,
-		"Mozilla/5.0 (kube-probe/1.33)":  false,
-		"":                               false,
-	} {
-		h := RequestHead{Header: []HeaderField{{"Accept", "*/*"}, {"user-agent", ua}}}
-		if got := h.IsProbe(); got != want {
-			t.Errorf("IsProbe(User-Agent %q) = %v, want %v", ua, got, want)
-		}
+	// ProbeRequest hands the probe rule what it reads, in the form the steal filters match.
+	h := RequestHead{Target: "http://svc/healthz?x=1", Header: []HeaderField{{"Accept", "*/*"}, {"user-agent", "kube-probe/1.33"}}}
+	src, dst := netip.MustParseAddrPort("10.0.0.9:41000"), netip.MustParseAddrPort("10.0.0.1:8080")
+	want := probe.Request{Source: src, Port: 8080, Path: "/healthz?x=1", Header: []string{"Accept: */*", "user-agent: kube-probe/1.33"}}
+	if d := cmp.Diff(want, h.ProbeRequest(src, dst), cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); d != "" {
+		t.Errorf("ProbeRequest (-want +got):\n%s", d)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -128,7 +130,12 @@ func filterSteal(t testing.TB, f wire.HTTPFilter) func(h *RequestHead) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return func(h *RequestHead) bool { return m.Match(h.Method, h.PathQuery(), h.HeaderLines()) && !h.IsProbe() }
+	return func(h *RequestHead) bool { return m.Match(h.Method, h.PathQuery(), h.HeaderLines()) && !isProbe(h) }
+}
+
+// isProbe is the steal's probe decision for a head of a connection whose addresses do not matter.
+func isProbe(h *RequestHead) bool {
+	return probe.Rule{}.IsProbe(h.ProbeRequest(netip.AddrPort{}, netip.AddrPort{}))
 }
 
 func startProxy(t testing.TB, cfg proxyConfig) *proxy {

@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // bodyGrace is how long a finished response waits for the rest of its request body. A server may
@@ -419,21 +422,21 @@ func (c *h1conn) declineH2C(h *RequestHead) bool {
 	offered := false
 	var keepUp []string
 	for _, f := range h.Header {
-		if asciiEqualFold(f.Name, "Upgrade") {
-			forTokens(f.Value, func(t string) {
-				if asciiEqualFold(t, "h2c") {
+		if httpsyntax.EqualFold(f.Name, "Upgrade") {
+			for t := range httpsyntax.ListElements(f.Value) {
+				if httpsyntax.EqualFold(t, "h2c") {
 					offered = true
 				} else {
 					keepUp = append(keepUp, t)
 				}
-			})
+			}
 		}
 	}
 	if !offered {
 		return false
 	}
 	if h.Upgrade != "" {
-		h.Upgrade = joinTokens(keepUp)
+		h.Upgrade = strings.Join(keepUp, ", ")
 	}
 	var b bytes.Buffer
 	b.Grow(len(h.Raw))
@@ -441,30 +444,30 @@ func (c *h1conn) declineH2C(h *RequestHead) bool {
 	fields := h.Header[:0:0]
 	for _, f := range h.Header {
 		switch {
-		case asciiEqualFold(f.Name, "HTTP2-Settings"):
+		case httpsyntax.EqualFold(f.Name, "HTTP2-Settings"):
 			continue
-		case asciiEqualFold(f.Name, "Upgrade"):
+		case httpsyntax.EqualFold(f.Name, "Upgrade"):
 			var toks []string
-			forTokens(f.Value, func(t string) {
-				if !asciiEqualFold(t, "h2c") {
+			for t := range httpsyntax.ListElements(f.Value) {
+				if !httpsyntax.EqualFold(t, "h2c") {
 					toks = append(toks, t)
 				}
-			})
+			}
 			if len(toks) == 0 {
 				continue
 			}
-			f.Value = joinTokens(toks)
-		case asciiEqualFold(f.Name, "Connection"):
+			f.Value = strings.Join(toks, ", ")
+		case httpsyntax.EqualFold(f.Name, "Connection"):
 			var toks []string
-			forTokens(f.Value, func(t string) {
-				if !asciiEqualFold(t, "HTTP2-Settings") && (len(keepUp) > 0 || !asciiEqualFold(t, "upgrade")) {
+			for t := range httpsyntax.ListElements(f.Value) {
+				if !httpsyntax.EqualFold(t, "HTTP2-Settings") && (len(keepUp) > 0 || !httpsyntax.EqualFold(t, "upgrade")) {
 					toks = append(toks, t)
 				}
-			})
+			}
 			if len(toks) == 0 {
 				continue
 			}
-			f.Value = joinTokens(toks)
+			f.Value = strings.Join(toks, ", ")
 		}
 		fields = append(fields, f)
 		b.WriteString(f.Name + ": " + f.Value + "\r\n")
@@ -473,17 +476,6 @@ func (c *h1conn) declineH2C(h *RequestHead) bool {
 	h.Header = fields
 	h.Raw = b.Bytes()
 	return true
-}
-
-func joinTokens(ts []string) string {
-	s := ""
-	for i, t := range ts {
-		if i > 0 {
-			s += ", "
-		}
-		s += t
-	}
-	return s
 }
 
 // reply answers the client for the proxy itself (its own errors), and ends the connection.

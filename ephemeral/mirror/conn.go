@@ -1,11 +1,12 @@
 package mirror
 
 import (
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -164,7 +165,7 @@ func (c *conn) request(r *capture.Request) {
 	case isUpgrade(r):
 		s.upgrade.Add(1)
 		return
-	case isProbe(r):
+	case c.m.probes.IsProbe(probeRequest(r)):
 		// The kubelet's probes are the pod's business, not the developer's, as in a steal.
 		s.probes.Add(1)
 		return
@@ -254,20 +255,15 @@ func (m *Mirror) report(p *pair) {
 	m.cfg.Events(p.ev)
 }
 
-func isProbe(r *capture.Request) bool {
-	for _, h := range r.Header {
-		name, value, _ := strings.Cut(h, ":")
-		if strings.EqualFold(strings.TrimSpace(name), "user-agent") {
-			return strings.HasPrefix(strings.TrimSpace(value), "kube-probe/")
-		}
-	}
-	return false
+// probeRequest is a decoded request as probe.Rule reads it.
+func probeRequest(r *capture.Request) probe.Request {
+	path, _ := httpsyntax.SplitTarget(r.Target)
+	return probe.Request{Source: r.Flow.Client, Port: r.Flow.Server.Port(), Path: path, Header: r.Header}
 }
 
 func isUpgrade(r *capture.Request) bool {
 	for _, h := range r.Header {
-		name, _, _ := strings.Cut(h, ":")
-		if strings.EqualFold(strings.TrimSpace(name), "upgrade") {
+		if _, ok := httpsyntax.FieldLineValue(h, "Upgrade"); ok {
 			return true
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // compare lists how the copy's answer differs from the pod's: the status, the chosen headers, gRPC's
@@ -72,8 +73,8 @@ func grpcStatus(h, t http.Header) string {
 func headerOf(lines []string) http.Header {
 	h := http.Header{}
 	for _, line := range lines {
-		if name, value, ok := strings.Cut(line, ":"); ok {
-			h.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+		if name, value, ok := httpsyntax.SplitFieldLine(line); ok {
+			h.Add(name, value)
 		}
 	}
 	return h

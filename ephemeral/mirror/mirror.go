@@ -24,6 +24,7 @@ import (
 	"github.com/gopacket/gopacket"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -72,7 +73,9 @@ type Mirror struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	matcher *wire.FilterMatcher
-	ports   map[uint16]bool
+	// probes decides which requests are the kubelet's; the plugin sends no declared probes yet.
+	probes probe.Rule
+	ports  map[uint16]bool
 	// own are the local addresses of the mirror's own connections to its destination: when the
 	// destination routes back to the pod's port, they must not be mirrored again.
 	own sync.Map

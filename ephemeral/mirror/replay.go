@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -271,15 +272,15 @@ func endsConnection(req *capture.Request) bool {
 	line, _, _ := bytes.Cut(req.Raw, []byte("\n"))
 	http10 := bytes.HasSuffix(bytes.TrimRight(line, "\r"), []byte("HTTP/1.0"))
 	for _, h := range req.Header {
-		name, value, _ := strings.Cut(h, ":")
-		if !strings.EqualFold(strings.TrimSpace(name), "connection") {
+		value, ok := httpsyntax.FieldLineValue(h, "Connection")
+		if !ok {
 			continue
 		}
-		for tok := range strings.SplitSeq(value, ",") {
-			switch strings.ToLower(strings.TrimSpace(tok)) {
-			case "close":
+		for tok := range httpsyntax.ListElements(value) {
+			switch {
+			case httpsyntax.EqualFold(tok, "close"):
 				return true
-			case "keep-alive":
+			case httpsyntax.EqualFold(tok, "keep-alive"):
 				http10 = false
 			}
 		}
@@ -468,11 +469,10 @@ func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error)
 	hreq.Host = req.Host
 	hreq.ContentLength = int64(len(req.Body))
 	for _, line := range req.Header {
-		name, value, ok := strings.Cut(line, ":")
+		name, value, ok := httpsyntax.SplitFieldLine(line)
 		if !ok {
 			continue
 		}
-		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
 		switch strings.ToLower(name) {
 		case "host", "content-length", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
 			continue
@@ -486,8 +486,8 @@ func h2Request(ctx context.Context, req *capture.Request) (*http.Request, error)
 	if len(req.Trailer) > 0 {
 		hreq.Trailer = http.Header{}
 		for _, line := range req.Trailer {
-			if name, value, ok := strings.Cut(line, ":"); ok {
-				hreq.Trailer.Add(strings.TrimSpace(name), strings.TrimSpace(value))
+			if name, value, ok := httpsyntax.SplitFieldLine(line); ok {
+				hreq.Trailer.Add(name, value)
 			}
 		}
 		hreq.ContentLength = -1

@@ -26,6 +26,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -295,8 +296,14 @@ func (s *Steal) serve(c *net.TCPConn) {
 			return
 		}
 	}
+	// The plugin sends no declared probes yet: the zero Rule decides on the request alone.
+	var probes probe.Rule
+	var source netip.AddrPort
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		source = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
+	}
 	if !filtered {
-		if pk.First != nil && pk.First.IsProbe() && !s.cfg.Spec.StealProbes {
+		if pk.First != nil && !s.cfg.Spec.StealProbes && probes.IsProbe(pk.First.ProbeRequest(source, orig)) {
 			s.passThrough(cn, pk.Prefix)
 			return
 		}
@@ -305,10 +312,11 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 	route := httpx.Route{
 		Steal: func(h *httpx.RequestHead) bool {
-			if h.IsProbe() && !s.cfg.Spec.StealProbes {
+			q := h.ProbeRequest(source, orig)
+			if !s.cfg.Spec.StealProbes && probes.IsProbe(q) {
 				return false
 			}
-			return s.matcher.Match(h.Method, h.PathQuery(), h.HeaderLines())
+			return s.matcher.Match(h.Method, q.Path, q.Header)
 		},
 		App:   func(ctx context.Context) (net.Conn, error) { return s.dialApp(ctx, cn) },
 		Local: func(ctx context.Context) (net.Conn, error) { return s.openLocal(ctx, cn) },

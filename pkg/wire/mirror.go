@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // KindMirror is opened by the plugin and lives as long as the mirror: the agent watches the ports'
@@ -79,7 +81,7 @@ func (m *MirrorSpec) Validate() error {
 		}
 	}
 	for _, h := range m.DiffHeaders {
-		if !isToken(h) {
+		if !httpsyntax.IsToken(h) {
 			return fmt.Errorf("diff header %q is not a header name: %w", h, ErrBadRequest)
 		}
 	}

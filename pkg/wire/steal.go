@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/dlclark/regexp2"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
 
 // Stream kinds of a steal. KindSteal is opened by the plugin and lives as long as the steal: the agent
@@ -63,7 +65,7 @@ func (f *HTTPFilter) Validate() error {
 		}
 	}
 	for _, m := range f.Methods {
-		if !isToken(m) {
+		if !httpsyntax.IsToken(m) {
 			return fmt.Errorf("method %q is not an HTTP method", m)
 		}
 	}
@@ -242,21 +244,4 @@ func (m *FilterMatcher) verdict(ok bool) (done, result bool) {
 func matchString(re *regexp2.Regexp, s string) bool {
 	ok, err := re.MatchString(s)
 	return err == nil && ok
-}
-
-// isToken reports an RFC 9110 token, which is what a method is.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }
