@@ -98,6 +98,12 @@ echo "fuzz: ${#targets[@]} targets, $fuzztime each$($smoke && echo ', smoke: new
 # earlier run left; those are listed before the target runs and not counted).
 untracked() { git ls-files --others --exclude-standard -- "$1" 2>/dev/null | sort; }
 
+# line RESULT: one target's line, printed now and again in the summary.
+line() {
+  summary+=("$(printf '%-28s %-52s %5ss %12s execs  %s' "$name" "$importpath" "$took" "${execs:-?}" "$1")")
+  echo "fuzz: ${summary[-1]}"
+}
+
 T0=$SECONDS
 summary=()
 found=0
@@ -118,7 +124,7 @@ for t in "${targets[@]}"; do
   # The last progress line says how much work the run did: "fuzz: elapsed: 1m0s, execs: 123 (2/sec), ..."
   execs=$(grep -oE 'execs: [0-9]+' "$log" | tail -1 | cut -d' ' -f2 || true)
   if ((rc == 0)); then
-    summary+=("$(printf '%-28s %-52s %5ss %12s execs  ok' "$name" "$importpath" "$took" "${execs:-?}")")
+    line ok
     continue
   fi
   new=$(comm -13 <(printf '%s\n' "$before") <(untracked "$seeds") | sed '/^$/d')
@@ -126,9 +132,9 @@ for t in "${targets[@]}"; do
     # No input written: the target did not build, or a committed seed failed. Both fail the
     # ordinary go test as well; here they are reported and counted.
     failed=$((failed + 1))
-    summary+=("$(printf '%-28s %-52s %5ss %12s execs  FAILED (no input written)' "$name" "$importpath" "$took" "${execs:-?}")")
     echo "=== $importpath $name failed without a new input:"
-    cat "$log"
+    grep -vE '^fuzz: (elapsed|minimizing)' "$log"
+    line "FAILED (no input written)"
     continue
   fi
   found=$((found + 1))
@@ -143,18 +149,18 @@ for t in "${targets[@]}"; do
       mkdir -p "$keep"
       cp "$log" "$keep/$(basename "$f").log"
       mv "$f" "$keep/"
-      rmdir "$seeds" 2>/dev/null || true
+      rmdir -p "$seeds" 2>/dev/null || true # and testdata/fuzz if go test made them
       echo "--- saved as $keep/$(basename "$f") (with its .log); to replay it:"
       echo "    mkdir -p $seeds && cp $keep/$(basename "$f") $seeds/ && go test -run '^$name/$(basename "$f")\$' $importpath"
     else
       echo "--- left in place: commit it as a seed with the fix; replay: go test -run '^$name/$(basename "$f")\$' $importpath"
     fi
   done
-  summary+=("$(printf '%-28s %-52s %5ss %12s execs  CRASHER' "$name" "$importpath" "$took" "${execs:-?}")")
+  line CRASHER
 done
 
 echo
-echo "fuzz: $((SECONDS - T0))s for ${#targets[@]} targets ($fuzztime each); $found new crashers, $failed failures"
+echo "fuzz: summary: $((SECONDS - T0))s for ${#targets[@]} targets ($fuzztime each); $found new crashers, $failed failures"
 printf '%s\n' "${summary[@]}"
 # The smoke pass never gates: a target that does not build or a committed seed that fails already
 # fails the ordinary go test, and a find is printed and kept above.
