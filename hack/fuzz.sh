@@ -56,6 +56,8 @@ trap 'rm -rf "$logs"' EXIT
 
 # Discovery: packages whose test files declare a fuzz function (a cheap filter, so that only those
 # test binaries are built), then go test -list for the authoritative names.
+# (Listed into files first: a package that does not build must fail the run, not drop its targets.)
+go list -f '{{.Dir}} {{.ImportPath}} {{join .TestGoFiles " "}} {{join .XTestGoFiles " "}}' "${pkgs[@]}" >"$logs/packages"
 declare -A pkgdir
 candidates=()
 while read -r dir importpath files; do
@@ -65,10 +67,11 @@ while read -r dir importpath files; do
     candidates+=("$importpath")
     pkgdir[$importpath]=$dir
   fi
-done < <(go list -f '{{.Dir}} {{.ImportPath}} {{join .TestGoFiles " "}} {{join .XTestGoFiles " "}}' "${pkgs[@]}")
+done <"$logs/packages"
 
 targets=()
 if ((${#candidates[@]})); then
+  go test -list '^Fuzz' "${candidates[@]}" >"$logs/list" || { cat "$logs/list"; exit 1; }
   names=()
   while read -r line; do
     case $line in
@@ -79,7 +82,7 @@ if ((${#candidates[@]})); then
         names=()
         ;;
     esac
-  done < <(go test -list '^Fuzz' "${candidates[@]}")
+  done <"$logs/list"
 fi
 if [[ -n $match ]]; then
   kept=()
