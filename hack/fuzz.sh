@@ -12,6 +12,9 @@
 #                 corpora (testdata/fuzz) are what gates: the ordinary `go test` replays them, and a
 #                 random find made after the change was written must not block its landing.
 #
+# Also from the environment: FUZZMINIMIZETIME (default 60s, 10s with --smoke) bounds the minimization
+# of a crasher; FUZZ_FLAGS go to every go test (e.g. -parallel 1).
+#
 # Without --smoke a crasher stays where go test writes it (the package's testdata/fuzz/FuzzX/), ready
 # to be committed as a seed with its fix, and the run exits 1 once every target has had its turn.
 #
