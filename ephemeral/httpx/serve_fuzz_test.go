@@ -37,7 +37,7 @@ func FuzzServeHTTP1(f *testing.F) {
 // the app and the local process speak h2c as well. await, when set, waits for the answers to what the
 // client sent before it half-closes (an HTTP/2 server takes a client's EOF for the end of everything).
 func fuzzServe(f *testing.F, h2 bool, serve func(ctx context.Context, client net.Conn, pre []byte, r Route) error,
-	await func(client net.Conn, sent []byte)) {
+	await func(client net.Conn, sent []byte) (goAway bool)) {
 	app := whoServer(f, "app", h2, nil)
 	local := whoServer(f, "local", h2, nil)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -77,8 +77,12 @@ func fuzzServe(f *testing.F, h2 bool, serve func(ctx context.Context, client net
 		sent := make(chan error, 1)
 		go func() {
 			_, err := client.Write(data[len(pre):])
-			if err == nil && await != nil {
-				await(client, data)
+			if err == nil && await != nil && await(client, data) {
+				// The proxy said goodbye: close outright, as a client does (net/http's HTTP/2
+				// server gives a half-closed client a second before it closes).
+				client.Close()
+				sent <- nil
+				return
 			}
 			if err == nil {
 				err = client.(*net.TCPConn).CloseWrite()
@@ -159,7 +163,7 @@ func FuzzServeH2C(f *testing.F) {
 
 // h2Await reads the proxy's frames until every stream the client opened in sent has ended, the proxy
 // goes away, or nothing comes for a moment (a stream whose request never ends is answered never).
-func h2Await(client net.Conn, sent []byte) {
+func h2Await(client net.Conn, sent []byte) (goAway bool) {
 	open := map[uint32]bool{}
 	in := http2.NewFramer(nil, bytes.NewReader(bytes.TrimPrefix(sent, []byte(http2.ClientPreface))))
 	for {
@@ -174,14 +178,14 @@ func h2Await(client net.Conn, sent []byte) {
 	out := http2.NewFramer(nil, client)
 	defer client.SetReadDeadline(time.Time{})
 	for len(open) > 0 {
-		_ = client.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		_ = client.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		fr, err := out.ReadFrame()
 		if err != nil {
-			return
+			return false
 		}
 		switch fr := fr.(type) {
 		case *http2.GoAwayFrame:
-			return
+			return true
 		case *http2.RSTStreamFrame:
 			delete(open, fr.StreamID)
 		default:
@@ -190,4 +194,5 @@ func h2Await(client net.Conn, sent []byte) {
 			}
 		}
 	}
+	return false
 }
