@@ -78,8 +78,8 @@ func fuzzServe(f *testing.F, h2 bool, serve func(ctx context.Context, client net
 		go func() {
 			_, err := client.Write(data[len(pre):])
 			if err == nil && await != nil && await(client, data) {
-				// The proxy said goodbye: close outright, as a client does (net/http's HTTP/2
-				// server gives a half-closed client a second before it closes).
+				// The proxy said goodbye: close outright, as a client does. (net/http's HTTP/2
+				// server still takes its second to close after a GOAWAY: such inputs are slow.)
 				client.Close()
 				sent <- nil
 				return
