@@ -73,3 +73,7 @@ bench: build agent-image ## trafficlab port-forward and steal vs kubectl port-fo
 	vegeta="$$(hack/tools/install.sh vegeta)" && \
 	  source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && eval "$$(hack/cluster/images.sh)" && \
 	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --vegeta "$$vegeta" --out $(OUT)/bench.md $(BENCH_FLAGS)
+
+.PHONY: fuzz
+fuzz: ## every fuzz target for FUZZTIME each (default 60s); crashers land in testdata/fuzz to commit with the fix
+	hack/fuzz.sh $(if $(FUZZTIME),--time $(FUZZTIME))
