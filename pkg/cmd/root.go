@@ -2,13 +2,11 @@
 package cmd
 
 import (
-	"flag"
 	"fmt"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/klog/v2"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
@@ -67,7 +65,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 	flags := cmd.PersistentFlags()
 	configFlags := genericclioptions.NewConfigFlags(true).WithDeprecatedPasswordFlag().WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
 	configFlags.AddFlags(flags)
-	addKlogVerbosity(cmd)
+	addKlogVerbosity(cmd, streams.ErrOut)
 
 	cmd.AddCommand(
 		portforward.NewCmdPortForward(streams, configFlags),
@@ -78,15 +76,4 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 		version.NewCmdVersion(streams),
 	)
 	return cmd
-}
-
-// addKlogVerbosity exposes klog's -v and nothing else of klog: kubectl users know -v=6 for request
-// tracing, and every other klog flag would only clutter the help.
-func addKlogVerbosity(cmd *cobra.Command) {
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	v := fs.Lookup("v")
-	cmd.PersistentFlags().AddGoFlag(v)
-	cmd.PersistentFlags().Lookup("v").Shorthand = "v"
-	cmd.PersistentFlags().Lookup("v").Usage = "number for the log level verbosity"
 }
