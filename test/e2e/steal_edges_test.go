@@ -124,8 +124,9 @@ func TestStealBadInput(t *testing.T) {
 		{[]string{"pod/target", "--port", "70000"}, `port 70000 is out of range 1-65535`},
 		{[]string{"pod/nosuch", "--port", "8080"}, `"nosuch" not found`},
 	} {
-		cmd := exec.CommandContext(ctx, "kubectl", append([]string{"trafficlab", "steal", "-n", st.ns}, tt.args...)...)
-		out, err := cmd.CombinedOutput()
+		args := append([]string{"trafficlab", "steal", "-n", st.ns}, tt.args...)
+		out, err := exec.CommandContext(ctx, "kubectl", args...).CombinedOutput()
+		checkPluginOutput(t, "steal "+strings.Join(tt.args, " "), args, string(out))
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		last := lines[len(lines)-1]
 		if err == nil || !strings.HasPrefix(last, "error: ") || !strings.Contains(last, tt.want) {
