@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 )
 
@@ -119,4 +124,33 @@ func captureStderr(t *testing.T, f func()) string {
 	os.Stderr = saved
 	w.Close()
 	return <-got
+}
+
+// TestAPIWarningsReachTheUser: the API server's warnings do not go through klog (where they would wait
+// for -v=4) but to the error stream as kubectl prints them, once each.
+func TestAPIWarningsReachTheUser(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Warning", `299 - "would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false"`)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"kind":"Pod","apiVersion":"v1","metadata":{"name":"target","namespace":"ns"}}`)
+	}))
+	t.Cleanup(srv.Close)
+	streams, _, _, errOut := genericiooptions.NewTestIOStreams()
+	NewCmdTrafficlab(streams)
+	t.Cleanup(func() {
+		klog.ClearLogger()
+		rest.SetDefaultWarningHandler(rest.WarningLogger{})
+	})
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := cs.CoreV1().Pods("ns").Get(context.Background(), "target", metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := "Warning: would violate PodSecurity \"restricted:latest\": allowPrivilegeEscalation != false\n"; errOut.String() != want {
+		t.Errorf("error stream %q, want %q", errOut, want)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
@@ -66,6 +67,9 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 	configFlags := genericclioptions.NewConfigFlags(true).WithDeprecatedPasswordFlag().WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
 	configFlags.AddFlags(flags)
 	addKlogVerbosity(cmd, streams.ErrOut)
+	// The API server's warnings (e.g. PodSecurity's on the agent's container) are for the user, as
+	// kubectl prints them, not klog lines that wait for -v=4.
+	rest.SetDefaultWarningHandler(rest.NewWarningWriter(streams.ErrOut, rest.WarningWriterOptions{Deduplicate: true}))
 
 	cmd.AddCommand(
 		portforward.NewCmdPortForward(streams, configFlags),
