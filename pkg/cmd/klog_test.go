@@ -118,11 +118,12 @@ func captureStderr(t *testing.T, f func()) string {
 	}()
 	defer func() {
 		os.Stderr = saved
-		w.Close()
+		_ = w.Close()
+		_ = r.Close()
 	}()
 	f()
 	os.Stderr = saved
-	w.Close()
+	_ = w.Close()
 	return <-got
 }
 
