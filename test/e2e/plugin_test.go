@@ -54,13 +54,17 @@ func TestPluginLogVerbosity(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), `"nosuch" not found`) {
 		t.Fatalf("dump of a missing pod: %v, output:\n%s", err, out)
 	}
-	lines := klogLine.FindAllString(string(out), -1)
-	if !slices.ContainsFunc(lines, func(l string) bool { return strings.Contains(l, "/pods/nosuch") }) {
+	traces := klogLine.FindAllString(string(out), -1)
+	if !slices.ContainsFunc(traces, func(l string) bool { return strings.Contains(l, "/pods/nosuch") }) {
 		t.Errorf("-v=6 printed no klog line for the pod's GET:\n%s", out)
 	}
-	// The same run at the default -v: the error line only.
+	// The same run at the default -v: trafficlab's lines only (kubectl checks them for klog's).
 	_, stderr, err := kubectl(ctx, t, "", args[:len(args)-1]...)
-	if last := strings.TrimSpace(stderr); err == nil || strings.Contains(last, "\n") || !strings.HasPrefix(last, "error: ") || !strings.Contains(last, `"nosuch" not found`) {
-		t.Errorf("at the default -v: %v, stderr %q; want the error line alone", err, stderr)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; err == nil || !strings.HasPrefix(last, "error: ") || !strings.Contains(last, `"nosuch" not found`) {
+		t.Errorf("at the default -v: %v, stderr %q; want the error last", err, stderr)
+	}
+	if klogLine.MatchString(stderr) {
+		t.Errorf("klog lines at the default -v:\n%s", stderr)
 	}
 }
