@@ -80,3 +80,32 @@ func benchmarkCapture(b *testing.B, snapLen int) {
 	b.ReportMetric(float64(st.RingFull), "ring-full")
 	b.ReportMetric(float64(frames.Load()), "frames")
 }
+
+// BenchmarkKernelCaptureClose reports how long Close of an idle capture takes, its readers waiting
+// in poll(2) (about one poll timeout); TestKernelCaptureCloseIsPrompt only requires that it returns.
+//
+//	TRAFFICLAB_KERNEL_TESTS=1 go test -run '^$' -bench KernelCaptureClose ./capture/
+func BenchmarkKernelCaptureClose(b *testing.B) {
+	server, _, link := pair(b)
+	for b.Loop() {
+		b.StopTimer()
+		var c *Capture
+		if err := server.Do(func() error {
+			var err error
+			c, err = Open(Options{Interface: link.Name, Filter: &Filter{Proto: TCP, Port: 8080}})
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		read := make(chan error, 1)
+		go func() {
+			_, _, err := c.ReadPacketData()
+			read <- err
+		}()
+		b.StartTimer()
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		<-read
+	}
+}

@@ -80,7 +80,16 @@ ts "certs ready"
 
 start() { # name cmd...   detached in its own session; the PID is what down.sh stops
   local n=$1; shift
-  setsid "$@" > "$LOG_DIR/$n.log" 2>&1 < /dev/null &
+  # The daemon outlives this script, so it must not keep the script's open files: the e2e lock that
+  # `flock LOCK hack/e2e.sh` holds, inherited, stayed locked for the cluster's life and blocked every
+  # later run.
+  (
+    for fd in /proc/self/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-"; fi
+    done
+    exec setsid "$@"
+  ) > "$LOG_DIR/$n.log" 2>&1 < /dev/null &
   echo $! > "$PID_DIR/$n.pid"
 }
 wait_for() { # description timeout-seconds cmd...   polls a condition until it holds

@@ -2,13 +2,12 @@
 package cmd
 
 import (
-	"flag"
 	"fmt"
 
 	"github.com/spf13/cobra"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
-	"k8s.io/klog/v2"
+	"k8s.io/client-go/rest"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
@@ -67,7 +66,10 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 	flags := cmd.PersistentFlags()
 	configFlags := genericclioptions.NewConfigFlags(true).WithDeprecatedPasswordFlag().WithDiscoveryBurst(300).WithDiscoveryQPS(50.0)
 	configFlags.AddFlags(flags)
-	addKlogVerbosity(cmd)
+	addKlogVerbosity(cmd, streams.ErrOut)
+	// The API server's warnings (e.g. PodSecurity's on the agent's container) are for the user, as
+	// kubectl prints them, not klog lines that wait for -v=4.
+	rest.SetDefaultWarningHandler(rest.NewWarningWriter(streams.ErrOut, rest.WarningWriterOptions{Deduplicate: true}))
 
 	cmd.AddCommand(
 		portforward.NewCmdPortForward(streams, configFlags),
@@ -78,15 +80,4 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 		version.NewCmdVersion(streams),
 	)
 	return cmd
-}
-
-// addKlogVerbosity exposes klog's -v and nothing else of klog: kubectl users know -v=6 for request
-// tracing, and every other klog flag would only clutter the help.
-func addKlogVerbosity(cmd *cobra.Command) {
-	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
-	klog.InitFlags(fs)
-	v := fs.Lookup("v")
-	cmd.PersistentFlags().AddGoFlag(v)
-	cmd.PersistentFlags().Lookup("v").Shorthand = "v"
-	cmd.PersistentFlags().Lookup("v").Usage = "number for the log level verbosity"
 }

@@ -2,6 +2,10 @@ package cmd
 
 import (
 	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -80,6 +84,35 @@ func TestVersionJSON(t *testing.T) {
 	}
 	if diff := cmp.Diff(version.Get(), got); diff != "" {
 		t.Errorf("json mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// TestVersionJSONMakefileParse: `make agent-image` tags the image with what its sed expression finds in
+// `version -o json`. The test runs that very expression, read from the Makefile, on the command's
+// output, so a change to the JSON layout (field name, spacing, one field per line) that would tag the
+// image wrongly fails here rather than in a cluster that cannot pull the agent.
+func TestVersionJSONMakefileParse(t *testing.T) {
+	makefile, err := os.ReadFile(filepath.Join("..", "..", "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := regexp.MustCompile(`version -o json \| sed -n '([^']+)'`).FindSubmatch(makefile)
+	if parse == nil {
+		t.Fatal("the Makefile no longer reads the agent image with `version -o json | sed -n '...'`; update this test with it")
+	}
+	expr := strings.ReplaceAll(string(parse[1]), "$$", "$") // make's escape for a literal $
+	out, _, err := execute(t, "version", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sed := exec.Command("sed", "-n", expr)
+	sed.Stdin = strings.NewReader(out)
+	got, err := sed.Output()
+	if err != nil {
+		t.Fatalf("sed -n %q: %v", expr, err)
+	}
+	if want := version.Get().AgentImage + "\n"; string(got) != want {
+		t.Errorf("the Makefile's parse of\n%s\nfinds %q, want %q", out, got, want)
 	}
 }
 

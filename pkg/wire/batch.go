@@ -25,6 +25,7 @@ type batcher struct {
 	conn     io.ReadWriteCloser
 	interval atomic.Int64 // time.Duration; zero writes as soon as the previous write returned
 	last     time.Time    // when the last write started; only the flusher uses it
+	clock    Clock        // the waits for interval and closeFlush; a fake one in tests
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -35,8 +36,10 @@ type batcher struct {
 	done    chan struct{}
 }
 
-func newBatcher(conn io.ReadWriteCloser) *batcher {
-	b := &batcher{conn: conn, done: make(chan struct{})}
+func newBatcher(conn io.ReadWriteCloser) *batcher { return newBatcherClock(conn, SystemClock()) }
+
+func newBatcherClock(conn io.ReadWriteCloser, clock Clock) *batcher {
+	b := &batcher{conn: conn, clock: clock, done: make(chan struct{})}
 	b.cond = sync.NewCond(&b.mu)
 	go b.flush()
 	return b
@@ -71,13 +74,13 @@ func (b *batcher) flush() {
 			b.mu.Unlock()
 			return
 		}
-		if wait := time.Until(b.last.Add(time.Duration(b.interval.Load()))); wait > 0 && !b.closing {
+		if wait := b.last.Add(time.Duration(b.interval.Load())).Sub(b.clock.Now()); wait > 0 && !b.closing {
 			b.mu.Unlock()
-			time.Sleep(wait)
+			<-b.clock.NewTimer(wait).C()
 			b.mu.Lock()
 			continue
 		}
-		b.last = time.Now()
+		b.last = b.clock.Now()
 		out := b.pending
 		b.pending = b.spare[:0]
 		b.mu.Unlock()
@@ -115,11 +118,11 @@ func (b *batcher) Close() error {
 	b.closing = true
 	b.cond.Broadcast()
 	b.mu.Unlock()
-	t := time.NewTimer(closeFlush)
+	t := b.clock.NewTimer(closeFlush)
 	defer t.Stop()
 	select {
 	case <-b.done:
-	case <-t.C:
+	case <-t.C():
 	}
 	err := b.conn.Close()
 	<-b.done

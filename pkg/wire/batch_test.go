@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -104,16 +104,27 @@ func TestBatcherError(t *testing.T) {
 	_ = b.Close()
 }
 
-// TestBatcherCloseDoesNotWaitForAStuckPeer: a write that never completes does not hold Close longer
-// than closeFlush.
+// TestBatcherCloseDoesNotWaitForAStuckPeer: a write that never completes holds Close for closeFlush,
+// no longer: then Close closes the connection, which ends the write.
 func TestBatcherCloseDoesNotWaitForAStuckPeer(t *testing.T) {
+	clk := newFakeClock()
 	g := &stuckConn{unblock: make(chan struct{})}
-	b := newBatcher(g)
+	b := newBatcherClock(g, clk)
 	_, _ = b.Write(bytes.Repeat([]byte("x"), 10))
-	start := time.Now()
-	_ = b.Close()
-	if d := time.Since(start); d > closeFlush+time.Second {
-		t.Errorf("Close took %v", d)
+	closed := make(chan error, 1)
+	go func() { closed <- b.Close() }()
+	clk.waitTimers(t, 1) // Close's wait for the flush
+	clk.Advance(closeFlush - time.Nanosecond)
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned %v before closeFlush passed", err)
+	default:
+	}
+	clk.Advance(time.Nanosecond)
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close still waits for a stuck write after closeFlush")
 	}
 }
 
@@ -133,8 +144,11 @@ func (s *stuckConn) Close() error {
 	return nil
 }
 
-// stampConn records when each write came and what it carried.
+// stampConn records what each write carried and when, by clock, it came; every write is also
+// announced on wrote.
 type stampConn struct {
+	clock  Clock
+	wrote  chan struct{}
 	mu     sync.Mutex
 	writes [][]byte
 	at     []time.Time
@@ -142,60 +156,68 @@ type stampConn struct {
 
 func (c *stampConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.writes = append(c.writes, append([]byte(nil), p...))
-	c.at = append(c.at, time.Now())
+	c.at = append(c.at, c.clock.Now())
+	c.mu.Unlock()
+	c.wrote <- struct{}{}
 	return len(p), nil
 }
 
 func (c *stampConn) Read([]byte) (int, error) { return 0, io.EOF }
 func (c *stampConn) Close() error             { return nil }
 
-func (c *stampConn) count() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.writes)
-}
-
-// TestBatcherWriteInterval: with an interval, a frame after a quiet spell leaves alone, and the
-// frames that follow it closely leave spaced by at least the interval, joined, in order. Without one,
-// a connection whose writes return at once gets one write per frame.
+// TestBatcherWriteInterval: with an interval, a frame after a quiet spell leaves at once; the frames
+// that follow it within the interval wait for it to pass and leave joined, in order, one interval after
+// the write before.
 func TestBatcherWriteInterval(t *testing.T) {
 	const interval = 20 * time.Millisecond
-	c := &stampConn{}
-	b := newBatcher(c)
+	clk := newFakeClock()
+	c := &stampConn{clock: clk, wrote: make(chan struct{}, 8)}
+	b := newBatcherClock(c, clk)
 	b.interval.Store(int64(interval))
+	waitWrite := func() {
+		t.Helper()
+		select {
+		case <-c.wrote:
+		case <-time.After(30 * time.Second):
+			t.Fatal("no write")
+		}
+	}
 	if _, err := b.Write([]byte("first;")); err != nil {
 		t.Fatal(err)
 	}
-	for c.count() == 0 {
-		runtime.Gosched()
-	}
+	waitWrite()
 	var want bytes.Buffer
-	want.WriteString("first;")
-	for i := range 200 {
+	if _, err := b.Write([]byte("0;")); err != nil {
+		t.Fatal(err)
+	}
+	want.WriteString("0;")
+	clk.waitTimers(t, 1) // the flusher waits out the interval
+	for i := 1; i < 200; i++ {
 		p := fmt.Appendf(nil, "%d;", i)
 		want.Write(p)
 		if _, err := b.Write(p); err != nil {
 			t.Fatal(err)
 		}
-		runtime.Gosched()
 	}
+	clk.Advance(interval)
+	waitWrite()
+	// A quiet spell, then a frame: no wait.
+	clk.Advance(time.Hour)
+	if _, err := b.Write([]byte("late;")); err != nil {
+		t.Fatal(err)
+	}
+	waitWrite()
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if string(c.writes[0]) != "first;" {
-		t.Errorf("first write %q, want the first frame alone", c.writes[0])
+	if got, want := c.writes, [][]byte{[]byte("first;"), want.Bytes(), []byte("late;")}; !slices.EqualFunc(got, want, bytes.Equal) {
+		t.Errorf("writes %q, want %q", got, want)
 	}
-	if got := bytes.Join(c.writes, nil); !bytes.Equal(got, want.Bytes()) {
-		t.Errorf("bytes written %q, want %q", got, want.Bytes())
-	}
-	// Close flushes what is queued without waiting out the interval, so the last gap may be short.
-	for i := 1; i < len(c.at)-1; i++ {
-		if gap := c.at[i].Sub(c.at[i-1]); gap < interval {
-			t.Errorf("write %d came %v after the one before, want at least %v (%d writes for 201 frames)", i, gap, interval, len(c.writes))
-		}
+	start := newFakeClock().Now()
+	if want := []time.Time{start, start.Add(interval), start.Add(interval + time.Hour)}; !slices.Equal(c.at, want) {
+		t.Errorf("writes at %v, want %v", c.at, want)
 	}
 }

@@ -346,24 +346,64 @@ func TestControlBadMagic(t *testing.T) {
 	}
 }
 
+// TestControlRealClock: with the system clock, both ends send heartbeats on their interval and take
+// the other's (the deadline is far off: losing the peer is TestControlRealClockLoss's, and the exact
+// timing the fake clock tests').
 func TestControlRealClock(t *testing.T) {
-	plugin, agent, _ := controlPair(t,
-		ControlConfig{HeartbeatInterval: 20 * time.Millisecond, HeartbeatDeadline: 200 * time.Millisecond},
-		ControlConfig{})
+	cfg := ControlConfig{HeartbeatInterval: 20 * time.Millisecond, HeartbeatDeadline: time.Hour}
+	plugin, agent, _ := controlPair(t, cfg, cfg)
 	handshake(t, plugin, agent, SessionOptions{})
+	const beats = 5
+	pluginGot, agentGot := make(chan FrameType, beats), make(chan FrameType, beats)
+	count := func(got chan FrameType) func(FrameType) {
+		return func(ft FrameType) {
+			select {
+			case got <- ft:
+			default:
+			}
+		}
+	}
+	plugin.afterHandle, agent.afterHandle = count(pluginGot), count(agentGot)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 2)
 	go func() { errc <- plugin.Run(ctx) }()
 	go func() { errc <- agent.Run(ctx) }()
-	// Both sides beat every 20ms; after three deadlines neither may have given up.
-	select {
-	case err := <-errc:
-		t.Fatalf("Run ended early: %v", err)
-	case <-time.After(600 * time.Millisecond):
+	for _, got := range []chan FrameType{pluginGot, agentGot} {
+		for range beats {
+			select {
+			case ft := <-got:
+				if ft != FrameHeartbeat {
+					t.Fatalf("handled %v, want heartbeats only", ft)
+				}
+			case err := <-errc:
+				t.Fatalf("Run ended early: %v", err)
+			case <-time.After(time.Minute):
+				t.Fatalf("fewer than %d heartbeats in a minute at a 20ms interval", beats)
+			}
+		}
 	}
 	_ = plugin.Bye("done")
 	if err := <-errc; !errors.Is(err, ErrBye) {
 		t.Errorf("agent Run: %v, want ErrBye", err)
+	}
+}
+
+// TestControlRealClockLoss: with the system clock, a silent peer is reported lost, after at least the
+// deadline of silence.
+func TestControlRealClockLoss(t *testing.T) {
+	plugin, agent, _ := controlPair(t, ControlConfig{HeartbeatInterval: 20 * time.Millisecond, HeartbeatDeadline: 100 * time.Millisecond}, ControlConfig{})
+	handshake(t, plugin, agent, SessionOptions{})
+	go func() { _, _ = io.Copy(io.Discard, agent.r) }() // the agent's Run never starts: it stays silent
+	done := make(chan error, 1)
+	go func() { done <- plugin.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		var lost *PeerLostError
+		if !errors.As(err, &lost) || lost.Deadline != 100*time.Millisecond || lost.Silence < lost.Deadline {
+			t.Errorf("Run: %v, want *PeerLostError after at least the 100ms deadline of silence", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a silent peer was not reported lost")
 	}
 }

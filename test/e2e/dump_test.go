@@ -86,7 +86,8 @@ func TestDumpToTshark(t *testing.T) {
 	fileDump.waitLine(0, "stderr", regexp.MustCompile(`capturing`), 3*time.Minute)
 
 	// kubectl trafficlab dump ... -w - | tshark -r -
-	dump := exec.CommandContext(ctx, "kubectl", "trafficlab", "dump", "-n", st.ns, "pod/target", "--port", "8080", "-w", "-")
+	dumpArgs := []string{"trafficlab", "dump", "-n", st.ns, "pod/target", "--port", "8080", "-w", "-"}
+	dump := exec.CommandContext(ctx, "kubectl", dumpArgs...)
 	tshark := exec.CommandContext(ctx, "tshark", "-l", "-r", "-", "-Y", "http.request", "-T", "fields", "-e", "http.request.method", "-e", "http.request.uri")
 	pipe, err := dump.StdoutPipe()
 	if err != nil {
@@ -117,6 +118,7 @@ func TestDumpToTshark(t *testing.T) {
 	if err := dump.Wait(); err != nil {
 		t.Errorf("dump -w - exited with %v: %s", err, errOut.String())
 	}
+	checkPluginOutput(t, "dump -w -", dumpArgs, errOut.String())
 	if err := tshark.Wait(); err != nil {
 		t.Errorf("tshark exited with %v: %s", err, tsErr.String())
 	}

@@ -15,6 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -232,7 +234,32 @@ func kubectl(ctx context.Context, t *testing.T, stdin string, args ...string) (s
 	}
 	err = cmd.Run()
 	t.Logf("kubectl %s -> err=%v stdout=%q stderr=%q", strings.Join(args, " "), err, trunc(o.String()), trunc(e.String()))
+	if slices.Contains(args[:min(len(args), 2)], "trafficlab") {
+		checkPluginOutput(t, "kubectl "+strings.Join(args, " "), args, e.String())
+	}
 	return o.String(), e.String(), err
+}
+
+// klogLine is klog's header (severity, date, time, thread, file:line), which only libraries' lines carry.
+var klogLine = regexp.MustCompile(`(?m)^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ ]+:\d+\] .*$`)
+
+// verboseFlag matches a -v flag that asks for klog's lines.
+var verboseFlag = regexp.MustCompile(`^--?v(=|$)|^-v\d`)
+
+// checkPluginOutput fails t when a plugin run (args as passed to the plugin, output what it printed)
+// panicked, or, at the default verbosity, let a library's log line through: client-go's lines belong
+// to -v=4 and up, not between trafficlab's own. Every way the e2e tests run the plugin ends here.
+func checkPluginOutput(t *testing.T, name string, args []string, output string) {
+	t.Helper()
+	if strings.Contains(output, "panic:") || strings.Contains(output, "Unhandled Error") {
+		t.Errorf("%s crashed or logged client-go noise:\n%s", name, output)
+	}
+	if slices.ContainsFunc(args, verboseFlag.MatchString) {
+		return
+	}
+	if lines := klogLine.FindAllString(output, -1); len(lines) > 0 {
+		t.Errorf("%s printed klog lines at the default verbosity:\n%s", name, strings.Join(lines, "\n"))
+	}
 }
 
 func trunc(s string) string {

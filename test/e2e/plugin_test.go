@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,5 +40,31 @@ func TestPluginDiscovery(t *testing.T) {
 	}
 	if !strings.Contains(out, "version\t") {
 		t.Errorf("kubectl does not complete the plugin's verbs:\n%s", out)
+	}
+}
+
+// TestPluginLogVerbosity: client-go's request traces reach the terminal only when asked for with -v,
+// in klog's format (which checkPluginOutput looks for in every other run, at the default -v).
+func TestPluginLogVerbosity(t *testing.T) {
+	ctx := testContext(t, time.Minute)
+	ns := newNamespace(t, "logs")
+	args := []string{"trafficlab", "dump", "-n", ns, "pod/nosuch", "--port", "8080", "-v=6"}
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `"nosuch" not found`) {
+		t.Fatalf("dump of a missing pod: %v, output:\n%s", err, out)
+	}
+	traces := klogLine.FindAllString(string(out), -1)
+	if !slices.ContainsFunc(traces, func(l string) bool { return strings.Contains(l, "/pods/nosuch") }) {
+		t.Errorf("-v=6 printed no klog line for the pod's GET:\n%s", out)
+	}
+	// The same run at the default -v: trafficlab's lines only (kubectl checks them for klog's).
+	_, stderr, err := kubectl(ctx, t, "", args[:len(args)-1]...)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if last := lines[len(lines)-1]; err == nil || !strings.HasPrefix(last, "error: ") || !strings.Contains(last, `"nosuch" not found`) {
+		t.Errorf("at the default -v: %v, stderr %q; want the error last", err, stderr)
+	}
+	if klogLine.MatchString(stderr) {
+		t.Errorf("klog lines at the default -v:\n%s", stderr)
 	}
 }

@@ -127,10 +127,9 @@ func pluginStartAs(t *testing.T, u *osUser, name, verb, ns string, args ...strin
 	}()
 	t.Cleanup(func() {
 		p.stop()
-		// Whatever the test checked, a plugin that crashed on the way out has failed the user.
-		if out := p.output(); strings.Contains(out, "panic:") || strings.Contains(out, "Unhandled Error") {
-			t.Errorf("%s crashed or logged client-go noise:\n%s", name, out)
-		}
+		// Whatever the test checked, a plugin that crashed on the way out or let client-go's log
+		// lines through has failed the user.
+		checkPluginOutput(t, name, argv, p.text())
 	})
 	return p
 }
@@ -172,6 +171,18 @@ func (p *pfProc) output() string {
 	var b strings.Builder
 	for _, l := range p.lines {
 		fmt.Fprintf(&b, "  %s [%6.2fs] %s\n", l.stream, l.at.Seconds(), l.text)
+	}
+	return b.String()
+}
+
+// text is what the process printed on both streams, line by line as it came.
+func (p *pfProc) text() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var b strings.Builder
+	for _, l := range p.lines {
+		b.WriteString(l.text)
+		b.WriteByte('\n')
 	}
 	return b.String()
 }

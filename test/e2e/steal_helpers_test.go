@@ -202,6 +202,35 @@ func trafficlabTables(t *testing.T, pid string) []string {
 	return tables
 }
 
+// tableFlags are the flags nft lists for table ("FAMILY NAME", as trafficlabTables returns it) in the
+// network namespace of pid.
+func tableFlags(t *testing.T, pid, table string) []string {
+	t.Helper()
+	args := append([]string{"-t", pid, "-n", "nft", "list", "table"}, strings.Fields(table)...)
+	out, err := exec.Command("nsenter", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list table %s in the netns of %s: %v: %s", table, pid, err, out)
+	}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) > 1 && f[0] == "flags" {
+			return strings.Split(strings.Join(f[1:], ""), ",")
+		}
+	}
+	return nil
+}
+
+// lastLine is the last line p printed on stream.
+func lastLine(p *pfProc, stream string) string {
+	var last string
+	for _, l := range p.snapshot() {
+		if l.stream == stream {
+			last = l.text
+		}
+	}
+	return last
+}
+
 // agentSessionPIDs are the host PIDs of `trafficlab-agent session` processes in the network namespace
 // of pid.
 func agentSessionPIDs(t *testing.T, pid string) []int {

@@ -180,7 +180,6 @@ func (r routes) DialContext(ctx context.Context, network, address string) (net.C
 type result struct {
 	code           int
 	stdout, stderr string
-	took           time.Duration
 }
 
 // run runs command in a sandbox whose traffic goes to d; ready, if set, runs between setup and
@@ -210,7 +209,6 @@ func run(t *testing.T, command []string, resolvConf []byte, d netstack.Dialer, r
 	if ready != nil {
 		ready(sb)
 	}
-	start := time.Now()
 	if err := sb.Start(); err != nil {
 		code, werr := sb.Wait()
 		t.Fatalf("start: %v (wait: %d, %v; stderr %q)", err, code, werr, stderr.String())
@@ -222,7 +220,7 @@ func run(t *testing.T, command []string, resolvConf []byte, d netstack.Dialer, r
 	if err != nil {
 		t.Fatalf("wait: %v", err)
 	}
-	return result{code: code, stdout: stdout.String(), stderr: stderr.String(), took: time.Since(start)}
+	return result{code: code, stdout: stdout.String(), stderr: stderr.String()}
 }
 
 // hostHTTP serves /hello, /bytes?n=N (N zero bytes) and /sink (reads the body, answers its size)
@@ -343,12 +341,13 @@ func TestKernelSandbox(t *testing.T) {
 		}
 	})
 
-	t.Run("refused connections fail fast", func(t *testing.T) {
+	t.Run("refused connections are refused", func(t *testing.T) {
 		for _, url := range []string{"http://10.99.0.6:8080/", "http://10.99.0.9:8080/"} {
 			// -v: curl's own message for a refusal is "Couldn't connect to server", as for others.
+			// A dropped SYN would end in --max-time instead: code 28, "Connection timed out".
 			r := run(t, []string{"curl", "-sSv", "--max-time", "10", url}, nil, d, nil, nil)
-			if r.code != 7 || !strings.Contains(r.stderr, "Connection refused") || r.took > 3*time.Second {
-				t.Errorf("curl %s: code %d after %v, stderr %q; want 7 and \"Connection refused\" at once", url, r.code, r.took, r.stderr)
+			if r.code != 7 || !strings.Contains(r.stderr, "Connection refused") {
+				t.Errorf("curl %s: code %d, stderr %q; want 7 and \"Connection refused\"", url, r.code, r.stderr)
 			}
 		}
 	})
@@ -490,20 +489,32 @@ func TestKernelSandbox(t *testing.T) {
 	})
 
 	t.Run("Close kills a running command", func(t *testing.T) {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		sb, err := sandbox.New(ctx, sandbox.Config{Command: []string{"sleep", "60"}, Env: []string{path}, Dir: "/"})
+		// No deadline on the sandbox's context: its end would kill the command as well.
+		sb, err := sandbox.New(context.Background(), sandbox.Config{Command: []string{"sleep", "600"}, Env: []string{path}, Dir: "/"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := sb.Start(); err != nil {
 			t.Fatal(err)
 		}
-		start := time.Now()
 		sb.Close()
-		code, err := sb.Wait()
-		if err != nil || code != 137 || time.Since(start) > 3*time.Second {
-			t.Errorf("after Close: code %d, err %v, after %v; want 137 at once", code, err, time.Since(start))
+		type exit struct {
+			code int
+			err  error
+		}
+		exited := make(chan exit, 1)
+		go func() {
+			code, err := sb.Wait()
+			exited <- exit{code, err}
+		}()
+		select {
+		case e := <-exited:
+			// 137 is SIGKILL's.
+			if e.err != nil || e.code != 137 {
+				t.Errorf("after Close: code %d, err %v; want 137", e.code, e.err)
+			}
+		case <-time.After(time.Minute):
+			t.Fatal("the command still runs a minute after Close")
 		}
 	})
 
