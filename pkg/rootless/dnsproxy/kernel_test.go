@@ -4,7 +4,6 @@ package dnsproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -69,8 +68,10 @@ func runSearchDomainsChild() (code int) {
 		for i := len(t.cleanups) - 1; i >= 0; i-- {
 			t.cleanups[i]()
 		}
-		if r := recover(); r != nil && r != errChildFatal {
-			panic(r)
+		if r := recover(); r != nil {
+			if _, fatal := r.(childFatal); !fatal {
+				panic(r)
+			}
 		}
 		if t.failed {
 			fmt.Println("search-domains child: FAIL")
@@ -83,7 +84,8 @@ func runSearchDomainsChild() (code int) {
 	return 0
 }
 
-var errChildFatal = errors.New("fatal")
+// childFatal is what childT's Fatal panics with.
+type childFatal struct{}
 
 // childT is the testing.TB of the search-domains child. The embedded TB is nil: only the methods
 // below may be called, which are the ones the child and its helpers use.
@@ -122,7 +124,7 @@ func (c *childT) Error(args ...any) { c.Errorf("%s", fmt.Sprint(args...)) }
 
 func (c *childT) Fatalf(format string, args ...any) {
 	c.Errorf(format, args...)
-	panic(errChildFatal)
+	panic(childFatal{})
 }
 
 func (c *childT) Fatal(args ...any) { c.Fatalf("%s", fmt.Sprint(args...)) }
