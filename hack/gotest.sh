@@ -22,7 +22,10 @@ rc=0
 GOTESTSUM_FORMAT=${GOTESTSUM_FORMAT:-standard-quiet} "$gotestsum" --jsonfile "$json" -- "$@" || rc=$?
 
 # Package-level skips ("no test files") have no Test; subtests count as tests, as in the summary.
-skips=$(jq -r 'select(.Action == "skip" and .Test != null) | "\(.Package) \(.Test)"' "$json" 2>/dev/null || true)
+if ! skips=$(jq -r 'select(.Action == "skip" and .Test != null) | "\(.Package) \(.Test)"' "$json"); then
+	printf 'FAIL\t%s: cannot read the test events in %s for skipped tests\n' "$phase" "$json"
+	exit 1
+fi
 if [[ -n "$skips" && "${CI:-}" == true ]]; then
 	echo "skipped in the $phase phase:" >&2
 	sed 's/^/  /' <<<"$skips" >&2
