@@ -21,7 +21,7 @@ if ((${#files[@]} == 0)); then
   exit 1
 fi
 mapfile -t pkgs < <(printf './%s\n' "${files[@]%/*}" | LC_ALL=C sort -u)
-names=$(sed -nE 's/^func (Test[A-Za-z0-9_]*)\(.*/\1/p' "${files[@]}" | LC_ALL=C sort -u | paste -sd'|')
+names=$(sed -nE 's/^func (Test[A-Za-z0-9_]*)\(.*/\1/p' "${files[@]}" | grep -vx TestMain | LC_ALL=C sort -u | paste -sd'|')
 rc=0
 "$ROOT/hack/gotest.sh" kernel -tags "kernel${TEST_TAGS:+,$TEST_TAGS}" "$@" -run "^($names)\$" "${pkgs[@]}" || rc=$?
 if [ "$netns_dir_was" = absent ] && unmount_netns_dir /run/netns; then
