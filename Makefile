@@ -52,10 +52,11 @@ test-kernel: ## kernel tests (build tag kernel) under the race detector, in netw
 
 # The e2e runs a race-detector build of the plugin (the agent in the image stays static); a race it
 # reports, even in a plugin the tests kill, fails the run (hack/e2e.sh reads GORACE's log files).
-# Only that build is on PATH: kubectl plugin list fails on a plugin shadowed by another.
+# Only that build is on PATH: kubectl plugin list fails on a plugin shadowed by another. It is built
+# as the unit tests are (no -trimpath), so it reuses their compiled race-detector packages.
 # E2E_ARGS go to go test, e.g. E2E_ARGS='-run TestSteal'.
 e2e: agent-image ## end-to-end tests on the local cluster (started and stopped if it was not up)
-	$(TEST_ENV) go build $(RACE) -tags $(TEST_TAGS) -trimpath -ldflags '$(PLUGIN_LDFLAGS)' -o $(OUT)/race/bin/ ./cmd/kubectl-trafficlab ./cmd/kubectl_complete-trafficlab
+	$(TEST_ENV) go build $(RACE) -tags $(TEST_TAGS) -ldflags '$(PLUGIN_LDFLAGS)' -o $(OUT)/race/bin/ ./cmd/kubectl-trafficlab ./cmd/kubectl_complete-trafficlab
 	grpcurl="$$(hack/tools/install.sh grpcurl)" && PATH="$(CURDIR)/$(OUT)/race/bin:$$(dirname "$$grpcurl"):$$PATH" \
 	  TRAFFICLAB_RACE_LOG="$(CURDIR)/$(OUT)/race/log" hack/e2e.sh $(E2E_ARGS)
 
