@@ -1,3 +1,5 @@
+//go:build linux && kernel
+
 package capture
 
 import (
@@ -13,7 +15,7 @@ import (
 // BenchmarkKernelCapture streams TCP across a veth while capturing it on the receiving end,
 // and reports what the capture kept up with. Run it with
 //
-//	TRAFFICLAB_KERNEL_TESTS=1 go test -run '^$' -bench Kernel ./capture/
+//	go test -tags kernel -run '^$' -bench Kernel ./capture/
 func BenchmarkKernelCapture(b *testing.B) {
 	for _, snap := range []int{96, DefaultSnapLen} {
 		b.Run(map[int]string{96: "headers", DefaultSnapLen: "full"}[snap], func(b *testing.B) {

@@ -1,3 +1,5 @@
+//go:build linux && kernel
+
 package capture
 
 import (

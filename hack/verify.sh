@@ -27,7 +27,8 @@
 # deps        every direct requirement of go.mod and every pinned tool has a
 #             row in docs/dependencies.md, and no row names an unused module
 #             (hack/verify-deps.sh).
-# go          gofmt -l is empty and go vet ./... passes.
+# go          gofmt -l is empty and go vet ./... passes, also with the build tags
+#             of the e2e and kernel tests (vet_tags), which a plain build omits.
 # agent-deps  nothing under ephemeral/ or capture/ imports k8s.io/*, even
 #             indirectly (depguard in .golangci.yml sees direct imports only).
 #
@@ -40,6 +41,9 @@ cd "$root" || exit 1
 
 release_url="https://github.com/trafficlab/kubectl-trafficlab/releases/download"
 pkg_roots=(cmd pkg ephemeral capture internal hack test)
+# Build tags of code that a plain build leaves out: the e2e tests and the kernel tests. The same list
+# is run.build-tags in .golangci.yml.
+vet_tags="e2e,kernel"
 
 checks=("$@")
 [[ ${#checks[@]} -gt 0 ]] || checks=(krew docs deps go agent-deps)
@@ -323,9 +327,12 @@ check_go() {
 		unformatted="$(tr '\n' ' ' <<<"$unformatted")"
 		fail "gofmt would change ${unformatted% }; run: gofmt -w ${unformatted% }"
 	fi
-	if ! go vet ./... >"$logs/vet.log" 2>&1; then
-		fail "go vet ./... failed: $(grep -m1 -v '^#' "$logs/vet.log" | cut -c1-300); run go vet ./... and fix what it reports"
-	fi
+	local tags
+	for tags in "" "$vet_tags"; do
+		if ! go vet ${tags:+-tags "$tags"} ./... >"$logs/vet.log" 2>&1; then
+			fail "go vet ${tags:+-tags $tags }./... failed: $(grep -m1 -v '^#' "$logs/vet.log" | cut -c1-300); run go vet ${tags:+-tags $tags }./... and fix what it reports"
+		fi
+	done
 }
 
 # ---------------------------------------------------------------- agent-deps

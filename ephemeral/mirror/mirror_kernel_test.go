@@ -1,3 +1,5 @@
+//go:build linux && kernel
+
 package mirror_test
 
 import (
@@ -113,7 +115,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // request to a local server, sniffed and redirected, while the client gets the app's answers; the
 // local server sees the same requests with the same bodies.
 func TestKernelMirrorModes(t *testing.T) {
-	testnet.Enabled(t)
+	testnet.RequireRoot(t)
 	for _, mode := range []string{wire.MirrorSniff, wire.MirrorRedirect} {
 		t.Run(mode, func(t *testing.T) {
 			pod, client := testnet.New(t), testnet.New(t)

@@ -1,3 +1,5 @@
+//go:build linux && kernel
+
 package netfilter
 
 import (
@@ -321,39 +323,45 @@ func kernelRelease(t *testing.T) string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// helperEnv names the netns in which TestKernelHelperOpen, run as a child process, opens a table.
+// helperEnv names the netns in which the test binary, run again by
+// TestKernelOwnedTableDiesWithProcess, opens a table as the session process it then SIGKILLs.
 const helperEnv = "TRAFFICLAB_NETFILTER_TEST_HELPER_NETNS"
 
-// TestKernelHelperOpen is not a test of its own: TestKernelOwnedTableDiesWithProcess runs the
-// test binary again to run only this, as the session process it then SIGKILLs.
-func TestKernelHelperOpen(t *testing.T) {
-	name := os.Getenv(helperEnv)
-	if name == "" {
-		t.Skip("only runs as the child process of TestKernelOwnedTableDiesWithProcess")
+// TestMain makes the test binary that helper when helperEnv is set; the helper is no test of its
+// own, so a plain run never reports it.
+func TestMain(m *testing.M) {
+	if name := os.Getenv(helperEnv); name != "" {
+		os.Exit(helperOpen(name))
 	}
+	os.Exit(m.Run())
+}
+
+// helperOpen opens a table in the named netns, prints "ready" and waits until it is killed; should
+// the parent die first, its end of the stdin pipe closes and so does the helper.
+func helperOpen(name string) int {
 	// Stays locked: the thread must not return to the pool in the other netns.
 	runtime.LockOSThread()
 	h, err := netns.GetFromName(name)
 	if err != nil {
 		fmt.Println("error:", err)
-		return
+		return 1
 	}
 	if err := netns.Set(h); err != nil {
 		fmt.Println("error:", err)
-		return
+		return 1
 	}
 	if _, err := Open("killed", kernelRedirect); err != nil {
 		fmt.Println("error:", err)
-		return
+		return 1
 	}
 	fmt.Println("ready")
-	// Until killed; should the parent die first, its end of the pipe closes and so do we.
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 func TestKernelOwnedTableDiesWithProcess(t *testing.T) {
 	n := newStealNet(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestKernelHelperOpen$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"="+n.pod.Name)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()

@@ -1,3 +1,5 @@
+//go:build linux && kernel
+
 package sniff
 
 import (
@@ -24,7 +26,7 @@ import (
 // TestKernelDump: a dump in a real namespace streams pcapng with the filtered traffic and ends with the
 // kernel's counts, which is what the plugin writes to -w and shows.
 func TestKernelDump(t *testing.T) {
-	testnet.Enabled(t)
+	testnet.RequireRoot(t)
 	server, client := testnet.New(t), testnet.New(t)
 	testnet.Connect(t, server, []netip.Prefix{netip.MustParsePrefix("10.78.0.1/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.78.0.2/24")})
 	for _, port := range []string{"8080", "9090"} {
@@ -116,16 +118,5 @@ func TestKernelDump(t *testing.T) {
 	}
 	if isb.PacketsReceived != stats.Received || isb.PacketsDropped != 0 || stats.Received < uint64(n8080) {
 		t.Errorf("statistics block %+v, capture stats %+v, packets read %d", *isb, stats, n8080)
-	}
-}
-
-func TestOpenRefusesBadFilter(t *testing.T) {
-	_, err := Open(wire.DumpSpec{Filter: "tcp prot 80"})
-	if !errors.Is(err, wire.ErrBadRequest) {
-		t.Fatalf("Open with a bad filter: %v, want a bad request", err)
-	}
-	var ee *capture.ExprError
-	if !errors.As(err, &ee) {
-		t.Errorf("error %v does not carry the filter's position", err)
 	}
 }

@@ -47,12 +47,13 @@ spec() {
 	kubectl-krew) echo "krew sigs.k8s.io/krew/cmd/krew" ;;
 	grpcurl) echo "grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl main.version" ;;
 	vegeta) echo "vegeta github.com/tsenart/vegeta/v12 main.Version" ;;
+	gotestsum) echo "gotestsum gotest.tools/gotestsum" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum ..." >&2
 	exit 2
 fi
 
@@ -62,7 +63,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"

@@ -1,10 +1,13 @@
+//go:build linux && kernel
+
 // Package testnet gives kernel tests throwaway network namespaces, so they can create links,
 // addresses, nftables tables and packet sockets without touching the host's network.
 //
-// Tests that use it are named TestKernel… (so `go test -run Kernel` selects them) and call
-// Enabled or New first, which skip the test unless TRAFFICLAB_KERNEL_TESTS=1 and the process runs
-// as root. Namespaces are created with `ip netns add` (iproute2), everything else through
-// netlink.
+// The package builds only with the kernel tag, and so do the tests that use it: a kernel test in
+// an untagged file does not compile, and `go test -tags kernel` (hack/test-kernel.sh) is what
+// selects them. They call RequireRoot or New first, which fail (never skip) the test when the
+// process cannot do what it asks. Namespaces are created with `ip netns add` (iproute2),
+// everything else through netlink.
 package testnet
 
 import (
@@ -30,9 +33,6 @@ import (
 )
 
 const (
-	// EnvVar must be "1" for kernel tests to run.
-	EnvVar = "TRAFFICLAB_KERNEL_TESTS"
-
 	// Prefix starts the name of every namespace this package creates. The name goes on with the
 	// creating process's PID, which is what lets a later run tell a crashed run's leftovers from a
 	// namespace that a test binary running in parallel (go test runs packages concurrently) still
@@ -43,14 +43,12 @@ const (
 	netnsDir = "/run/netns"
 )
 
-// Enabled skips the test unless kernel tests were asked for and the process can run them.
-func Enabled(t testing.TB) {
+// RequireRoot fails the test unless the process runs as root. A kernel test that was asked for
+// (the kernel tag) and cannot run is a failure, so that a run without root never passes as green.
+func RequireRoot(t testing.TB) {
 	t.Helper()
-	if os.Getenv(EnvVar) != "1" {
-		t.Skipf("kernel test: set %s=1 and run as root to run it", EnvVar)
-	}
 	if os.Geteuid() != 0 {
-		t.Skipf("kernel test: needs root, running as uid %d", os.Geteuid())
+		t.Fatalf("kernel test: needs root, running as uid %d", os.Geteuid())
 	}
 }
 
@@ -68,10 +66,10 @@ type NS struct {
 
 // New creates a fresh named network namespace with lo up, and removes it when the test ends,
 // whether or not it passed. It first sweeps namespaces that crashed earlier runs left behind.
-// It skips the test unless Enabled allows it.
+// It fails the test unless RequireRoot allows it.
 func New(t testing.TB) *NS {
 	t.Helper()
-	Enabled(t)
+	RequireRoot(t)
 	sweep(t)
 
 	name, err := uniqueName()

@@ -194,7 +194,7 @@ func TestPortForwardTargets(t *testing.T) {
 		if err := m.Unpack(pfUDPExchange(t, dnsPort, q)); err != nil {
 			t.Fatalf("unpack DNS reply: %v", err)
 		}
-		if m.Header.ID != id || !m.Header.Response || m.Header.RCode != dnsmessage.RCodeSuccess {
+		if m.ID != id || !m.Response || m.RCode != dnsmessage.RCodeSuccess {
 			t.Fatalf("DNS reply header %+v, want response to id %d with rcode success", m.Header, id)
 		}
 		var got []string

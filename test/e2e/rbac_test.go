@@ -42,7 +42,7 @@ func userKubeconfig(ctx context.Context, t *testing.T, ns, name string, rules []
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := restConfig.TLSClientConfig.CAFile
+	ca := restConfig.CAFile
 	kc := fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters: [{name: local, cluster: {server: %q, certificate-authority: %q}}]

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -25,7 +24,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -142,11 +140,14 @@ func TestStealFiltered(t *testing.T) {
 
 	// h2c: one connection, streams decided one by one.
 	var dials atomic.Int32
-	h2 := &http.Client{Transport: &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+	// HTTP/2 without TLS from the first byte (prior knowledge), as a gRPC client speaks it.
+	h2c := &http.Transport{Protocols: new(http.Protocols), DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		dials.Add(1)
 		var d net.Dialer
 		return d.DialContext(ctx, network, addr)
-	}}}
+	}}
+	h2c.Protocols.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Transport: h2c}
 	for i, steal := range []bool{true, false, true, false} {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, st.podURL(fmt.Sprintf("/h2/%d", i)), nil)
 		want := "target"

@@ -52,12 +52,12 @@ type fakePod struct {
 	raw  [][]byte
 }
 
-func startFakePod(t *testing.T) *fakePod {
+func startFakePod(t testing.TB) *fakePod {
 	t.Helper()
 	return startFakePodOn(t, "127.0.0.1:0")
 }
 
-func startFakePodOn(t *testing.T, addr string) *fakePod {
+func startFakePodOn(t testing.TB, addr string) *fakePod {
 	t.Helper()
 	pc, ln := listenBoth(t, addr)
 	f := &fakePod{udp: pc, tcp: ln}
@@ -99,7 +99,7 @@ func startFakePodOn(t *testing.T, addr string) *fakePod {
 
 // listenBoth binds UDP and TCP on one port, as a nameserver does; with port 0 it tries again when the
 // UDP port's TCP twin is taken.
-func listenBoth(t *testing.T, addr string) (net.PacketConn, net.Listener) {
+func listenBoth(t testing.TB, addr string) (net.PacketConn, net.Listener) {
 	t.Helper()
 	var lastErr error
 	for range 20 {
