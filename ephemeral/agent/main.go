@@ -6,7 +6,7 @@
 //
 //	trafficlab-agent [--idle-timeout=10m]    the container's main process: keeps the container up
 //	                                          while sessions come and go
-//	trafficlab-agent session                 one plugin session, exec'd by the plugin: control on
+//	trafficlab-agent attach                 one plugin session, exec'd by the plugin: control on
 //	                                          stdin/stdout, data on a 127.0.0.1 port
 //	trafficlab-agent relay 127.0.0.1:PORT    the slow data path when port-forward is forbidden:
 //	                                          stdin/stdout joined to a loopback port
@@ -33,7 +33,7 @@ func main() {
 	var err error
 	args := os.Args[1:]
 	switch {
-	case len(args) > 0 && args[0] == "session":
+	case len(args) > 0 && args[0] == "attach":
 		//nolint:forbidigo // the exec stream's stdout is the control channel, and exec output is not logged
 		err = runSession(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "relay":

@@ -13,7 +13,7 @@ func procEnv() env {
 	return env{sessions: func() int { return countSessions("/proc") }, alive: procAlive("/proc")}
 }
 
-// countSessions counts processes whose command line is `.../trafficlab-agent session ...`.
+// countSessions counts processes whose command line is `.../trafficlab-agent attach ...`.
 func countSessions(proc string) int {
 	entries, err := os.ReadDir(proc)
 	if err != nil {
@@ -29,7 +29,7 @@ func countSessions(proc string) int {
 			continue
 		}
 		args := bytes.Split(cmdline, []byte{0})
-		if len(args) >= 2 && filepath.Base(string(args[0])) == "trafficlab-agent" && string(args[1]) == "session" {
+		if len(args) >= 2 && filepath.Base(string(args[0])) == "trafficlab-agent" && string(args[1]) == "attach" {
 			n++
 		}
 	}

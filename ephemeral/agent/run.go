@@ -66,7 +66,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 
 // env is what the main process observes of the pod, injectable for tests.
 type env struct {
-	// sessions counts the live `trafficlab-agent session` processes.
+	// sessions counts the live `trafficlab-agent attach` processes.
 	sessions func() int
 	// alive reports whether the target process still runs; it is built once from --target-pid.
 	alive func(pid int) func() bool

@@ -210,16 +210,16 @@ func TestRunUsageErrors(t *testing.T) {
 }
 
 // countSessions and procAlive read the real /proc: a process whose argv is
-// `.../trafficlab-agent session` counts, and its exit is seen.
+// `.../trafficlab-agent attach` counts, and its exit is seen.
 func TestProcObservesRealProcesses(t *testing.T) {
 	dir := t.TempDir()
 	// sh runs the script named by its first argument, so argv can be exactly what the plugin's exec
 	// produces while the process is only a shell waiting on sleep.
-	if err := os.WriteFile(filepath.Join(dir, "session"), []byte("sleep 30\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "attach"), []byte("sleep 30\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("/bin/sh")
-	cmd.Args = []string{filepath.Join(dir, "trafficlab-agent"), "session"}
+	cmd.Args = []string{filepath.Join(dir, "trafficlab-agent"), "attach"}
 	cmd.Dir = dir
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

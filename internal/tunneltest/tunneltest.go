@@ -11,14 +11,14 @@ import (
 )
 
 // Pipe returns both ends of a tunnel; both are closed when the test ends.
-func Pipe(t testing.TB) (agent, plugin *wire.Session) {
+func Pipe(t testing.TB) (agent, plugin *wire.Mux) {
 	t.Helper()
 	a, b := net.Pipe()
-	agent, err := wire.Server(a, wire.DefaultTunnelConfig())
+	agent, err := wire.Server(a, wire.DefaultMuxConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
-	plugin, err = wire.Client(b, wire.DefaultTunnelConfig())
+	plugin, err = wire.Client(b, wire.DefaultMuxConfig())
 	if err != nil {
 		agent.Close()
 		t.Fatal(err)

@@ -61,11 +61,11 @@ func BenchmarkStreamThroughput(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/%s", name, c), func(b *testing.B) {
 				cc, sc := tcpPair(b)
 				counted := &countingConn{Conn: cc}
-				client, err := Client(counted, DefaultTunnelConfig())
+				client, err := Client(counted, DefaultMuxConfig())
 				if err != nil {
 					b.Fatal(err)
 				}
-				server, err := Server(sc, DefaultTunnelConfig())
+				server, err := Server(sc, DefaultMuxConfig())
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -117,11 +117,11 @@ func BenchmarkStreamThroughput(b *testing.B) {
 // the latency a kept-alive HTTP request through the tunnel pays (the chain's hops not included).
 func BenchmarkStreamRoundTrip(b *testing.B) {
 	cc, sc := tcpPair(b)
-	client, err := Client(cc, DefaultTunnelConfig())
+	client, err := Client(cc, DefaultMuxConfig())
 	if err != nil {
 		b.Fatal(err)
 	}
-	server, err := Server(sc, DefaultTunnelConfig())
+	server, err := Server(sc, DefaultMuxConfig())
 	if err != nil {
 		b.Fatal(err)
 	}

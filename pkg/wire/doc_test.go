@@ -16,28 +16,28 @@ import (
 // docConstants are the values docs/protocol.md quotes as `wire.Name` = value, by the name the doc
 // uses. TestDocConstants compares each quote with the value here, which is the code's.
 func docConstants() map[string]any {
-	tc := DefaultTunnelConfig()
+	tc := DefaultMuxConfig()
 	return map[string]any{
-		"wire.Protocol":                                Protocol,
-		"wire.MaxFrameSize":                            MaxFrameSize,
-		"wire.SecretSize":                              SecretSize,
-		"wire.PreambleSize":                            PreambleSize,
-		"wire.PreambleAckSize":                         PreambleAckSize,
-		"wire.DefaultHeartbeatInterval":                DefaultHeartbeatInterval,
-		"wire.DefaultHeartbeatDeadline":                DefaultHeartbeatDeadline,
-		"wire.minHeartbeatInterval":                    minHeartbeatInterval,
-		"wire.maxHeartbeatDeadline":                    maxHeartbeatDeadline,
-		"wire.DefaultTunnelConfig().StreamWindow":      int(tc.StreamWindow),
-		"wire.DefaultTunnelConfig().KeepAliveInterval": tc.KeepAliveInterval,
-		"wire.DefaultTunnelConfig().WriteTimeout":      tc.WriteTimeout,
-		"wire.DefaultTunnelConfig().AcceptBacklog":     tc.AcceptBacklog,
-		"wire.DefaultTunnelConfig().OpenTimeout":       tc.OpenTimeout,
-		"wire.PluginStreamWindow":                      PluginStreamWindow,
-		"wire.MirrorWriteInterval":                     MirrorWriteInterval,
-		"wire.MaxBlockSize":                            MaxBlockSize,
-		"wire.minCompressSize":                         minCompressSize,
-		"wire.maxSkipBlocks":                           maxSkipBlocks,
-		"wire.MaxDatagramSize":                         MaxDatagramSize,
+		"wire.Protocol":                             Protocol,
+		"wire.MaxFrameSize":                         MaxFrameSize,
+		"wire.SecretSize":                           SecretSize,
+		"wire.PreambleSize":                         PreambleSize,
+		"wire.PreambleAckSize":                      PreambleAckSize,
+		"wire.DefaultHeartbeatInterval":             DefaultHeartbeatInterval,
+		"wire.DefaultHeartbeatDeadline":             DefaultHeartbeatDeadline,
+		"wire.minHeartbeatInterval":                 minHeartbeatInterval,
+		"wire.maxHeartbeatDeadline":                 maxHeartbeatDeadline,
+		"wire.DefaultMuxConfig().StreamWindow":      int(tc.StreamWindow),
+		"wire.DefaultMuxConfig().KeepAliveInterval": tc.KeepAliveInterval,
+		"wire.DefaultMuxConfig().WriteTimeout":      tc.WriteTimeout,
+		"wire.DefaultMuxConfig().AcceptBacklog":     tc.AcceptBacklog,
+		"wire.DefaultMuxConfig().OpenTimeout":       tc.OpenTimeout,
+		"wire.PluginStreamWindow":                   PluginStreamWindow,
+		"wire.MirrorWriteInterval":                  MirrorWriteInterval,
+		"wire.MaxBlockSize":                         MaxBlockSize,
+		"wire.minCompressSize":                      minCompressSize,
+		"wire.maxSkipBlocks":                        maxSkipBlocks,
+		"wire.MaxDatagramSize":                      MaxDatagramSize,
 	}
 }
 

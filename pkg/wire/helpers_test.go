@@ -65,7 +65,7 @@ func testSecret(t testing.TB) Secret {
 }
 
 // tunnelPair runs both preambles and starts a session on each end.
-func tunnelPair(t testing.TB, tr transport, cfg TunnelConfig) (client, server *Session) {
+func tunnelPair(t testing.TB, tr transport, cfg MuxConfig) (client, server *Mux) {
 	t.Helper()
 	cc, sc := tr.pair(t)
 	secret := testSecret(t)
@@ -96,7 +96,7 @@ type handlers map[string]func(*Stream)
 
 // serve accepts streams until the session ends; unknown addresses are refused the way a real dial
 // would be.
-func serve(t testing.TB, s *Session, h handlers) {
+func serve(t testing.TB, s *Mux, h handlers) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -29,7 +29,7 @@ func forwardChain(t *testing.T, backend func(net.Conn)) string {
 			go backend(c)
 		}
 	}()
-	client, server := tunnelPair(t, transports()[1], DefaultTunnelConfig())
+	client, server := tunnelPair(t, transports()[1], DefaultMuxConfig())
 	serve(t, server, handlers{bl.Addr().String(): func(st *Stream) {
 		conn, err := net.Dial("tcp", bl.Addr().String())
 		if err != nil {

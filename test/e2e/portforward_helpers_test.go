@@ -299,7 +299,7 @@ type pfAgentProc struct {
 	args  []string
 }
 
-func (a pfAgentProc) isSession() bool { return len(a.args) >= 2 && a.args[1] == "session" }
+func (a pfAgentProc) isSession() bool { return len(a.args) >= 2 && a.args[1] == "attach" }
 func (a pfAgentProc) isMain() bool {
 	return len(a.args) >= 1 && (len(a.args) == 1 || strings.HasPrefix(a.args[1], "-"))
 }

@@ -231,7 +231,7 @@ func lastLine(p *pfProc, stream string) string {
 	return last
 }
 
-// agentSessionPIDs are the host PIDs of `trafficlab-agent session` processes in the network namespace
+// agentSessionPIDs are the host PIDs of `trafficlab-agent attach` processes in the network namespace
 // of pid.
 func agentSessionPIDs(t *testing.T, pid string) []int {
 	t.Helper()

@@ -18,7 +18,7 @@ import (
 // in flight (up to 2 s), and a busy agent is slower still.
 const countsWait = 10 * time.Second
 
-// agentTunnel is what a mirror needs of the live tunnel to the agent (tunnel.Conn): the request, the
+// agentTunnel is what a mirror needs of the live tunnel to the agent (tunnel.Tunnel): the request, the
 // streams of the copies, and the spacing of the writes that carry the copies' answers back.
 type agentTunnel interface {
 	Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error)
@@ -32,7 +32,7 @@ type agentTunnel interface {
 // request to out.
 func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.Dialer, out, errOut io.Writer) (stop func(), err error) {
 	pod := s.Target.Pod.Namespace + "/" + s.Target.Pod.Name
-	return o.attach(ctx, s.Conn, pod, dial, out, errOut, s.Announce)
+	return o.attach(ctx, s.Tunnel, pod, dial, out, errOut, s.Announce)
 }
 
 func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, out, errOut io.Writer, announce func(format string, args ...any)) (stop func(), err error) {

@@ -201,10 +201,10 @@ func TestSpec(t *testing.T) {
 	}
 }
 
-// tunnel is the plugin's end of a real yamux tunnel over net.Pipe, as tunnel.Conn would use it;
+// tunnel is the plugin's end of a real yamux tunnel over net.Pipe, as tunnel.Tunnel would use it;
 // the test plays the agent on the other end.
 type tunnel struct {
-	*wire.Session
+	*wire.Mux
 	mu        sync.Mutex
 	intervals []time.Duration
 }
@@ -226,7 +226,7 @@ func TestAttach(t *testing.T) {
 	local := tunneltest.Echo(t).Port
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"8080:" + strconv.Itoa(local)}; o.Percent = 50 })
 	agent, p := tunneltest.Pipe(t)
-	plugin := &tunnel{Session: p}
+	plugin := &tunnel{Mux: p}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 

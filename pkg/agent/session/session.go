@@ -112,11 +112,12 @@ type Request struct {
 	Check func(*target.Target) (warnings []string, err error)
 }
 
-// Session is a live tunnel to an agent in the target pod.
+// Session is one run of a verb by one user: today one target pod, reached through one tunnel to
+// its agent.
 type Session struct {
 	Target *target.Target
 	Agent  string
-	Conn   *tunnel.Conn
+	Tunnel *tunnel.Tunnel
 	// Progress goes on with the same clock, so a verb's own steps read as part of the same start-up.
 	Progress *progress.Printer
 	data     io.Closer
@@ -126,7 +127,7 @@ type Session struct {
 
 // Close ends the tunnel; the agent's session process exits and releases what it held.
 func (s *Session) Close() error {
-	err := s.Conn.Close()
+	err := s.Tunnel.Close()
 	if s.data != nil {
 		s.data.Close()
 	}
@@ -241,15 +242,15 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		via = "port-forward over " + string(pf.Used())
 	}
 	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
-	return &Session{Target: tgt, Agent: name, Conn: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet}, nil
+	return &Session{Target: tgt, Agent: name, Tunnel: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet}, nil
 }
 
 // agentCommand is the exec'd session process; at -v=5 it logs every connection too.
 func agentCommand() []string {
 	if klog.V(5).Enabled() {
-		return []string{inject.AgentBinary, "session", "--debug"}
+		return []string{inject.AgentBinary, "attach", "--debug"}
 	}
-	return []string{inject.AgentBinary, "session"}
+	return []string{inject.AgentBinary, "attach"}
 }
 
 // agentLog shows the agent's own log with -v=4 and above, as kubectl shows its requests at -v=6.
@@ -293,8 +294,8 @@ func onlyPortForward(e *inject.MissingPermissionError) bool {
 
 // pluginTunnelConfig gives downloads a larger window than the agent's (wire.PluginStreamWindow says
 // why); docs/protocol.md quotes both.
-func pluginTunnelConfig() wire.TunnelConfig {
-	c := wire.DefaultTunnelConfig()
+func pluginTunnelConfig() wire.MuxConfig {
+	c := wire.DefaultMuxConfig()
 	c.StreamWindow = wire.PluginStreamWindow
 	return c
 }

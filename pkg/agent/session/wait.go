@@ -16,16 +16,16 @@ type agentConn interface {
 }
 
 // Lost is the error a verb ends with when its tunnel to the agent has gone away.
-func (s *Session) Lost() error { return lost(s.Conn) }
+func (s *Session) Lost() error { return lost(s.Tunnel) }
 
 // Wait waits until ctx ends (the user's Ctrl-C), which is no error, or the agent is lost.
-func (s *Session) Wait(ctx context.Context) error { return wait(ctx, s.Conn) }
+func (s *Session) Wait(ctx context.Context) error { return wait(ctx, s.Tunnel) }
 
 // WaitCommand waits for the user's command name, as exitcode.Wait does, for as long as the agent is
 // there. A lost agent kills the command and is the error: the command's end is then our doing, and
 // the lost agent is what the user needs to hear.
 func (s *Session) WaitCommand(ctx context.Context, name string, waitCmd func() (int, error), interrupt, kill func()) (int, error) {
-	return waitCommand(ctx, s.Conn, name, waitCmd, interrupt, kill)
+	return waitCommand(ctx, s.Tunnel, name, waitCmd, interrupt, kill)
 }
 
 // Announce says that the verb's work is in place: a progress step, or with -q a plain line on

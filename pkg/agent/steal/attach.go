@@ -19,7 +19,7 @@ import (
 // endWait bounds the wait for the agent to confirm that the steal is over.
 const endWait = 3 * time.Second
 
-// agentTunnel is what a steal needs of the live tunnel to the agent (tunnel.Conn): the request, and the
+// agentTunnel is what a steal needs of the live tunnel to the agent (tunnel.Tunnel): the request, and the
 // streams of the stolen connections.
 type agentTunnel interface {
 	Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error)
@@ -32,7 +32,7 @@ type agentTunnel interface {
 // warnings to errOut.
 func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.Dialer, out, errOut io.Writer) (stop func(), err error) {
 	pod := s.Target.Pod.Namespace + "/" + s.Target.Pod.Name
-	return o.attach(ctx, s.Conn, pod, dial, newPrinter(out, errOut, o.Output == "json"), s.Announce)
+	return o.attach(ctx, s.Tunnel, pod, dial, newPrinter(out, errOut, o.Output == "json"), s.Announce)
 }
 
 func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, p *printer, announce func(format string, args ...any)) (stop func(), err error) {

@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/rest"
 )
 
-// AgentControl starts `trafficlab-agent session` in the agent container over exec; it implements
+// AgentControl starts `trafficlab-agent attach` in the agent container over exec; it implements
 // tunnel.ControlStarter.
 type AgentControl struct {
 	Exec      Executor

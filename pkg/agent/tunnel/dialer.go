@@ -11,7 +11,7 @@ import (
 // DialContext dials address from the pod and returns a net.Conn: a TCP stream, or for "udp" a conn
 // that keeps datagram boundaries (one Write is one datagram, one Read returns one), as a connected
 // *net.UDPConn does. It is the Dialer that exec's stack, resolver and proxy take.
-func (c *Conn) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+func (c *Tunnel) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
 		network = wire.NetworkTCP

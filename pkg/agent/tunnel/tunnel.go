@@ -1,4 +1,4 @@
-// Package tunnel is the plugin's end of a session with the agent: it execs `trafficlab-agent session`
+// Package tunnel is the plugin's end of a tunnel to one agent (the session's attachment there): it execs `trafficlab-agent attach`
 // for the control channel, opens data connections to the port the agent names, and hands out streams
 // that dial from the pod. It sees the cluster only through two one-method interfaces, so the whole
 // session runs in tests over in-memory pipes.
@@ -37,7 +37,7 @@ type Config struct {
 	// apiserver's per-connection work over cores. Zero means 1.
 	DataConns int
 	Version   string
-	Tunnel    wire.TunnelConfig
+	Tunnel    wire.MuxConfig
 	// HeartbeatInterval and HeartbeatDeadline bound how long a cut network goes unnoticed.
 	HeartbeatInterval time.Duration
 	HeartbeatDeadline time.Duration
@@ -50,17 +50,18 @@ type Config struct {
 	AgentLog io.Writer
 }
 
-// Conn is a live session with the agent.
-type Conn struct {
+// Tunnel is the live connection of a session to one agent: the control channel and its data
+// connections, each carrying a wire.Mux.
+type Tunnel struct {
 	cfg     Config
 	welcome wire.Welcome
 	ctrl    *wire.Control
 	stdin   *io.PipeWriter
 	stderr  *tailBuffer
 
-	tunnels []*wire.Session
-	mu      sync.Mutex
-	next    int
+	muxes []*wire.Mux
+	mu    sync.Mutex
+	next  int
 
 	acceptOnce sync.Once
 	incoming   chan *wire.Incoming
@@ -72,8 +73,8 @@ type Conn struct {
 	closing  sync.Once
 }
 
-// Connect starts a session and its data connections. On error nothing is left running.
-func Connect(ctx context.Context, cfg Config) (*Conn, error) {
+// Connect starts the agent's attachment and the tunnel's data connections. On error nothing is left running.
+func Connect(ctx context.Context, cfg Config) (*Tunnel, error) {
 	if cfg.DataConns <= 0 {
 		cfg.DataConns = 1
 	}
@@ -87,7 +88,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &Conn{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan struct{})}
+	c := &Tunnel{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan struct{})}
 	go func() {
 		var stderr io.Writer = c.stderr
 		if cfg.AgentLog != nil {
@@ -105,7 +106,7 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		Role: wire.RolePlugin, Version: cfg.Version,
 		HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatDeadline: cfg.HeartbeatDeadline,
 	})
-	fail := func(err error) (*Conn, error) {
+	fail := func(err error) (*Tunnel, error) {
 		c.shutdown(err, false)
 		return nil, err
 	}
@@ -120,13 +121,13 @@ func Connect(ctx context.Context, cfg Config) (*Conn, error) {
 		if err != nil {
 			return fail(err)
 		}
-		c.tunnels = append(c.tunnels, t)
+		c.muxes = append(c.muxes, t)
 	}
 	go c.run(runCtx)
 	return c, nil
 }
 
-func (c *Conn) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Session, error) {
+func (c *Tunnel) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Mux, error) {
 	rwc, err := c.cfg.Data.OpenData(ctx, c.welcome.DataPort)
 	if err != nil {
 		return nil, fmt.Errorf("open data connection to the agent's port %d: %w", c.welcome.DataPort, err)
@@ -151,10 +152,10 @@ func (c *Conn) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Sessio
 
 // run watches the session: the control channel's end (heartbeat loss, EOF, Bye) or the loss of every
 // data connection ends it.
-func (c *Conn) run(ctx context.Context) {
+func (c *Tunnel) run(ctx context.Context) {
 	allGone := make(chan struct{})
 	go func() {
-		for _, t := range c.tunnels {
+		for _, t := range c.muxes {
 			select {
 			case <-t.Done():
 			case <-ctx.Done():
@@ -178,7 +179,7 @@ func (c *Conn) run(ctx context.Context) {
 }
 
 // withAgentOutput adds the last line the agent printed, which usually says why it stopped.
-func (c *Conn) withAgentOutput(err error) error {
+func (c *Tunnel) withAgentOutput(err error) error {
 	if line := c.stderr.lastLine(); line != "" {
 		return fmt.Errorf("%w (agent: %s)", err, line)
 	}
@@ -188,10 +189,10 @@ func (c *Conn) withAgentOutput(err error) error {
 // shutdown ends the session and, unless graceful, the exec stream at once. A graceful end (Close)
 // only closes stdin, so that the agent exits and the exec stream ends cleanly; cutting it under a
 // reading client-go stream makes client-go log errors the user should not see.
-func (c *Conn) shutdown(err error, graceful bool) {
+func (c *Tunnel) shutdown(err error, graceful bool) {
 	c.closing.Do(func() {
 		c.err = err
-		for _, t := range c.tunnels {
+		for _, t := range c.muxes {
 			t.Close()
 		}
 		c.stdin.Close()
@@ -203,13 +204,13 @@ func (c *Conn) shutdown(err error, graceful bool) {
 }
 
 // Welcome is what the agent said about itself.
-func (c *Conn) Welcome() wire.Welcome { return c.welcome }
+func (c *Tunnel) Welcome() wire.Welcome { return c.welcome }
 
 // Done is closed when the session has ended; Err then says why.
-func (c *Conn) Done() <-chan struct{} { return c.done }
+func (c *Tunnel) Done() <-chan struct{} { return c.done }
 
 // Err is why the session ended, nil while it runs.
-func (c *Conn) Err() error {
+func (c *Tunnel) Err() error {
 	select {
 	case <-c.done:
 		return c.err
@@ -218,20 +219,20 @@ func (c *Conn) Err() error {
 	}
 }
 
-// SetWriteInterval spaces the writes of every data connection (wire.Session.SetWriteInterval).
-func (c *Conn) SetWriteInterval(d time.Duration) {
-	for _, t := range c.tunnels {
+// SetWriteInterval spaces the writes of every data connection (wire.Mux.SetWriteInterval).
+func (c *Tunnel) SetWriteInterval(d time.Duration) {
+	for _, t := range c.muxes {
 		t.SetWriteInterval(d)
 	}
 }
 
 // Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline,
 // and waits (bounded) for the agent's session process to exit.
-func (c *Conn) Close() error {
+func (c *Tunnel) Close() error {
 	alive := c.Err() == nil
 	// Data first: a goodbye first would make the agent drop the data connections under our last
 	// writes, and an exec data path would log the failed write.
-	for _, t := range c.tunnels {
+	for _, t := range c.muxes {
 		t.Close()
 	}
 	if alive {
@@ -249,7 +250,7 @@ func (c *Conn) Close() error {
 var errClosed = errors.New("session closed")
 
 // Dial opens a stream through which the agent dials address from the pod.
-func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error) {
+func (c *Tunnel) Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error) {
 	req := wire.OpenRequest{Kind: wire.KindDial, Network: network, Address: address}
 	if network == wire.NetworkTCP {
 		req.Compression = c.cfg.Compression
@@ -263,28 +264,28 @@ func (c *Conn) Dial(ctx context.Context, network, address string) (io.ReadWriteC
 
 // Steal asks the agent to steal; the returned stream carries the steal's events and ending it (Close)
 // ends the steal. The agent answers only once its redirect is in place.
-func (c *Conn) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
+func (c *Tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
 	return c.open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
 }
 
 // Dump asks the agent to capture; the returned stream carries the capture as pcapng. CloseWrite ends
 // the capture: the agent then writes its packet counts and closes its side.
-func (c *Conn) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
+func (c *Tunnel) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
 	return c.open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
 }
 
 // Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
 // connection. Ending the returned stream ends the mirror; its last line is the agent's counts.
-func (c *Conn) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
+func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
 	return c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
 }
 
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
 // first call starts accepting; before it, the agent's streams wait in yamux's backlog.
-func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {
+func (c *Tunnel) Accept(ctx context.Context) (*wire.Incoming, error) {
 	c.acceptOnce.Do(func() {
 		c.incoming = make(chan *wire.Incoming)
-		for _, t := range c.tunnels {
+		for _, t := range c.muxes {
 			go func() {
 				for {
 					in, err := t.Accept(context.Background())
@@ -312,7 +313,7 @@ func (c *Conn) Accept(ctx context.Context) (*wire.Incoming, error) {
 }
 
 // open opens a stream of any kind on the least loaded data connection.
-func (c *Conn) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, error) {
+func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, error) {
 	t := c.pick()
 	if t == nil {
 		if err := c.Err(); err != nil {
@@ -325,10 +326,10 @@ func (c *Conn) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, er
 
 // pick spreads streams over the data connections, preferring the least loaded and taking turns
 // among equals.
-func (c *Conn) pick() *wire.Session {
+func (c *Tunnel) pick() *wire.Mux {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	best := wire.LeastLoaded(c.tunnels, c.next)
+	best := wire.LeastLoaded(c.muxes, c.next)
 	c.next++
 	return best
 }

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/trafficlab/kubectl-trafficlab/ephemeral/session"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -33,7 +33,7 @@ func newAgentExec() *agentExec {
 }
 
 func (a *agentExec) StartControl(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error {
-	err := session.Run(ctx, session.Config{
+	err := attach.Run(ctx, attach.Config{
 		Version: "test",
 		In:      a.cut(stdin),
 		Out:     stdout,
@@ -89,7 +89,7 @@ func (loopbackData) OpenData(ctx context.Context, port int) (io.ReadWriteCloser,
 
 func itoa(n int) string { return (&net.TCPAddr{Port: n}).String()[1:] }
 
-func connect(t *testing.T, cfg tunnel.Config) (*tunnel.Conn, *agentExec) {
+func connect(t *testing.T, cfg tunnel.Config) (*tunnel.Tunnel, *agentExec) {
 	t.Helper()
 	a := newAgentExec()
 	cfg.Control = a

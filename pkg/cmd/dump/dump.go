@@ -179,7 +179,7 @@ func (o *Options) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.Close()
-	st, err := s.Conn.Dump(ctx, o.spec())
+	st, err := s.Tunnel.Dump(ctx, o.spec())
 	if err != nil {
 		return fmt.Errorf("start capturing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
 	}
@@ -212,7 +212,7 @@ func (o *Options) Run(ctx context.Context) error {
 			runErr = err
 		case <-time.After(5 * time.Second):
 		}
-	case <-s.Conn.Done():
+	case <-s.Tunnel.Done():
 		runErr = s.Lost()
 	}
 	v.close()

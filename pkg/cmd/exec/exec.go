@@ -228,7 +228,7 @@ func (o *Options) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.Close()
-	if s.Conn.Welcome().ResolvConf == "" {
+	if s.Tunnel.Welcome().ResolvConf == "" {
 		fmt.Fprintln(o.ErrOut, "warning: the agent could not read the pod's /etc/resolv.conf; names are resolved by the pod's loopback, without search domains")
 	}
 	var code int

@@ -20,7 +20,7 @@ func (o *Options) runProxied(ctx context.Context, s *session.Session) (int, erro
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := &proxy.Server{Remote: s.Conn, Router: o.egress}
+	srv := &proxy.Server{Remote: s.Tunnel, Router: o.egress}
 	go func() { _ = srv.Serve(pctx, ln) }()
 	stop, err := o.attach(ctx, s, nil)
 	if err != nil {

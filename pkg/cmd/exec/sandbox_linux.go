@@ -18,11 +18,11 @@ import (
 
 // runSandboxed runs the command in its own namespaces; the stack hands its flows to the router.
 func (o *Options) runSandboxed(ctx context.Context, s *session.Session) (int, error) {
-	pod := []byte(s.Conn.Welcome().ResolvConf)
+	pod := []byte(s.Tunnel.Welcome().ResolvConf)
 	gw4, gw6 := netip.MustParseAddr(sandbox.GatewayIPv4), netip.MustParseAddr(sandbox.GatewayIPv6)
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	dns, err := router.StartResolver(dctx, &dnsproxy.Server{Dialer: s.Conn, Pod: dnsproxy.ParseResolvConf(pod), Filter: o.egress})
+	dns, err := router.StartResolver(dctx, &dnsproxy.Server{Dialer: s.Tunnel, Pod: dnsproxy.ParseResolvConf(pod), Filter: o.egress})
 	if err != nil {
 		return 0, err
 	}
@@ -34,7 +34,7 @@ func (o *Options) runSandboxed(ctx context.Context, s *session.Session) (int, er
 		return 0, err
 	}
 	defer sb.Close()
-	r := &router.Router{Pod: s.Conn, Filter: o.egress, DNS: dns, Gateways: []netip.Addr{gw4, gw6}}
+	r := &router.Router{Pod: s.Tunnel, Filter: o.egress, DNS: dns, Gateways: []netip.Addr{gw4, gw6}}
 	stack, err := netstack.New(sb.TUN(), netstack.Config{MTU: sandbox.MTU, Dialer: r})
 	if err != nil {
 		return 0, err

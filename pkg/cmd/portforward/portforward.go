@@ -152,7 +152,7 @@ func (o *Options) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.Close()
-	fw.Dialer = s.Conn
+	fw.Dialer = s.Tunnel
 	fw.Announce(tcp, udp)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -19,7 +19,7 @@ const dialTimeout = 5 * time.Second
 // resolved, port the pod port. exec's reaches into its command's namespace.
 type Dialer func(ctx context.Context, addr string, port int) (net.Conn, error)
 
-// Acceptor hands out the streams the agent opens (tunnel.Conn).
+// Acceptor hands out the streams the agent opens (tunnel.Tunnel).
 type Acceptor interface {
 	Accept(ctx context.Context) (*wire.Incoming, error)
 }

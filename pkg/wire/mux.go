@@ -11,8 +11,8 @@ import (
 	"github.com/hashicorp/yamux"
 )
 
-// TunnelConfig tunes the yamux session both ends run on a data connection.
-type TunnelConfig struct {
+// MuxConfig tunes the yamux session both ends run on a data connection.
+type MuxConfig struct {
 	// KeepAliveInterval is how often yamux pings; a ping that gets no answer within WriteTimeout
 	// closes the session. The control channel's heartbeat is what notices a lost peer quickly; this
 	// only reaps data connections that port-forward left half-dead.
@@ -31,10 +31,10 @@ type TunnelConfig struct {
 	Log io.Writer
 }
 
-// DefaultTunnelConfig is tuned for port-forward: a 4 MiB window carries ~400 MiB/s per stream at a
+// DefaultMuxConfig is tuned for port-forward: a 4 MiB window carries ~400 MiB/s per stream at a
 // 10 ms round trip, and a thousand idle streams still cost nothing because yamux buffers lazily.
-func DefaultTunnelConfig() TunnelConfig {
-	return TunnelConfig{
+func DefaultMuxConfig() MuxConfig {
+	return MuxConfig{
 		KeepAliveInterval: 15 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		StreamWindow:      4 << 20,
@@ -43,15 +43,15 @@ func DefaultTunnelConfig() TunnelConfig {
 	}
 }
 
-// PluginStreamWindow is the plugin's stream window, larger than DefaultTunnelConfig's: a receive
+// PluginStreamWindow is the plugin's stream window, larger than DefaultMuxConfig's: a receive
 // window is what the peer may have in flight towards us, and the apiserver, kubelet and runtime
 // proxies on the way buffer several MiB. Measured on the local cluster: 4 MiB ~185 MiB/s, 16 MiB
 // ~220 MiB/s for one download stream. The memory is the developer's, not the pod's; the agent keeps
 // the default for uploads.
 const PluginStreamWindow = 16 << 20
 
-func (c TunnelConfig) yamux() *yamux.Config {
-	d := DefaultTunnelConfig()
+func (c MuxConfig) yamux() *yamux.Config {
+	d := DefaultMuxConfig()
 	if c.KeepAliveInterval <= 0 {
 		c.KeepAliveInterval = d.KeepAliveInterval
 	}
@@ -84,9 +84,9 @@ func (c TunnelConfig) yamux() *yamux.Config {
 	}
 }
 
-// Session is one yamux session over one data connection. Either end may open streams: the plugin
+// Mux is one yamux session over one data connection. Either end may open streams: the plugin
 // opens dial, steal, dump and mirror streams, the agent incoming and mirrored ones.
-type Session struct {
+type Mux struct {
 	mux      *yamux.Session
 	batcher  *batcher
 	codecs   *codecs
@@ -97,36 +97,36 @@ type Session struct {
 	acceptWG sync.WaitGroup
 }
 
-// Client starts the plugin's end of a tunnel on conn, after ClientPreamble succeeded on it.
-func Client(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
+// Client starts the plugin's end of a mux on the data connection conn, after ClientPreamble succeeded on it.
+func Client(conn io.ReadWriteCloser, cfg MuxConfig) (*Mux, error) {
 	b := newBatcher(conn)
 	m, err := yamux.Client(newCoalescer(b), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel client: %w", err)
 	}
-	return newSession(m, b, cfg), nil
+	return newMux(m, b, cfg), nil
 }
 
-// Server starts the agent's end of a tunnel on conn, after ServerPreamble succeeded on it.
-func Server(conn io.ReadWriteCloser, cfg TunnelConfig) (*Session, error) {
+// Server starts the agent's end of a mux on the data connection conn, after ServerPreamble succeeded on it.
+func Server(conn io.ReadWriteCloser, cfg MuxConfig) (*Mux, error) {
 	b := newBatcher(conn)
 	m, err := yamux.Server(newCoalescer(b), cfg.yamux())
 	if err != nil {
 		return nil, fmt.Errorf("start tunnel server: %w", err)
 	}
-	return newSession(m, b, cfg), nil
+	return newMux(m, b, cfg), nil
 }
 
-func newSession(m *yamux.Session, b *batcher, cfg TunnelConfig) *Session {
+func newMux(m *yamux.Session, b *batcher, cfg MuxConfig) *Mux {
 	openTO := cfg.OpenTimeout
 	if openTO <= 0 {
-		openTO = DefaultTunnelConfig().OpenTimeout
+		openTO = DefaultMuxConfig().OpenTimeout
 	}
 	backlog := cfg.AcceptBacklog
 	if backlog <= 0 {
-		backlog = DefaultTunnelConfig().AcceptBacklog
+		backlog = DefaultMuxConfig().AcceptBacklog
 	}
-	s := &Session{
+	s := &Mux{
 		mux:      m,
 		batcher:  b,
 		codecs:   newCodecs(),
@@ -141,7 +141,7 @@ func newSession(m *yamux.Session, b *batcher, cfg TunnelConfig) *Session {
 
 // acceptLoop reads each new stream's open request in its own goroutine, so one slow opener cannot
 // hold up the others.
-func (s *Session) acceptLoop() {
+func (s *Mux) acceptLoop() {
 	defer s.acceptWG.Done()
 	for {
 		ys, err := s.mux.AcceptStream()
@@ -152,7 +152,7 @@ func (s *Session) acceptLoop() {
 	}
 }
 
-func (s *Session) readOpen(ys *yamux.Stream) {
+func (s *Mux) readOpen(ys *yamux.Stream) {
 	_ = ys.SetReadDeadline(time.Now().Add(s.openTO))
 	msg, err := ReadMessage(ys)
 	_ = ys.SetReadDeadline(time.Time{})
@@ -190,7 +190,7 @@ func replyCode(err error) Code {
 
 // Open opens a stream, sends req and waits for the peer's reply. A refusal comes back as a
 // *RemoteError, so errors.Is(err, ErrRefused) and the like work. ctx bounds the whole handshake.
-func (s *Session) Open(ctx context.Context, req OpenRequest) (*Stream, error) {
+func (s *Mux) Open(ctx context.Context, req OpenRequest) (*Stream, error) {
 	if err := req.validate(); err != nil {
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (s *Session) Open(ctx context.Context, req OpenRequest) (*Stream, error) {
 	return newStream(ys, reply.Compression, s.codecs, req), nil
 }
 
-func (s *Session) openHandshake(ys *yamux.Stream, req OpenRequest) (OpenReply, error) {
+func (s *Mux) openHandshake(ys *yamux.Stream, req OpenRequest) (OpenReply, error) {
 	if err := WriteMessage(ys, req); err != nil {
 		return OpenReply{}, fmt.Errorf("open %s %s %q: %w", req.Kind, req.Network, req.Address, err)
 	}
@@ -255,7 +255,7 @@ func contains(list []Compression, c Compression) bool {
 
 // Accept waits for the peer to open a stream and returns its request, which the caller must answer
 // with Incoming.Accept or Incoming.Reject.
-func (s *Session) Accept(ctx context.Context) (*Incoming, error) {
+func (s *Mux) Accept(ctx context.Context) (*Incoming, error) {
 	select {
 	case in := <-s.incoming:
 		return in, nil
@@ -269,17 +269,17 @@ func (s *Session) Accept(ctx context.Context) (*Incoming, error) {
 }
 
 // Ping measures the round trip over the data connection.
-func (s *Session) Ping() (time.Duration, error) { return s.mux.Ping() }
+func (s *Mux) Ping() (time.Duration, error) { return s.mux.Ping() }
 
 // NumStreams is how many streams are open, for metrics and pool balancing.
-func (s *Session) NumStreams() int { return s.mux.NumStreams() }
+func (s *Mux) NumStreams() int { return s.mux.NumStreams() }
 
 // LeastLoaded returns the open session with the fewest open streams, nil when none is open. Among
 // equally loaded ones the first counting from index start wins (wrapping around), so a caller that
 // advances start on every pick spreads short-lived streams round-robin instead of piling them on
 // the first connection. Both ends spread their streams with it: the plugin its dials, the agent
 // its stolen and mirrored connections.
-func LeastLoaded(sessions []*Session, start int) *Session {
+func LeastLoaded(sessions []*Mux, start int) *Mux {
 	if len(sessions) == 0 {
 		return nil
 	}
@@ -287,7 +287,7 @@ func LeastLoaded(sessions []*Session, start int) *Session {
 	if start < 0 {
 		start += len(sessions)
 	}
-	var best *Session
+	var best *Mux
 	bestN := 0
 	for i := range sessions {
 		s := sessions[(start+i)%len(sessions)]
@@ -302,7 +302,7 @@ func LeastLoaded(sessions []*Session, start int) *Session {
 }
 
 // Done is closed when the session ends, for whatever reason.
-func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
+func (s *Mux) Done() <-chan struct{} { return s.mux.CloseChan() }
 
 // SetWriteInterval sets the least time between two writes to the data connection; the frames that
 // come meanwhile share the next write. Every write is a message that each hop of the port-forward
@@ -310,16 +310,16 @@ func (s *Session) Done() <-chan struct{} { return s.mux.CloseChan() }
 // apiserver, the kubelet and the runtime far less as fewer, larger writes, at the price of up to d
 // more latency, and only while frames come faster than one per d. Zero, the default, writes as soon
 // as the previous write returned.
-func (s *Session) SetWriteInterval(d time.Duration) { s.batcher.interval.Store(int64(d)) }
+func (s *Mux) SetWriteInterval(d time.Duration) { s.batcher.interval.Store(int64(d)) }
 
 // WriteInterval is the interval SetWriteInterval set.
-func (s *Session) WriteInterval() time.Duration { return time.Duration(s.batcher.interval.Load()) }
+func (s *Mux) WriteInterval() time.Duration { return time.Duration(s.batcher.interval.Load()) }
 
 // IsClosed reports whether the session has ended.
-func (s *Session) IsClosed() bool { return s.mux.IsClosed() }
+func (s *Mux) IsClosed() bool { return s.mux.IsClosed() }
 
 // Close ends the session and every stream in it, and the underlying connection.
-func (s *Session) Close() error {
+func (s *Mux) Close() error {
 	var err error
 	s.once.Do(func() {
 		close(s.done)
@@ -334,7 +334,7 @@ func (s *Session) Close() error {
 type Incoming struct {
 	ys       *yamux.Stream
 	req      OpenRequest
-	sess     *Session
+	sess     *Mux
 	answered bool
 }
 

@@ -1,4 +1,4 @@
-package session
+package attach
 
 import (
 	"net"
@@ -9,7 +9,7 @@ import (
 )
 
 // newTunnel is the agent's end of a tunnel over a pipe whose other end only reads.
-func newTunnel(t *testing.T) *wire.Session {
+func newTunnel(t *testing.T) *wire.Mux {
 	t.Helper()
 	a, b := net.Pipe()
 	go func() {
@@ -20,7 +20,7 @@ func newTunnel(t *testing.T) *wire.Session {
 			}
 		}
 	}()
-	s, err := wire.Server(a, wire.TunnelConfig{})
+	s, err := wire.Server(a, wire.MuxConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestMirrorSpacesEveryTunnelWhileAnyMirrorRuns(t *testing.T) {
 	if !s.track(first) {
 		t.Fatal("track refused a tunnel")
 	}
-	check := func(when string, want time.Duration, tunnels ...*wire.Session) {
+	check := func(when string, want time.Duration, tunnels ...*wire.Mux) {
 		t.Helper()
 		for i, tn := range tunnels {
 			if got := tn.WriteInterval(); got != want {

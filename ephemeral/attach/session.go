@@ -1,9 +1,9 @@
-// Package session runs one plugin session inside the agent: the exec'd `trafficlab-agent session`
+// Package attach is a session's attachment to one agent: the exec'd `trafficlab-agent attach`
 // process reads the plugin's Hello on stdin, listens on the pod's loopback for data connections, and
-// serves streams until the control channel ends. Everything the session holds (listener, tunnels,
+// serves streams until the control channel ends. Everything the attachment holds (listener, muxes,
 // dialed connections) is released when Run returns, and the process exits after it, so even state the
 // kernel keeps for a process (owned nftables tables, later) cannot outlive the session.
-package session
+package attach
 
 import (
 	"context"
@@ -39,7 +39,7 @@ type Config struct {
 	// pod IP and only the kubelet's port-forward (or a process in the pod) can reach it.
 	ListenAddress string
 	Dialer        *dial.Dialer
-	Tunnel        wire.TunnelConfig
+	Tunnel        wire.MuxConfig
 	// PreambleTimeout bounds an unauthenticated connection's handshake.
 	PreambleTimeout time.Duration
 	Clock           wire.Clock
@@ -134,7 +134,7 @@ type server struct {
 
 	mu       sync.Mutex
 	closed   bool
-	sessions map[*wire.Session]struct{}
+	sessions map[*wire.Mux]struct{}
 	mirrors  int // running; while there is one, every tunnel spaces its writes
 	streams  sync.WaitGroup
 }
@@ -192,21 +192,21 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	}
 }
 
-func (s *server) track(t *wire.Session) bool {
+func (s *server) track(t *wire.Mux) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
 	if s.sessions == nil {
-		s.sessions = map[*wire.Session]struct{}{}
+		s.sessions = map[*wire.Mux]struct{}{}
 	}
 	s.sessions[t] = struct{}{}
 	t.SetWriteInterval(s.writeInterval())
 	return true
 }
 
-// writeInterval is what the tunnels' writes are spaced by now (wire.Session.SetWriteInterval):
+// writeInterval is what the tunnels' writes are spaced by now (wire.Mux.SetWriteInterval):
 // wire.MirrorWriteInterval while a mirror runs, since its copies cross the port-forward chain one
 // small frame each. Called with mu held.
 func (s *server) writeInterval() time.Duration {
@@ -233,7 +233,7 @@ func (s *server) adjustMirrors(n int) {
 	}
 }
 
-func (s *server) untrack(t *wire.Session) {
+func (s *server) untrack(t *wire.Mux) {
 	s.mu.Lock()
 	delete(s.sessions, t)
 	s.mu.Unlock()
@@ -262,7 +262,7 @@ func (s *server) waitStreams(limit time.Duration) {
 func (s *server) closeAll() {
 	s.mu.Lock()
 	s.closed = true
-	ts := make([]*wire.Session, 0, len(s.sessions))
+	ts := make([]*wire.Mux, 0, len(s.sessions))
 	for t := range s.sessions {
 		ts = append(ts, t)
 	}

@@ -10,14 +10,14 @@ import (
 	"net"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
-	"github.com/trafficlab/kubectl-trafficlab/ephemeral/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // runSession serves one plugin session on the exec stream.
 func runSession(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("trafficlab-agent session", flag.ContinueOnError)
+	fs := flag.NewFlagSet("trafficlab-agent attach", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	dialTimeout := fs.Duration("dial-timeout", dial.DefaultTimeout, "bound on one dial from the pod, name resolution included")
 	debug := fs.Bool("debug", false, "log every connection, not only the session's life (the plugin asks for it at -v=5)")
@@ -27,13 +27,13 @@ func runSession(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		}
 		return fmt.Errorf("%w: %w", errUsage, err)
 	}
-	return session.Run(ctx, session.Config{
+	return attach.Run(ctx, attach.Config{
 		Version: agentVersion(),
 		In:      stdin,
 		Out:     stdout,
 		Log:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level(*debug)})),
 		Dialer:  &dial.Dialer{Timeout: *dialTimeout},
-		Tunnel:  wire.DefaultTunnelConfig(),
+		Tunnel:  wire.DefaultMuxConfig(),
 	})
 }
 

@@ -22,7 +22,7 @@ func TestTunnelConcurrentStreams(t *testing.T) {
 	const streams = 1000
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			client, server := tunnelPair(t, tr, DefaultTunnelConfig())
+			client, server := tunnelPair(t, tr, DefaultMuxConfig())
 			serve(t, server, handlers{"echo:7": echo})
 			codecs := []Compression{CompressionNone, CompressionS2, CompressionZstd}
 			start := time.Now()
@@ -58,7 +58,7 @@ func TestTunnelConcurrentStreams(t *testing.T) {
 }
 
 // echoOnce sends payload through an echo stream, half-closes, and checks what comes back.
-func echoOnce(s *Session, payload []byte, c Compression) error {
+func echoOnce(s *Mux, payload []byte, c Compression) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	st, err := s.Open(ctx, dialReq("echo:7", c))
@@ -94,7 +94,7 @@ func echoOnce(s *Session, payload []byte, c Compression) error {
 func TestTunnelHalfClose(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			client, server := tunnelPair(t, tr, DefaultTunnelConfig())
+			client, server := tunnelPair(t, tr, DefaultMuxConfig())
 			// The handler's last step (CloseWrite) may return after the client has read the end
 			// block; the test must not tear the tunnel down under it.
 			handled := make(chan struct{})
@@ -157,7 +157,7 @@ func TestTunnelHalfClose(t *testing.T) {
 func TestTunnelAbort(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			client, server := tunnelPair(t, tr, DefaultTunnelConfig())
+			client, server := tunnelPair(t, tr, DefaultMuxConfig())
 			serverErr := make(chan error, 1)
 			serve(t, server, handlers{"firehose:9": func(st *Stream) {
 				defer st.Close()
@@ -197,7 +197,7 @@ func TestTunnelAbort(t *testing.T) {
 // TestTunnelAbortAfterHalfClose covers the case where the only signal is the FIN: the server got our
 // end block (so its Read is finished for good) and is still writing when we go away.
 func TestTunnelAbortAfterHalfClose(t *testing.T) {
-	client, server := tunnelPair(t, transports()[1], DefaultTunnelConfig())
+	client, server := tunnelPair(t, transports()[1], DefaultMuxConfig())
 	serverErr := make(chan error, 1)
 	serve(t, server, handlers{"drain-then-firehose:9": func(st *Stream) {
 		defer st.Close()
@@ -235,7 +235,7 @@ func TestTunnelAbortAfterHalfClose(t *testing.T) {
 }
 
 func TestTunnelOpenErrors(t *testing.T) {
-	client, server := tunnelPair(t, transports()[0], DefaultTunnelConfig())
+	client, server := tunnelPair(t, transports()[0], DefaultMuxConfig())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -300,7 +300,7 @@ func TestTunnelOpenErrors(t *testing.T) {
 }
 
 func TestTunnelOpenContext(t *testing.T) {
-	client, server := tunnelPair(t, transports()[1], DefaultTunnelConfig())
+	client, server := tunnelPair(t, transports()[1], DefaultMuxConfig())
 	hold := make(chan struct{})
 	defer close(hold)
 	go func() {
@@ -333,7 +333,7 @@ func TestTunnelOpenContext(t *testing.T) {
 func TestTunnelBackPressure(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			cfg := DefaultTunnelConfig()
+			cfg := DefaultMuxConfig()
 			client, server := tunnelPair(t, tr, cfg)
 			release := make(chan struct{})
 			got := make(chan [32]byte, 1)
@@ -420,7 +420,7 @@ func TestTunnelLargeTransfer(t *testing.T) {
 	const size = 256 << 20
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
-			client, server := tunnelPair(t, tr, DefaultTunnelConfig())
+			client, server := tunnelPair(t, tr, DefaultMuxConfig())
 			serve(t, server, handlers{"echo:7": echo})
 			st, err := client.Open(context.Background(), dialReq("echo:7"))
 			if err != nil {
@@ -465,7 +465,7 @@ func TestTunnelLargeTransfer(t *testing.T) {
 }
 
 func TestTunnelPing(t *testing.T) {
-	client, server := tunnelPair(t, transports()[1], DefaultTunnelConfig())
+	client, server := tunnelPair(t, transports()[1], DefaultMuxConfig())
 	serve(t, server, handlers{})
 	if _, err := client.Ping(); err != nil {
 		t.Fatal(err)
@@ -516,9 +516,9 @@ func TestLeastLoaded(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var sessions []*Session
+			var sessions []*Mux
 			for i, c := range tt.conns {
-				client, server := tunnelPair(t, transports()[0], TunnelConfig{})
+				client, server := tunnelPair(t, transports()[0], MuxConfig{})
 				// The streams stay open until the session ends.
 				serve(t, server, handlers{"hold:1": func(st *Stream) { _, _ = io.Copy(io.Discard, st) }})
 				for range c.streams {
@@ -539,7 +539,7 @@ func TestLeastLoaded(t *testing.T) {
 				sessions = append(sessions, client)
 			}
 			got := LeastLoaded(sessions, tt.start)
-			var want *Session
+			var want *Mux
 			if tt.want >= 0 {
 				want = sessions[tt.want]
 			}
