@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 )
 
 // routes adds the endpoints the HTTP/1 tests use to a who server.
@@ -422,21 +424,8 @@ func TestHTTP1LocalClosesAtOnce(t *testing.T) {
 	checkLeaks(t)
 	app := whoServer(t, "app", false, nil)
 	// A tunnel that opens but whose far end closes at once: the dial succeeds, the request fails.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	p := startProxy(t, proxyConfig{app: app.addr(), local: ln.Addr().String(), steal: stealHeader(t)})
+	local := loopbacktest.Serve(t, func(net.Conn) {}) // Serve closes the connection once the handler returns
+	p := startProxy(t, proxyConfig{app: app.addr(), local: local.String(), steal: stealHeader(t)})
 	c := oneConnClient(t)
 	if _, body := get(t, c, "http://"+p.addr+"/a", "X-Steal", "yes"); body != "app GET /a HTTP/1.1" {
 		t.Errorf("got %q", body)
@@ -509,26 +498,13 @@ func TestHTTP1ResponseUntilClose(t *testing.T) {
 	checkLeaks(t)
 	// An HTTP/1.0 app without Content-Length: its body ends when it closes the connection, so the
 	// proxy must close the client's connection too (the client has no other end-of-body signal).
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					_, _ = io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until close")
-				}
-			}()
+	app := loopbacktest.Serve(t, func(c net.Conn) {
+		// Serve's close once this returns is the end of the body.
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+			_, _ = io.WriteString(c, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nbody until close")
 		}
-	}()
-	p := startProxy(t, proxyConfig{app: ln.Addr().String(), steal: stealHeader(t)})
+	})
+	p := startProxy(t, proxyConfig{app: app.String(), steal: stealHeader(t)})
 	c, err := net.Dial("tcp", p.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -580,34 +556,19 @@ func TestHTTP1Probe(t *testing.T) {
 // rawServer answers one line of its own protocol: a server-first banner, then an echo of what the
 // client sent up to the first empty line.
 func rawServer(t *testing.T, banner string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return loopbacktest.Serve(t, func(c net.Conn) {
+		_, _ = io.WriteString(c, banner)
+		var got []byte
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+			line, err := br.ReadString('\n')
+			got = append(got, line...)
+			if err != nil || line == "\r\n" || line == "QUIT\r\n" {
+				break
 			}
-			go func() {
-				defer c.Close()
-				_, _ = io.WriteString(c, banner)
-				var got []byte
-				br := bufio.NewReader(c)
-				for {
-					line, err := br.ReadString('\n')
-					got = append(got, line...)
-					if err != nil || line == "\r\n" || line == "QUIT\r\n" {
-						break
-					}
-				}
-				_, _ = io.WriteString(c, "raw:"+string(got))
-			}()
 		}
-	}()
-	return ln.Addr().String()
+		_, _ = io.WriteString(c, "raw:"+string(got))
+	}).String()
 }
 
 func TestNotHTTPAfterAllGoesRawToApp(t *testing.T) {

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -289,29 +290,16 @@ func TestMirrorConnectionWithoutClientBytes(t *testing.T) {
 // TestMirrorOpaque: a protocol that is not HTTP is copied byte for byte from its first byte, and
 // not at all when the connection was open before the mirror.
 func TestMirrorOpaque(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	got := make(chan string, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write([]byte("+OK\r\n"))
-				c.Close()
-				got <- string(b)
-			}()
-		}
-	}()
+	dest := loopbacktest.Serve(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write([]byte("+OK\r\n"))
+		c.Close() // before the test hears of it, not after, as Serve would
+		got <- string(b)
+	})
 	for _, midStream := range []bool{false, true} {
 		var ev events
-		m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: ln.Addr().String()}, Events: ev.add})
+		m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.String()}, Events: ev.add})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"testing"
 
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -31,19 +32,5 @@ func Pipe(t testing.TB) (agent, plugin *wire.Mux) {
 // returns its address; it stops when the test ends.
 func Echo(t testing.TB) *net.TCPAddr {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr)
+	return loopbacktest.Serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 }

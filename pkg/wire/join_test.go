@@ -9,57 +9,32 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 )
 
 // forwardChain builds the whole path a forwarded connection takes: local client → plugin listener →
 // tunnel → agent → backend, with Join on both ends, and returns the plugin listener's address.
 func forwardChain(t *testing.T, backend func(net.Conn)) string {
 	t.Helper()
-	bl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { bl.Close() })
-	go func() {
-		for {
-			c, err := bl.Accept()
-			if err != nil {
-				return
-			}
-			go backend(c)
-		}
-	}()
+	backendAddr := loopbacktest.Serve(t, backend).String()
 	client, server := tunnelPair(t, transports()[1], DefaultMuxConfig())
-	serve(t, server, handlers{bl.Addr().String(): func(st *Stream) {
-		conn, err := net.Dial("tcp", bl.Addr().String())
+	serve(t, server, handlers{backendAddr: func(st *Stream) {
+		conn, err := net.Dial("tcp", backendAddr)
 		if err != nil {
 			st.Close()
 			return
 		}
 		_ = Join(st, conn)
 	}})
-	ll, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ll.Close() })
-	go func() {
-		for {
-			c, err := ll.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				st, err := client.Open(context.Background(), dialReq(bl.Addr().String(), CompressionS2))
-				if err != nil {
-					c.Close()
-					return
-				}
-				_ = Join(c, st)
-			}()
+	// Join closes c itself before it returns; Serve's close after it finds c closed already.
+	return loopbacktest.Serve(t, func(c net.Conn) {
+		st, err := client.Open(context.Background(), dialReq(backendAddr, CompressionS2))
+		if err != nil {
+			return // Serve closes c
 		}
-	}()
-	return ll.Addr().String()
+		_ = Join(c, st)
+	}).String()
 }
 
 func TestJoinHalfCloseEndToEnd(t *testing.T) {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -105,24 +106,12 @@ func connect(t *testing.T, cfg tunnel.Config) (*tunnel.Tunnel, *agentExec) {
 
 func echoServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	// Serve's close after the half-close changes nothing the client sees: the client's side ended
+	// first (io.Copy saw its EOF), so the close only frees the socket, which this echo used to leak.
+	return loopbacktest.Serve(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	}).String()
 }
 
 func TestDialThroughAgent(t *testing.T) {

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 )
 
 // loopDialer stands in for the tunnel: it dials a real server on loopback for each remote address.
@@ -47,25 +49,10 @@ func (s *syncBuffer) String() string {
 // upperServer answers everything it reads, upper-cased, after the client half-closes.
 func upperServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				c.Write(bytes.ToUpper(b))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return loopbacktest.Serve(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		c.Write(bytes.ToUpper(b))
+	}).String()
 }
 
 func startForwarder(t *testing.T, d Dialer, specs ...Spec) (*Forwarder, []*Listener, *syncBuffer, *syncBuffer) {

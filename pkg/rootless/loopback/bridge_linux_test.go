@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 )
 
 // fakeNamespace stands for the command's namespace: its "loopback port" listeners are loopback
@@ -34,22 +36,7 @@ func (n *fakeNamespace) listener(port int) net.Listener {
 
 func hostServer(t *testing.T, greeting string) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte(greeting))
-			c.Close()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
+	return loopbacktest.Serve(t, func(c net.Conn) { _, _ = c.Write([]byte(greeting)) }).Port
 }
 
 // TestBridge: a server listening on this machine's loopback when the command starts is reachable

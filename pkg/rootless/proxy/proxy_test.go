@@ -21,6 +21,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/net/http/httpproxy"
 
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/rootless/egress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -169,25 +170,10 @@ func newWorld(t *testing.T, router Router) *world {
 // reach it, and its answer must come back after that.
 func startHalfCloseServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				n, _ := io.Copy(io.Discard, c)
-				fmt.Fprintf(c, "got %d bytes", n)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return loopbacktest.Serve(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		fmt.Fprintf(c, "got %d bytes", n)
+	}).String()
 }
 
 func curl(t *testing.T, args ...string) (string, error) {
