@@ -42,6 +42,6 @@ func runGuard(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return fmt.Errorf("guard of session %q: %w", id, err)
 	}
-	log.Info("session process gone; its nftables table is removed")
+	log.Info("attachment process gone; its nftables table is removed")
 	return nil
 }

@@ -263,10 +263,10 @@ func TestCountSessions(t *testing.T) {
 	}
 	write("1", "/app/server\x00--port=80\x00")
 	write("7", "/trafficlab-agent\x00--idle-timeout=10m0s\x00")
-	write("12", "/trafficlab-agent\x00session\x00")
-	write("13", "/trafficlab-agent\x00session\x00--dial-timeout=5s\x00")
+	write("12", "/trafficlab-agent\x00attach\x00")
+	write("13", "/trafficlab-agent\x00attach\x00--dial-timeout=5s\x00")
 	write("14", "/trafficlab-agent\x00relay\x00127.0.0.1:4000\x00")
-	write("self", "/trafficlab-agent\x00session\x00")
+	write("self", "/trafficlab-agent\x00attach\x00")
 	if got := countSessions(proc); got != 2 {
 		t.Errorf("countSessions = %d, want 2", got)
 	}

@@ -243,7 +243,7 @@ func agentSessionPIDs(t *testing.T, pid string) []int {
 	var pids []int
 	for _, p := range procs {
 		cmdline, err := os.ReadFile(filepath.Join(p, "cmdline"))
-		if err != nil || !bytes.Contains(cmdline, []byte("trafficlab-agent\x00session")) {
+		if err != nil || !bytes.Contains(cmdline, []byte("trafficlab-agent\x00attach")) {
 			continue
 		}
 		if ns, err := os.Readlink(filepath.Join(p, "ns", "net")); err != nil || ns != want {
