@@ -304,17 +304,7 @@ func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 		relayUDP(st, c)
 		return
 	}
-	st, err := in.Accept()
-	if err != nil {
-		c.Close()
-		return
-	}
-	stop := context.AfterFunc(ctx, func() {
-		st.Close()
-		c.Close()
-	})
-	defer stop()
-	if err := wire.Join(st, c); err != nil {
+	if err := in.AcceptJoin(ctx, c); err != nil {
 		s.log.Debug("stream ended with an error", "address", req.Address, "err", err)
 	}
 }

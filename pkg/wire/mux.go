@@ -348,6 +348,23 @@ func (in *Incoming) Accept() (*Stream, error) {
 	return in.AcceptWith(chooseCompression(in.req.Compression))
 }
 
+// AcceptJoin accepts the stream and joins it to c, the connection the answering end dialed for it,
+// until both directions end or ctx is done (both are closed then, so a session's end does not wait
+// for a quiet connection). c is closed whatever happens; the error is Accept's or Join's.
+func (in *Incoming) AcceptJoin(ctx context.Context, c io.ReadWriteCloser) error {
+	st, err := in.Accept()
+	if err != nil {
+		c.Close()
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() {
+		st.Close()
+		c.Close()
+	})
+	defer stop()
+	return Join(st, c)
+}
+
 // AcceptWith is Accept with the codec chosen by the caller, which must be CompressionNone or one the
 // peer offered; a UDP association, for instance, gains nothing from compression.
 func (in *Incoming) AcceptWith(c Compression) (*Stream, error) {

@@ -549,3 +549,79 @@ func TestLeastLoaded(t *testing.T) {
 		})
 	}
 }
+
+// TestAcceptJoin: the answering end's stream is joined to the connection it dialed, both ways, until
+// the context ends, which closes both; a stream that cannot be accepted still closes that connection.
+func TestAcceptJoin(t *testing.T) {
+	client, server := tunnelPair(t, transports()[0], DefaultMuxConfig())
+	ctx := context.Background()
+	incoming := make(chan *Incoming)
+	go func() {
+		for {
+			in, err := server.Accept(ctx)
+			if err != nil {
+				close(incoming)
+				return
+			}
+			incoming <- in
+		}
+	}()
+
+	t.Run("bytes both ways, context end closes both", func(t *testing.T) {
+		local, dialed := net.Pipe()
+		joinCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		opened := make(chan *Stream, 1)
+		go func() {
+			st, err := client.Open(ctx, dialReq("app:80"))
+			if err != nil {
+				t.Error(err)
+			}
+			opened <- st
+		}()
+		go func() { done <- (<-incoming).AcceptJoin(joinCtx, dialed) }()
+		st := <-opened
+		if st == nil {
+			t.FailNow()
+		}
+		if _, err := st.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(local, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("dialed connection read %q, %v; want ping", buf, err)
+		}
+		if _, err := local.Write([]byte("pong")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, buf); err != nil || string(buf) != "pong" {
+			t.Fatalf("stream read %q, %v; want pong", buf, err)
+		}
+		cancel()
+		<-done
+		// The dialed connection was closed by the context's end: its peer reads EOF.
+		if _, err := local.Read(buf); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
+			t.Errorf("the dialed connection's peer read %v after the context ended, want it closed", err)
+		}
+		// So was the stream: the opener's read ends (aborted: the join was cut, not finished) instead
+		// of waiting for bytes that will not come.
+		if _, err := io.ReadAll(st); err == nil {
+			t.Error("the opener's stream ended cleanly; want it aborted by the context's end")
+		}
+	})
+
+	t.Run("a stream already answered closes the dialed connection", func(t *testing.T) {
+		local, dialed := net.Pipe()
+		go func() { _, _ = client.Open(ctx, dialReq("app:81")) }()
+		in := <-incoming
+		if err := in.Reject(ErrRefused); err != nil {
+			t.Fatal(err)
+		}
+		if err := in.AcceptJoin(ctx, dialed); err == nil {
+			t.Fatal("AcceptJoin of an answered stream succeeded")
+		}
+		if _, err := local.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrClosedPipe) {
+			t.Errorf("the dialed connection's peer read %v, want it closed", err)
+		}
+	})
+}

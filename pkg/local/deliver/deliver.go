@@ -89,15 +89,5 @@ func join(ctx context.Context, in *wire.Incoming, addr string, dial Dialer) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	st, err := in.Accept()
-	if err != nil {
-		c.Close()
-		return
-	}
-	stop := context.AfterFunc(ctx, func() {
-		st.Close()
-		c.Close()
-	})
-	defer stop()
-	_ = wire.Join(st, c)
+	_ = in.AcceptJoin(ctx, c)
 }
