@@ -114,6 +114,7 @@ T0=$SECONDS
 summary=()
 found=0
 failed=0
+deadline=0
 for t in "${targets[@]}"; do
   read -r importpath name <<<"$t"
   dir=${pkgdir[$importpath]}
@@ -134,6 +135,15 @@ for t in "${targets[@]}"; do
     continue
   fi
   new=$(comm -13 <(printf '%s\n' "$before") <(untracked "$seeds") | sed '/^$/d')
+  # Go 1.26's fuzz coordinator can fail a target at the -fuzztime deadline with a bare "context
+  # deadline exceeded" and no input, when the deadline's cancel races the workers' shutdown
+  # (go.dev/issue/75804, fixed in Go 1.27 and not in 1.26.x). That is no find and no failure of
+  # ours: report it, and count it apart, so that it fails neither make fuzz nor the smoke pass.
+  if [[ -z $new ]] && grep -qx '    context deadline exceeded' "$log" && ! grep -q -- '--- FAIL: .*/' "$log"; then
+    deadline=$((deadline + 1))
+    line "deadline race (go.dev/issue/75804, no input: not a find)"
+    continue
+  fi
   if [[ -z $new ]]; then
     # No input written: the target did not build, or a committed seed failed. Both fail the
     # ordinary go test as well; here they are reported and counted.
@@ -166,7 +176,7 @@ for t in "${targets[@]}"; do
 done
 
 echo
-echo "fuzz: summary: $((SECONDS - T0))s for ${#targets[@]} targets ($fuzztime each); $found new crashers, $failed failures"
+echo "fuzz: summary: $((SECONDS - T0))s for ${#targets[@]} targets ($fuzztime each); $found new crashers, $failed failures, $deadline ended by Go's deadline race"
 printf '%s\n' "${summary[@]}"
 # The smoke pass never gates: a target that does not build or a committed seed that fails already
 # fails the ordinary go test, and a find is printed and kept above.
