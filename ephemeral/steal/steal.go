@@ -157,16 +157,9 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
 	s.matcher = m
-	var gateways []netip.Addr
-	readGateways := func() (err error) {
-		gateways, err = probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
-		return err
-	}
-	if cfg.InNetns != nil {
-		err = cfg.InNetns(readGateways)
-	} else {
-		err = readGateways()
-	}
+	// The calling thread is in the pod's network namespace (the listener and the redirect are made
+	// there too): its route table is the pod's.
+	gateways, err := probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
 	if err != nil {
 		return nil, err
 	}
