@@ -13,7 +13,6 @@ import (
 var (
 	gateway = netip.MustParseAddr("10.88.0.1")
 	node    = "10.250.0.1"
-	client  = netip.MustParseAddrPort("10.88.0.7:40000")
 )
 
 // testProbes are a pod's probes: an httpGet probe with the kubelet's User-Agent, one with its own,
