@@ -73,8 +73,8 @@ type Mirror struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	matcher *wire.FilterMatcher
-	// probes decides which requests are the kubelet's; the plugin sends no declared probes yet.
-	probes probe.Rule
+	// probes decides which connections and requests are the kubelet's.
+	probes *probe.Rule
 	ports  map[uint16]bool
 	// own are the local addresses of the mirror's own connections to its destination: when the
 	// destination routes back to the pod's port, they must not be mirrored again.
@@ -109,6 +109,12 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
 	m.matcher = matcher
+	// The mirror runs in the pod's network namespace: its route table is the pod's.
+	gateways, err := probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
+	if err != nil {
+		return nil, err
+	}
+	m.probes = probe.New(cfg.Spec.Probes, gateways)
 	for _, p := range cfg.Spec.Ports {
 		m.ports[uint16(p)] = true
 	}
@@ -125,6 +131,11 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 		return nil
 	}
 	m.stats.connections.Add(1)
+	if m.probes.PassConn(f.Client, f.Server.Port()) {
+		// A tcpSocket or HTTPS probe: the kubelet's, told by its source and port.
+		m.stats.probes.Add(1)
+		return nil
+	}
 	return newConn(m, f)
 }
 

@@ -51,6 +51,8 @@ type MirrorSpec struct {
 	// Diff compares each copy's response with the pod's: status, the DiffHeaders, and the body.
 	Diff        bool     `json:"diff,omitempty"`
 	DiffHeaders []string `json:"diffHeaders,omitempty"`
+	// Probes are the pod's probes, which are never copied (as in StealSpec).
+	Probes *Probes `json:"probes,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.
@@ -88,7 +90,7 @@ func (m *MirrorSpec) Validate() error {
 	if err := m.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)
 	}
-	return nil
+	return m.Probes.Validate()
 }
 
 // Sniffs reports whether the mirror captures packets rather than redirecting.
