@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
@@ -27,8 +28,9 @@ type conn struct {
 	sawClient bool    // the client's first byte (or a hole before it) was seen
 	ended     [2]bool // per Direction: that direction has ended
 	midStream bool    // the capture began after the connection did
-	pre       []byte  // client bytes before the protocol was known
+	pre       []byte  // client bytes before the protocol was known, reserved in the memory budget
 	preLost   bool
+	budgetGap bool // the tee skipped bytes for the memory budget: the gap they leave is the budget's
 	dead      bool // an opaque copy was given up
 	rep       *replayer
 
@@ -49,6 +51,9 @@ func newConn(m *Mirror, f capture.Flow) *conn {
 		OnProtocol: c.protocol,
 		OnRequest:  c.request,
 		MaxBody:    maxBody,
+	}
+	if m.cfg.Budget != nil {
+		opts.Budget = m.cfg.Budget
 	}
 	if m.cfg.Spec.Diff {
 		opts.KeepResponses = true
@@ -71,13 +76,29 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 		return
 	}
 	if c.proto == "" && dir == capture.ClientToServer && !c.midStream && !c.preLost {
-		if len(c.pre)+len(data) > preLimit {
-			c.preLost, c.pre = true, nil
+		if len(c.pre)+len(data) > preLimit || !c.m.cfg.Budget.Reserve(len(data)) {
+			c.dropPre()
+			c.preLost = true
 		} else {
 			c.pre = append(c.pre, data...)
 		}
 	}
 	c.hf.Data(dir, data, t)
+}
+
+// dropPre gives up the bytes kept before the protocol was known.
+func (c *conn) dropPre() {
+	c.m.cfg.Budget.Release(len(c.pre))
+	c.pre = nil
+}
+
+// GapOverBudget is a gap the redirect's tee left because the agent was over its memory budget: the
+// copy it breaks is counted as the budget's drop, not as bytes lost.
+func (c *conn) GapOverBudget(dir capture.Direction, missing int, t time.Time) {
+	if dir == capture.ClientToServer {
+		c.budgetGap = true
+	}
+	c.Gap(dir, missing, t)
 }
 
 func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
@@ -89,7 +110,7 @@ func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
 	if c.proto == capture.ProtoOpaque {
 		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
 			c.dead = true
-			c.rep.abort(&c.m.stats.gap)
+			c.rep.abort(c.gapCounter())
 		}
 		return
 	}
@@ -114,11 +135,20 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 	}
 }
 
+// gapCounter counts a copy a gap broke: the budget's when the tee left the gap for it.
+func (c *conn) gapCounter() *atomic.Int64 {
+	if c.budgetGap {
+		c.budgetGap = false
+		return &c.m.stats.overBudget
+	}
+	return &c.m.stats.gap
+}
+
 // protocol is the decoder's verdict on the connection.
 func (c *conn) protocol(_ capture.Flow, proto string) {
 	if proto != "" && proto != capture.ProtoOpaque {
 		c.proto = proto
-		c.pre = nil
+		c.dropPre()
 		if proto == capture.ProtoH2C && c.midStream {
 			// HPACK's table is built from the connection's start: the rest cannot be decoded.
 			c.m.stats.midStream.Add(1)
@@ -127,7 +157,7 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 	}
 	c.proto = capture.ProtoOpaque
 	pre := c.pre
-	c.pre = nil
+	c.dropPre()
 	if !c.sawClient && c.ended[capture.ClientToServer] && c.ended[capture.ServerToClient] {
 		// The client said nothing before the end (a kubelet tcpSocket probe, or a connection the
 		// capture ended between its handshake and its first request): there is nothing to copy,
@@ -160,7 +190,10 @@ func (c *conn) request(r *capture.Request) {
 	s.requests.Add(1)
 	switch {
 	case r.Partial:
-		s.gap.Add(1)
+		c.gapCounter().Add(1)
+		return
+	case r.OverBudget:
+		s.overBudget.Add(1)
 		return
 	case isUpgrade(r):
 		s.upgrade.Add(1)

@@ -24,6 +24,7 @@ import (
 	"github.com/gopacket/gopacket"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	// Events receives what the mirror did; it must not block.
 	Events func(wire.MirrorEvent)
 	Log    *slog.Logger
+	// Budget is the agent container's memory budget: past it, copies are dropped and counted
+	// (DroppedOverBudget) while the pod's traffic goes on. Nil: no budget but the mirror's own bounds.
+	Budget *budget.Budget
 }
 
 // Mirror is one running mirror.
@@ -88,8 +92,8 @@ type Mirror struct {
 }
 
 type counters struct {
-	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
-	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
+	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ             atomic.Int64
+	midStream, gap, slow, refused, upgrade, tooLarge, overBudget, failed, kernelRecv, kernelDrops atomic.Int64
 }
 
 // New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
@@ -156,7 +160,7 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		SampledOut: s.sampledOut.Load(), Mirrored: s.mirrored.Load(), Answered: s.answered.Load(),
 		Differ: s.differ.Load(), DroppedMidStream: s.midStream.Load(), DroppedGap: s.gap.Load(),
 		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
-		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(),
+		DroppedTooLarge: s.tooLarge.Load(), DroppedOverBudget: s.overBudget.Load(), Failed: s.failed.Load(),
 		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
 	}
@@ -175,16 +179,24 @@ func (m *Mirror) sample() bool {
 	return m.sampled*p/100 > (m.sampled-1)*p/100
 }
 
-// reserve takes n bytes of the shared queue budget; false means the copy must be dropped.
-func (m *Mirror) reserve(n int) bool {
+// reserve takes n bytes of the mirror's queue bound and of the agent's memory budget; a copy that
+// does not fit is dropped, and the counter returned says why (nil: it fits).
+func (m *Mirror) reserve(n int) *atomic.Int64 {
 	if m.queued.Add(int64(n)) > maxQueued {
 		m.queued.Add(-int64(n))
-		return false
+		return &m.stats.slow
 	}
-	return true
+	if !m.cfg.Budget.Reserve(n) {
+		m.queued.Add(-int64(n))
+		return &m.stats.overBudget
+	}
+	return nil
 }
 
-func (m *Mirror) release(n int) { m.queued.Add(-int64(n)) }
+func (m *Mirror) release(n int) {
+	m.queued.Add(-int64(n))
+	m.cfg.Budget.Release(n)
+}
 
 // dial opens one connection to the copy's destination.
 func (m *Mirror) dial(ctx context.Context, f capture.Flow) (net.Conn, error) {

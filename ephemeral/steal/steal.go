@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
@@ -73,6 +74,10 @@ type Config struct {
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
+	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
+	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
+	// as ever. Nil: no budget.
+	Budget *budget.Budget
 }
 
 // Steal is a running steal.
@@ -374,10 +379,14 @@ func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
 }
 
 func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
-	return s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
+	c, err := s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
 		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
 		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
 	})
+	if err != nil || s.cfg.Budget == nil {
+		return c, err
+	}
+	return newPaced(s.ctx, c, s.cfg.Budget), nil
 }
 
 // passThrough hands the whole connection to the app, replaying what detection read.
