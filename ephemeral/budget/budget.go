@@ -12,18 +12,15 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// DefaultLimit is the agent container's budget when the plugin sets none. The agent's baseline, with
-// a sniff mirror running, is about 60 MiB on the local cluster: ~10 MiB for the main process, ~25 MiB
-// for a session process, 16 MiB of capture rings (lo and eth0, 8 MiB each) and the binary's pages.
-// 128 MiB leaves about the mirror's own queue bound (64 MiB) for copies in flight, and stays a small
-// share of the 256 MiB-and-up limits pods that carry HTTP traffic usually have.
-const DefaultLimit = 128 << 20
+// DefaultLimit is the agent container's budget when the plugin sets none (wire says why this much).
+const DefaultLimit = wire.DefaultAgentMemoryBudget
 
-// MinLimit refuses budgets below the agent's own baseline: such a budget would be exceeded from the
-// start, every copy dropped and every stolen stream paused.
-const MinLimit = 32 << 20
+// MinLimit refuses budgets below the agent's own baseline.
+const MinLimit = wire.MinAgentMemoryBudget
 
 // refreshEvery bounds how stale the cgroup reading may be: the hot path (a chunk of a copy) reads
 // a cached value, and at most one caller per interval pays for the file read (a few microseconds).

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
@@ -37,23 +38,26 @@ type Options struct {
 	AgentImage       string
 	ImagePullPolicy  string
 	AgentIdleTimeout time.Duration
-	AllowHostNetwork bool
-	Transport        string
-	DataPath         string
-	DataConnections  int
-	AgentWaitTimeout time.Duration
-	Quiet            bool
+	// AgentMemoryBudget is a Kubernetes quantity (256Mi); agentMemoryBudget parses it.
+	AgentMemoryBudget string
+	AllowHostNetwork  bool
+	Transport         string
+	DataPath          string
+	DataConnections   int
+	AgentWaitTimeout  time.Duration
+	Quiet             bool
 }
 
 // NewOptions returns the defaults.
 func NewOptions() Options {
 	return Options{
-		AgentImage:       version.Get().AgentImage,
-		AgentIdleTimeout: 10 * time.Minute,
-		Transport:        string(transport.ProtocolAuto),
-		DataPath:         DataAuto,
-		DataConnections:  2,
-		AgentWaitTimeout: 2 * time.Minute,
+		AgentImage:        version.Get().AgentImage,
+		AgentIdleTimeout:  10 * time.Minute,
+		AgentMemoryBudget: resource.NewQuantity(wire.DefaultAgentMemoryBudget, resource.BinarySI).String(),
+		Transport:         string(transport.ProtocolAuto),
+		DataPath:          DataAuto,
+		DataConnections:   2,
+		AgentWaitTimeout:  2 * time.Minute,
 	}
 }
 
@@ -62,6 +66,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
 	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
 	fs.DurationVar(&o.AgentIdleTimeout, "agent-idle-timeout", o.AgentIdleTimeout, "How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed). 0 keeps it until the pod ends.")
+	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's.")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "How streams reach the kubelet: auto, spdy or websocket.")
 	fs.StringVar(&o.DataPath, "data-path", o.DataPath, "How traffic reaches the agent: auto (port-forward, exec when port-forward is forbidden), portforward or exec.")
@@ -83,6 +88,9 @@ func (o *Options) Validate() error {
 	if o.AgentIdleTimeout < 0 {
 		return fmt.Errorf("--agent-idle-timeout must not be negative, not %q", o.AgentIdleTimeout)
 	}
+	if _, err := agentMemoryBudget(o.AgentMemoryBudget); err != nil {
+		return err
+	}
 	if _, err := transport.ParseProtocol(o.Transport); err != nil {
 		return fmt.Errorf("--transport: %w", err)
 	}
@@ -98,6 +106,19 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--agent-wait-timeout must be positive, not %q", o.AgentWaitTimeout)
 	}
 	return nil
+}
+
+// agentMemoryBudget parses --agent-memory-budget into bytes.
+func agentMemoryBudget(s string) (int64, error) {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, fmt.Errorf("--agent-memory-budget must be a size such as 256Mi, not %q", s)
+	}
+	if q.Value() < wire.MinAgentMemoryBudget {
+		return 0, fmt.Errorf("--agent-memory-budget must be at least %s (the agent's own baseline), not %q",
+			resource.NewQuantity(wire.MinAgentMemoryBudget, resource.BinarySI), s)
+	}
+	return q.Value(), nil
 }
 
 // Request is what one verb asks for.
@@ -168,6 +189,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		IdleTimeout:      o.AgentIdleTimeout,
 		MemoryLimitBytes: 64 << 20,
 	}
+	// Validate accepted it.
+	spec.MemoryBudget, _ = agentMemoryBudget(o.AgentMemoryBudget)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,19 @@
+package wire
+
+// The agent container's memory budget (ephemeral/budget): what the agent's processes may use
+// together, read from the container's own memory cgroup, before the agent gives up what is its own to
+// give (mirror copies, the pace of stolen streams). The plugin's --agent-memory-budget sets it and
+// the agent's --memory-budget (AgentMemoryBudgetFlag) carries it, in bytes.
+const (
+	// DefaultAgentMemoryBudget: the agent's baseline, with a sniff mirror running, is about 60 MiB on
+	// the local cluster (~10 MiB for the main process, ~25 MiB for a session process, 16 MiB of
+	// capture rings, lo and eth0 at 8 MiB each, and the binary's pages). 128 MiB leaves about the
+	// mirror's own queue bound (64 MiB) for copies in flight, and stays a small share of the 256
+	// MiB-and-up limits of pods that carry HTTP traffic.
+	DefaultAgentMemoryBudget = 128 << 20
+	// MinAgentMemoryBudget refuses budgets below the agent's own baseline: such a budget would be
+	// exceeded from the start, every copy dropped and every stolen stream paused.
+	MinAgentMemoryBudget = 32 << 20
+	// AgentMemoryBudgetFlag is the agent's flag, without its dashes.
+	AgentMemoryBudgetFlag = "memory-budget"
+)
