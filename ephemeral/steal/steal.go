@@ -95,6 +95,7 @@ type Steal struct {
 	conns  map[net.Conn]struct{}
 	once   sync.Once
 	closed atomic.Bool
+	pacer  *pacer
 }
 
 type nftRedirector struct{}
@@ -155,7 +156,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}}
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events)}
 	m, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -383,10 +384,10 @@ func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
 		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
 		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
 	})
-	if err != nil || s.cfg.Budget == nil {
-		return c, err
+	if err != nil {
+		return nil, err
 	}
-	return newPaced(s.ctx, c, s.cfg.Budget), nil
+	return s.pacer.wrap(s.ctx, c), nil
 }
 
 // passThrough hands the whole connection to the app, replaying what detection read.
