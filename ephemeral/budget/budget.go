@@ -189,3 +189,68 @@ func (b *Budget) refresh() int64 {
 	}
 	return used
 }
+
+// Account is one user's share of a Budget (a mirror): Close gives back at once whatever it still
+// holds, so that parts that never saw their end (a connection the capture stopped in the middle of)
+// leave nothing reserved in a budget that outlives them. A nil *Account has no limit.
+type Account struct {
+	b      *Budget
+	mu     sync.Mutex
+	held   int64
+	closed bool
+}
+
+// Account opens an account; a nil Budget gives a nil Account.
+func (b *Budget) Account() *Account {
+	if b == nil {
+		return nil
+	}
+	return &Account{b: b}
+}
+
+// Reserve is the Budget's Reserve, counted in the account; a closed account refuses everything.
+func (a *Account) Reserve(n int) bool {
+	if a == nil || n <= 0 {
+		return true
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed || !a.b.Reserve(n) {
+		return false
+	}
+	a.held += int64(n)
+	return true
+}
+
+// Release gives back n bytes, never more than the account holds (after Close, nothing).
+func (a *Account) Release(n int) {
+	if a == nil || n <= 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	m := min(int64(n), a.held)
+	a.held -= m
+	a.b.Release(int(m))
+}
+
+// Held is what the account holds now.
+func (a *Account) Held() int64 {
+	if a == nil {
+		return 0
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.held
+}
+
+// Close gives back everything the account holds and refuses further reservations.
+func (a *Account) Close() {
+	if a == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.b.Release(int(a.held))
+	a.held, a.closed = 0, true
+}

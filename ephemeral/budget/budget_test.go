@@ -259,3 +259,36 @@ func TestThisProcess(t *testing.T) {
 		t.Fatalf("usage = %d, %v", v, err)
 	}
 }
+
+func TestAccountGivesEverythingBackAtClose(t *testing.T) {
+	var used atomic.Int64
+	used.Store(MinLimit - 1<<20)
+	b, _ := newFake(t, MinLimit, &used, nil)
+	a := b.Account()
+	if !a.Reserve(600<<10) || !a.Reserve(300<<10) {
+		t.Fatal("refused within the budget")
+	}
+	if a.Reserve(200 << 10) {
+		t.Fatal("accepted past the budget")
+	}
+	a.Release(300 << 10)
+	if got := b.Reserved(); got != 600<<10 {
+		t.Fatalf("budget holds %d, want 600 KiB", got)
+	}
+	a.Close()
+	if got := b.Reserved(); got != 0 {
+		t.Fatalf("budget holds %d after the account closed, want 0", got)
+	}
+	// Late releases of the closed account's parts give back nothing twice.
+	a.Release(600 << 10)
+	if got := b.Reserved(); got != 0 {
+		t.Fatalf("budget holds %d after a late release, want 0", got)
+	}
+	if a.Reserve(1) {
+		t.Fatal("a closed account reserved")
+	}
+	var nilBudget *Budget
+	if na := nilBudget.Account(); !na.Reserve(1<<40) || na.Held() != 0 {
+		t.Fatal("the account of no budget limited something")
+	}
+}

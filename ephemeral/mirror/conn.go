@@ -52,8 +52,8 @@ func newConn(m *Mirror, f capture.Flow) *conn {
 		OnRequest:  c.request,
 		MaxBody:    maxBody,
 	}
-	if m.cfg.Budget != nil {
-		opts.Budget = m.cfg.Budget
+	if m.budget != nil {
+		opts.Budget = m.budget
 	}
 	if m.cfg.Spec.Diff {
 		opts.KeepResponses = true
@@ -76,7 +76,7 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 		return
 	}
 	if c.proto == "" && dir == capture.ClientToServer && !c.midStream && !c.preLost {
-		if len(c.pre)+len(data) > preLimit || !c.m.cfg.Budget.Reserve(len(data)) {
+		if len(c.pre)+len(data) > preLimit || !c.m.budget.Reserve(len(data)) {
 			c.dropPre()
 			c.preLost = true
 		} else {
@@ -88,7 +88,7 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 
 // dropPre gives up the bytes kept before the protocol was known.
 func (c *conn) dropPre() {
-	c.m.cfg.Budget.Release(len(c.pre))
+	c.m.budget.Release(len(c.pre))
 	c.pre = nil
 }
 

@@ -84,7 +84,9 @@ type Mirror struct {
 	// destination routes back to the pod's port, they must not be mirrored again.
 	own sync.Map
 
-	queued  atomic.Int64
+	queued atomic.Int64
+	// budget is the mirror's account in the agent's memory budget, closed with the mirror.
+	budget  *budget.Account
 	sampleM sync.Mutex
 	sampled int64
 	stats   counters
@@ -107,7 +109,7 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 	if cfg.Events == nil {
 		cfg.Events = func(wire.MirrorEvent) {}
 	}
-	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}}
+	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}, budget: cfg.Budget.Account()}
 	matcher, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -136,6 +138,8 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 func (m *Mirror) Close() {
 	m.cancel()
 	m.wg.Wait()
+	// Connections the capture never saw end still hold what they kept; the budget outlives them.
+	m.budget.Close()
 }
 
 // Drain waits up to d for the copies already queued, then closes.
@@ -186,7 +190,7 @@ func (m *Mirror) reserve(n int) *atomic.Int64 {
 		m.queued.Add(-int64(n))
 		return &m.stats.slow
 	}
-	if !m.cfg.Budget.Reserve(n) {
+	if !m.budget.Reserve(n) {
 		m.queued.Add(-int64(n))
 		return &m.stats.overBudget
 	}
@@ -195,7 +199,7 @@ func (m *Mirror) reserve(n int) *atomic.Int64 {
 
 func (m *Mirror) release(n int) {
 	m.queued.Add(-int64(n))
-	m.cfg.Budget.Release(n)
+	m.budget.Release(n)
 }
 
 // dial opens one connection to the copy's destination.

@@ -785,3 +785,27 @@ func TestMirrorCopiesStopAtTheMemoryBudget(t *testing.T) {
 		t.Errorf("%d bytes still reserved once the mirror drained", r)
 	}
 }
+
+// TestMirrorGivesItsBudgetBackAtClose: the agent's budget outlives a mirror, so what a connection the
+// capture never saw end still holds (a request half read) is given back when the mirror closes.
+func TestMirrorGivesItsBudgetBackAtClose(t *testing.T) {
+	b, err := budget.New(budget.MinLimit, budget.Options{Usage: func() (int64, error) { return 0, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Budget: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	full := request("POST", "/half", strings.Repeat("h", 64<<10))
+	h.Data(capture.ClientToServer, []byte(full[:len(full)/2]), time.Now())
+	if b.Reserved() == 0 {
+		t.Fatal("the request in progress reserved nothing")
+	}
+	m.Close()
+	if r := b.Reserved(); r != 0 {
+		t.Errorf("%d bytes still reserved once the mirror closed", r)
+	}
+}
