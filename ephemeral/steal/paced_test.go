@@ -148,7 +148,7 @@ func TestPacerTellsOnceWhileStreamsWait(t *testing.T) {
 		clock.Add(int64(time.Second))
 	}
 	episode(3)
-	want := []string{"warning: the agent is over its memory budget of 32 MiB: stolen responses wait until it is back under (waits so far: 1); the app's own traffic goes on"}
+	want := []string{"warning: the agent is over its memory budget of 64 MiB: stolen responses wait until it is back under (waits so far: 1); the app's own traffic goes on"}
 	if diff := cmp.Diff(want, told); diff != "" {
 		t.Fatalf("told (-want +got):\n%s", diff)
 	}

@@ -11,9 +11,10 @@ const (
 	// mirror's own queue bound (64 MiB) for copies in flight, and stays a small share of the 256
 	// MiB-and-up limits of pods that carry HTTP traffic.
 	DefaultAgentMemoryBudget = 128 << 20
-	// MinAgentMemoryBudget refuses budgets below the agent's own baseline: such a budget would be
-	// exceeded from the start, every copy dropped and every stolen stream paused.
-	MinAgentMemoryBudget = 32 << 20
+	// MinAgentMemoryBudget refuses budgets the agent fills by itself: its peak RSS while mirroring
+	// 5,000 requests/s was 47-63 MiB (docs/performance.md), so a smaller budget would be exceeded
+	// from the start, every copy dropped and every stolen stream paused.
+	MinAgentMemoryBudget = 64 << 20
 	// AgentMemoryBudgetFlag is the agent's flag, without its dashes.
 	AgentMemoryBudgetFlag = "memory-budget"
 )

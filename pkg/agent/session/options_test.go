@@ -18,7 +18,7 @@ func TestAgentMemoryBudgetFlag(t *testing.T) {
 		{value: "256Mi", want: 256 << 20},
 		{value: "1G", want: 1e9},
 		{value: "lots", wantErr: `--agent-memory-budget must be a size such as 256Mi, not "lots"`},
-		{value: "8Mi", wantErr: `--agent-memory-budget must be at least 32Mi (the agent's own baseline), not "8Mi"`},
+		{value: "8Mi", wantErr: `--agent-memory-budget must be at least 64Mi (the agent's own baseline), not "8Mi"`},
 	} {
 		o := NewOptions()
 		o.AgentMemoryBudget = tc.value
