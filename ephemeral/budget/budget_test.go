@@ -292,3 +292,19 @@ func TestAccountGivesEverythingBackAtClose(t *testing.T) {
 		t.Fatal("the account of no budget limited something")
 	}
 }
+
+// BenchmarkReserveRelease is the hot path's cost: every copied chunk and request reserves and releases.
+func BenchmarkReserveRelease(b *testing.B) {
+	bud, err := New(DefaultLimit, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Log(bud.Source())
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if bud.Reserve(32 << 10) {
+				bud.Release(32 << 10)
+			}
+		}
+	})
+}
