@@ -188,6 +188,10 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 func (c *conn) request(r *capture.Request) {
 	s := &c.m.stats
 	s.requests.Add(1)
+	if !r.Partial {
+		// A budget's gap between requests broke none: the next gap is the capture's own.
+		c.budgetGap = false
+	}
 	switch {
 	case r.Partial:
 		c.gapCounter().Add(1)

@@ -809,3 +809,34 @@ func TestMirrorGivesItsBudgetBackAtClose(t *testing.T) {
 		t.Errorf("%d bytes still reserved once the mirror closed", r)
 	}
 }
+
+// TestMirrorCountsTheTeesBudgetGapsAsTheBudgets: bytes the redirect's tee did not copy because the
+// agent was over its memory budget break the copy of the request they were part of; that copy is
+// counted as the budget's drop, not as bytes lost.
+func TestMirrorCountsTheTeesBudgetGapsAsTheBudgets(t *testing.T) {
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	bg, ok := h.(interface {
+		GapOverBudget(capture.Direction, int, time.Time)
+	})
+	if !ok {
+		t.Fatalf("the mirror's handler %T cannot be told of the budget's gaps", h)
+	}
+	now := time.Now()
+	h.Data(capture.ClientToServer, []byte(request("GET", "/before", "")), now)
+	h.Data(capture.ServerToClient, []byte(response("x")), now)
+	big := request("POST", "/cut", strings.Repeat("c", 1000))
+	h.Data(capture.ClientToServer, []byte(big[:100]), now)
+	bg.GapOverBudget(capture.ClientToServer, len(big)-100, now)
+	h.Data(capture.ServerToClient, []byte(response("y")), now)
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+	m.Drain(10 * time.Second)
+	if s := m.Stats(); s.Mirrored != 1 || s.DroppedOverBudget != 1 || s.DroppedGap != 0 {
+		t.Errorf("stats %+v, want one mirrored and the cut one dropped over budget, none as lost bytes", s)
+	}
+}
