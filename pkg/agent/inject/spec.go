@@ -121,8 +121,8 @@ type AgentSpec struct {
 	// cannot be removed, so the agent must end itself. Zero passes no flag and leaves the agent's own
 	// default, because the agent reads --idle-timeout=0 as "never".
 	IdleTimeout time.Duration
-	// MemoryBudget is the agent container's memory budget in bytes (wire.AgentMemoryBudgetFlag); 0
-	// passes no flag and leaves the agent's default.
+	// MemoryBudget is the agent container's memory budget in bytes (wire.AgentMemoryBudgetEnv); 0
+	// leaves the agent's default.
 	MemoryBudget int64
 	// MemoryLimitBytes becomes GOMEMLIMIT; 0 leaves it unset. Ephemeral containers cannot have resources,
 	// so the agent's memory is charged to the pod and this soft limit is all that keeps it small.
@@ -186,12 +186,12 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 	if spec.IdleTimeout > 0 {
 		args = append(args, "--idle-timeout="+spec.IdleTimeout.String())
 	}
-	if spec.MemoryBudget > 0 {
-		args = append(args, "--"+wire.AgentMemoryBudgetFlag+"="+strconv.FormatInt(spec.MemoryBudget, 10))
-	}
 	var env []corev1.EnvVar
 	if spec.MemoryLimitBytes > 0 {
 		env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: goMemLimit(spec.MemoryLimitBytes)})
+	}
+	if spec.MemoryBudget > 0 {
+		env = append(env, corev1.EnvVar{Name: wire.AgentMemoryBudgetEnv, Value: strconv.FormatInt(spec.MemoryBudget, 10)})
 	}
 
 	return corev1.EphemeralContainer{

@@ -175,7 +175,7 @@ func TestBuildAgentContainer(t *testing.T) {
 			pod:  testPod(),
 			spec: with(func(s *AgentSpec) { s.MemoryBudget = 256 << 20 }),
 			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
-				c.Args = []string{"--idle-timeout=5m0s", "--memory-budget=268435456"}
+				c.Env = []corev1.EnvVar{{Name: "GOMEMLIMIT", Value: "64MiB"}, {Name: "TRAFFICLAB_MEMORY_BUDGET", Value: "268435456"}}
 			}),
 		},
 		{
