@@ -30,7 +30,9 @@ type conn struct {
 	midStream bool    // the capture began after the connection did
 	pre       []byte  // client bytes before the protocol was known, reserved in the memory budget
 	preLost   bool
-	budgetGap bool // the tee skipped bytes for the memory budget: the gap they leave is the budget's
+	// budgetGap: the tee skipped client bytes for the memory budget, and the copy that breaks was
+	// counted as the budget's; the drops that follow from the same gap are not counted again.
+	budgetGap bool
 	dead      bool // an opaque copy was given up
 	rep       *replayer
 
@@ -76,10 +78,18 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 		return
 	}
 	if c.proto == "" && dir == capture.ClientToServer && !c.midStream && !c.preLost {
-		if len(c.pre)+len(data) > preLimit || !c.m.budget.Reserve(len(data)) {
+		switch {
+		case len(c.pre)+len(data) > preLimit:
 			c.dropPre()
 			c.preLost = true
-		} else {
+		case !c.m.budget.Reserve(len(data)):
+			c.dropPre()
+			c.preLost = true
+			if !c.budgetGap {
+				c.budgetGap = true
+				c.m.stats.overBudget.Add(1)
+			}
+		default:
 			c.pre = append(c.pre, data...)
 		}
 	}
@@ -93,10 +103,13 @@ func (c *conn) dropPre() {
 }
 
 // GapOverBudget is a gap the redirect's tee left because the agent was over its memory budget: the
-// copy it breaks is counted as the budget's drop, not as bytes lost.
+// copy it breaks is counted once, as the budget's drop, not as bytes lost or a connection copied from
+// its middle. Counted when the gap comes: bytes the tee never handed over may hold requests the
+// decoder never sees.
 func (c *conn) GapOverBudget(dir capture.Direction, missing int, t time.Time) {
-	if dir == capture.ClientToServer {
+	if dir == capture.ClientToServer && !c.budgetGap {
 		c.budgetGap = true
+		c.m.stats.overBudget.Add(1)
 	}
 	c.Gap(dir, missing, t)
 }
@@ -135,13 +148,21 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 	}
 }
 
-// gapCounter counts a copy a gap broke: the budget's when the tee left the gap for it.
+// gapCounter counts a copy a gap broke; nil when the tee left the gap for the budget, which
+// GapOverBudget counted.
 func (c *conn) gapCounter() *atomic.Int64 {
 	if c.budgetGap {
-		c.budgetGap = false
-		return &c.m.stats.overBudget
+		return nil
 	}
 	return &c.m.stats.gap
+}
+
+// midStreamDrop counts a connection that cannot be copied from its middle, unless the middle is where
+// the tee's budget gap left it.
+func (c *conn) midStreamDrop() {
+	if !c.budgetGap {
+		c.m.stats.midStream.Add(1)
+	}
 }
 
 // protocol is the decoder's verdict on the connection.
@@ -151,7 +172,7 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 		c.dropPre()
 		if proto == capture.ProtoH2C && c.midStream {
 			// HPACK's table is built from the connection's start: the rest cannot be decoded.
-			c.m.stats.midStream.Add(1)
+			c.midStreamDrop()
 		}
 		return
 	}
@@ -167,7 +188,7 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 	c.m.stats.requests.Add(1)
 	switch {
 	case c.midStream || c.preLost:
-		c.m.stats.midStream.Add(1)
+		c.midStreamDrop()
 		c.dead = true
 	case c.m.matcher != nil:
 		// A filter selects HTTP requests; a connection of another protocol matches none.
@@ -194,7 +215,9 @@ func (c *conn) request(r *capture.Request) {
 	}
 	switch {
 	case r.Partial:
-		c.gapCounter().Add(1)
+		if n := c.gapCounter(); n != nil {
+			n.Add(1)
+		}
 		return
 	case r.OverBudget:
 		s.overBudget.Add(1)

@@ -835,8 +835,21 @@ func TestMirrorCountsTheTeesBudgetGapsAsTheBudgets(t *testing.T) {
 	h.Data(capture.ServerToClient, []byte(response("y")), now)
 	h.End(capture.ClientToServer, capture.EndFIN, now)
 	h.End(capture.ServerToClient, capture.EndFIN, now)
+	// A connection the tee copied nothing of: its copy is the budget's drop, once, not a connection
+	// copied from its middle.
+	f := testFlow
+	f.Client = netip.AddrPortFrom(f.Client.Addr(), f.Client.Port()+1)
+	none := m.Handler(f).(interface {
+		capture.StreamHandler
+		GapOverBudget(capture.Direction, int, time.Time)
+	})
+	none.GapOverBudget(capture.ClientToServer, 500, now)
+	none.Data(capture.ServerToClient, []byte(response("z")), now)
+	none.GapOverBudget(capture.ClientToServer, 500, now)
+	none.End(capture.ClientToServer, capture.EndFIN, now)
+	none.End(capture.ServerToClient, capture.EndFIN, now)
 	m.Drain(10 * time.Second)
-	if s := m.Stats(); s.Mirrored != 1 || s.DroppedOverBudget != 1 || s.DroppedGap != 0 {
-		t.Errorf("stats %+v, want one mirrored and the cut one dropped over budget, none as lost bytes", s)
+	if s := m.Stats(); s.Mirrored != 1 || s.DroppedOverBudget != 2 || s.DroppedGap != 0 || s.DroppedMidStream != 0 {
+		t.Errorf("stats %+v, want one mirrored and two dropped over budget (the cut request, the connection not copied at all), none as lost bytes or mid-stream", s)
 	}
 }

@@ -103,12 +103,14 @@ func (r *replayer) offer(it *item) *atomic.Int64 {
 	}
 }
 
-// abort gives an opaque copy up: counted once, as the connection's drop.
+// abort gives an opaque copy up: counted once, as the connection's drop (nil: counted already).
 func (r *replayer) abort(counter *atomic.Int64) {
 	if r.closed.Load() {
 		return
 	}
-	counter.Add(1)
+	if counter != nil {
+		counter.Add(1)
+	}
 	r.finish()
 }
 
