@@ -38,26 +38,28 @@ type Options struct {
 	AgentImage       string
 	ImagePullPolicy  string
 	AgentIdleTimeout time.Duration
+	AllowHostNetwork bool
+	Transport        string
+	DataPath         string
+	DataConnections  int
+	AgentWaitTimeout time.Duration
+	Quiet            bool
+
 	// AgentMemoryBudget is a Kubernetes quantity (256Mi); agentMemoryBudget parses it.
 	AgentMemoryBudget string
-	AllowHostNetwork  bool
-	Transport         string
-	DataPath          string
-	DataConnections   int
-	AgentWaitTimeout  time.Duration
-	Quiet             bool
 }
 
 // NewOptions returns the defaults.
 func NewOptions() Options {
 	return Options{
-		AgentImage:        version.Get().AgentImage,
-		AgentIdleTimeout:  10 * time.Minute,
+		AgentImage:       version.Get().AgentImage,
+		AgentIdleTimeout: 10 * time.Minute,
+		Transport:        string(transport.ProtocolAuto),
+		DataPath:         DataAuto,
+		DataConnections:  2,
+		AgentWaitTimeout: 2 * time.Minute,
+
 		AgentMemoryBudget: resource.NewQuantity(wire.DefaultAgentMemoryBudget, resource.BinarySI).String(),
-		Transport:         string(transport.ProtocolAuto),
-		DataPath:          DataAuto,
-		DataConnections:   2,
-		AgentWaitTimeout:  2 * time.Minute,
 	}
 }
 
