@@ -68,13 +68,13 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
 	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
 	fs.DurationVar(&o.AgentIdleTimeout, "agent-idle-timeout", o.AgentIdleTimeout, "How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed). 0 keeps it until the pod ends.")
-	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's.")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "How streams reach the kubelet: auto, spdy or websocket.")
 	fs.StringVar(&o.DataPath, "data-path", o.DataPath, "How traffic reaches the agent: auto (port-forward, exec when port-forward is forbidden), portforward or exec.")
 	fs.IntVar(&o.DataConnections, "data-connections", o.DataConnections, "Parallel data connections to the agent.")
 	fs.DurationVar(&o.AgentWaitTimeout, "agent-wait-timeout", o.AgentWaitTimeout, "How long to wait for the agent to start.")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
+	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 }
 
 // Validate checks the flags only.
@@ -108,19 +108,6 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--agent-wait-timeout must be positive, not %q", o.AgentWaitTimeout)
 	}
 	return nil
-}
-
-// agentMemoryBudget parses --agent-memory-budget into bytes.
-func agentMemoryBudget(s string) (int64, error) {
-	q, err := resource.ParseQuantity(s)
-	if err != nil {
-		return 0, fmt.Errorf("--agent-memory-budget must be a size such as 256Mi, not %q", s)
-	}
-	if q.Value() < wire.MinAgentMemoryBudget {
-		return 0, fmt.Errorf("--agent-memory-budget must be at least %s (the agent's own baseline), not %q",
-			resource.NewQuantity(wire.MinAgentMemoryBudget, resource.BinarySI), s)
-	}
-	return q.Value(), nil
 }
 
 // Request is what one verb asks for.
@@ -323,4 +310,17 @@ func pluginTunnelConfig() wire.MuxConfig {
 	c := wire.DefaultMuxConfig()
 	c.StreamWindow = wire.PluginStreamWindow
 	return c
+}
+
+// agentMemoryBudget parses --agent-memory-budget into bytes.
+func agentMemoryBudget(s string) (int64, error) {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, fmt.Errorf("--agent-memory-budget must be a size such as 256Mi, not %q", s)
+	}
+	if q.Value() < wire.MinAgentMemoryBudget {
+		return 0, fmt.Errorf("--agent-memory-budget must be at least %s (the agent's own baseline), not %q",
+			resource.NewQuantity(wire.MinAgentMemoryBudget, resource.BinarySI), s)
+	}
+	return q.Value(), nil
 }
