@@ -94,8 +94,11 @@ type Mirror struct {
 }
 
 type counters struct {
-	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ             atomic.Int64
-	midStream, gap, slow, refused, upgrade, tooLarge, overBudget, failed, kernelRecv, kernelDrops atomic.Int64
+	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
+	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
+
+	// overBudget counts the copies given up for the agent's memory budget.
+	overBudget atomic.Int64
 }
 
 // New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
@@ -164,9 +167,11 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		SampledOut: s.sampledOut.Load(), Mirrored: s.mirrored.Load(), Answered: s.answered.Load(),
 		Differ: s.differ.Load(), DroppedMidStream: s.midStream.Load(), DroppedGap: s.gap.Load(),
 		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
-		DroppedTooLarge: s.tooLarge.Load(), DroppedOverBudget: s.overBudget.Load(), Failed: s.failed.Load(),
+		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(),
 		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
+
+		DroppedOverBudget: s.overBudget.Load(),
 	}
 }
 

@@ -191,9 +191,9 @@ func (s *MirrorStats) Summary() string {
 	}{
 		{s.Probes, "kubelet probes"}, {s.Unselected, "not matching the filter"}, {s.SampledOut, "sampled out"},
 		{s.DroppedMidStream, "open before the mirror"}, {s.DroppedGap, "bytes lost"},
+		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.DroppedSlow, "copy too slow"}, {s.DroppedRefused, "refused by the destination"},
 		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"},
-		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.Failed, "no answer from the copy"},
 	} {
 		if c.n > 0 {
