@@ -94,11 +94,11 @@ type Mirror struct {
 }
 
 type counters struct {
-	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
-	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
-
 	// overBudget counts the copies given up for the agent's memory budget.
 	overBudget atomic.Int64
+
+	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
+	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
 }
 
 // New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
@@ -112,7 +112,7 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 	if cfg.Events == nil {
 		cfg.Events = func(wire.MirrorEvent) {}
 	}
-	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}, budget: cfg.Budget.Account()}
+	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}}
 	matcher, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -122,6 +122,7 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 		m.ports[uint16(p)] = true
 	}
 	m.ctx, m.cancel = context.WithCancel(ctx)
+	m.budget = cfg.Budget.Account()
 	return m, nil
 }
 
