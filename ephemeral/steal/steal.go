@@ -61,6 +61,10 @@ type Config struct {
 	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
+	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
+	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
+	// as ever. Nil: no budget.
+	Budget *budget.Budget
 	// Events receives what the steal does; it must not block for long.
 	Events func(wire.StealEvent)
 	Log    *slog.Logger
@@ -74,10 +78,6 @@ type Config struct {
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
-	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
-	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
-	// as ever. Nil: no budget.
-	Budget *budget.Budget
 }
 
 // Steal is a running steal.
@@ -87,6 +87,7 @@ type Steal struct {
 	ln       *net.TCPListener
 	redirect Redirect
 	app      *net.Dialer
+	pacer    *pacer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -95,7 +96,6 @@ type Steal struct {
 	conns  map[net.Conn]struct{}
 	once   sync.Once
 	closed atomic.Bool
-	pacer  *pacer
 }
 
 type nftRedirector struct{}
