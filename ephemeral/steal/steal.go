@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
@@ -60,6 +61,10 @@ type Config struct {
 	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
+	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
+	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
+	// as ever. Nil: no budget.
+	Budget *budget.Budget
 	// Events receives what the steal does; it must not block for long.
 	Events func(wire.StealEvent)
 	Log    *slog.Logger
@@ -83,6 +88,7 @@ type Steal struct {
 	ln       *net.TCPListener
 	redirect Redirect
 	app      *net.Dialer
+	pacer    *pacer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -151,7 +157,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}}
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events)}
 	m, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -389,10 +395,14 @@ func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
 }
 
 func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
-	return s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
+	c, err := s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
 		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
 		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
 	})
+	if err != nil {
+		return nil, err
+	}
+	return s.pacer.wrap(s.ctx, c), nil
 }
 
 // passThrough hands the whole connection to the app, replaying what detection read.

@@ -155,6 +155,9 @@ type MirrorStats struct {
 	DroppedRefused   int64 `json:"droppedRefused,omitempty"`
 	DroppedUpgrade   int64 `json:"droppedUpgrade,omitempty"`
 	DroppedTooLarge  int64 `json:"droppedTooLarge,omitempty"`
+	// DroppedOverBudget were not copied because the agent was over its memory budget
+	// (--agent-memory-budget), the pod's own traffic untouched.
+	DroppedOverBudget int64 `json:"droppedOverBudget,omitempty"`
 	// Failed were sent but the copy's answer never came (error or timeout).
 	Failed int64 `json:"failed,omitempty"`
 	// Kernel counts of the capture (sniff mode): frames queued to the agent and frames the kernel
@@ -172,7 +175,8 @@ type MirrorStats struct {
 
 // Dropped sums the copies not made, whatever the cause.
 func (s *MirrorStats) Dropped() int64 {
-	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge
+	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge +
+		s.DroppedOverBudget
 }
 
 // Summary is the one line printed when a mirror ends.
@@ -189,6 +193,7 @@ func (s *MirrorStats) Summary() string {
 	}{
 		{s.Probes, "kubelet probes"}, {s.Unselected, "not matching the filter"}, {s.SampledOut, "sampled out"},
 		{s.DroppedMidStream, "open before the mirror"}, {s.DroppedGap, "bytes lost"},
+		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.DroppedSlow, "copy too slow"}, {s.DroppedRefused, "refused by the destination"},
 		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"},
 		{s.Failed, "no answer from the copy"},
