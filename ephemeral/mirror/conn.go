@@ -159,8 +159,16 @@ func (c *conn) request(r *capture.Request) {
 	s := &c.m.stats
 	s.requests.Add(1)
 	switch {
+	case c.m.isCopy(r):
+		// A copy come back (through a Service that selects the pod): copying it again would loop.
+		s.copies.Add(1)
+		return
 	case r.Partial:
 		s.gap.Add(1)
+		return
+	case r.Method == "" || r.Target == "":
+		// The decoder leaves out an h2c :method or :path that is not HTTP's syntax.
+		s.malformed.Add(1)
 		return
 	case isUpgrade(r):
 		s.upgrade.Add(1)

@@ -132,7 +132,7 @@ func TestKernelMirrorModes(t *testing.T) {
 			var evs []wire.MirrorEvent
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			m, err := mirror.New(ctx, mirror.Config{Spec: spec, Open: toLocal{addr: local.addr}, Events: func(e wire.MirrorEvent) {
+			m, err := mirror.New(ctx, mirror.Config{Session: "mirrortest", Spec: spec, Open: toLocal{addr: local.addr}, Events: func(e wire.MirrorEvent) {
 				mu.Lock()
 				evs = append(evs, e)
 				mu.Unlock()

@@ -79,7 +79,7 @@ func stealSaysProbe(t *testing.T, req []byte) (bool, probe.Request) {
 // mirrorSaysProbe runs the request through a mirror and reads its probe count.
 func mirrorSaysProbe(t *testing.T, req []byte) bool {
 	t.Helper()
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
 	if err != nil {
 		t.Fatal(err)
 	}
