@@ -304,3 +304,33 @@ func TestAttach(t *testing.T) {
 		t.Errorf("write intervals (-want +got):\n%s", d)
 	}
 }
+
+// TestPrinterEscapesTraffic: a copied request's path (an h2c :path with OSC 52, which writes the
+// terminal's clipboard), a --diff line quoting a response header with CSI sequences, the copy's
+// error and a warning reach the terminal with their control characters escaped, whatever the
+// agent sent.
+func TestPrinterEscapesTraffic(t *testing.T) {
+	var out strings.Builder
+	p := newPrinter(&out, false, false)
+	p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Peer: "10.88.0.1:5555", Method: "GET", Path: "/x\x1b]52;c;aGVsbG8=\a", Status: 200, BytesOut: 3,
+		Differences: []string{"header X-App \"\x1b[2J\x1b[H\", pod \"a\""}})
+	p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Peer: "10.88.0.1:5555", Method: "P\u009bST", Path: "/a", Error: "read \x1b[8mhidden", Message: "\a"})
+	p.print(wire.MirrorEvent{Kind: wire.EventCopied, Peer: "10.88.0.1:5555\x1b[1A", Port: 6379})
+	p.print(wire.MirrorEvent{Kind: wire.EventWarning, Message: "a request to \"/\x1b]0;title\a\""})
+	p.flush()
+	var got []string
+	for _, line := range strings.SplitAfter(out.String(), "\n") {
+		if _, rest, ok := strings.Cut(line, " "); ok { // the clock
+			got = append(got, rest)
+		}
+	}
+	want := []string{
+		"10.88.0.1:5555 GET /x\\x1b]52;c;aGVsbG8=\\a -> 200, 3 B, 0s; differs: header X-App \"\\x1b[2J\\x1b[H\", pod \"a\"\n",
+		"10.88.0.1:5555 P\\u009bST /a -> no answer: read \\x1b[8mhidden (\\a)\n",
+		"10.88.0.1:5555\\x1b[1A -> port 6379: connection copied, 0 B sent, 0 B answered, 0s\n",
+		"warning: a request to \"/\\x1b]0;title\\a\"\n",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+}
