@@ -201,7 +201,7 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
 		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(), SkippedCopies: s.copies.Load(),
 		DroppedMalformed: s.malformed.Load(),
-		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
+		KernelReceived:   uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
 	}
 }
