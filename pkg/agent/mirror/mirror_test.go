@@ -26,8 +26,9 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// TestResolveTo: --to svc/NAME:PORT becomes the Service's cluster IP and port (by number or name),
-// a headless Service its DNS name; a missing Service or port is refused before anything changes.
+// TestResolveTo: --to svc/NAME[:PORT] becomes the Service's cluster IP and port (by number or name,
+// or its only port), a headless Service its DNS name; a missing Service or port, or a port left out
+// of a Service that has several, is refused before anything changes.
 func TestResolveTo(t *testing.T) {
 	client := fake.NewClientset(
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: "ns"}, Spec: corev1.ServiceSpec{
@@ -35,6 +36,9 @@ func TestResolveTo(t *testing.T) {
 		}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "ns"}, Spec: corev1.ServiceSpec{
 			ClusterIP: "None", Ports: []corev1.ServicePort{{Port: 8080}},
+		}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "two", Namespace: "ns"}, Spec: corev1.ServiceSpec{
+			ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Name: "a", Port: 80}, {Name: "b", Port: 81}},
 		}},
 	)
 	tests := []struct{ to, want, wantErr string }{
@@ -44,18 +48,20 @@ func TestResolveTo(t *testing.T) {
 		{to: "10.1.2.3:9000", want: "10.1.2.3:9000"},
 		{to: "svc/nope:80", wantErr: `--to "svc/nope:80": service "nope" not found in namespace "ns"`},
 		{to: "svc/canary:81", wantErr: `--to "svc/canary:81": service "canary" has no port "81"`},
+		{to: "svc/canary", want: "10.96.0.9:80"},
+		{to: "svc/two", wantErr: `--to "svc/two": service "two" has 2 ports; name one, e.g. svc/two:PORT`},
 	}
 	denied := fake.NewClientset()
 	denied.PrependReactor("get", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "canary", fmt.Errorf("no RBAC"))
 	})
 	o := &Options{To: "svc/canary:80"}
-	if _, err := o.resolveTo(context.Background(), denied, "ns"); err == nil || !strings.HasPrefix(err.Error(), `--to "svc/canary:80": get service "canary": `) || !apierrors.IsForbidden(err) {
+	if _, _, err := o.resolveTo(context.Background(), denied, "ns"); err == nil || !strings.HasPrefix(err.Error(), `--to "svc/canary:80": get service "canary": `) || !apierrors.IsForbidden(err) {
 		t.Errorf("forbidden: error %v, want the API's refusal wrapped", err)
 	}
 	for _, tt := range tests {
 		o := &Options{To: tt.to}
-		got, err := o.resolveTo(context.Background(), client, "ns")
+		got, _, err := o.resolveTo(context.Background(), client, "ns")
 		if tt.wantErr != "" {
 			if err == nil || err.Error() != tt.wantErr {
 				t.Errorf("%s: error %v, want %q", tt.to, err, tt.wantErr)
