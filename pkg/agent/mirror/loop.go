@@ -3,8 +3,10 @@ package mirror
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -202,10 +204,8 @@ func (g *loopGuard) slicePort(s *discoveryv1.EndpointSlice) (int, bool) {
 		if name != g.dest.port.Name {
 			continue
 		}
-		if p.Port == nil {
-			for port := range g.ports {
-				return port, true
-			}
+		if p.Port == nil && len(g.ports) > 0 { // every port of the endpoints: name the lowest mirrored one
+			return slices.Min(slices.Collect(maps.Keys(g.ports))), true
 		}
 		if p.Port != nil && g.ports[int(*p.Port)] {
 			return int(*p.Port), true
@@ -225,11 +225,11 @@ func (g *loopGuard) watch(ctx context.Context, client kubernetes.Interface) erro
 	if g == nil || g.dest == nil || !g.readable {
 		return nil
 	}
-	slices := client.DiscoveryV1().EndpointSlices(g.dest.service.Namespace)
+	api := client.DiscoveryV1().EndpointSlices(g.dest.service.Namespace)
 	rv := g.rv
 	for ctx.Err() == nil {
 		if rv == "" {
-			list, err := slices.List(ctx, g.selector())
+			list, err := api.List(ctx, g.selector())
 			if err != nil {
 				pause(ctx, watchRetry)
 				continue
@@ -243,7 +243,7 @@ func (g *loopGuard) watch(ctx context.Context, client kubernetes.Interface) erro
 		}
 		opts := g.selector()
 		opts.ResourceVersion, opts.AllowWatchBookmarks = rv, true
-		w, err := slices.Watch(ctx, opts)
+		w, err := api.Watch(ctx, opts)
 		if err != nil {
 			rv = ""
 			pause(ctx, watchRetry)
