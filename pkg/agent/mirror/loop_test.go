@@ -152,13 +152,25 @@ type watches struct {
 	ch chan *openedWatch
 }
 
+const listRV = "100"
+
 type openedWatch struct {
 	w    *watch.FakeWatcher
 	opts k8stesting.WatchActionImpl
 }
 
+// watchSlices hands the test the guard's watches; lists of EndpointSlices carry resource version
+// listRV (the fake's carry none), which a watch must go on from.
 func watchSlices(client *fake.Clientset) *watches {
 	ws := &watches{ch: make(chan *openedWatch)}
+	list := k8stesting.ObjectReaction(client.Tracker())
+	client.PrependReactor("list", "endpointslices", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		handled, obj, err := list(a)
+		if l, ok := obj.(*discoveryv1.EndpointSliceList); ok {
+			l.ResourceVersion = listRV
+		}
+		return handled, obj, err
+	})
 	client.PrependWatchReactor("endpointslices", func(a k8stesting.Action) (bool, watch.Interface, error) {
 		w := watch.NewFake()
 		ws.ch <- &openedWatch{w: w, opts: a.(k8stesting.WatchActionImpl)}
@@ -212,8 +224,8 @@ func TestWatchLoop(t *testing.T) {
 		ctx, _, ws, done, cancel := start(t)
 		defer cancel()
 		w := ws.next(t, ctx)
-		if sel := w.opts.GetWatchRestrictions().Labels.String(); sel != discoveryv1.LabelServiceName+"=canary" {
-			t.Errorf("watch selects %q, want the canary Service's slices", sel)
+		if r := w.opts.GetWatchRestrictions(); r.Labels.String() != discoveryv1.LabelServiceName+"=canary" || r.ResourceVersion != listRV {
+			t.Errorf("watch selects %q from resource version %q, want the canary Service's slices from the start's list, %q", r.Labels, r.ResourceVersion, listRV)
 		}
 		// The watch's channel is unbuffered: each send returns once the guard has read the event,
 		// so a guard that stopped at the first would block the second.
@@ -228,9 +240,14 @@ func TestWatchLoop(t *testing.T) {
 		ctx, _, ws, done, cancel := start(t)
 		defer cancel()
 		w := ws.next(t, ctx)
-		w.w.Modify(slice("canary-1", "canary", "web", 8080, otherPodIP))
+		changed := slice("canary-1", "canary", "web", 8080, otherPodIP)
+		changed.ResourceVersion = "107"
+		w.w.Modify(changed)
 		w.w.Stop()
 		w = ws.next(t, ctx)
+		if rv := w.opts.GetWatchRestrictions().ResourceVersion; rv != "107" {
+			t.Errorf("watch opened again from resource version %q, want the last seen, 107", rv)
+		}
 		w.w.Modify(slice("canary-1", "canary", "web", 8080, otherPodIP, loopPodIP))
 		if err := result(t, ctx, done); err == nil || err.Error() != joined {
 			t.Errorf("WatchLoop = %v\nwant %q", err, joined)
