@@ -179,7 +179,7 @@ func watchSlices(client *fake.Clientset) *watches {
 	return ws
 }
 
-func (ws *watches) next(t *testing.T, ctx context.Context) *openedWatch {
+func (ws *watches) next(ctx context.Context, t *testing.T) *openedWatch {
 	t.Helper()
 	select {
 	case w := <-ws.ch:
@@ -223,7 +223,7 @@ func TestWatchLoop(t *testing.T) {
 	t.Run("pod joins", func(t *testing.T) {
 		ctx, _, ws, done, cancel := start(t)
 		defer cancel()
-		w := ws.next(t, ctx)
+		w := ws.next(ctx, t)
 		if r := w.opts.GetWatchRestrictions(); r.Labels.String() != discoveryv1.LabelServiceName+"=canary" || r.ResourceVersion != listRV {
 			t.Errorf("watch selects %q from resource version %q, want the canary Service's slices from the start's list, %q", r.Labels, r.ResourceVersion, listRV)
 		}
@@ -239,12 +239,12 @@ func TestWatchLoop(t *testing.T) {
 	t.Run("watch ends", func(t *testing.T) {
 		ctx, _, ws, done, cancel := start(t)
 		defer cancel()
-		w := ws.next(t, ctx)
+		w := ws.next(ctx, t)
 		changed := slice("canary-1", "canary", "web", 8080, otherPodIP)
 		changed.ResourceVersion = "107"
 		w.w.Modify(changed)
 		w.w.Stop()
-		w = ws.next(t, ctx)
+		w = ws.next(ctx, t)
 		if rv := w.opts.GetWatchRestrictions().ResourceVersion; rv != "107" {
 			t.Errorf("watch opened again from resource version %q, want the last seen, 107", rv)
 		}
@@ -256,7 +256,7 @@ func TestWatchLoop(t *testing.T) {
 	t.Run("error lists again", func(t *testing.T) {
 		ctx, client, ws, done, cancel := start(t)
 		defer cancel()
-		w := ws.next(t, ctx)
+		w := ws.next(ctx, t)
 		// The pod joined while the watch could not say (its resource version expired): the list
 		// that follows the error finds it.
 		if _, err := client.DiscoveryV1().EndpointSlices("shop").Update(ctx, slice("canary-1", "canary", "web", 8080, otherPodIP, loopPodIP), metav1.UpdateOptions{}); err != nil {
@@ -269,7 +269,7 @@ func TestWatchLoop(t *testing.T) {
 	})
 	t.Run("interrupted", func(t *testing.T) {
 		ctx, _, ws, done, cancel := start(t)
-		w := ws.next(t, ctx)
+		w := ws.next(ctx, t)
 		w.w.Modify(slice("canary-1", "canary", "web", 8080, otherPodIP))
 		cancel()
 		select {
