@@ -269,7 +269,12 @@ func (c *h2conn) headers(d Direction, blk *h2block, te time.Time) {
 						s.Method = hf.Value
 					}
 				case ":path":
-					s.Path = hf.Value
+					// As HTTP/1's request line: a path with control characters or spaces is
+					// malformed (the app's server refuses the stream), and a terminal that
+					// printed it would obey the escape sequences any client can put in it.
+					if httpsyntax.IsTarget(hf.Value) {
+						s.Path = hf.Value
+					}
 				case ":authority":
 					s.Host = hf.Value
 				case "host":

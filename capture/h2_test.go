@@ -198,3 +198,32 @@ func TestH2PrefaceIsHTTP2s(t *testing.T) {
 		t.Fatalf("httpsyntax.H2Preface = %q, http2.ClientPreface = %q", httpsyntax.H2Preface, http2.ClientPreface)
 	}
 }
+
+// TestH2CPathWithControlsIsMalformed: an h2c :path is held to HTTP/1's request-target syntax, as
+// :method is to a token. One with an escape sequence (OSC 52 writes the terminal's clipboard) or a
+// space is malformed, which the app's server refuses (RFC 9113 8.1.1); it is not reported as the
+// request's path, so that neither a printer nor a mirror's copy takes it.
+func TestH2CPathWithControlsIsMalformed(t *testing.T) {
+	for _, path := range []string{"/x\x1b]52;c;aGVsbG8=\a", "/a b", "/\x7f"} {
+		cl, sv := newH2Side(true), newH2Side(false)
+		cl.headers(1, true, ":method", "GET", ":scheme", "http", ":authority", "svc", ":path", path)
+		sv.headers(1, true, ":status", "400")
+		var reqs []*Request
+		var exs []Exchange
+		f := NewHTTPFlow(Flow{}, HTTPOptions{
+			OnRequest:  func(r *Request) { reqs = append(reqs, r) },
+			OnExchange: func(e Exchange) { exs = append(exs, e) },
+		})
+		now := streamT0
+		f.Data(ClientToServer, []byte(cl.take()), now)
+		f.Data(ServerToClient, []byte(sv.take()), now)
+		f.End(ClientToServer, EndFIN, now)
+		f.End(ServerToClient, EndFIN, now)
+		if len(reqs) != 1 || reqs[0].Target != "" || reqs[0].Method != "GET" {
+			t.Errorf("path %q: requests %+v, want one GET with no target", path, reqs)
+		}
+		if len(exs) != 1 || exs[0].Path != "" || exs[0].Status != 400 {
+			t.Errorf("path %q: exchanges %+v, want one with no path, answered 400", path, exs)
+		}
+	}
+}

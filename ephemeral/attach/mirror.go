@@ -41,7 +41,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	// The mirror outlives the plugin's stream by its drain: copies in flight when the plugin ends
 	// the mirror are finished (Drain) before their context goes.
 	m, err := mirror.New(context.WithoutCancel(ctx), mirror.Config{
-		Spec: spec, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log,
+		Spec: spec, Session: s.id, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log,
 		Events: func(e wire.MirrorEvent) {
 			select {
 			case events <- e:

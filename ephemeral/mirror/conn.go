@@ -214,6 +214,10 @@ func (c *conn) request(r *capture.Request) {
 		c.budgetGap = false
 	}
 	switch {
+	case c.m.isCopy(r):
+		// A copy come back (through a Service that selects the pod): copying it again would loop.
+		s.copies.Add(1)
+		return
 	case r.Partial:
 		if n := c.gapCounter(); n != nil {
 			n.Add(1)
@@ -221,6 +225,10 @@ func (c *conn) request(r *capture.Request) {
 		return
 	case r.OverBudget:
 		s.overBudget.Add(1)
+		return
+	case r.Method == "" || r.Target == "":
+		// The decoder leaves out an h2c :method or :path that is not HTTP's syntax.
+		s.malformed.Add(1)
 		return
 	case isUpgrade(r):
 		s.upgrade.Add(1)

@@ -9,6 +9,7 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
+	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -60,6 +62,9 @@ const (
 // Config is one mirror.
 type Config struct {
 	Spec wire.MirrorSpec
+	// Session is the agent's session id: the value of wire.MirrorHeader on every HTTP copy, so that
+	// whoever receives a copy can tell which session sent it.
+	Session string
 	// Open reaches the plugin; Dial reaches Spec.To.
 	Open Opener
 	Dial Dialer
@@ -81,8 +86,13 @@ type Mirror struct {
 	probes *probe.Rule
 	ports  map[uint16]bool
 	// own are the local addresses of the mirror's own connections to its destination: when the
-	// destination routes back to the pod's port, they must not be mirrored again.
+	// destination routes back to the pod's port, they must not be mirrored again. Hairpin NAT (a
+	// Service that selects the pod) hides that address; wire.MirrorHeader catches those HTTP copies.
 	own sync.Map
+	// mark is the wire.MirrorHeader field line every HTTP/1 copy gets after its request line.
+	mark []byte
+	// looped says the first request carrying wire.MirrorHeader was reported.
+	looped atomic.Bool
 
 	queued atomic.Int64
 	// budget is the mirror's account in the agent's memory budget, closed with the mirror.
@@ -99,6 +109,7 @@ type counters struct {
 
 	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
 	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
+	copies, malformed                                                                 atomic.Int64
 }
 
 // New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
@@ -112,7 +123,10 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 	if cfg.Events == nil {
 		cfg.Events = func(wire.MirrorEvent) {}
 	}
-	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}}
+	if !httpsyntax.IsFieldValue(cfg.Session) || strings.TrimSpace(cfg.Session) == "" {
+		return nil, fmt.Errorf("mirror session id %q cannot be a header value", cfg.Session)
+	}
+	m := &Mirror{cfg: cfg, ports: map[uint16]bool{}, mark: []byte(wire.MirrorHeader + ": " + cfg.Session + "\r\n")}
 	matcher, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -149,6 +163,35 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 	return newConn(m, f)
 }
 
+// marked inserts the wire.MirrorHeader line after an HTTP/1 request's line; nil when raw has no
+// line end, which the decoder never reports.
+func (m *Mirror) marked(raw []byte) []byte {
+	i := bytes.IndexByte(raw, '\n')
+	if i < 0 {
+		return nil
+	}
+	out := make([]byte, 0, len(raw)+len(m.mark))
+	out = append(out, raw[:i+1]...)
+	out = append(out, m.mark...)
+	return append(out, raw[i+1:]...)
+}
+
+// isCopy reports whether a request is a mirror's copy (any session's); the first one is reported
+// once, since it means the copy's destination leads back to a mirrored port.
+func (m *Mirror) isCopy(r *capture.Request) bool {
+	for _, h := range r.Header {
+		if _, ok := httpsyntax.FieldLineValue(h, wire.MirrorHeader); ok {
+			if !m.looped.Swap(true) {
+				m.cfg.Events(wire.MirrorEvent{Kind: wire.EventWarning, Port: int(r.Flow.Server.Port()), Message: fmt.Sprintf(
+					"a request carrying %s (a mirror's copy) came to port %d; copies that come back are not copied again: send them somewhere that does not lead to this pod",
+					wire.MirrorHeader, r.Flow.Server.Port())})
+			}
+			return true
+		}
+	}
+	return false
+}
+
 // Close stops the copies in flight and waits for them.
 func (m *Mirror) Close() {
 	m.cancel()
@@ -179,8 +222,9 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		SampledOut: s.sampledOut.Load(), Mirrored: s.mirrored.Load(), Answered: s.answered.Load(),
 		Differ: s.differ.Load(), DroppedMidStream: s.midStream.Load(), DroppedGap: s.gap.Load(),
 		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
-		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(),
-		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
+		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(), SkippedCopies: s.copies.Load(),
+		DroppedMalformed: s.malformed.Load(),
+		KernelReceived:   uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
 
 		DroppedOverBudget: s.overBudget.Load(),

@@ -133,7 +133,7 @@ func TestKernelMirrorModes(t *testing.T) {
 			var evs []wire.MirrorEvent
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			m, err := mirror.New(ctx, mirror.Config{Spec: spec, Open: toLocal{addr: local.addr}, Events: func(e wire.MirrorEvent) {
+			m, err := mirror.New(ctx, mirror.Config{Session: "mirrortest", Spec: spec, Open: toLocal{addr: local.addr}, Events: func(e wire.MirrorEvent) {
 				mu.Lock()
 				evs = append(evs, e)
 				mu.Unlock()
@@ -219,7 +219,7 @@ func TestKernelRedirectMirrorOverBudget(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	m, err := mirror.New(ctx, mirror.Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Mode: wire.MirrorRedirect}, Open: toLocal{addr: local.addr}, Budget: b})
+	m, err := mirror.New(ctx, mirror.Config{Session: "mirrortest", Spec: wire.MirrorSpec{Ports: []int{8080}, Mode: wire.MirrorRedirect}, Open: toLocal{addr: local.addr}, Budget: b})
 	if err != nil {
 		t.Fatal(err)
 	}

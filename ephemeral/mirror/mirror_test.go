@@ -195,7 +195,7 @@ func TestMirrorHTTP1(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			local := newLocalServer(t, tt.differ)
 			var ev events
-			m, err := New(context.Background(), Config{Spec: tt.spec, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Events: ev.add})
+			m, err := New(context.Background(), Config{Session: testSession, Spec: tt.spec, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Events: ev.add})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -218,7 +218,7 @@ func TestMirrorHTTP1(t *testing.T) {
 // TestMirrorPercent: 50 percent of 100 selected requests is 50 copies, every time.
 func TestMirrorPercent(t *testing.T) {
 	local := newLocalServer(t, "")
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +254,7 @@ func TestMirrorConnectionWithoutClientBytes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			local := newLocalServer(t, "")
 			d := &dialer{addr: local.srv.Listener.Addr().String()}
-			m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: d})
+			m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}, Percent: 50}, Open: d})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -301,7 +301,7 @@ func TestMirrorOpaque(t *testing.T) {
 	})
 	for _, midStream := range []bool{false, true} {
 		var ev events
-		m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.String()}, Events: ev.add})
+		m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.String()}, Events: ev.add})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -345,7 +345,7 @@ func TestMirrorRefused(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	d := &dialer{addr: addr}
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -380,7 +380,7 @@ func (d *gatedDialer) OpenIncoming(ctx context.Context, req wire.OpenRequest) (n
 func TestMirrorBurstWaitsForASlowCopy(t *testing.T) {
 	local := newLocalServer(t, "")
 	d := &gatedDialer{dialer: dialer{addr: local.srv.Listener.Addr().String()}, gate: make(chan struct{})}
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +409,7 @@ func TestMirrorBurstWaitsForASlowCopy(t *testing.T) {
 // seen; closing the mirror must not wait for that end.
 func TestMirrorCloseWithAConnectionThatNeverEnds(t *testing.T) {
 	local := newLocalServer(t, "")
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +506,7 @@ func TestMirrorPipelinesHTTP1Copies(t *testing.T) {
 	dest := newBatchServer(t, 8, "")
 	var ev events
 	m, err := New(context.Background(), Config{
-		Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}, Events: ev.add,
+		Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}, Events: ev.add,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -546,7 +546,7 @@ func TestMirrorPipelinesHTTP1Copies(t *testing.T) {
 // next ones go on a new connection; a request that itself asks to close is the last on its connection.
 func TestMirrorPipelineAfterConnectionClose(t *testing.T) {
 	dest := newBatchServer(t, 1, "/1")
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: dest.ln.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -625,7 +625,7 @@ func TestMirrorCopiesH2CConcurrently(t *testing.T) {
 	t.Cleanup(srv.Close)
 	var ev events
 	m, err := New(context.Background(), Config{
-		Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: srv.Listener.Addr().String()}, Events: ev.add,
+		Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: srv.Listener.Addr().String()}, Events: ev.add,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -680,7 +680,7 @@ func (sinkOpener) OpenIncoming(context.Context, wire.OpenRequest) (net.Conn, err
 // thousands of connections add up); of pointers, 2.5 KiB. MEMPROF=FILE writes the heap profile at
 // the peak.
 func TestMirrorConnectionMemory(t *testing.T) {
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -737,7 +737,7 @@ func TestMirrorCopiesStopAtTheMemoryBudget(t *testing.T) {
 	}
 	local := newLocalServer(t, "")
 	d := &gatedDialer{dialer: dialer{addr: local.srv.Listener.Addr().String()}, gate: make(chan struct{})}
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d, Budget: b})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d, Budget: b})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -794,7 +794,7 @@ func TestMirrorGivesItsBudgetBackAtClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	local := newLocalServer(t, "")
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Budget: b})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Budget: b})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -815,7 +815,7 @@ func TestMirrorGivesItsBudgetBackAtClose(t *testing.T) {
 // counted as the budget's drop, not as bytes lost.
 func TestMirrorCountsTheTeesBudgetGapsAsTheBudgets(t *testing.T) {
 	local := newLocalServer(t, "")
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -86,7 +86,7 @@ func TestProbeFromTheNode(t *testing.T) {
 	if !steal || !mirror {
 		t.Errorf("a probe with its own User-Agent from the node: steal says %v, mirror %v; want probes", steal, mirror)
 	}
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8443}, Probes: testProbes()}, Open: sinkOpener{}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8443}, Probes: testProbes()}, Open: sinkOpener{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func stealSaysProbe(t *testing.T, req []byte, flow capture.Flow) (bool, probe.Re
 // mirrorSaysProbe runs the request through a mirror and reads its probe count.
 func mirrorSaysProbe(t *testing.T, req []byte, flow capture.Flow) bool {
 	t.Helper()
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Probes: testProbes()}, Open: sinkOpener{}})
+	m, err := New(context.Background(), Config{Session: testSession, Spec: wire.MirrorSpec{Ports: []int{8080}, Probes: testProbes()}, Open: sinkOpener{}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -253,7 +253,7 @@ func (r *replayer) replayH1(ctx context.Context, req *capture.Request) {
 		p := r.pipe
 		f := &flight{req: req, ev: r.event(req), start: time.Now()}
 		_ = p.conn.SetWriteDeadline(f.start.Add(answerTimeout))
-		if _, err := p.conn.Write(req.Raw); err != nil {
+		if _, err := p.conn.Write(m.marked(req.Raw)); err != nil {
 			// The reader closes the connection after an answer that ends it (Connection: close):
 			// then the request goes on a new connection, as the pod's client would have sent it.
 			if p.end() && attempt == 1 {
@@ -432,6 +432,7 @@ func (r *replayer) replayH2(ctx context.Context, req *capture.Request) {
 		m.stats.failed.Add(1)
 		return
 	}
+	hreq.Header.Set(wire.MirrorHeader, m.cfg.Session)
 	ev := r.event(req)
 	start := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, answerTimeout)

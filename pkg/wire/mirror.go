@@ -29,6 +29,14 @@ const (
 // one before, 4 ms left a third to a half of the copies too slow.
 const MirrorWriteInterval = 4 * time.Millisecond
 
+// MirrorHeader marks every HTTP copy a mirror sends (in the HTTP/1 head; in the h2c HEADERS the
+// agent encodes afresh), its value the agent's session id. A mirror never copies a request that
+// carries it, whatever its value: a destination that routes back to a mirrored pod (a Service that
+// selects it, reached through hairpin NAT, which hides the copy's source) would otherwise have each
+// copy copied again, without end. Copies of other protocols carry no mark; the plugin refuses a
+// destination whose endpoints include the mirrored pod before the mirror starts.
+const MirrorHeader = "X-Trafficlab-Mirror"
+
 // Mirror modes.
 const (
 	// MirrorSniff watches with a packet socket (NET_RAW only); the pod's traffic is never touched.
@@ -160,6 +168,11 @@ type MirrorStats struct {
 	DroppedOverBudget int64 `json:"droppedOverBudget,omitempty"`
 	// Failed were sent but the copy's answer never came (error or timeout).
 	Failed int64 `json:"failed,omitempty"`
+	// SkippedCopies carried MirrorHeader: a mirror's own copies, come back to a mirrored port.
+	SkippedCopies int64 `json:"skippedCopies,omitempty"`
+	// DroppedMalformed are h2c requests without a valid :method or :path, which the app's server
+	// must refuse (RFC 9113 8.1.1): there is nothing to replay.
+	DroppedMalformed int64 `json:"droppedMalformed,omitempty"`
 	// Kernel counts of the capture (sniff mode): frames queued to the agent and frames the kernel
 	// dropped because the agent's ring was full.
 	KernelReceived uint64 `json:"kernelReceived,omitempty"`
@@ -176,7 +189,7 @@ type MirrorStats struct {
 // Dropped sums the copies not made, whatever the cause.
 func (s *MirrorStats) Dropped() int64 {
 	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge +
-		s.DroppedOverBudget
+		s.DroppedOverBudget + s.DroppedMalformed
 }
 
 // Summary is the one line printed when a mirror ends.
@@ -191,11 +204,12 @@ func (s *MirrorStats) Summary() string {
 		n    int64
 		what string
 	}{
-		{s.Probes, "kubelet probes"}, {s.Unselected, "not matching the filter"}, {s.SampledOut, "sampled out"},
+		{s.Probes, "kubelet probes"}, {s.SkippedCopies, "copies of a mirror (" + MirrorHeader + ")"},
+		{s.Unselected, "not matching the filter"}, {s.SampledOut, "sampled out"},
 		{s.DroppedMidStream, "open before the mirror"}, {s.DroppedGap, "bytes lost"},
 		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.DroppedSlow, "copy too slow"}, {s.DroppedRefused, "refused by the destination"},
-		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"},
+		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"}, {s.DroppedMalformed, "malformed"},
 		{s.Failed, "no answer from the copy"},
 	} {
 		if c.n > 0 {

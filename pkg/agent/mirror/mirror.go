@@ -41,6 +41,7 @@ type Options struct {
 	to         string
 	// probes are the pod's, read by Check.
 	probes *wire.Probes
+	guard  *loopGuard
 }
 
 // NewOptions returns Options with the defaults.
@@ -81,7 +82,7 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--percent must be between 1 and 100, not %d", o.Percent)
 	}
 	if o.To != "" {
-		if _, _, err := parseTo(o.To); err != nil {
+		if _, _, _, err := parseTo(o.To); err != nil {
 			return err
 		}
 		if o.localGiven {
@@ -112,27 +113,35 @@ func (o *Options) Capabilities() inject.Capabilities {
 // against the pod (Service ports, named ports) once Check has run.
 func (o *Options) Ports() []target.PortSpec { return o.ports }
 
-// parseTo splits --to into a Service (svc/NAME:PORT) or a host and a port.
-func parseTo(to string) (svc, hostport string, err error) {
+// parseTo splits --to into a Service (svc/NAME[:PORT]; PORT may be left out when the Service has
+// one) or a host and a port.
+func parseTo(to string) (svc, svcPort, hostport string, err error) {
 	rest, isSvc := strings.CutPrefix(to, "svc/")
 	if !isSvc {
 		rest, isSvc = strings.CutPrefix(to, "service/")
 	}
+	if isSvc && !strings.Contains(rest, ":") {
+		if rest == "" {
+			return "", "", "", fmt.Errorf("--to %q must be svc/NAME[:PORT] or HOST:PORT", to)
+		}
+		return rest, "", "", nil
+	}
 	host, port, err := net.SplitHostPort(rest)
 	if err != nil || host == "" || port == "" {
-		return "", "", fmt.Errorf("--to %q must be svc/NAME:PORT or HOST:PORT", to)
+		return "", "", "", fmt.Errorf("--to %q must be svc/NAME[:PORT] or HOST:PORT", to)
 	}
 	if isSvc {
-		return rest, "", nil
+		return host, port, "", nil
 	}
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return "", "", fmt.Errorf("--to %q: port must be 1-65535", to)
+		return "", "", "", fmt.Errorf("--to %q: port must be 1-65535", to)
 	}
-	return "", rest, nil
+	return "", "", rest, nil
 }
 
 // Check resolves the ports and --to against the cluster before the agent is added, and returns
-// warnings about what the mirror will not do as the user may expect.
+// warnings about what the mirror will not do as the user may expect. A --to that leads back to the
+// mirrored pod is refused (see loop.go).
 func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *target.Target) ([]string, error) {
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
@@ -147,29 +156,46 @@ func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *tar
 		warnings = append(warnings, fmt.Sprintf("%d ready pods match; only pod %s is mirrored", t.Replicas, t.Pod.Name))
 	}
 	if o.To != "" {
-		to, err := o.resolveTo(ctx, client, t.Pod.Namespace)
+		to, dest, err := o.resolveTo(ctx, client, t.Pod.Namespace)
 		if err != nil {
 			return nil, err
 		}
 		o.to = to
+		o.guard = newLoopGuard(o.To, t.Pod, o.ports, to, dest)
+		if dest == nil {
+			o.guard.dest, o.guard.lookupErr = lookupDestination(ctx, client, t.Pod.Namespace, to)
+		}
+		w, err := o.guard.check(ctx, client)
+		if err != nil {
+			return nil, err
+		}
+		if w != "" {
+			warnings = append(warnings, w)
+		}
 	}
 	return warnings, nil
 }
 
-// resolveTo turns svc/NAME:PORT into the Service's cluster IP (or, headless, its DNS name) and
-// port, refusing a Service or port that does not exist.
-func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, namespace string) (string, error) {
-	svc, hostport, _ := parseTo(o.To)
-	if svc == "" {
-		return hostport, nil
+// resolveTo turns svc/NAME[:PORT] into the Service's cluster IP (or, headless, its DNS name) and
+// port, refusing a Service or port that does not exist, with the Service and its port (nil for
+// HOST:PORT) whose endpoints the loop guard checks.
+func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, namespace string) (string, *destination, error) {
+	name, port, hostport, _ := parseTo(o.To)
+	if name == "" {
+		return hostport, nil, nil
 	}
-	name, port, _ := net.SplitHostPort(svc)
 	s, err := client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("--to %q: service %q not found in namespace %q", o.To, name, namespace)
+		return "", nil, fmt.Errorf("--to %q: service %q not found in namespace %q", o.To, name, namespace)
 	}
 	if err != nil {
-		return "", fmt.Errorf("--to %q: get service %q: %w", o.To, name, err)
+		return "", nil, fmt.Errorf("--to %q: get service %q: %w", o.To, name, err)
+	}
+	if port == "" {
+		if len(s.Spec.Ports) != 1 {
+			return "", nil, fmt.Errorf("--to %q: service %q has %d ports; name one, e.g. svc/%s:PORT", o.To, name, len(s.Spec.Ports), name)
+		}
+		port = strconv.Itoa(int(s.Spec.Ports[0].Port))
 	}
 	for _, p := range s.Spec.Ports {
 		if p.Name == port || strconv.Itoa(int(p.Port)) == port {
@@ -177,10 +203,10 @@ func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, na
 			if host == "" || host == "None" {
 				host = fmt.Sprintf("%s.%s.svc", s.Name, s.Namespace)
 			}
-			return net.JoinHostPort(host, strconv.Itoa(int(p.Port))), nil
+			return net.JoinHostPort(host, strconv.Itoa(int(p.Port))), &destination{service: s, port: p}, nil
 		}
 	}
-	return "", fmt.Errorf("--to %q: service %q has no port %q", o.To, name, port)
+	return "", nil, fmt.Errorf("--to %q: service %q has no port %q", o.To, name, port)
 }
 
 // Spec is what the agent is asked to do, once Check has resolved --to.

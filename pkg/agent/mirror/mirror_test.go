@@ -27,8 +27,9 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// TestResolveTo: --to svc/NAME:PORT becomes the Service's cluster IP and port (by number or name),
-// a headless Service its DNS name; a missing Service or port is refused before anything changes.
+// TestResolveTo: --to svc/NAME[:PORT] becomes the Service's cluster IP and port (by number or name,
+// or its only port), a headless Service its DNS name; a missing Service or port, or a port left out
+// of a Service that has several, is refused before anything changes.
 func TestResolveTo(t *testing.T) {
 	client := fake.NewClientset(
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "canary", Namespace: "ns"}, Spec: corev1.ServiceSpec{
@@ -36,6 +37,9 @@ func TestResolveTo(t *testing.T) {
 		}},
 		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "headless", Namespace: "ns"}, Spec: corev1.ServiceSpec{
 			ClusterIP: "None", Ports: []corev1.ServicePort{{Port: 8080}},
+		}},
+		&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "two", Namespace: "ns"}, Spec: corev1.ServiceSpec{
+			ClusterIP: "10.96.0.10", Ports: []corev1.ServicePort{{Name: "a", Port: 80}, {Name: "b", Port: 81}},
 		}},
 	)
 	tests := []struct{ to, want, wantErr string }{
@@ -45,18 +49,20 @@ func TestResolveTo(t *testing.T) {
 		{to: "10.1.2.3:9000", want: "10.1.2.3:9000"},
 		{to: "svc/nope:80", wantErr: `--to "svc/nope:80": service "nope" not found in namespace "ns"`},
 		{to: "svc/canary:81", wantErr: `--to "svc/canary:81": service "canary" has no port "81"`},
+		{to: "svc/canary", want: "10.96.0.9:80"},
+		{to: "svc/two", wantErr: `--to "svc/two": service "two" has 2 ports; name one, e.g. svc/two:PORT`},
 	}
 	denied := fake.NewClientset()
 	denied.PrependReactor("get", "services", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "services"}, "canary", fmt.Errorf("no RBAC"))
 	})
 	o := &Options{To: "svc/canary:80"}
-	if _, err := o.resolveTo(context.Background(), denied, "ns"); err == nil || !strings.HasPrefix(err.Error(), `--to "svc/canary:80": get service "canary": `) || !apierrors.IsForbidden(err) {
+	if _, _, err := o.resolveTo(context.Background(), denied, "ns"); err == nil || !strings.HasPrefix(err.Error(), `--to "svc/canary:80": get service "canary": `) || !apierrors.IsForbidden(err) {
 		t.Errorf("forbidden: error %v, want the API's refusal wrapped", err)
 	}
 	for _, tt := range tests {
 		o := &Options{To: tt.to}
-		got, err := o.resolveTo(context.Background(), client, "ns")
+		got, _, err := o.resolveTo(context.Background(), client, "ns")
 		if tt.wantErr != "" {
 			if err == nil || err.Error() != tt.wantErr {
 				t.Errorf("%s: error %v, want %q", tt.to, err, tt.wantErr)
@@ -308,5 +314,35 @@ func TestAttach(t *testing.T) {
 	defer plugin.mu.Unlock()
 	if d := cmp.Diff([]time.Duration{wire.MirrorWriteInterval, 0}, plugin.intervals); d != "" {
 		t.Errorf("write intervals (-want +got):\n%s", d)
+	}
+}
+
+// TestPrinterEscapesTraffic: a copied request's path (an h2c :path with OSC 52, which writes the
+// terminal's clipboard), a --diff line quoting a response header with CSI sequences, the copy's
+// error and a warning reach the terminal with their control characters escaped, whatever the
+// agent sent.
+func TestPrinterEscapesTraffic(t *testing.T) {
+	var out strings.Builder
+	p := newPrinter(&out, false, false)
+	p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Peer: "10.88.0.1:5555", Method: "GET", Path: "/x\x1b]52;c;aGVsbG8=\a", Status: 200, BytesOut: 3,
+		Differences: []string{"header X-App \"\x1b[2J\x1b[H\", pod \"a\""}})
+	p.print(wire.MirrorEvent{Kind: wire.EventMirrored, Peer: "10.88.0.1:5555", Method: "P\u009bST", Path: "/a", Error: "read \x1b[8mhidden", Message: "\a"})
+	p.print(wire.MirrorEvent{Kind: wire.EventCopied, Peer: "10.88.0.1:5555\x1b[1A", Port: 6379})
+	p.print(wire.MirrorEvent{Kind: wire.EventWarning, Message: "a request to \"/\x1b]0;title\a\""})
+	p.flush()
+	var got []string
+	for _, line := range strings.SplitAfter(out.String(), "\n") {
+		if _, rest, ok := strings.Cut(line, " "); ok { // the clock
+			got = append(got, rest)
+		}
+	}
+	want := []string{
+		"10.88.0.1:5555 GET /x\\x1b]52;c;aGVsbG8=\\a -> 200, 3 B, 0s; differs: header X-App \"\\x1b[2J\\x1b[H\", pod \"a\"\n",
+		"10.88.0.1:5555 P\\u009bST /a -> no answer: read \\x1b[8mhidden (\\a)\n",
+		"10.88.0.1:5555\\x1b[1A -> port 6379: connection copied, 0 B sent, 0 B answered, 0s\n",
+		"warning: a request to \"/\\x1b]0;title\\a\"\n",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
 	}
 }

@@ -83,28 +83,31 @@ func (p *printer) print(ev wire.MirrorEvent) {
 		return
 	}
 	now := time.Now().Format("15:04:05")
+	// Every string in an event may carry what a client of the pod sent, and a terminal obeys the
+	// control sequences in it: each is escaped (lineout.Escape). JSON escapes them itself.
+	esc := lineout.Escape
 	switch ev.Kind {
 	case wire.EventWarning:
-		fmt.Fprintf(p.out, "%s warning: %s\n", now, ev.Message)
+		fmt.Fprintf(p.out, "%s warning: %s\n", now, esc(ev.Message))
 	case wire.EventCopied:
 		fmt.Fprintf(p.out, "%s %s -> port %d: connection copied, %d B sent, %d B answered, %s\n",
-			now, ev.Peer, ev.Port, ev.BytesIn, ev.BytesOut, ev.Duration.Std().Round(time.Millisecond))
+			now, esc(ev.Peer), ev.Port, ev.BytesIn, ev.BytesOut, ev.Duration.Std().Round(time.Millisecond))
 	case wire.EventMirrored:
 		if p.diffOnly && len(ev.Differences) == 0 && ev.Error == "" && ev.Message == "" {
 			return
 		}
-		line := fmt.Sprintf("%s %s %s %s", now, ev.Peer, ev.Method, ev.Path)
+		line := fmt.Sprintf("%s %s %s %s", now, esc(ev.Peer), esc(ev.Method), esc(ev.Path))
 		switch {
 		case ev.Error != "":
-			line += " -> no answer: " + ev.Error
+			line += " -> no answer: " + esc(ev.Error)
 		default:
 			line += fmt.Sprintf(" -> %d, %d B, %s", ev.Status, ev.BytesOut, fmtDuration(ev.Duration.Std()))
 		}
 		if len(ev.Differences) > 0 {
-			line += "; differs: " + strings.Join(ev.Differences, "; ")
+			line += "; differs: " + esc(strings.Join(ev.Differences, "; "))
 		}
 		if ev.Message != "" {
-			line += " (" + ev.Message + ")"
+			line += " (" + esc(ev.Message) + ")"
 		}
 		fmt.Fprintln(p.out, line)
 	}

@@ -40,7 +40,7 @@ func (p *printer) event(ev wire.StealEvent) {
 	if ev.Kind == wire.EventWarning {
 		// The lines before the warning come before it on a terminal that shows both.
 		_ = p.out.Flush()
-		fmt.Fprintf(p.errOut, "warning: %s\n", ev.Message)
+		fmt.Fprintf(p.errOut, "warning: %s\n", lineout.Escape(ev.Message))
 		if !p.json {
 			return
 		}
@@ -59,11 +59,14 @@ func (p *printer) event(ev wire.StealEvent) {
 		return
 	}
 	ts := p.now().Format("15:04:05")
+	// What a client of the pod sent is escaped: a terminal obeys the control sequences in it
+	// (lineout.Escape). JSON escapes them itself.
+	esc := lineout.Escape
 	switch ev.Kind {
 	case wire.EventRequest:
-		fmt.Fprintf(p.out, "%s %s %s %d %s %s (from %s)\n", ts, ev.Method, ev.Path, ev.Status, ev.Duration.Std(), ev.Proto, ev.Peer)
+		fmt.Fprintf(p.out, "%s %s %s %d %s %s (from %s)\n", ts, esc(ev.Method), esc(ev.Path), ev.Status, ev.Duration.Std(), esc(ev.Proto), esc(ev.Peer))
 	case wire.EventConnection:
-		fmt.Fprintf(p.out, "%s connection from %s to port %d: %s in, %s out, %s\n", ts, ev.Peer, ev.Port, bytesString(ev.BytesIn), bytesString(ev.BytesOut), ev.Duration.Std())
+		fmt.Fprintf(p.out, "%s connection from %s to port %d: %s in, %s out, %s\n", ts, esc(ev.Peer), ev.Port, bytesString(ev.BytesIn), bytesString(ev.BytesOut), ev.Duration.Std())
 	}
 }
 

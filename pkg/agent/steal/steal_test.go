@@ -419,3 +419,21 @@ func TestPassedByAddress(t *testing.T) {
 		t.Errorf("passedByAddress (-want +got):\n%s", d)
 	}
 }
+
+// TestPrinterEscapesTraffic: a stolen request's path, method and peer, and a warning that quotes
+// traffic, reach the terminal with their control characters escaped (OSC 52 writes the clipboard,
+// CSI 2J clears the screen).
+func TestPrinterEscapesTraffic(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newPrinter(&out, &errOut, false)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	p.event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: "/x\x1b]52;c;aGVsbG8=\a", Status: 200, Stolen: true, Duration: 12, Proto: "h2c", Peer: "10.88.0.1:5555\x1b[2J"})
+	p.event(wire.StealEvent{Kind: wire.EventWarning, Message: "request \"/\x1b[8m\" failed"})
+	p.flush()
+	if diff := cmp.Diff("10:04:05 GET /x\\x1b]52;c;aGVsbG8=\\a 200 12ms h2c (from 10.88.0.1:5555\\x1b[2J)\n", out.String()); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff("warning: request \"/\\x1b[8m\" failed\n", errOut.String()); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+}

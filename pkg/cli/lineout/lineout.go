@@ -1,8 +1,8 @@
-// Package lineout gathers a command's output lines into fewer writes. At thousands of lines a
-// second (a mirror's copies, a steal's requests, a dump's exchanges), a write per line is a system
-// call in the plugin and a wake-up of whatever reads the output (a terminal, jq, a pipe) per line;
-// lines that come within Delay of the first unwritten one share a write instead, and nobody
-// watching can tell 20 ms.
+// Package lineout is what the verbs' text output needs: lines gathered into fewer writes, and what
+// traffic put in them escaped (Escape). At thousands of lines a second (a mirror's copies, a steal's
+// requests, a dump's exchanges), a write per line is a system call in the plugin and a wake-up of
+// whatever reads the output (a terminal, jq, a pipe) per line; lines that come within Delay of the
+// first unwritten one share a write instead, and nobody watching can tell 20 ms.
 package lineout
 
 import (

@@ -99,3 +99,21 @@ func TestViewBatchesLines(t *testing.T) {
 	v.close()
 	w.CheckBatched(t, 100)
 }
+
+// TestViewEscapesTraffic: what a client sent (an h2c :path with OSC 52, which writes the terminal's
+// clipboard, a method, a gRPC status from a header) reaches the terminal escaped; JSON escapes it
+// itself.
+func TestViewEscapesTraffic(t *testing.T) {
+	var out bytes.Buffer
+	v := &view{out: lineout.New(&out)}
+	at := time.Date(2026, 11, 23, 10, 4, 5, 120e6, time.UTC)
+	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
+	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "h2c", Method: "GET", Path: "/x\x1b]52;c;aGVsbG8=\a", Status: 200})
+	v.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "grpc", Method: "P\u009bST", Path: "/a", Status: 200, GRPCStatus: "0\x1b[2J\x1b[H"})
+	_ = v.out.Flush()
+	want := "10:04:05.120 10.88.0.1:5555 h2c GET /x\\x1b]52;c;aGVsbG8=\\a 200 0s 0B/0B\n" +
+		"10:04:05.120 10.88.0.1:5555 grpc P\\u009bST /a 200 grpc-status=0\\x1b[2J\\x1b[H 0s 0B/0B\n"
+	if got := out.String(); got != want {
+		t.Errorf("view:\n%q\nwant:\n%q", got, want)
+	}
+}

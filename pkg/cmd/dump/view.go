@@ -114,14 +114,15 @@ func (v *view) exchange(e capture.Exchange) {
 		status = fmt.Sprint(e.Status)
 	}
 	if e.GRPCStatus != "" {
-		status += " grpc-status=" + e.GRPCStatus
+		status += " grpc-status=" + lineout.Escape(e.GRPCStatus)
 	}
 	partial := ""
 	if e.Partial {
 		partial = " (partial)"
 	}
-	fmt.Fprintf(v.out, "%s %s %s %s %s %s %s %dB/%dB%s\n", e.Start.Format("15:04:05.000"), e.Client, e.Proto,
-		orDash(e.Method), orDash(e.Path), status, e.Latency.Round(10*time.Microsecond), e.ReqBytes, e.RespBytes, partial)
+	// What a client sent is escaped: a terminal obeys the control sequences in it (lineout.Escape).
+	fmt.Fprintf(v.out, "%s %s %s %s %s %s %s %dB/%dB%s\n", e.Start.Format("15:04:05.000"), e.Client, lineout.Escape(e.Proto),
+		orDash(lineout.Escape(e.Method)), orDash(lineout.Escape(e.Path)), status, e.Latency.Round(10*time.Microsecond), e.ReqBytes, e.RespBytes, partial)
 }
 
 func (v *view) connection(c capture.Connection) {

@@ -42,7 +42,13 @@ var (
 		under load. When the mirror ends, connections it relays are reset and their clients
 		reconnect to the app directly.
 
-		In both modes a copy that cannot keep up is dropped and counted, never the pod's traffic.`)
+		In both modes a copy that cannot keep up is dropped and counted, never the pod's traffic.
+
+		Every HTTP copy carries the header X-Trafficlab-Mirror with the session's id, and a
+		request that carries it is never copied. A --to whose endpoints include the mirrored pod
+		would have each copy mirrored again (a Service that selects the pod, reached through
+		hairpin NAT, hides where the copy came from): it is refused before anything changes in
+		the cluster, and the mirror ends, saying why, if the pod joins its endpoints later.`)
 
 	mirrorExample = templates.Examples(`
 		# Replay what port 8080 of pod web receives to local port 8080
@@ -51,7 +57,8 @@ var (
 		# Through a Service's port, to local 9090, only the requests under /api
 		kubectl trafficlab mirror svc/api --port 80:9090 --path-filter '^/api/'
 
-		# Send 10% of the requests to the canary Service in the cluster instead
+		# Send 10% of the requests to the canary Service in the cluster instead (a Service whose
+		# endpoints include the mirrored pod is refused: the copies would be mirrored again)
 		kubectl trafficlab mirror deploy/api --port 8080 --to svc/api-canary:80 --percent 10
 
 		# Print the requests whose local answer differs from the pod's
@@ -83,7 +90,7 @@ func NewCmdMirror(streams genericiooptions.IOStreams, configFlags *genericcliopt
 
 func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:                   "mirror TYPE/NAME --port REMOTE[:LOCAL] [--port ...] [filters] [--mode sniff|redirect] [--to svc/NAME:PORT]",
+		Use:                   "mirror TYPE/NAME --port REMOTE[:LOCAL] [--port ...] [filters] [--mode sniff|redirect] [--to svc/NAME[:PORT]]",
 		DisableFlagsInUseLine: true,
 		Short:                 "Replay a copy of a pod's incoming traffic to a local process or another service",
 		Long:                  mirrorLong,
@@ -105,7 +112,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringVar(&m.LocalAddress, "local-address", m.LocalAddress, "Address of the local process that receives the copy.")
 	f.StringVar(&m.Mode, "mode", m.Mode, "How the agent sees the traffic: sniff (packet capture, NET_RAW only) or redirect (in the path with nftables, NET_ADMIN; nothing is missed).")
 	m.Filter.AddFlags(f, "Mirror")
-	f.StringVar(&m.To, "to", "", "Send the copy to svc/NAME:PORT or HOST:PORT, dialed from the pod, instead of to a local port.")
+	f.StringVar(&m.To, "to", "", "Send the copy to svc/NAME[:PORT] or HOST:PORT, dialed from the pod, instead of to a local port. Refused when it leads back to the mirrored pod; the mirror ends if the pod joins its endpoints later.")
 	f.IntVar(&m.Percent, "percent", m.Percent, "Share of the selected requests to copy, 1-100, spread evenly.")
 	f.BoolVar(&m.Diff, "diff", false, "Compare each copy's response with the pod's (status, --diff-header headers, gRPC status, body) and print only the requests whose responses differ.")
 	f.StringSliceVar(&m.DiffHeaders, "diff-header", []string{"Content-Type"}, "Response headers --diff compares (comma separated).")
@@ -160,9 +167,21 @@ func (o *Options) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := s.Wait(ctx); err != nil {
+	// The mirrored pod may join --to's endpoints while the mirror runs: the mirror then ends with
+	// that error, its counts printed first.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		if err := o.Mirror.WatchLoop(wctx, o.kube.Client); err != nil {
+			cancel(err)
+		}
+	}()
+	if err := s.Wait(wctx); err != nil {
 		return err
 	}
 	stop()
+	if ctx.Err() == nil {
+		return context.Cause(wctx)
+	}
 	return nil
 }

@@ -40,7 +40,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "bad mode", args: []string{"pod/web", "-p", "8080", "--mode", "tap"}, wantErr: `--mode must be sniff or redirect, not "tap"`},
 		{name: "percent 0", args: []string{"pod/web", "-p", "8080", "--percent", "0"}, wantErr: `--percent must be between 1 and 100, not 0`},
 		{name: "percent 101", args: []string{"pod/web", "-p", "8080", "--percent", "101"}, wantErr: `--percent must be between 1 and 100, not 101`},
-		{name: "bad to", args: []string{"pod/web", "-p", "8080", "--to", "canary"}, wantErr: `--to "canary" must be svc/NAME:PORT or HOST:PORT`},
+		{name: "bad to", args: []string{"pod/web", "-p", "8080", "--to", "canary"}, wantErr: `--to "canary" must be svc/NAME[:PORT] or HOST:PORT`},
 		{name: "bad to port", args: []string{"pod/web", "-p", "8080", "--to", "db:0"}, wantErr: `--to "db:0": port must be 1-65535`},
 		{name: "to with a local port", args: []string{"pod/web", "-p", "8080:9090", "--to", "svc/canary:80"}, wantErr: `--port REMOTE:LOCAL names a local port, but --to sends the copy elsewhere`},
 		{name: "bad diff header", args: []string{"pod/web", "-p", "8080", "--diff", "--diff-header", "a b"}, wantErr: `--diff-header "a b" is not a header name`},
