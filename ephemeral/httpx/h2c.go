@@ -197,10 +197,14 @@ func (p *h2proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev.Stolen = s == sideLocal
 	if err != nil {
 		if r.Context().Err() == nil {
-			p.route.warn(ev, "%v", err)
+			msg := err.Error()
+			if s == sideLocal {
+				msg = localFailed(err)
+			}
+			p.route.warn(ev, "%s", msg)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusBadGateway)
-			_, _ = io.WriteString(w, "trafficlab: "+err.Error()+"\n")
+			_, _ = io.WriteString(w, "trafficlab: "+msg+"\n")
 			ev.Status = http.StatusBadGateway
 		}
 		ev.Duration = time.Since(start)
@@ -280,17 +284,23 @@ func relayH2Response(w http.ResponseWriter, resp *http.Response) (int64, error) 
 	return n, nil
 }
 
-// roundTrip sends r to side want. A request that is still untouched may go a second time: to the app
-// when the local process cannot be reached or its new connection broke at once (its tunnel could
-// open, its process could not answer), or to a new connection when a reused one turned out dead and
-// the request is safe to repeat.
+// roundTrip sends r to side want. When the local process cannot be reached (no connection to it
+// could be made) the request goes to the app instead; once a connection to it took the request it
+// never does, since the process may have acted on it. A request that is still untouched may go a
+// second time to the same side on a new connection, when a reused one turned out dead and the
+// request is safe to repeat.
 func (p *h2proxy) roundTrip(r *http.Request, want side, ev Event) (*http.Response, side, *h2body, error) {
+	fallback := true
 	for attempt := 0; ; attempt++ {
 		body := &h2body{rc: r.Body}
 		out := upstreamRequest(r, body)
-		cc, s, fresh, err := p.clientConn(r.Context(), want, ev)
+		cc, s, fresh, err := p.clientConn(r.Context(), want, ev, fallback)
 		if err != nil {
 			return nil, s, body, err
+		}
+		want = s
+		if s == sideLocal {
+			fallback = false
 		}
 		resp, err := cc.RoundTrip(out)
 		if err == nil {
@@ -300,16 +310,11 @@ func (p *h2proxy) roundTrip(r *http.Request, want side, ev Event) (*http.Respons
 		if attempt > 0 || body.n.Load() > 0 || r.Context().Err() != nil {
 			return nil, s, body, err
 		}
-		switch {
-		case fresh && s == sideLocal:
+		if !fresh && cc.Err() != nil && replayable(r.Method, r.Header.Get) {
 			p.forget(s, cc)
-			p.route.warn(ev, "local process closed the connection without answering (%v); request sent to the app", err)
-			want = sideApp
-		case !fresh && cc.Err() != nil && replayable(r.Method, r.Header.Get):
-			p.forget(s, cc)
-		default:
-			return nil, s, body, err
+			continue
 		}
+		return nil, s, body, err
 	}
 }
 
@@ -325,7 +330,7 @@ func replayable(method string, get func(string) string) bool {
 
 // clientConn returns a client connection to side want with a stream reserved on it, falling back
 // to the app when the local process cannot be reached.
-func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event) (cc *http.ClientConn, s side, fresh bool, err error) {
+func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event, fallback bool) (cc *http.ClientConn, s side, fresh bool, err error) {
 	sd := &p.sides[want]
 	sd.mu.Lock()
 	if sd.cur != nil && sd.cur.Reserve() == nil {
@@ -341,9 +346,9 @@ func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event) (cc *http
 	cc, err = dialCC(ctx, dialCtx)
 	if err != nil {
 		sd.mu.Unlock()
-		if want == sideLocal && ctx.Err() == nil {
+		if want == sideLocal && fallback && ctx.Err() == nil {
 			p.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
-			return p.clientConn(ctx, sideApp, ev)
+			return p.clientConn(ctx, sideApp, ev, false)
 		}
 		return nil, want, false, err
 	}

@@ -151,30 +151,34 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	}
 	hasBody := h.Chunked || h.ContentLength > 0
 	var res h1result
+	// fallback allows a local process that cannot be reached to send the request to the app; it ends
+	// once a connection to the local process has taken the request, which it may have received.
+	fallback := true
 	for attempt := 0; ; attempt++ {
-		u, s, fresh, err := c.upstream(ev, want)
+		u, s, fresh, err := c.upstream(ev, want, fallback)
 		if err != nil {
-			c.route.warn(ev, "%v", err)
-			c.reply(http.StatusBadGateway, "trafficlab: "+err.Error())
+			msg := err.Error()
+			if s == sideLocal {
+				msg = localFailed(err)
+			}
+			c.route.warn(ev, "%s", msg)
+			c.reply(http.StatusBadGateway, "trafficlab: "+msg)
+			ev.Stolen = s == sideLocal
 			ev.Status, ev.Duration = http.StatusBadGateway, time.Since(start)
 			c.route.emit(ev)
 			return false, err
 		}
 		ev.Stolen = s == sideLocal
 		res = c.roundTrip(h, u, hasBody)
-		// When nothing reached the client and nothing of the client's was spent, the request can go
-		// again: to the app when a new connection to the local process broke at once (its tunnel
-		// could open, its process could not answer), or to a new connection when a kept one turned
-		// out dead and the request is safe to repeat.
-		retry := false
-		switch {
-		case res.err == nil || res.relayed || hasBody || attempt > 0 || c.ctx.Err() != nil:
-		case fresh && s == sideLocal:
-			c.route.warn(ev, "local process closed the connection without answering (%v); request sent to the app", res.err)
-			want, retry = sideApp, true
-		case !fresh:
-			retry = replayable(h.Method, h.Get)
+		if s == sideLocal {
+			fallback = false
 		}
+		// When nothing reached the client and nothing of the client's was spent, a request that is
+		// safe to repeat goes once more on a new connection to the same side, when a kept one turned
+		// out dead. It never changes sides: a local process that broke mid-request may have acted on
+		// it (a DELETE), and the app must not act on it again.
+		retry := res.err != nil && !res.relayed && !hasBody && attempt == 0 && c.ctx.Err() == nil &&
+			!fresh && replayable(h.Method, h.Get)
 		if !retry {
 			break
 		}
@@ -183,7 +187,12 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	ev.Status, ev.ReqBytes, ev.RespBytes = res.status, res.reqBytes, res.respBytes
 	ev.Duration = time.Since(start)
 	if res.err != nil && !res.relayed {
-		c.reply(http.StatusBadGateway, "trafficlab: "+res.err.Error())
+		msg := res.err.Error()
+		if res.side == sideLocal {
+			msg = localFailed(res.err)
+			c.route.warn(ev, "%s", msg)
+		}
+		c.reply(http.StatusBadGateway, "trafficlab: "+msg)
 		ev.Status = http.StatusBadGateway
 	}
 	c.route.emit(ev)
@@ -200,8 +209,8 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 }
 
 // upstream returns the connection for side want, falling back to the app when the local process
-// cannot be reached.
-func (c *h1conn) upstream(ev Event, want side) (u *h1up, s side, fresh bool, err error) {
+// cannot be reached and fallback allows it.
+func (c *h1conn) upstream(ev Event, want side, fallback bool) (u *h1up, s side, fresh bool, err error) {
 	if u := c.ups[want]; u != nil {
 		if u.br.Buffered() == 0 && alive(u.conn) {
 			return u, want, false, nil
@@ -209,9 +218,9 @@ func (c *h1conn) upstream(ev Event, want side) (u *h1up, s side, fresh bool, err
 		c.drop(want)
 	}
 	conn, err := c.route.dial(c.ctx, want)
-	if err != nil && want == sideLocal && c.ctx.Err() == nil {
+	if err != nil && want == sideLocal && fallback && c.ctx.Err() == nil {
 		c.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
-		return c.upstream(ev, sideApp)
+		return c.upstream(ev, sideApp, false)
 	}
 	if err != nil {
 		return nil, want, false, err
