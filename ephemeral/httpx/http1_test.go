@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -724,4 +725,55 @@ func h2cUpgradeServers(t *testing.T) (app, local string, p *proxy) {
 	app, local = mk("app"), mk("local")
 	p = startProxy(t, proxyConfig{app: strings.TrimPrefix(app, "http://"), local: strings.TrimPrefix(local, "http://"), steal: stealHeader(t)})
 	return app, local, p
+}
+
+// A first request whose head is larger than the proxy parses goes to the app raw, every byte of it:
+// the fragment that crossed 64 KiB used to be dropped (review L1).
+func TestHTTP1LargeFirstHeadRelayedIntact(t *testing.T) {
+	checkLeaks(t)
+	// The app sums every X-Big-* header, in name order, and says how many bytes it got.
+	app := whoServer(t, "app", false, func(mux *http.ServeMux) {
+		mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+			names := make([]string, 0, len(r.Header))
+			for k := range r.Header {
+				if strings.HasPrefix(k, "X-Big-") {
+					names = append(names, k)
+				}
+			}
+			slices.Sort(names)
+			h, n := sha256.New(), 0
+			for _, k := range names {
+				v := r.Header.Get(k)
+				h.Write([]byte(v))
+				n += len(v)
+			}
+			fmt.Fprintf(w, "app %d %x", n, h.Sum(nil))
+		})
+	})
+	p := startProxy(t, proxyConfig{app: app.addr(), steal: stealHeader(t)})
+	req, err := http.NewRequest(http.MethodGet, "http://"+p.addr+"/headers", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, n := sha256.New(), 0
+	raw := randomBytes(6000)
+	for i := range 16 { // 16 x 12,000 bytes of values: about 190 KiB of head
+		v := fmt.Sprintf("%02d-%x", i, raw)
+		req.Header.Set(fmt.Sprintf("X-Big-%02d", i), v)
+		want.Write([]byte(v))
+		n += len(v)
+	}
+	c := oneConnClient(t)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if w := fmt.Sprintf("app %d %x", n, want.Sum(nil)); resp.StatusCode != http.StatusOK || string(b) != w {
+		t.Errorf("got %d %q, want 200 %q", resp.StatusCode, b, w)
+	}
+	if w := p.ev.warnings(); len(w) != 1 || !strings.Contains(w[0], "relayed raw to the app") {
+		t.Errorf("warnings %q", w)
+	}
 }
