@@ -58,7 +58,7 @@ var h2ErrorLog = log.New(io.Discard, "", 0)
 func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &h2proxy{ctx: ctx, route: r}
+	p := &h2proxy{ctx: ctx, route: r, upGone: make(chan struct{})}
 	conn := client
 	if len(pre) > 0 {
 		conn = &readerConn{Conn: client, r: io.MultiReader(bytes.NewReader(pre), client)}
@@ -73,6 +73,13 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		Protocols:   h2cOnly,
 		ErrorLog:    h2ErrorLog,
 		BaseContext: func(net.Listener) context.Context { return ctx },
+		// HTTP/1's limits (ServeHTTP1): a header list as large as an HTTP/1 head, not net/http's
+		// 1 MiB default; the head deadline, which net/http's HTTP/2 server applies only to the
+		// preface (already read by Peek: it has no per-stream header deadline). No IdleTimeout: the
+		// client connection ends when the app's does (upGone), never on a timer of the agent's that
+		// could be shorter than the client's pool.
+		ReadHeaderTimeout: r.headTimeout(),
+		MaxHeaderBytes:    MaxHeadSize,
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
 				doneOnce.Do(func() { close(connDone) })
@@ -84,12 +91,24 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
+	// shut is the graceful close that follows the app's: GOAWAY to the client, streams in flight
+	// finish, then the connection closes.
+	var shut sync.WaitGroup
 	select {
 	case <-connDone:
 	case <-ctx.Done():
 		client.Close()
 		<-connDone
+	case <-p.upGone:
+		shut.Go(func() { _ = srv.Shutdown(ctx) })
+		select {
+		case <-connDone:
+		case <-ctx.Done():
+			client.Close()
+			<-connDone
+		}
 	}
+	shut.Wait()
 	err := context.Cause(ctx)
 	ln.Close()
 	<-served
@@ -138,6 +157,33 @@ type h2proxy struct {
 	closed   bool
 	handlers sync.WaitGroup
 	sides    [2]h2side
+
+	// upGone is closed when the client connection is to end as the app's side did: an app
+	// connection closed (an app closes idle connections, or sends GOAWAY to drain, on its own
+	// schedule, and the client would have seen that), or the last upstream connection closed.
+	upGone     chan struct{}
+	upGoneOnce sync.Once
+	live       atomic.Int32 // upstream connections not yet closed
+}
+
+// watch ends the client connection after cc, as upGone says.
+func (p *h2proxy) watch(s side, cc *http.ClientConn) {
+	p.live.Add(1)
+	var once sync.Once
+	cc.SetStateHook(func(cc *http.ClientConn) {
+		if cc.Err() == nil {
+			return
+		}
+		once.Do(func() {
+			last := p.live.Add(-1) == 0
+			p.mu.Lock()
+			ours := p.closed // shutdown closes them
+			p.mu.Unlock()
+			if !ours && (s == sideApp || last) {
+				p.upGoneOnce.Do(func() { close(p.upGone) })
+			}
+		})
+	})
 }
 
 // h2side holds the client connections to one side. Streams share cur until it cannot take more
@@ -353,6 +399,7 @@ func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event, fallback 
 		return nil, want, false, err
 	}
 	defer sd.mu.Unlock()
+	p.watch(want, cc)
 	// No need to check for shutdown here: it waits for this handler before closing sd.all.
 	live := sd.all[:0]
 	for _, old := range sd.all {
