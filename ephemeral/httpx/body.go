@@ -213,16 +213,17 @@ func copyTrailers(dst *bufio.Writer, src *bufio.Reader) (int64, error) {
 
 // readHead reads one head (through its empty line) into buf[:0]. Requests may be preceded by empty
 // lines (RFC 9112 2.2), which skipBlank drops. io.EOF means the peer closed before sending a byte of
-// it; a head cut short is io.ErrUnexpectedEOF.
+// it; a head cut short is io.ErrUnexpectedEOF. With ErrHeadTooLarge buf holds every byte taken from
+// br (up to one buffer past MaxHeadSize), so that a caller that relays the connection raw loses none.
 func readHead(br *bufio.Reader, buf []byte, skipBlank bool) ([]byte, error) {
 	buf = buf[:0]
 	lineStart := 0
 	for {
 		frag, err := br.ReadSlice('\n')
-		if len(buf)+len(frag) > MaxHeadSize {
+		buf = append(buf, frag...)
+		if len(buf) > MaxHeadSize {
 			return buf, ErrHeadTooLarge
 		}
-		buf = append(buf, frag...)
 		if errors.Is(err, bufio.ErrBufferFull) {
 			continue
 		}

@@ -58,7 +58,7 @@ var h2ErrorLog = log.New(io.Discard, "", 0)
 func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &h2proxy{ctx: ctx, route: r}
+	p := &h2proxy{ctx: ctx, route: r, upGone: make(chan struct{})}
 	conn := client
 	if len(pre) > 0 {
 		conn = &readerConn{Conn: client, r: io.MultiReader(bytes.NewReader(pre), client)}
@@ -73,6 +73,13 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		Protocols:   h2cOnly,
 		ErrorLog:    h2ErrorLog,
 		BaseContext: func(net.Listener) context.Context { return ctx },
+		// HTTP/1's limits (ServeHTTP1): a header list as large as an HTTP/1 head, not net/http's
+		// 1 MiB default; the head deadline, which net/http's HTTP/2 server applies only to the
+		// preface (already read by Peek: it has no per-stream header deadline). No IdleTimeout: the
+		// client connection ends when the app's does (upGone), never on a timer of the agent's that
+		// could be shorter than the client's pool.
+		ReadHeaderTimeout: r.headTimeout(),
+		MaxHeaderBytes:    MaxHeadSize,
 		ConnState: func(_ net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
 				doneOnce.Do(func() { close(connDone) })
@@ -84,12 +91,24 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
+	// shut is the graceful close that follows the app's: GOAWAY to the client, streams in flight
+	// finish, then the connection closes.
+	var shut sync.WaitGroup
 	select {
 	case <-connDone:
 	case <-ctx.Done():
 		client.Close()
 		<-connDone
+	case <-p.upGone:
+		shut.Go(func() { _ = srv.Shutdown(ctx) })
+		select {
+		case <-connDone:
+		case <-ctx.Done():
+			client.Close()
+			<-connDone
+		}
 	}
+	shut.Wait()
 	err := context.Cause(ctx)
 	ln.Close()
 	<-served
@@ -138,6 +157,33 @@ type h2proxy struct {
 	closed   bool
 	handlers sync.WaitGroup
 	sides    [2]h2side
+
+	// upGone is closed when the client connection is to end as the app's side did: an app
+	// connection closed (an app closes idle connections, or sends GOAWAY to drain, on its own
+	// schedule, and the client would have seen that), or the last upstream connection closed.
+	upGone     chan struct{}
+	upGoneOnce sync.Once
+	live       atomic.Int32 // upstream connections not yet closed
+}
+
+// watch ends the client connection after cc, as upGone says.
+func (p *h2proxy) watch(s side, cc *http.ClientConn) {
+	p.live.Add(1)
+	var once sync.Once
+	cc.SetStateHook(func(cc *http.ClientConn) {
+		if cc.Err() == nil {
+			return
+		}
+		once.Do(func() {
+			last := p.live.Add(-1) == 0
+			p.mu.Lock()
+			ours := p.closed // shutdown closes them
+			p.mu.Unlock()
+			if !ours && (s == sideApp || last) {
+				p.upGoneOnce.Do(func() { close(p.upGone) })
+			}
+		})
+	})
 }
 
 // h2side holds the client connections to one side. Streams share cur until it cannot take more
@@ -197,10 +243,14 @@ func (p *h2proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ev.Stolen = s == sideLocal
 	if err != nil {
 		if r.Context().Err() == nil {
-			p.route.warn(ev, "%v", err)
+			msg := err.Error()
+			if s == sideLocal {
+				msg = localFailed(err)
+			}
+			p.route.warn(ev, "%s", msg)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.WriteHeader(http.StatusBadGateway)
-			_, _ = io.WriteString(w, "trafficlab: "+err.Error()+"\n")
+			_, _ = io.WriteString(w, "trafficlab: "+msg+"\n")
 			ev.Status = http.StatusBadGateway
 		}
 		ev.Duration = time.Since(start)
@@ -280,17 +330,23 @@ func relayH2Response(w http.ResponseWriter, resp *http.Response) (int64, error) 
 	return n, nil
 }
 
-// roundTrip sends r to side want. A request that is still untouched may go a second time: to the app
-// when the local process cannot be reached or its new connection broke at once (its tunnel could
-// open, its process could not answer), or to a new connection when a reused one turned out dead and
-// the request is safe to repeat.
+// roundTrip sends r to side want. When the local process cannot be reached (no connection to it
+// could be made) the request goes to the app instead; once a connection to it took the request it
+// never does, since the process may have acted on it. A request that is still untouched may go a
+// second time to the same side on a new connection, when a reused one turned out dead and the
+// request is safe to repeat.
 func (p *h2proxy) roundTrip(r *http.Request, want side, ev Event) (*http.Response, side, *h2body, error) {
+	fallback := true
 	for attempt := 0; ; attempt++ {
 		body := &h2body{rc: r.Body}
 		out := upstreamRequest(r, body)
-		cc, s, fresh, err := p.clientConn(r.Context(), want, ev)
+		cc, s, fresh, err := p.clientConn(r.Context(), want, ev, fallback)
 		if err != nil {
 			return nil, s, body, err
+		}
+		want = s
+		if s == sideLocal {
+			fallback = false
 		}
 		resp, err := cc.RoundTrip(out)
 		if err == nil {
@@ -300,16 +356,11 @@ func (p *h2proxy) roundTrip(r *http.Request, want side, ev Event) (*http.Respons
 		if attempt > 0 || body.n.Load() > 0 || r.Context().Err() != nil {
 			return nil, s, body, err
 		}
-		switch {
-		case fresh && s == sideLocal:
+		if !fresh && cc.Err() != nil && replayable(r.Method, r.Header.Get) {
 			p.forget(s, cc)
-			p.route.warn(ev, "local process closed the connection without answering (%v); request sent to the app", err)
-			want = sideApp
-		case !fresh && cc.Err() != nil && replayable(r.Method, r.Header.Get):
-			p.forget(s, cc)
-		default:
-			return nil, s, body, err
+			continue
 		}
+		return nil, s, body, err
 	}
 }
 
@@ -325,7 +376,7 @@ func replayable(method string, get func(string) string) bool {
 
 // clientConn returns a client connection to side want with a stream reserved on it, falling back
 // to the app when the local process cannot be reached.
-func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event) (cc *http.ClientConn, s side, fresh bool, err error) {
+func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event, fallback bool) (cc *http.ClientConn, s side, fresh bool, err error) {
 	sd := &p.sides[want]
 	sd.mu.Lock()
 	if sd.cur != nil && sd.cur.Reserve() == nil {
@@ -341,13 +392,14 @@ func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event) (cc *http
 	cc, err = dialCC(ctx, dialCtx)
 	if err != nil {
 		sd.mu.Unlock()
-		if want == sideLocal && ctx.Err() == nil {
+		if want == sideLocal && fallback && ctx.Err() == nil {
 			p.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
-			return p.clientConn(ctx, sideApp, ev)
+			return p.clientConn(ctx, sideApp, ev, false)
 		}
 		return nil, want, false, err
 	}
 	defer sd.mu.Unlock()
+	p.watch(want, cc)
 	// No need to check for shutdown here: it waits for this handler before closing sd.all.
 	live := sd.all[:0]
 	for _, old := range sd.all {

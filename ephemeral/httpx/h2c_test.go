@@ -188,12 +188,12 @@ type grpcPeer struct {
 	health *health.Server
 }
 
-func grpcServer(t *testing.T, name string) grpcPeer {
+func grpcServer(t *testing.T, name string, opts ...grpc.ServerOption) grpcPeer {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := grpc.NewServer(opts...)
 	pb.RegisterGreeterServer(s, greeter{name: name})
 	rg.RegisterRouteGuideServer(s, chat{name: name})
 	hs := health.NewServer()

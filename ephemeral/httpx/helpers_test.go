@@ -115,6 +115,8 @@ type proxyConfig struct {
 	app, local string // addresses; local "" means down
 	localDial  func(ctx context.Context) (net.Conn, error)
 	steal      func(h *RequestHead) bool
+	// openTimeout and headTimeout set the Route's bounds (0: the defaults).
+	openTimeout, headTimeout time.Duration
 }
 
 // stealHeader is the filter most tests use: "x-steal: yes" goes local, probes never do.
@@ -152,9 +154,11 @@ func startProxy(t testing.TB, cfg proxyConfig) *proxy {
 		}
 	}
 	route := Route{
-		Steal: cfg.steal,
-		App:   dialer(cfg.app),
-		Event: p.ev.add,
+		Steal:       cfg.steal,
+		App:         dialer(cfg.app),
+		Event:       p.ev.add,
+		OpenTimeout: cfg.openTimeout,
+		HeadTimeout: cfg.headTimeout,
 	}
 	switch {
 	case cfg.localDial != nil:

@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
@@ -88,11 +90,27 @@ func (c *h1conn) drop(s side) {
 
 func (c *h1conn) serve() error {
 	for {
+		if c.served > 0 {
+			more, err := c.idle()
+			if !more || err != nil {
+				return err
+			}
+		}
 		var err error
+		// The deadline runs from the head's first byte (the first request's: from here, Peek having
+		// read it) to its empty line, as the app's own slow-header protection would.
+		to := c.route.headTimeout()
+		_ = c.client.SetReadDeadline(time.Now().Add(to))
 		c.head, err = readHead(c.cr, c.head, true)
+		_ = c.client.SetReadDeadline(time.Time{})
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				c.route.warn(Event{}, "request head from %s not complete within %v; answered 408 and closed", c.client.RemoteAddr(), to)
+				c.reply(http.StatusRequestTimeout, fmt.Sprintf("request head not complete within %v", to))
+				return fmt.Errorf("read request: %w", err)
 			}
 			// A first head that never ends, or that the client broke off, goes to the app as it
 			// came, which then answers (or not) as it would without the proxy.
@@ -125,6 +143,114 @@ func (c *h1conn) serve() error {
 	}
 }
 
+// idle waits for the client's next request while it watches the upstream connections the client
+// connection keeps. more is false when the connection is to end: the client closed it, or the app
+// closed its side (an app closes idle keep-alive connections on its own schedule; the client, had it
+// been connected to the app, would have seen that close, so it sees it now), or the local process
+// closed its side and no app connection is left to watch. There is no timer of the agent's own: a
+// shorter one than the client's pool would break clients that rely on the server's.
+func (c *h1conn) idle() (more bool, err error) {
+	if c.cr.Buffered() > 0 || c.pre.Len() > 0 {
+		return true, nil // pipelined: the next request is already here
+	}
+	w := &idleWatch{client: c.client}
+	for _, u := range c.ups {
+		if u != nil {
+			w.live++
+		}
+	}
+	if w.live == 0 {
+		// Nothing upstream holds this connection open: the side that answered last closed after
+		// its response, and so does the client's side now.
+		return false, nil
+	}
+	for s, u := range c.ups {
+		if u != nil {
+			w.start(side(s), u)
+		}
+	}
+	_, err = c.cr.Peek(1)
+	woke := w.stop()
+	for s, dead := range w.dead {
+		if dead {
+			c.drop(side(s))
+		}
+	}
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, io.EOF), woke && errors.Is(err, os.ErrDeadlineExceeded):
+		return false, nil
+	}
+	return false, fmt.Errorf("read request: %w", err)
+}
+
+// idleWatch watches a client connection's idle upstream connections for their close, and wakes the
+// client's read when the client connection should end.
+type idleWatch struct {
+	client net.Conn
+	wg     sync.WaitGroup
+	ups    [2]*h1up
+
+	mu        sync.Mutex
+	live      int
+	stopping  bool
+	woke      bool
+	appClosed bool
+	dead      [2]bool
+}
+
+// start watches u; w.live already counts it.
+func (w *idleWatch) start(s side, u *h1up) {
+	w.ups[s] = u
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		// Any byte or error ends the wait: a server sends nothing unasked, so bytes mean framing that
+		// can no longer be trusted, and a deadline is stop's.
+		_, err := u.br.Peek(1)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.stopping && errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+		w.dead[s] = true
+		w.live--
+		w.appClosed = w.appClosed || s == sideApp
+		if (w.appClosed || w.live == 0) && !w.woke && !w.stopping {
+			w.woke = true
+			_ = w.client.SetReadDeadline(time.Unix(1, 0))
+		}
+	}()
+}
+
+// stop ends the watchers and reports whether one of them woke the client's read.
+func (w *idleWatch) stop() (woke bool) {
+	w.mu.Lock()
+	w.stopping = true
+	woke = w.woke
+	w.mu.Unlock()
+	for s, u := range w.ups {
+		if u == nil {
+			continue
+		}
+		if u.conn.SetReadDeadline(time.Unix(1, 0)) != nil {
+			// A connection without deadlines can only be stopped by closing it.
+			u.conn.Close()
+		}
+		defer func() {
+			w.mu.Lock()
+			dead := w.dead[s]
+			w.mu.Unlock()
+			if !dead {
+				_ = u.conn.SetReadDeadline(time.Time{})
+			}
+		}()
+	}
+	w.wg.Wait()
+	return woke
+}
+
 // rawToApp gives a connection whose first bytes were not the HTTP they promised to the app unchanged:
 // the proxy should not answer for a protocol it does not speak.
 func (c *h1conn) rawToApp() error {
@@ -151,30 +277,34 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	}
 	hasBody := h.Chunked || h.ContentLength > 0
 	var res h1result
+	// fallback allows a local process that cannot be reached to send the request to the app; it ends
+	// once a connection to the local process has taken the request, which it may have received.
+	fallback := true
 	for attempt := 0; ; attempt++ {
-		u, s, fresh, err := c.upstream(ev, want)
+		u, s, fresh, err := c.upstream(ev, want, fallback)
 		if err != nil {
-			c.route.warn(ev, "%v", err)
-			c.reply(http.StatusBadGateway, "trafficlab: "+err.Error())
+			msg := err.Error()
+			if s == sideLocal {
+				msg = localFailed(err)
+			}
+			c.route.warn(ev, "%s", msg)
+			c.reply(http.StatusBadGateway, "trafficlab: "+msg)
+			ev.Stolen = s == sideLocal
 			ev.Status, ev.Duration = http.StatusBadGateway, time.Since(start)
 			c.route.emit(ev)
 			return false, err
 		}
 		ev.Stolen = s == sideLocal
 		res = c.roundTrip(h, u, hasBody)
-		// When nothing reached the client and nothing of the client's was spent, the request can go
-		// again: to the app when a new connection to the local process broke at once (its tunnel
-		// could open, its process could not answer), or to a new connection when a kept one turned
-		// out dead and the request is safe to repeat.
-		retry := false
-		switch {
-		case res.err == nil || res.relayed || hasBody || attempt > 0 || c.ctx.Err() != nil:
-		case fresh && s == sideLocal:
-			c.route.warn(ev, "local process closed the connection without answering (%v); request sent to the app", res.err)
-			want, retry = sideApp, true
-		case !fresh:
-			retry = replayable(h.Method, h.Get)
+		if s == sideLocal {
+			fallback = false
 		}
+		// When nothing reached the client and nothing of the client's was spent, a request that is
+		// safe to repeat goes once more on a new connection to the same side, when a kept one turned
+		// out dead. It never changes sides: a local process that broke mid-request may have acted on
+		// it (a DELETE), and the app must not act on it again.
+		retry := res.err != nil && !res.relayed && !hasBody && attempt == 0 && c.ctx.Err() == nil &&
+			!fresh && replayable(h.Method, h.Get)
 		if !retry {
 			break
 		}
@@ -183,7 +313,12 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	ev.Status, ev.ReqBytes, ev.RespBytes = res.status, res.reqBytes, res.respBytes
 	ev.Duration = time.Since(start)
 	if res.err != nil && !res.relayed {
-		c.reply(http.StatusBadGateway, "trafficlab: "+res.err.Error())
+		msg := res.err.Error()
+		if res.side == sideLocal {
+			msg = localFailed(res.err)
+			c.route.warn(ev, "%s", msg)
+		}
+		c.reply(http.StatusBadGateway, "trafficlab: "+msg)
 		ev.Status = http.StatusBadGateway
 	}
 	c.route.emit(ev)
@@ -196,12 +331,14 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	if res.upClose {
 		c.drop(res.side)
 	}
-	return !h.Close && !res.clientClose, nil
+	// A response that closes its connection closes the client's too, as the server would have; the
+	// client read "Connection: close" in it and will not send more.
+	return !h.Close && !res.clientClose && !res.upClose, nil
 }
 
 // upstream returns the connection for side want, falling back to the app when the local process
-// cannot be reached.
-func (c *h1conn) upstream(ev Event, want side) (u *h1up, s side, fresh bool, err error) {
+// cannot be reached and fallback allows it.
+func (c *h1conn) upstream(ev Event, want side, fallback bool) (u *h1up, s side, fresh bool, err error) {
 	if u := c.ups[want]; u != nil {
 		if u.br.Buffered() == 0 && alive(u.conn) {
 			return u, want, false, nil
@@ -209,9 +346,9 @@ func (c *h1conn) upstream(ev Event, want side) (u *h1up, s side, fresh bool, err
 		c.drop(want)
 	}
 	conn, err := c.route.dial(c.ctx, want)
-	if err != nil && want == sideLocal && c.ctx.Err() == nil {
+	if err != nil && want == sideLocal && fallback && c.ctx.Err() == nil {
 		c.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
-		return c.upstream(ev, sideApp)
+		return c.upstream(ev, sideApp, false)
 	}
 	if err != nil {
 		return nil, want, false, err

@@ -23,8 +23,17 @@ type Route struct {
 	// with net.Dialer.DialContext, ctx bounds the dial only: the connection must outlive it.
 	App func(ctx context.Context) (net.Conn, error)
 	// Local dials a new connection to the developer's process through the tunnel. It fails when that
-	// process is down, and the request then goes to the app with a warning. nil means always down.
+	// process cannot be reached (the plugin refused the open, or did not answer within OpenTimeout),
+	// and only then does the request go to the app, with a warning. Once Local has returned a
+	// connection and a request byte may have reached the process, the request never goes to the app:
+	// a failure then answers the client 502 (docs/protocol.md, "Fallback"). nil means always down.
 	Local func(ctx context.Context) (net.Conn, error)
+	// OpenTimeout bounds Local; 0 means wire.IncomingOpenTimeout. Local must honour its context: an
+	// open abandoned there must never carry the request later.
+	OpenTimeout time.Duration
+	// HeadTimeout bounds each request head from its first byte to its end; 0 means
+	// wire.DefaultHeadTimeout. A client that is slower gets 408 and its connection closed.
+	HeadTimeout time.Duration
 	// Event hears about every request when its response is done, and about warnings when they happen.
 	// It is called from the connection's goroutines (HTTP/2: one per stream) and must not block long.
 	Event func(Event)
@@ -71,11 +80,34 @@ func (r *Route) dial(ctx context.Context, s side) (net.Conn, error) {
 	if d == nil {
 		return nil, fmt.Errorf("no %s to dial", s)
 	}
-	c, err := d(ctx)
+	if s == sideApp {
+		c, err := d(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", s, err)
+		}
+		return c, nil
+	}
+	to := r.OpenTimeout
+	if to <= 0 {
+		to = wire.IncomingOpenTimeout
+	}
+	dctx, cancel := context.WithTimeout(ctx, to)
+	defer cancel()
+	c, err := d(dctx)
 	if err != nil {
+		if ctx.Err() == nil && dctx.Err() != nil {
+			return nil, fmt.Errorf("dial %s: no answer within %v: %w", s, to, err)
+		}
 		return nil, fmt.Errorf("dial %s: %w", s, err)
 	}
 	return c, nil
+}
+
+func (r *Route) headTimeout() time.Duration {
+	if r.HeadTimeout > 0 {
+		return r.HeadTimeout
+	}
+	return wire.DefaultHeadTimeout
 }
 
 func (r *Route) emit(e Event) {
@@ -175,3 +207,9 @@ func (s *conns) closeAll() {
 
 // errAborted is what dials return after the connection's context ended.
 var errAborted = errors.New("connection aborted")
+
+// localFailed is what the client's 502 and the warning say when the local process may have received
+// a request and failed it: the request is not sent to the app, which would then act on it twice.
+func localFailed(err error) string {
+	return fmt.Sprintf("the local process failed (%v); the request was not sent to the app", err)
+}

@@ -34,10 +34,10 @@ const (
 	otherNode   = "10.78.0.5"
 )
 
-// toLocal is the plugin's side: each stolen port's connections go to its local server.
-type toLocal map[int]string
+// toLocalPorts is the plugin's side: each stolen port's connections go to its local server.
+type toLocalPorts map[int]string
 
-func (l toLocal) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
+func (l toLocalPorts) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error) {
 	var d net.Dialer
 	return d.DialContext(ctx, "tcp", l[req.Port])
 }
@@ -117,7 +117,7 @@ func TestKernelProbesStayWithTheApp(t *testing.T) {
 		return l
 	}
 	localHTTP, localHTTPS := answering(t, listen(), "local", false), answering(t, listen(), "local", true)
-	open := toLocal{8080: localHTTP.Listener.Addr().String(), 8443: localHTTPS.Listener.Addr().String()}
+	open := toLocalPorts{8080: localHTTP.Listener.Addr().String(), 8443: localHTTPS.Listener.Addr().String()}
 
 	probes := &wire.Probes{Sources: []string{nodeAddr}, Declared: []wire.Probe{
 		{Port: 8080, Kind: wire.ProbeHTTP, Path: "/healthz", Headers: []wire.ProbeHeader{{Name: "User-Agent", Value: "checker/1"}}},

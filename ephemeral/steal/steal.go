@@ -78,6 +78,11 @@ type Config struct {
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
+	// OverBudget, when set and true, sends each new connection of a filtered steal to the app raw,
+	// unparsed: past the agent's memory budget the proxy's buffers must not grow, and the app's
+	// traffic is never what gives. Connections already being filtered carry on. Called once per
+	// connection, so it must be cheap.
+	OverBudget func() bool
 }
 
 // Steal is a running steal.
@@ -97,7 +102,15 @@ type Steal struct {
 	conns  map[net.Conn]struct{}
 	once   sync.Once
 	closed atomic.Bool
+	// overBudget counts the filtered steal's connections sent to the app raw by OverBudget; over
+	// remembers whether the last one was, so that only the change is reported.
+	overBudget atomic.Int64
+	over       atomic.Bool
 }
+
+// OverBudgetConns is how many connections went to the app unfiltered because the agent was over
+// its memory budget.
+func (s *Steal) OverBudgetConns() int64 { return s.overBudget.Load() }
 
 type nftRedirector struct{}
 
@@ -315,6 +328,21 @@ func (s *Steal) serve(c *net.TCPConn) {
 		return
 	}
 	filtered := s.matcher != nil
+	if filtered && s.cfg.OverBudget != nil {
+		over := s.cfg.OverBudget()
+		if s.over.Swap(over) != over {
+			msg := "the agent is back within its memory budget: new connections are filtered again"
+			if over {
+				msg = "the agent is over its memory budget: new connections go to the app unfiltered"
+			}
+			s.cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Port: int(orig.Port()), Message: msg})
+		}
+		if over {
+			s.overBudget.Add(1)
+			s.passThrough(cn, nil)
+			return
+		}
+	}
 	var pk httpx.Peeked
 	if filtered || (keepProbes && s.probes.ReadsHTTP(orig.Port())) {
 		pk, err = httpx.Peek(c, s.cfg.Spec.DetectTimeout.Std())
@@ -342,6 +370,8 @@ func (s *Steal) serve(c *net.TCPConn) {
 		App:   func(ctx context.Context) (net.Conn, error) { return s.dialApp(ctx, cn) },
 		Local: func(ctx context.Context) (net.Conn, error) { return s.openLocal(ctx, cn) },
 		Event: func(e httpx.Event) { s.requestEvent(cn, e) },
+		// The app's slow-header protection, which it cannot apply to heads it never sees.
+		HeadTimeout: s.cfg.Spec.HeadTimeout.Std(),
 	}
 	switch pk.Proto {
 	case httpx.ProtoHTTP1:

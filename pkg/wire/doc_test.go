@@ -38,6 +38,8 @@ func docConstants() map[string]any {
 		"wire.minCompressSize":                      minCompressSize,
 		"wire.maxSkipBlocks":                        maxSkipBlocks,
 		"wire.MaxDatagramSize":                      MaxDatagramSize,
+		"wire.IncomingOpenTimeout":                  IncomingOpenTimeout,
+		"wire.DefaultHeadTimeout":                   DefaultHeadTimeout,
 	}
 }
 

@@ -92,7 +92,23 @@ type StealSpec struct {
 	// DetectTimeout bounds the wait for a client's first bytes (protocol and probe detection); a
 	// server-first protocol says nothing first and is then taken as not HTTP.
 	DetectTimeout Duration `json:"detectTimeoutMs,omitempty"`
+	// HeadTimeout bounds the arrival of each HTTP request head of a filtered steal, from its first
+	// byte to its empty line; 0 means DefaultHeadTimeout.
+	HeadTimeout Duration `json:"headTimeoutMs,omitempty"`
 }
+
+// DefaultHeadTimeout is a filtered steal's head deadline when the spec gives none: what a slow client
+// gets to finish a request head before the agent answers 408 and closes, as an app's own
+// slow-header protection would (nginx's client_header_timeout is 60 s, Go's is unset; 30 s keeps
+// every real client and cuts slowloris).
+const DefaultHeadTimeout = 30 * time.Second
+
+// IncomingOpenTimeout is how long a filtered steal waits for the plugin to answer an incoming open.
+// Within it a refusal means the local process could not be reached, and the request goes to the app;
+// past it the open is abandoned (the agent never writes on it) and the request goes to the app too.
+// Once the open is accepted the request may have reached the local process, so it never goes to the
+// app: if the local process then fails, the client gets a 502 (docs/protocol.md, "Fallback").
+const IncomingOpenTimeout = time.Second
 
 // Validate checks the spec's shape and compiles its filter.
 func (s *StealSpec) Validate() error {
@@ -111,6 +127,9 @@ func (s *StealSpec) Validate() error {
 	}
 	if s.DetectTimeout < 0 {
 		return fmt.Errorf("negative detect timeout: %w", ErrBadRequest)
+	}
+	if s.HeadTimeout < 0 {
+		return fmt.Errorf("negative head timeout: %w", ErrBadRequest)
 	}
 	if err := s.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)

@@ -28,7 +28,10 @@ type Options struct {
 	FlushConnections bool
 	StealProbes      bool
 	DetectTimeout    time.Duration
-	Output           string
+	// HeadTimeout bounds each request head of a filtered steal (the agent answers 408 past it), as
+	// the app's own slow-header protection would, which it cannot apply to heads it never sees.
+	HeadTimeout time.Duration
+	Output      string
 
 	ports  []target.PortSpec
 	filter *wire.HTTPFilter
@@ -39,7 +42,7 @@ type Options struct {
 
 // NewOptions returns Options with the defaults.
 func NewOptions() Options {
-	return Options{LocalAddress: "127.0.0.1", DetectTimeout: 500 * time.Millisecond}
+	return Options{LocalAddress: "127.0.0.1", DetectTimeout: 500 * time.Millisecond, HeadTimeout: wire.DefaultHeadTimeout}
 }
 
 // Complete parses PortArgs and the filter flags.
@@ -69,6 +72,9 @@ func (o *Options) Validate() error {
 	}
 	if o.DetectTimeout <= 0 || o.DetectTimeout > time.Minute {
 		return fmt.Errorf("--detect-timeout must be between 1ms and 1m, not %q", o.DetectTimeout)
+	}
+	if o.HeadTimeout < time.Second || o.HeadTimeout > 10*time.Minute {
+		return fmt.Errorf("--head-timeout must be between 1s and 10m, not %q", o.HeadTimeout)
 	}
 	if o.Output != "" && o.Output != "json" {
 		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
@@ -118,6 +124,8 @@ func (o *Options) Spec() wire.StealSpec {
 	}
 	if !o.filter.Empty() {
 		spec.Filter = o.filter
+		// Only a filtered steal reads heads; a whole-port steal relays bytes.
+		spec.HeadTimeout = wire.Millis(o.HeadTimeout)
 	}
 	return spec
 }

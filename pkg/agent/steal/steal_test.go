@@ -145,7 +145,12 @@ func TestSpec(t *testing.T) {
 			o.Filter.Match = wire.MatchAny
 			o.StealProbes, o.FlushConnections, o.Output, o.DetectTimeout = true, true, "json", 2*time.Second
 		}, want: wire.StealSpec{Ports: []int{80}, Filter: &wire.HTTPFilter{Headers: []string{"^X-Dev: me$"}, Match: wire.MatchAny},
-			StealProbes: true, FlushConnections: true, PassedEvents: true, DetectTimeout: 2000}},
+			StealProbes: true, FlushConnections: true, PassedEvents: true, DetectTimeout: 2000, HeadTimeout: 30000}},
+		{name: "head timeout", set: func(o *Options) {
+			o.PortArgs = []string{"80"}
+			o.Filter.Paths = []string{"^/api"}
+			o.HeadTimeout = 5 * time.Second
+		}, want: wire.StealSpec{Ports: []int{80}, Filter: &wire.HTTPFilter{Paths: []string{"^/api"}, Match: wire.MatchAll}, DetectTimeout: 500, HeadTimeout: 5000}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

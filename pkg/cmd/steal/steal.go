@@ -102,6 +102,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.BoolVar(&o.Steal.FlushConnections, "flush-connections", false, "Reset connections that are already open to the stolen ports, so clients reconnect into the steal; requests in flight on them fail.")
 	f.BoolVar(&o.Steal.StealProbes, "steal-probes", false, "Steal the kubelet's probe requests too; if they then fail, the kubelet restarts or unreadies the pod.")
 	f.DurationVar(&o.Steal.DetectTimeout, "detect-timeout", o.Steal.DetectTimeout, "How long the agent waits for a new connection's first bytes to recognise HTTP and probes; a client that says nothing first (a server-first protocol) waits this long once.")
+	f.DurationVar(&o.Steal.HeadTimeout, "head-timeout", o.Steal.HeadTimeout, "With a filter: how long a client may take to send a request's headers before the agent answers 408 and closes the connection, as the app's own slow-header protection would.")
 	f.StringVarP(&o.Steal.Output, "output", "o", "", "Output format for the per-request lines: json, or empty for text.")
 	o.Session.AddFlags(f)
 	return cmd

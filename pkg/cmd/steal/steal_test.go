@@ -44,6 +44,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "bad output", args: []string{"pod/web", "--port", "80", "-o", "yaml"}, wantErr: `--output must be json or empty, not "yaml"`},
 		{name: "bad local address", args: []string{"pod/web", "--port", "80", "--local-address", "example"}, wantErr: `--local-address "example" is not an IP address`},
 		{name: "bad detect timeout", args: []string{"pod/web", "--port", "80", "--detect-timeout", "0s"}, wantErr: `--detect-timeout must be between`},
+		{name: "bad head timeout", args: []string{"pod/web", "--port", "80", "--head-timeout", "100ms"}, wantErr: `--head-timeout must be between 1s and 10m, not "100ms"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
