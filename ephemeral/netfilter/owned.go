@@ -28,9 +28,8 @@ type Options struct {
 	// table outlives its process unless a Guard or a later SweepStale removes it, so it is a choice
 	// the user makes, not a silent fallback.
 	AllowUnowned bool
-	// ForceUnowned takes the unowned path even on a kernel with the owner flag, as if it were
-	// refused: kernel tests run the path old kernels take on machines that are not old. It implies
-	// AllowUnowned.
+	// ForceUnowned acts as if the kernel refused the owner flag, without asking it: kernel tests
+	// run the path old kernels take (AllowUnowned or not) on machines that are not old.
 	ForceUnowned bool
 	// Listener is the agent's listener on Redirect.ListenPort. The unowned path redirects with
 	// tproxy, which hands connections only to a transparent socket, so Open sets IP_TRANSPARENT on
@@ -98,8 +97,8 @@ func open(c conn, id string, r Redirect, opts Options, transparent func() error)
 	if err != nil {
 		return nil, err
 	}
-	o := &Owned{c: c, name: name, owned: !opts.ForceUnowned}
-	if o.owned {
+	o := &Owned{c: c, name: name, owned: true}
+	if !opts.ForceUnowned {
 		err = o.create(id, r)
 		var be *batchError
 		if !errors.As(err, &be) || !be.ownerRefused() {
@@ -108,11 +107,11 @@ func open(c conn, id string, r Redirect, opts Options, transparent func() error)
 			}
 			return o, nil
 		}
-		if !opts.AllowUnowned {
-			return nil, ErrOwnerUnsupported
-		}
-		o.owned = false
 	}
+	if !opts.AllowUnowned {
+		return nil, ErrOwnerUnsupported
+	}
+	o.owned = false
 	if err := transparent(); err != nil {
 		return nil, err
 	}

@@ -202,9 +202,16 @@ func TestOpen(t *testing.T) {
 		{
 			name:            "forced unowned: the tproxy table straight away",
 			k:               &scriptedKernel{},
-			opts:            Options{ForceUnowned: true},
+			opts:            Options{ForceUnowned: true, AllowUnowned: true},
 			wantTransparent: 1,
 			wantSent:        []string{tproxy, "getgen"},
+		},
+		{
+			name:    "forced unowned, not allowed: nothing sent",
+			k:       &scriptedKernel{},
+			opts:    Options{ForceUnowned: true},
+			wantErr: "no nftables table owner flag",
+			wantIs:  ErrOwnerUnsupported,
 		},
 		{
 			name:            "listener cannot be made transparent: no unowned table",
