@@ -266,7 +266,7 @@ func TestOpen(t *testing.T) {
 			wantTransparent: 1,
 			wantSent:        []string{create(" owner"), "getgen", tproxy, "getgen"},
 			wantErr:         `create nftables table inet "trafficlab_abc": add table: invalid argument`,
-			wantErrno: unix.EINVAL,
+			wantErrno:       unix.EINVAL,
 		},
 		{
 			name: "replies of an earlier exchange are ignored",

@@ -39,4 +39,3 @@ func TestStartGuard(t *testing.T) {
 		})
 	}
 }
-
