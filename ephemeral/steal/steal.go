@@ -208,16 +208,14 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		ListenPort: uint16(s.ln.Addr().(*net.TCPAddr).Port),
 		Mark:       netfilter.PassMark,
 	}, netfilter.Options{
-		// A mirror's redirect copies and never takes traffic, and mirror has no such flag yet: it
-		// keeps its unowned redirect as before.
-		AllowUnowned: cfg.Spec.AllowUnownedRedirect || cfg.Tee != nil,
+		AllowUnowned: cfg.Spec.AllowUnownedRedirect,
 		ForceUnowned: cfg.ForceUnowned,
 		Listener:     s.ln,
 	})
 	if err != nil {
 		s.ln.Close()
 		if errors.Is(err, netfilter.ErrOwnerUnsupported) {
-			return nil, fmt.Errorf("%w: without it a redirect can outlive an agent container killed outright (an OOM kill takes all its processes at once); pass --allow-unowned-redirect to steal anyway: %w", err, wire.ErrUnsupported)
+			return nil, fmt.Errorf("%w: without it a redirect can outlive an agent container killed outright (an OOM kill takes all its processes at once); pass --allow-unowned-redirect to go ahead: %w", err, wire.ErrUnsupported)
 		}
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("install the redirect: %w (the agent needs NET_ADMIN): %w", err, wire.ErrForbidden)

@@ -51,6 +51,9 @@ type MirrorSpec struct {
 	// Diff compares each copy's response with the pod's: status, the DiffHeaders, and the body.
 	Diff        bool     `json:"diff,omitempty"`
 	DiffHeaders []string `json:"diffHeaders,omitempty"`
+	// AllowUnownedRedirect is StealSpec's, for the redirect mode: without it the agent refuses a
+	// redirect the kernel does not tie to its life.
+	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.
