@@ -68,6 +68,7 @@ func TestGuardSaysWatching(t *testing.T) {
 		done <- runGuard(ctx, []string{"abc", strconv.Itoa(os.Getpid()), strconv.Itoa(fd)}, &stderr)
 	}()
 	b := make([]byte, 2)
+	_ = rd.SetReadDeadline(time.Now().Add(10 * time.Second))
 	n, err := rd.Read(b)
 	if err != nil || n != 1 {
 		t.Fatalf("read ready fd = %d, %v; want one byte", n, err)
