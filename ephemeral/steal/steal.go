@@ -156,8 +156,11 @@ func startGuard(exe, id string) error {
 	_ = rd.SetReadDeadline(time.Now().Add(guardReadyTimeout))
 	if _, err := io.ReadFull(rd, make([]byte, 1)); err != nil {
 		_ = cmd.Process.Kill()
-		werr := cmd.Wait()
-		return fmt.Errorf("the table guard is not watching (%v): %w", werr, err)
+		err = fmt.Errorf("the table guard is not watching: %w", err)
+		if werr := cmd.Wait(); werr != nil {
+			err = fmt.Errorf("%w (guard: %w)", err, werr)
+		}
+		return err
 	}
 	go func() { _ = cmd.Wait() }()
 	return nil
