@@ -10,8 +10,10 @@
 // which deletes the table over that same socket first. google/nftables cannot do this (it always
 // sends table flags 0, and its default connection opens a socket per flush), so Open frames the
 // batch itself over one lasting mdlayher/netlink socket and uses google/nftables/expr only to
-// encode rule expressions. A kernel that refuses the flag gets the same table without it, and a
-// Guard process then removes the table once the session process is gone.
+// encode rule expressions. A kernel that refuses the flag (before 5.12) gets, only when the user
+// allows it (Options.AllowUnowned), a table without it that redirects with tproxy to a transparent
+// listener, which matches nothing once the listener is gone; a Guard process removes that table
+// once the session process is gone, and SweepStale removes it should the guard be gone too.
 //
 // Ensure, Delete and Sweep handle plain tables through github.com/google/nftables; SweepStale
 // finds the tables whose holder is gone by their liveness token (token.go); Flush resets
