@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -412,7 +413,18 @@ func helperOpen(name, mode string) int {
 	if _, err := Open(mode, r, opts); err != nil {
 		return fail(err)
 	}
-	fmt.Println("ready")
+	if mode == helperUnowned {
+		// A child that outlives the holder, in a session of its own as the guard is: the token
+		// is close-on-exec, so the child must not keep it alive.
+		child := exec.Command("sleep", "60")
+		child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := child.Start(); err != nil {
+			return fail(err)
+		}
+		fmt.Println("ready", child.Process.Pid)
+	} else {
+		fmt.Println("ready")
+	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
 }
@@ -457,7 +469,15 @@ func startHelper(t *testing.T, ns *testnet.NS, mode string, files ...*os.File) *
 			switch {
 			case !ok:
 				t.Fatal("helper exited before it was ready")
-			case line == "ready":
+			case line == "ready" || strings.HasPrefix(line, "ready "):
+				if pid, ok := strings.CutPrefix(line, "ready "); ok {
+					// The helper's child, which it leaves to the test to end.
+					n, err := strconv.Atoi(pid)
+					if err != nil {
+						t.Fatalf("helper: %q", line)
+					}
+					t.Cleanup(func() { _ = syscall.Kill(n, syscall.SIGKILL) })
+				}
 				return cmd
 			case strings.HasPrefix(line, "error:"):
 				t.Fatalf("helper: %s", line)
@@ -727,6 +747,7 @@ func TestKernelSweepStale(t *testing.T) {
 		t.Fatalf("SweepStale with every holder alive deleted %v", got)
 	}
 
+	// Its child (see helperOpen) lives on: the token must die with the holder all the same.
 	if err := dead.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
