@@ -4,6 +4,7 @@ package capture
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -121,15 +122,21 @@ func TestKernelCaptureEveryInterfaceOneSocket(t *testing.T) {
 
 	// A SYN through the tun device: it reaches the device (read back from it) and so its packet
 	// taps, but not the capture.
+	dialCtx, stopDial := context.WithCancel(context.Background())
+	dialed := make(chan struct{})
 	go func() {
+		defer close(dialed)
 		_ = server.Do(func() error {
-			conn, err := net.DialTimeout("tcp", "10.99.0.5:8080", 2*time.Second)
+			var d net.Dialer
+			conn, err := d.DialContext(dialCtx, "tcp", "10.99.0.5:8080")
 			if err == nil {
 				conn.Close()
 			}
 			return nil
 		})
 	}()
+	// The dial never gets an answer; it ends before the namespace does.
+	defer func() { stopDial(); <-dialed }()
 	_ = tun.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
 		b := make([]byte, 1500)
