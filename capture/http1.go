@@ -566,7 +566,7 @@ func (c *h1conn) gap(d Direction, n int64, t time.Time) {
 		h.ex.Partial = true
 		if rq := h.ex.rq; rq != nil {
 			rq.req.Partial = true
-			rq.dropRaw()
+			c.f.dropRaw(rq)
 		}
 		h.left -= n
 		if h.left == 0 {

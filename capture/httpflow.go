@@ -111,6 +111,10 @@ type HTTPOptions struct {
 	// (concurrent HTTP/2 streams), plus the raw bytes of the HTTP/1 request in progress
 	// (MaxHeaderBytes+2×MaxBody); past it, what comes next is truncated too.
 	MaxBody int
+	// Budget, when set, is charged for what OnRequest and KeepResponses keep of messages in
+	// progress (fields, bodies, raw bytes), across every connection that shares it. A message
+	// whose bytes it refuses is kept no further: its Request is Truncated and OverBudget.
+	Budget Budget
 }
 
 func (o HTTPOptions) withDefaults() HTTPOptions {
@@ -174,6 +178,7 @@ type HTTPFlow struct {
 	stuck     bool   // process ran out of its budget (a bug; the fuzz test looks)
 	seq       uint64 // the Seq of the latest request
 	held      int    // bytes of fields and bodies kept (see maxHeld)
+	budgeted  int    // bytes reserved of opts.Budget, all given back when the connection ends
 	settled   bool   // OnProtocol was called
 
 	h1 *h1conn
@@ -279,6 +284,8 @@ func (f *HTTPFlow) finish() {
 	f.buf[0].reset()
 	f.buf[1].reset()
 	f.h1, f.h2 = nil, nil
+	// Messages abandoned on the way (a reset stream, a response never completed) held bytes too.
+	f.uncharge(f.budgeted)
 }
 
 // emit reports an exchange with its kept response, if any.

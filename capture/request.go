@@ -59,6 +59,17 @@ type Request struct {
 	// stopped inside it, or the client did not finish it (the connection closed, the stream
 	// was reset). Its fields hold what was captured; Body misses the lost bytes.
 	Partial bool
+	// OverBudget says that HTTPOptions.Budget refused bytes of the request: it is Truncated
+	// too, and Raw is nil.
+	OverBudget bool
+}
+
+// Budget is a memory budget shared by many connections (the agent's): the bytes of messages in
+// progress are reserved before they are kept and released once they are handed over or dropped.
+type Budget interface {
+	// Reserve takes n bytes; false means they must not be kept.
+	Reserve(n int) bool
+	Release(n int)
 }
 
 // Response is a response in full, kept for Exchange.Response with HTTPOptions.KeepResponses.
@@ -80,13 +91,41 @@ type kept struct {
 	header, trailer []string
 	body            []byte
 	truncated       bool
-	lines           int // bytes of header and trailer lines
-	held            int // bytes charged to the connection's budget
+	overBudget      bool // HTTPOptions.Budget refused some of it
+	lines           int  // bytes of header and trailer lines
+	held            int  // bytes charged to the connection's budget (and to HTTPOptions.Budget)
 }
 
 // maxHeld is the budget of one connection: the bytes of messages kept at once (an HTTP/2
 // connection has many streams open).
 func (f *HTTPFlow) maxHeld() int { return 4 * (f.opts.MaxBody + f.opts.MaxHeaderBytes) }
+
+// charge reserves n bytes of HTTPOptions.Budget for k (nil for Raw); false marks k truncated and over
+// budget, and the bytes must not be kept.
+func (f *HTTPFlow) charge(k *kept, n int) bool {
+	if f.opts.Budget == nil || n <= 0 {
+		return true
+	}
+	if !f.opts.Budget.Reserve(n) {
+		if k != nil {
+			k.truncated, k.overBudget = true, true
+		}
+		return false
+	}
+	f.budgeted += n
+	return true
+}
+
+// uncharge gives back n bytes of HTTPOptions.Budget. It never gives back more than the connection
+// took, so a release of bytes that were never charged is harmless.
+func (f *HTTPFlow) uncharge(n int) {
+	n = min(n, f.budgeted)
+	if n <= 0 {
+		return
+	}
+	f.budgeted -= n
+	f.opts.Budget.Release(n)
+}
 
 // addBody keeps p, as much as the limits allow.
 func (f *HTTPFlow) addBody(k *kept, p []byte) {
@@ -97,6 +136,9 @@ func (f *HTTPFlow) addBody(k *kept, p []byte) {
 	if room < len(p) {
 		k.truncated = true
 		p = p[:max(room, 0)]
+	}
+	if !f.charge(k, len(p)) {
+		return
 	}
 	k.body = append(k.body, p...)
 	k.held += len(p)
@@ -113,6 +155,9 @@ func (f *HTTPFlow) addLine(k *kept, dst *[]string, line []byte) {
 	n := len(line) + 16 // a string header's worth of overhead
 	if k.lines+n > 4*f.opts.MaxHeaderBytes || f.held+n > f.maxHeld() {
 		k.truncated = true
+		return
+	}
+	if !f.charge(k, n) {
 		return
 	}
 	var s string
@@ -141,6 +186,9 @@ func (f *HTTPFlow) addField(k *kept, dst *[]string, name, value string) {
 		k.truncated = true
 		return
 	}
+	if !f.charge(k, n) {
+		return
+	}
 	*dst = append(*dst, name+": "+value)
 	k.lines += n
 	k.held += n
@@ -150,6 +198,7 @@ func (f *HTTPFlow) addField(k *kept, dst *[]string, name, value string) {
 // release gives back what k held to the connection's budget: its message was handed over.
 func (f *HTTPFlow) release(k *kept) {
 	f.held -= k.held
+	f.uncharge(k.held)
 	k.held = 0
 }
 
@@ -173,6 +222,7 @@ type reqState struct {
 	kept
 	raw    []byte
 	rawOff bool // Raw is not kept: too long, or not seen whole
+	rawCap int  // bytes of raw charged to HTTPOptions.Budget
 }
 
 // newReq starts a Request, when requests are reported.
@@ -191,14 +241,22 @@ func (f *HTTPFlow) addRaw(rq *reqState, p []byte) {
 	}
 	if rq.truncated || len(rq.raw)+len(p) > f.opts.MaxHeaderBytes+2*f.opts.MaxBody {
 		rq.truncated = true
-		rq.dropRaw()
+		f.dropRaw(rq)
 		return
 	}
+	if !f.charge(&rq.kept, len(p)) {
+		f.dropRaw(rq)
+		return
+	}
+	rq.rawCap += len(p)
 	rq.raw = append(rq.raw, p...)
 }
 
 // dropRaw stops keeping Raw.
-func (rq *reqState) dropRaw() { rq.raw, rq.rawOff = nil, true }
+func (f *HTTPFlow) dropRaw(rq *reqState) {
+	f.uncharge(rq.rawCap)
+	rq.raw, rq.rawOff, rq.rawCap = nil, true, 0
+}
 
 // tellRequest reports a request that ended at end; partial says it was not seen whole.
 func (f *HTTPFlow) tellRequest(rq *reqState, end time.Time, partial bool) {
@@ -209,9 +267,12 @@ func (f *HTTPFlow) tellRequest(rq *reqState, end time.Time, partial bool) {
 	}
 	r.Partial = r.Partial || partial
 	r.Header, r.Trailer, r.Body, r.Truncated = rq.header, rq.trailer, rq.body, rq.truncated
+	r.OverBudget = rq.overBudget
 	if !r.Partial && !r.Truncated && !rq.rawOff {
 		r.Raw = rq.raw
 	}
+	// The consumer owns what is handed over, and budgets it itself.
+	f.uncharge(rq.rawCap)
 	f.release(&rq.kept)
 	*rq = reqState{}
 	f.opts.OnRequest(&r)

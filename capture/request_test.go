@@ -597,3 +597,57 @@ func TestHTTPRequestsOff(t *testing.T) {
 		t.Errorf("kept request %d bytes of raw", len(full.requests[0].Raw))
 	}
 }
+
+// limitBudget is a Budget of limit bytes that remembers its peak.
+type limitBudget struct{ limit, reserved, peak, refused int }
+
+func (b *limitBudget) Reserve(n int) bool {
+	if b.reserved+n > b.limit {
+		b.refused++
+		return false
+	}
+	b.reserved += n
+	b.peak = max(b.peak, b.reserved)
+	return true
+}
+
+func (b *limitBudget) Release(n int) { b.reserved -= n }
+
+// TestRequestsStopAtTheSharedBudget: what connections keep of requests in progress is charged to one
+// budget; past it a request is kept no further (Truncated, OverBudget, no Raw), and every byte comes
+// back once requests are handed over or their connections end.
+func TestRequestsStopAtTheSharedBudget(t *testing.T) {
+	b := &limitBudget{limit: 48 << 10}
+	var got []*Request
+	opts := HTTPOptions{Budget: b, MaxBody: 1 << 20, OnRequest: func(q *Request) { got = append(got, q) }}
+	big := newFullDriver(opts)
+	small := newFullDriver(opts)
+	big.c("POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 102400\r\n\r\n")
+	chunk := strings.Repeat("x", 10<<10)
+	for range 10 {
+		big.c(chunk)
+		if b.reserved > b.limit {
+			t.Fatalf("reserved %d of a %d budget", b.reserved, b.limit)
+		}
+	}
+	// An abandoned request on another connection: its bytes come back when the connection ends.
+	small.c("POST /half HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+	big.c("GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+	big.end(EndFIN)
+	small.end(EndFIN)
+	if len(got) != 3 {
+		t.Fatalf("got %d requests, want 3", len(got))
+	}
+	if q := got[0]; !q.OverBudget || !q.Truncated || q.Raw != nil || len(q.Body) >= 102400 {
+		t.Errorf("the upload past the budget: OverBudget=%v Truncated=%v Raw=%v body %d bytes; want it over budget, truncated, without Raw", q.OverBudget, q.Truncated, q.Raw != nil, len(q.Body))
+	}
+	if q := got[1]; q.Target != "/next" || q.OverBudget || q.Raw == nil {
+		t.Errorf("the request after the upload was handed over: %s OverBudget=%v Raw=%v; want it whole", q.Target, q.OverBudget, q.Raw != nil)
+	}
+	if b.refused == 0 || b.peak > b.limit {
+		t.Errorf("budget refused %d times, peak %d of %d", b.refused, b.peak, b.limit)
+	}
+	if b.reserved != 0 {
+		t.Fatalf("%d bytes still reserved after every connection ended", b.reserved)
+	}
+}

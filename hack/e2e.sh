@@ -13,6 +13,12 @@ if "$ROOT/hack/cluster/healthy.sh"; then
   # still import images rebuilt since the cluster came up (fast when nothing changed)
   "$ROOT/hack/cluster/up.sh"
 else
+  # What a cluster that stopped without down.sh left (the machine rebooted, its session was killed)
+  # is not the host's own state: remove it first, or the comparison below would fail on it.
+  if [ -d "$CLUSTER_DIR" ]; then
+    ts "a cluster that is no longer running left $CLUSTER_DIR: tearing its remains down first"
+    "$ROOT/hack/cluster/down.sh"
+  fi
   # The cluster we bring up must leave the host as it found it: the host state after down.sh is
   # compared with the state before up.sh, and a difference fails the run.
   HOST_BEFORE=$(mktemp)

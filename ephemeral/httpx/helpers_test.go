@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"runtime"
 	"strings"
 	"sync"
@@ -133,9 +132,10 @@ func filterSteal(t testing.TB, f wire.HTTPFilter) func(h *RequestHead) bool {
 	return func(h *RequestHead) bool { return m.Match(h.Method, h.PathQuery(), h.HeaderLines()) && !isProbe(h) }
 }
 
-// isProbe is the steal's probe decision for a head of a connection whose addresses do not matter.
+// isProbe stands for the steal's probe decision (which also needs the pod's declared probes and
+// the connection's source, ephemeral/probe's tests): the kubelet's User-Agent.
 func isProbe(h *RequestHead) bool {
-	return probe.Rule{}.IsProbe(h.ProbeRequest(netip.AddrPort{}, netip.AddrPort{}))
+	return probe.KubeletAgent(h.HeaderLines())
 }
 
 func startProxy(t testing.TB, cfg proxyConfig) *proxy {

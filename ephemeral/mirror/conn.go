@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
@@ -27,8 +28,11 @@ type conn struct {
 	sawClient bool    // the client's first byte (or a hole before it) was seen
 	ended     [2]bool // per Direction: that direction has ended
 	midStream bool    // the capture began after the connection did
-	pre       []byte  // client bytes before the protocol was known
+	pre       []byte  // client bytes before the protocol was known, reserved in the memory budget
 	preLost   bool
+	// budgetGap: the tee skipped client bytes for the memory budget, and the copy that breaks was
+	// counted as the budget's; the drops that follow from the same gap are not counted again.
+	budgetGap bool
 	dead      bool // an opaque copy was given up
 	rep       *replayer
 
@@ -49,6 +53,9 @@ func newConn(m *Mirror, f capture.Flow) *conn {
 		OnProtocol: c.protocol,
 		OnRequest:  c.request,
 		MaxBody:    maxBody,
+	}
+	if m.budget != nil {
+		opts.Budget = m.budget
 	}
 	if m.cfg.Spec.Diff {
 		opts.KeepResponses = true
@@ -71,13 +78,40 @@ func (c *conn) Data(dir capture.Direction, data []byte, t time.Time) {
 		return
 	}
 	if c.proto == "" && dir == capture.ClientToServer && !c.midStream && !c.preLost {
-		if len(c.pre)+len(data) > preLimit {
-			c.preLost, c.pre = true, nil
-		} else {
+		switch {
+		case len(c.pre)+len(data) > preLimit:
+			c.dropPre()
+			c.preLost = true
+		case !c.m.budget.Reserve(len(data)):
+			c.dropPre()
+			c.preLost = true
+			if !c.budgetGap {
+				c.budgetGap = true
+				c.m.stats.overBudget.Add(1)
+			}
+		default:
 			c.pre = append(c.pre, data...)
 		}
 	}
 	c.hf.Data(dir, data, t)
+}
+
+// dropPre gives up the bytes kept before the protocol was known.
+func (c *conn) dropPre() {
+	c.m.budget.Release(len(c.pre))
+	c.pre = nil
+}
+
+// GapOverBudget is a gap the redirect's tee left because the agent was over its memory budget: the
+// copy it breaks is counted once, as the budget's drop, not as bytes lost or a connection copied from
+// its middle. Counted when the gap comes: bytes the tee never handed over may hold requests the
+// decoder never sees.
+func (c *conn) GapOverBudget(dir capture.Direction, missing int, t time.Time) {
+	if dir == capture.ClientToServer && !c.budgetGap {
+		c.budgetGap = true
+		c.m.stats.overBudget.Add(1)
+	}
+	c.Gap(dir, missing, t)
 }
 
 func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
@@ -89,7 +123,7 @@ func (c *conn) Gap(dir capture.Direction, missing int, t time.Time) {
 	if c.proto == capture.ProtoOpaque {
 		if dir == capture.ClientToServer && c.rep != nil && !c.dead {
 			c.dead = true
-			c.rep.abort(&c.m.stats.gap)
+			c.rep.abort(c.gapCounter())
 		}
 		return
 	}
@@ -114,20 +148,37 @@ func (c *conn) End(dir capture.Direction, why capture.EndReason, t time.Time) {
 	}
 }
 
+// gapCounter counts a copy a gap broke; nil when the tee left the gap for the budget, which
+// GapOverBudget counted.
+func (c *conn) gapCounter() *atomic.Int64 {
+	if c.budgetGap {
+		return nil
+	}
+	return &c.m.stats.gap
+}
+
+// midStreamDrop counts a connection that cannot be copied from its middle, unless the middle is where
+// the tee's budget gap left it.
+func (c *conn) midStreamDrop() {
+	if !c.budgetGap {
+		c.m.stats.midStream.Add(1)
+	}
+}
+
 // protocol is the decoder's verdict on the connection.
 func (c *conn) protocol(_ capture.Flow, proto string) {
 	if proto != "" && proto != capture.ProtoOpaque {
 		c.proto = proto
-		c.pre = nil
+		c.dropPre()
 		if proto == capture.ProtoH2C && c.midStream {
 			// HPACK's table is built from the connection's start: the rest cannot be decoded.
-			c.m.stats.midStream.Add(1)
+			c.midStreamDrop()
 		}
 		return
 	}
 	c.proto = capture.ProtoOpaque
 	pre := c.pre
-	c.pre = nil
+	c.dropPre()
 	if !c.sawClient && c.ended[capture.ClientToServer] && c.ended[capture.ServerToClient] {
 		// The client said nothing before the end (a kubelet tcpSocket probe, or a connection the
 		// capture ended between its handshake and its first request): there is nothing to copy,
@@ -137,7 +188,7 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 	c.m.stats.requests.Add(1)
 	switch {
 	case c.midStream || c.preLost:
-		c.m.stats.midStream.Add(1)
+		c.midStreamDrop()
 		c.dead = true
 	case c.m.matcher != nil:
 		// A filter selects HTTP requests; a connection of another protocol matches none.
@@ -158,9 +209,18 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 func (c *conn) request(r *capture.Request) {
 	s := &c.m.stats
 	s.requests.Add(1)
+	if !r.Partial {
+		// A budget's gap between requests broke none: the next gap is the capture's own.
+		c.budgetGap = false
+	}
 	switch {
 	case r.Partial:
-		s.gap.Add(1)
+		if n := c.gapCounter(); n != nil {
+			n.Add(1)
+		}
+		return
+	case r.OverBudget:
+		s.overBudget.Add(1)
 		return
 	case isUpgrade(r):
 		s.upgrade.Add(1)

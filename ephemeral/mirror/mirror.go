@@ -24,6 +24,7 @@ import (
 	"github.com/gopacket/gopacket"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -65,6 +66,9 @@ type Config struct {
 	// Events receives what the mirror did; it must not block.
 	Events func(wire.MirrorEvent)
 	Log    *slog.Logger
+	// Budget is the agent container's memory budget: past it, copies are dropped and counted
+	// (DroppedOverBudget) while the pod's traffic goes on. Nil: no budget but the mirror's own bounds.
+	Budget *budget.Budget
 }
 
 // Mirror is one running mirror.
@@ -73,14 +77,16 @@ type Mirror struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 	matcher *wire.FilterMatcher
-	// probes decides which requests are the kubelet's; the plugin sends no declared probes yet.
-	probes probe.Rule
+	// probes decides which connections and requests are the kubelet's.
+	probes *probe.Rule
 	ports  map[uint16]bool
 	// own are the local addresses of the mirror's own connections to its destination: when the
 	// destination routes back to the pod's port, they must not be mirrored again.
 	own sync.Map
 
-	queued  atomic.Int64
+	queued atomic.Int64
+	// budget is the mirror's account in the agent's memory budget, closed with the mirror.
+	budget  *budget.Account
 	sampleM sync.Mutex
 	sampled int64
 	stats   counters
@@ -88,6 +94,9 @@ type Mirror struct {
 }
 
 type counters struct {
+	// overBudget counts the copies given up for the agent's memory budget.
+	overBudget atomic.Int64
+
 	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
 	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
 }
@@ -109,10 +118,17 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
 	m.matcher = matcher
+	// The mirror runs in the pod's network namespace: its route table is the pod's.
+	gateways, err := probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
+	if err != nil {
+		return nil, err
+	}
+	m.probes = probe.New(cfg.Spec.Probes, gateways)
 	for _, p := range cfg.Spec.Ports {
 		m.ports[uint16(p)] = true
 	}
 	m.ctx, m.cancel = context.WithCancel(ctx)
+	m.budget = cfg.Budget.Account()
 	return m, nil
 }
 
@@ -125,6 +141,11 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 		return nil
 	}
 	m.stats.connections.Add(1)
+	if m.probes.PassConn(f.Client, f.Server.Port()) {
+		// A tcpSocket or HTTPS probe: the kubelet's, told by its source and port.
+		m.stats.probes.Add(1)
+		return nil
+	}
 	return newConn(m, f)
 }
 
@@ -132,6 +153,8 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 func (m *Mirror) Close() {
 	m.cancel()
 	m.wg.Wait()
+	// Connections the capture never saw end still hold what they kept; the budget outlives them.
+	m.budget.Close()
 }
 
 // Drain waits up to d for the copies already queued, then closes.
@@ -159,6 +182,8 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(),
 		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
+
+		DroppedOverBudget: s.overBudget.Load(),
 	}
 }
 
@@ -175,16 +200,24 @@ func (m *Mirror) sample() bool {
 	return m.sampled*p/100 > (m.sampled-1)*p/100
 }
 
-// reserve takes n bytes of the shared queue budget; false means the copy must be dropped.
-func (m *Mirror) reserve(n int) bool {
+// reserve takes n bytes of the mirror's queue bound and of the agent's memory budget; a copy that
+// does not fit is dropped, and the counter returned says why (nil: it fits).
+func (m *Mirror) reserve(n int) *atomic.Int64 {
 	if m.queued.Add(int64(n)) > maxQueued {
 		m.queued.Add(-int64(n))
-		return false
+		return &m.stats.slow
 	}
-	return true
+	if !m.budget.Reserve(n) {
+		m.queued.Add(-int64(n))
+		return &m.stats.overBudget
+	}
+	return nil
 }
 
-func (m *Mirror) release(n int) { m.queued.Add(-int64(n)) }
+func (m *Mirror) release(n int) {
+	m.queued.Add(-int64(n))
+	m.budget.Release(n)
+}
 
 // dial opens one connection to the copy's destination.
 func (m *Mirror) dial(ctx context.Context, f capture.Flow) (net.Conn, error) {

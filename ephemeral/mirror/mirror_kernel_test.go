@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
@@ -196,5 +197,57 @@ func TestKernelMirrorModes(t *testing.T) {
 				t.Errorf("stats %+v, want every request mirrored and answered", s)
 			}
 		})
+	}
+}
+
+// TestKernelRedirectMirrorOverBudget: with the agent over its memory budget, a redirect mirror copies
+// nothing and counts every connection's copy as the budget's drop, while the clients get each of the
+// app's answers and the app every request, bodies whole: the app's traffic is never what gives.
+func TestKernelRedirectMirrorOverBudget(t *testing.T) {
+	testnet.RequireRoot(t)
+	pod, client := testnet.New(t), testnet.New(t)
+	testnet.Connect(t, pod, []netip.Prefix{netip.MustParsePrefix("10.79.1.1/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.79.1.2/24")})
+	app := serveRecorded(t, pod.Listen(t, "tcp", "10.79.1.1:8080"), "app")
+	ll, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := serveRecorded(t, ll, "local")
+	b, err := budget.New(budget.MinLimit, budget.Options{Usage: func() (int64, error) { return 2 * budget.MinLimit, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m, err := mirror.New(ctx, mirror.Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Mode: wire.MirrorRedirect}, Open: toLocal{addr: local.addr}, Budget: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *steal.Steal
+	if err := pod.Do(func() error {
+		var err error
+		st, err = steal.Start(ctx, steal.Config{ID: "budgettest", Spec: wire.StealSpec{Ports: []int{8080}}, Tee: m.Handler, InNetns: pod.Do, Budget: b})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := clients(t, client.DialContext, "10.79.1.1:8080")
+	if got := app.list(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("app got\n%q\nwant\n%q", got, want)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	s := m.Stats()
+	// clients uses one connection per protocol.
+	if s.Mirrored != 0 || s.DroppedOverBudget != 2 || s.Dropped() != s.DroppedOverBudget {
+		t.Errorf("stats %+v, want nothing mirrored and both connections' copies dropped over budget", s)
+	}
+	if got := local.list(); len(got) != 0 {
+		t.Errorf("the local server got %q over budget", got)
+	}
+	if r := b.Reserved(); r != 0 {
+		t.Errorf("%d bytes still reserved", r)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -722,4 +724,132 @@ func TestMirrorConnectionMemory(t *testing.T) {
 		t.Errorf("each copied connection holds %d B of heap, want at most 24 KiB", perConn)
 	}
 	runtime.KeepAlive(hs)
+}
+
+// TestMirrorCopiesStopAtTheMemoryBudget: with a destination that does not take its copies yet, the
+// copies waiting for it, and the request still being read, hold no more than the agent's memory
+// budget leaves; the rest are dropped and counted as the budget's, and every byte comes back.
+func TestMirrorCopiesStopAtTheMemoryBudget(t *testing.T) {
+	const room = 48 << 10
+	b, err := budget.New(budget.MinLimit, budget.Options{Usage: func() (int64, error) { return budget.MinLimit - room, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := newLocalServer(t, "")
+	d := &gatedDialer{dialer: dialer{addr: local.srv.Listener.Addr().String()}, gate: make(chan struct{})}
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: d, Budget: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	now := time.Now()
+	body := strings.Repeat("b", 4<<10)
+	// A request larger than the budget leaves is charged while it is read, and given up then, not
+	// once it is whole.
+	large := request("POST", "/large", strings.Repeat("l", 256<<10))
+	h.Data(capture.ClientToServer, []byte(large[:16<<10]), now)
+	if r := b.Reserved(); r < 15<<10 {
+		t.Fatalf("16 KiB of a request in progress, %d bytes reserved, want them counted", r)
+	}
+	for p := 16 << 10; p < len(large); p += 16 << 10 {
+		h.Data(capture.ClientToServer, []byte(large[p:min(p+16<<10, len(large))]), now)
+		if r := b.Reserved(); r > room {
+			t.Fatalf("the mirror holds %d bytes reading a large request, over the %d the budget leaves", r, room)
+		}
+	}
+	h.Data(capture.ServerToClient, []byte(response("x")), now)
+	const small = 30
+	for i := range small {
+		h.Data(capture.ClientToServer, []byte(request("POST", fmt.Sprintf("/%d", i), body)), now)
+		h.Data(capture.ServerToClient, []byte(response("x")), now)
+		if r := b.Reserved(); r > room {
+			t.Fatalf("the mirror holds %d bytes, over the %d the budget leaves", r, room)
+		}
+	}
+	close(d.gate)
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+	m.Drain(20 * time.Second)
+	s := m.Stats()
+	if s.Mirrored == 0 || s.DroppedOverBudget < 2 || s.Mirrored+s.DroppedOverBudget != small+1 || s.DroppedSlow != 0 {
+		t.Errorf("stats %+v, want %d requests mirrored or dropped over budget, some of each, the large one among the dropped", s, small+1)
+	}
+	if got := local.requests(); len(got) != int(s.Mirrored) || slices.ContainsFunc(got, func(r string) bool { return strings.HasPrefix(r, "POST /large") }) {
+		t.Errorf("the local server got %d requests (large among them: %v), want the %d mirrored, not the large one", len(got),
+			slices.ContainsFunc(got, func(r string) bool { return strings.HasPrefix(r, "POST /large") }), s.Mirrored)
+	}
+	if !strings.Contains(s.Summary(), "agent over its memory budget") {
+		t.Errorf("summary %q does not say copies were dropped for the memory budget", s.Summary())
+	}
+	if r := b.Reserved(); r != 0 {
+		t.Errorf("%d bytes still reserved once the mirror drained", r)
+	}
+}
+
+// TestMirrorGivesItsBudgetBackAtClose: the agent's budget outlives a mirror, so what a connection the
+// capture never saw end still holds (a request half read) is given back when the mirror closes.
+func TestMirrorGivesItsBudgetBackAtClose(t *testing.T) {
+	b, err := budget.New(budget.MinLimit, budget.Options{Usage: func() (int64, error) { return 0, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}, Budget: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	full := request("POST", "/half", strings.Repeat("h", 64<<10))
+	h.Data(capture.ClientToServer, []byte(full[:len(full)/2]), time.Now())
+	if b.Reserved() == 0 {
+		t.Fatal("the request in progress reserved nothing")
+	}
+	m.Close()
+	if r := b.Reserved(); r != 0 {
+		t.Errorf("%d bytes still reserved once the mirror closed", r)
+	}
+}
+
+// TestMirrorCountsTheTeesBudgetGapsAsTheBudgets: bytes the redirect's tee did not copy because the
+// agent was over its memory budget break the copy of the request they were part of; that copy is
+// counted as the budget's drop, not as bytes lost.
+func TestMirrorCountsTheTeesBudgetGapsAsTheBudgets(t *testing.T) {
+	local := newLocalServer(t, "")
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: &dialer{addr: local.srv.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := m.Handler(testFlow)
+	bg, ok := h.(interface {
+		GapOverBudget(capture.Direction, int, time.Time)
+	})
+	if !ok {
+		t.Fatalf("the mirror's handler %T cannot be told of the budget's gaps", h)
+	}
+	now := time.Now()
+	h.Data(capture.ClientToServer, []byte(request("GET", "/before", "")), now)
+	h.Data(capture.ServerToClient, []byte(response("x")), now)
+	big := request("POST", "/cut", strings.Repeat("c", 1000))
+	h.Data(capture.ClientToServer, []byte(big[:100]), now)
+	bg.GapOverBudget(capture.ClientToServer, len(big)-100, now)
+	h.Data(capture.ServerToClient, []byte(response("y")), now)
+	h.End(capture.ClientToServer, capture.EndFIN, now)
+	h.End(capture.ServerToClient, capture.EndFIN, now)
+	// A connection the tee copied nothing of: its copy is the budget's drop, once, not a connection
+	// copied from its middle.
+	f := testFlow
+	f.Client = netip.AddrPortFrom(f.Client.Addr(), f.Client.Port()+1)
+	none := m.Handler(f).(interface {
+		capture.StreamHandler
+		GapOverBudget(capture.Direction, int, time.Time)
+	})
+	none.GapOverBudget(capture.ClientToServer, 500, now)
+	none.Data(capture.ServerToClient, []byte(response("z")), now)
+	none.GapOverBudget(capture.ClientToServer, 500, now)
+	none.End(capture.ClientToServer, capture.EndFIN, now)
+	none.End(capture.ServerToClient, capture.EndFIN, now)
+	m.Drain(10 * time.Second)
+	if s := m.Stats(); s.Mirrored != 1 || s.DroppedOverBudget != 2 || s.DroppedGap != 0 || s.DroppedMidStream != 0 {
+		t.Errorf("stats %+v, want one mirrored and two dropped over budget (the cut request, the connection not copied at all), none as lost bytes or mid-stream", s)
+	}
 }

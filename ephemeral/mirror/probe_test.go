@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -15,6 +16,19 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
+
+// testProbes are the pod's probes on port 8080: an httpGet probe, one with its own User-Agent, and
+// a gRPC probe; the node's address is testNode.
+func testProbes() *wire.Probes {
+	return &wire.Probes{Sources: []string{testNode.Addr().String()}, Declared: []wire.Probe{
+		{Port: 8080, Kind: wire.ProbeHTTP, Path: "/healthz"},
+		{Port: 8080, Kind: wire.ProbeHTTP, Path: "/own", Headers: []wire.ProbeHeader{{Name: "User-Agent", Value: "checker/1"}}},
+		{Port: 8080, Kind: wire.ProbeGRPC, Path: "/grpc.health.v1.Health/Check"},
+		{Port: 8443, Kind: wire.ProbeHTTPS},
+	}}
+}
+
+var testNode = netip.MustParseAddrPort("10.250.0.1:51000")
 
 // TestProbeStealAndMirrorAgree: the same request is a kubelet probe to both the steal and the
 // mirror, or to neither. Each side reads it its own way (the steal's Peek and HTTP engine, the
@@ -43,11 +57,13 @@ func TestProbeStealAndMirrorAgree(t *testing.T) {
 		{"another field", h1("/healthz", "X-User-Agent: kube-probe/1.33\r\n"), false},
 		{"kubelet gRPC", h2cHead(t, "user-agent", "kube-probe/1.33 grpc-go/1.62.1"), true},
 		{"gRPC client", h2cHead(t, "user-agent", "grpc-go/1.62.1"), false},
+		{"undeclared path", h1("/api", "User-Agent: kube-probe/1.33\r\n"), false},
+		{"own User-Agent from a client", h1("/own", "User-Agent: checker/1\r\n"), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			steal, stealReq := stealSaysProbe(t, tt.req)
-			mirror := mirrorSaysProbe(t, tt.req)
+			steal, stealReq := stealSaysProbe(t, tt.req, testFlow)
+			mirror := mirrorSaysProbe(t, tt.req, testFlow)
 			if steal != tt.want || mirror != tt.want {
 				t.Errorf("probe: steal says %v, mirror %v; want %v", steal, mirror, tt.want)
 			}
@@ -60,9 +76,35 @@ func TestProbeStealAndMirrorAgree(t *testing.T) {
 	}
 }
 
+// TestProbeFromTheNode: a probe with its own User-Agent from the node's address is a probe to both
+// sides, and an HTTPS probe's connection (source and port) is not copied.
+func TestProbeFromTheNode(t *testing.T) {
+	fromNode := capture.Flow{Client: testNode, Server: testFlow.Server}
+	req := []byte("GET /own HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nUser-Agent: checker/1\r\nAccept: */*\r\n\r\n")
+	steal, _ := stealSaysProbe(t, req, fromNode)
+	mirror := mirrorSaysProbe(t, req, fromNode)
+	if !steal || !mirror {
+		t.Errorf("a probe with its own User-Agent from the node: steal says %v, mirror %v; want probes", steal, mirror)
+	}
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8443}, Probes: testProbes()}, Open: sinkOpener{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if h := m.Handler(capture.Flow{Client: testNode, Server: netip.MustParseAddrPort("10.0.0.1:8443")}); h != nil {
+		t.Error("the mirror copies the HTTPS probe's connection from the node")
+	}
+	if h := m.Handler(capture.Flow{Client: testFlow.Client, Server: netip.MustParseAddrPort("10.0.0.1:8443")}); h == nil {
+		t.Error("the mirror does not copy a client's connection to the HTTPS probe's port")
+	}
+	if s := m.Stats(); s.Probes != 1 {
+		t.Errorf("mirror stats %+v, want 1 probe", s)
+	}
+}
+
 // stealSaysProbe decides as the steal does: the request's head as Peek reads it from the
 // connection, with the connection's addresses.
-func stealSaysProbe(t *testing.T, req []byte) (bool, probe.Request) {
+func stealSaysProbe(t *testing.T, req []byte, flow capture.Flow) (bool, probe.Request) {
 	t.Helper()
 	client, agent := net.Pipe()
 	defer client.Close()
@@ -72,19 +114,19 @@ func stealSaysProbe(t *testing.T, req []byte) (bool, probe.Request) {
 	if err != nil || pk.First == nil {
 		t.Fatalf("Peek = %+v, %v", pk, err)
 	}
-	q := pk.First.ProbeRequest(testFlow.Client, testFlow.Server)
-	return probe.Rule{}.IsProbe(q), q
+	q := pk.First.ProbeRequest(flow.Client, flow.Server)
+	return probe.New(testProbes(), nil).IsProbe(q), q
 }
 
 // mirrorSaysProbe runs the request through a mirror and reads its probe count.
-func mirrorSaysProbe(t *testing.T, req []byte) bool {
+func mirrorSaysProbe(t *testing.T, req []byte, flow capture.Flow) bool {
 	t.Helper()
-	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}}, Open: sinkOpener{}})
+	m, err := New(context.Background(), Config{Spec: wire.MirrorSpec{Ports: []int{8080}, Probes: testProbes()}, Open: sinkOpener{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	h := m.Handler(testFlow)
+	h := m.Handler(flow)
 	now := time.Now()
 	h.Data(capture.ClientToServer, bytes.Clone(req), now)
 	h.End(capture.ClientToServer, capture.EndFIN, now)

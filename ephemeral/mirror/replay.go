@@ -68,39 +68,49 @@ func newReplayer(c *conn) *replayer {
 // request queues a request; a full queue or budget drops it. Called on the capture goroutine.
 func (r *replayer) request(req *capture.Request) {
 	n := len(req.Raw) + len(req.Body)
-	if !r.offer(&item{req: req, size: n}) {
-		r.c.m.stats.slow.Add(1)
+	if drop := r.offer(&item{req: req, size: n}); drop != nil {
+		drop.Add(1)
 	}
 }
 
 // raw queues bytes of an opaque connection; false means the copy was given up.
 func (r *replayer) raw(p []byte) bool {
-	if !r.offer(&item{raw: append([]byte(nil), p...), size: len(p)}) {
-		r.abort(&r.c.m.stats.slow)
+	if drop := r.offer(&item{raw: p, size: len(p)}); drop != nil {
+		r.abort(drop)
 		return false
 	}
 	return true
 }
 
-func (r *replayer) offer(it *item) bool {
-	if r.closed.Load() || !r.c.m.reserve(it.size) {
-		return false
+// offer queues it, or returns the counter of why it was dropped. An item's bytes are copied only once
+// they are reserved.
+func (r *replayer) offer(it *item) *atomic.Int64 {
+	if r.closed.Load() {
+		return &r.c.m.stats.slow
+	}
+	if drop := r.c.m.reserve(it.size); drop != nil {
+		return drop
+	}
+	if it.raw != nil {
+		it.raw = append([]byte(nil), it.raw...)
 	}
 	select {
 	case r.q <- it:
-		return true
+		return nil
 	default:
 		r.c.m.release(it.size)
-		return false
+		return &r.c.m.stats.slow
 	}
 }
 
-// abort gives an opaque copy up: counted once, as the connection's drop.
+// abort gives an opaque copy up: counted once, as the connection's drop (nil: counted already).
 func (r *replayer) abort(counter *atomic.Int64) {
 	if r.closed.Load() {
 		return
 	}
-	counter.Add(1)
+	if counter != nil {
+		counter.Add(1)
+	}
 	r.finish()
 }
 

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/httpx"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/probe"
@@ -61,6 +62,10 @@ type Config struct {
 	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
+	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
+	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
+	// as ever. Nil: no budget.
+	Budget *budget.Budget
 	// Events receives what the steal does; it must not block for long.
 	Events func(wire.StealEvent)
 	Log    *slog.Logger
@@ -84,9 +89,11 @@ type Config struct {
 type Steal struct {
 	cfg      Config
 	matcher  *wire.FilterMatcher
+	probes   *probe.Rule
 	ln       *net.TCPListener
 	redirect Redirect
 	app      *net.Dialer
+	pacer    *pacer
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -190,12 +197,19 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}}
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events)}
 	m, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
 	s.matcher = m
+	// The calling thread is in the pod's network namespace (the listener and the redirect are made
+	// there too): its route table is the pod's.
+	gateways, err := probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
+	if err != nil {
+		return nil, err
+	}
+	s.probes = probe.New(cfg.Spec.Probes, gateways)
 	s.app = netfilter.PassDialer(10 * time.Second)
 	ln, err := net.Listen("tcp", cfg.ListenAddress)
 	if err != nil {
@@ -228,6 +242,9 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	s.redirect = r
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: r.KernelOwned()}
+	for _, a := range s.probes.Sources() {
+		ready.ProbeSources = append(ready.ProbeSources, a.String())
+	}
 	if cfg.Spec.FlushConnections {
 		socks, entries, err := cfg.Flush(ports, netfilter.PassMark)
 		if err != nil {
@@ -334,23 +351,27 @@ func (s *Steal) serve(c *net.TCPConn) {
 		s.teeThrough(cn)
 		return
 	}
+	var source netip.AddrPort
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		source = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
+	}
+	keepProbes := !s.cfg.Spec.StealProbes
+	if keepProbes && s.probes.PassConn(source, orig.Port()) {
+		// A tcpSocket or HTTPS probe says nothing the agent could read: its source and port tell it.
+		s.passThrough(cn, nil)
+		return
+	}
 	filtered := s.matcher != nil
 	var pk httpx.Peeked
-	if filtered || !s.cfg.Spec.StealProbes {
+	if filtered || (keepProbes && s.probes.ReadsHTTP(orig.Port())) {
 		pk, err = httpx.Peek(c, s.cfg.Spec.DetectTimeout.Std())
 		if err != nil {
 			s.cfg.Log.Debug("client went away before its first request", "peer", cn.peer, "err", err)
 			return
 		}
 	}
-	// The plugin sends no declared probes yet: the zero Rule decides on the request alone.
-	var probes probe.Rule
-	var source netip.AddrPort
-	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		source = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
-	}
 	if !filtered {
-		if pk.First != nil && !s.cfg.Spec.StealProbes && probes.IsProbe(pk.First.ProbeRequest(source, orig)) {
+		if pk.First != nil && keepProbes && s.probes.IsProbe(pk.First.ProbeRequest(source, orig)) {
 			s.passThrough(cn, pk.Prefix)
 			return
 		}
@@ -360,7 +381,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 	route := httpx.Route{
 		Steal: func(h *httpx.RequestHead) bool {
 			q := h.ProbeRequest(source, orig)
-			if !s.cfg.Spec.StealProbes && probes.IsProbe(q) {
+			if keepProbes && s.probes.IsProbe(q) {
 				return false
 			}
 			return s.matcher.Match(h.Method, q.Path, q.Header)
@@ -421,10 +442,14 @@ func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
 }
 
 func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
-	return s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
+	c, err := s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
 		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
 		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
 	})
+	if err != nil {
+		return nil, err
+	}
+	return s.pacer.wrap(s.ctx, c), nil
 }
 
 // passThrough hands the whole connection to the app, replaying what detection read.

@@ -8,33 +8,45 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // teeQueue bounds the chunks of one connection waiting for the mirror. The relay never waits for
-// it: a chunk that finds it full is not copied, and the mirror is told how many bytes it missed.
+// it: a chunk that finds it full is not copied, and the mirror is told how many bytes it missed. The
+// bytes queued across connections are bounded by the agent's memory budget: a chunk is copied only
+// once it is reserved there, and released when the mirror has had it.
 const teeQueue = 256
+
+// budgetGapper is a handler told that a gap comes from the memory budget, not from a full queue.
+type budgetGapper interface {
+	GapOverBudget(dir capture.Direction, missing int, t time.Time)
+}
 
 // teeChunk is one read of either side, or the end of a direction.
 type teeChunk struct {
 	dir     capture.Direction
 	data    []byte
 	missing int
-	end     bool
-	t       time.Time
+	// overBudget says the memory budget refused some of the missing bytes.
+	overBudget bool
+	end        bool
+	t          time.Time
 }
 
 // tee hands a relayed connection's bytes to a mirror's handler on a goroutine of its own, in order.
 type tee struct {
 	h       capture.StreamHandler
+	budget  *budget.Budget
 	q       chan teeChunk
 	missing [2]int  // bytes not copied since the last chunk that was, per direction
+	refused [2]bool // the budget refused some of missing
 	ended   [2]bool // the direction's end is queued
 	done    chan struct{}
 }
 
-func newTee(h capture.StreamHandler) *tee {
-	t := &tee{h: h, q: make(chan teeChunk, teeQueue), done: make(chan struct{})}
+func newTee(h capture.StreamHandler, b *budget.Budget) *tee {
+	t := &tee{h: h, budget: b, q: make(chan teeChunk, teeQueue), done: make(chan struct{})}
 	go t.run()
 	return t
 }
@@ -43,24 +55,44 @@ func (t *tee) run() {
 	defer close(t.done)
 	for c := range t.q {
 		if c.missing > 0 {
-			t.h.Gap(c.dir, c.missing, c.t)
+			if bg, ok := t.h.(budgetGapper); ok && c.overBudget {
+				bg.GapOverBudget(c.dir, c.missing, c.t)
+			} else {
+				t.h.Gap(c.dir, c.missing, c.t)
+			}
 		}
 		if c.end {
 			t.h.End(c.dir, capture.EndFIN, c.t)
 			continue
 		}
 		t.h.Data(c.dir, c.data, c.t)
+		t.budget.Release(len(c.data))
 	}
 }
 
+// chunk is the next chunk of dir, carrying the bytes missed before it.
+func (t *tee) chunk(dir capture.Direction) teeChunk {
+	return teeChunk{dir: dir, missing: t.missing[dir], overBudget: t.refused[dir], t: time.Now()}
+}
+
+// sent clears what a queued chunk carried.
+func (t *tee) sent(dir capture.Direction) { t.missing[dir], t.refused[dir] = 0, false }
+
 // offer copies p without ever blocking the relay. Each direction is offered by its own relay
-// goroutine, so missing[dir] has one writer.
+// goroutine, so missing[dir] and refused[dir] have one writer.
 func (t *tee) offer(dir capture.Direction, p []byte) {
-	c := teeChunk{dir: dir, data: append([]byte(nil), p...), missing: t.missing[dir], t: time.Now()}
+	if !t.budget.Reserve(len(p)) {
+		t.missing[dir] += len(p)
+		t.refused[dir] = true
+		return
+	}
+	c := t.chunk(dir)
+	c.data = append([]byte(nil), p...)
 	select {
 	case t.q <- c:
-		t.missing[dir] = 0
+		t.sent(dir)
 	default:
+		t.budget.Release(len(p))
 		t.missing[dir] += len(p)
 	}
 }
@@ -68,9 +100,12 @@ func (t *tee) offer(dir capture.Direction, p []byte) {
 // end marks a direction's end, without blocking either: an end that finds the queue full is sent by
 // close, once the relay is over.
 func (t *tee) end(dir capture.Direction) {
+	c := t.chunk(dir)
+	c.end = true
 	select {
-	case t.q <- teeChunk{dir: dir, end: true, missing: t.missing[dir], t: time.Now()}:
+	case t.q <- c:
 		t.ended[dir] = true
+		t.sent(dir)
 	default:
 	}
 }
@@ -79,7 +114,9 @@ func (t *tee) end(dir capture.Direction) {
 func (t *tee) close() {
 	for _, dir := range []capture.Direction{capture.ClientToServer, capture.ServerToClient} {
 		if !t.ended[dir] {
-			t.q <- teeChunk{dir: dir, end: true, missing: t.missing[dir], t: time.Now()}
+			c := t.chunk(dir)
+			c.end = true
+			t.q <- c
 		}
 	}
 	close(t.q)
@@ -125,7 +162,7 @@ func (s *Steal) teeThrough(cn conn) {
 		_ = wire.Join(cn.client, app)
 		return
 	}
-	t := newTee(h)
+	t := newTee(h, s.cfg.Budget)
 	_ = wire.Join(&teeSide{Conn: cn.client, t: t, dir: capture.ClientToServer}, &teeSide{Conn: app, t: t, dir: capture.ServerToClient})
 	t.close()
 }

@@ -67,9 +67,10 @@ var mirrorEventsGolden = []golden[MirrorEvent]{
 		MirrorEvent{Kind: EventStats, Stats: &MirrorStats{
 			Connections: 1, Requests: 2, Probes: 3, Unselected: 4, SampledOut: 5, Mirrored: 6, Answered: 7, Differ: 8,
 			DroppedMidStream: 9, DroppedGap: 10, DroppedSlow: 11, DroppedRefused: 12, DroppedUpgrade: 13, DroppedTooLarge: 14,
-			Failed: 15, KernelReceived: 16, KernelDropped: 17, EventsDropped: 18, AgentMaxRSS: 19, Partial: true,
+			DroppedOverBudget: 20,
+			Failed:            15, KernelReceived: 16, KernelDropped: 17, EventsDropped: 18, AgentMaxRSS: 19, Partial: true,
 		}},
-		`{"kind":"stats","stats":{"connections":1,"requests":2,"probes":3,"unselected":4,"sampledOut":5,"mirrored":6,"answered":7,"differ":8,"droppedMidStream":9,"droppedGap":10,"droppedSlow":11,"droppedRefused":12,"droppedUpgrade":13,"droppedTooLarge":14,"failed":15,"kernelReceived":16,"kernelDropped":17,"eventsDropped":18,"agentMaxRss":19,"partial":true}}`,
+		`{"kind":"stats","stats":{"connections":1,"requests":2,"probes":3,"unselected":4,"sampledOut":5,"mirrored":6,"answered":7,"differ":8,"droppedMidStream":9,"droppedGap":10,"droppedSlow":11,"droppedRefused":12,"droppedUpgrade":13,"droppedTooLarge":14,"droppedOverBudget":20,"failed":15,"kernelReceived":16,"kernelDropped":17,"eventsDropped":18,"agentMaxRss":19,"partial":true}}`,
 	},
 }
 

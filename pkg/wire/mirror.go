@@ -51,6 +51,8 @@ type MirrorSpec struct {
 	// Diff compares each copy's response with the pod's: status, the DiffHeaders, and the body.
 	Diff        bool     `json:"diff,omitempty"`
 	DiffHeaders []string `json:"diffHeaders,omitempty"`
+	// Probes are the pod's probes, which are never copied (as in StealSpec).
+	Probes *Probes `json:"probes,omitempty"`
 	// AllowUnownedRedirect is StealSpec's, for the redirect mode: without it the agent refuses a
 	// redirect the kernel does not tie to its life.
 	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
@@ -91,7 +93,7 @@ func (m *MirrorSpec) Validate() error {
 	if err := m.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)
 	}
-	return nil
+	return m.Probes.Validate()
 }
 
 // Sniffs reports whether the mirror captures packets rather than redirecting.
@@ -156,6 +158,9 @@ type MirrorStats struct {
 	DroppedRefused   int64 `json:"droppedRefused,omitempty"`
 	DroppedUpgrade   int64 `json:"droppedUpgrade,omitempty"`
 	DroppedTooLarge  int64 `json:"droppedTooLarge,omitempty"`
+	// DroppedOverBudget were not copied because the agent was over its memory budget
+	// (--agent-memory-budget), the pod's own traffic untouched.
+	DroppedOverBudget int64 `json:"droppedOverBudget,omitempty"`
 	// Failed were sent but the copy's answer never came (error or timeout).
 	Failed int64 `json:"failed,omitempty"`
 	// Kernel counts of the capture (sniff mode): frames queued to the agent and frames the kernel
@@ -173,7 +178,8 @@ type MirrorStats struct {
 
 // Dropped sums the copies not made, whatever the cause.
 func (s *MirrorStats) Dropped() int64 {
-	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge
+	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge +
+		s.DroppedOverBudget
 }
 
 // Summary is the one line printed when a mirror ends.
@@ -190,6 +196,7 @@ func (s *MirrorStats) Summary() string {
 	}{
 		{s.Probes, "kubelet probes"}, {s.Unselected, "not matching the filter"}, {s.SampledOut, "sampled out"},
 		{s.DroppedMidStream, "open before the mirror"}, {s.DroppedGap, "bytes lost"},
+		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.DroppedSlow, "copy too slow"}, {s.DroppedRefused, "refused by the destination"},
 		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"},
 		{s.Failed, "no answer from the copy"},

@@ -78,8 +78,11 @@ type StealSpec struct {
 	Ports []int `json:"ports"`
 	// Filter, when not empty, steals only the matching HTTP requests; the rest goes to the app.
 	Filter *HTTPFilter `json:"filter,omitempty"`
-	// StealProbes takes the kubelet's probe requests too.
+	// StealProbes takes the kubelet's probes too.
 	StealProbes bool `json:"stealProbes,omitempty"`
+	// Probes are the pod's probes, which stay with the app unless StealProbes; nil when the pod
+	// declares none (then no connection is a probe).
+	Probes *Probes `json:"probes,omitempty"`
 	// FlushConnections resets open connections to the ports so that clients reconnect into the steal.
 	FlushConnections bool `json:"flushConnections,omitempty"`
 	// AllowUnownedRedirect accepts a redirect the kernel does not tie to the agent's life (no
@@ -115,6 +118,82 @@ func (s *StealSpec) Validate() error {
 	}
 	if err := s.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)
+	}
+	return s.Probes.Validate()
+}
+
+// Kinds of a declared probe.
+const (
+	// ProbeHTTP is an httpGet probe over plain HTTP.
+	ProbeHTTP = "http"
+	// ProbeGRPC is a gRPC probe: an h2c POST to /grpc.health.v1.Health/Check.
+	ProbeGRPC = "grpc"
+	// ProbeHTTPS is an httpGet probe over TLS: the agent cannot read it, so it tells it by its
+	// source and port.
+	ProbeHTTPS = "https"
+	// ProbeTCP is a tcpSocket probe: a connection that sends nothing, told by its source and port.
+	ProbeTCP = "tcp"
+)
+
+// Probes are the kubelet's probes of a pod, as the plugin reads them from the pod's spec: a
+// connection is a probe when it comes from the kubelet's address as the pod sees it and matches
+// one of them (ephemeral/probe).
+type Probes struct {
+	// Declared are the probes the pod's containers declare, named ports resolved; in an Istio pod,
+	// the app probes its sidecar runs for the kubelet (ISTIO_KUBE_APP_PROBERS).
+	Declared []Probe `json:"declared,omitempty"`
+	// Sources are the probes' source addresses that the agent cannot see for itself: the node's
+	// (status.hostIPs), and 127.0.0.6 in an Istio pod, where pilot-agent sends them. The agent adds
+	// the pod's default gateways (the node's end of the pod's route, with a bridge CNI) and any
+	// source of a declared probe sent with the kubelet's User-Agent.
+	Sources []string `json:"sources,omitempty"`
+}
+
+// Probe is one declared probe that reaches a pod port.
+type Probe struct {
+	Port int    `json:"port"`
+	Kind string `json:"kind"`
+	// Path is the request target the kubelet sends (path and query), for http and grpc.
+	Path string `json:"path,omitempty"`
+	// Headers are the httpGet probe's httpHeaders: the kubelet sends each as given, and a
+	// User-Agent or Accept among them replaces its own.
+	Headers []ProbeHeader `json:"headers,omitempty"`
+}
+
+// ProbeHeader is one of a probe's httpHeaders.
+type ProbeHeader struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Validate checks the probes' shape.
+func (p *Probes) Validate() error {
+	if p == nil {
+		return nil
+	}
+	for _, d := range p.Declared {
+		if d.Port < 1 || d.Port > 65535 {
+			return fmt.Errorf("probe port %d out of range 1-65535: %w", d.Port, ErrBadRequest)
+		}
+		switch d.Kind {
+		case ProbeHTTP, ProbeGRPC:
+			if !strings.HasPrefix(d.Path, "/") {
+				return fmt.Errorf("%s probe on port %d: path %q does not start with /: %w", d.Kind, d.Port, d.Path, ErrBadRequest)
+			}
+		case ProbeHTTPS, ProbeTCP:
+		default:
+			return fmt.Errorf("probe on port %d: kind %q: %w", d.Port, d.Kind, ErrBadRequest)
+		}
+		for _, h := range d.Headers {
+			if !httpsyntax.IsToken(h.Name) {
+				return fmt.Errorf("probe on port %d: header name %q: %w", d.Port, h.Name, ErrBadRequest)
+			}
+		}
+	}
+	for _, s := range p.Sources {
+		if net.ParseIP(s) == nil {
+			return fmt.Errorf("probe source %q is not an IP address: %w", s, ErrBadRequest)
+		}
 	}
 	return nil
 }
@@ -152,6 +231,10 @@ type StealEvent struct {
 	// (false: a table that outlives a killed agent container until the next sweep).
 	Flushed     int  `json:"flushed,omitempty"`
 	KernelOwned bool `json:"kernelOwned,omitempty"`
+	// ProbeSources (Ready) are the addresses the agent takes for the kubelet's: the spec's Probes
+	// sources and the pod's default gateways. Connections from them to a port with a tcpSocket or
+	// HTTPS probe go to the app.
+	ProbeSources []string `json:"probeSources,omitempty"`
 }
 
 // validateIncoming checks an incoming stream's request: the pod port and the client address.

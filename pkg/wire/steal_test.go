@@ -23,6 +23,15 @@ func TestStealSpecValidate(t *testing.T) {
 		{name: "bad match", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Match: "most"}}, wantErr: `match must be "all" or "any", not "most"`},
 		{name: "bad method", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Methods: []string{"GE T"}}}, wantErr: `method "GE T"`},
 		{name: "method not a token", spec: StealSpec{Ports: []int{80}, Filter: &HTTPFilter{Methods: []string{"GET/"}}}, wantErr: `method "GET/"`},
+		{name: "probes", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Sources: []string{"10.250.0.1", "fd00::1"}, Declared: []Probe{
+			{Port: 80, Kind: ProbeHTTP, Path: "/healthz", Headers: []ProbeHeader{{Name: "User-Agent", Value: "x"}}},
+			{Port: 81, Kind: ProbeGRPC, Path: "/grpc.health.v1.Health/Check"}, {Port: 443, Kind: ProbeHTTPS}, {Port: 6379, Kind: ProbeTCP},
+		}}}},
+		{name: "probe port", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Declared: []Probe{{Port: 0, Kind: ProbeTCP}}}}, wantErr: "probe port 0 out of range"},
+		{name: "probe kind", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Declared: []Probe{{Port: 80, Kind: "exec"}}}}, wantErr: `kind "exec"`},
+		{name: "probe path", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Declared: []Probe{{Port: 80, Kind: ProbeHTTP, Path: "healthz"}}}}, wantErr: `path "healthz"`},
+		{name: "probe header", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Declared: []Probe{{Port: 80, Kind: ProbeHTTP, Path: "/", Headers: []ProbeHeader{{Name: "a b"}}}}}}, wantErr: `header name "a b"`},
+		{name: "probe source", spec: StealSpec{Ports: []int{80}, Probes: &Probes{Sources: []string{"node-1"}}}, wantErr: `probe source "node-1"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	utilrand "k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/utils/ptr"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // NamePrefix starts the name of every agent container; FindReusable and cleanup recognize agents by it.
@@ -119,6 +121,9 @@ type AgentSpec struct {
 	// cannot be removed, so the agent must end itself. Zero passes no flag and leaves the agent's own
 	// default, because the agent reads --idle-timeout=0 as "never".
 	IdleTimeout time.Duration
+	// MemoryBudget is the agent container's memory budget in bytes (wire.AgentMemoryBudgetEnv); 0
+	// leaves the agent's default.
+	MemoryBudget int64
 	// MemoryLimitBytes becomes GOMEMLIMIT; 0 leaves it unset. Ephemeral containers cannot have resources,
 	// so the agent's memory is charged to the pod and this soft limit is all that keeps it small.
 	MemoryLimitBytes int64
@@ -184,6 +189,9 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 	var env []corev1.EnvVar
 	if spec.MemoryLimitBytes > 0 {
 		env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: goMemLimit(spec.MemoryLimitBytes)})
+	}
+	if spec.MemoryBudget > 0 {
+		env = append(env, corev1.EnvVar{Name: wire.AgentMemoryBudgetEnv, Value: strconv.FormatInt(spec.MemoryBudget, 10)})
 	}
 
 	return corev1.EphemeralContainer{

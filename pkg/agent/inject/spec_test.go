@@ -171,6 +171,14 @@ func TestBuildAgentContainer(t *testing.T) {
 			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) { c.Args = nil }),
 		},
 		{
+			name: "memory budget in bytes",
+			pod:  testPod(),
+			spec: with(func(s *AgentSpec) { s.MemoryBudget = 256 << 20 }),
+			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
+				c.Env = []corev1.EnvVar{{Name: "GOMEMLIMIT", Value: "64MiB"}, {Name: "TRAFFICLAB_MEMORY_BUDGET", Value: "268435456"}}
+			}),
+		},
+		{
 			name: "memory limit not a whole MiB is written in KiB",
 			pod:  testPod(),
 			spec: with(func(s *AgentSpec) { s.MemoryLimitBytes = 64<<20 + 512<<10 }),

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -40,6 +41,8 @@ type Options struct {
 	ports      []target.PortSpec
 	localGiven bool
 	to         string
+	// probes are the pod's, read by Check.
+	probes *wire.Probes
 }
 
 // NewOptions returns Options with the defaults.
@@ -141,6 +144,10 @@ func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *tar
 		return nil, err
 	}
 	o.ports = ports
+	// The kubelet's probes are never copied: the agent is told which they are.
+	if o.probes, err = steal.PodProbes(t.Pod); err != nil {
+		return nil, err
+	}
 	if t.Replicas > 1 {
 		warnings = append(warnings, fmt.Sprintf("%d ready pods match; only pod %s is mirrored", t.Replicas, t.Pod.Name))
 	}
@@ -183,7 +190,7 @@ func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, na
 
 // Spec is what the agent is asked to do, once Check has resolved --to.
 func (o *Options) Spec() wire.MirrorSpec {
-	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, AllowUnownedRedirect: o.AllowUnownedRedirect}
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent
 	}

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -154,14 +155,19 @@ func TestCheck(t *testing.T) {
 	o := completed(t, func(o *Options) {
 		o.PortArgs, o.To, o.Percent, o.Diff, o.Mode = []string{"8080"}, "svc/canary:web", 10, true, wire.MirrorRedirect
 	})
-	warnings, err := o.Check(context.Background(), client, &target.Target{Pod: testPod(), Container: "app", Replicas: 2})
+	pod := testPod()
+	pod.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromString("http")}}}
+	pod.Status.HostIP = "10.250.0.1"
+	warnings, err := o.Check(context.Background(), client, &target.Target{Pod: pod, Container: "app", Replicas: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := cmp.Diff([]string{"2 ready pods match; only pod web-1 is mirrored"}, warnings); d != "" {
 		t.Errorf("warnings (-want +got):\n%s", d)
 	}
-	want := wire.MirrorSpec{Mode: wire.MirrorRedirect, Ports: []int{8080}, To: "10.96.0.9:80", Percent: 10, Diff: true, DiffHeaders: []string{"Content-Type"}}
+	// The pod's probes go to the agent, which never copies them.
+	want := wire.MirrorSpec{Mode: wire.MirrorRedirect, Ports: []int{8080}, To: "10.96.0.9:80", Percent: 10, Diff: true, DiffHeaders: []string{"Content-Type"},
+		Probes: &wire.Probes{Sources: []string{"10.250.0.1"}, Declared: []wire.Probe{{Port: 8080, Kind: wire.ProbeHTTP, Path: "/healthz"}}}}
 	if d := cmp.Diff(want, o.Spec()); d != "" {
 		t.Errorf("spec (-want +got):\n%s", d)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
@@ -43,6 +44,9 @@ type Options struct {
 	DataConnections  int
 	AgentWaitTimeout time.Duration
 	Quiet            bool
+
+	// AgentMemoryBudget is a Kubernetes quantity (256Mi); agentMemoryBudget parses it.
+	AgentMemoryBudget string
 }
 
 // NewOptions returns the defaults.
@@ -54,6 +58,8 @@ func NewOptions() Options {
 		DataPath:         DataAuto,
 		DataConnections:  2,
 		AgentWaitTimeout: 2 * time.Minute,
+
+		AgentMemoryBudget: resource.NewQuantity(wire.DefaultAgentMemoryBudget, resource.BinarySI).String(),
 	}
 }
 
@@ -68,6 +74,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.DataConnections, "data-connections", o.DataConnections, "Parallel data connections to the agent.")
 	fs.DurationVar(&o.AgentWaitTimeout, "agent-wait-timeout", o.AgentWaitTimeout, "How long to wait for the agent to start.")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
+	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 }
 
 // Validate checks the flags only.
@@ -82,6 +89,9 @@ func (o *Options) Validate() error {
 	}
 	if o.AgentIdleTimeout < 0 {
 		return fmt.Errorf("--agent-idle-timeout must not be negative, not %q", o.AgentIdleTimeout)
+	}
+	if _, err := agentMemoryBudget(o.AgentMemoryBudget); err != nil {
+		return err
 	}
 	if _, err := transport.ParseProtocol(o.Transport); err != nil {
 		return fmt.Errorf("--transport: %w", err)
@@ -168,6 +178,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		IdleTimeout:      o.AgentIdleTimeout,
 		MemoryLimitBytes: 64 << 20,
 	}
+	// Validate accepted it.
+	spec.MemoryBudget, _ = agentMemoryBudget(o.AgentMemoryBudget)
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -298,4 +310,17 @@ func pluginTunnelConfig() wire.MuxConfig {
 	c := wire.DefaultMuxConfig()
 	c.StreamWindow = wire.PluginStreamWindow
 	return c
+}
+
+// agentMemoryBudget parses --agent-memory-budget into bytes.
+func agentMemoryBudget(s string) (int64, error) {
+	q, err := resource.ParseQuantity(s)
+	if err != nil {
+		return 0, fmt.Errorf("--agent-memory-budget must be a size such as 256Mi, not %q", s)
+	}
+	if q.Value() < wire.MinAgentMemoryBudget {
+		return 0, fmt.Errorf("--agent-memory-budget must be at least %s (the agent's own baseline), not %q",
+			resource.NewQuantity(wire.MinAgentMemoryBudget, resource.BinarySI), s)
+	}
+	return q.Value(), nil
 }

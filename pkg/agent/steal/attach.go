@@ -50,6 +50,11 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 	if !ready.KernelOwned {
 		announce("%s", UnownedWarning)
 	}
+	if !o.StealProbes {
+		for _, line := range passedByAddress(o.probes, o.stolen(), ready.ProbeSources) {
+			announce("%s", line)
+		}
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	srv := &deliver.Server{Kind: wire.KindIncoming, Locals: o.locals(), Dial: dial}
 	go srv.Serve(sctx, t)
@@ -99,6 +104,15 @@ func printEvents(er *wire.LineReader[wire.StealEvent], p *printer) {
 		}
 		p.event(ev)
 	}
+}
+
+// stolen is the set of stolen pod ports.
+func (o *Options) stolen() map[int]bool {
+	stolen := map[int]bool{}
+	for _, p := range o.ports {
+		stolen[p.Port] = true
+	}
+	return stolen
 }
 
 // locals maps each stolen pod port to the local address that answers it.

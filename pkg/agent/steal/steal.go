@@ -35,6 +35,9 @@ type Options struct {
 
 	ports  []target.PortSpec
 	filter *wire.HTTPFilter
+	// probes and probeSources are the pod's probes and the node's addresses, read by Check.
+	probes       []declaredProbe
+	probeSources []string
 }
 
 // NewOptions returns Options with the defaults.
@@ -98,15 +101,16 @@ func (o *Options) Check(t *target.Target, named string) ([]string, error) {
 		return nil, err
 	}
 	o.ports = ports
-	stolen := map[int]bool{}
-	for _, p := range ports {
-		stolen[p.Port] = true
-	}
+	stolen := o.stolen()
 	var match func(method, path string, headers []string) bool
 	if m, _ := o.filter.Compile(); m != nil {
 		match = m.Match
 	}
-	warnings = append(warnings, probeWarnings(t.Pod, stolen, o.StealProbes, match)...)
+	o.probes, o.probeSources, err = podProbes(t.Pod)
+	if err != nil {
+		return nil, err
+	}
+	warnings = append(warnings, probeWarnings(o.probes, stolen, o.StealProbes, match)...)
 	if t.Replicas > 1 {
 		warnings = append(warnings, fmt.Sprintf("%d ready pods match %s; only pod %s is stolen, the others keep answering", t.Replicas, named, t.Pod.Name))
 	}
@@ -121,6 +125,7 @@ func (o *Options) Spec() wire.StealSpec {
 		AllowUnownedRedirect: o.AllowUnownedRedirect,
 		DetectTimeout:        wire.Millis(o.DetectTimeout),
 		PassedEvents:         o.Output == "json",
+		Probes:               wireProbes(o.probes, o.probeSources),
 	}
 	for _, p := range o.ports {
 		spec.Ports = append(spec.Ports, p.Port)

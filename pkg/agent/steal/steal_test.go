@@ -63,7 +63,11 @@ func TestProbeWarnings(t *testing.T) {
 			for _, p := range tt.ports {
 				ports[p] = true
 			}
-			got := probeWarnings(testPod(), ports, tt.stealProbes, tt.match)
+			declared, _, err := podProbes(testPod())
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := probeWarnings(declared, ports, tt.stealProbes, tt.match)
 			if len(got) != tt.want {
 				t.Errorf("got %d warnings %q, want %d", len(got), got, tt.want)
 			}
@@ -166,7 +170,7 @@ func TestCheck(t *testing.T) {
 		t.Errorf("ports (-want +got):\n%s", d)
 	}
 	want := []string{
-		`--steal-probes takes the readiness probe of container "app" (port 8080) from the app; if your process does not answer it, the kubelet restarts or unreadies the pod`,
+		`--steal-probes takes the readiness probe (http) of container "app" (port 8080) from the app; if your process does not answer it, the kubelet restarts or unreadies the pod`,
 		"3 ready pods match deploy/web; only pod web-1 is stolen, the others keep answering",
 	}
 	if d := cmp.Diff(want, warnings); d != "" {
@@ -192,6 +196,9 @@ func (t tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, e
 func TestAttach(t *testing.T) {
 	local := tunneltest.Echo(t).Port
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"80:" + strconv.Itoa(local)}; o.FlushConnections = true })
+	// As Check leaves them for a pod with an HTTPS readiness probe on the stolen port.
+	o.probes = []declaredProbe{{Container: "app", Which: "readiness", Probe: wire.Probe{Port: 80, Kind: wire.ProbeHTTPS}}}
+	o.probeSources = []string{"10.250.0.1"}
 	agent, p := tunneltest.Pipe(t)
 	plugin := tunnel{p}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -204,7 +211,10 @@ func TestAttach(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if d := cmp.Diff(&wire.StealSpec{Ports: []int{80}, FlushConnections: true, DetectTimeout: 500}, in.Request().Steal); d != "" {
+			wantSpec := &wire.StealSpec{Ports: []int{80}, FlushConnections: true, DetectTimeout: 500, Probes: &wire.Probes{
+				Declared: []wire.Probe{{Port: 80, Kind: wire.ProbeHTTPS}}, Sources: []string{"10.250.0.1"},
+			}}
+			if d := cmp.Diff(wantSpec, in.Request().Steal); d != "" {
 				return fmt.Errorf("steal spec (-want +got):\n%s", d)
 			}
 			st, err := in.Accept()
@@ -213,7 +223,7 @@ func TestAttach(t *testing.T) {
 			}
 			defer st.Close()
 			w := wire.NewLineWriter[wire.StealEvent](st)
-			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2, KernelOwned: true}); err != nil {
+			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2, KernelOwned: true, ProbeSources: []string{"10.88.0.1", "10.250.0.1"}}); err != nil {
 				return err
 			}
 			c, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:1234"})
@@ -251,8 +261,11 @@ func TestAttach(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := fmt.Sprintf("stealing port 80 -> 127.0.0.1:%d (every connection, probes excepted, 2 open connections reset)", local)
-	if d := cmp.Diff([]string{want}, announced); d != "" {
+	want := []string{
+		fmt.Sprintf("stealing port 80 -> 127.0.0.1:%d (every connection, probes excepted, 2 open connections reset)", local),
+		`port 80: connections from the node's addresses (10.88.0.1, 10.250.0.1) go to the app, not stolen, for the https readiness probe of container "app" (the agent cannot read it); other clients from those addresses to port 80 are not stolen either`,
+	}
+	if d := cmp.Diff(want, announced); d != "" {
 		t.Errorf("announced (-want +got):\n%s", d)
 	}
 	select {
@@ -334,5 +347,110 @@ func TestAttachRefused(t *testing.T) {
 	_, err = o.attach(ctx, plugin, "shop/web-1", nil, newPrinter(io.Discard, io.Discard, false), func(string, ...any) {})
 	if err == nil || !strings.HasPrefix(err.Error(), "start stealing in pod shop/web-1: ") {
 		t.Errorf("error %v, want the failed request with the pod", err)
+	}
+}
+
+// TestPodProbes: the agent is sent every container's probes that reach a port, as the kubelet
+// sends them (named ports resolved against the declaring container, the request target as the
+// kubelet writes it, httpHeaders as given, the scheme's kind), the node's addresses, and in an
+// Istio pod the app probes pilot-agent runs (ISTIO_KUBE_APP_PROBERS) from 127.0.0.6.
+func TestPodProbes(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	httpGet := func(path string, port intstr.IntOrString, headers ...corev1.HTTPHeader) *corev1.Probe {
+		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: port, HTTPHeaders: headers}}}
+	}
+	pod := &corev1.Pod{
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{
+				{Name: "migrate", ReadinessProbe: httpGet("/never", intstr.FromInt32(1))}, // a plain init container is never probed
+				{Name: "sidecar", RestartPolicy: &always, Ports: []corev1.ContainerPort{{Name: "admin", ContainerPort: 15000}},
+					LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromString("admin")}}}},
+			},
+			Containers: []corev1.Container{{
+				Name:  "app",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}, {Name: "https", ContainerPort: 8443}},
+				ReadinessProbe: httpGet("healthz?deep=1", intstr.FromString("http"),
+					corev1.HTTPHeader{Name: "User-Agent", Value: "checker/2"}, corev1.HTTPHeader{Name: "X-Probe", Value: "yes"}),
+				LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+					Path: "/live", Port: intstr.FromString("https"), Scheme: corev1.URISchemeHTTPS,
+				}}},
+				StartupProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}},
+			}, {
+				Name:          "worker",
+				Ports:         []corev1.ContainerPort{{Name: "http", ContainerPort: 9000}}, // the same name, its own port
+				LivenessProbe: httpGet("", intstr.FromString("http")),
+				StartupProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9001}}},
+			}},
+		},
+		Status: corev1.PodStatus{HostIP: "10.250.0.1", HostIPs: []corev1.HostIP{{IP: "10.250.0.1"}, {IP: "fd00::1"}}},
+	}
+	got, err := PodProbes(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &wire.Probes{
+		Sources: []string{"10.250.0.1", "fd00::1"},
+		Declared: []wire.Probe{
+			{Port: 8443, Kind: wire.ProbeHTTPS},
+			{Port: 8080, Kind: wire.ProbeHTTP, Path: "/healthz?deep=1", Headers: []wire.ProbeHeader{{Name: "User-Agent", Value: "checker/2"}, {Name: "X-Probe", Value: "yes"}}},
+			{Port: 9000, Kind: wire.ProbeHTTP, Path: "/"},
+			{Port: 9001, Kind: wire.ProbeGRPC, Path: "/grpc.health.v1.Health/Check"},
+			{Port: 15000, Kind: wire.ProbeTCP},
+		},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("PodProbes (-want +got):\n%s", d)
+	}
+
+	// Istio: the kubelet's probes go to the sidecar's status port; pilot-agent sends the app's
+	// originals from 127.0.0.6.
+	istio := &corev1.Pod{
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name:           "app",
+			Ports:          []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+			ReadinessProbe: httpGet("/app-health/app/readyz", intstr.FromInt32(15020)),
+		}, {
+			Name: "istio-proxy",
+			Env: []corev1.EnvVar{{Name: "ISTIO_KUBE_APP_PROBERS", Value: `{"/app-health/app/livez":{"httpGet":{"path":"/live","port":"http","scheme":"HTTP","httpHeaders":[{"name":"User-Agent","value":"checker/2"}]},"timeoutSeconds":1},` +
+				`"/app-health/app/readyz":{"tcpSocket":{"port":8080},"timeoutSeconds":1},"/app-health/app/startupz":{"httpGet":{"path":"/up","port":8443,"scheme":"HTTPS"}}}`}},
+		}}},
+		Status: corev1.PodStatus{HostIP: "10.250.0.1"},
+	}
+	got, err = PodProbes(istio)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = &wire.Probes{
+		Sources: []string{"10.250.0.1", "127.0.0.6"},
+		Declared: []wire.Probe{
+			{Port: 15020, Kind: wire.ProbeHTTP, Path: "/app-health/app/readyz"},
+			{Port: 8080, Kind: wire.ProbeHTTP, Path: "/live", Headers: []wire.ProbeHeader{{Name: "User-Agent", Value: "checker/2"}}},
+			{Port: 8080, Kind: wire.ProbeTCP},
+			{Port: 8443, Kind: wire.ProbeHTTPS},
+		},
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("PodProbes, Istio (-want +got):\n%s", d)
+	}
+	istio.Spec.Containers[1].Env[0].Value = "{not json"
+	if _, err := PodProbes(istio); err == nil || !strings.Contains(err.Error(), "ISTIO_KUBE_APP_PROBERS") {
+		t.Errorf("error %v, want the prober list named", err)
+	}
+	if got, err := PodProbes(&corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}, Status: corev1.PodStatus{HostIP: "10.250.0.1"}}); err != nil || got != nil {
+		t.Errorf("a pod without probes: %+v, %v; want none", got, err)
+	}
+}
+
+func TestPassedByAddress(t *testing.T) {
+	declared := []declaredProbe{
+		{Container: "app", Which: "liveness", Probe: wire.Probe{Port: 8443, Kind: wire.ProbeHTTPS}},
+		{Container: "app", Which: "readiness", Probe: wire.Probe{Port: 8443, Kind: wire.ProbeTCP}},
+		{Container: "app", Which: "startup", Probe: wire.Probe{Port: 8080, Kind: wire.ProbeHTTP, Path: "/"}},
+		{Container: "db", Which: "liveness", Probe: wire.Probe{Port: 5432, Kind: wire.ProbeTCP}},
+	}
+	got := passedByAddress(declared, map[int]bool{8080: true, 8443: true}, []string{"10.88.0.1"})
+	want := []string{`port 8443: connections from the node's addresses (10.88.0.1) go to the app, not stolen, for the https liveness probe of container "app", tcp readiness probe of container "app" (the agent cannot read it); other clients from those addresses to port 8443 are not stolen either`}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("passedByAddress (-want +got):\n%s", d)
 	}
 }

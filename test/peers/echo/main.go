@@ -6,20 +6,31 @@
 //	/sink        same as /, meant for large POST bodies (the body is hashed, never stored)
 //	/bytes?n=N   N pseudo-random bytes (seed=S picks the stream, default 1); the sha256 of
 //	             what was sent follows in the X-Body-Sha256 trailer
-//	/healthz     200 "ok"
+//	/healthz     200 "ok", and a log line naming the client and its User-Agent (probe tests
+//	             read the container log to see which probes reached the app)
 //
-// Usage: peer-echo [-addr :8080]   (or ECHO_ADDR)
+// With -tls-addr it serves the same over HTTPS (HTTP/1.1) too, with a self-signed certificate made
+// at start: the kubelet's HTTPS probes do not verify it.
+//
+// Usage: peer-echo [-addr :8080] [-tls-addr :8443]   (or ECHO_ADDR, ECHO_TLS_ADDR)
 package main
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log"
+	"math/big"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -149,10 +160,18 @@ func main() {
 		def = ":8080"
 	}
 	addr := flag.String("addr", def, "listen address")
+	tlsAddr := flag.String("tls-addr", os.Getenv("ECHO_TLS_ADDR"), "HTTPS listen address (empty: none)")
 	flag.Parse()
 	pod := podName()
 	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		scheme := "http"
+		if r.TLS != nil {
+			scheme = "https"
+		}
+		log.Printf("healthz %s from %s user-agent %q", scheme, r.RemoteAddr, r.UserAgent())
+		_, _ = io.WriteString(w, "ok\n")
+	})
 	mux.HandleFunc("/bytes", bytesHandler(pod))
 	mux.HandleFunc("/json", jsonHandler(pod, jsonChunk()))
 	mux.HandleFunc("/sink", echo(pod))
@@ -161,6 +180,33 @@ func main() {
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true) // h2c with prior knowledge on the same port
 	srv := &http.Server{Addr: *addr, Handler: mux, Protocols: &protos, ReadHeaderTimeout: 30 * time.Second}
+	if *tlsAddr != "" {
+		cert, err := selfSigned(pod)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tsrv := &http.Server{Addr: *tlsAddr, Handler: mux, ReadHeaderTimeout: 30 * time.Second, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+		log.Printf("peer-echo %s listening on %s (https)", pod, *tlsAddr)
+		go func() { log.Fatal(tsrv.ListenAndServeTLS("", "")) }()
+	}
 	log.Printf("peer-echo %s listening on %s (http/1.1 + h2c)", pod, *addr)
 	log.Fatal(srv.ListenAndServe())
+}
+
+// selfSigned is a certificate for name, made now, for a server whose clients do not verify it.
+func selfSigned(name string) (tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("make a TLS key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("make a TLS certificate: %w", err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }

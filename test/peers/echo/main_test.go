@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -54,5 +55,30 @@ func TestBytesDeterministicWithTrailer(t *testing.T) {
 	}
 	if trailer != hex.EncodeToString(sum[:]) {
 		t.Errorf("trailer %q, want sha256 of the body %x", trailer, sum)
+	}
+}
+
+// TestSelfSignedServes: the HTTPS listener's certificate makes a working server for clients that do
+// not verify it, as the kubelet's HTTPS probes do not.
+func TestSelfSignedServes(t *testing.T) {
+	cert, err := selfSigned("pod-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, r.URL.Path)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := c.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.TLS == nil || resp.TLS.PeerCertificates[0].Subject.CommonName != "pod-a" || string(b) != "/healthz" {
+		t.Errorf("TLS %v, body %q", resp.TLS != nil, b)
 	}
 }
