@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
@@ -351,6 +352,10 @@ const (
 	helperOwned   = "owned"
 	helperUnowned = "unowned"
 	helperUID     = "uid"
+	// helperSeccomp, followed by a pid, runs Guard for table trafficlab_seccomp on that pid under a
+	// seccomp filter that refuses pidfd_open with EPERM, as container runtimes' older default
+	// profiles do; it prints "ready" once the guard watches and exits 0 once it is done.
+	helperSeccomp = "seccomp"
 
 	// otherUID is the uid of helperUID: neither root nor the agent's.
 	otherUID = 4242
@@ -375,6 +380,9 @@ func helperOpen(name, mode string) int {
 	fail := func(err error) int {
 		fmt.Println("error:", err)
 		return 1
+	}
+	if pid, ok := strings.CutPrefix(mode, helperSeccomp+" "); ok {
+		return helperGuard(name, pid, fail)
 	}
 	if mode == helperUID {
 		// setresuid in Go changes every thread's credentials; listen records them for SO_PEERCRED.
@@ -426,6 +434,47 @@ func helperOpen(name, mode string) int {
 		fmt.Println("ready")
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// refusePidfdOpen installs, for every thread of the process, a seccomp filter under which
+// pidfd_open fails with EPERM; pidfd_open is 434 on every architecture.
+func refusePidfdOpen() error {
+	filter := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: unix.SYS_PIDFD_OPEN},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return fmt.Errorf("seccomp: %w", errno)
+	}
+	return nil
+}
+
+func helperGuard(name, pidArg string, fail func(error) int) int {
+	pid, err := strconv.Atoi(pidArg)
+	if err != nil {
+		return fail(err)
+	}
+	if err := refusePidfdOpen(); err != nil {
+		return fail(err)
+	}
+	if _, err := unix.PidfdOpen(pid, 0); !errors.Is(err, unix.EPERM) {
+		return fail(fmt.Errorf("pidfd_open under the filter = %v, want EPERM", err))
+	}
+	runtime.LockOSThread()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return fail(err)
+	}
+	if err := netns.Set(h); err != nil {
+		return fail(err)
+	}
+	if err := Guard(context.Background(), helperSeccomp, pid, func() { fmt.Println("ready") }); err != nil {
+		return fail(err)
+	}
 	return 0
 }
 
@@ -713,6 +762,34 @@ func TestKernelGuard(t *testing.T) {
 				t.Fatalf("tables after the guard: %v", got)
 			}
 		})
+	}
+}
+
+// TestKernelGuardUnderSeccomp: a guard whose pidfd_open a seccomp profile refuses (EPERM) watches
+// by polling, and deletes the table once the session process is gone.
+func TestKernelGuardUnderSeccomp(t *testing.T) {
+	n := newStealNet(t)
+	openIn(t, n.pod, helperSeccomp, kernelRedirect, n.unowned())
+	session := startSleeper(t)
+	guard := startHelper(t, n.pod, fmt.Sprintf("%s %d", helperSeccomp, session.Process.Pid))
+	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{TablePrefix + helperSeccomp}) {
+		t.Fatalf("tables while the session runs: %v", got)
+	}
+	if err := session.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- guard.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("guard: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("guard still running 30s after the session was killed")
+	}
+	if got := sessionTables(t, n.pod); len(got) != 0 {
+		t.Fatalf("tables after the guard: %v", got)
 	}
 }
 
