@@ -2,6 +2,7 @@ package capture
 
 import (
 	"fmt"
+	"slices"
 
 	"golang.org/x/net/bpf"
 )
@@ -66,6 +67,10 @@ const (
 
 	// packetOutgoing is PACKET_OUTGOING, the skb->pkt_type of a frame the host sends.
 	packetOutgoing = 4
+
+	// ARPHRD_ETHER and ARPHRD_LOOPBACK, the interface types (dev->type) of Ethernet and lo.
+	arphrdEther    = 1
+	arphrdLoopback = 772
 )
 
 // Program returns the filter as classic BPF for Ethernet frames. Matching frames are accepted
@@ -112,14 +117,34 @@ func program(f *Filter, snapLen uint32, loopback bool) ([]bpf.RawInstruction, er
 
 // programWith is program for a frame that must match both f and e; either may be nil.
 func programWith(f *Filter, e *Expr, snapLen uint32, loopback bool) ([]bpf.RawInstruction, error) {
-	var prog []bpf.Instruction
+	var prologue []bpf.Instruction
 	if loopback {
-		prog = append(prog,
+		prologue = []bpf.Instruction{
 			bpf.LoadExtension{Num: bpf.ExtType},
 			bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: packetOutgoing, SkipTrue: 1},
 			bpf.RetConstant{Val: 0},
-		)
+		}
 	}
+	return programFrom(prologue, f, e, snapLen)
+}
+
+// programAny is programWith for one socket on every interface: the kernel tells the frame's
+// interface type (SKF_AD_HATYPE), and the program keeps Ethernet frames, and loopback frames
+// arriving, and drops the rest, frames without an Ethernet header among them (a tunnel's bare IP
+// packets), which the filter's offsets and the file's link type do not fit.
+func programAny(f *Filter, e *Expr, snapLen uint32) ([]bpf.RawInstruction, error) {
+	return programFrom([]bpf.Instruction{
+		/* 0 */ bpf.LoadExtension{Num: bpf.ExtLinkLayerType},
+		/* 1 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: arphrdEther, SkipTrue: 4}, // → the filter
+		/* 2 */ bpf.JumpIf{Cond: bpf.JumpEqual, Val: arphrdLoopback, SkipFalse: 2}, // else → drop
+		/* 3 */ bpf.LoadExtension{Num: bpf.ExtType},
+		/* 4 */ bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: packetOutgoing, SkipTrue: 1}, // → the filter
+		/* 5 */ bpf.RetConstant{Val: 0},
+	}, f, e, snapLen)
+}
+
+func programFrom(prologue []bpf.Instruction, f *Filter, e *Expr, snapLen uint32) ([]bpf.RawInstruction, error) {
+	prog := slices.Clone(prologue)
 	switch {
 	case e != nil:
 		x := *e

@@ -20,9 +20,9 @@ const DefaultSnapLen = 262144
 // agent does not grow without bound and every loss shows in one counter.
 const queueLen = 256
 
-// DefaultRingSize is the ring each interface gets unless Options.RingSize says otherwise. The
-// ring is kernel memory, allocated whole when the capture opens and held until it closes, and a
-// capture of every interface of a pod takes one per interface (lo and eth0: 16 MiB). In return it
+// DefaultRingSize is the ring a capture gets unless Options.RingSize says otherwise. The ring is
+// kernel memory, allocated whole when the capture opens and held until it closes; a capture of
+// every interface shares one ring among them (a node's network has one per pod). In return it
 // holds 7 MiB or more of TCP payload, in 64 KiB offloaded frames or in MTU-sized ones, with
 // nobody reading: seven times the 1 MiB burst that overflowed a plain socket's 208 KiB buffer,
 // and about what one connection can send unacknowledged with Linux's default 6 MiB tcp_rmem
@@ -57,7 +57,7 @@ type PacketSource interface {
 // Options say what to capture.
 type Options struct {
 	// Interface is the name of the interface to capture on; empty means every Ethernet and
-	// loopback interface present when the capture opens.
+	// loopback interface, those that appear later included, through one socket and ring.
 	Interface string
 	// Filter selects packets in the kernel; nil captures everything.
 	Filter *Filter
@@ -66,7 +66,7 @@ type Options struct {
 	Expr *Expr
 	// SnapLen is how many bytes of each frame to keep; 0 means DefaultSnapLen.
 	SnapLen int
-	// RingSize is how many bytes of kernel memory each interface's ring takes; 0 means
+	// RingSize is how many bytes of kernel memory the capture's ring takes; 0 means
 	// DefaultRingSize. It is rounded down to whole blocks, which are large enough for one
 	// frame of SnapLen bytes (512 KiB at DefaultSnapLen), and must hold at least 4 of them.
 	RingSize int

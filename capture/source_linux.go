@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,7 +33,10 @@ const (
 // ring. It must be opened in the network namespace to capture in; after that it can be used from
 // any goroutine.
 type Capture struct {
-	rings   []*ring
+	rings []*ring
+	// ifcs are the interfaces present at open; a capture of every interface reads those that
+	// come later too, with the kernel's index in CaptureInfo all the same.
+	ifcs    []Interface
 	snapLen int
 
 	packets chan packet
@@ -91,13 +95,28 @@ func Open(opts Options) (*Capture, error) {
 		done:    make(chan struct{}),
 		failed:  make(chan struct{}),
 	}
-	filters := make([][]bpf.RawInstruction, len(ifcs))
-	for i, ifc := range ifcs {
-		if filters[i], err = programWith(opts.Filter, opts.Expr, uint32(snapLen), ifc.Flags&net.FlagLoopback != 0); err != nil {
+	for _, ifc := range ifcs {
+		c.ifcs = append(c.ifcs, Interface{Index: ifc.Index, Name: ifc.Name})
+	}
+	// Every interface is read through one socket bound to none, with one ring: a ring per
+	// interface would cost RingSize of kernel memory per interface, and in a node's network
+	// namespace (a hostNetwork pod) every pod on the node has an interface there.
+	var ringIfcs []net.Interface
+	var filters [][]bpf.RawInstruction
+	if opts.Interface == "" {
+		f, err := programAny(opts.Filter, opts.Expr, uint32(snapLen))
+		if err != nil {
 			return nil, err
 		}
+		ringIfcs, filters = []net.Interface{{Name: ""}}, [][]bpf.RawInstruction{f}
+	} else {
+		f, err := programWith(opts.Filter, opts.Expr, uint32(snapLen), ifcs[0].Flags&net.FlagLoopback != 0)
+		if err != nil {
+			return nil, err
+		}
+		ringIfcs, filters = ifcs, [][]bpf.RawInstruction{f}
 	}
-	for _, ifc := range ifcs {
+	for _, ifc := range ringIfcs {
 		r, err := openRing(ifc, blockSize, blocks)
 		if err != nil {
 			c.Close()
@@ -165,6 +184,10 @@ func ethernetFramed(ifc net.Interface) bool {
 // openRing opens a packet socket on ifc with its ring, and shuts it with a drop-all filter: until
 // drain and start run, the ring keeps only what arrived unfiltered.
 func openRing(ifc net.Interface, blockSize, blocks int) (*ring, error) {
+	name := ifc.Name
+	if name == "" {
+		name = "every interface"
+	}
 	dropAll, err := bpf.Assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
 	if err != nil {
 		return nil, fmt.Errorf("assemble drop-all filter: %w", err)
@@ -180,13 +203,13 @@ func openRing(ifc net.Interface, blockSize, blocks int) (*ring, error) {
 		afpacket.OptPollTimeout(pollTimeout),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("open packet socket on %q: %w", ifc.Name, err)
+		return nil, fmt.Errorf("open packet socket on %q: %w", name, err)
 	}
 	if err := tp.SetBPF(dropAll); err != nil {
 		tp.Close()
-		return nil, fmt.Errorf("attach drop-all filter on %q: %w", ifc.Name, err)
+		return nil, fmt.Errorf("attach drop-all filter on %q: %w", name, err)
 	}
-	return &ring{tp: tp, ifc: Interface{Index: ifc.Index, Name: ifc.Name}}, nil
+	return &ring{tp: tp, ifc: Interface{Index: ifc.Index, Name: name}}, nil
 }
 
 // drain discards the frames that reached the ring before the drop-all filter. Their number is
@@ -271,11 +294,7 @@ func (c *Capture) fail(err error) {
 
 // Interfaces lists what the capture reads from; CaptureInfo.InterfaceIndex refers to these.
 func (c *Capture) Interfaces() []Interface {
-	out := make([]Interface, len(c.rings))
-	for i, r := range c.rings {
-		out[i] = r.ifc
-	}
-	return out
+	return slices.Clone(c.ifcs)
 }
 
 // SnapLen is the most bytes of a frame the capture keeps.

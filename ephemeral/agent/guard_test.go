@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -15,6 +16,7 @@ func TestGuardUsageErrors(t *testing.T) {
 		nil,
 		{"abc"},
 		{"abc", "1", "extra"},
+		{"abc", "1", "2"}, // stderr is no ready fd
 		{"Bad-ID", "1"},
 		{"abc", "0"},
 		{"abc", "-5"},
@@ -42,5 +44,37 @@ func TestGuardStopsOnSignal(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "its table stays") {
 		t.Errorf("stderr = %q", stderr.String())
+	}
+}
+
+// The ready fd gets one byte once the guard watches, here this test process, which outlives it.
+func TestGuardSaysWatching(t *testing.T) {
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	// A descriptor of its own, which runGuard closes and no *os.File finalizer closes again.
+	fd, err := syscall.Dup(int(wr.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		var stderr syncBuffer
+		// runGuard takes the descriptor over, as the exec'd guard does fd 3.
+		done <- runGuard(ctx, []string{"abc", strconv.Itoa(os.Getpid()), strconv.Itoa(fd)}, &stderr)
+	}()
+	b := make([]byte, 2)
+	_ = rd.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := rd.Read(b)
+	if err != nil || n != 1 {
+		t.Fatalf("read ready fd = %d, %v; want one byte", n, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("runGuard = %v", err)
 	}
 }

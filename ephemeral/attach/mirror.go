@@ -70,7 +70,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		}
 		defer s.stealing.Store(false)
 		st, err := steal.Start(ctx, steal.Config{
-			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports}, Open: s, Log: s.log, Tee: m.Handler,
+			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect}, Open: s, Log: s.log, Tee: m.Handler,
 		})
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)

@@ -24,14 +24,26 @@ const procPollInterval = 500 * time.Millisecond
 //
 // The process must be alive when Guard starts, or at least not replaced yet by another one with
 // the same pid; a session that starts its guard as a child passing its own pid ensures that.
-func Guard(ctx context.Context, id string, pid int) error {
+// watching, if not nil, is called once Guard watches the process, so that its starter knows the
+// table is guarded.
+func Guard(ctx context.Context, id string, pid int, watching func()) error {
+	return guard(ctx, id, pid, unix.PidfdOpen, watching)
+}
+
+// pidfdOpener is unix.PidfdOpen; tests refuse it as a seccomp profile would.
+type pidfdOpener func(pid, flags int) (int, error)
+
+func guard(ctx context.Context, id string, pid int, pidfdOpen pidfdOpener, watching func()) error {
 	if _, err := TableName(id); err != nil {
 		return err
 	}
 	if pid <= 0 {
 		return fmt.Errorf("invalid pid %d", pid)
 	}
-	if err := waitExit(ctx, pid); err != nil {
+	if watching == nil {
+		watching = func() {}
+	}
+	if err := waitExit(ctx, pid, pidfdOpen, watching); err != nil {
 		return err
 	}
 	c, err := nftables.New()
@@ -41,18 +53,21 @@ func Guard(ctx context.Context, id string, pid int) error {
 	return Delete(c, id)
 }
 
-// waitExit returns once process pid has exited.
-func waitExit(ctx context.Context, pid int) error {
-	fd, err := unix.PidfdOpen(pid, 0)
+// waitExit returns once process pid has exited, calling watching once it watches. Any refusal of
+// pidfd_open other than "no such process" falls back to polling /proc: ENOSYS before Linux 5.3, but
+// also EPERM from a seccomp profile that does not list the call (older container runtimes' default
+// profiles), or a limit on open files. A guard that gave up there would leave the table unguarded.
+func waitExit(ctx context.Context, pid int, pidfdOpen pidfdOpener, watching func()) error {
+	fd, err := pidfdOpen(pid, 0)
 	switch {
 	case errors.Is(err, unix.ESRCH):
+		watching()
 		return nil
-	case errors.Is(err, unix.ENOSYS):
-		return pollProc(ctx, pid)
 	case err != nil:
-		return fmt.Errorf("watch process %d: %w", pid, err)
+		return pollProc(ctx, pid, watching)
 	}
 	defer unix.Close(fd)
+	watching()
 	// A pidfd polls readable once the process has exited, zombie or reaped; the timeout only
 	// lets ctx be checked.
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
@@ -72,8 +87,9 @@ func waitExit(ctx context.Context, pid int) error {
 }
 
 // pollProc watches /proc/PID/stat. The start time tells a recycled pid from the same process.
-func pollProc(ctx context.Context, pid int) error {
+func pollProc(ctx context.Context, pid int, watching func()) error {
 	start, alive := procStart(pid)
+	watching()
 	if !alive {
 		return nil
 	}

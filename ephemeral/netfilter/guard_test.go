@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // startSleeper starts a child that lives until killed (or a minute passes), and reaps it when the
@@ -25,9 +27,22 @@ func startSleeper(t *testing.T) *exec.Cmd {
 }
 
 func TestWaitExit(t *testing.T) {
+	refused := func(errno unix.Errno) pidfdOpener {
+		return func(int, int) (int, error) { return -1, errno }
+	}
 	for name, wait := range map[string]func(ctx context.Context, pid int) error{
-		"pidfd": waitExit,
-		"proc":  pollProc,
+		"pidfd": func(ctx context.Context, pid int) error { return waitExit(ctx, pid, unix.PidfdOpen, func() {}) },
+		"proc":  func(ctx context.Context, pid int) error { return pollProc(ctx, pid, func() {}) },
+		// A seccomp profile without pidfd_open answers EPERM; kernels before 5.3 ENOSYS.
+		"pidfd_open refused by seccomp": func(ctx context.Context, pid int) error {
+			return waitExit(ctx, pid, refused(unix.EPERM), func() {})
+		},
+		"pidfd_open missing": func(ctx context.Context, pid int) error {
+			return waitExit(ctx, pid, refused(unix.ENOSYS), func() {})
+		},
+		"out of file descriptors": func(ctx context.Context, pid int) error {
+			return waitExit(ctx, pid, refused(unix.EMFILE), func() {})
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Run("returns when the process exits", func(t *testing.T) {
@@ -87,10 +102,39 @@ func TestProcStart(t *testing.T) {
 
 func TestGuardRejectsBadInput(t *testing.T) {
 	ctx := context.Background()
-	if err := Guard(ctx, "Bad", os.Getpid()); err == nil {
+	if err := Guard(ctx, "Bad", os.Getpid(), nil); err == nil {
 		t.Error("Guard accepted a bad id")
 	}
-	if err := Guard(ctx, "abc", 0); err == nil {
+	if err := Guard(ctx, "abc", 0, nil); err == nil {
 		t.Error("Guard accepted pid 0")
+	}
+}
+
+// waitExit says it watches once it does, whichever way it watches, and before the process exits:
+// that is what tells startGuard that the table is guarded.
+func TestWaitExitSaysWatching(t *testing.T) {
+	for name, open := range map[string]pidfdOpener{
+		"pidfd":   unix.PidfdOpen,
+		"polling": func(int, int) (int, error) { return -1, unix.EPERM },
+	} {
+		t.Run(name, func(t *testing.T) {
+			cmd := startSleeper(t)
+			watching := make(chan struct{})
+			done := make(chan error, 1)
+			go func() {
+				done <- waitExit(context.Background(), cmd.Process.Pid, open, func() { close(watching) })
+			}()
+			select {
+			case <-watching:
+			case err := <-done:
+				t.Fatalf("waitExit returned %v without saying it watches", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("not watching after 10s")
+			}
+			_ = cmd.Process.Kill()
+			if err := <-done; err != nil {
+				t.Fatalf("waitExit = %v", err)
+			}
+		})
 	}
 }

@@ -17,6 +17,26 @@ import (
 // the send itself, so reaching it means the socket is broken.
 const replyTimeout = 10 * time.Second
 
+// ErrOwnerUnsupported is Open's answer on a kernel that refuses the owner flag (before 5.12) when
+// Options.AllowUnowned is not set. Open then leaves nothing behind: the refused batch applied
+// nothing, and the token is released.
+var ErrOwnerUnsupported = errors.New("the kernel has no nftables table owner flag (Linux 5.12)")
+
+// Options are how Open may install a redirect.
+type Options struct {
+	// AllowUnowned accepts a table without the owner flag on a kernel that refuses the flag. Such a
+	// table outlives its process unless a Guard or a later SweepStale removes it, so it is a choice
+	// the user makes, not a silent fallback.
+	AllowUnowned bool
+	// ForceUnowned acts as if the kernel refused the owner flag, without asking it: kernel tests
+	// run the path old kernels take (AllowUnowned or not) on machines that are not old.
+	ForceUnowned bool
+	// Listener is the agent's listener on Redirect.ListenPort. The unowned path redirects with
+	// tproxy, which hands connections only to a transparent socket, so Open sets IP_TRANSPARENT on
+	// it; the owned path does not need it.
+	Listener syscall.Conn
+}
+
 // Owned is a session's table, created and changed over one netlink socket that stays open for
 // the table's whole life. With the owner flag the kernel deletes the table the moment that socket
 // closes, which it does when the process exits however it exits, SIGKILL included.
@@ -26,45 +46,76 @@ type Owned struct {
 	seq   uint32
 	name  string
 	owned bool
+	token *token
 }
 
 // Open creates the session's table inet trafficlab_<id> with the redirect r, in one atomic batch,
 // over a new NETLINK_NETFILTER socket in the calling thread's network namespace that the returned
-// value keeps open. The table carries the owner flag; a kernel that refuses the flag (before 5.12)
-// gets the same table without it, KernelOwned reports false, and a Guard must remove the table
-// should the process die without calling Close. An existing table of the same name is an error:
-// it belongs to someone else.
-func Open(id string, r Redirect) (*Owned, error) {
+// value keeps open, after taking the table's liveness token (token.go). The table carries the
+// owner flag. A kernel that refuses the flag (before 5.12) gets ErrOwnerUnsupported, unless
+// opts.AllowUnowned: then it gets the unowned table (see Batch), KernelOwned reports false, and a
+// Guard must remove the table should the process die without calling Close. An existing table of
+// the same name is an error: it belongs to someone else.
+func Open(id string, r Redirect, opts Options) (*Owned, error) {
 	// Validate before opening a socket there would be nothing to do with.
 	if _, err := Batch(id, r, true); err != nil {
 		return nil, err
 	}
-	c, err := dialNetfilter()
-	if err != nil {
-		return nil, err
-	}
-	o, err := open(c, id, r, true)
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return o, nil
-}
-
-// open tries the owner flag first if owner is set; kernel tests clear it to get the fallback.
-func open(c conn, id string, r Redirect, owner bool) (*Owned, error) {
 	name, err := TableName(id)
 	if err != nil {
 		return nil, err
 	}
-	o := &Owned{c: c, name: name, owned: owner}
-	err = o.create(id, r)
-	var be *batchError
-	if o.owned && errors.As(err, &be) && be.ownerRefused() {
-		o.owned = false
-		err = o.create(id, r)
-	}
+	tok, err := holdToken(name)
 	if err != nil {
+		return nil, err
+	}
+	c, err := dialNetfilter()
+	if err != nil {
+		tok.Close()
+		return nil, err
+	}
+	transparent := func() error {
+		if opts.Listener == nil {
+			return errors.New("the unowned redirect needs the listener, to make it transparent for tproxy")
+		}
+		return setTransparent(opts.Listener)
+	}
+	o, err := open(c, id, r, opts, transparent)
+	if err != nil {
+		c.Close()
+		tok.Close()
+		return nil, err
+	}
+	o.token = tok
+	return o, nil
+}
+
+// open tries the owner flag first unless opts.ForceUnowned; transparent readies the listener for
+// the unowned table before the table exists.
+func open(c conn, id string, r Redirect, opts Options, transparent func() error) (*Owned, error) {
+	name, err := TableName(id)
+	if err != nil {
+		return nil, err
+	}
+	o := &Owned{c: c, name: name, owned: true}
+	if !opts.ForceUnowned {
+		err = o.create(id, r)
+		var be *batchError
+		if !errors.As(err, &be) || !be.ownerRefused() {
+			if err != nil {
+				return nil, err
+			}
+			return o, nil
+		}
+	}
+	if !opts.AllowUnowned {
+		return nil, ErrOwnerUnsupported
+	}
+	o.owned = false
+	if err := transparent(); err != nil {
+		return nil, err
+	}
+	if err := o.create(id, r); err != nil {
 		return nil, err
 	}
 	return o, nil
@@ -110,6 +161,10 @@ func (o *Owned) Close() error {
 	// Closing also removes an owned table that the delete could not.
 	if cerr := c.Close(); cerr != nil {
 		err = errors.Join(err, fmt.Errorf("close netlink socket of table inet %q: %w", o.name, cerr))
+	}
+	// The token goes last: a table is never without one, so no sweep takes it for a leftover.
+	if o.token != nil {
+		_ = o.token.Close()
 	}
 	return err
 }

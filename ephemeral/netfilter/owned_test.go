@@ -146,18 +146,31 @@ func sentSummary(k *scriptedKernel) []string {
 	return out
 }
 
+// openRecorded is open as Open calls it on a kernel test's behalf, with the listener step recorded.
+func openRecorded(k *scriptedKernel, opts Options, transparentErr error) (*Owned, int, error) {
+	calls := 0
+	o, err := open(k, "abc", testRedirect, opts, func() error { calls++; return transparentErr })
+	return o, calls, err
+}
+
 func TestOpen(t *testing.T) {
 	create := func(owner string) string {
 		return "batch, add table" + owner + `, add chain "prerouting", add chain "output", add chain "input", ` +
 			`add rule to chain "prerouting", add rule to chain "output", add rule to chain "input", batch`
 	}
+	tproxy := `batch, add table, add chain "prerouting", add chain "input", add rule to chain "prerouting", add rule to chain "input", batch`
+	allow := Options{AllowUnowned: true}
 	tests := []struct {
-		name      string
-		k         *scriptedKernel
-		wantOwned bool
-		wantSent  []string
-		wantErr   string
-		wantErrno unix.Errno
+		name            string
+		k               *scriptedKernel
+		opts            Options
+		transparentErr  error
+		wantOwned       bool
+		wantTransparent int
+		wantSent        []string
+		wantErr         string
+		wantErrno       unix.Errno
+		wantIs          error
 	}{
 		{
 			name:      "owner flag accepted",
@@ -166,14 +179,49 @@ func TestOpen(t *testing.T) {
 			wantSent:  []string{create(" owner"), "getgen"},
 		},
 		{
-			name:     "owner flag refused with EOPNOTSUPP: same batch without it",
-			k:        &scriptedKernel{answer: ownerUnsupported(unix.EOPNOTSUPP)},
-			wantSent: []string{create(" owner"), "getgen", create(""), "getgen"},
+			name:            "owner flag refused with EOPNOTSUPP, unowned allowed: the tproxy table",
+			k:               &scriptedKernel{answer: ownerUnsupported(unix.EOPNOTSUPP)},
+			opts:            allow,
+			wantTransparent: 1,
+			wantSent:        []string{create(" owner"), "getgen", tproxy, "getgen"},
 		},
 		{
-			name:     "owner flag refused with EINVAL",
-			k:        &scriptedKernel{answer: ownerUnsupported(unix.EINVAL)},
-			wantSent: []string{create(" owner"), "getgen", create(""), "getgen"},
+			name:            "owner flag refused with EINVAL, unowned allowed",
+			k:               &scriptedKernel{answer: ownerUnsupported(unix.EINVAL)},
+			opts:            allow,
+			wantTransparent: 1,
+			wantSent:        []string{create(" owner"), "getgen", tproxy, "getgen"},
+		},
+		{
+			name:     "owner flag refused, unowned not allowed: refused after the one refused batch",
+			k:        &scriptedKernel{answer: ownerUnsupported(unix.EOPNOTSUPP)},
+			wantSent: []string{create(" owner"), "getgen"},
+			wantErr:  "no nftables table owner flag",
+			wantIs:   ErrOwnerUnsupported,
+		},
+		{
+			name:            "forced unowned: the tproxy table straight away",
+			k:               &scriptedKernel{},
+			opts:            Options{ForceUnowned: true, AllowUnowned: true},
+			wantTransparent: 1,
+			wantSent:        []string{tproxy, "getgen"},
+		},
+		{
+			name:    "forced unowned, not allowed: nothing sent",
+			k:       &scriptedKernel{},
+			opts:    Options{ForceUnowned: true},
+			wantErr: "no nftables table owner flag",
+			wantIs:  ErrOwnerUnsupported,
+		},
+		{
+			name:            "listener cannot be made transparent: no unowned table",
+			k:               &scriptedKernel{answer: ownerUnsupported(unix.EOPNOTSUPP)},
+			opts:            allow,
+			transparentErr:  unix.EPERM,
+			wantTransparent: 1,
+			wantSent:        []string{create(" owner"), "getgen"},
+			wantErrno:       unix.EPERM,
+			wantErr:         "operation not permitted",
 		},
 		{
 			name: "table exists: no fallback, it is somebody else's",
@@ -214,9 +262,11 @@ func TestOpen(t *testing.T) {
 				}
 				return unix.ENOENT
 			}},
-			wantSent:  []string{create(" owner"), "getgen", create(""), "getgen"},
-			wantErr:   `create nftables table inet "trafficlab_abc": add table: invalid argument`,
-			wantErrno: unix.EINVAL,
+			opts:            allow,
+			wantTransparent: 1,
+			wantSent:        []string{create(" owner"), "getgen", tproxy, "getgen"},
+			wantErr:         `create nftables table inet "trafficlab_abc": add table: invalid argument`,
+			wantErrno:       unix.EINVAL,
 		},
 		{
 			name: "replies of an earlier exchange are ignored",
@@ -235,9 +285,15 @@ func TestOpen(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := open(tt.k, "abc", testRedirect, true)
+			o, transparent, err := openRecorded(tt.k, tt.opts, tt.transparentErr)
 			if diff := cmp.Diff(tt.wantSent, sentSummary(tt.k)); diff != "" {
 				t.Errorf("sent (-want +got):\n%s", diff)
+			}
+			if transparent != tt.wantTransparent {
+				t.Errorf("listener made transparent %d times, want %d", transparent, tt.wantTransparent)
+			}
+			if tt.wantIs != nil && !errors.Is(err, tt.wantIs) {
+				t.Errorf("open = %v, want %v", err, tt.wantIs)
 			}
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
@@ -265,7 +321,7 @@ func TestOpen(t *testing.T) {
 // own sequence number, increasing across exchanges on one socket.
 func TestExchangeSequences(t *testing.T) {
 	k := &scriptedKernel{}
-	o, err := open(k, "abc", testRedirect, true)
+	o, _, err := openRecorded(k, Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +355,7 @@ func TestClose(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			k := &scriptedKernel{}
-			o, err := open(k, "abc", testRedirect, true)
+			o, _, err := openRecorded(k, Options{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -22,6 +22,13 @@ const (
 	// before kube-proxy-like and service-mesh dstnat rules to see the connection at all.
 	redirectPriority = -110
 
+	// tproxyPriority is mangle's (-150), where tproxy rules usually go: after conntrack and
+	// defragmentation, before any NAT could rewrite the destination tproxy looks up.
+	tproxyPriority = -150
+
+	// rtnLocal is RTN_LOCAL, the route type of the namespace's own addresses.
+	rtnLocal = 2
+
 	// Chain names inside the session's table.
 	chainPrerouting = "prerouting"
 	chainOutput     = "output"
@@ -78,13 +85,14 @@ func (r Redirect) ports() []uint16 {
 
 // Batch returns the netlink messages of the one nftables batch that creates the session's table
 // with everything in it, from BATCH_BEGIN to BATCH_END. The kernel applies a batch all or nothing.
-// owned sets NFT_TABLE_F_OWNER on the table. Sequence numbers are left 0 for the sender to fill.
+// Sequence numbers are left 0 for the sender to fill.
 //
-// In nft syntax, for ports P and listen port L:
+// owned sets NFT_TABLE_F_OWNER on the table, which then redirects with NAT. In nft syntax, for
+// ports P and listen port L:
 //
 //	table inet trafficlab_<id> {   # flags owner
 //	  chain prerouting { type nat hook prerouting priority -110
-//	    meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
+//	    fib daddr type local meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
 //	  chain output { type nat hook output priority -110
 //	    oifname "lo" meta mark != Mark meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
 //	  chain input { type filter hook input priority -110
@@ -93,9 +101,28 @@ func (r Redirect) ports() []uint16 {
 //	}
 //
 // Output matches lo only: that is how the pod reaches itself, on 127.0.0.1, ::1 and its own
-// addresses alike; connections leaving the pod are not the steal's business. Only connections
-// opened after the table are redirected (see tcpSyn). The input chain keeps the wildcard listener
-// from being reached directly, without a redirect.
+// addresses alike; connections leaving the pod are not the steal's business. Prerouting matches
+// only what is addressed to this network namespace itself (fib daddr type local): in a pod that is
+// everything, but in the node's namespace (--allow-host-network) forwarded and bridged traffic to
+// the node's other pods passes through prerouting too, and is theirs. Only connections opened after
+// the table are redirected (see tcpSyn). The input chain keeps the wildcard listener from being
+// reached directly, without a redirect.
+//
+// Without owned (a kernel before 5.12, or Options.ForceUnowned) the table could outlive the agent,
+// so it redirects with tproxy, which matches only while a transparent socket listens on L: once the
+// agent is gone the rule matches nothing and the app gets its traffic back, table or not.
+//
+//	table inet trafficlab_<id> {
+//	  chain prerouting { type filter hook prerouting priority -150
+//	    fib daddr type local meta mark != Mark meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn tproxy to :L accept }
+//	  chain input { type filter hook input priority -110
+//	    meta l4proto tcp tcp dport L drop }
+//	}
+//
+// The pod's own connections to itself arrive on lo through prerouting too, so there is no output
+// chain; the mark exempts the agent's pass-through. tproxy keeps the destination as it is (the
+// accepted socket's local address is the original destination) and leaves conntrack off; packets
+// addressed to L itself still meet the input chain's drop.
 func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
 	name, err := TableName(id)
 	if err != nil {
@@ -104,31 +131,41 @@ func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
 	if err := r.Validate(); err != nil {
 		return nil, err
 	}
-	var flags uint32
-	if owned {
-		flags = tableFlagOwner
-	}
 	b := &batch{table: name}
-	b.add(unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, func(ae *netlink.AttributeEncoder) {
-		ae.String(unix.NFTA_TABLE_NAME, name)
-		ae.Uint32(unix.NFTA_TABLE_FLAGS, flags)
-	})
-	b.chain(chainPrerouting, "nat", unix.NF_INET_PRE_ROUTING)
-	b.chain(chainOutput, "nat", unix.NF_INET_LOCAL_OUT)
-	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN)
+	if owned {
+		b.add(unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, func(ae *netlink.AttributeEncoder) {
+			ae.String(unix.NFTA_TABLE_NAME, name)
+			ae.Uint32(unix.NFTA_TABLE_FLAGS, tableFlagOwner)
+		})
+		b.natRedirect(r)
+	} else {
+		b.add(unix.NFT_MSG_NEWTABLE, netlink.Create|netlink.Excl, func(ae *netlink.AttributeEncoder) {
+			ae.String(unix.NFTA_TABLE_NAME, name)
+			ae.Uint32(unix.NFTA_TABLE_FLAGS, 0)
+		})
+		b.tproxyRedirect(r)
+	}
+	if b.err != nil {
+		return nil, fmt.Errorf("encode nftables batch for table inet %q: %w", name, b.err)
+	}
+	return b.done(), nil
+}
+
+// natRedirect adds the chains and rules of the owned table.
+func (b *batch) natRedirect(r Redirect) {
+	b.chain(chainPrerouting, "nat", unix.NF_INET_PRE_ROUTING, redirectPriority)
+	b.chain(chainOutput, "nat", unix.NF_INET_LOCAL_OUT, redirectPriority)
+	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
 
 	ports := r.ports()
 	for _, p := range ports {
-		b.rule(chainPrerouting, slices.Concat(tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
+		b.rule(chainPrerouting, slices.Concat(daddrLocal(), tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
 	}
 	for _, p := range ports {
 		b.rule(chainOutput, slices.Concat([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
-			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-			// The mark is a host-order u32 in the register, as nft encodes it.
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, r.Mark)},
-		}, tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
+		}, markNot(r.Mark), tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
 	}
 	// Accept-then-drop rather than one "not dnat: drop" rule: a packet without conntrack state
 	// (notrack) fails the ct match and must be dropped too.
@@ -143,10 +180,16 @@ func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
 		&expr.Verdict{Kind: expr.VerdictAccept},
 	}))
 	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
-	if b.err != nil {
-		return nil, fmt.Errorf("encode nftables batch for table inet %q: %w", name, b.err)
+}
+
+// tproxyRedirect adds the chains and rules of the unowned table.
+func (b *batch) tproxyRedirect(r Redirect) {
+	b.chain(chainPrerouting, "filter", unix.NF_INET_PRE_ROUTING, tproxyPriority)
+	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
+	for _, p := range r.ports() {
+		b.rule(chainPrerouting, slices.Concat(daddrLocal(), markNot(r.Mark), tcpDport(p), tcpSyn(), tproxyTo(r.ListenPort)))
 	}
-	return b.done(), nil
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
 }
 
 // deleteBatch is `nft delete table inet NAME` as one batch.
@@ -183,13 +226,13 @@ func (b *batch) add(typ int, flags netlink.HeaderFlags, attrs func(ae *netlink.A
 	})
 }
 
-func (b *batch) chain(name, typ string, hook uint32) {
+func (b *batch) chain(name, typ string, hook uint32, priority int32) {
 	b.add(unix.NFT_MSG_NEWCHAIN, netlink.Create, func(ae *netlink.AttributeEncoder) {
 		ae.String(unix.NFTA_CHAIN_TABLE, b.table)
 		ae.String(unix.NFTA_CHAIN_NAME, name)
 		ae.Nested(unix.NFTA_CHAIN_HOOK, func(nae *netlink.AttributeEncoder) error {
 			nae.Uint32(unix.NFTA_HOOK_HOOKNUM, hook)
-			nae.Int32(unix.NFTA_HOOK_PRIORITY, redirectPriority)
+			nae.Int32(unix.NFTA_HOOK_PRIORITY, priority)
 			return nil
 		})
 		ae.String(unix.NFTA_CHAIN_TYPE, typ)
@@ -260,6 +303,36 @@ func tcpSyn() []expr.Any {
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagSyn | tcpFlagAck}, Xor: []byte{0}},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{tcpFlagSyn}},
+	}
+}
+
+// daddrLocal is `fib daddr type local`: the packet is addressed to this network namespace itself.
+func daddrLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		// The route type is a host-order u32 in the register.
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, rtnLocal)},
+	}
+}
+
+// markNot is `meta mark != MARK`.
+func markNot(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		// The mark is a host-order u32 in the register, as nft encodes it.
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, mark)},
+	}
+}
+
+// tproxyTo is `tproxy to :PORT accept`: the packet goes to the transparent socket listening on
+// PORT, if there is one; if not, the tproxy expression breaks the rule and the packet goes on as
+// if the table were not there.
+func tproxyTo(port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
+		// Family unspecified: in an inet table, one rule for IPv4 and IPv6, port only.
+		&expr.TProxy{Family: unix.NFPROTO_UNSPEC, TableFamily: unix.NFPROTO_INET, RegPort: 1},
+		&expr.Verdict{Kind: expr.VerdictAccept},
 	}
 }
 

@@ -14,11 +14,13 @@ import (
 	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
@@ -41,6 +43,8 @@ var kernelRedirect = Redirect{Ports: []uint16{appPort, appPort2}, ListenPort: li
 type stealNet struct {
 	pod, client  *testnet.NS
 	podV4, podV6 netip.Addr
+	// agent is the listener on listenPort, for the unowned path to make transparent.
+	agent net.Listener
 }
 
 func newStealNet(t *testing.T) *stealNet {
@@ -56,7 +60,8 @@ func newStealNet(t *testing.T) *stealNet {
 	for _, p := range []int{appPort, appPort2} {
 		serveLines(t, n.pod.Listen(t, "tcp", fmt.Sprintf(":%d", p)), func(net.Conn) string { return "app" })
 	}
-	serveLines(t, n.pod.Listen(t, "tcp", fmt.Sprintf(":%d", listenPort)), func(c net.Conn) string {
+	n.agent = n.pod.Listen(t, "tcp", fmt.Sprintf(":%d", listenPort))
+	serveLines(t, n.agent, func(c net.Conn) string {
 		orig, err := OriginalDst(c.(*net.TCPConn))
 		if err != nil {
 			return "agent without original destination: " + err.Error()
@@ -186,12 +191,12 @@ func sessionTables(t *testing.T, ns *testnet.NS) []string {
 }
 
 // openIn opens the redirect in ns, closing it when the test ends.
-func openIn(t *testing.T, ns *testnet.NS, id string, r Redirect) *Owned {
+func openIn(t *testing.T, ns *testnet.NS, id string, r Redirect, opts Options) *Owned {
 	t.Helper()
 	var o *Owned
 	if err := ns.Do(func() error {
 		var err error
-		o, err = Open(id, r)
+		o, err = Open(id, r, opts)
 		return err
 	}); err != nil {
 		t.Fatalf("Open(%q): %v", id, err)
@@ -210,7 +215,7 @@ func TestKernelRedirect(t *testing.T) {
 		}
 	}
 
-	o := openIn(t, n.pod, "steal", kernelRedirect)
+	o := openIn(t, n.pod, "steal", kernelRedirect, Options{})
 	if !o.KernelOwned() {
 		t.Errorf("KernelOwned() = false on kernel %s", kernelRelease(t))
 	}
@@ -283,15 +288,29 @@ func TestKernelRedirect(t *testing.T) {
 	})
 	t.Run("a second session cannot take the name", func(t *testing.T) {
 		err := n.pod.Do(func() error {
-			o2, err := Open("steal", Redirect{Ports: []uint16{9}, ListenPort: 10, Mark: 1})
+			o2, err := Open("steal", Redirect{Ports: []uint16{9}, ListenPort: 10, Mark: 1}, Options{})
 			if err == nil {
 				o2.Close()
 			}
 			return err
 		})
-		// EPERM: the kernel will not even show an owned table to another socket for changes.
+		// The live token stops it before the kernel is asked.
+		if !errors.Is(err, unix.EADDRINUSE) {
+			t.Errorf("second Open = %v, want EADDRINUSE", err)
+		}
+		// And the kernel would refuse it too: it will not even show an owned table to another
+		// socket for changes.
+		err = n.pod.Do(func() error {
+			c, err := dialNetfilter()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_, err = open(c, "steal", Redirect{Ports: []uint16{9}, ListenPort: 10, Mark: 1}, Options{}, nil)
+			return err
+		})
 		if !errors.Is(err, unix.EPERM) {
-			t.Errorf("second Open = %v, want EPERM", err)
+			t.Errorf("second table over a new socket = %v, want EPERM", err)
 		}
 	})
 
@@ -323,47 +342,150 @@ func kernelRelease(t *testing.T) string {
 	return unix.ByteSliceToString(u.Release[:])
 }
 
-// helperEnv names the netns in which the test binary, run again by
-// TestKernelOwnedTableDiesWithProcess, opens a table as the session process it then SIGKILLs.
-const helperEnv = "TRAFFICLAB_NETFILTER_TEST_HELPER_NETNS"
+// helperEnv names the netns in which the test binary, run again by startHelper, opens a table
+// as a holder process that the test then SIGKILLs; helperModeEnv says which table (helperOwned or
+// helperUnowned), or helperUID: listen, as that uid, on the socket passed as fd 3.
+const (
+	helperEnv     = "TRAFFICLAB_NETFILTER_TEST_HELPER_NETNS"
+	helperModeEnv = "TRAFFICLAB_NETFILTER_TEST_HELPER_MODE"
+
+	helperOwned   = "owned"
+	helperUnowned = "unowned"
+	helperUID     = "uid"
+	// helperSeccomp, followed by a pid, runs Guard for table trafficlab_seccomp on that pid under a
+	// seccomp filter that refuses pidfd_open with EPERM, as container runtimes' older default
+	// profiles do; it prints "ready" once the guard watches and exits 0 once it is done.
+	helperSeccomp = "seccomp"
+
+	// otherUID is the uid of helperUID: neither root nor the agent's.
+	otherUID = 4242
+)
+
+// helperRedirect is the unowned helper's redirect: appPort to a listener of its own.
+var helperRedirect = Redirect{Ports: []uint16{appPort}, ListenPort: listenPort + 1, Mark: testMark}
 
 // TestMain makes the test binary that helper when helperEnv is set; the helper is no test of its
 // own, so a plain run never reports it.
 func TestMain(m *testing.M) {
 	if name := os.Getenv(helperEnv); name != "" {
-		os.Exit(helperOpen(name))
+		os.Exit(helperOpen(name, os.Getenv(helperModeEnv)))
 	}
 	os.Exit(m.Run())
 }
 
-// helperOpen opens a table in the named netns, prints "ready" and waits until it is killed; should
-// the parent die first, its end of the stdin pipe closes and so does the helper.
-func helperOpen(name string) int {
+// helperOpen opens a table in the named netns (or listens on fd 3), prints "ready" and waits until
+// it is killed; should the parent die first, its end of the stdin pipe closes and so does the
+// helper.
+func helperOpen(name, mode string) int {
+	fail := func(err error) int {
+		fmt.Println("error:", err)
+		return 1
+	}
+	if pid, ok := strings.CutPrefix(mode, helperSeccomp+" "); ok {
+		return helperGuard(name, pid, fail)
+	}
+	if mode == helperUID {
+		// setresuid in Go changes every thread's credentials; listen records them for SO_PEERCRED.
+		if err := syscall.Setresgid(otherUID, otherUID, otherUID); err != nil {
+			return fail(err)
+		}
+		if err := syscall.Setresuid(otherUID, otherUID, otherUID); err != nil {
+			return fail(err)
+		}
+		if err := unix.Listen(3, 8); err != nil {
+			return fail(err)
+		}
+		fmt.Println("ready")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		return 0
+	}
 	// Stays locked: the thread must not return to the pool in the other netns.
 	runtime.LockOSThread()
 	h, err := netns.GetFromName(name)
 	if err != nil {
-		fmt.Println("error:", err)
-		return 1
+		return fail(err)
 	}
 	if err := netns.Set(h); err != nil {
-		fmt.Println("error:", err)
-		return 1
+		return fail(err)
 	}
-	if _, err := Open("killed", kernelRedirect); err != nil {
-		fmt.Println("error:", err)
-		return 1
+	r, opts := kernelRedirect, Options{}
+	if mode == helperUnowned {
+		// A listener of its own, beside the test's agent listener on listenPort.
+		r = helperRedirect
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", r.ListenPort))
+		if err != nil {
+			return fail(err)
+		}
+		opts = Options{ForceUnowned: true, AllowUnowned: true, Listener: ln.(*net.TCPListener)}
 	}
-	fmt.Println("ready")
+	if _, err := Open(mode, r, opts); err != nil {
+		return fail(err)
+	}
+	if mode == helperUnowned {
+		// A child that outlives the holder, in a session of its own as the guard is: the token
+		// is close-on-exec, so the child must not keep it alive.
+		child := exec.Command("sleep", "60")
+		child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := child.Start(); err != nil {
+			return fail(err)
+		}
+		fmt.Println("ready", child.Process.Pid)
+	} else {
+		fmt.Println("ready")
+	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
 }
 
-func TestKernelOwnedTableDiesWithProcess(t *testing.T) {
-	n := newStealNet(t)
+// refusePidfdOpen installs, for every thread of the process, a seccomp filter under which
+// pidfd_open fails with EPERM; pidfd_open is 434 on every architecture.
+func refusePidfdOpen() error {
+	filter := []unix.SockFilter{
+		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 0}, // seccomp_data.nr
+		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: unix.SYS_PIDFD_OPEN},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)},
+		{Code: unix.BPF_RET | unix.BPF_K, K: unix.SECCOMP_RET_ALLOW},
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	if _, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog))); errno != 0 {
+		return fmt.Errorf("seccomp: %w", errno)
+	}
+	return nil
+}
+
+func helperGuard(name, pidArg string, fail func(error) int) int {
+	pid, err := strconv.Atoi(pidArg)
+	if err != nil {
+		return fail(err)
+	}
+	if err := refusePidfdOpen(); err != nil {
+		return fail(err)
+	}
+	if _, err := unix.PidfdOpen(pid, 0); !errors.Is(err, unix.EPERM) {
+		return fail(fmt.Errorf("pidfd_open under the filter = %v, want EPERM", err))
+	}
+	runtime.LockOSThread()
+	h, err := netns.GetFromName(name)
+	if err != nil {
+		return fail(err)
+	}
+	if err := netns.Set(h); err != nil {
+		return fail(err)
+	}
+	if err := Guard(context.Background(), helperSeccomp, pid, func() { fmt.Println("ready") }); err != nil {
+		return fail(err)
+	}
+	return 0
+}
+
+// startHelper runs the test binary as a helper in mode, with extra files from fd 3 on, waits until
+// it is ready, and kills it when the test ends.
+func startHelper(t *testing.T, ns *testnet.NS, mode string, files ...*os.File) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"="+n.pod.Name)
+	cmd.Env = append(os.Environ(), helperEnv+"="+ns.Name, helperModeEnv+"="+mode)
 	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = files
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -390,15 +512,22 @@ func TestKernelOwnedTableDiesWithProcess(t *testing.T) {
 		}
 	}()
 	timeout := time.After(30 * time.Second)
-wait:
 	for {
 		select {
 		case line, ok := <-lines:
 			switch {
 			case !ok:
 				t.Fatal("helper exited before it was ready")
-			case line == "ready":
-				break wait
+			case line == "ready" || strings.HasPrefix(line, "ready "):
+				if pid, ok := strings.CutPrefix(line, "ready "); ok {
+					// The helper's child, which it leaves to the test to end.
+					n, err := strconv.Atoi(pid)
+					if err != nil {
+						t.Fatalf("helper: %q", line)
+					}
+					t.Cleanup(func() { _ = syscall.Kill(n, syscall.SIGKILL) })
+				}
+				return cmd
 			case strings.HasPrefix(line, "error:"):
 				t.Fatalf("helper: %s", line)
 			}
@@ -406,8 +535,13 @@ wait:
 			t.Fatal("helper not ready after 30s")
 		}
 	}
+}
 
-	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{"trafficlab_killed owner"}) {
+func TestKernelOwnedTableDiesWithProcess(t *testing.T) {
+	n := newStealNet(t)
+	cmd := startHelper(t, n.pod, helperOwned)
+
+	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{"trafficlab_owned owner"}) {
 		t.Fatalf("tables with the helper running: %v", got)
 	}
 	a := ap(n.podV4, appPort)
@@ -452,7 +586,7 @@ func TestKernelFlush(t *testing.T) {
 	passThrough := keep(n.pod, ap(lo4, appPort), testMark)
 	otherPort := keep(n.client, ap(n.podV4, appPort2), 0)
 
-	openIn(t, n.pod, "flush", kernelRedirect)
+	openIn(t, n.pod, "flush", kernelRedirect, Options{})
 	// Open connections keep going to the app. Conntrack was off in this netns until the table's
 	// NAT chains needed it, so it picks each of them up mid-stream now: the SYN match is what
 	// keeps them from being redirected.
@@ -506,40 +640,47 @@ func TestKernelFlush(t *testing.T) {
 	}
 }
 
-// TestKernelFallbackTable runs the table a kernel without the owner flag gets: it redirects the
-// same, Close deletes it, and Guard deletes it once the session process is gone.
-func TestKernelFallbackTable(t *testing.T) {
-	n := newStealNet(t)
-	openPlain := func(id string) *Owned {
-		t.Helper()
-		var o *Owned
-		if err := n.pod.Do(func() error {
-			c, err := dialNetfilter()
-			if err != nil {
-				return err
-			}
-			o, err = open(c, id, kernelRedirect, false)
-			if err != nil {
-				c.Close()
-			}
-			return err
-		}); err != nil {
-			t.Fatalf("open %q without owner flag: %v", id, err)
-		}
-		t.Cleanup(func() { o.Close() })
-		if o.KernelOwned() {
-			t.Fatalf("KernelOwned() = true")
-		}
-		return o
-	}
-	a := ap(n.podV6, appPort)
+// unowned are the Options of the path a kernel without the owner flag takes, forced here because
+// this kernel has the flag.
+func (n *stealNet) unowned() Options {
+	return Options{ForceUnowned: true, AllowUnowned: true, Listener: n.agent.(*net.TCPListener)}
+}
 
-	o := openPlain("plain")
+// TestKernelUnownedTable runs the table a kernel without the owner flag gets: tproxy to the
+// agent's transparent listener redirects the same connections as the owned table's NAT, each
+// with its original destination, and Close deletes it.
+func TestKernelUnownedTable(t *testing.T) {
+	n := newStealNet(t)
+	o := openIn(t, n.pod, "plain", kernelRedirect, n.unowned())
+	if o.KernelOwned() {
+		t.Fatal("KernelOwned() = true with ForceUnowned")
+	}
 	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{"trafficlab_plain"}) {
 		t.Fatalf("tables: %v", got)
 	}
-	if got, want := ask(t, n.client, a, 0), "agent "+a.String(); got != want {
-		t.Fatalf("%s answered %q, want %q", a, got, want)
+	for _, c := range []struct {
+		ns   *testnet.NS
+		addr netip.AddrPort
+	}{
+		{n.client, ap(n.podV4, appPort)}, {n.client, ap(n.podV6, appPort)}, {n.client, ap(n.podV4, appPort2)},
+		{n.pod, ap(lo4, appPort)}, {n.pod, ap(lo6, appPort)}, {n.pod, ap(n.podV4, appPort2)},
+	} {
+		if got, want := ask(t, c.ns, c.addr, 0), "agent "+c.addr.String(); got != want {
+			t.Errorf("%s from netns %q answered %q, want %q", c.addr, c.ns.Name, got, want)
+		}
+	}
+	for _, a := range []netip.AddrPort{ap(lo4, appPort), ap(lo6, appPort2), ap(n.podV4, appPort)} {
+		if got := ask(t, n.pod, a, testMark); got != "app" {
+			t.Errorf("%s with mark %#x answered %q, want the app", a, testMark, got)
+		}
+	}
+	conn, err := dial(t, n.client, ap(n.podV4, listenPort), 0, time.Second)
+	var ne net.Error
+	if err == nil {
+		conn.Close()
+	}
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("dial the listener directly: %v, want a timeout (SYN dropped)", err)
 	}
 	if err := o.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
@@ -547,43 +688,195 @@ func TestKernelFallbackTable(t *testing.T) {
 	if got := sessionTables(t, n.pod); len(got) != 0 {
 		t.Fatalf("tables after Close: %v", got)
 	}
+	if got := ask(t, n.client, ap(n.podV4, appPort), 0); got != "app" {
+		t.Errorf("after Close, answered %q, want the app", got)
+	}
+}
 
-	// The session process stands in as a sleep; the table's socket stays open in this process,
-	// as it would in a session that hangs rather than dies.
-	openPlain("guarded")
-	session := exec.Command("sleep", "60")
-	if err := session.Start(); err != nil {
-		t.Fatal(err)
+// TestKernelTproxyWithoutListener pins what the unowned path relies on: once the agent's listener is
+// gone, its table left behind redirects nothing, and every client reaches the app.
+func TestKernelTproxyWithoutListener(t *testing.T) {
+	n := newStealNet(t)
+	openIn(t, n.pod, "orphan", kernelRedirect, n.unowned())
+	a := ap(n.podV4, appPort)
+	if got, want := ask(t, n.client, a, 0), "agent "+a.String(); got != want {
+		t.Fatalf("with the listener, %s answered %q, want %q", a, got, want)
 	}
-	t.Cleanup(func() {
-		_ = session.Process.Kill()
-		_ = session.Wait()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	guarded := make(chan error, 1)
-	go func() {
-		guarded <- n.pod.Do(func() error { return Guard(ctx, "guarded", session.Process.Pid) })
-	}()
-	select {
-	case err := <-guarded:
-		t.Fatalf("Guard returned %v while the session runs", err)
-	case <-time.After(500 * time.Millisecond):
+	n.agent.Close()
+	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{"trafficlab_orphan"}) {
+		t.Fatalf("tables: %v, want the table still there", got)
 	}
-	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{"trafficlab_guarded"}) {
+	for _, c := range []struct {
+		ns   *testnet.NS
+		addr netip.AddrPort
+	}{
+		{n.client, ap(n.podV4, appPort)}, {n.client, ap(n.podV6, appPort)}, {n.client, ap(n.podV4, appPort2)},
+		{n.pod, ap(lo4, appPort)}, {n.pod, ap(lo6, appPort)}, {n.pod, ap(n.podV6, appPort2)},
+	} {
+		if got := ask(t, c.ns, c.addr, 0); got != "app" {
+			t.Errorf("without a listener, %s from netns %q answered %q, want the app", c.addr, c.ns.Name, got)
+		}
+	}
+}
+
+// TestKernelGuard deletes an unowned table once the session process is gone, whether it watches
+// through a pidfd or, pidfd_open refused as a seccomp profile without it refuses it, by polling.
+func TestKernelGuard(t *testing.T) {
+	n := newStealNet(t)
+	for _, c := range []struct {
+		id   string
+		open pidfdOpener
+	}{
+		{"pidfd", unix.PidfdOpen},
+		{"polling", func(int, int) (int, error) { return -1, unix.EPERM }},
+	} {
+		t.Run(c.id, func(t *testing.T) {
+			// The table's socket and token stay in this process, as in a session that hangs rather
+			// than dies; a sleep stands in for the session process.
+			openIn(t, n.pod, c.id, kernelRedirect, n.unowned())
+			session := startSleeper(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			watching := make(chan struct{})
+			guarded := make(chan error, 1)
+			go func() {
+				guarded <- n.pod.Do(func() error {
+					return guard(ctx, c.id, session.Process.Pid, c.open, func() { close(watching) })
+				})
+			}()
+			select {
+			case <-watching:
+			case err := <-guarded:
+				t.Fatalf("guard returned %v before it watched", err)
+			}
+			if got := sessionTables(t, n.pod); !slices.Equal(got, []string{TablePrefix + c.id}) {
+				t.Fatalf("tables while the session runs: %v", got)
+			}
+			if err := session.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-guarded; err != nil {
+				t.Fatalf("guard: %v", err)
+			}
+			if got := sessionTables(t, n.pod); len(got) != 0 {
+				t.Fatalf("tables after the guard: %v", got)
+			}
+		})
+	}
+}
+
+// TestKernelGuardUnderSeccomp: a guard whose pidfd_open a seccomp profile refuses (EPERM) watches
+// by polling, and deletes the table once the session process is gone.
+func TestKernelGuardUnderSeccomp(t *testing.T) {
+	n := newStealNet(t)
+	openIn(t, n.pod, helperSeccomp, kernelRedirect, n.unowned())
+	session := startSleeper(t)
+	guard := startHelper(t, n.pod, fmt.Sprintf("%s %d", helperSeccomp, session.Process.Pid))
+	if got := sessionTables(t, n.pod); !slices.Equal(got, []string{TablePrefix + helperSeccomp}) {
 		t.Fatalf("tables while the session runs: %v", got)
 	}
 	if err := session.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-guarded; err != nil {
-		t.Fatalf("Guard: %v", err)
+	done := make(chan error, 1)
+	go func() { done <- guard.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("guard: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("guard still running 30s after the session was killed")
 	}
 	if got := sessionTables(t, n.pod); len(got) != 0 {
-		t.Fatalf("tables after Guard: %v", got)
+		t.Fatalf("tables after the guard: %v", got)
 	}
+}
+
+// sweepIn runs SweepStale in ns.
+func sweepIn(t *testing.T, ns *testnet.NS) []string {
+	t.Helper()
+	var deleted []string
+	if err := ns.Do(func() error {
+		var err error
+		deleted, err = SweepStale()
+		return err
+	}); err != nil {
+		t.Fatalf("SweepStale: %v", err)
+	}
+	return deleted
+}
+
+// TestKernelSweepStale: an agent killed outright on a kernel without the owner flag (its guard
+// killed with it) leaves its table; the next SweepStale finds its token gone and deletes it, while
+// the table of a live holder, and an owned table, stay.
+func TestKernelSweepStale(t *testing.T) {
+	n := newStealNet(t)
+	// A live session's unowned table, socket and token in this process, and an owned table.
+	openIn(t, n.pod, "live", Redirect{Ports: []uint16{appPort2}, ListenPort: listenPort, Mark: testMark}, n.unowned())
+	openIn(t, n.pod, "kept", Redirect{Ports: []uint16{9}, ListenPort: 10, Mark: testMark}, Options{})
+	dead := startHelper(t, n.pod, helperUnowned)
+	all := []string{"trafficlab_kept owner", "trafficlab_live", "trafficlab_unowned"}
+	if got := sessionTables(t, n.pod); !slices.Equal(got, all) {
+		t.Fatalf("tables with the helper running: %v", got)
+	}
+	if got := sweepIn(t, n.pod); len(got) != 0 {
+		t.Fatalf("SweepStale with every holder alive deleted %v", got)
+	}
+
+	// Its child (see helperOpen) lives on: the token must die with the holder all the same.
+	if err := dead.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = dead.Wait()
+	if got := sessionTables(t, n.pod); !slices.Equal(got, all) {
+		t.Fatalf("tables after SIGKILL: %v, want the unowned table left behind", got)
+	}
+	// Left behind, it redirects nothing: the killed holder's listener went with it.
+	a := ap(n.podV4, appPort)
 	if got := ask(t, n.client, a, 0); got != "app" {
-		t.Errorf("after Guard, %s answered %q, want the app", a, got)
+		t.Errorf("after SIGKILL, %s answered %q, want the app", a, got)
+	}
+	if got := sweepIn(t, n.pod); !slices.Equal(got, []string{"inet trafficlab_unowned"}) {
+		t.Fatalf("SweepStale deleted %v, want the dead holder's table", got)
+	}
+	if got := sessionTables(t, n.pod); !slices.Equal(got, all[:2]) {
+		t.Fatalf("tables after SweepStale: %v", got)
+	}
+	if got, want := ask(t, n.client, ap(n.podV4, appPort2), 0), "agent "+ap(n.podV4, appPort2).String(); got != want {
+		t.Errorf("the live session's redirect after SweepStale: %q, want %q", got, want)
+	}
+}
+
+// TestKernelSweepTokenOfOtherUser: a token held by a process of another uid proves nothing (any
+// process in the pod may bind the name), so its table goes.
+func TestKernelSweepTokenOfOtherUser(t *testing.T) {
+	n := newStealNet(t)
+	c, err := nftables.New(nftables.WithNetNSFd(int(n.pod.Handle())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Ensure(c, "squatted"); err != nil {
+		t.Fatal(err)
+	}
+	// Bound here, in the pod netns, as root; the helper listens on it as otherUID, which is what
+	// SO_PEERCRED reports: the credentials of listen().
+	var fd int
+	if err := n.pod.Do(func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrUnix{Name: "@trafficlab_squatted"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "token")
+	defer f.Close()
+	startHelper(t, n.pod, helperUID, f)
+	if got := sweepIn(t, n.pod); !slices.Equal(got, []string{"inet trafficlab_squatted"}) {
+		t.Fatalf("SweepStale deleted %v, want the table whose token another uid holds", got)
 	}
 }
 
@@ -611,7 +904,7 @@ func socketMark(t *testing.T, c net.Conn) int {
 // addresses dialed without it reach the agent's listener, and through it the app.
 func TestKernelPassDialer(t *testing.T) {
 	n := newStealNet(t)
-	openIn(t, n.pod, "pass", kernelRedirect)
+	openIn(t, n.pod, "pass", kernelRedirect, Options{})
 	for _, a := range []netip.AddrPort{ap(lo4, appPort), ap(lo6, appPort2), ap(n.podV4, appPort), ap(n.podV6, appPort)} {
 		for _, c := range []struct {
 			mark uint32

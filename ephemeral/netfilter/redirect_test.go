@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -64,11 +65,15 @@ var (
 )
 
 func goldenChain(name, typ, hook string) []string {
+	return goldenChainAt(name, typ, hook, "ffffff92") // -110
+}
+
+func goldenChainAt(name, typ, hook, priority string) []string {
 	return []string{
 		"NEWCHAIN inet req|ack|create",
 		`  table="trafficlab_abc\x00"`,
 		fmt.Sprintf("  name=%q", name+"\x00"),
-		"  hook{hooknum=" + hook + " priority=ffffff92}", // -110
+		"  hook{hooknum=" + hook + " priority=" + priority + "}",
 		fmt.Sprintf("  type=%q", typ+"\x00"),
 	}
 }
@@ -100,7 +105,15 @@ const (
 	ctStatus    = `ct{key=00000002 dreg=00000001}`                                                 // [ ct load status => reg 1 ]
 	accept      = `immediate{dreg=00000000 data{verdict{code=00000001}}}`                          // [ immediate reg 0 accept ]
 	drop        = `immediate{dreg=00000000 data{verdict{code=00000000}}}`                          // [ immediate reg 0 drop ]
+	fibDaddr    = `fib{dreg=00000001 flags=00000002 result=00000003}`                              // [ fib daddr type => reg 1 ]
+	tproxy      = `tproxy{family=00000000 reg_port=00000001}`                                      // [ tproxy port reg 1 ]
 )
+
+// isLocal is [ cmp eq reg 1 0x00000002 ] (RTN_LOCAL, host order).
+var isLocal = `cmp{sreg=00000001 op=00000000 data{value=` + ne(2) + `}}`
+
+// markNot is [ cmp neq reg 1 MARK ].
+func markNe(mark uint32) string { return `cmp{sreg=00000001 op=00000001 data{value=` + ne(mark) + `}}` }
 
 func dportIs(hex string) string { return `cmp{sreg=00000001 op=00000000 data{value=` + hex + `}}` } // [ cmp eq reg 1 PORT ]
 func redirTo(hex string) string { return `immediate{dreg=00000001 data{value=` + hex + `}}` }       // [ immediate reg 1 PORT ]
@@ -128,9 +141,9 @@ func TestBatchGolden(t *testing.T) {
 				goldenChain("prerouting", "nat", "00000000"),
 				goldenChain("output", "nat", "00000003"),
 				goldenChain("input", "filter", "00000001"),
-				// meta l4proto tcp tcp dport 80 tcp flags & (syn | ack) == syn redirect to :15001
-				goldenRule("prerouting", l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
-				goldenRule("prerouting", l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				// fib daddr type local meta l4proto tcp tcp dport 80 tcp flags & (syn | ack) == syn redirect to :15001
+				goldenRule("prerouting", fibDaddr, isLocal, l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				goldenRule("prerouting", fibDaddr, isLocal, l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
 				// oifname "lo" meta mark != 0x7f1a0000 meta l4proto tcp tcp dport 80 tcp flags & (syn | ack) == syn
 				// redirect to :15001
 				goldenRule("output", oifname, isLo, markLoad,
@@ -150,8 +163,8 @@ func TestBatchGolden(t *testing.T) {
 			},
 		},
 		{
-			name: "not owned (kernel before 5.12)",
-			r:    Redirect{Ports: []uint16{80}, ListenPort: 8080, Mark: 1},
+			name: "not owned (kernel before 5.12): tproxy",
+			r:    Redirect{Ports: []uint16{8080, 80}, ListenPort: 15001, Mark: 1},
 			want: [][]string{
 				goldenBegin,
 				{
@@ -159,18 +172,16 @@ func TestBatchGolden(t *testing.T) {
 					`  name="trafficlab_abc\x00"`,
 					"  flags=00000000",
 				},
-				goldenChain("prerouting", "nat", "00000000"),
-				goldenChain("output", "nat", "00000003"),
+				goldenChainAt("prerouting", "filter", "00000000", "ffffff6a"), // -150
 				goldenChain("input", "filter", "00000001"),
-				goldenRule("prerouting", l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("1f90"), redir),
-				goldenRule("output", oifname, isLo, markLoad,
-					`cmp{sreg=00000001 op=00000001 data{value=`+ne(1)+`}}`,
-					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("1f90"), redir),
-				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), ctStatus,
-					`bitwise{sreg=00000001 dreg=00000001 len=00000004 mask{value=`+ne(0x20)+`} xor{value=00000000}}`,
-					`cmp{sreg=00000001 op=00000001 data{value=00000000}}`,
-					accept),
-				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), drop),
+				// fib daddr type local meta mark != 0x1 meta l4proto tcp tcp dport 80
+				// tcp flags & (syn | ack) == syn tproxy to :15001 accept
+				goldenRule("prerouting", fibDaddr, isLocal, markLoad, markNe(1),
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), tproxy, accept),
+				goldenRule("prerouting", fibDaddr, isLocal, markLoad, markNe(1),
+					l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), tproxy, accept),
+				// meta l4proto tcp tcp dport 15001 drop
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), drop),
 				goldenEnd,
 			},
 		},
@@ -274,6 +285,12 @@ var (
 			unix.NFTA_REDIR_REG_PROTO_MIN: {name: "reg_proto_min"},
 			unix.NFTA_REDIR_REG_PROTO_MAX: {name: "reg_proto_max"},
 			unix.NFTA_REDIR_FLAGS:         {name: "flags"},
+		},
+		"fib": {unix.NFTA_FIB_DREG: {name: "dreg"}, unix.NFTA_FIB_RESULT: {name: "result"}, unix.NFTA_FIB_FLAGS: {name: "flags"}},
+		"tproxy": {
+			expr.NFTA_TPROXY_FAMILY:   {name: "family"},
+			expr.NFTA_TPROXY_REG_ADDR: {name: "reg_addr"},
+			expr.NFTA_TPROXY_REG_PORT: {name: "reg_port"},
 		},
 		"ct": {unix.NFTA_CT_DREG: {name: "dreg"}, unix.NFTA_CT_KEY: {name: "key"}, unix.NFTA_CT_DIRECTION: {name: "direction"}},
 		"bitwise": {

@@ -10,10 +10,13 @@
 // which deletes the table over that same socket first. google/nftables cannot do this (it always
 // sends table flags 0, and its default connection opens a socket per flush), so Open frames the
 // batch itself over one lasting mdlayher/netlink socket and uses google/nftables/expr only to
-// encode rule expressions. A kernel that refuses the flag gets the same table without it, and a
-// Guard process then removes the table once the session process is gone.
+// encode rule expressions. A kernel that refuses the flag (before 5.12) gets, only when the user
+// allows it (Options.AllowUnowned), a table without it that redirects with tproxy to a transparent
+// listener, which matches nothing once the listener is gone; a Guard process removes that table
+// once the session process is gone, and SweepStale removes it should the guard be gone too.
 //
-// Ensure, Delete and Sweep handle plain tables through github.com/google/nftables; Flush resets
+// Ensure, Delete and Sweep handle plain tables through github.com/google/nftables; SweepStale
+// finds the tables whose holder is gone by their liveness token (token.go); Flush resets
 // connections opened before a steal through sock_diag and conntrack. Nothing here runs the nft
 // binary, which the agent image does not contain.
 package netfilter
@@ -44,7 +47,7 @@ const (
 type Conn interface {
 	AddTable(t *nftables.Table) *nftables.Table
 	DelTable(t *nftables.Table)
-	ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error)
+	ListTables() ([]*nftables.Table, error)
 	Flush() error
 }
 
@@ -120,36 +123,56 @@ func deleteTable(c Conn, t *nftables.Table) error {
 	// Deleting and treating ENOENT as done, rather than listing first, has no window in which
 	// another cleanup can remove the table between the two steps.
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("delete nftables table inet %q: %w", t.Name, err)
+		return fmt.Errorf("delete nftables table %s %q: %w", familyName(t.Family), t.Name, err)
 	}
 	return nil
 }
 
-// Sweep deletes the tables of sessions that keep does not claim, typically those of agents that
-// died without cleaning up, and returns their session ids. Tables of any other name or family
-// are never touched, and neither are owned tables: they belong to a live socket (the kernel
-// removes them when it closes) and refuse changes from any other.
-func Sweep(c Conn, keep func(id string) bool) ([]string, error) {
-	tables, err := c.ListTablesOfFamily(family)
+// Sweep deletes the trafficlab_* tables of every family whose holder alive does not vouch for
+// (it gets the table's name), typically those of agents that died without cleaning up, and
+// returns them as "FAMILY NAME". Tables of any other name are never touched, and neither are owned
+// tables: they belong to a live socket (the kernel removes them when it closes) and refuse
+// changes from any other. Every family, not only inet: a table of the same name in another
+// family is nobody else's either, and it could hold a redirect too.
+func Sweep(c Conn, alive func(table string) bool) ([]string, error) {
+	tables, err := c.ListTables()
 	if err != nil {
-		return nil, fmt.Errorf("list nftables inet tables: %w", err)
+		return nil, fmt.Errorf("list nftables tables: %w", err)
 	}
 	var deleted []string
 	var errs []error
 	for _, t := range tables {
-		id, ours := sessionID(t.Name)
-		if !ours || keep(id) || ownedTable(t) {
+		if _, ours := sessionID(t.Name); !ours || ownedTable(t) || alive(t.Name) {
 			continue
 		}
 		// One batch per table: nftables batches are all-or-nothing, so a table that vanished
 		// meanwhile would otherwise keep the others alive.
-		if err := deleteTable(c, &nftables.Table{Name: t.Name, Family: family}); err != nil {
+		if err := deleteTable(c, &nftables.Table{Name: t.Name, Family: t.Family}); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		deleted = append(deleted, id)
+		deleted = append(deleted, familyName(t.Family)+" "+t.Name)
 	}
 	return deleted, errors.Join(errs...)
+}
+
+// familyName is the family as nft spells it.
+func familyName(f nftables.TableFamily) string {
+	switch f {
+	case nftables.TableFamilyINet:
+		return "inet"
+	case nftables.TableFamilyIPv4:
+		return "ip"
+	case nftables.TableFamilyIPv6:
+		return "ip6"
+	case nftables.TableFamilyARP:
+		return "arp"
+	case nftables.TableFamilyBridge:
+		return "bridge"
+	case nftables.TableFamilyNetdev:
+		return "netdev"
+	}
+	return fmt.Sprintf("family %d", f)
 }
 
 // ownedTable reports the owner flag on a listed table. google/nftables v0.3.0 decodes the

@@ -35,7 +35,8 @@ func TestKernelTableOwnership(t *testing.T) {
 		t.Fatalf("nftables conn: %v", err)
 	}
 
-	// Tables of the app and of other tools, which the agent must never touch.
+	// Tables of the app and of other tools, which the agent must never touch, and a table of a
+	// session's name in another family, which Sweep takes like any other of its tables.
 	inet, ip := nftables.TableFamilyINet, nftables.TableFamilyIPv4
 	c.AddTable(&nftables.Table{Name: "app", Family: inet})
 	c.AddTable(&nftables.Table{Name: "trafficlab_old", Family: ip}) // same prefix, other family
@@ -43,7 +44,7 @@ func TestKernelTableOwnership(t *testing.T) {
 	if err := c.Flush(); err != nil {
 		t.Fatalf("add foreign tables: %v", err)
 	}
-	foreign := []string{"1 app", "1 trafficlab_X", "2 trafficlab_old"}
+	foreign := []string{"1 app", "1 trafficlab_X"}
 
 	for range 2 {
 		if err := Ensure(c, "mine"); err != nil {
@@ -68,17 +69,18 @@ func TestKernelTableOwnership(t *testing.T) {
 			t.Fatalf("Ensure(%s): %v", id, err)
 		}
 	}
-	want := append(slices.Clone(foreign), "1 trafficlab_dead", "1 trafficlab_live", "1 trafficlab_mine")
+	want := append(slices.Clone(foreign), "1 trafficlab_dead", "1 trafficlab_live", "1 trafficlab_mine", "2 trafficlab_old")
 	slices.Sort(want)
 	if diff := cmp.Diff(want, listTables(t, c)); diff != "" {
 		t.Fatalf("tables after Ensure (-want +got):\n%s", diff)
 	}
 
-	deleted, err := Sweep(c, func(id string) bool { return id == "live" || id == "mine" })
+	deleted, err := Sweep(c, func(name string) bool { return name == "trafficlab_live" || name == "trafficlab_mine" })
 	if err != nil {
 		t.Fatalf("Sweep: %v", err)
 	}
-	if diff := cmp.Diff([]string{"dead"}, deleted); diff != "" {
+	slices.Sort(deleted)
+	if diff := cmp.Diff([]string{"inet trafficlab_dead", "ip trafficlab_old"}, deleted); diff != "" {
 		t.Errorf("swept (-want +got):\n%s", diff)
 	}
 	want = append(slices.Clone(foreign), "1 trafficlab_live", "1 trafficlab_mine")

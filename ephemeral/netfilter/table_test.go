@@ -253,8 +253,8 @@ func (c *recordingConn) DelTable(t *nftables.Table) {
 	c.pending = append(c.pending, fmt.Sprintf("delete %d %s", t.Family, t.Name))
 }
 
-func (c *recordingConn) ListTablesOfFamily(f nftables.TableFamily) ([]*nftables.Table, error) {
-	c.calls = append(c.calls, fmt.Sprintf("list %d", f))
+func (c *recordingConn) ListTables() ([]*nftables.Table, error) {
+	c.calls = append(c.calls, "list")
 	return c.tables, c.listErr
 }
 
@@ -285,8 +285,10 @@ func TestSweep(t *testing.T) {
 		inet("xtrafficlab_dead"), // likewise
 		inet("trafficlab_dead2"),
 		{Name: "trafficlab_owned", Family: nftables.TableFamilyINet, Flags: tableFlagOwner}, // a live session's
+		{Name: "trafficlab_dead3", Family: nftables.TableFamilyIPv4},                        // any family
+		{Name: "trafficlab_live", Family: nftables.TableFamilyIPv6},
 	}
-	keep := func(id string) bool { return id == "live" }
+	keep := func(name string) bool { return name == "trafficlab_live" }
 
 	tests := []struct {
 		name        string
@@ -298,39 +300,42 @@ func TestSweep(t *testing.T) {
 		{
 			name:        "deletes dead sessions only, one batch each",
 			conn:        &recordingConn{tables: tables},
-			wantDeleted: []string{"dead1", "dead2"},
+			wantDeleted: []string{"inet trafficlab_dead1", "inet trafficlab_dead2", "ip trafficlab_dead3"},
 			wantCalls: []string{
-				"list 1",
+				"list",
 				"flush[delete 1 trafficlab_dead1]",
 				"flush[delete 1 trafficlab_dead2]",
+				"flush[delete 2 trafficlab_dead3]",
 			},
 		},
 		{
 			name:        "table gone meanwhile counts as deleted",
 			conn:        &recordingConn{tables: tables, failDel: map[string]error{"trafficlab_dead1": fmt.Errorf("conn.Receive: %w", unix.ENOENT)}},
-			wantDeleted: []string{"dead1", "dead2"},
+			wantDeleted: []string{"inet trafficlab_dead1", "inet trafficlab_dead2", "ip trafficlab_dead3"},
 			wantCalls: []string{
-				"list 1",
+				"list",
 				"flush[delete 1 trafficlab_dead1]",
 				"flush[delete 1 trafficlab_dead2]",
+				"flush[delete 2 trafficlab_dead3]",
 			},
 		},
 		{
 			name:        "one failure does not stop the rest",
 			conn:        &recordingConn{tables: tables, failDel: map[string]error{"trafficlab_dead1": unix.EPERM}},
-			wantDeleted: []string{"dead2"},
+			wantDeleted: []string{"inet trafficlab_dead2", "ip trafficlab_dead3"},
 			wantCalls: []string{
-				"list 1",
+				"list",
 				"flush[delete 1 trafficlab_dead1]",
 				"flush[delete 1 trafficlab_dead2]",
+				"flush[delete 2 trafficlab_dead3]",
 			},
 			wantErr: `delete nftables table inet "trafficlab_dead1": operation not permitted`,
 		},
 		{
 			name:      "list failure",
 			conn:      &recordingConn{listErr: unix.EPERM},
-			wantCalls: []string{"list 1"},
-			wantErr:   "list nftables inet tables: operation not permitted",
+			wantCalls: []string{"list"},
+			wantErr:   "list nftables tables: operation not permitted",
 		},
 	}
 	for _, tt := range tests {
@@ -364,16 +369,16 @@ func TestSweepGolden(t *testing.T) {
 		},
 		missing: map[string]bool{"trafficlab_abc": true}, // another agent's sweep won the race
 	}
-	deleted, err := Sweep(k.conn(t), func(id string) bool { return id == "live" })
+	deleted, err := Sweep(k.conn(t), func(name string) bool { return name == "trafficlab_live" })
 	if err != nil {
 		t.Fatalf("Sweep: %v", err)
 	}
-	if diff := cmp.Diff([]string{"abc"}, deleted); diff != "" {
+	if diff := cmp.Diff([]string{"inet trafficlab_abc"}, deleted); diff != "" {
 		t.Errorf("deleted (-want +got):\n%s", diff)
 	}
 	want := []message{
-		// nft list tables inet: a dump for family inet, no name attribute
-		{Type: msgType(unix.NFT_MSG_GETTABLE), Flags: netlink.Request | netlink.Dump, Data: words([]byte{unix.NFPROTO_INET, 0, 0, 0})},
+		// nft list tables: a dump of every family, no name attribute
+		{Type: msgType(unix.NFT_MSG_GETTABLE), Flags: netlink.Request | netlink.Dump, Data: words([]byte{unix.NFPROTO_UNSPEC, 0, 0, 0})},
 		batchBegin,
 		tableMsg(unix.NFT_MSG_DELTABLE, netlink.Request|netlink.Acknowledge),
 		batchEnd,

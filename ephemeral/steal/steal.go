@@ -41,9 +41,10 @@ type Opener interface {
 	OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Conn, error)
 }
 
-// Redirector installs the session's redirect and removes it on Close.
+// Redirector installs the session's redirect and removes it on Close. opts carries the spec's
+// consent to an unowned redirect and the listener; a fake may ignore them.
 type Redirector interface {
-	Redirect(id string, r netfilter.Redirect) (Redirect, error)
+	Redirect(id string, r netfilter.Redirect, opts netfilter.Options) (Redirect, error)
 }
 
 // Redirect is an installed redirect.
@@ -68,8 +69,12 @@ type Config struct {
 	// Events receives what the steal does; it must not block for long.
 	Events func(wire.StealEvent)
 	Log    *slog.Logger
-	// Redirector defaults to nftables in the current network namespace.
+	// Redirector defaults to nftables in the current network namespace, after sweeping the
+	// tables that dead agents left there (netfilter.SweepStale).
 	Redirector Redirector
+	// ForceUnowned installs the redirect a kernel without the nftables owner flag gets (tproxy,
+	// guarded), on any kernel: kernel tests use it to run that path on a kernel that has the flag.
+	ForceUnowned bool
 	// Flush resets open connections to the ports; defaults to netfilter.Flush.
 	Flush func(ports []uint16, skipMark uint32) (sockets, entries int, err error)
 	// InNetns runs f in the pod's network namespace, where the app is dialed; nil runs it as is,
@@ -112,35 +117,70 @@ type Steal struct {
 // its memory budget.
 func (s *Steal) OverBudgetConns() int64 { return s.overBudget.Load() }
 
-type nftRedirector struct{}
+type nftRedirector struct {
+	log *slog.Logger
+}
 
-func (nftRedirector) Redirect(id string, r netfilter.Redirect) (Redirect, error) {
-	o, err := netfilter.Open(id, r)
+func (n nftRedirector) Redirect(id string, r netfilter.Redirect, opts netfilter.Options) (Redirect, error) {
+	// Leftovers first: a dead agent's table may hold the same ports, and its redirect would then
+	// win over ours. A failed sweep does not stop the steal; Open says what is wrong if anything is.
+	deleted, err := netfilter.SweepStale()
+	if len(deleted) > 0 {
+		n.log.Warn("removed nftables tables of agents that are gone", "tables", deleted)
+	}
+	if err != nil {
+		n.log.Warn("sweep of leftover nftables tables", "err", err)
+	}
+	o, err := netfilter.Open(id, r, opts)
 	if err != nil {
 		return nil, err
 	}
 	if !o.KernelOwned() {
-		if err := startGuard(id); err != nil {
+		exe, err := os.Executable()
+		if err == nil {
+			err = startGuard(exe, id)
+		}
+		if err != nil {
 			_ = o.Close()
-			return nil, err
+			return nil, fmt.Errorf("start the table guard: %w", err)
 		}
 	}
 	return o, nil
 }
 
-// startGuard runs `trafficlab-agent guard ID PID` for kernels before 5.12, which refuse the owner flag:
-// the guard deletes the table when this process dies, however it dies. Its own session (setsid) keeps
-// it out of signals sent to ours.
-func startGuard(id string) error {
-	exe, err := os.Executable()
+// guardReadyTimeout bounds the wait for the guard to say it watches this process. It starts as
+// fast as the agent itself does; not hearing from it means it is not running.
+const guardReadyTimeout = 10 * time.Second
+
+// startGuard runs `trafficlab-agent guard ID PID 3` (exe is the agent's binary) for kernels before
+// 5.12, which refuse the owner flag: the guard deletes the table when this process dies, however
+// it dies. Its own session (setsid) keeps it out of signals sent to ours. It returns only once the
+// guard has written a byte on fd 3, which it does once it watches this process: a guard that fails
+// to start, dies at once or cannot watch makes the steal fail, rather than run "guarded" by nobody.
+func startGuard(exe, id string) error {
+	rd, wr, err := os.Pipe()
 	if err != nil {
-		return fmt.Errorf("start the table guard: %w", err)
+		return err
 	}
-	cmd := exec.Command(exe, "guard", id, strconv.Itoa(os.Getpid()))
+	defer rd.Close()
+	cmd := exec.Command(exe, "guard", id, strconv.Itoa(os.Getpid()), "3")
 	cmd.Stderr = os.Stderr
+	cmd.ExtraFiles = []*os.File{wr} // fd 3
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start the table guard: %w", err)
+	err = cmd.Start()
+	// The guard holds the write end now; ours must go, or a guard that died would not read as EOF.
+	wr.Close()
+	if err != nil {
+		return err
+	}
+	_ = rd.SetReadDeadline(time.Now().Add(guardReadyTimeout))
+	if _, err := io.ReadFull(rd, make([]byte, 1)); err != nil {
+		_ = cmd.Process.Kill()
+		err = fmt.Errorf("the table guard is not watching: %w", err)
+		if werr := cmd.Wait(); werr != nil {
+			err = fmt.Errorf("%w (guard: %w)", err, werr)
+		}
+		return err
 	}
 	go func() { _ = cmd.Wait() }()
 	return nil
@@ -159,7 +199,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		cfg.Events = func(wire.StealEvent) {}
 	}
 	if cfg.Redirector == nil {
-		cfg.Redirector = nftRedirector{}
+		cfg.Redirector = nftRedirector{log: cfg.Log}
 	}
 	if cfg.Flush == nil {
 		cfg.Flush = netfilter.Flush
@@ -197,9 +237,16 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		Ports:      ports,
 		ListenPort: uint16(s.ln.Addr().(*net.TCPAddr).Port),
 		Mark:       netfilter.PassMark,
+	}, netfilter.Options{
+		AllowUnowned: cfg.Spec.AllowUnownedRedirect,
+		ForceUnowned: cfg.ForceUnowned,
+		Listener:     s.ln,
 	})
 	if err != nil {
 		s.ln.Close()
+		if errors.Is(err, netfilter.ErrOwnerUnsupported) {
+			return nil, fmt.Errorf("%w: without it a redirect can outlive an agent container killed outright (an OOM kill takes all its processes at once); pass --allow-unowned-redirect to go ahead: %w", err, wire.ErrUnsupported)
+		}
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("install the redirect: %w (the agent needs NET_ADMIN): %w", err, wire.ErrForbidden)
 		}

@@ -61,6 +61,9 @@ type MirrorSpec struct {
 	DiffHeaders []string `json:"diffHeaders,omitempty"`
 	// Probes are the pod's probes, which are never copied (as in StealSpec).
 	Probes *Probes `json:"probes,omitempty"`
+	// AllowUnownedRedirect is StealSpec's, for the redirect mode: without it the agent refuses a
+	// redirect the kernel does not tie to its life.
+	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.

@@ -85,6 +85,10 @@ type StealSpec struct {
 	Probes *Probes `json:"probes,omitempty"`
 	// FlushConnections resets open connections to the ports so that clients reconnect into the steal.
 	FlushConnections bool `json:"flushConnections,omitempty"`
+	// AllowUnownedRedirect accepts a redirect the kernel does not tie to the agent's life (no
+	// nftables table owner flag, Linux before 5.12): without it the agent refuses such a steal
+	// before installing anything (ErrUnsupported). The plugin's --allow-unowned-redirect.
+	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
 	// PassedEvents asks for an event for every request passed to the app too, not only for the stolen
 	// ones and warnings; at thousands of requests a second those cost the tunnel, the apiserver and
 	// the kubelet more than the filter itself, so the plugin asks only when it shows them (-o json).
@@ -242,7 +246,8 @@ type StealEvent struct {
 	BytesIn  int64  `json:"bytesIn,omitempty"`
 	BytesOut int64  `json:"bytesOut,omitempty"`
 	Message  string `json:"message,omitempty"`
-	// Ready's details: connections reset by FlushConnections, and whether the kernel owns the table.
+	// Ready's details: connections reset by FlushConnections, and whether the kernel owns the table
+	// (false: a table that outlives a killed agent container until the next sweep).
 	Flushed     int  `json:"flushed,omitempty"`
 	KernelOwned bool `json:"kernelOwned,omitempty"`
 	// ProbeSources (Ready) are the addresses the agent takes for the kubelet's: the spec's Probes

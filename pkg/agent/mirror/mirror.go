@@ -35,6 +35,8 @@ type Options struct {
 	Diff         bool
 	DiffHeaders  []string
 	Output       string
+	// AllowUnownedRedirect is steal.Options' for --mode redirect.
+	AllowUnownedRedirect bool
 
 	ports      []target.PortSpec
 	localGiven bool
@@ -96,6 +98,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Output != "" && o.Output != "json" {
 		return fmt.Errorf("--output must be json or empty, not %q", o.Output)
+	}
+	if o.AllowUnownedRedirect && o.Mode != wire.MirrorRedirect {
+		return fmt.Errorf("--allow-unowned-redirect is for --mode redirect, not %q", o.Mode)
 	}
 	return nil
 }
@@ -211,7 +216,7 @@ func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, na
 
 // Spec is what the agent is asked to do, once Check has resolved --to.
 func (o *Options) Spec() wire.MirrorSpec {
-	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes}
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent
 	}

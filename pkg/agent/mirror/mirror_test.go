@@ -346,3 +346,15 @@ func TestPrinterEscapesTraffic(t *testing.T) {
 		t.Errorf("lines (-want +got):\n%s", diff)
 	}
 }
+
+// TestSpecUnownedRedirect: --allow-unowned-redirect reaches the agent, which refuses a redirect
+// mirror on a kernel without the nftables owner flag unless it does.
+func TestSpecUnownedRedirect(t *testing.T) {
+	o := completed(t, func(o *Options) {
+		o.PortArgs, o.Mode, o.AllowUnownedRedirect = []string{"80"}, wire.MirrorRedirect, true
+	})
+	want := wire.MirrorSpec{Mode: wire.MirrorRedirect, Ports: []int{80}, AllowUnownedRedirect: true}
+	if d := cmp.Diff(want, o.Spec()); d != "" {
+		t.Errorf("spec (-want +got):\n%s", d)
+	}
+}

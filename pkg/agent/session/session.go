@@ -68,7 +68,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
 	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
 	fs.DurationVar(&o.AgentIdleTimeout, "agent-idle-timeout", o.AgentIdleTimeout, "How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed). 0 keeps it until the pod ends.")
-	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's.")
+	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's, and a steal takes the port from every client addressed to the node itself.")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "How streams reach the kubelet: auto, spdy or websocket.")
 	fs.StringVar(&o.DataPath, "data-path", o.DataPath, "How traffic reaches the agent: auto (port-forward, exec when port-forward is forbidden), portforward or exec.")
 	fs.IntVar(&o.DataConnections, "data-connections", o.DataConnections, "Parallel data connections to the agent.")

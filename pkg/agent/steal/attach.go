@@ -47,6 +47,9 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		return nil, fmt.Errorf("start stealing: %w", err)
 	}
 	announce("stealing %s", o.describe(ready))
+	if !ready.KernelOwned {
+		announce("%s", UnownedWarning)
+	}
 	if !o.StealProbes {
 		for _, line := range passedByAddress(o.probes, o.stolen(), ready.ProbeSources) {
 			announce("%s", line)
@@ -73,6 +76,12 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		events.Close()
 	}, nil
 }
+
+// UnownedWarning is said at the start of a redirect the kernel does not own (the agent's Ready has
+// KernelOwned false): what stays in the pod if the agent container is killed as a whole.
+const UnownedWarning = "this node's kernel cannot tie the redirect to the agent (no nftables table owner flag, Linux before 5.12): " +
+	"if the whole agent container is killed (an OOM kill takes all its processes at once), its nftables table trafficlab_* stays in the pod, " +
+	"redirecting nothing once no agent listens, until the next trafficlab session in the pod removes it"
 
 // readReady waits for the agent's first event, which says the redirect is in place.
 func readReady(er *wire.LineReader[wire.StealEvent]) (wire.StealEvent, error) {

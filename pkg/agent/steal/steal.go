@@ -32,6 +32,9 @@ type Options struct {
 	// the app's own slow-header protection would, which it cannot apply to heads it never sees.
 	HeadTimeout time.Duration
 	Output      string
+	// AllowUnownedRedirect accepts a redirect on a node whose kernel cannot tie it to the agent's
+	// life (no nftables table owner flag, Linux before 5.12); the agent refuses one without it.
+	AllowUnownedRedirect bool
 
 	ports  []target.PortSpec
 	filter *wire.HTTPFilter
@@ -82,6 +85,16 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// ValidateHostNetwork refuses what a steal must not do in the node's own network namespace
+// (allowHostNetwork is --allow-host-network): --flush-connections would reset the node's connections
+// to those ports, the kubelet's and every host process's among them.
+func (o *Options) ValidateHostNetwork(allowHostNetwork bool) error {
+	if allowHostNetwork && o.FlushConnections {
+		return errors.New("--flush-connections cannot be used with --allow-host-network: it would reset connections of the node itself")
+	}
+	return nil
+}
+
 // Ports are the ports to steal and their local ends: as the user gave them once completed, resolved
 // against the pod (Service ports, named ports) once Check has run.
 func (o *Options) Ports() []target.PortSpec { return o.ports }
@@ -113,11 +126,12 @@ func (o *Options) Check(t *target.Target, named string) ([]string, error) {
 // Spec is what the agent is asked to do.
 func (o *Options) Spec() wire.StealSpec {
 	spec := wire.StealSpec{
-		StealProbes:      o.StealProbes,
-		FlushConnections: o.FlushConnections,
-		DetectTimeout:    wire.Millis(o.DetectTimeout),
-		PassedEvents:     o.Output == "json",
-		Probes:           wireProbes(o.probes, o.probeSources),
+		StealProbes:          o.StealProbes,
+		FlushConnections:     o.FlushConnections,
+		AllowUnownedRedirect: o.AllowUnownedRedirect,
+		DetectTimeout:        wire.Millis(o.DetectTimeout),
+		PassedEvents:         o.Output == "json",
+		Probes:               wireProbes(o.probes, o.probeSources),
 	}
 	for _, p := range o.ports {
 		spec.Ports = append(spec.Ports, p.Port)

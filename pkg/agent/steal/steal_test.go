@@ -151,6 +151,8 @@ func TestSpec(t *testing.T) {
 			o.Filter.Paths = []string{"^/api"}
 			o.HeadTimeout = 5 * time.Second
 		}, want: wire.StealSpec{Ports: []int{80}, Filter: &wire.HTTPFilter{Paths: []string{"^/api"}, Match: wire.MatchAll}, DetectTimeout: 500, HeadTimeout: 5000}},
+		{name: "unowned redirect allowed", set: func(o *Options) { o.PortArgs = []string{"80"}; o.AllowUnownedRedirect = true },
+			want: wire.StealSpec{Ports: []int{80}, DetectTimeout: 500, AllowUnownedRedirect: true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -226,7 +228,7 @@ func TestAttach(t *testing.T) {
 			}
 			defer st.Close()
 			w := wire.NewLineWriter[wire.StealEvent](st)
-			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2, ProbeSources: []string{"10.88.0.1", "10.250.0.1"}}); err != nil {
+			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2, KernelOwned: true, ProbeSources: []string{"10.88.0.1", "10.250.0.1"}}); err != nil {
 				return err
 			}
 			c, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:1234"})
@@ -285,6 +287,39 @@ func TestAttach(t *testing.T) {
 	}
 	if _, got := errOut.State(); got != "warning: something to know\n" {
 		t.Errorf("stderr = %q, want the agent's warning", got)
+	}
+}
+
+// TestAttachUnowned: a redirect the kernel does not own is announced with what it can leave behind.
+func TestAttachUnowned(t *testing.T) {
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"80:9000"}; o.AllowUnownedRedirect = true })
+	agent, p := tunneltest.Pipe(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		in, err := agent.Accept(ctx)
+		if err != nil {
+			return
+		}
+		st, err := in.Accept()
+		if err != nil {
+			return
+		}
+		defer st.Close()
+		_ = wire.NewLineWriter[wire.StealEvent](st).Write(wire.StealEvent{Kind: wire.EventReady})
+		_, _ = io.Copy(io.Discard, st)
+	}()
+	var announced []string
+	stop, err := o.attach(ctx, tunnel{p}, "shop/web-1", nil, newPrinter(io.Discard, io.Discard, false), func(format string, args ...any) {
+		announced = append(announced, fmt.Sprintf(format, args...))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	want := []string{"stealing port 80 -> 127.0.0.1:9000 (every connection, probes excepted)", UnownedWarning}
+	if d := cmp.Diff(want, announced); d != "" {
+		t.Errorf("announced (-want +got):\n%s", d)
 	}
 }
 

@@ -261,7 +261,7 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 		return fmt.Errorf("pod %q is a Windows pod (nodeSelector %s=windows); the agent runs on Linux only", ref, osLabel)
 	}
 	if pod.Spec.HostNetwork && !allowHostNetwork {
-		return fmt.Errorf("pod %q uses hostNetwork: true, so the agent would share the node's network and stealing there would hit the node's own traffic; pass --allow-host-network to go ahead", ref)
+		return fmt.Errorf("pod %q uses hostNetwork: true, so the agent would work in the node's network: a steal there takes the port from every client of the node itself (node daemons, other hostNetwork pods, the kubelet's probes), though not the traffic of the node's other pods, and the agent's data port listens on the node's loopback; pass --allow-host-network to go ahead (--flush-connections stays refused there)", ref)
 	}
 	if pod.Spec.NodeName != "" {
 		// Best effort: reading nodes needs a cluster-scoped permission many users lack, and most Windows

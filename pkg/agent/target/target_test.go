@@ -368,7 +368,7 @@ func TestResolveErrors(t *testing.T) {
 			name:    "hostNetwork refused without the opt-in",
 			opts:    Options{Resource: "pod/hostnet"},
 			extra:   []runtime.Object{pod("hostnet", nil, func(p *corev1.Pod) { p.Spec.HostNetwork = true })},
-			wantErr: `pod "shop/hostnet" uses hostNetwork: true, so the agent would share the node's network and stealing there would hit the node's own traffic; pass --allow-host-network to go ahead`,
+			wantErr: `pod "shop/hostnet" uses hostNetwork: true, so the agent would work in the node's network: a steal there takes the port from every client of the node itself (node daemons, other hostNetwork pods, the kubelet's probes), though not the traffic of the node's other pods, and the agent's data port listens on the node's loopback; pass --allow-host-network to go ahead (--flush-connections stays refused there)`,
 		},
 		{
 			name:    "get denied by RBAC names the missing rule",

@@ -76,6 +76,8 @@ type Options struct {
 	Remote    []string
 	Proxy     bool
 	Command   []string
+	// AllowUnownedRedirect is --steal's steal.Options.AllowUnownedRedirect.
+	AllowUnownedRedirect bool
 
 	steal       *steal.Options
 	mirror      *mirror.Options
@@ -118,6 +120,7 @@ func newCmd(o *Options) *cobra.Command {
 	f := cmd.Flags()
 	o.Target.AddFlags(f)
 	f.StringVar(&o.StealArg, "steal", "", "Also steal the pod's port, PORT[:LOCAL], and deliver its connections to the command on LOCAL (defaults to PORT).")
+	f.BoolVar(&o.AllowUnownedRedirect, "allow-unowned-redirect", false, "With --steal, steal even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	f.StringVar(&o.MirrorArg, "mirror", "", "Also mirror the pod's port, PORT[:LOCAL], to the command on LOCAL (defaults to PORT).")
 	o.Filter.AddFlags(f, "Steal or mirror")
 	f.StringArrayVar(&o.Local, "local", nil, "Reach this destination from your machine, not through the pod: HOST, IP or CIDR, with an optional :PORT (e.g. db:5432, 10.0.0.0/8). Repeatable.")
@@ -146,7 +149,7 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 	o.egress = f
 	if o.StealArg != "" {
 		st := steal.NewOptions()
-		st.PortArgs, st.Filter = []string{o.StealArg}, o.Filter
+		st.PortArgs, st.Filter, st.AllowUnownedRedirect = []string{o.StealArg}, o.Filter, o.AllowUnownedRedirect
 		o.steal = &st
 		if err := o.steal.Complete(); err != nil {
 			return fmt.Errorf("--steal: %w", err)
@@ -180,6 +183,9 @@ func (o *Options) Validate() error {
 	}
 	if o.steal == nil && o.mirror == nil && !o.Filter.Filter().Empty() {
 		return errors.New("--header-filter, --path-filter and --method select what --steal or --mirror takes; add one of them")
+	}
+	if o.AllowUnownedRedirect && o.steal == nil {
+		return errors.New("--allow-unowned-redirect is for --steal; add it or drop the flag")
 	}
 	if o.steal != nil {
 		if err := o.steal.Validate(); err != nil {

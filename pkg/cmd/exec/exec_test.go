@@ -35,6 +35,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "selector", args: []string{"-l", "app=api", "--proxy", "--", "./api"}, wantCommand: []string{"./api"}},
 		{name: "local and remote", args: []string{"deploy/api", "--proxy", "--local", "db", "--remote", "redis", "--", "./api"}, wantErr: "--local"},
 		{name: "bad local port", args: []string{"deploy/api", "--proxy", "--local", "db:99999", "--", "./api"}, wantErr: `invalid --local "db:99999": port must be 1-65535`},
+		{name: "unowned redirect without steal", args: []string{"deploy/api", "--proxy", "--allow-unowned-redirect", "--", "./api"}, wantErr: "--allow-unowned-redirect is for --steal"},
 		{name: "steal and mirror", args: []string{"deploy/api", "--proxy", "--steal", "80", "--mirror", "81", "--", "./api"}, wantErr: "--steal and --mirror cannot be combined"},
 		{name: "filter without steal", args: []string{"deploy/api", "--proxy", "--path-filter", "^/api", "--", "./api"}, wantErr: "add one of them"},
 		{name: "bad steal port", args: []string{"deploy/api", "--proxy", "--steal", "80:x", "--", "./api"}, wantErr: `--steal: --port "80:x": LOCAL must be a port number`},
@@ -56,5 +57,16 @@ func TestCompleteAndValidate(t *testing.T) {
 				t.Errorf("command %q, want %q", o.Command, tt.wantCommand)
 			}
 		})
+	}
+}
+
+// TestStealAllowUnownedRedirect: the flag reaches the steal's spec.
+func TestStealAllowUnownedRedirect(t *testing.T) {
+	o, err := parse(t, "deploy/api", "--proxy", "--steal", "8080", "--allow-unowned-redirect", "--", "./api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !o.steal.Spec().AllowUnownedRedirect {
+		t.Error("the steal spec does not allow an unowned redirect")
 	}
 }

@@ -111,6 +111,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringArrayVarP(&m.PortArgs, "port", "p", nil, "Pod port to mirror and the local port that receives the copy, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeatable.")
 	f.StringVar(&m.LocalAddress, "local-address", m.LocalAddress, "Address of the local process that receives the copy.")
 	f.StringVar(&m.Mode, "mode", m.Mode, "How the agent sees the traffic: sniff (packet capture, NET_RAW only) or redirect (in the path with nftables, NET_ADMIN; nothing is missed).")
+	f.BoolVar(&m.AllowUnownedRedirect, "allow-unowned-redirect", false, "With --mode redirect, mirror even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	m.Filter.AddFlags(f, "Mirror")
 	f.StringVar(&m.To, "to", "", "Send the copy to svc/NAME[:PORT] or HOST:PORT, dialed from the pod, instead of to a local port. Refused when it leads back to the mirrored pod; the mirror ends if the pod joins its endpoints later.")
 	f.IntVar(&m.Percent, "percent", m.Percent, "Share of the selected requests to copy, 1-100, spread evenly.")

@@ -38,6 +38,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "to a service", args: []string{"pod/web", "-p", "8080", "--to", "svc/canary:80", "--diff"}, want: parsed{Mode: "sniff", Percent: 100, To: "svc/canary:80", Filter: &wire.HTTPFilter{Match: "all"}}},
 		{name: "to host:port", args: []string{"pod/web", "-p", "8080", "--to", "10.0.0.7:8080"}, want: parsed{Mode: "sniff", Percent: 100, To: "10.0.0.7:8080", Filter: &wire.HTTPFilter{Match: "all"}}},
 		{name: "bad mode", args: []string{"pod/web", "-p", "8080", "--mode", "tap"}, wantErr: `--mode must be sniff or redirect, not "tap"`},
+		{name: "unowned redirect when sniffing", args: []string{"pod/web", "-p", "8080", "--allow-unowned-redirect"}, wantErr: `--allow-unowned-redirect is for --mode redirect, not "sniff"`},
 		{name: "percent 0", args: []string{"pod/web", "-p", "8080", "--percent", "0"}, wantErr: `--percent must be between 1 and 100, not 0`},
 		{name: "percent 101", args: []string{"pod/web", "-p", "8080", "--percent", "101"}, wantErr: `--percent must be between 1 and 100, not 101`},
 		{name: "bad to", args: []string{"pod/web", "-p", "8080", "--to", "canary"}, wantErr: `--to "canary" must be svc/NAME[:PORT] or HOST:PORT`},

@@ -100,6 +100,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringVar(&o.Steal.LocalAddress, "local-address", o.Steal.LocalAddress, "Address of the local process that answers.")
 	o.Steal.Filter.AddFlags(f, "Steal")
 	f.BoolVar(&o.Steal.FlushConnections, "flush-connections", false, "Reset connections that are already open to the stolen ports, so clients reconnect into the steal; requests in flight on them fail.")
+	f.BoolVar(&o.Steal.AllowUnownedRedirect, "allow-unowned-redirect", false, "Steal even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	f.BoolVar(&o.Steal.StealProbes, "steal-probes", false, "Steal the kubelet's probe requests too; if they then fail, the kubelet restarts or unreadies the pod.")
 	f.DurationVar(&o.Steal.DetectTimeout, "detect-timeout", o.Steal.DetectTimeout, "How long the agent waits for a new connection's first bytes to recognise HTTP and probes; a client that says nothing first (a server-first protocol) waits this long once.")
 	f.DurationVar(&o.Steal.HeadTimeout, "head-timeout", o.Steal.HeadTimeout, "With a filter: how long a client may take to send a request's headers before the agent answers 408 and closes the connection, as the app's own slow-header protection would.")
@@ -134,6 +135,9 @@ func (o *Options) Validate() error {
 		return err
 	}
 	if err := o.Steal.Validate(); err != nil {
+		return err
+	}
+	if err := o.Steal.ValidateHostNetwork(o.Session.AllowHostNetwork); err != nil {
 		return err
 	}
 	return o.Session.Validate()

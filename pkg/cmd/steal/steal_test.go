@@ -43,6 +43,9 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "bad match", args: []string{"pod/web", "--port", "80", "--match", "some"}, wantErr: `--match must be all or any, not "some"`},
 		{name: "bad output", args: []string{"pod/web", "--port", "80", "-o", "yaml"}, wantErr: `--output must be json or empty, not "yaml"`},
 		{name: "bad local address", args: []string{"pod/web", "--port", "80", "--local-address", "example"}, wantErr: `--local-address "example" is not an IP address`},
+		{name: "flush on the node's network", args: []string{"pod/web", "--port", "80", "--flush-connections", "--allow-host-network"}, wantErr: "--flush-connections cannot be used with --allow-host-network"},
+		{name: "flush in a pod", args: []string{"pod/web", "--port", "80", "--flush-connections"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
+		{name: "host network without flush", args: []string{"pod/web", "--port", "80", "--allow-host-network", "--allow-unowned-redirect"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
 		{name: "bad detect timeout", args: []string{"pod/web", "--port", "80", "--detect-timeout", "0s"}, wantErr: `--detect-timeout must be between`},
 		{name: "bad head timeout", args: []string{"pod/web", "--port", "80", "--head-timeout", "100ms"}, wantErr: `--head-timeout must be between 1s and 10m, not "100ms"`},
 	}
