@@ -91,7 +91,7 @@ type Welcome struct {
 	// DataKeyPin is the SHA-256 of the SubjectPublicKeyInfo of the key the data listener's TLS
 	// presents; the plugin accepts no other.
 	DataKeyPin KeyPin `json:"dataKeyPin"`
-	AgentPID int `json:"agentPid"`
+	AgentPID   int    `json:"agentPid"`
 	// Kinds lists the stream kinds the agent accepts, so the plugin can refuse a verb up front
 	// instead of failing on the first stream.
 	Kinds []string `json:"kinds,omitempty"`
