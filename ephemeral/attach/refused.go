@@ -18,6 +18,7 @@ type refusals struct {
 
 	mu       sync.Mutex
 	count    int // refused since the last line
+	all      int // refused in the session
 	from     string
 	err      error
 	lastLine time.Time
@@ -29,11 +30,19 @@ func (r *refusals) add(from string, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.count++
+	r.all++
 	r.from, r.err = from, err
 	if now := r.clock.Now(); r.lastLine.IsZero() || now.Sub(r.lastLine) >= r.interval {
 		r.lastLine = now
 		r.lineLocked()
 	}
+}
+
+// total is how many connections were refused in the session.
+func (r *refusals) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.all
 }
 
 // flush logs what is counted and not yet logged; the session's end calls it.
