@@ -117,7 +117,7 @@ func TestDataConnsCappedAtHello(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := &syncBuffer{}
-	_, addr, key, stop := dataServer(t, wire.Hello{Secret: secret, DataConns: 2}, log, &stepClock{now: time.Unix(1_700_000_000, 0)})
+	s, addr, key, stop := dataServer(t, wire.Hello{Secret: secret, DataConns: 2}, log, &stepClock{now: time.Unix(1_700_000_000, 0)})
 	for i := range 2 {
 		m, err := dialData(t, addr, key.Pin(), secret)
 		if err != nil {
@@ -132,6 +132,16 @@ func TestDataConnsCappedAtHello(t *testing.T) {
 	}
 	if !errors.Is(err, wire.ErrForbidden) {
 		t.Errorf("third data connection: %v, want forbidden", err)
+	}
+	// Stolen connections go to the tracked tunnels (OpenIncoming): the two the plugin opened.
+	tracked := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.sessions)
+	}
+	waitFor(t, func() bool { return s.refused.total() == 1 && tracked() >= 2 })
+	if tracked := tracked(); tracked != 2 {
+		t.Errorf("%d tunnels would carry stolen connections, want the plugin's 2", tracked)
 	}
 	stop()
 	lines := log.lines(wire.LogDataConnsRefused)
