@@ -206,5 +206,3 @@ func FuzzReadDatagram(f *testing.F) {
 		}
 	})
 }
-
-func (s Secret) bytes() []byte { return s[:] }
