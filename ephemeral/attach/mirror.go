@@ -56,7 +56,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	}
 	var run func() error
 	if spec.Sniffs() {
-		c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"})
+		c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"}, s.cfg.DataPorts())
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
 			_ = in.Reject(err)

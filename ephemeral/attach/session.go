@@ -42,7 +42,14 @@ type Config struct {
 	Tunnel        wire.MuxConfig
 	// PreambleTimeout bounds an unauthenticated connection's handshake.
 	PreambleTimeout time.Duration
-	Clock           wire.Clock
+	// RefusedLogInterval is the least time between two log lines about refused data connections;
+	// 10 s when zero.
+	RefusedLogInterval time.Duration
+	Clock              wire.Clock
+	// DataPorts lists the loopback ports of every session's data listener in this agent, which no
+	// capture may include (a dump of its own tunnel feeds on itself and records the session); nil
+	// means this session's own port.
+	DataPorts func() []int
 	// ResolvConfPath is the pod's resolver configuration; /etc/resolv.conf when empty.
 	ResolvConfPath string
 }
@@ -62,6 +69,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = wire.SystemClock()
+	}
+	if cfg.RefusedLogInterval <= 0 {
+		cfg.RefusedLogInterval = 10 * time.Second
+	}
 	ctrl := wire.NewControl(cfg.In, cfg.Out, wire.ControlConfig{Role: wire.RoleAgent, Version: cfg.Version, Clock: cfg.Clock})
 	hctx, cancelHello := context.WithTimeout(ctx, 30*time.Second)
 	hello, err := ctrl.ReadHello(hctx)
@@ -79,7 +92,18 @@ func Run(ctx context.Context, cfg Config) error {
 		ln.Close()
 		return err
 	}
-	s := &server{cfg: cfg, id: id, secret: hello.Secret, log: cfg.Log.With("session", id)}
+	key, err := wire.NewDataKey()
+	if err != nil {
+		ln.Close()
+		_ = ctrl.Send(wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("agent cannot make its data key: %v", err)})
+		return err
+	}
+	s := newServer(cfg, id, hello, key)
+	port := ln.Addr().(*net.TCPAddr).Port
+	if s.cfg.DataPorts == nil {
+		s.cfg.DataPorts = func() []int { return []int{port} }
+	}
+	defer s.refused.flush()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -97,7 +121,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}()
 	if err := ctrl.Welcome(wire.Welcome{
 		SessionID:   id,
-		DataPort:    ln.Addr().(*net.TCPAddr).Port,
+		DataPort:    port,
+		DataKeyPin:  key.Pin(),
 		AgentPID:    os.Getpid(),
 		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump, wire.KindMirror},
 		Compression: wire.SupportedCompression(),
@@ -125,10 +150,15 @@ func newID() (string, error) {
 }
 
 type server struct {
-	cfg    Config
-	id     string
-	secret wire.Secret
-	log    *slog.Logger
+	cfg     Config
+	id      string
+	log     *slog.Logger
+	data    wire.DataServer
+	refused *refusals
+	// maxConns is the Hello's DataConns; admitted counts the connections that showed the secret.
+	// Authenticated connections past it are refused: the plugin opens its data connections once.
+	maxConns int
+	admitted atomic.Int64
 
 	stealing atomic.Bool
 
@@ -156,22 +186,36 @@ func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
 	}
 }
 
-func (s *server) serveConn(ctx context.Context, c net.Conn) {
-	_ = c.SetDeadline(time.Now().Add(s.cfg.PreambleTimeout))
-	if err := wire.ServerPreamble(c, s.secret); err != nil {
-		// Anything in the pod can connect to the loopback port; only the secret's holder gets a tunnel.
-		s.log.Warn("data connection refused", "from", c.RemoteAddr().String(), "err", err)
-		c.Close()
-		return
+func newServer(cfg Config, id string, hello wire.Hello, key *wire.DataKey) *server {
+	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns}
+	s.refused = &refusals{log: s.log, clock: cfg.Clock, interval: cfg.RefusedLogInterval}
+	s.data = wire.DataServer{
+		Key:     key,
+		Secret:  hello.Secret,
+		Admit:   s.admit,
+		Timeout: cfg.PreambleTimeout,
+		Mux:     cfg.Tunnel,
 	}
-	_ = c.SetDeadline(time.Time{})
+	return s
+}
+
+// admit counts a connection that showed the secret, and refuses it past the Hello's DataConns.
+func (s *server) admit() error {
+	if n := s.admitted.Add(1); n > int64(s.maxConns) {
+		return fmt.Errorf("data connection %d, the Hello declared %d: %w", n, s.maxConns, wire.ErrDataConnLimit)
+	}
+	return nil
+}
+
+func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	t, err := wire.Server(c, s.cfg.Tunnel)
+	// Anything in the pod can connect to the loopback port; only the plugin, which holds the secret
+	// and checks our key, gets a tunnel.
+	t, err := s.data.Accept(c)
 	if err != nil {
-		s.log.Error("start tunnel", "err", err)
-		c.Close()
+		s.refused.add(c.RemoteAddr().String(), err)
 		return
 	}
 	if !s.track(t) {
@@ -421,9 +465,10 @@ func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Co
 // refusal, not a silent empty capture.
 func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 	spec := *in.Request().Dump
-	c, err := sniff.Open(spec)
+	exclude := s.cfg.DataPorts()
+	c, err := sniff.Open(spec, exclude)
 	if err != nil {
-		s.log.Warn("dump refused", "filter", spec.Expr(), "err", err)
+		s.log.Warn("dump refused", "filter", spec.CaptureExpr(exclude), "err", err)
 		_ = in.Reject(err)
 		return
 	}
@@ -440,7 +485,7 @@ func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 		_, _ = io.Copy(io.Discard, st)
 		cancel()
 	}()
-	s.log.Info("dumping", "filter", spec.Expr())
+	s.log.Info("dumping", "filter", spec.CaptureExpr(exclude))
 	stats, err := sniff.Dump(ctx, c, st)
 	s.log.Info("dump ended", "received", stats.Received, "dropped", stats.Dropped, "err", err)
 	_ = st.CloseWrite()

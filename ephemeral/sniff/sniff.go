@@ -25,10 +25,11 @@ const flushEvery = 100 * time.Millisecond
 // drainFor is how long a dump keeps reading after it was asked to stop.
 const drainFor = 250 * time.Millisecond
 
-// Open starts the capture a dump spec asks for in the current network namespace.
-func Open(spec wire.DumpSpec) (*capture.Capture, error) {
+// Open starts the capture a dump spec asks for in the current network namespace, never including the
+// loopback TCP ports in exclude (the agent's own data connections, wire.DumpSpec.CaptureExpr).
+func Open(spec wire.DumpSpec, exclude []int) (*capture.Capture, error) {
 	opts := capture.Options{SnapLen: spec.SnapLen}
-	if text := spec.Expr(); text != "" {
+	if text := spec.CaptureExpr(exclude); text != "" {
 		e, err := capture.ParseExpr(text)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)

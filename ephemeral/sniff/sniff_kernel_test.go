@@ -40,7 +40,7 @@ func TestKernelDump(t *testing.T) {
 	var c *capture.Capture
 	if err := server.Do(func() error {
 		var err error
-		c, err = Open(wire.DumpSpec{Ports: []int{8080}, Filter: "tcp"})
+		c, err = Open(wire.DumpSpec{Ports: []int{8080}, Filter: "tcp"}, nil)
 		return err
 	}); err != nil {
 		t.Fatal(err)

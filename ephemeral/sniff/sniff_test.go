@@ -9,7 +9,7 @@ import (
 )
 
 func TestOpenRefusesBadFilter(t *testing.T) {
-	_, err := Open(wire.DumpSpec{Filter: "tcp prot 80"})
+	_, err := Open(wire.DumpSpec{Filter: "tcp prot 80"}, nil)
 	if !errors.Is(err, wire.ErrBadRequest) {
 		t.Fatalf("Open with a bad filter: %v, want a bad request", err)
 	}

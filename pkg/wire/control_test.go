@@ -120,11 +120,11 @@ func handshake(t *testing.T, plugin, agent *Control, opts SessionOptions) (Hello
 	go func() {
 		h, err := agent.ReadHello(ctx)
 		if err == nil {
-			err = agent.Welcome(Welcome{SessionID: "s-1", DataPort: 41234, AgentPID: 7, Kinds: []string{KindDial}})
+			err = agent.Welcome(Welcome{SessionID: "s-1", DataPort: 41234, DataKeyPin: fixedPin(), AgentPID: 7, Kinds: []string{KindDial}})
 		}
 		hc <- res{h, err}
 	}()
-	w, err := plugin.Hello(ctx, Hello{Secret: secret, Options: opts})
+	w, err := plugin.Hello(ctx, Hello{Secret: secret, Options: opts, DataConns: 1})
 	if err != nil {
 		t.Fatalf("plugin handshake: %v", err)
 	}
@@ -156,7 +156,7 @@ func TestControlMismatch(t *testing.T) {
 	t.Run("agent newer", func(t *testing.T) {
 		plugin, _, _ := controlPair(t, ControlConfig{}, ControlConfig{})
 		// A future agent refuses our Hello and names its own protocol.
-		startFakeAgent(t, plugin, Error{Code: CodeProtocolMismatch, Message: "plugin speaks protocol 1, this agent speaks 2", Protocol: 2, Version: "v9.0.0"})
+		startFakeAgent(t, plugin, Error{Code: CodeProtocolMismatch, Message: "plugin speaks protocol 2, this agent speaks 3", Protocol: 3, Version: "v9.0.0"})
 	})
 	t.Run("agent older (plugin side)", func(t *testing.T) {
 		plugin, _, _ := controlPair(t, ControlConfig{}, ControlConfig{})
@@ -167,7 +167,7 @@ func TestControlMismatch(t *testing.T) {
 		h := Hello{Protocol: Protocol + 1, Version: "v2.0.0", Secret: testSecret(t)}
 		reply := sendRawHello(t, agent, h)
 		_, err := agent.ReadHello(context.Background())
-		want := "plugin speaks protocol 2, this agent speaks 1 (plugin v2.0.0): the agent image is older: use the agent image released with this plugin (drop --agent-image or pull the matching tag)"
+		want := "plugin speaks protocol 3, this agent speaks 2 (plugin v2.0.0): the agent image is older: use the agent image released with this plugin (drop --agent-image or pull the matching tag)"
 		if err == nil || err.Error() != want || !errors.Is(err, ErrProtocolMismatch) {
 			t.Errorf("agent error:\n got %v\nwant %s", err, want)
 		}
@@ -179,9 +179,9 @@ func TestControlMismatch(t *testing.T) {
 	})
 	t.Run("plugin older (agent side)", func(t *testing.T) {
 		_, agent, _ := controlPair(t, ControlConfig{}, ControlConfig{})
-		sendRawHello(t, agent, Hello{Protocol: 0, Secret: testSecret(t)})
+		sendRawHello(t, agent, Hello{Protocol: 0, Secret: testSecret(t), DataConns: 1})
 		_, err := agent.ReadHello(context.Background())
-		want := "plugin speaks protocol 0, this agent speaks 1: upgrade kubectl-trafficlab"
+		want := "plugin speaks protocol 0, this agent speaks 2: upgrade kubectl-trafficlab"
 		if err == nil || err.Error() != want {
 			t.Errorf("agent error:\n got %v\nwant %s", err, want)
 		}
@@ -209,9 +209,9 @@ func startFakeAgent(t *testing.T, plugin *Control, reply Message) {
 	var want string
 	switch reply.(type) {
 	case Error:
-		want = "agent speaks protocol 2, this plugin speaks 1 (agent v9.0.0): upgrade kubectl-trafficlab"
+		want = "agent speaks protocol 3, this plugin speaks 2 (agent v9.0.0): upgrade kubectl-trafficlab"
 	case Welcome:
-		want = "agent speaks protocol 0, this plugin speaks 1 (agent v0.0.1): the agent image is older: use the agent image released with this plugin (drop --agent-image or pull the matching tag)"
+		want = "agent speaks protocol 0, this plugin speaks 2 (agent v0.0.1): the agent image is older: use the agent image released with this plugin (drop --agent-image or pull the matching tag)"
 	}
 	if err == nil || err.Error() != want || !errors.Is(err, ErrProtocolMismatch) {
 		t.Errorf("plugin error:\n got %v\nwant %s", err, want)

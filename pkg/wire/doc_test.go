@@ -23,6 +23,8 @@ func docConstants() map[string]any {
 		"wire.SecretSize":                           SecretSize,
 		"wire.PreambleSize":                         PreambleSize,
 		"wire.PreambleAckSize":                      PreambleAckSize,
+		"wire.KeyPinSize":                           KeyPinSize,
+		"wire.MaxDataConns":                         MaxDataConns,
 		"wire.DefaultHeartbeatInterval":             DefaultHeartbeatInterval,
 		"wire.DefaultHeartbeatDeadline":             DefaultHeartbeatDeadline,
 		"wire.minHeartbeatInterval":                 minHeartbeatInterval,

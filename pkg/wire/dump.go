@@ -55,3 +55,23 @@ func (d *DumpSpec) Expr() string {
 	}
 	return strings.Join(parts, " and ")
 }
+
+// CaptureExpr is the filter the agent compiles: Expr, and never the data connections of the agent's
+// sessions, the loopback TCP ports in exclude. A dump that captured its own tunnel would feed on
+// itself (each captured frame is sent as more frames on the same lo) and record the session, so the
+// exclusion holds whatever the user asked for, an empty filter included.
+func (d *DumpSpec) CaptureExpr(exclude []int) string {
+	expr := d.Expr()
+	if len(exclude) == 0 {
+		return expr
+	}
+	ports := make([]string, 0, len(exclude))
+	for _, p := range exclude {
+		ports = append(ports, "tcp port "+strconv.Itoa(p))
+	}
+	own := "not ((host 127.0.0.1 or host ::1) and (" + strings.Join(ports, " or ") + "))"
+	if expr == "" {
+		return own
+	}
+	return expr + " and " + own
+}

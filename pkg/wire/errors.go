@@ -49,6 +49,11 @@ var (
 	ErrBadMagic = errors.New("bad magic")
 	// ErrBadSecret is returned when a data connection presents the wrong session secret.
 	ErrBadSecret = errors.New("bad session secret")
+	// ErrKeyPin is returned when the agent's data connection shows a key other than the one its
+	// Welcome pinned: something on the pod's loopback is in the middle.
+	ErrKeyPin = errors.New("agent key does not match its pin")
+	// ErrDataConnLimit refuses a data connection beyond the number the Hello declared.
+	ErrDataConnLimit = errors.New("more data connections than the Hello declared")
 	// ErrMalformed is returned for bytes that do not follow the wire format.
 	ErrMalformed = errors.New("malformed message")
 
@@ -162,7 +167,7 @@ func CodeFor(err error) Code {
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, ErrUnreachable):
 		return CodeUnreachable
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM), errors.Is(err, os.ErrPermission),
-		errors.Is(err, ErrForbidden), errors.Is(err, ErrBadSecret):
+		errors.Is(err, ErrForbidden), errors.Is(err, ErrBadSecret), errors.Is(err, ErrDataConnLimit):
 		return CodeForbidden
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, ErrTimeout),
 		errors.As(err, &netErr) && netErr.Timeout():
@@ -258,3 +263,8 @@ func (e *ByeError) Error() string {
 
 // Is matches ErrBye.
 func (e *ByeError) Is(target error) bool { return target == ErrBye }
+
+// LogDataConnsRefused is the message of the agent's log line that counts refused data connections.
+// Anything in the pod can cause it, so the plugin never takes it for the agent's last word on why a
+// session ended.
+const LogDataConnsRefused = "data connections refused"

@@ -10,7 +10,7 @@ import (
 
 // Protocol is the wire protocol number this build speaks. Peers refuse any other number; see
 // docs/protocol.md for what bumps it.
-const Protocol = 1
+const Protocol = 2
 
 // MaxFrameSize bounds a frame body. Control and open messages are a few hundred bytes; the bound
 // keeps a garbled or hostile peer from making us allocate.

@@ -23,11 +23,11 @@ func fixedSecret() Secret {
 
 func TestMessageRoundTrip(t *testing.T) {
 	tests := []Message{
-		Hello{Protocol: Protocol, Version: "v1.2.3", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}},
+		Hello{Protocol: Protocol, Version: "v1.2.3", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}, DataConns: 2},
 		// Another protocol's Hello keeps only the frozen fields.
 		Hello{Protocol: 99, Version: "v99"},
-		Welcome{Protocol: Protocol, Version: "v1.2.3", SessionID: "a1b2", DataPort: 40000, AgentPID: 1, Kinds: []string{KindDial}, Compression: SupportedCompression()},
-		Welcome{Protocol: 2, Version: "v9"},
+		Welcome{Protocol: Protocol, Version: "v1.2.3", SessionID: "a1b2", DataPort: 40000, DataKeyPin: fixedPin(), AgentPID: 1, Kinds: []string{KindDial}, Compression: SupportedCompression()},
+		Welcome{Protocol: Protocol + 1, Version: "v9"},
 		Heartbeat{Seq: 1<<64 - 1},
 		Heartbeat{},
 		Error{Code: CodeProtocolMismatch, Message: "x", Protocol: 2, Version: "v2"},
@@ -82,10 +82,10 @@ func TestGolden(t *testing.T) {
 		got  []byte
 		want string
 	}{
-		{"hello", frame(Hello{Protocol: 1, Version: "v1.0.0", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}}),
-			hdr(0x01, `{"protocol":1,"version":"v1.0.0","secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","options":{"heartbeatIntervalMs":1000,"heartbeatDeadlineMs":5000}}`)},
-		{"welcome", frame(Welcome{Protocol: 1, Version: "v1.0.0", SessionID: "s1", DataPort: 40000, AgentPID: 12, Kinds: []string{"dial"}, Compression: []Compression{"s2", "zstd"}}),
-			hdr(0x02, `{"protocol":1,"version":"v1.0.0","sessionId":"s1","dataPort":40000,"agentPid":12,"kinds":["dial"],"compression":["s2","zstd"]}`)},
+		{"hello", frame(Hello{Protocol: 2, Version: "v1.0.0", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}, DataConns: 2}),
+			hdr(0x01, `{"protocol":2,"version":"v1.0.0","secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","options":{"heartbeatIntervalMs":1000,"heartbeatDeadlineMs":5000},"dataConns":2}`)},
+		{"welcome", frame(Welcome{Protocol: 2, Version: "v1.0.0", SessionID: "s1", DataPort: 40000, DataKeyPin: fixedPin(), AgentPID: 12, Kinds: []string{"dial"}, Compression: []Compression{"s2", "zstd"}}),
+			hdr(0x02, `{"protocol":2,"version":"v1.0.0","sessionId":"s1","dataPort":40000,"dataKeyPin":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=","agentPid":12,"kinds":["dial"],"compression":["s2","zstd"]}`)},
 		{"heartbeat", frame(Heartbeat{Seq: 3}), hdr(0x03, `{"seq":3}`)},
 		{"error", frame(Error{Code: CodeProtocolMismatch, Message: "m", Protocol: 1, Version: "v1.0.0"}),
 			hdr(0x04, `{"code":8,"message":"m","protocol":1,"version":"v1.0.0"}`)},
@@ -96,10 +96,9 @@ func TestGolden(t *testing.T) {
 		{"open reply error", frame(OpenReply{Code: CodeRefused, Message: "refused"}), hdr(0x11, `{"code":1,"message":"refused"}`)},
 		// The fixed parts, spelled out so the test does not merely repeat the encoder.
 		{"heartbeat literal", frame(Heartbeat{Seq: 3}), "03" + "00000009" + "7b22736571223a337d"},
-		{"preamble", AppendPreamble(nil, Preamble{Protocol: 1, Secret: fixedSecret()}),
-			"544c4401" + "0001" + "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"},
-		{"preamble ack ok", AppendPreambleAck(nil, CodeOK), "544c4101" + "0001" + "00"},
-		{"preamble ack forbidden", AppendPreambleAck(nil, CodeForbidden), "544c4101" + "0001" + "04"},
+		{"preamble", AppendPreamble(nil, 2), "544c4401" + "0002"},
+		{"preamble ack ok", AppendPreambleAck(nil, CodeOK), "544c4101" + "0002" + "00"},
+		{"preamble ack forbidden", AppendPreambleAck(nil, CodeForbidden), "544c4101" + "0002" + "04"},
 		{"control magic", []byte(ControlMagic), "544c4301"},
 		{"datagram", mustDatagram(t, []byte("dns?")), "0004" + "646e733f"},
 		{"empty datagram", mustDatagram(t, nil), "0000"},
@@ -167,9 +166,13 @@ func TestReadFrameErrors(t *testing.T) {
 		{"unknown type", []byte{0x7f, 0, 0, 0, 2, '{', '}'}, ErrMalformed},
 		{"not an object", []byte{3, 0, 0, 0, 4, 'n', 'u', 'l', 'l'}, ErrMalformed},
 		{"bad json", []byte{3, 0, 0, 0, 1, '{'}, ErrMalformed},
-		{"hello without secret", rawFrame(1, `{"protocol":1}`), ErrMalformed},
-		{"short secret", rawFrame(1, `{"protocol":1,"secret":"AAEC"}`), ErrMalformed},
-		{"welcome without port", rawFrame(2, `{"protocol":1}`), ErrMalformed},
+		{"hello without secret", rawFrame(1, `{"protocol":2,"dataConns":1}`), ErrMalformed},
+		{"short secret", rawFrame(1, `{"protocol":2,"secret":"AAEC","dataConns":1}`), ErrMalformed},
+		{"hello without data connections", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`), ErrMalformed},
+		{"hello with too many data connections", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","dataConns":17}`), ErrMalformed},
+		{"welcome without port", rawFrame(2, `{"protocol":2,"dataKeyPin":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}`), ErrMalformed},
+		{"welcome without key pin", rawFrame(2, `{"protocol":2,"dataPort":40000}`), ErrMalformed},
+		{"welcome with a short key pin", rawFrame(2, `{"protocol":2,"dataPort":40000,"dataKeyPin":"AAEC"}`), ErrMalformed},
 		{"error with ok code", rawFrame(4, `{"code":0}`), ErrMalformed},
 		{"open without kind", rawFrame(0x10, `{}`), ErrBadRequest},
 		{"open bad port", rawFrame(0x10, `{"kind":"dial","network":"tcp","address":"h:99999"}`), ErrBadRequest},
@@ -186,81 +189,24 @@ func TestReadFrameErrors(t *testing.T) {
 	}
 }
 
-func TestPreamble(t *testing.T) {
-	secret := fixedSecret()
-	other := secret
-	other[31] ^= 1
-	tests := []struct {
-		name       string
-		client     Preamble
-		serverWant error
-	}{
-		{"ok", Preamble{Protocol: Protocol, Secret: secret}, nil},
-		{"bad secret", Preamble{Protocol: Protocol, Secret: other}, ErrBadSecret},
-		{"zero secret", Preamble{Protocol: Protocol}, ErrBadSecret},
-		{"plugin newer", Preamble{Protocol: Protocol + 1, Secret: secret}, ErrProtocolMismatch},
+// fixedPin is 0x20..0x3f, so golden bytes are stable.
+func fixedPin() KeyPin {
+	var p KeyPin
+	for i := range p {
+		p[i] = byte(0x20 + i)
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c, s := pipePair(t)
-			defer c.Close()
-			defer s.Close()
-			serr := make(chan error, 1)
-			go func() { serr <- ServerPreamble(s, secret) }()
-			// Write the preamble by hand so the test can lie about the protocol.
-			if _, err := c.Write(AppendPreamble(nil, tt.client)); err != nil {
-				t.Fatal(err)
-			}
-			proto, code, err := ReadPreambleAck(c)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if proto != Protocol {
-				t.Errorf("agent answered with protocol %d", proto)
-			}
-			if got := <-serr; !errors.Is(got, tt.serverWant) {
-				t.Errorf("server: %v, want %v", got, tt.serverWant)
-			}
-			if (tt.serverWant == nil) != (code == CodeOK) {
-				t.Errorf("answer code %v for server error %v", code, tt.serverWant)
-			}
-		})
+	return p
+}
+
+func TestPreambleBadMagic(t *testing.T) {
+	_, err := ReadPreamble(strings.NewReader(strings.Repeat("GET / HTTP/1.1\r\n", 3)))
+	if !errors.Is(err, ErrBadMagic) || !strings.Contains(err.Error(), `"GET "`) {
+		t.Errorf("got %v", err)
 	}
-	// The plugin's view, through ClientPreamble.
-	t.Run("client bad secret", func(t *testing.T) {
-		c, s := pipePair(t)
-		defer c.Close()
-		go func() { _ = ServerPreamble(s, other); s.Close() }()
-		err := ClientPreamble(c, secret)
-		if !errors.Is(err, ErrBadSecret) {
-			t.Errorf("got %v, want ErrBadSecret", err)
-		}
-	})
-	t.Run("client sees newer agent", func(t *testing.T) {
-		c, s := pipePair(t)
-		defer c.Close()
-		go func() {
-			_, _ = ReadPreamble(s)
-			ack := AppendPreambleAck(nil, CodeProtocolMismatch)
-			ack[5] = 2 // a protocol-2 agent
-			_, _ = s.Write(ack)
-		}()
-		err := ClientPreamble(c, secret)
-		want := "agent speaks protocol 2, this plugin speaks 1: upgrade kubectl-trafficlab"
-		if err == nil || err.Error() != want {
-			t.Errorf("got %v, want %s", err, want)
-		}
-	})
-	t.Run("bad magic", func(t *testing.T) {
-		_, err := ReadPreamble(strings.NewReader(strings.Repeat("GET / HTTP/1.1\r\n", 3)))
-		if !errors.Is(err, ErrBadMagic) || !strings.Contains(err.Error(), `"GET "`) {
-			t.Errorf("got %v", err)
-		}
-	})
 }
 
 func TestSecretNeverPrinted(t *testing.T) {
-	h := Hello{Protocol: 1, Secret: fixedSecret()}
+	h := Hello{Protocol: Protocol, Secret: fixedSecret()}
 	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(f, h)
 		if strings.Contains(out, "AAEC") || strings.Contains(out, "[0 1 2") || strings.Contains(out, "0x0, 0x1") {

@@ -55,6 +55,15 @@ func tcpPair(t testing.TB) (net.Conn, net.Conn) {
 	return client, r.c
 }
 
+func testKey(t testing.TB) *DataKey {
+	t.Helper()
+	k, err := NewDataKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func testSecret(t testing.TB) Secret {
 	t.Helper()
 	s, err := NewSecret()
@@ -64,26 +73,31 @@ func testSecret(t testing.TB) Secret {
 	return s
 }
 
-// tunnelPair runs both preambles and starts a session on each end.
+// tunnelPair runs the data-connection handshake (TLS pinned to a fresh key, the secret inside) and
+// starts a session on each end, as the plugin and the agent do.
 func tunnelPair(t testing.TB, tr transport, cfg MuxConfig) (client, server *Mux) {
 	t.Helper()
 	cc, sc := tr.pair(t)
 	secret := testSecret(t)
-	errc := make(chan error, 1)
-	go func() { errc <- ServerPreamble(sc, secret) }()
-	if err := ClientPreamble(cc, secret); err != nil {
-		t.Fatalf("client preamble: %v", err)
+	key := testKey(t)
+	type res struct {
+		m   *Mux
+		err error
 	}
-	if err := <-errc; err != nil {
-		t.Fatalf("server preamble: %v", err)
+	sr := make(chan res, 1)
+	go func() {
+		m, err := (&DataServer{Key: key, Secret: secret, Mux: cfg}).Accept(sc)
+		sr <- res{m, err}
+	}()
+	client, err := ClientTunnel(context.Background(), cc, key.Pin(), secret, cfg)
+	if err != nil {
+		t.Fatalf("client handshake: %v", err)
 	}
-	var err error
-	if client, err = Client(cc, cfg); err != nil {
-		t.Fatal(err)
+	r := <-sr
+	if r.err != nil {
+		t.Fatalf("server handshake: %v", r.err)
 	}
-	if server, err = Server(sc, cfg); err != nil {
-		t.Fatal(err)
-	}
+	server = r.m
 	t.Cleanup(func() {
 		client.Close()
 		server.Close()

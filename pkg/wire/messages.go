@@ -74,7 +74,12 @@ type Hello struct {
 	Version  string         `json:"version"`
 	Secret   Secret         `json:"secret"`
 	Options  SessionOptions `json:"options"`
+	// DataConns is how many data connections the plugin will open; the agent refuses any beyond it.
+	DataConns int `json:"dataConns"`
 }
+
+// MaxDataConns bounds Hello.DataConns.
+const MaxDataConns = 16
 
 // Welcome is the agent's answer to an acceptable Hello.
 type Welcome struct {
@@ -83,7 +88,10 @@ type Welcome struct {
 	SessionID string `json:"sessionId"`
 	// DataPort is the agent's listener on 127.0.0.1 inside the pod, for port-forward.
 	DataPort int `json:"dataPort"`
-	AgentPID int `json:"agentPid"`
+	// DataKeyPin is the SHA-256 of the SubjectPublicKeyInfo of the key the data listener's TLS
+	// presents; the plugin accepts no other.
+	DataKeyPin KeyPin `json:"dataKeyPin"`
+	AgentPID   int    `json:"agentPid"`
 	// Kinds lists the stream kinds the agent accepts, so the plugin can refuse a verb up front
 	// instead of failing on the first stream.
 	Kinds []string `json:"kinds,omitempty"`
@@ -169,12 +177,18 @@ func (h *Hello) validate() error {
 	if h.Options.HeartbeatInterval < 0 || h.Options.HeartbeatDeadline < 0 {
 		return fmt.Errorf("negative heartbeat option: %w", ErrMalformed)
 	}
+	if h.DataConns < 1 || h.DataConns > MaxDataConns {
+		return fmt.Errorf("data connections %d out of range 1-%d: %w", h.DataConns, MaxDataConns, ErrMalformed)
+	}
 	return nil
 }
 
 func (w *Welcome) validate() error {
 	if w.DataPort <= 0 || w.DataPort > 65535 {
 		return fmt.Errorf("data port %d out of range: %w", w.DataPort, ErrMalformed)
+	}
+	if w.DataKeyPin.IsZero() {
+		return fmt.Errorf("welcome without a data key pin: %w", ErrMalformed)
 	}
 	return nil
 }

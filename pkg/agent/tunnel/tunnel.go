@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -112,7 +113,7 @@ func Connect(ctx context.Context, cfg Config) (*Tunnel, error) {
 	}
 	hctx, hcancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer hcancel()
-	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret})
+	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret, DataConns: cfg.DataConns})
 	if err != nil {
 		return fail(c.withAgentOutput(fmt.Errorf("agent session: %w", err)))
 	}
@@ -127,25 +128,16 @@ func Connect(ctx context.Context, cfg Config) (*Tunnel, error) {
 	return c, nil
 }
 
+// openTunnel opens one data connection, by port-forward or the exec relay (whichever DataOpener
+// is), and runs the handshake on it: TLS pinned to the key the Welcome named, then the secret.
 func (c *Tunnel) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Mux, error) {
 	rwc, err := c.cfg.Data.OpenData(ctx, c.welcome.DataPort)
 	if err != nil {
 		return nil, fmt.Errorf("open data connection to the agent's port %d: %w", c.welcome.DataPort, err)
 	}
-	// Port-forward streams have no deadlines: closing is the only way to unblock a stuck preamble.
-	stop := context.AfterFunc(ctx, func() { rwc.Close() })
-	err = wire.ClientPreamble(rwc, secret)
-	if !stop() && err == nil {
-		err = ctx.Err()
-	}
+	t, err := wire.ClientTunnel(ctx, rwc, c.welcome.DataKeyPin, secret, c.cfg.Tunnel)
 	if err != nil {
-		rwc.Close()
 		return nil, fmt.Errorf("data connection handshake: %w", err)
-	}
-	t, err := wire.Client(rwc, c.cfg.Tunnel)
-	if err != nil {
-		rwc.Close()
-		return nil, err
 	}
 	return t, nil
 }
@@ -351,14 +343,19 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// lastLine is the agent's last word that is not routine: its INFO lines say nothing about a failure.
+// refusedLine marks the agent's count of refused data connections, which anything in the pod can
+// cause and which therefore never explains the session's end.
+var refusedLine = "msg=" + strconv.Quote(wire.LogDataConnsRefused)
+
+// lastLine is the agent's last word that is not routine: its INFO lines say nothing about a failure,
+// and its count of refused data connections is the pod's noise, not the agent's.
 func (t *tailBuffer) lastLine() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	lines := bytes.Split(bytes.TrimSpace(t.b), []byte("\n"))
 	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.TrimSpace(string(lines[i]))
-		if l != "" && !strings.Contains(l, "level=INFO") && !strings.Contains(l, "level=DEBUG") {
+		if l != "" && !strings.Contains(l, "level=INFO") && !strings.Contains(l, "level=DEBUG") && !strings.Contains(l, refusedLine) {
 			return l
 		}
 	}
