@@ -1,8 +1,9 @@
-// Package attach is a session's attachment to one agent: the exec'd `trafficlab-agent attach`
-// process reads the plugin's Hello on stdin, listens on the pod's loopback for data connections, and
-// serves streams until the control channel ends. Everything the attachment holds (listener, muxes,
-// dialed connections) is released when Run returns, and the process exits after it, so even state the
-// kernel keeps for a process (owned nftables tables, later) cannot outlive the session.
+// Package attach is a session's attachment to one agent: the agent's main process runs Run for each
+// `trafficlab-agent attach` relay that connects to it, reads the plugin's Hello on that connection,
+// listens on the pod's loopback for data connections, and serves streams until the control channel
+// ends. Several sessions run side by side in the one main process. Everything a session holds
+// (listener, muxes, dialed connections, its steal's owned nftables table) is released when Run returns;
+// what a failed cleanup leaves in the kernel goes at the latest with the main process.
 package attach
 
 import (
@@ -30,8 +31,8 @@ import (
 // Config is what one session needs.
 type Config struct {
 	Version string
-	// Control is the exec stream: the plugin's frames arrive on In, ours go to Out. Out is the process's
-	// stdout, which an exec stream carries to the plugin and the runtime does not log.
+	// Control is the attachment's connection, relayed to the exec stream: the plugin's frames arrive on
+	// In, ours go to Out. The exec stream carries them to the plugin, and the runtime does not log it.
 	In  io.Reader
 	Out io.Writer
 	Log *slog.Logger
