@@ -40,7 +40,7 @@ agent-image: build agent ## build the multi-platform agent image tarball into _o
 	mkdir -p $(OUT)/images
 	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
 	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
-	  -entrypoint /trafficlab-agent -user 65532 -out $(OUT)/images/agent.tar
+	  -entrypoint /trafficlab-agent -user 47301 -out $(OUT)/images/agent.tar
 
 test: test-unit test-kernel e2e ## every test level: unit, kernel, end to end on the local cluster
 

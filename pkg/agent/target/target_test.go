@@ -371,6 +371,12 @@ func TestResolveErrors(t *testing.T) {
 			wantErr: `pod "shop/hostnet" uses hostNetwork: true, so the agent would share the node's network and stealing there would hit the node's own traffic; pass --allow-host-network to go ahead`,
 		},
 		{
+			name:    "hostPID refused",
+			opts:    Options{Resource: "pod/hostpid"},
+			extra:   []runtime.Object{pod("hostpid", nil, func(p *corev1.Pod) { p.Spec.HostPID = true })},
+			wantErr: `pod "shop/hostpid" uses hostPID: true, so the agent would run in the node's process namespace; trafficlab does not attach to such pods (target a pod without hostPID)`,
+		},
+		{
 			name:    "get denied by RBAC names the missing rule",
 			opts:    Options{Resource: "deploy/web"},
 			react:   forbidDeployments,
