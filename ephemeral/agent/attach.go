@@ -50,18 +50,19 @@ func attachFlags(args []string, stderr io.Writer) (attachConfig, error) {
 
 // serveSession is one session in the main process, on an attachment's connection; its log goes to the
 // attachment's stderr, which the plugin reads.
-func serveSession(ctx context.Context, args []string, in io.Reader, out io.Writer, log io.Writer) error {
-	cfg, err := attachFlags(args, log)
+func serveSession(ctx context.Context, a sessionIO) error {
+	cfg, err := attachFlags(a.Args, a.Log)
 	if err != nil {
 		return err
 	}
 	return attach.Run(ctx, attach.Config{
-		Version: agentVersion(),
-		In:      in,
-		Out:     out,
-		Log:     slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: level(cfg.debug)})),
-		Dialer:  &dial.Dialer{Timeout: cfg.dialTimeout},
-		Tunnel:  wire.DefaultMuxConfig(),
+		Version:   agentVersion(),
+		In:        a.In,
+		Out:       a.Out,
+		Log:       slog.New(slog.NewTextHandler(a.Log, &slog.HandlerOptions{Level: level(cfg.debug)})),
+		Dialer:    &dial.Dialer{Timeout: cfg.dialTimeout},
+		Tunnel:    wire.DefaultMuxConfig(),
+		Listening: a.Listening,
 	})
 }
 

@@ -30,7 +30,6 @@ const (
 	// not the agent, must win if the pod comes near its memory limit. It is a soft limit (the GC
 	// works harder as the heap approaches it); GOMEMLIMIT overrides it.
 	defaultMemoryLimit = 64 << 20
-
 )
 
 // errUsage marks command-line mistakes so main can exit with status 2 after the flag package
@@ -117,17 +116,7 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	capEff, err := e.capEff()
-	if err != nil {
-		// Unknown capabilities count as privileged: the clamp is the safe side.
-		log.Warn("cannot read the effective capabilities", "err", err)
-		capEff = privileged
-	}
-	if d, clamped := clampIdle(cfg.idleTimeout, capEff); clamped {
-		log.Warn("idle timeout clamped: an agent with NET_ADMIN or NET_RAW must not outlive its sessions for long",
-			"asked", cfg.idleTimeout, "used", d)
-		cfg.idleTimeout = d
-	}
+	atStart(&cfg, e, log)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socketName(cfg.name), Net: "unix"})
 	if err != nil {
 		return fmt.Errorf("listen for sessions: %w", err)
@@ -152,6 +141,22 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 	}
 	log.Info("agent stopped", "reason", reason, "uptime", time.Since(start))
 	return nil
+}
+
+// atStart is what the main process does once, before it listens for the first session: whatever must
+// hold before any session runs belongs here, in this order.
+func atStart(cfg *config, e env, log *slog.Logger) {
+	capEff, err := e.capEff()
+	if err != nil {
+		// Unknown capabilities count as privileged: the clamp is the safe side.
+		log.Warn("cannot read the effective capabilities", "err", err)
+		capEff = privileged
+	}
+	if d, clamped := clampIdle(cfg.idleTimeout, capEff); clamped {
+		log.Warn("idle timeout clamped: an agent with NET_ADMIN or NET_RAW must not outlive its sessions for long",
+			"asked", cfg.idleTimeout, "used", d)
+		cfg.idleTimeout = d
+	}
 }
 
 // procCapEff reads CapEff from /proc/self/status.

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -76,7 +75,7 @@ func (f *fakeTimers) count() int {
 // testEnv is an unprivileged main process whose sessions run serve.
 func testEnv(timers *fakeTimers, serve sessionFunc) env {
 	if serve == nil {
-		serve = func(ctx context.Context, _ []string, _ io.Reader, _ io.Writer, _ io.Writer) error {
+		serve = func(ctx context.Context, _ sessionIO) error {
 			<-ctx.Done()
 			return nil
 		}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -93,8 +94,24 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
-// sessionFunc serves one authenticated attachment: control on in/out, the session's log to log.
-type sessionFunc func(ctx context.Context, args []string, in io.Reader, out io.Writer, log io.Writer) error
+// sessionIO is one authenticated attachment as its session sees it.
+type sessionIO struct {
+	// Args are the relay's own flags.
+	Args []string
+	// In and Out are the control channel, relayed to the exec stream.
+	In  io.Reader
+	Out io.Writer
+	// Log is the relay's stderr, which the plugin reads.
+	Log io.Writer
+	// Listening records the session's data port for DataPorts.
+	Listening func(port int)
+	// DataPorts lists every live session's data port, this one's included once it listens: what a
+	// capture or redirect of this session must leave alone.
+	DataPorts func() []int
+}
+
+// sessionFunc serves one authenticated attachment.
+type sessionFunc func(ctx context.Context, a sessionIO) error
 
 // server is the main process's session server: one attach.Run per accepted unix connection. Sessions
 // thus run in PID 1 of the agent container, and what they hold in the kernel (owned nftables tables)
@@ -108,11 +125,39 @@ type server struct {
 	mu      sync.Mutex
 	live    int
 	changed chan struct{} // closed and replaced whenever live changes
-	wg      sync.WaitGroup
+	// ports are the data ports of the live sessions, by attachment.
+	ports map[*net.UnixConn]int
+	wg    sync.WaitGroup
 }
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
-	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{})}
+	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}), ports: map[*net.UnixConn]int{}}
+}
+
+// DataPorts are the loopback ports on which the live sessions take their data connections, in
+// ascending order. They carry every session's tunnels (and its secret's proof), so no session may
+// capture or redirect them, whichever session owns them.
+func (s *server) DataPorts() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ports := make([]int, 0, len(s.ports))
+	for _, p := range s.ports {
+		ports = append(ports, p)
+	}
+	slices.Sort(ports)
+	return ports
+}
+
+func (s *server) setPort(c *net.UnixConn, port int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ports[c] = port
+}
+
+func (s *server) dropPort(c *net.UnixConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ports, c)
 }
 
 // Sessions is the number of live, authenticated attachments: connections, which only the kernel
@@ -195,8 +240,16 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 	}
 	s.adjust(1)
 	defer s.adjust(-1)
+	defer s.dropPort(c)
 	s.log.Info("session attached", "pid", cred.Pid)
-	err = s.serve(ctx, h.Args, io.MultiReader(bytes.NewReader(rest), c), c, logw)
+	err = s.serve(ctx, sessionIO{
+		Args:      h.Args,
+		In:        io.MultiReader(bytes.NewReader(rest), c),
+		Out:       c,
+		Log:       logw,
+		Listening: func(port int) { s.setPort(c, port) },
+		DataPorts: s.DataPorts,
+	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {
 		// The relay's stderr reaches the plugin, which shows the agent's last words with its error.

@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 )
 
@@ -81,12 +83,12 @@ func startAttach(t *testing.T, args ...string) *attachment {
 
 // echoSession answers each control line with "echo: LINE", logs its arguments, and ends at EOF.
 func echoSession(started chan<- []string) sessionFunc {
-	return func(ctx context.Context, args []string, in io.Reader, out io.Writer, log io.Writer) error {
-		fmt.Fprintf(log, "session args %q\n", args)
-		started <- args
-		sc := bufio.NewScanner(in)
+	return func(ctx context.Context, a sessionIO) error {
+		fmt.Fprintf(a.Log, "session args %q\n", a.Args)
+		started <- a.Args
+		sc := bufio.NewScanner(a.In)
 		for sc.Scan() {
-			if _, err := fmt.Fprintf(out, "echo: %s\n", sc.Text()); err != nil {
+			if _, err := fmt.Fprintf(a.Out, "echo: %s\n", sc.Text()); err != nil {
 				return err
 			}
 		}
@@ -143,6 +145,77 @@ func TestServerSessionsAndIdle(t *testing.T) {
 	}
 }
 
+// portSession takes its data port from its first control line, then answers every line with the live
+// sessions' data ports as it sees them.
+func portSession(ctx context.Context, a sessionIO) error {
+	sc := bufio.NewScanner(a.In)
+	if !sc.Scan() {
+		return sc.Err()
+	}
+	port, err := strconv.Atoi(sc.Text())
+	if err != nil {
+		return err
+	}
+	a.Listening(port)
+	for {
+		if _, err := fmt.Fprintf(a.Out, "%v\n", a.DataPorts()); err != nil {
+			return err
+		}
+		if !sc.Scan() {
+			return sc.Err()
+		}
+	}
+}
+
+// The main process knows every live session's data port, for as long as the session lives, and each
+// session can list them all: a capture or redirect of one session must leave every other's tunnels
+// alone.
+func TestServerDataPorts(t *testing.T) {
+	name := testName(t)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socketName(name), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newServer(portSession, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	go srv.Serve(context.Background(), ln)
+	t.Cleanup(func() {
+		ln.Close()
+		srv.Wait(time.Minute)
+	})
+	ask := func(a *attachment, line string) string {
+		t.Helper()
+		fmt.Fprintln(a.stdin, line)
+		got, err := a.stdout.ReadString('\n')
+		if err != nil {
+			t.Fatalf("relay read %q, %v", got, err)
+		}
+		return strings.TrimSpace(got)
+	}
+	a := startAttach(t, "--name="+name)
+	if got := ask(a, "41000"); got != "[41000]" {
+		t.Errorf("first session sees ports %s, want [41000]", got)
+	}
+	b := startAttach(t, "--name="+name)
+	if got := ask(b, "40000"); got != "[40000 41000]" {
+		t.Errorf("second session sees ports %s, want [40000 41000]", got)
+	}
+	if diff := cmp.Diff([]int{40000, 41000}, srv.DataPorts()); diff != "" {
+		t.Errorf("DataPorts (-want +got):\n%s", diff)
+	}
+	a.stdin.Close()
+	if err := <-a.done; err != nil {
+		t.Fatalf("first relay ended with %v", err)
+	}
+	if got := ask(b, "again"); got != "[40000]" {
+		t.Errorf("after the first session ended, the second sees ports %s, want [40000]", got)
+	}
+	b.stdin.Close()
+	<-b.done
+	if got := srv.DataPorts(); len(got) != 0 {
+		t.Errorf("DataPorts = %v with no session, want none", got)
+	}
+}
+
 // A peer that fails the check is never served and never counts as a session.
 func TestServerRefusesForeignPeer(t *testing.T) {
 	name := testName(t)
@@ -152,7 +225,7 @@ func TestServerRefusesForeignPeer(t *testing.T) {
 	}
 	var served sync.WaitGroup
 	var log syncBuffer
-	srv := newServer(func(context.Context, []string, io.Reader, io.Writer, io.Writer) error {
+	srv := newServer(func(context.Context, sessionIO) error {
 		t.Error("a refused peer was served")
 		return nil
 	}, slog.New(slog.NewTextHandler(&log, nil)))

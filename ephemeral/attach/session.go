@@ -46,6 +46,10 @@ type Config struct {
 	Clock           wire.Clock
 	// ResolvConfPath is the pod's resolver configuration; /etc/resolv.conf when empty.
 	ResolvConfPath string
+	// Listening, when set, is told the session's data port once it listens, before the Welcome
+	// announces it: the main process keeps the live sessions' ports, which no session may capture or
+	// steal.
+	Listening func(port int)
 }
 
 // Run serves one session and returns why it ended. A plugin that said Bye or closed stdin is a normal
@@ -79,6 +83,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		ln.Close()
 		return err
+	}
+	if cfg.Listening != nil {
+		cfg.Listening(ln.Addr().(*net.TCPAddr).Port)
 	}
 	s := &server{cfg: cfg, id: id, secret: hello.Secret, log: cfg.Log.With("session", id)}
 	ctx, cancel := context.WithCancel(ctx)
