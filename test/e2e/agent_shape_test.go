@@ -155,7 +155,7 @@ func TestAgentProcessesHardened(t *testing.T) {
 			t.Errorf("agent %s process (pid %d, uid %d) has oom_score_adj %s, want 1000", agentProcKind(p), p.pid, uid, strings.TrimSpace(string(score)))
 		}
 		if err := readableAs(uid, p.pid); err == nil {
-			t.Errorf("agent %s process (pid %d, uid %d) is dumpable: its /proc/PID/environ is readable by its own user", agentProcKind(p), p.pid, uid)
+			t.Errorf("agent %s process (pid %d, uid %d) is dumpable: its /proc/PID/exe is readable by its own user", agentProcKind(p), p.pid, uid)
 		} else if !errors.Is(err, errDenied) {
 			t.Fatal(err)
 		}
@@ -208,19 +208,21 @@ func procUID(t *testing.T, p hostProc) int {
 
 var errDenied = errors.New("permission denied")
 
-// readableAs reads /proc/PID/environ as uid without CAP_SYS_PTRACE, which the kernel allows for a process
-// of the same user only if it is dumpable (ptrace_may_access); errDenied says it refused.
+// readableAs resolves /proc/PID/exe as uid without CAP_SYS_PTRACE (ptrace_may_access, read mode). For a
+// process of the same user whose capabilities are a subset of the reader's (all but CAP_SYS_PTRACE), the
+// kernel refuses only if the process is not dumpable; errDenied says it refused. (/proc/PID/environ
+// would not do: this machine's kernel lets it be opened regardless.)
 func readableAs(uid, pid int) error {
 	u := strconv.Itoa(uid)
 	out, err := exec.Command("setpriv", "--reuid", u, "--regid", u, "--clear-groups", "--bounding-set", "-sys_ptrace",
-		"cat", fmt.Sprintf("/proc/%d/environ", pid)).CombinedOutput()
+		"readlink", "-v", fmt.Sprintf("/proc/%d/exe", pid)).CombinedOutput()
 	switch {
 	case err == nil:
 		return nil
 	case strings.Contains(string(out), "Permission denied"):
 		return errDenied
 	}
-	return fmt.Errorf("read /proc/%d/environ as uid %d: %w: %s", pid, uid, err, out)
+	return fmt.Errorf("resolve /proc/%d/exe as uid %d: %w: %s", pid, uid, err, out)
 }
 
 // capNetRaw is CAP_NET_RAW's bit in /proc/PID/status's capability masks.
