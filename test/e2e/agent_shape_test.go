@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -17,7 +18,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
 )
 
 // The agent's shape (issue 16): a PID namespace of its own, so that an app restart leaves the session
@@ -116,24 +120,38 @@ func appProcess(ctx context.Context, t *testing.T, ns, pod, container string) in
 // TestAgentProcessesHardened: every process of a privileged (root, NET_ADMIN) and of an unprivileged
 // (trafficlab's own UID) agent, the main processes, the sessions' attach relays and the data relays,
 // has oom_score_adj 1000 and is not dumpable. An exec'd process does not inherit either from the main
-// process, so each must set both itself.
+// process, so each must set both itself. The pod is Guaranteed, whose containers the runtime starts
+// below 1000 (a BestEffort pod's start at 1000 and would prove nothing).
 func TestAgentProcessesHardened(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 4*time.Minute)
-	st := newStealTarget(ctx, t, "agent-hardened")
+	ns := newNamespace(t, "agent-hardened")
+	pod := pfEchoPod(t, "target", nil, false)
+	res := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")}
+	pod.Spec.Containers[0].Resources = corev1.ResourceRequirements{Requests: res, Limits: res}
+	pod = createPodReady(ctx, t, ns, pod)
+	local := startLocalServer(t)
+	podURL := "http://" + net.JoinHostPort(pod.Status.PodIP, "8080") + "/"
+	app := appProcess(ctx, t, ns, "target", "main")
+	if score := oomScoreAdj(t, app); score == "1000" {
+		t.Fatalf("the app's process already has oom_score_adj 1000, so the agent's would prove nothing")
+	} else {
+		t.Logf("the runtime gives this pod's containers oom_score_adj %s", score)
+	}
+
 	// The port-forward's agent has no capability and runs as trafficlab's own UID; the steal then needs
 	// NET_ADMIN, which that agent lacks, so it adds a root one, whose data path over exec adds
 	// `trafficlab-agent relay` processes.
-	pf := pfStart(t, "pf", st.ns, "pod/target", ":8080")
+	pf := pfStart(t, "pf", ns, "pod/target", ":8080")
 	pf.localPort("localhost:8080", time.Minute)
 	pf.connected(time.Minute)
-	steal := stealStart(t, "steal", st.ns, "pod/target", "--data-path", "exec", "--port", fmt.Sprintf("8080:%d", st.local.Port))
-	waitAnswer(ctx, t, 10*time.Second, st.podURL("/"), "laptop")
+	steal := stealStart(t, "steal", ns, "pod/target", "--data-path", "exec", "--port", fmt.Sprintf("8080:%d", local.Port))
+	waitAnswer(ctx, t, 10*time.Second, podURL, "laptop")
 
 	var procs []hostProc
 	eventually(ctx, t, 30*time.Second, "two agents' main processes, attach relays and data relays", func(ctx context.Context) (bool, string) {
 		var err error
-		procs, err = hostAgentProcs(ctx, st.ns, "target")
+		procs, err = hostAgentProcs(ctx, ns, "target")
 		if err != nil {
 			return false, err.Error()
 		}
@@ -143,38 +161,35 @@ func TestAgentProcessesHardened(t *testing.T) {
 		}
 		return kinds["main"] == 2 && kinds["attach"] == 2 && kinds["relay"] >= 1, fmt.Sprint(kinds)
 	})
-	uids := map[int]bool{}
+	users := map[[2]int]bool{}
 	for _, p := range procs {
-		uid := procUID(t, p)
-		uids[uid] = true
-		score, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", p.pid))
-		if err != nil {
-			t.Fatal(err)
+		id := procIDs(t, p)
+		users[id] = true
+		if score := oomScoreAdj(t, p.pid); score != "1000" {
+			t.Errorf("agent %s process (pid %d, uid/gid %v) has oom_score_adj %s, want 1000", agentProcKind(p), p.pid, id, score)
 		}
-		if strings.TrimSpace(string(score)) != "1000" {
-			t.Errorf("agent %s process (pid %d, uid %d) has oom_score_adj %s, want 1000", agentProcKind(p), p.pid, uid, strings.TrimSpace(string(score)))
-		}
-		if err := readableAs(uid, p.pid); err == nil {
-			t.Errorf("agent %s process (pid %d, uid %d) is dumpable: its /proc/PID/exe is readable by its own user", agentProcKind(p), p.pid, uid)
+		if err := readableAs(id, p.pid); err == nil {
+			t.Errorf("agent %s process (pid %d, uid/gid %v) is dumpable: its /proc/PID/exe is readable by its own user", agentProcKind(p), p.pid, id)
 		} else if !errors.Is(err, errDenied) {
 			t.Fatal(err)
+		} else {
+			t.Logf("agent %s process pid %d uid/gid %v: oom_score_adj 1000, not dumpable", agentProcKind(p), p.pid, id)
 		}
-		t.Logf("agent %s process pid %d uid %d: oom_score_adj %s, not dumpable", agentProcKind(p), p.pid, uid, strings.TrimSpace(string(score)))
 	}
-	if !uids[0] || len(uids) != 2 {
-		t.Errorf("agent processes run as uids %v, want root (NET_ADMIN) and the non-root agent's own", uids)
+	if len(users) != 2 || !users[[2]int{0, 0}] || !users[[2]int{int(inject.NonRootUID), int(inject.NonRootUID)}] {
+		t.Errorf("agent processes run as uid/gid %v, want root (NET_ADMIN) and trafficlab's own UID and GID", users)
 	}
 	// The check itself: a dumpable process of each user is readable by that user.
-	for uid := range uids {
-		sleep := exec.Command("setpriv", "--reuid", strconv.Itoa(uid), "--regid", strconv.Itoa(uid), "--clear-groups", "--bounding-set", "-sys_ptrace", "sleep", "300")
+	for id := range users {
+		sleep := exec.Command("setpriv", "--reuid", strconv.Itoa(id[0]), "--regid", strconv.Itoa(id[1]), "--clear-groups", "--bounding-set", "-sys_ptrace", "sleep", "300")
 		if err := sleep.Start(); err != nil {
 			t.Fatal(err)
 		}
-		err := readableAs(uid, sleep.Process.Pid)
+		err := readableAs(id, sleep.Process.Pid)
 		_ = sleep.Process.Kill()
 		_ = sleep.Wait()
 		if err != nil {
-			t.Errorf("a dumpable process of uid %d is not readable by its user, so the check proves nothing: %v", uid, err)
+			t.Errorf("a dumpable process of uid/gid %v is not readable by its user, so the check proves nothing: %v", id, err)
 		}
 	}
 	for _, p := range []*pfProc{pf, steal} {
@@ -182,6 +197,15 @@ func TestAgentProcessesHardened(t *testing.T) {
 			t.Errorf("%s after SIGINT: exit %v; output:\n%s", p.name, err, p.output())
 		}
 	}
+}
+
+func oomScoreAdj(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // agentProcKind names an agent process by its subcommand: main, attach, relay or guard.
@@ -192,29 +216,33 @@ func agentProcKind(p hostProc) string {
 	return p.args[1]
 }
 
-// procUID is the process's effective UID.
-func procUID(t *testing.T, p hostProc) int {
+// procIDs is the process's real UID and GID: the kernel lets a process read another's /proc entries
+// as "the same user" only if all its UIDs and GIDs match.
+func procIDs(t *testing.T, p hostProc) [2]int {
 	t.Helper()
-	f := strings.Fields(p.field("Uid"))
-	if len(f) < 2 {
-		t.Fatalf("pid %d: no Uid line in its status", p.pid)
+	var id [2]int
+	for i, name := range []string{"Uid", "Gid"} {
+		f := strings.Fields(p.field(name))
+		if len(f) < 1 {
+			t.Fatalf("pid %d: no %s line in its status", p.pid, name)
+		}
+		v, err := strconv.Atoi(f[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		id[i] = v
 	}
-	uid, err := strconv.Atoi(f[1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return uid
+	return id
 }
 
 var errDenied = errors.New("permission denied")
 
-// readableAs resolves /proc/PID/exe as uid without CAP_SYS_PTRACE (ptrace_may_access, read mode). For a
+// readableAs resolves /proc/PID/exe as uid/gid id without CAP_SYS_PTRACE (ptrace_may_access, read mode). For a
 // process of the same user whose capabilities are a subset of the reader's (all but CAP_SYS_PTRACE), the
 // kernel refuses only if the process is not dumpable; errDenied says it refused. (/proc/PID/environ
 // would not do: this machine's kernel lets it be opened regardless.)
-func readableAs(uid, pid int) error {
-	u := strconv.Itoa(uid)
-	out, err := exec.Command("setpriv", "--reuid", u, "--regid", u, "--clear-groups", "--bounding-set", "-sys_ptrace",
+func readableAs(id [2]int, pid int) error {
+	out, err := exec.Command("setpriv", "--reuid", strconv.Itoa(id[0]), "--regid", strconv.Itoa(id[1]), "--clear-groups", "--bounding-set", "-sys_ptrace",
 		"readlink", "-v", fmt.Sprintf("/proc/%d/exe", pid)).CombinedOutput()
 	switch {
 	case err == nil:
@@ -222,7 +250,7 @@ func readableAs(uid, pid int) error {
 	case strings.Contains(string(out), "Permission denied"):
 		return errDenied
 	}
-	return fmt.Errorf("resolve /proc/%d/exe as uid %d: %w: %s", pid, uid, err, out)
+	return fmt.Errorf("resolve /proc/%d/exe as uid/gid %v: %w: %s", pid, id, err, out)
 }
 
 // capNetRaw is CAP_NET_RAW's bit in /proc/PID/status's capability masks.

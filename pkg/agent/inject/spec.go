@@ -19,7 +19,7 @@ const NamePrefix = "trafficlab-"
 // AgentBinary is the agent's path inside the agent image.
 const AgentBinary = "/trafficlab-agent"
 
-// NonRootUID is the user an agent that needs no capability runs as. It is trafficlab's own, not
+// NonRootUID is the user (and group) an agent that needs no capability runs as. It is trafficlab's own, not
 // distroless's "nonroot" 65532 (nor 65534 "nobody", nor the 1000s that images give their first user),
 // which many apps run as: a process of the app with the agent's UID could pass the agent's peer check
 // in a pod that shares its process namespace, and could signal the agent there. 47301 is only chosen to
@@ -183,6 +183,9 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 		sc.RunAsNonRoot = ptr.To(false)
 	} else {
 		sc.RunAsUser = ptr.To(NonRootUID)
+		// Its own group too: a pod-level runAsGroup, the app's, would otherwise apply, and without one the
+		// runtime gives GID 0.
+		sc.RunAsGroup = ptr.To(NonRootUID)
 		sc.RunAsNonRoot = ptr.To(true)
 	}
 

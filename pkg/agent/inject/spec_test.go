@@ -40,6 +40,7 @@ func agent(name string, mutate func(*corev1.EphemeralContainer)) corev1.Ephemera
 			SecurityContext: &corev1.SecurityContext{
 				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 				RunAsUser:                ptr.To[int64](47301),
+				RunAsGroup:               ptr.To[int64](47301),
 				RunAsNonRoot:             ptr.To(true),
 				AllowPrivilegeEscalation: ptr.To(false),
 				ReadOnlyRootFilesystem:   ptr.To(true),
@@ -58,6 +59,7 @@ func asRoot(add ...corev1.Capability) func(*corev1.EphemeralContainer) {
 	return func(c *corev1.EphemeralContainer) {
 		c.SecurityContext.Capabilities.Add = add
 		c.SecurityContext.RunAsUser = ptr.To[int64](0)
+		c.SecurityContext.RunAsGroup = nil
 		c.SecurityContext.RunAsNonRoot = ptr.To(false)
 	}
 }
