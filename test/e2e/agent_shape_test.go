@@ -185,6 +185,11 @@ func TestAgentProcessesHardened(t *testing.T) {
 		if err := sleep.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// Until setpriv has exec'd sleep, the process is root's with every capability.
+		eventually(ctx, t, 10*time.Second, "sleep running as "+fmt.Sprint(id), func(context.Context) (bool, string) {
+			exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", sleep.Process.Pid))
+			return err == nil && strings.HasSuffix(exe, "/sleep"), exe
+		})
 		err := readableAs(id, sleep.Process.Pid)
 		_ = sleep.Process.Kill()
 		_ = sleep.Wait()
