@@ -233,7 +233,7 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("attachment refused", "pid", cred.Pid, "err", err)
 		return
 	}
-	var logw io.Writer = io.Discard
+	logw := io.Discard
 	if logFile != nil {
 		defer logFile.Close()
 		logw = logFile

@@ -43,8 +43,11 @@ func podUID(ctx context.Context, ns, pod string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "kubectl", "get", "pod", "-n", ns, pod, "-o", "jsonpath={.metadata.uid}").Output()
-	if err != nil || len(out) == 0 {
-		return "", fmt.Errorf("uid of pod %s/%s: %v", ns, pod, err)
+	if err != nil {
+		return "", fmt.Errorf("uid of pod %s/%s: %w", ns, pod, err)
+	}
+	if len(out) == 0 {
+		return "", fmt.Errorf("pod %s/%s has no uid", ns, pod)
 	}
 	return string(out), nil
 }
@@ -61,7 +64,7 @@ func hostPodProcs(ctx context.Context, ns, pod string) ([]hostProc, error) {
 	var procs []hostProc
 	for _, d := range dirs {
 		cg, err := os.ReadFile(filepath.Join(d, "cgroup"))
-		if err != nil || !(bytes.Contains(cg, []byte(marks[0])) || bytes.Contains(cg, []byte(marks[1]))) {
+		if err != nil || !bytes.Contains(cg, []byte(marks[0])) && !bytes.Contains(cg, []byte(marks[1])) {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join(d, "cmdline"))

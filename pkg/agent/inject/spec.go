@@ -118,8 +118,8 @@ func capName(c corev1.Capability) string {
 
 // AgentSpec says which agent to add.
 type AgentSpec struct {
-	Image      string
-	PullPolicy corev1.PullPolicy // empty: the API server's default (Always for :latest, else IfNotPresent)
+	Image        string
+	PullPolicy   corev1.PullPolicy // empty: the API server's default (Always for :latest, else IfNotPresent)
 	Capabilities Capabilities
 	// AddNetRaw adds NET_RAW even when it is the only capability needed, for runtimes that do not grant
 	// it by default (CRI-O since 1.18). Without it, a sniffing agent keeps the runtime's default NET_RAW.

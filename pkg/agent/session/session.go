@@ -48,12 +48,12 @@ type Options struct {
 	// AgentIdleTimeoutSet says the user gave --agent-idle-timeout; otherwise the default depends on the
 	// capabilities the verb needs.
 	AgentIdleTimeoutSet bool
-	AllowHostNetwork bool
-	Transport        string
-	DataPath         string
-	DataConnections  int
-	AgentWaitTimeout time.Duration
-	Quiet            bool
+	AllowHostNetwork    bool
+	Transport           string
+	DataPath            string
+	DataConnections     int
+	AgentWaitTimeout    time.Duration
+	Quiet               bool
 }
 
 // NewOptions returns the defaults.
