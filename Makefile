@@ -35,12 +35,16 @@ agent: ## build the static agent for every image platform
 	  GOOS=linux GOARCH=$$arch go build -trimpath -ldflags '$(AGENT_LDFLAGS)' -o $(OUT)/agent/linux_$$arch/trafficlab-agent ./ephemeral/agent; \
 	done
 
+# The image's user and group are the non-root agent's UID, read from its one definition (inject.NonRootUID), so
+# that an agent started from the image without the plugin's securityContext runs as that user too.
+AGENT_UID = $(or $(shell sed -n 's/^const NonRootUID int64 = \([0-9][0-9]*\)$$/\1/p' pkg/agent/inject/spec.go),$(error no "const NonRootUID int64 = N" line in pkg/agent/inject/spec.go))
+
 # The tag comes from the plugin itself, so the image is always the one the plugin will ask for.
 agent-image: build agent ## build the multi-platform agent image tarball into _output/images
 	mkdir -p $(OUT)/images
 	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
 	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
-	  -entrypoint /trafficlab-agent -user 65532 -out $(OUT)/images/agent.tar
+	  -entrypoint /trafficlab-agent -user $(AGENT_UID):$(AGENT_UID) -out $(OUT)/images/agent.tar
 
 test: test-unit test-kernel e2e ## every test level: unit, kernel, end to end on the local cluster
 

@@ -2,39 +2,113 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// runSession serves one plugin session on the exec stream.
-func runSession(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+// attachConfig is the command line of `trafficlab-agent attach`.
+type attachConfig struct {
+	name        string
+	dialTimeout time.Duration
+	debug       bool
+}
+
+// attachFlags parses attach's flags. The relay parses them to refuse a bad one on its own stderr; the
+// main process parses the same arguments again, as the relay passed them on, to run the session.
+func attachFlags(args []string, stderr io.Writer) (attachConfig, error) {
+	var cfg attachConfig
 	fs := flag.NewFlagSet("trafficlab-agent attach", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dialTimeout := fs.Duration("dial-timeout", dial.DefaultTimeout, "bound on one dial from the pod, name resolution included")
-	debug := fs.Bool("debug", false, "log every connection, not only the session's life (the plugin asks for it at -v=5)")
+	fs.StringVar(&cfg.name, "name", defaultName, "the agent container's name, which names the main process's session socket")
+	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on one dial from the pod, name resolution included")
+	fs.BoolVar(&cfg.debug, "debug", false, "log every connection, not only the session's life (the plugin asks for it at -v=5)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return cfg, err
 		}
-		return fmt.Errorf("%w: %w", errUsage, err)
+		return cfg, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
+		return cfg, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return cfg, nil
+}
+
+// serveSession is one session in the main process, on an attachment's connection; its log goes to the
+// attachment's stderr, which the plugin reads.
+func serveSession(ctx context.Context, a sessionIO) error {
+	cfg, err := attachFlags(a.Args, a.Log)
+	if err != nil {
+		return err
 	}
 	return attach.Run(ctx, attach.Config{
-		Version: agentVersion(),
-		In:      stdin,
-		Out:     stdout,
-		Log:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level(*debug)})),
-		Dialer:  &dial.Dialer{Timeout: *dialTimeout},
-		Tunnel:  wire.DefaultMuxConfig(),
+		Version:   agentVersion(),
+		In:        a.In,
+		Out:       a.Out,
+		Log:       slog.New(slog.NewTextHandler(a.Log, &slog.HandlerOptions{Level: level(cfg.debug)})),
+		Dialer:    &dial.Dialer{Timeout: cfg.dialTimeout},
+		Tunnel:    wire.DefaultMuxConfig(),
+		Listening: a.Listening,
+		DataPorts: a.DataPorts,
+		Budget:    a.Budget,
 	})
+}
+
+// runAttach is `trafficlab-agent attach`, exec'd by the plugin: a relay between the exec stream and the
+// main process, which runs the session. The session then belongs to PID 1 of the agent container, so
+// the redirects it installs live exactly as long as the main process, and only a live attachment keeps
+// the agent's idle clock from running. The relay passes its own stderr to the main process along with
+// its flags, so the plugin reads the session's log as before. It ends when the main process closes the
+// connection (the session is over); stdin's end is passed on as a half-close.
+func runAttach(args []string, stdin io.Reader, stdout io.Writer, stderr *os.File) error {
+	cfg, err := attachFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socketName(cfg.name), Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("reach the agent's main process on %q: %w", socketName(cfg.name), err)
+	}
+	defer c.Close()
+	// The abstract name is the pod's to take: anything in its network namespace could have bound it
+	// first. The session's secret goes only to a process of this container.
+	cred, err := peerCred(c)
+	if err == nil {
+		err = checkPeer(cred, os.Geteuid(), procCgroup)
+	}
+	if err != nil {
+		return fmt.Errorf("socket %q: %w", socketName(cfg.name), err)
+	}
+	line, err := json.Marshal(header{Args: args})
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.WriteMsgUnix(append(line, '\n'), unix.UnixRights(int(stderr.Fd())), nil); err != nil {
+		return fmt.Errorf("attach to the agent's main process: %w", err)
+	}
+	go func() {
+		if _, err := io.Copy(c, stdin); err == nil {
+			_ = c.CloseWrite()
+		}
+	}()
+	if _, err := io.Copy(stdout, c); err != nil {
+		return fmt.Errorf("session: %w", err)
+	}
+	return nil
 }
 
 // runRelay joins the exec stream to a port on the pod's loopback. It is the data path when the user

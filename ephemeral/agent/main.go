@@ -1,15 +1,23 @@
 // Command trafficlab-agent is the process that kubectl trafficlab injects into a target pod as an
-// ephemeral container. It shares the pod's network namespace and must never disturb the app: it logs
-// to stderr only, caps its own heap, and writes to stdout only in the exec'd subcommands, whose stdout
-// is the plugin's exec stream (the runtime logs a container's own stdout to node files, never an
-// exec's).
+// ephemeral container. It shares the pod's network namespace, has a PID namespace of its own (so an
+// app container's restart does not touch it), and must never disturb the app: every agent process
+// offers itself as the pod's first OOM victim and makes itself non-dumpable first thing, logs to stderr
+// only, caps its own heap, and writes to stdout only in the exec'd subcommands, whose stdout is the
+// plugin's exec stream (the runtime logs a container's own stdout to node files, never an exec's).
 //
-//	trafficlab-agent [--idle-timeout=10m]    the container's main process: keeps the container up
-//	                                          while sessions come and go
-//	trafficlab-agent attach                 one plugin session, exec'd by the plugin: control on
-//	                                          stdin/stdout, data on a 127.0.0.1 port
-//	trafficlab-agent relay 127.0.0.1:PORT    the slow data path when port-forward is forbidden:
-//	                                          stdin/stdout joined to a loopback port
+//	trafficlab-agent [--name=C] [--idle-timeout=10m]
+//	        the container's main process, PID 1: serves every session on the abstract unix socket
+//	        @trafficlab-agent.C (C: the agent container's name), so what a session installs (owned
+//	        nftables tables) lives as long as this process; exits after the idle timeout with no
+//	        session attached (at most 10m with NET_ADMIN or NET_RAW)
+//	trafficlab-agent attach --name=C [--debug] [--dial-timeout=D]
+//	        one plugin session, exec'd by the plugin: relays stdin/stdout (the control channel) to the
+//	        main process, which checks with SO_PEERCRED that it is a process of this container and
+//	        runs the session; data arrives on a 127.0.0.1 port
+//	trafficlab-agent relay 127.0.0.1:PORT
+//	        the slow data path when port-forward is forbidden: stdin/stdout joined to a loopback port
+//	trafficlab-agent guard SESSION-ID PID
+//	        removes a table the kernel cannot own (before 5.12) once PID is gone
 package main
 
 import (
@@ -20,6 +28,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/harden"
 )
 
 // version is set at link time with -ldflags "-X main.version=v1.2.3". The linker can only set
@@ -27,6 +37,15 @@ import (
 var version = ""
 
 func main() {
+	// Every agent process hardens itself first: an exec'd process starts from the runtime's OOM score and
+	// dumpable state, not the main process's. A failure is logged, not fatal: a seccomp profile or LSM
+	// may refuse the prctl or the write, and an agent that then keeps the defaults is no worse than
+	// before this hardening existed, whereas exiting would make trafficlab unusable on that cluster.
+	// Only the main process's stderr is the container log, where an admin looks; an exec'd process's
+	// stderr reaches the plugin, which shows it at -v=4.
+	if err := harden.Process(); err != nil {
+		fmt.Fprintf(os.Stderr, "trafficlab-agent: warning: %v; going on without it\n", err)
+	}
 	applyMemoryLimit(os.LookupEnv)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -35,14 +54,14 @@ func main() {
 	switch {
 	case len(args) > 0 && args[0] == "attach":
 		//nolint:forbidigo // the exec stream's stdout is the control channel, and exec output is not logged
-		err = runSession(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
+		err = runAttach(args[1:], os.Stdin, os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "relay":
 		//nolint:forbidigo // the exec stream's stdout carries the relayed bytes, and exec output is not logged
 		err = runRelay(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "guard":
 		err = runGuard(ctx, args[1:], os.Stderr)
 	default:
-		err = run(ctx, args, procEnv(), os.Stderr)
+		err = run(ctx, args, processEnv(), os.Stderr)
 	}
 	stop()
 	switch {

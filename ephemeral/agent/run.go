@@ -7,9 +7,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 const (
@@ -23,19 +32,25 @@ const (
 	// not the agent, must win if the pod comes near its memory limit. It is a soft limit (the GC
 	// works harder as the heap approaches it); GOMEMLIMIT overrides it.
 	defaultMemoryLimit = 64 << 20
-
-	defaultPollInterval = time.Second
 )
 
 // errUsage marks command-line mistakes so main can exit with status 2 after the flag package
 // has already printed the reason.
 var errUsage = errors.New("usage error")
 
+// defaultName names the session socket when the main process was started by hand; the plugin passes
+// the agent container's name, unique in the pod.
+const defaultName = "agent"
+
+// privileged are the capabilities that make a leftover agent worth exec'ing into: whoever may exec
+// into the pod can run a session in it and steal (NET_ADMIN) or capture (NET_RAW) the pod's traffic.
+const privileged = 1<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW
+
 // config is the parsed command line of the container's main process.
 type config struct {
 	showVersion bool
 	idleTimeout time.Duration
-	targetPID   int
+	name        string
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -44,9 +59,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.SetOutput(stderr)
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the version to stderr and exit")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", defaultIdleTimeout,
-		"exit after this long without a session; 0 disables the timeout")
-	fs.IntVar(&cfg.targetPID, "target-pid", 1,
-		"exit when this process goes away (PID 1 is the target container's process in its PID namespace)")
+		"exit after this long without a session; 0 disables the timeout (not for an agent with NET_ADMIN or NET_RAW)")
+	fs.StringVar(&cfg.name, "name", defaultName, "the agent container's name, which names the session socket")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return cfg, err
@@ -61,22 +75,41 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		fmt.Fprintf(stderr, "--idle-timeout must not be negative, got %q\n", cfg.idleTimeout)
 		return cfg, fmt.Errorf("%w: negative --idle-timeout %q", errUsage, cfg.idleTimeout)
 	}
+	if cfg.name == "" {
+		fmt.Fprintln(stderr, "--name must not be empty")
+		return cfg, fmt.Errorf("%w: empty --name", errUsage)
+	}
 	return cfg, nil
 }
 
-// env is what the main process observes of the pod, injectable for tests.
+// env is what the main process takes from its surroundings, injectable for tests.
 type env struct {
-	// sessions counts the live `trafficlab-agent attach` processes.
-	sessions func() int
-	// alive reports whether the target process still runs; it is built once from --target-pid.
-	alive func(pid int) func() bool
-	poll  time.Duration
+	// capEff is the process's effective capability set (CapEff in /proc/self/status).
+	capEff   func() (uint64, error)
+	newTimer timerFunc
+	serve    sessionFunc
+	// sweep deletes the nftables tables of agents that are gone (netfilter.SweepStale).
+	sweep func() ([]string, error)
+	// getenv reads the container's environment, where the plugin puts the memory budget.
+	getenv func(string) string
 }
 
-// run is the container's main process. Ephemeral containers cannot be removed from a pod, so the
-// agent removes itself from the running set: it exits after the idle timeout with no session, when
-// the target's process is gone, or on a signal. Sessions are separate exec'd processes, so an exit
-// here never cuts one short: the idle clock only runs while none is alive.
+func processEnv() env {
+	return env{capEff: procCapEff, newTimer: realTimer, serve: serveSession, sweep: netfilter.SweepStale, getenv: os.Getenv}
+}
+
+// clampIdle keeps a privileged agent from staying for good: the plugin never asks for more than
+// wire.MaxPrivilegedIdleTimeout for one, and this holds even for an agent started by other means.
+func clampIdle(d time.Duration, capEff uint64) (time.Duration, bool) {
+	if capEff&privileged != 0 && (d == 0 || d > wire.MaxPrivilegedIdleTimeout) {
+		return wire.MaxPrivilegedIdleTimeout, true
+	}
+	return d, false
+}
+
+// run is the container's main process: it serves every session on its socket and, since ephemeral
+// containers cannot be removed from a pod, removes itself from the running set: it exits after the idle
+// timeout with no session attached, or on a signal, which ends the sessions first.
 func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -90,46 +123,89 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 		_, err := fmt.Fprintln(stderr, agentVersion())
 		return err
 	}
-	if e.poll <= 0 {
-		e.poll = defaultPollInterval
-	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	mem, err := atStart(&cfg, e, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socketName(cfg.name), Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("listen for sessions: %w", err)
+	}
+	// Every session runs in this process and draws on its one memory budget.
+	srv := newServer(func(ctx context.Context, a sessionIO) error {
+		a.Budget = mem
+		return e.serve(ctx, a)
+	}, log)
+	sctx, endSessions := context.WithCancelCause(context.WithoutCancel(ctx))
+	go srv.Serve(sctx, ln)
 	start := time.Now()
 	log.Info("agent started",
 		"version", agentVersion(),
 		"pid", os.Getpid(),
+		"socket", socketName(cfg.name),
 		"idle_timeout", cfg.idleTimeout,
-		"target_pid", cfg.targetPID,
-		"memory_limit", debug.SetMemoryLimit(-1))
-	reason := waitForStop(ctx, cfg, e)
+		"memory_limit", debug.SetMemoryLimit(-1),
+		"memory_budget", mem.Limit(),
+		"memory_usage_from", mem.Source())
+	reason := srv.waitIdle(ctx, cfg.idleTimeout, e.newTimer)
+	ln.Close()
+	endSessions(errors.New(reason))
+	// A session ends its steal before it returns, which removes the redirect; the bound keeps a stuck one
+	// from holding the container (the kernel then drops owned tables with the process).
+	if !srv.Wait(10 * time.Second) {
+		log.Warn("sessions still running at exit")
+	}
 	log.Info("agent stopped", "reason", reason, "uptime", time.Since(start))
 	return nil
 }
 
-// waitForStop blocks until one of the stop conditions holds and says which one.
-func waitForStop(ctx context.Context, cfg config, e env) string {
-	alive := e.alive(cfg.targetPID)
-	tick := time.NewTicker(e.poll)
-	defer tick.Stop()
-	lastActive := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			// signal.NotifyContext cancels with a cause that names the signal.
-			return context.Cause(ctx).Error()
-		case <-tick.C:
+// atStart is what the main process does once, before it listens for the first session: whatever must
+// hold before any session runs belongs here, in this order. It returns the memory budget every session
+// shares.
+func atStart(cfg *config, e env, log *slog.Logger) (*budget.Budget, error) {
+	capEff, err := e.capEff()
+	if err != nil {
+		// Unknown capabilities count as privileged: the clamp is the safe side.
+		log.Warn("cannot read the effective capabilities", "err", err)
+		capEff = privileged
+	}
+	if d, clamped := clampIdle(cfg.idleTimeout, capEff); clamped {
+		log.Warn("idle timeout clamped: an agent with NET_ADMIN or NET_RAW must not outlive its sessions for long",
+			"asked", cfg.idleTimeout, "used", d)
+		cfg.idleTimeout = d
+	}
+	// A table left by an agent killed outright on a kernel without the nftables owner flag (its whole
+	// container OOM-killed) goes now, not only at the next steal. Only an agent with NET_ADMIN can list
+	// tables, and only such an agent can have left one in this pod.
+	if capEff&(1<<unix.CAP_NET_ADMIN) != 0 {
+		deleted, err := e.sweep()
+		if len(deleted) > 0 {
+			log.Warn("removed nftables tables of agents that are gone", "tables", deleted)
 		}
-		if !alive() {
-			return fmt.Sprintf("target process %d is gone", cfg.targetPID)
-		}
-		if e.sessions() > 0 {
-			lastActive = time.Now()
-			continue
-		}
-		if cfg.idleTimeout > 0 && time.Since(lastActive) >= cfg.idleTimeout {
-			return "idle timeout"
+		if err != nil {
+			log.Warn("sweep of leftover nftables tables", "err", err)
 		}
 	}
+	mem, err := budget.FromEnv(e.getenv, log)
+	if err != nil {
+		return nil, fmt.Errorf("memory budget: %w", err)
+	}
+	return mem, nil
+}
+
+// procCapEff reads CapEff from /proc/self/status.
+func procCapEff() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, errors.New("no CapEff line in /proc/self/status")
 }
 
 func agentVersion() string {

@@ -6,17 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // syncBuffer lets the test read stderr while run may still be writing to it.
@@ -37,25 +36,63 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// fakePod is the pod as the main process sees it: a number of live sessions and a target process.
-type fakePod struct {
-	sessions atomic.Int32
-	targetUp atomic.Bool
-	polls    atomic.Int32 // how often the main process looked at the sessions
+// fakeTimers are the idle timers run arms; the test fires them, so no test waits on a duration.
+type fakeTimers struct {
+	mu    sync.Mutex
+	armed []chan time.Time
+	stops atomic.Int32
+	new   chan struct{}
 }
 
-func newFakePod() *fakePod {
-	p := &fakePod{}
-	p.targetUp.Store(true)
-	return p
+func newFakeTimers() *fakeTimers { return &fakeTimers{new: make(chan struct{}, 64)} }
+
+func (f *fakeTimers) timer(time.Duration) (<-chan time.Time, func() bool) {
+	c := make(chan time.Time, 1)
+	f.mu.Lock()
+	f.armed = append(f.armed, c)
+	f.mu.Unlock()
+	f.new <- struct{}{}
+	return c, func() bool { f.stops.Add(1); return true }
 }
 
-func (p *fakePod) env() env {
-	return env{
-		sessions: func() int { p.polls.Add(1); return int(p.sessions.Load()) },
-		alive:    func(int) func() bool { return p.targetUp.Load },
-		poll:     5 * time.Millisecond,
+// waitArmed waits for the next timer and returns it.
+func (f *fakeTimers) waitArmed(t *testing.T) chan time.Time {
+	t.Helper()
+	select {
+	case <-f.new:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no idle timer was armed")
 	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.armed[len(f.armed)-1]
+}
+
+func (f *fakeTimers) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.armed)
+}
+
+// testEnv is an unprivileged main process whose sessions run serve.
+func testEnv(timers *fakeTimers, serve sessionFunc) env {
+	if serve == nil {
+		serve = func(ctx context.Context, _ sessionIO) error {
+			<-ctx.Done()
+			return nil
+		}
+	}
+	return env{
+		capEff: func() (uint64, error) { return 0, nil }, newTimer: timers.timer, serve: serve,
+		sweep:  func() ([]string, error) { return nil, nil },
+		getenv: func(string) string { return "" },
+	}
+}
+
+// testName is a session socket name of this test alone: abstract sockets are shared by the whole
+// network namespace, other test processes included.
+func testName(t *testing.T) string {
+	return fmt.Sprintf("test-%d-%s", os.Getpid(), strings.ReplaceAll(t.Name(), "/", "-"))
 }
 
 func startRun(ctx context.Context, args []string, e env, stderr *syncBuffer) <-chan error {
@@ -90,25 +127,19 @@ func TestRunStops(t *testing.T) {
 	tests := []struct {
 		name       string
 		args       []string
-		act        func(cancel context.CancelCauseFunc, pod *fakePod)
+		act        func(t *testing.T, cancel context.CancelCauseFunc, timers *fakeTimers)
 		wantReason string
 	}{
 		{
 			name:       "idle timeout without sessions",
 			args:       []string{"--idle-timeout=50ms"},
-			act:        func(context.CancelCauseFunc, *fakePod) {},
+			act:        func(t *testing.T, _ context.CancelCauseFunc, f *fakeTimers) { f.waitArmed(t) <- time.Now() },
 			wantReason: `reason="idle timeout"`,
-		},
-		{
-			name:       "target process gone",
-			args:       []string{"--idle-timeout=0"},
-			act:        func(_ context.CancelCauseFunc, p *fakePod) { p.targetUp.Store(false) },
-			wantReason: `reason="target process 1 is gone"`,
 		},
 		{
 			name:       "canceled",
 			args:       []string{"--idle-timeout=0"},
-			act:        func(cancel context.CancelCauseFunc, _ *fakePod) { cancel(errors.New("told to stop")) },
+			act:        func(_ *testing.T, cancel context.CancelCauseFunc, _ *fakeTimers) { cancel(errors.New("told to stop")) },
 			wantReason: `reason="told to stop"`,
 		},
 	}
@@ -116,11 +147,11 @@ func TestRunStops(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancelCause(context.Background())
 			defer cancel(nil)
-			pod := newFakePod()
+			timers := newFakeTimers()
 			var stderr syncBuffer
-			done := startRun(ctx, tt.args, pod.env(), &stderr)
+			done := startRun(ctx, append(tt.args, "--name="+testName(t)), testEnv(timers, nil), &stderr)
 			waitFor(t, "start line", func() bool { return strings.Contains(stderr.String(), "agent started") })
-			tt.act(cancel, pod)
+			tt.act(t, cancel, timers)
 			if err := waitResult(t, done); err != nil {
 				t.Fatalf("run() = %v, want nil", err)
 			}
@@ -134,31 +165,45 @@ func TestRunStops(t *testing.T) {
 	}
 }
 
-// The idle clock runs only while no session is alive: a long session never gets cut off.
-func TestRunStaysWhileSessionsLive(t *testing.T) {
-	pod := newFakePod()
-	pod.sessions.Store(1)
+// With --idle-timeout=0 an unprivileged agent never arms the idle clock; a privileged one runs it,
+// clamped.
+func TestRunClampsPrivilegedIdleTimeout(t *testing.T) {
+	timers := newFakeTimers()
+	e := testEnv(timers, nil)
+	e.capEff = func() (uint64, error) { return 1 << 12, nil } // CAP_NET_ADMIN
 	var stderr syncBuffer
-	const idle = 100 * time.Millisecond
-	e := pod.env()
-	done := startRun(context.Background(), []string{"--idle-timeout=" + idle.String()}, e, &stderr)
-	// A ticker never fires early: this many looks at a live session span four idle timeouts at least,
-	// however slowly they come.
-	looks := int32(4 * idle / e.poll)
-	waitFor(t, fmt.Sprintf("%d looks at the live session", looks), func() bool {
-		select {
-		case err := <-done:
-			t.Fatalf("run returned %v with a session alive, after %d looks", err, pod.polls.Load())
-		default:
-		}
-		return pod.polls.Load() >= looks
-	})
-	pod.sessions.Store(0)
+	done := startRun(context.Background(), []string{"--idle-timeout=0", "--name=" + testName(t)}, e, &stderr)
+	timers.waitArmed(t) <- time.Now()
 	if err := waitResult(t, done); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(stderr.String(), `reason="idle timeout"`) {
-		t.Errorf("stderr lacks the idle timeout reason:\n%s", stderr.String())
+	for _, want := range []string{`msg="idle timeout clamped`, `used=10m0s`, `reason="idle timeout"`} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}
+
+func TestClampIdle(t *testing.T) {
+	const netAdmin, netRaw, chown = 1 << 12, 1 << 13, 1 << 0
+	for _, tt := range []struct {
+		d       time.Duration
+		capEff  uint64
+		want    time.Duration
+		clamped bool
+	}{
+		{0, 0, 0, false},
+		{time.Hour, chown, time.Hour, false},
+		{0, netAdmin, 10 * time.Minute, true},
+		{0, netRaw, 10 * time.Minute, true},
+		{time.Hour, netRaw | chown, 10 * time.Minute, true},
+		{time.Minute, netAdmin, time.Minute, false},
+		{10 * time.Minute, netAdmin, 10 * time.Minute, false},
+	} {
+		got, clamped := clampIdle(tt.d, tt.capEff)
+		if got != tt.want || clamped != tt.clamped {
+			t.Errorf("clampIdle(%v, %#x) = %v, %v; want %v, %v", tt.d, tt.capEff, got, clamped, tt.want, tt.clamped)
+		}
 	}
 }
 
@@ -168,7 +213,7 @@ func TestRunSignal(t *testing.T) {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	var stderr syncBuffer
-	done := startRun(ctx, []string{"--idle-timeout=0"}, newFakePod().env(), &stderr)
+	done := startRun(ctx, []string{"--idle-timeout=0", "--name=" + testName(t)}, testEnv(newFakeTimers(), nil), &stderr)
 	waitFor(t, "start line", func() bool { return strings.Contains(stderr.String(), "agent started") })
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -183,7 +228,7 @@ func TestRunSignal(t *testing.T) {
 
 func TestRunVersion(t *testing.T) {
 	var stderr syncBuffer
-	if err := run(context.Background(), []string{"--version"}, newFakePod().env(), &stderr); err != nil {
+	if err := run(context.Background(), []string{"--version"}, testEnv(newFakeTimers(), nil), &stderr); err != nil {
 		t.Fatalf("run(--version) = %v", err)
 	}
 	if got, want := stderr.String(), devVersion+"\n"; got != want {
@@ -197,92 +242,16 @@ func TestRunUsageErrors(t *testing.T) {
 		{"--idle-timeout=-1s"},
 		{"--idle-timeout=soon"},
 		{"extra"},
+		{"--name="},
 	} {
 		var stderr syncBuffer
-		err := run(context.Background(), args, newFakePod().env(), &stderr)
+		err := run(context.Background(), args, testEnv(newFakeTimers(), nil), &stderr)
 		if !errors.Is(err, errUsage) {
 			t.Errorf("run(%q) = %v, want a usage error", args, err)
 		}
 		if stderr.String() == "" {
 			t.Errorf("run(%q) explained nothing on stderr", args)
 		}
-	}
-}
-
-// countSessions and procAlive read the real /proc: a process whose argv is
-// `.../trafficlab-agent attach` counts, and its exit is seen.
-func TestProcObservesRealProcesses(t *testing.T) {
-	dir := t.TempDir()
-	// sh runs the script named by its first argument, so argv can be exactly what the plugin's exec
-	// produces while the process is only a shell waiting on sleep.
-	if err := os.WriteFile(filepath.Join(dir, "attach"), []byte("sleep 30\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("/bin/sh")
-	cmd.Args = []string{filepath.Join(dir, "trafficlab-agent"), "attach"}
-	cmd.Dir = dir
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	}()
-	pid := cmd.Process.Pid
-	// A /proc that shows only this child, through a link to its real entry: agent sessions of a
-	// cluster running on the same machine must not change the count.
-	proc := t.TempDir()
-	if err := os.Symlink(filepath.Join("/proc", strconv.Itoa(pid)), filepath.Join(proc, strconv.Itoa(pid))); err != nil {
-		t.Fatal(err)
-	}
-	alive := procAlive("/proc")(pid)
-	if !alive() {
-		t.Fatal("a running process reported gone")
-	}
-	// Right after Start the child may still be the forked test binary, not yet exec'd into its argv.
-	waitFor(t, "the session process to show its argv", func() bool { return countSessions(proc) == 1 })
-	cmd.Process.Kill()
-	cmd.Wait()
-	if alive() {
-		t.Error("a reaped process reported alive")
-	}
-	if got := countSessions(proc); got != 0 {
-		t.Errorf("countSessions after exit = %d, want 0", got)
-	}
-}
-
-func TestCountSessions(t *testing.T) {
-	proc := t.TempDir()
-	write := func(pid, cmdline string) {
-		if err := os.MkdirAll(filepath.Join(proc, pid), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(proc, pid, "cmdline"), []byte(cmdline), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("1", "/app/server\x00--port=80\x00")
-	write("7", "/trafficlab-agent\x00--idle-timeout=10m0s\x00")
-	write("12", "/trafficlab-agent\x00attach\x00")
-	write("13", "/trafficlab-agent\x00attach\x00--dial-timeout=5s\x00")
-	write("14", "/trafficlab-agent\x00relay\x00127.0.0.1:4000\x00")
-	write("self", "/trafficlab-agent\x00attach\x00")
-	if got := countSessions(proc); got != 2 {
-		t.Errorf("countSessions = %d, want 2", got)
-	}
-}
-
-func TestStartTime(t *testing.T) {
-	proc := t.TempDir()
-	os.MkdirAll(filepath.Join(proc, "42"), 0o755)
-	// The command name may hold spaces and parentheses; field 22 counts from after the last ")".
-	stat := "42 (my (odd) app) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 50"
-	os.WriteFile(filepath.Join(proc, "42", "stat"), []byte(stat), 0o644)
-	if got := startTime(proc, 42); got != "98765" {
-		t.Errorf("startTime = %q, want 98765", got)
-	}
-	if got := startTime(proc, 43); got != "" {
-		t.Errorf("startTime of a missing process = %q, want empty", got)
 	}
 }
 
@@ -302,5 +271,88 @@ func TestApplyMemoryLimit(t *testing.T) {
 	}
 	if got := debug.SetMemoryLimit(-1); got != chosen {
 		t.Errorf("with GOMEMLIMIT the limit changed to %d, want %d kept", got, chosen)
+	}
+}
+
+// A NET_ADMIN agent sweeps the tables of agents that are gone before it takes its first session; one
+// without NET_ADMIN cannot have left any and does not try (testEnv's sweep panics).
+func TestRunSweepsAtStart(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		capEff uint64
+		swept  int
+	}{
+		{name: "NET_ADMIN", capEff: 1 << 12, swept: 1},
+		{name: "NET_RAW only", capEff: 1 << 13},
+		{name: "no capability"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			timers := newFakeTimers()
+			e := testEnv(timers, nil)
+			e.capEff = func() (uint64, error) { return tt.capEff, nil }
+			var swept atomic.Int32
+			e.sweep = func() ([]string, error) {
+				swept.Add(1)
+				return []string{"inet trafficlab_dead"}, nil
+			}
+			var stderr syncBuffer
+			done := startRun(context.Background(), []string{"--idle-timeout=1m", "--name=" + testName(t)}, e, &stderr)
+			timers.waitArmed(t) <- time.Now()
+			if err := waitResult(t, done); err != nil {
+				t.Fatal(err)
+			}
+			if int(swept.Load()) != tt.swept {
+				t.Errorf("swept %d times, want %d", swept.Load(), tt.swept)
+			}
+			if got := strings.Contains(stderr.String(), "trafficlab_dead"); got != (tt.swept > 0) {
+				t.Errorf("the log names the removed table: %v, want %v:\n%s", got, tt.swept > 0, stderr.String())
+			}
+		})
+	}
+}
+
+// The budget the plugin put in the environment is the one every session draws on; a value the agent
+// cannot read stops it before it takes a session.
+func TestRunMemoryBudgetFromEnv(t *testing.T) {
+	timers := newFakeTimers()
+	budgets := make(chan int64, 1)
+	e := testEnv(timers, func(ctx context.Context, a sessionIO) error {
+		budgets <- a.Budget.Limit()
+		return nil
+	})
+	e.getenv = func(k string) string {
+		if k == wire.AgentMemoryBudgetEnv {
+			return "300000000"
+		}
+		return ""
+	}
+	name := testName(t)
+	var stderr syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := startRun(ctx, []string{"--idle-timeout=1m", "--name=" + name}, e, &stderr)
+	waitFor(t, "start line", func() bool { return strings.Contains(stderr.String(), "agent started") })
+	if !strings.Contains(stderr.String(), "memory_budget=300000000") {
+		t.Errorf("the start line does not give the budget:\n%s", stderr.String())
+	}
+	a := startAttach(t, "--name="+name)
+	a.stdin.Close()
+	select {
+	case got := <-budgets:
+		if got != 300000000 {
+			t.Errorf("the session's budget is %d bytes, want the environment's 300000000", got)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no session ran")
+	}
+	cancel()
+	if err := waitResult(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	e.getenv = func(k string) string { return map[string]string{wire.AgentMemoryBudgetEnv: "lots"}[k] }
+	err := waitResult(t, startRun(context.Background(), []string{"--name=" + name}, e, &stderr))
+	if err == nil || !strings.Contains(err.Error(), wire.AgentMemoryBudgetEnv) {
+		t.Errorf("run with an unreadable budget = %v, want an error naming %s", err, wire.AgentMemoryBudgetEnv)
 	}
 }

@@ -41,7 +41,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	// The mirror outlives the plugin's stream by its drain: copies in flight when the plugin ends
 	// the mirror are finished (Drain) before their context goes.
 	m, err := mirror.New(context.WithoutCancel(ctx), mirror.Config{
-		Spec: spec, Session: s.id, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log,
+		Spec: spec, Session: s.id, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log, Budget: s.cfg.Budget,
 		Events: func(e wire.MirrorEvent) {
 			select {
 			case events <- e:
@@ -71,6 +71,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		defer s.stealing.Store(false)
 		st, err := steal.Start(ctx, steal.Config{
 			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect}, Open: s, Log: s.log, Tee: m.Handler,
+			Budget: s.cfg.Budget,
 		})
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)

@@ -1,8 +1,9 @@
-// Package attach is a session's attachment to one agent: the exec'd `trafficlab-agent attach`
-// process reads the plugin's Hello on stdin, listens on the pod's loopback for data connections, and
-// serves streams until the control channel ends. Everything the attachment holds (listener, muxes,
-// dialed connections) is released when Run returns, and the process exits after it, so even state the
-// kernel keeps for a process (owned nftables tables, later) cannot outlive the session.
+// Package attach is a session's attachment to one agent: the agent's main process runs Run for each
+// `trafficlab-agent attach` relay that connects to it, reads the plugin's Hello on that connection,
+// listens on the pod's loopback for data connections, and serves streams until the control channel
+// ends. Several sessions run side by side in the one main process. Everything a session holds
+// (listener, muxes, dialed connections, its steal's owned nftables table) is released when Run returns;
+// what a failed cleanup leaves in the kernel goes at the latest with the main process.
 package attach
 
 import (
@@ -21,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
@@ -30,8 +32,8 @@ import (
 // Config is what one session needs.
 type Config struct {
 	Version string
-	// Control is the exec stream: the plugin's frames arrive on In, ours go to Out. Out is the process's
-	// stdout, which an exec stream carries to the plugin and the runtime does not log.
+	// Control is the attachment's connection, relayed to the exec stream: the plugin's frames arrive on
+	// In, ours go to Out. The exec stream carries them to the plugin, and the runtime does not log it.
 	In  io.Reader
 	Out io.Writer
 	Log *slog.Logger
@@ -52,6 +54,13 @@ type Config struct {
 	DataPorts func() []int
 	// ResolvConfPath is the pod's resolver configuration; /etc/resolv.conf when empty.
 	ResolvConfPath string
+	// Budget is the agent's memory budget: past it mirror copies are dropped, stolen streams wait and
+	// new filtered connections go to the app unread. nil: no budget (tests).
+	Budget *budget.Budget
+	// Listening, when set, is told the session's data port once it listens, before the Welcome
+	// announces it: the main process keeps the live sessions' ports, which no session may capture or
+	// steal.
+	Listening func(port int)
 }
 
 // Run serves one session and returns why it ended. A plugin that said Bye or closed stdin is a normal
@@ -98,8 +107,11 @@ func Run(ctx context.Context, cfg Config) error {
 		_ = ctrl.Send(wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("agent cannot make its data key: %v", err)})
 		return err
 	}
-	s := newServer(cfg, id, hello, key)
 	port := ln.Addr().(*net.TCPAddr).Port
+	if cfg.Listening != nil {
+		cfg.Listening(port)
+	}
+	s := newServer(cfg, id, hello, key)
 	if s.cfg.DataPorts == nil {
 		s.cfg.DataPorts = func() []int { return []int{port} }
 	}
@@ -402,10 +414,12 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := steal.Start(ctx, steal.Config{
-		ID:   s.id,
-		Spec: spec,
-		Open: s,
-		Log:  s.log,
+		ID:         s.id,
+		Spec:       spec,
+		Open:       s,
+		Log:        s.log,
+		Budget:     s.cfg.Budget,
+		OverBudget: s.overBudget(),
 		Events: func(e wire.StealEvent) {
 			select {
 			case events <- e:
@@ -507,4 +521,12 @@ func readResolvConf(path string) string {
 	defer f.Close()
 	b, _ := io.ReadAll(io.LimitReader(f, maxResolvConf))
 	return string(b)
+}
+
+// overBudget is the steal's OverBudget: the budget's own check, or none without a budget.
+func (s *server) overBudget() func() bool {
+	if s.cfg.Budget == nil {
+		return nil
+	}
+	return s.cfg.Budget.Over
 }

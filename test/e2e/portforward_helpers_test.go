@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
 )
 
 // Helpers for the port-forward e2e tests: the real plugin run through kubectl's plugin discovery,
@@ -291,43 +293,30 @@ func pfPodSh(ctx context.Context, ns, pod, container, script string) (string, er
 	return o.String(), nil
 }
 
-// pfAgentProc is one trafficlab-agent process seen from the target container, which shares its PID
-// namespace with the agent.
+// pfAgentProc is one trafficlab-agent process of the pod, by host PID (see hostPodProcs).
 type pfAgentProc struct {
 	pid   int
 	rssKB int
 	args  []string
 }
 
+// isSession says the process is a session's `attach` relay: the session itself runs in the main
+// process, and the relay lives exactly as long as the session's connection to it.
 func (a pfAgentProc) isSession() bool { return len(a.args) >= 2 && a.args[1] == "attach" }
 func (a pfAgentProc) isMain() bool {
 	return len(a.args) >= 1 && (len(a.args) == 1 || strings.HasPrefix(a.args[1], "-"))
 }
 
-// pfProcScript prints "PID|VmRSS|cmdline" for every process; cmdline arguments are separated by \x01.
-const pfProcScript = `for d in /proc/[0-9]*; do c=$(tr '\0' '\001' < $d/cmdline 2>/dev/null) || continue; ` +
-	`r=$(sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\).*/\1/p' $d/status 2>/dev/null); echo "${d#/proc/}|$r|$c"; done`
-
-// pfAgentProcs lists the agent's processes (main and sessions) with their RSS, read from /proc through the
-// target container.
-func pfAgentProcs(ctx context.Context, ns, pod, container string) ([]pfAgentProc, error) {
-	out, err := pfPodSh(ctx, ns, pod, container, pfProcScript)
+// pfAgentProcs lists the agent's processes (main and session relays) in pod with their RSS.
+func pfAgentProcs(ctx context.Context, ns, pod string) ([]pfAgentProc, error) {
+	agents, err := hostAgentProcs(ctx, ns, pod)
 	if err != nil {
 		return nil, err
 	}
 	var procs []pfAgentProc
-	for _, line := range strings.Split(out, "\n") {
-		f := strings.SplitN(line, "|", 3)
-		if len(f) != 3 {
-			continue
-		}
-		args := strings.Split(strings.TrimRight(f[2], "\x01"), "\x01")
-		if len(args) == 0 || args[0] != "/trafficlab-agent" {
-			continue
-		}
-		pid, _ := strconv.Atoi(f[0])
-		rss, _ := strconv.Atoi(f[1])
-		procs = append(procs, pfAgentProc{pid: pid, rssKB: rss, args: args})
+	for _, a := range agents {
+		rss, _ := strconv.Atoi(strings.TrimSuffix(a.field("VmRSS"), " kB"))
+		procs = append(procs, pfAgentProc{pid: a.pid, rssKB: rss, args: a.args})
 	}
 	return procs, nil
 }
@@ -382,7 +371,7 @@ func pfTCPSockets(ctx context.Context, ns, pod, container string) ([]pfTCPSocket
 	return socks, nil
 }
 
-// pfAgentListeners are the loopback ports the non-root agent (UID 65532) listens on: one data port per
+// pfAgentListeners are the loopback ports the non-root agent (inject.NonRootUID) listens on: one data port per
 // live session; the main process listens on nothing.
 func pfAgentListeners(ctx context.Context, ns, pod, container string) ([]int, error) {
 	socks, err := pfTCPSockets(ctx, ns, pod, container)
@@ -391,7 +380,7 @@ func pfAgentListeners(ctx context.Context, ns, pod, container string) ([]int, er
 	}
 	var ports []int
 	for _, s := range socks {
-		if s.state == "0A" && s.uid == 65532 && s.loopback {
+		if s.state == "0A" && s.uid == int(inject.NonRootUID) && s.loopback {
 			ports = append(ports, s.localPort)
 		}
 	}

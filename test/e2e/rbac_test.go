@@ -99,6 +99,9 @@ func TestPortForwardRefusesBeforeInjecting(t *testing.T) {
 	host := peerPod(t, "hostnet", nil, "/bin/sleep", "3600")
 	host.Spec.HostNetwork = true
 	createPodReady(ctx, t, ns, host)
+	hostPID := peerPod(t, "hostpid", nil, "/bin/sleep", "3600")
+	hostPID.Spec.HostPID = true
+	createPodReady(ctx, t, ns, hostPID)
 	noExec := userKubeconfig(ctx, t, ns, "noexec", podRules())
 	for _, tc := range []struct {
 		name string
@@ -117,6 +120,13 @@ func TestPortForwardRefusesBeforeInjecting(t *testing.T) {
 			args: []string{"pod/hostnet", ":8080"},
 			pod:  "hostnet",
 			want: []string{"hostNetwork", "--allow-host-network"},
+		},
+		{
+			// The agent would sit in the node's PID namespace, where its peer check cannot hold.
+			name: "hostPID pod",
+			args: []string{"pod/hostpid", ":8080"},
+			pod:  "hostpid",
+			want: []string{"hostPID: true", "node's process namespace"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

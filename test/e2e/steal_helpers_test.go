@@ -231,8 +231,8 @@ func lastLine(p *pfProc, stream string) string {
 	return last
 }
 
-// agentSessionPIDs are the host PIDs of `trafficlab-agent attach` processes in the network namespace
-// of pid.
+// agentSessionPIDs are the host PIDs of `trafficlab-agent attach` processes (the relays of the sessions,
+// which run in the agent's main process) in the network namespace of pid.
 func agentSessionPIDs(t *testing.T, pid string) []int {
 	t.Helper()
 	want, err := os.Readlink(filepath.Join("/proc", pid, "ns", "net"))

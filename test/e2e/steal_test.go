@@ -224,8 +224,9 @@ func TestStealFaults(t *testing.T) {
 		if len(pids) != 1 {
 			t.Fatalf("agent session processes: %v, want one", pids)
 		}
-		// The kernel drops an owned table with its owner's netlink socket, at once and whatever
-		// else fails: the table must carry the flag, and be gone once the process is.
+		// The session runs in the agent's main process, which owns the table (the kernel would drop it
+		// with the main process's netlink socket, whatever else fails: the table must carry the flag);
+		// the killed relay ends the session's connection, and the main process removes the table.
 		tables := trafficlabTables(t, st.netns)
 		if len(tables) != 1 {
 			t.Fatalf("trafficlab tables %q, want one", tables)

@@ -29,7 +29,7 @@ func runningPod() *corev1.Pod {
 func TestInjectPatchesEphemeralContainers(t *testing.T) {
 	pod := runningPod()
 	client := fake.NewClientset(pod)
-	c := BuildAgentContainer(pod, AgentSpec{Image: testImage, TargetContainer: "app", Capabilities: NetAdmin, NameSuffix: suffixes("abcde")})
+	c := BuildAgentContainer(pod, AgentSpec{Image: testImage, Capabilities: NetAdmin, NameSuffix: suffixes("abcde")})
 
 	got, err := Inject(context.Background(), client, pod, c)
 	if err != nil {
@@ -137,7 +137,7 @@ func TestInjectErrors(t *testing.T) {
 				}
 				return true, nil, tc.err
 			})
-			c := BuildAgentContainer(pod, AgentSpec{Image: testImage, TargetContainer: "app", Capabilities: tc.caps, AddNetRaw: tc.add, NameSuffix: suffixes("abcde")})
+			c := BuildAgentContainer(pod, AgentSpec{Image: testImage, Capabilities: tc.caps, AddNetRaw: tc.add, NameSuffix: suffixes("abcde")})
 
 			_, err := Inject(context.Background(), client, pod, c)
 			if err == nil {

@@ -52,3 +52,10 @@ func FindReusable(pod *corev1.Pod, spec AgentSpec) (name string, ok bool, why st
 	}
 	return "", false, otherImage
 }
+
+// Privileged reports whether an agent for spec holds a capability. Reusing such an agent lends the
+// capability to the session, so it must take the permission that adding one takes
+// (pods/ephemeralcontainers): anyone with pods/exec can otherwise use a leftover NET_ADMIN agent.
+func (s AgentSpec) Privileged() bool {
+	return !s.Restricted && s.Capabilities != 0
+}

@@ -21,8 +21,14 @@ const NamePrefix = "trafficlab-"
 // AgentBinary is the agent's path inside the agent image.
 const AgentBinary = "/trafficlab-agent"
 
-// NonRootUID is the user an agent that needs no capability runs as (distroless "nonroot").
-const NonRootUID int64 = 65532
+// NonRootUID is the user (and group) an agent that needs no capability runs as. It is trafficlab's own, not
+// distroless's "nonroot" 65532 (nor 65534 "nobody", nor the 1000s that images give their first user),
+// which many apps run as: a process of the app with the agent's UID could pass the agent's peer check
+// in a pod that shares its process namespace, and could signal the agent there. 47301 is only chosen to
+// be unusual: no common base image or distribution assigns it, it is above the ranges that images and
+// distributions hand out (system users below 1000, first users from 1000), and below 65536, where
+// some runtimes' user-namespace mappings still end. It has no /etc/passwd entry; the agent needs none.
+const NonRootUID int64 = 47301
 
 // nameSuffixLength matches kubectl debug's `debugger-xxxxx`.
 const nameSuffixLength = 5
@@ -64,13 +70,19 @@ func (c Capabilities) String() string {
 	return strings.Join(s, " and ")
 }
 
-// runtimeDefaultsButNetRaw is containerd's and Docker's default capability set without NET_RAW. An
-// agent that only sniffs drops these and keeps NET_RAW from the runtime's default instead of adding
+// allButNetRaw names every Linux capability (CAP_CHOWN, 0, to CAP_CHECKPOINT_RESTORE, 40) but NET_RAW.
+// An agent that only sniffs drops these and keeps NET_RAW from the runtime's default instead of adding
 // it: PodSecurity "baseline" forbids adding NET_RAW but allows any drop, so such an agent is admitted
-// where one that adds a capability is not.
-var runtimeDefaultsButNetRaw = []corev1.Capability{
-	"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
-	"NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+// where one that adds a capability is not. "drop ALL" would take NET_RAW too, and a shorter list
+// (containerd's defaults) would leave whatever a runtime configured beyond them. The kubelet passes
+// unknown names through; containerd and runc drop what they know.
+var allButNetRaw = []corev1.Capability{
+	"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+	"SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "IPC_LOCK",
+	"IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN",
+	"SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE",
+	"AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+	"BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
 }
 
 // capabilitiesOf reads the capability set an existing container was given, including NET_RAW kept
@@ -108,18 +120,15 @@ func capName(c corev1.Capability) string {
 
 // AgentSpec says which agent to add.
 type AgentSpec struct {
-	Image      string
-	PullPolicy corev1.PullPolicy // empty: the API server's default (Always for :latest, else IfNotPresent)
-	// TargetContainer shares its process namespace with the agent; the network namespace is the pod's
-	// either way.
-	TargetContainer string
-	Capabilities    Capabilities
+	Image        string
+	PullPolicy   corev1.PullPolicy // empty: the API server's default (Always for :latest, else IfNotPresent)
+	Capabilities Capabilities
 	// AddNetRaw adds NET_RAW even when it is the only capability needed, for runtimes that do not grant
 	// it by default (CRI-O since 1.18). Without it, a sniffing agent keeps the runtime's default NET_RAW.
 	AddNetRaw bool
 	// IdleTimeout is how long the agent lives without a session; ephemeral containers never restart and
-	// cannot be removed, so the agent must end itself. Zero passes no flag and leaves the agent's own
-	// default, because the agent reads --idle-timeout=0 as "never".
+	// cannot be removed, so the agent must end itself. Zero is "never" (the agent clamps it when it has
+	// NET_ADMIN or NET_RAW); the session refuses it for those before it builds a spec.
 	IdleTimeout time.Duration
 	// MemoryBudget is the agent container's memory budget in bytes (wire.AgentMemoryBudgetEnv); 0
 	// leaves the agent's default.
@@ -158,7 +167,7 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 
 	add, drop := caps.List(), []corev1.Capability{"ALL"}
 	if caps == NetRaw && !spec.AddNetRaw {
-		add, drop = nil, runtimeDefaultsButNetRaw
+		add, drop = nil, allButNetRaw
 	}
 	sc := &corev1.SecurityContext{
 		Capabilities: &corev1.Capabilities{
@@ -179,13 +188,16 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 		sc.RunAsNonRoot = ptr.To(false)
 	} else {
 		sc.RunAsUser = ptr.To(NonRootUID)
+		// Its own group too: a pod-level runAsGroup, the app's, would otherwise apply, and without one the
+		// runtime gives GID 0.
+		sc.RunAsGroup = ptr.To(NonRootUID)
 		sc.RunAsNonRoot = ptr.To(true)
 	}
 
-	var args []string
-	if spec.IdleTimeout > 0 {
-		args = append(args, "--idle-timeout="+spec.IdleTimeout.String())
-	}
+	name := agentName(pod, spec.NameSuffix)
+	// The name makes the agent's session socket unique in the pod's network namespace, which several
+	// agents may share; the plugin passes the same name to each attach.
+	args := []string{"--name=" + name, "--idle-timeout=" + spec.IdleTimeout.String()}
 	var env []corev1.EnvVar
 	if spec.MemoryLimitBytes > 0 {
 		env = append(env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: goMemLimit(spec.MemoryLimitBytes)})
@@ -196,7 +208,7 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 
 	return corev1.EphemeralContainer{
 		EphemeralContainerCommon: corev1.EphemeralContainerCommon{
-			Name:            agentName(pod, spec.NameSuffix),
+			Name:            name,
 			Image:           spec.Image,
 			ImagePullPolicy: spec.PullPolicy,
 			Command:         []string{AgentBinary},
@@ -210,7 +222,10 @@ func BuildAgentContainer(pod *corev1.Pod, spec AgentSpec) corev1.EphemeralContai
 			// The agent's last log lines explain a crash better than an empty termination message.
 			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		},
-		TargetContainerName: spec.TargetContainer,
+		// No TargetContainerName: the agent has a PID namespace of its own. In the app's, an app restart
+		// would kill every agent process (the kernel ends a PID namespace with its first process), the
+		// app could see and fake the agent's processes, and a hostPID pod would put the agent in the
+		// host's.
 	}
 }
 

@@ -35,11 +35,12 @@ func agent(name string, mutate func(*corev1.EphemeralContainer)) corev1.Ephemera
 			Name:    name,
 			Image:   testImage,
 			Command: []string{"/trafficlab-agent"},
-			Args:    []string{"--idle-timeout=5m0s"},
+			Args:    []string{"--name=" + name, "--idle-timeout=5m0s"},
 			Env:     []corev1.EnvVar{{Name: "GOMEMLIMIT", Value: "64MiB"}},
 			SecurityContext: &corev1.SecurityContext{
 				Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
-				RunAsUser:                ptr.To[int64](65532),
+				RunAsUser:                ptr.To[int64](47301),
+				RunAsGroup:               ptr.To[int64](47301),
 				RunAsNonRoot:             ptr.To(true),
 				AllowPrivilegeEscalation: ptr.To(false),
 				ReadOnlyRootFilesystem:   ptr.To(true),
@@ -47,7 +48,6 @@ func agent(name string, mutate func(*corev1.EphemeralContainer)) corev1.Ephemera
 			},
 			TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		},
-		TargetContainerName: "app",
 	}
 	if mutate != nil {
 		mutate(&c)
@@ -59,6 +59,7 @@ func asRoot(add ...corev1.Capability) func(*corev1.EphemeralContainer) {
 	return func(c *corev1.EphemeralContainer) {
 		c.SecurityContext.Capabilities.Add = add
 		c.SecurityContext.RunAsUser = ptr.To[int64](0)
+		c.SecurityContext.RunAsGroup = nil
 		c.SecurityContext.RunAsNonRoot = ptr.To(false)
 	}
 }
@@ -66,7 +67,6 @@ func asRoot(add ...corev1.Capability) func(*corev1.EphemeralContainer) {
 func TestBuildAgentContainer(t *testing.T) {
 	base := AgentSpec{
 		Image:            testImage,
-		TargetContainer:  "app",
 		IdleTimeout:      5 * time.Minute,
 		MemoryLimitBytes: 64 << 20,
 	}
@@ -84,7 +84,7 @@ func TestBuildAgentContainer(t *testing.T) {
 		want corev1.EphemeralContainer
 	}{
 		{
-			name: "no capability (port-forward, outgoing) runs as non-root 65532",
+			name: "no capability (port-forward, outgoing) runs as trafficlab's own non-root UID",
 			pod:  testPod(),
 			spec: with(func(*AgentSpec) {}),
 			want: agent("trafficlab-abcde", nil),
@@ -96,12 +96,19 @@ func TestBuildAgentContainer(t *testing.T) {
 			want: agent("trafficlab-abcde", asRoot("NET_ADMIN")),
 		},
 		{
-			name: "NET_RAW (sniff) runs as root keeping the runtime's NET_RAW, adding nothing (PodSecurity baseline admits it)",
+			name: "NET_RAW (sniff) runs as root keeping the runtime's NET_RAW, adding nothing and dropping every other capability by name (PodSecurity baseline admits it)",
 			pod:  testPod(),
 			spec: with(func(s *AgentSpec) { s.Capabilities = NetRaw }),
 			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
 				asRoot()(c)
-				c.SecurityContext.Capabilities.Drop = runtimeDefaultsButNetRaw
+				c.SecurityContext.Capabilities.Drop = []corev1.Capability{
+					"CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+					"SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "IPC_LOCK",
+					"IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT", "SYS_ADMIN",
+					"SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD", "LEASE",
+					"AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG", "WAKE_ALARM",
+					"BLOCK_SUSPEND", "AUDIT_READ", "PERFMON", "BPF", "CHECKPOINT_RESTORE",
+				}
 			}),
 		},
 		{
@@ -160,15 +167,17 @@ func TestBuildAgentContainer(t *testing.T) {
 			}),
 			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
 				c.ImagePullPolicy = corev1.PullAlways
-				c.Args = []string{"--idle-timeout=1m30s"}
+				c.Args = []string{"--name=trafficlab-abcde", "--idle-timeout=1m30s"}
 				c.Env = nil
 			}),
 		},
 		{
-			name: "zero idle timeout leaves the agent's default instead of disabling it",
+			name: "zero idle timeout is passed on: never",
 			pod:  testPod(),
 			spec: with(func(s *AgentSpec) { s.IdleTimeout = 0 }),
-			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) { c.Args = nil }),
+			want: agent("trafficlab-abcde", func(c *corev1.EphemeralContainer) {
+				c.Args = []string{"--name=trafficlab-abcde", "--idle-timeout=0s"}
+			}),
 		},
 		{
 			name: "memory budget in bytes",
@@ -213,7 +222,7 @@ func TestBuildAgentContainerHasNoForbiddenFields(t *testing.T) {
 		}
 		want := []corev1.Capability{"ALL"}
 		if caps == NetRaw {
-			want = runtimeDefaultsButNetRaw
+			want = allButNetRaw
 		}
 		if diff := cmp.Diff(want, c.SecurityContext.Capabilities.Drop); diff != "" {
 			t.Errorf("caps %v: drop (-want +got):\n%s", caps, diff)

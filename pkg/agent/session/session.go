@@ -33,17 +33,28 @@ const (
 	DataExec        = "exec"
 )
 
+// Idle timeouts of a new agent, unless --agent-idle-timeout says otherwise. A privileged agent (NET_ADMIN
+// or NET_RAW) is a capability that anyone allowed to exec into the pod can use while it stays, so it
+// leaves soon after its last session; an unprivileged one stays longer for the next session to reuse.
+const (
+	DefaultIdleTimeout           = 10 * time.Minute
+	DefaultPrivilegedIdleTimeout = time.Minute
+)
+
 // Options are the agent flags every verb shares.
 type Options struct {
 	AgentImage       string
 	ImagePullPolicy  string
 	AgentIdleTimeout time.Duration
-	AllowHostNetwork bool
-	Transport        string
-	DataPath         string
-	DataConnections  int
-	AgentWaitTimeout time.Duration
-	Quiet            bool
+	// AgentIdleTimeoutSet says the user gave --agent-idle-timeout; otherwise the default depends on the
+	// capabilities the verb needs.
+	AgentIdleTimeoutSet bool
+	AllowHostNetwork    bool
+	Transport           string
+	DataPath            string
+	DataConnections     int
+	AgentWaitTimeout    time.Duration
+	Quiet               bool
 
 	// AgentMemoryBudget is a Kubernetes quantity (256Mi); agentMemoryBudget parses it.
 	AgentMemoryBudget string
@@ -53,7 +64,7 @@ type Options struct {
 func NewOptions() Options {
 	return Options{
 		AgentImage:       version.Get().AgentImage,
-		AgentIdleTimeout: 10 * time.Minute,
+		AgentIdleTimeout: DefaultIdleTimeout,
 		Transport:        string(transport.ProtocolAuto),
 		DataPath:         DataAuto,
 		DataConnections:  2,
@@ -67,7 +78,9 @@ func NewOptions() Options {
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
 	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
-	fs.DurationVar(&o.AgentIdleTimeout, "agent-idle-timeout", o.AgentIdleTimeout, "How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed). 0 keeps it until the pod ends.")
+	fs.Var(&idleTimeoutFlag{d: &o.AgentIdleTimeout, set: &o.AgentIdleTimeoutSet}, "agent-idle-timeout",
+		fmt.Sprintf("How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed); %s for an agent with NET_ADMIN or NET_RAW, at most %s. 0 keeps an agent without them until the pod ends.",
+			DefaultPrivilegedIdleTimeout, wire.MaxPrivilegedIdleTimeout))
 	fs.BoolVar(&o.AllowHostNetwork, "allow-host-network", o.AllowHostNetwork, "Allow a hostNetwork pod: the agent then works on the node's network, not a pod's, and a steal takes the port from every client addressed to the node itself.")
 	fs.StringVar(&o.Transport, "transport", o.Transport, "How streams reach the kubelet: auto, spdy or websocket.")
 	fs.StringVar(&o.DataPath, "data-path", o.DataPath, "How traffic reaches the agent: auto (port-forward, exec when port-forward is forbidden), portforward or exec.")
@@ -110,6 +123,46 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// idleTimeoutFlag is a duration flag that remembers whether it was given.
+type idleTimeoutFlag struct {
+	d   *time.Duration
+	set *bool
+}
+
+func (f *idleTimeoutFlag) String() string {
+	if f.d == nil {
+		return ""
+	}
+	return f.d.String()
+}
+
+func (f *idleTimeoutFlag) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*f.d, *f.set = d, true
+	return nil
+}
+
+func (f *idleTimeoutFlag) Type() string { return "duration" }
+
+// idleTimeout is the idle timeout of a new agent with caps, refusing what would let a privileged agent
+// stay for long.
+func (o *Options) idleTimeout(caps inject.Capabilities) (time.Duration, error) {
+	if caps == 0 {
+		return o.AgentIdleTimeout, nil
+	}
+	if !o.AgentIdleTimeoutSet {
+		return DefaultPrivilegedIdleTimeout, nil
+	}
+	if o.AgentIdleTimeout <= 0 || o.AgentIdleTimeout > wire.MaxPrivilegedIdleTimeout {
+		return 0, fmt.Errorf("--agent-idle-timeout must be from 1s to %s for an agent with %s, which anyone allowed to exec into the pod can use while it stays, not %q",
+			wire.MaxPrivilegedIdleTimeout, caps, o.AgentIdleTimeout)
+	}
+	return o.AgentIdleTimeout, nil
+}
+
 // Request is what one verb asks for.
 type Request struct {
 	Target       target.Options
@@ -133,10 +186,15 @@ type Session struct {
 	data     io.Closer
 	errOut   io.Writer
 	quiet    bool
+	// stopWatch ends the watch that reports the pod's container restarts.
+	stopWatch context.CancelFunc
 }
 
-// Close ends the tunnel; the agent's session process exits and releases what it held.
+// Close ends the tunnel; the agent's main process ends the session and releases what it held.
 func (s *Session) Close() error {
+	if s.stopWatch != nil {
+		s.stopWatch()
+	}
 	err := s.Tunnel.Close()
 	if s.data != nil {
 		s.data.Close()
@@ -148,6 +206,10 @@ func (s *Session) Close() error {
 // stdout stays its own.
 func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut io.Writer) (*Session, error) {
 	config, client := kube.Config, kube.Client
+	idle, err := o.idleTimeout(req.Capabilities)
+	if err != nil {
+		return nil, err
+	}
 	p := progress.New(errOut, o.Quiet)
 	proto, _ := transport.ParseProtocol(o.Transport)
 	what := req.Target.Resource
@@ -155,7 +217,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		what = "pods matching " + fmt.Sprintf("%q", req.Target.Selector)
 	}
 	p.Stepf("resolving %s in namespace %s", what, req.Target.Namespace)
-	tgt, err := target.Resolve(ctx, client, req.Target)
+	var tgt *target.Target
+	tgt, err = target.Resolve(ctx, client, req.Target)
 	if err != nil {
 		return nil, err
 	}
@@ -172,10 +235,9 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 	spec := inject.AgentSpec{
 		Image:            o.AgentImage,
 		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
-		TargetContainer:  tgt.Container,
 		Capabilities:     req.Capabilities,
 		AddNetRaw:        req.AddNetRaw,
-		IdleTimeout:      o.AgentIdleTimeout,
+		IdleTimeout:      idle,
 		MemoryLimitBytes: 64 << 20,
 	}
 	// Validate accepted it.
@@ -188,7 +250,9 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		p.Stepf("%s", why)
 	}
 	dataPath := o.DataPath
-	needs := target.Needs{Inject: !reuse, Exec: true, PortForward: dataPath != DataExec, Transport: proto}
+	// Reusing an agent with a capability lends it to this session, so it takes the permission that adding
+	// one takes: otherwise a leftover NET_ADMIN agent would give it to anyone with pods/exec (M8).
+	needs := target.Needs{Inject: !reuse || spec.Privileged(), Exec: true, PortForward: dataPath != DataExec, Transport: proto}
 	if err := target.Preflight(ctx, client, pod.Namespace, pod.Name, needs); err != nil {
 		var missing *inject.MissingPermissionError
 		if dataPath != DataAuto || !errors.As(err, &missing) || !onlyPortForward(missing) {
@@ -234,7 +298,7 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 	conn, err := tunnel.Connect(ctx, tunnel.Config{
 		Control: &transport.AgentControl{
 			Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name,
-			Command: agentCommand(),
+			Command: agentCommand(name),
 		},
 		Data:        data,
 		DataConns:   o.DataConnections,
@@ -254,15 +318,18 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		via = "port-forward over " + string(pf.Used())
 	}
 	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
-	return &Session{Target: tgt, Agent: name, Tunnel: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet}, nil
+	wctx, stopWatch := context.WithCancel(ctx)
+	go watchRestarts(wctx, client, pod, func(line string) { fmt.Fprintln(errOut, line) })
+	return &Session{Target: tgt, Agent: name, Tunnel: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet, stopWatch: stopWatch}, nil
 }
 
-// agentCommand is the exec'd session process; at -v=5 it logs every connection too.
-func agentCommand() []string {
+// agentCommand is the exec'd attachment to agent container name; at -v=5 it logs every connection too.
+func agentCommand(name string) []string {
+	cmd := []string{inject.AgentBinary, "attach", "--name=" + name}
 	if klog.V(5).Enabled() {
-		return []string{inject.AgentBinary, "attach", "--debug"}
+		cmd = append(cmd, "--debug")
 	}
-	return []string{inject.AgentBinary, "attach"}
+	return cmd
 }
 
 // agentLog shows the agent's own log with -v=4 and above, as kubectl shows its requests at -v=6.

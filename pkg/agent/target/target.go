@@ -56,7 +56,8 @@ func (o *Options) SetResource(args []string) error {
 	return nil
 }
 
-// Target is the pod and container an agent will join.
+// Target is the pod an agent will join, and the container whose ports and probes apply (the agent
+// has a PID namespace of its own, so it joins no container's processes).
 type Target struct {
 	Pod       *corev1.Pod
 	Container string
@@ -260,6 +261,11 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 	if pod.Spec.NodeSelector[osLabel] == string(corev1.Windows) {
 		return fmt.Errorf("pod %q is a Windows pod (nodeSelector %s=windows); the agent runs on Linux only", ref, osLabel)
 	}
+	if pod.Spec.HostPID {
+		// Every container of such a pod, an ephemeral one included, is in the node's PID namespace: the
+		// agent's peer check and its own PID namespace, which keep the app's restarts away, would not hold.
+		return fmt.Errorf("pod %q uses hostPID: true, so the agent would run in the node's process namespace; trafficlab does not attach to such pods (target a pod without hostPID)", ref)
+	}
 	if pod.Spec.HostNetwork && !allowHostNetwork {
 		return fmt.Errorf("pod %q uses hostNetwork: true, so the agent would work in the node's network: a steal there takes the port from every client of the node itself (node daemons, other hostNetwork pods, the kubelet's probes), though not the traffic of the node's other pods, and the agent's data port listens on the node's loopback; pass --allow-host-network to go ahead (--flush-connections stays refused there)", ref)
 	}
@@ -275,8 +281,8 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 }
 
 // pickContainer chooses the container the agent targets, the way kubectl's podcmd defaults it. Only
-// regular containers and sidecars (restartable init containers) qualify: the API accepts no other
-// targetContainerName, and the agent must join a process that keeps running.
+// regular containers and sidecars (restartable init containers) qualify: their ports and probes are
+// the ones a verb works with.
 func pickContainer(pod *corev1.Pod, name string) (string, error) {
 	ref := pod.Namespace + "/" + pod.Name
 	valid := targetableContainers(pod)

@@ -371,6 +371,12 @@ func TestResolveErrors(t *testing.T) {
 			wantErr: `pod "shop/hostnet" uses hostNetwork: true, so the agent would work in the node's network: a steal there takes the port from every client of the node itself (node daemons, other hostNetwork pods, the kubelet's probes), though not the traffic of the node's other pods, and the agent's data port listens on the node's loopback; pass --allow-host-network to go ahead (--flush-connections stays refused there)`,
 		},
 		{
+			name:    "hostPID refused",
+			opts:    Options{Resource: "pod/hostpid"},
+			extra:   []runtime.Object{pod("hostpid", nil, func(p *corev1.Pod) { p.Spec.HostPID = true })},
+			wantErr: `pod "shop/hostpid" uses hostPID: true, so the agent would run in the node's process namespace; trafficlab does not attach to such pods (target a pod without hostPID)`,
+		},
+		{
 			name:    "get denied by RBAC names the missing rule",
 			opts:    Options{Resource: "deploy/web"},
 			react:   forbidDeployments,

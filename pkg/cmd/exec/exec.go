@@ -75,6 +75,8 @@ type Options struct {
 	Local     []string
 	Remote    []string
 	Proxy     bool
+	// AddNetRaw adds NET_RAW to a --mirror agent instead of keeping the runtime's default.
+	AddNetRaw bool
 	Command   []string
 	// AllowUnownedRedirect is --steal's steal.Options.AllowUnownedRedirect.
 	AllowUnownedRedirect bool
@@ -123,6 +125,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.BoolVar(&o.AllowUnownedRedirect, "allow-unowned-redirect", false, "With --steal, steal even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	f.StringVar(&o.MirrorArg, "mirror", "", "Also mirror the pod's port, PORT[:LOCAL], to the command on LOCAL (defaults to PORT).")
 	o.Filter.AddFlags(f, "Steal or mirror")
+	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "With --mirror: add NET_RAW to the agent (dropping every other capability) instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
 	f.StringArrayVar(&o.Local, "local", nil, "Reach this destination from your machine, not through the pod: HOST, IP or CIDR, with an optional :PORT (e.g. db:5432, 10.0.0.0/8). Repeatable.")
 	f.StringArrayVar(&o.Remote, "remote", nil, "Send only this destination through the pod, everything else from your machine: HOST, IP or CIDR, with an optional :PORT. Repeatable.")
 	f.BoolVar(&o.Proxy, "proxy", runtime.GOOS != "linux", "Give the command a SOCKS5 and HTTP proxy (ALL_PROXY, HTTP_PROXY, HTTPS_PROXY) instead of its own network namespace.")
@@ -181,6 +184,9 @@ func (o *Options) Validate() error {
 	if o.steal != nil && o.mirror != nil {
 		return errors.New("--steal and --mirror cannot be combined; choose one")
 	}
+	if o.AddNetRaw && o.mirror == nil {
+		return errors.New("--add-net-raw is for --mirror, whose agent captures with NET_RAW; without --mirror the agent needs no NET_RAW")
+	}
 	if o.steal == nil && o.mirror == nil && !o.Filter.Filter().Empty() {
 		return errors.New("--header-filter, --path-filter and --method select what --steal or --mirror takes; add one of them")
 	}
@@ -219,17 +225,7 @@ func (o *Options) check(ctx context.Context, t *target.Target) ([]string, error)
 
 // Run starts the session, the command's network and the command, and returns the command's exit.
 func (o *Options) Run(ctx context.Context) error {
-	var caps inject.Capabilities
-	switch {
-	case o.steal != nil:
-		caps = steal.Capabilities
-	case o.mirror != nil:
-		caps = o.mirror.Capabilities()
-	}
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
-		Target: o.Target, Capabilities: caps,
-		Check: func(t *target.Target) ([]string, error) { return o.check(ctx, t) },
-	}, o.ErrOut)
+	s, err := session.Start(ctx, o.kube, o.Session, o.request(ctx), o.ErrOut)
 	if err != nil {
 		return err
 	}
@@ -250,6 +246,21 @@ func (o *Options) Run(ctx context.Context) error {
 		return &exitcode.Error{Command: o.Command[0], Code: code}
 	}
 	return nil
+}
+
+// request is the agent this exec asks for: the capabilities of --steal or --mirror, if any.
+func (o *Options) request(ctx context.Context) session.Request {
+	var caps inject.Capabilities
+	switch {
+	case o.steal != nil:
+		caps = steal.Capabilities
+	case o.mirror != nil:
+		caps = o.mirror.Capabilities()
+	}
+	return session.Request{
+		Target: o.Target, Capabilities: caps, AddNetRaw: o.AddNetRaw,
+		Check: func(t *target.Target) ([]string, error) { return o.check(ctx, t) },
+	}
 }
 
 // attach starts --steal or --mirror, delivering through dial; stop is a no-op without either.

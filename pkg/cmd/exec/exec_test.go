@@ -1,12 +1,14 @@
 package exec
 
 import (
+	"context"
 	"strings"
 	"testing"
 
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
 )
 
 // parse runs the real cobra command line through Complete and Validate, stopping before Run. The
@@ -39,6 +41,7 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "steal and mirror", args: []string{"deploy/api", "--proxy", "--steal", "80", "--mirror", "81", "--", "./api"}, wantErr: "--steal and --mirror cannot be combined"},
 		{name: "filter without steal", args: []string{"deploy/api", "--proxy", "--path-filter", "^/api", "--", "./api"}, wantErr: "add one of them"},
 		{name: "bad steal port", args: []string{"deploy/api", "--proxy", "--steal", "80:x", "--", "./api"}, wantErr: `--steal: --port "80:x": LOCAL must be a port number`},
+		{name: "add NET_RAW without mirror", args: []string{"deploy/api", "--proxy", "--steal", "80", "--add-net-raw", "--", "./api"}, wantErr: "--add-net-raw is for --mirror"},
 		{name: "bad filter", args: []string{"deploy/api", "--proxy", "--steal", "80", "--header-filter", "^X-(a", "--", "./api"}, wantErr: `--header-filter "^X-(a" is not a valid regular expression`},
 	}
 	for _, tt := range tests {
@@ -68,5 +71,31 @@ func TestStealAllowUnownedRedirect(t *testing.T) {
 	}
 	if !o.steal.Spec().AllowUnownedRedirect {
 		t.Error("the steal spec does not allow an unowned redirect")
+	}
+}
+
+// --add-net-raw asks for an agent that adds NET_RAW and drops everything else, as dump and mirror do.
+func TestRequest(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		args     []string
+		wantCaps inject.Capabilities
+		wantAdd  bool
+	}{
+		{name: "no capability", args: []string{"deploy/api", "--proxy", "--", "./api"}},
+		{name: "steal", args: []string{"deploy/api", "--proxy", "--steal", "80", "--", "./api"}, wantCaps: inject.NetAdmin},
+		{name: "mirror keeps the runtime's NET_RAW", args: []string{"deploy/api", "--proxy", "--mirror", "80", "--", "./api"}, wantCaps: inject.NetRaw},
+		{name: "mirror adding NET_RAW", args: []string{"deploy/api", "--proxy", "--mirror", "80", "--add-net-raw", "--", "./api"}, wantCaps: inject.NetRaw, wantAdd: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parse(t, tt.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := o.request(context.Background())
+			if r.Capabilities != tt.wantCaps || r.AddNetRaw != tt.wantAdd {
+				t.Errorf("request asks for %v (add NET_RAW %v), want %v (add NET_RAW %v)", r.Capabilities, r.AddNetRaw, tt.wantCaps, tt.wantAdd)
+			}
+		})
 	}
 }
