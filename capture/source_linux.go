@@ -38,6 +38,8 @@ type Capture struct {
 	// come later too, with the kernel's index in CaptureInfo all the same.
 	ifcs    []Interface
 	snapLen int
+	// program compiles a filter expression for the rings as Open did, for SetExpr.
+	program func(e *Expr) ([]bpf.RawInstruction, error)
 
 	packets chan packet
 	done    chan struct{} // closed by Close
@@ -102,20 +104,21 @@ func Open(opts Options) (*Capture, error) {
 	// interface would cost RingSize of kernel memory per interface, and in a node's network
 	// namespace (a hostNetwork pod) every pod on the node has an interface there.
 	var ringIfcs []net.Interface
-	var filters [][]bpf.RawInstruction
 	if opts.Interface == "" {
-		f, err := programAny(opts.Filter, opts.Expr, uint32(snapLen))
-		if err != nil {
-			return nil, err
-		}
-		ringIfcs, filters = []net.Interface{{Name: ""}}, [][]bpf.RawInstruction{f}
+		ringIfcs = []net.Interface{{Name: ""}}
+		c.program = func(e *Expr) ([]bpf.RawInstruction, error) { return programAny(opts.Filter, e, uint32(snapLen)) }
 	} else {
-		f, err := programWith(opts.Filter, opts.Expr, uint32(snapLen), ifcs[0].Flags&net.FlagLoopback != 0)
-		if err != nil {
-			return nil, err
+		loopback := ifcs[0].Flags&net.FlagLoopback != 0
+		ringIfcs = ifcs
+		c.program = func(e *Expr) ([]bpf.RawInstruction, error) {
+			return programWith(opts.Filter, e, uint32(snapLen), loopback)
 		}
-		ringIfcs, filters = ifcs, [][]bpf.RawInstruction{f}
 	}
+	f, err := c.program(opts.Expr)
+	if err != nil {
+		return nil, err
+	}
+	filters := [][]bpf.RawInstruction{f}
 	for _, ifc := range ringIfcs {
 		r, err := openRing(ifc, blockSize, blocks)
 		if err != nil {
@@ -238,6 +241,33 @@ func (r *ring) start(filter []bpf.RawInstruction) error {
 	}
 	if err := r.tp.SetBPF(filter); err != nil {
 		return fmt.Errorf("attach filter on %q: %w", r.ifc.Name, err)
+	}
+	return nil
+}
+
+// SetExpr replaces the capture's filter expression while it runs (nil: none); the port filter given
+// to Open stays. The kernel swaps a socket's filter in one step, so every frame is matched by either
+// the old or the new one. The agent uses it when a session starts or ends, so that no capture ever
+// holds another session's data connection, whenever that session began.
+func (c *Capture) SetExpr(e *Expr) error {
+	if e != nil && e.root == nil {
+		return errors.New("empty filter expression: use ParseExpr")
+	}
+	f, err := c.program(e)
+	if err != nil {
+		return err
+	}
+	// Under mu, which Close takes before it closes the sockets: a closed capture's descriptors may
+	// already belong to someone else.
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil
+	}
+	for _, r := range c.rings {
+		if err := r.tp.SetBPF(f); err != nil {
+			return fmt.Errorf("replace filter on %q: %w", r.ifc.Name, err)
+		}
 	}
 	return nil
 }

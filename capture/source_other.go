@@ -40,3 +40,6 @@ func (*Capture) Stats() (Stats, error) { return Stats{}, errNotLinux }
 
 // Close does nothing outside Linux.
 func (*Capture) Close() error { return nil }
+
+// SetExpr is not available outside Linux.
+func (*Capture) SetExpr(*Expr) error { return errNotLinux }

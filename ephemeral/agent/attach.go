@@ -63,8 +63,9 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		Dialer:    &dial.Dialer{Timeout: cfg.dialTimeout},
 		Tunnel:    wire.DefaultMuxConfig(),
 		Listening: a.Listening,
-		DataPorts: a.DataPorts,
-		Budget:    a.Budget,
+		DataPorts:      a.DataPorts,
+		WatchDataPorts: a.WatchDataPorts,
+		Budget:         a.Budget,
 	})
 }
 

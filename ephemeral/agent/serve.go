@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"slices"
@@ -110,6 +111,8 @@ type sessionIO struct {
 	// DataPorts lists every live session's data port, this one's included once it listens: what a
 	// capture or redirect of this session must leave alone.
 	DataPorts func() []int
+	// WatchDataPorts follows DataPorts as sessions come and go (server.WatchDataPorts).
+	WatchDataPorts func(fn func([]int)) (stop func())
 	// Budget is the agent's one memory budget, shared by every session.
 	Budget *budget.Budget
 }
@@ -131,11 +134,17 @@ type server struct {
 	changed chan struct{} // closed and replaced whenever live changes
 	// ports are the data ports of the live sessions, by attachment.
 	ports map[*net.UnixConn]int
-	wg    sync.WaitGroup
+	// watchers are told the data ports at each change (WatchDataPorts); notify serializes the changes
+	// with their notifications, so the last set a watcher is given is the current one.
+	notify      sync.Mutex
+	watchers    map[int]func([]int)
+	nextWatcher int
+	wg          sync.WaitGroup
 }
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
-	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}), ports: map[*net.UnixConn]int{}}
+	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
+		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){}}
 }
 
 // DataPorts are the loopback ports on which the live sessions take their data connections, in
@@ -144,6 +153,10 @@ func newServer(serve sessionFunc, log *slog.Logger) *server {
 func (s *server) DataPorts() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.dataPortsLocked()
+}
+
+func (s *server) dataPortsLocked() []int {
 	ports := make([]int, 0, len(s.ports))
 	for _, p := range s.ports {
 		ports = append(ports, p)
@@ -152,16 +165,47 @@ func (s *server) DataPorts() []int {
 	return ports
 }
 
-func (s *server) setPort(c *net.UnixConn, port int) {
+// WatchDataPorts calls fn with the data ports now and again after every change, until stop. A
+// capture that started before a session still leaves that session's port out: the session's Listening
+// call, which reaches fn before it returns, comes before its Welcome announces the port. A port whose
+// session ended is captured again, since the app may now use it.
+func (s *server) WatchDataPorts(fn func([]int)) (stop func()) {
+	s.notify.Lock()
+	defer s.notify.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ports[c] = port
+	id := s.nextWatcher
+	s.nextWatcher++
+	s.watchers[id] = fn
+	ports := s.dataPortsLocked()
+	s.mu.Unlock()
+	fn(ports)
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		delete(s.watchers, id)
+	}
+}
+
+// changePorts applies change to the data ports and tells the watchers.
+func (s *server) changePorts(change func()) {
+	s.notify.Lock()
+	defer s.notify.Unlock()
+	s.mu.Lock()
+	change()
+	ports := s.dataPortsLocked()
+	watchers := slices.Collect(maps.Values(s.watchers))
+	s.mu.Unlock()
+	for _, fn := range watchers {
+		fn(ports)
+	}
+}
+
+func (s *server) setPort(c *net.UnixConn, port int) {
+	s.changePorts(func() { s.ports[c] = port })
 }
 
 func (s *server) dropPort(c *net.UnixConn) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.ports, c)
+	s.changePorts(func() { delete(s.ports, c) })
 }
 
 // Sessions is the number of live, authenticated attachments: connections, which only the kernel
@@ -247,12 +291,13 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 	defer s.dropPort(c)
 	s.log.Info("session attached", "pid", cred.Pid)
 	err = s.serve(ctx, sessionIO{
-		Args:      h.Args,
-		In:        io.MultiReader(bytes.NewReader(rest), c),
-		Out:       c,
-		Log:       logw,
-		Listening: func(port int) { s.setPort(c, port) },
-		DataPorts: s.DataPorts,
+		Args:           h.Args,
+		In:             io.MultiReader(bytes.NewReader(rest), c),
+		Out:            c,
+		Log:            logw,
+		Listening:      func(port int) { s.setPort(c, port) },
+		DataPorts:      s.DataPorts,
+		WatchDataPorts: s.WatchDataPorts,
 	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {

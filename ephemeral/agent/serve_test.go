@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,6 +192,19 @@ func TestServerDataPorts(t *testing.T) {
 		}
 		return strings.TrimSpace(got)
 	}
+	// A capture that runs before any session is told every change, the first right away.
+	var mu sync.Mutex
+	var seen [][]int
+	stopWatch := srv.WatchDataPorts(func(ports []int) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, ports)
+	})
+	watched := func() [][]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
 	a := startAttach(t, "--name="+name)
 	if got := ask(a, "41000"); got != "[41000]" {
 		t.Errorf("first session sees ports %s, want [41000]", got)
@@ -209,10 +223,16 @@ func TestServerDataPorts(t *testing.T) {
 	if got := ask(b, "again"); got != "[40000]" {
 		t.Errorf("after the first session ended, the second sees ports %s, want [40000]", got)
 	}
+	stopWatch()
 	b.stdin.Close()
 	<-b.done
 	if got := srv.DataPorts(); len(got) != 0 {
 		t.Errorf("DataPorts = %v with no session, want none", got)
+	}
+	// The session reports its port before it answers, so each set was seen before the answer that
+	// shows it; after stop, the second session's end is not.
+	if diff := cmp.Diff([][]int{{}, {41000}, {40000, 41000}, {40000}}, watched()); diff != "" {
+		t.Errorf("the watcher saw (-want +got):\n%s", diff)
 	}
 }
 

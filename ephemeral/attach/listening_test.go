@@ -25,7 +25,7 @@ func TestRunReportsDataPortBeforeWelcome(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := plugin.Hello(ctx, wire.Hello{Secret: secret})
+	w, err := plugin.Hello(ctx, wire.Hello{Secret: secret, DataConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,13 +56,17 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	}
 	var run func() error
 	if spec.Sniffs() {
-		c, err := sniff.Open(wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"}, s.cfg.DataPorts())
+		capSpec := wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"}
+		c, err := sniff.Open(capSpec, s.cfg.DataPorts())
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
 			_ = in.Reject(err)
 			return
 		}
-		run = func() error { return m.Sniff(ctx, c) }
+		run = func() error {
+			defer s.followDataPorts(c, capSpec)()
+			return m.Sniff(ctx, c)
+		}
 	} else {
 		if !s.stealing.CompareAndSwap(false, true) {
 			_ = in.Reject(fmt.Errorf("this session already steals or mirrors with a redirect: %w", wire.ErrUnsupported))

@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
@@ -54,6 +55,10 @@ type Config struct {
 	DataPorts func() []int
 	// ResolvConfPath is the pod's resolver configuration; /etc/resolv.conf when empty.
 	ResolvConfPath string
+	// WatchDataPorts, when set, calls fn with DataPorts now and at every change until stop: a capture
+	// that runs while another session starts leaves that session's data port out too. nil: DataPorts
+	// is read once, when the capture opens.
+	WatchDataPorts func(fn func([]int)) (stop func())
 	// Budget is the agent's memory budget: past it mirror copies are dropped, stolen streams wait and
 	// new filtered connections go to the app unread. nil: no budget (tests).
 	Budget *budget.Budget
@@ -486,6 +491,7 @@ func (s *server) serveDump(ctx context.Context, in *wire.Incoming) {
 		_ = in.Reject(err)
 		return
 	}
+	defer s.followDataPorts(c, spec)()
 	st, err := in.AcceptWith(wire.CompressionNone)
 	if err != nil {
 		c.Close()
@@ -529,4 +535,17 @@ func (s *server) overBudget() func() bool {
 		return nil
 	}
 	return s.cfg.Budget.Over
+}
+
+// followDataPorts keeps a capture opened by sniff.Open for spec clear of every live session's data
+// port, sessions that start later included, until the returned stop.
+func (s *server) followDataPorts(c *capture.Capture, spec wire.DumpSpec) (stop func()) {
+	if s.cfg.WatchDataPorts == nil {
+		return func() {}
+	}
+	return s.cfg.WatchDataPorts(func(ports []int) {
+		if err := sniff.Exclude(c, spec, ports); err != nil {
+			s.log.Warn("capture filter not updated for the sessions' data ports", "ports", ports, "err", err)
+		}
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -202,5 +203,81 @@ func TestKernelDataConnectionOnLo(t *testing.T) {
 	}
 	if bytes.Contains(seen, payload) {
 		t.Error("a capture of lo holds a stream's bytes in clear")
+	}
+}
+
+// TestKernelExcludeFollowsSessions: a dump that runs while another session starts leaves that
+// session's data port out from the moment Exclude returns, keeps its own filter, and captures the port
+// again once the session has ended (the app may reuse it).
+func TestKernelExcludeFollowsSessions(t *testing.T) {
+	testnet.RequireRoot(t)
+	ns := testnet.New(t)
+	later := ns.Listen(t, "tcp", "127.0.0.1:0") // the data port of a session that starts after the dump
+	other := ns.Listen(t, "tcp", "127.0.0.1:0") // outside the dump's own filter
+	laterPort, otherPort := later.Addr().(*net.TCPAddr).Port, other.Addr().(*net.TCPAddr).Port
+	for _, ln := range []net.Listener{later, other} {
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					_, _ = io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	send := func(ln net.Listener, msg string) {
+		t.Helper()
+		c, err := ns.DialContext(context.Background(), "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+		if back, err := io.ReadAll(c); err != nil || string(back) != msg {
+			t.Fatalf("echo of %q: %q, %v", msg, back, err)
+		}
+	}
+
+	spec := wire.DumpSpec{Filter: "not port " + strconv.Itoa(otherPort)}
+	var c *capture.Capture
+	if err := ns.Do(func() (err error) {
+		c, err = Open(spec, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stop := runDump(t, c)
+	if err := Exclude(c, spec, []int{laterPort}); err != nil {
+		t.Fatal(err)
+	}
+	send(later, "while-the-session-runs")
+	send(other, "outside-the-filter")
+	if err := Exclude(c, spec, nil); err != nil {
+		t.Fatal(err)
+	}
+	send(later, "after-the-session-ended")
+
+	var payload []byte
+	for _, tcp := range tcpPackets(t, stop()) {
+		if hasPort(tcp, otherPort) {
+			t.Errorf("the dump's own filter (%q) was lost: a packet of port %d was captured", spec.Filter, otherPort)
+		}
+		payload = append(payload, tcp.Payload...)
+	}
+	if bytes.Contains(payload, []byte("while-the-session-runs")) {
+		t.Error("the dump captured the data port of a session that started after it")
+	}
+	if !bytes.Contains(payload, []byte("after-the-session-ended")) {
+		t.Error("the dump does not capture the port again once its session ended")
+	}
+	if err := Exclude(c, spec, []int{laterPort}); err != nil {
+		t.Errorf("Exclude on a closed capture = %v, want nil (nothing left to filter)", err)
 	}
 }

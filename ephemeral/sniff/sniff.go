@@ -28,15 +28,11 @@ const drainFor = 250 * time.Millisecond
 // Open starts the capture a dump spec asks for in the current network namespace, never including the
 // loopback TCP ports in exclude (the agent's own data connections, wire.DumpSpec.CaptureExpr).
 func Open(spec wire.DumpSpec, exclude []int) (*capture.Capture, error) {
-	opts := capture.Options{SnapLen: spec.SnapLen}
-	if text := spec.CaptureExpr(exclude); text != "" {
-		e, err := capture.ParseExpr(text)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
-		}
-		opts.Expr = &e
+	e, err := expr(spec, exclude)
+	if err != nil {
+		return nil, err
 	}
-	c, err := capture.Open(opts)
+	c, err := capture.Open(capture.Options{SnapLen: spec.SnapLen, Expr: e})
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("open a packet socket: %w (the agent needs NET_RAW; this container runtime does not grant it by default, so rerun with --add-net-raw): %w", err, wire.ErrForbidden)
@@ -44,6 +40,29 @@ func Open(spec wire.DumpSpec, exclude []int) (*capture.Capture, error) {
 		return nil, fmt.Errorf("open the capture: %w", err)
 	}
 	return c, nil
+}
+
+// Exclude changes what a running capture opened by Open leaves out to the loopback TCP ports in
+// exclude, spec's own filter kept: the agent calls it as sessions start and end.
+func Exclude(c *capture.Capture, spec wire.DumpSpec, exclude []int) error {
+	e, err := expr(spec, exclude)
+	if err != nil {
+		return err
+	}
+	return c.SetExpr(e)
+}
+
+// expr is the compiled form of spec.CaptureExpr(exclude); nil when it is empty.
+func expr(spec wire.DumpSpec, exclude []int) (*capture.Expr, error) {
+	text := spec.CaptureExpr(exclude)
+	if text == "" {
+		return nil, nil
+	}
+	e, err := capture.ParseExpr(text)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+	}
+	return &e, nil
 }
 
 // Dump writes c as pcapng to w until ctx ends or w fails, then the kernel's counts as a statistics
