@@ -462,7 +462,10 @@ func helperGuard(name, pidArg string, fail func(error) int) int {
 		return fail(err)
 	}
 	if _, err := unix.PidfdOpen(pid, 0); !errors.Is(err, unix.EPERM) {
-		return fail(fmt.Errorf("pidfd_open under the filter = %v, want EPERM", err))
+		if err == nil {
+			err = errors.New("no error")
+		}
+		return fail(fmt.Errorf("pidfd_open under the filter = %w, want EPERM", err))
 	}
 	runtime.LockOSThread()
 	h, err := netns.GetFromName(name)
