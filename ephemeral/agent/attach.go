@@ -56,13 +56,13 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		return err
 	}
 	return attach.Run(ctx, attach.Config{
-		Version:   agentVersion(),
-		In:        a.In,
-		Out:       a.Out,
-		Log:       slog.New(slog.NewTextHandler(a.Log, &slog.HandlerOptions{Level: level(cfg.debug)})),
-		Dialer:    &dial.Dialer{Timeout: cfg.dialTimeout},
-		Tunnel:    wire.DefaultMuxConfig(),
-		Listening: a.Listening,
+		Version:        agentVersion(),
+		In:             a.In,
+		Out:            a.Out,
+		Log:            slog.New(slog.NewTextHandler(a.Log, &slog.HandlerOptions{Level: level(cfg.debug)})),
+		Dialer:         &dial.Dialer{Timeout: cfg.dialTimeout},
+		Tunnel:         wire.DefaultMuxConfig(),
+		Listening:      a.Listening,
 		DataPorts:      a.DataPorts,
 		WatchDataPorts: a.WatchDataPorts,
 		Budget:         a.Budget,
