@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
+	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
 )
 
 // socketPrefix starts the abstract unix socket on which an agent's main process serves sessions. Abstract
@@ -317,7 +318,8 @@ func readHeader(c *net.UnixConn) (h header, rest []byte, log *os.File, err error
 		// Go's ReadMsgUnix asks for MSG_CMSG_CLOEXEC, so a received descriptor never leaks into a child.
 		m, oobn, _, _, err := c.ReadMsgUnix(buf[n:], oob)
 		if oobn > 0 && log == nil {
-			log = receivedFile(oob[:oobn])
+			// A malformed control message leaves the session without the relay's stderr.
+			log, _ = scmrights.First(oob[:oobn], "attachment stderr")
 		}
 		n += m
 		if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
@@ -341,29 +343,6 @@ func closeFile(f *os.File) {
 	if f != nil {
 		f.Close()
 	}
-}
-
-// receivedFile is the first descriptor in a control message; any others are closed.
-func receivedFile(oob []byte) *os.File {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil
-	}
-	var f *os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			if f == nil {
-				f = os.NewFile(uintptr(fd), "attachment stderr")
-				continue
-			}
-			unix.Close(fd)
-		}
-	}
-	return f
 }
 
 // timerFunc arms a timer; the main process uses time.NewTimer, tests a timer they fire themselves.

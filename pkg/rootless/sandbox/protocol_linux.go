@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
 )
 
 // The plugin and its helper talk over a SOCK_SEQPACKET socket pair: one JSON message per packet,
@@ -94,8 +96,8 @@ func recv(c *net.UnixConn) (message, *os.File, error) {
 	}
 	var f *os.File
 	if oobn > 0 {
-		if f, err = parseRights(oob[:oobn]); err != nil {
-			return message{}, nil, err
+		if f, err = scmrights.First(oob[:oobn], "sandbox-fd"); err != nil {
+			return message{}, nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
 	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
@@ -118,28 +120,6 @@ func recv(c *net.UnixConn) (message, *os.File, error) {
 		return message{}, nil, fmt.Errorf("sandbox: bad message: %w", err)
 	}
 	return m, f, nil
-}
-
-func parseRights(oob []byte) (*os.File, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return nil, fmt.Errorf("sandbox: control message: %w", err)
-	}
-	var f *os.File
-	for _, m := range msgs {
-		fds, err := unix.ParseUnixRights(&m)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			if f == nil {
-				f = os.NewFile(uintptr(fd), "sandbox-fd")
-				continue
-			}
-			unix.Close(fd)
-		}
-	}
-	return f, nil
 }
 
 // fileConn turns one end of the socket pair into a *net.UnixConn and closes fd (the conn has its
