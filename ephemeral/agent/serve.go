@@ -135,6 +135,11 @@ type server struct {
 	changed chan struct{} // closed and replaced whenever live changes
 	// ports are the data ports of the live sessions, by attachment.
 	ports map[*net.UnixConn]int
+	// lingering are the data ports of ended sessions, still left out of captures for portLinger, by
+	// how many ended sessions hold each; afterFunc is time.AfterFunc.
+	lingering  map[int]int
+	portLinger time.Duration
+	afterFunc  func(time.Duration, func()) *time.Timer
 	// watchers are told the data ports at each change (WatchDataPorts); notify serializes the changes
 	// with their notifications, so the last set a watcher is given is the current one.
 	notify      sync.Mutex
@@ -145,12 +150,13 @@ type server struct {
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
 	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
-		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){}}
+		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
+		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
 }
 
-// DataPorts are the loopback ports on which the live sessions take their data connections, in
-// ascending order. They carry every session's tunnels (and its secret's proof), so no session may
-// capture or redirect them, whichever session owns them.
+// DataPorts are the loopback ports on which the live sessions take their data connections, and for
+// dataPortLinger those of ended sessions, in ascending order. They carry every session's tunnels (and
+// its secret's proof), so no session may capture or redirect them, whichever session owns them.
 func (s *server) DataPorts() []int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -158,18 +164,21 @@ func (s *server) DataPorts() []int {
 }
 
 func (s *server) dataPortsLocked() []int {
-	ports := make([]int, 0, len(s.ports))
+	ports := make([]int, 0, len(s.ports)+len(s.lingering))
 	for _, p := range s.ports {
 		ports = append(ports, p)
 	}
+	for p := range s.lingering {
+		ports = append(ports, p)
+	}
 	slices.Sort(ports)
-	return ports
+	return slices.Compact(ports)
 }
 
 // WatchDataPorts calls fn with the data ports now and again after every change, until stop. A
 // capture that started before a session still leaves that session's port out: the session's Listening
 // call, which reaches fn before it returns, comes before its Welcome announces the port. A port whose
-// session ended is captured again, since the app may now use it.
+// session ended is captured again dataPortLinger later, since the app may then use it.
 func (s *server) WatchDataPorts(fn func([]int)) (stop func()) {
 	s.notify.Lock()
 	defer s.notify.Unlock()
@@ -205,8 +214,33 @@ func (s *server) setPort(c *net.UnixConn, port int) {
 	s.changePorts(func() { s.ports[c] = port })
 }
 
+// dataPortLinger is how long an ended session's data port stays out of captures: its connections'
+// last segments (FIN, ACK, a retransmission) may come after the session ended, for as long as Linux
+// keeps a closed connection in TIME_WAIT (60 s). After that the app may use the port, and captures
+// see it again.
+const dataPortLinger = 60 * time.Second
+
 func (s *server) dropPort(c *net.UnixConn) {
-	s.changePorts(func() { delete(s.ports, c) })
+	var port int
+	s.changePorts(func() {
+		p, ok := s.ports[c]
+		if !ok {
+			return
+		}
+		port = p
+		delete(s.ports, c)
+		s.lingering[port]++
+	})
+	if port == 0 {
+		return
+	}
+	s.afterFunc(s.portLinger, func() {
+		s.changePorts(func() {
+			if s.lingering[port]--; s.lingering[port] <= 0 {
+				delete(s.lingering, port)
+			}
+		})
+	})
 }
 
 // Sessions is the number of live, authenticated attachments: connections, which only the kernel

@@ -178,6 +178,15 @@ func TestServerDataPorts(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := newServer(portSession, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	// An ended session's port lingers until the test expires it.
+	expire := make(chan func(), 2)
+	srv.afterFunc = func(d time.Duration, f func()) *time.Timer {
+		if d != dataPortLinger {
+			t.Errorf("an ended session's port lingers %v, want %v", d, dataPortLinger)
+		}
+		expire <- f
+		return nil
+	}
 	go srv.Serve(context.Background(), ln)
 	t.Cleanup(func() {
 		ln.Close()
@@ -220,18 +229,25 @@ func TestServerDataPorts(t *testing.T) {
 	if err := <-a.done; err != nil {
 		t.Fatalf("first relay ended with %v", err)
 	}
+	// The first session's connections may still send their last segments: its port stays left out
+	// until the linger expires, then it is the app's again.
+	if got := ask(b, "again"); got != "[40000 41000]" {
+		t.Errorf("right after the first session ended, the second sees ports %s, want [40000 41000]", got)
+	}
+	(<-expire)()
 	if got := ask(b, "again"); got != "[40000]" {
-		t.Errorf("after the first session ended, the second sees ports %s, want [40000]", got)
+		t.Errorf("after the linger, the second session sees ports %s, want [40000]", got)
 	}
 	stopWatch()
 	b.stdin.Close()
 	<-b.done
+	(<-expire)()
 	if got := srv.DataPorts(); len(got) != 0 {
-		t.Errorf("DataPorts = %v with no session, want none", got)
+		t.Errorf("DataPorts = %v with no session and no linger, want none", got)
 	}
 	// The session reports its port before it answers, so each set was seen before the answer that
 	// shows it; after stop, the second session's end is not.
-	if diff := cmp.Diff([][]int{{}, {41000}, {40000, 41000}, {40000}}, watched()); diff != "" {
+	if diff := cmp.Diff([][]int{{}, {41000}, {40000, 41000}, {40000, 41000}, {40000}}, watched()); diff != "" {
 		t.Errorf("the watcher saw (-want +got):\n%s", diff)
 	}
 }
