@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mesh"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
@@ -148,6 +149,11 @@ func parseTo(to string) (svc, svcPort, hostport string, err error) {
 // warnings about what the mirror will not do as the user may expect. A --to that leads back to the
 // mirrored pod is refused (see loop.go).
 func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *target.Target) ([]string, error) {
+	if o.Mode == wire.MirrorRedirect {
+		if err := mesh.Detect(t.Pod).RefuseRedirect(t.Pod, "mirror --mode redirect"); err != nil {
+			return nil, err
+		}
+	}
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return nil, err

@@ -358,3 +358,19 @@ func TestSpecUnownedRedirect(t *testing.T) {
 		t.Errorf("spec (-want +got):\n%s", d)
 	}
 }
+
+// In a meshed pod a redirect mirror is refused before anything changes; a sniffing one changes nothing
+// in the pod and goes ahead.
+func TestCheckMeshedPod(t *testing.T) {
+	pod := testPod()
+	pod.Annotations = map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"}
+	redirect := completed(t, func(o *Options) { o.PortArgs, o.Mode = []string{"8080"}, wire.MirrorRedirect })
+	_, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1})
+	if err == nil || !strings.Contains(err.Error(), "Linkerd's sidecar mode") || !strings.Contains(err.Error(), "mirror --mode redirect is refused") {
+		t.Errorf("redirect Check = %v, want the Linkerd refusal", err)
+	}
+	sniff := completed(t, func(o *Options) { o.PortArgs = []string{"8080"} })
+	if _, err := sniff.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1}); err != nil {
+		t.Errorf("sniff Check = %v, want it allowed", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mesh"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/httpfilter"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -102,6 +103,9 @@ func (o *Options) Ports() []target.PortSpec { return o.ports }
 // Check resolves the ports against the target before the agent is added, and returns warnings about
 // what the steal will not do as the user may expect. named is how the user named the target.
 func (o *Options) Check(t *target.Target, named string) ([]string, error) {
+	if err := mesh.Detect(t.Pod).RefuseRedirect(t.Pod, "steal"); err != nil {
+		return nil, err
+	}
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return nil, err

@@ -477,3 +477,15 @@ func TestPrinterEscapesTraffic(t *testing.T) {
 		t.Errorf("stderr (-want +got):\n%s", diff)
 	}
 }
+
+// A meshed pod is refused before anything changes: a redirect in front of the sidecar would take its
+// mTLS or break every meshed request to the port.
+func TestCheckRefusesMeshedPod(t *testing.T) {
+	pod := testPod()
+	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+	o := completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"} })
+	_, err := o.Check(&target.Target{Pod: pod, Container: "app", Replicas: 1}, "pod/web-1")
+	if err == nil || !strings.Contains(err.Error(), "Istio's sidecar mode") || !strings.Contains(err.Error(), "steal is refused") {
+		t.Errorf("Check = %v, want the Istio sidecar refusal", err)
+	}
+}
