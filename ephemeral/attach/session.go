@@ -419,12 +419,11 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	st, err := steal.Start(ctx, steal.Config{
-		ID:         s.id,
-		Spec:       spec,
-		Open:       s,
-		Log:        s.log,
-		Budget:     s.cfg.Budget,
-		OverBudget: s.overBudget(),
+		ID:     s.id,
+		Spec:   spec,
+		Open:   s,
+		Log:    s.log,
+		Budget: s.cfg.Budget,
 		Events: func(e wire.StealEvent) {
 			select {
 			case events <- e:
@@ -527,14 +526,6 @@ func readResolvConf(path string) string {
 	defer f.Close()
 	b, _ := io.ReadAll(io.LimitReader(f, maxResolvConf))
 	return string(b)
-}
-
-// overBudget is the steal's OverBudget: the budget's own check, or none without a budget.
-func (s *server) overBudget() func() bool {
-	if s.cfg.Budget == nil {
-		return nil
-	}
-	return s.cfg.Budget.Over
 }
 
 // followDataPorts keeps a capture opened by sniff.Open for spec clear of every live session's data

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -61,7 +62,7 @@ func (f *filtered) warnings() []string {
 
 // startFiltered starts a steal of requests with "X-Steal: yes"; the app and the local process answer
 // with their names.
-func startFiltered(t *testing.T, spec wire.StealSpec, overBudget func() bool) *filtered {
+func startFiltered(t *testing.T, spec wire.StealSpec, mem *budget.Budget) *filtered {
 	pod, client := testnet.New(t), testnet.New(t)
 	testnet.Connect(t, pod, []netip.Prefix{netip.MustParsePrefix("10.79.0.1/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.79.0.2/24")})
 	named(t, pod.Listen(t, "tcp", "10.79.0.1:8080"), "app")
@@ -78,7 +79,7 @@ func startFiltered(t *testing.T, spec wire.StealSpec, overBudget func() bool) *f
 	if err := pod.Do(func() error {
 		var err error
 		f.steal, err = steal.Start(ctx, steal.Config{ID: "filteredtest", Spec: spec, Open: toLocal{addr: ll.Addr().String()},
-			InNetns: pod.Do, OverBudget: overBudget, Events: func(e wire.StealEvent) {
+			InNetns: pod.Do, Budget: mem, Events: func(e wire.StealEvent) {
 				f.mu.Lock()
 				f.evs = append(f.evs, e)
 				f.mu.Unlock()
@@ -120,7 +121,22 @@ func (f *filtered) get(t *testing.T) string {
 // one warning at each change; within it they are filtered again (issue 16, memory budget).
 func TestKernelFilteredStealOverBudget(t *testing.T) {
 	var over atomic.Bool
-	f := startFiltered(t, wire.StealSpec{}, over.Load)
+	// The container's usage is over the limit when over says so; the clock moves a second at each
+	// reading, past the budget's cache, so every check sees the usage of now.
+	var clock atomic.Int64
+	mem, err := budget.New(budget.MinLimit, budget.Options{
+		Usage: func() (int64, error) {
+			if over.Load() {
+				return 2 * budget.MinLimit, nil
+			}
+			return 0, nil
+		},
+		Now: func() time.Time { return time.Unix(0, clock.Add(int64(time.Second))) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := startFiltered(t, wire.StealSpec{}, mem)
 	if got := f.get(t); got != "local" {
 		t.Fatalf("within the budget: answered by %q, want the local process", got)
 	}

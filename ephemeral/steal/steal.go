@@ -62,9 +62,10 @@ type Config struct {
 	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
-	// Budget is the agent container's memory budget. Past it the tee copies nothing more, and a
-	// stolen stream is no longer read from the tunnel (see paced); the app's connections are relayed
-	// as ever. Nil: no budget.
+	// Budget is the agent container's memory budget. Past it the tee copies nothing more, a stolen
+	// stream is no longer read from the tunnel (see paced), and each new connection of a filtered
+	// steal goes to the app raw, unparsed, so that the proxy's buffers do not grow (connections
+	// already being filtered carry on); the app's connections are relayed as ever. Nil: no budget.
 	Budget *budget.Budget
 	// Events receives what the steal does; it must not block for long.
 	Events func(wire.StealEvent)
@@ -83,11 +84,6 @@ type Config struct {
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
-	// OverBudget, when set and true, sends each new connection of a filtered steal to the app raw,
-	// unparsed: past the agent's memory budget the proxy's buffers must not grow, and the app's
-	// traffic is never what gives. Connections already being filtered carry on. Called once per
-	// connection, so it must be cheap.
-	OverBudget func() bool
 }
 
 // Steal is a running steal.
@@ -107,7 +103,7 @@ type Steal struct {
 	conns  map[net.Conn]struct{}
 	once   sync.Once
 	closed atomic.Bool
-	// overBudget counts the filtered steal's connections sent to the app raw by OverBudget; over
+	// overBudget counts the filtered steal's connections sent to the app raw over the budget; over
 	// remembers whether the last one was, so that only the change is reported.
 	overBudget atomic.Int64
 	over       atomic.Bool
@@ -375,8 +371,8 @@ func (s *Steal) serve(c *net.TCPConn) {
 		return
 	}
 	filtered := s.matcher != nil
-	if filtered && s.cfg.OverBudget != nil {
-		over := s.cfg.OverBudget()
+	if filtered && s.cfg.Budget != nil {
+		over := s.cfg.Budget.Over()
 		if s.over.Swap(over) != over {
 			msg := "the agent is back within its memory budget: new connections are filtered again"
 			if over {
