@@ -36,12 +36,14 @@ func TestVersion(t *testing.T) {
 		{
 			name: "plain",
 			args: []string{"version"},
-			want: "Plugin Version: " + info.Version + "\nAgent Image: " + info.AgentImage + "\n",
+			// The test binary is built without a release's ldflags: unpinned.
+			want: "Plugin Version: " + info.Version + "\nAgent Image: " + info.AgentImage +
+				"\nAgent Image Pinned: no (a build from source, not a release: the tag alone names the image)\n",
 		},
 		{
 			name: "yaml",
 			args: []string{"version", "-o", "yaml"},
-			want: "agentImage: " + info.AgentImage + "\ngoVersion: " + info.GoVersion + "\nversion: " + info.Version + "\n",
+			want: "agentImage: " + info.AgentImage + "\nagentImagePinned: false\ngoVersion: " + info.GoVersion + "\nversion: " + info.Version + "\n",
 		},
 		{
 			name:    "unknown output",

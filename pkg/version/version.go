@@ -7,9 +7,14 @@ import (
 	"strings"
 )
 
-// version is set at link time (-ldflags "-X .../pkg/version.version=v1.2.3"). It is the one package
-// variable of the plugin, because the linker can set nothing else.
-var version = ""
+// version and agentDigest are set at link time (-ldflags "-X .../pkg/version.version=v1.2.3 -X
+// .../pkg/version.agentDigest=sha256:..."). They are the plugin's only package variables, because the
+// linker can set nothing else. agentDigest is set by a release alone (.goreleaser.yaml): the digest of
+// the agent image index that the release workflow pushed before it built the plugin.
+var (
+	version     = ""
+	agentDigest = ""
+)
 
 // AgentImageRepository is where released agent images live; the tag is always the plugin's own version,
 // so a plugin never talks to an agent built from other sources.
@@ -20,14 +25,20 @@ const DevVersion = "v0.0.0-dev"
 
 // Info describes one build.
 type Info struct {
-	Version    string `json:"version"`
+	Version string `json:"version"`
+	// AgentImage is what the plugin adds to pods: repository:tag@digest in a release, repository:tag
+	// otherwise.
 	AgentImage string `json:"agentImage"`
-	GoVersion  string `json:"goVersion"`
+	// AgentImagePinned says AgentImage carries the released index digest, so the agent that runs with
+	// NET_ADMIN in a pod is the one released whatever later happens to the tag. A build from source
+	// (make, go install) is not pinned: nothing pushed an image for it before it was linked.
+	AgentImagePinned bool   `json:"agentImagePinned"`
+	GoVersion        string `json:"goVersion"`
 }
 
 // Get returns the running binary's build information.
 func Get() Info {
-	return resolve(version, readBuildInfo())
+	return resolve(version, agentDigest, readBuildInfo())
 }
 
 func readBuildInfo() *debug.BuildInfo {
@@ -40,7 +51,10 @@ func readBuildInfo() *debug.BuildInfo {
 
 // resolve prefers the linker-set version; a `go install …@v1.2.3` build has no ldflags but carries the
 // module version in its build info, and a plain `go build` in a checkout carries a VCS pseudo-version.
-func resolve(linked string, bi *debug.BuildInfo) Info {
+// A digest is used only when it has the form of a sha256 digest; anything else leaves the image unpinned
+// rather than naming a reference no registry can resolve (the release workflow checks the form before
+// it links, so this is a guard, not a path a release takes).
+func resolve(linked, digest string, bi *debug.BuildInfo) Info {
 	v := linked
 	goVersion := ""
 	if bi != nil {
@@ -52,8 +66,16 @@ func resolve(linked string, bi *debug.BuildInfo) Info {
 	if v == "" {
 		v = DevVersion
 	}
-	return Info{Version: v, AgentImage: AgentImageRepository + ":" + imageTag(v), GoVersion: goVersion}
+	info := Info{Version: v, AgentImage: AgentImageRepository + ":" + imageTag(v), GoVersion: goVersion}
+	if digestPattern.MatchString(digest) {
+		info.AgentImage += "@" + digest
+		info.AgentImagePinned = true
+	}
+	return info
 }
+
+// digestPattern is the one digest algorithm registries and containerd accept for an image index.
+var digestPattern = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 
 var invalidTagChars = regexp.MustCompile(`[^A-Za-z0-9_.-]`)
 

@@ -2,6 +2,7 @@ package version
 
 import (
 	"runtime/debug"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -11,12 +12,35 @@ func TestResolve(t *testing.T) {
 	bi := func(v string) *debug.BuildInfo {
 		return &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/trafficlab/kubectl-trafficlab", Version: v}}
 	}
+	const digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	tests := []struct {
 		name   string
 		linked string
+		digest string
 		bi     *debug.BuildInfo
 		want   Info
 	}{
+		{
+			name:   "a release names its agent by the index digest",
+			linked: "v0.3.0",
+			digest: digest,
+			bi:     bi("(devel)"),
+			want:   Info{Version: "v0.3.0", AgentImage: AgentImageRepository + ":v0.3.0@" + digest, AgentImagePinned: true, GoVersion: "go1.26.8"},
+		},
+		{
+			name:   "a malformed digest leaves the image unpinned",
+			linked: "v0.3.0",
+			digest: "sha256:0123",
+			bi:     bi("(devel)"),
+			want:   Info{Version: "v0.3.0", AgentImage: AgentImageRepository + ":v0.3.0", GoVersion: "go1.26.8"},
+		},
+		{
+			name:   "an upper-case digest is not one registries accept",
+			linked: "v0.3.0",
+			digest: strings.ToUpper(digest),
+			bi:     bi("(devel)"),
+			want:   Info{Version: "v0.3.0", AgentImage: AgentImageRepository + ":v0.3.0", GoVersion: "go1.26.8"},
+		},
 		{
 			name:   "ldflags win over build info",
 			linked: "v0.3.0",
@@ -49,7 +73,7 @@ func TestResolve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, resolve(tt.linked, tt.bi)); diff != "" {
+			if diff := cmp.Diff(tt.want, resolve(tt.linked, tt.digest, tt.bi)); diff != "" {
 				t.Errorf("resolve() mismatch (-want +got):\n%s", diff)
 			}
 		})

@@ -18,7 +18,10 @@ var (
 		Print the plugin's version and the agent image it adds to pods.
 
 		The agent image always carries the plugin's own version, so that the plugin and the agent
-		speak the same protocol. Use --agent-image on the other commands to override it.`)
+		speak the same protocol. A released plugin also names the image by the digest of the agent
+		image index released with it (pinned), so the agent that runs in a pod is exactly the
+		released one whatever happens to the tag. A build from source (make, go install) is
+		unpinned: it names the tag only. Use --agent-image on the other commands to override it.`)
 
 	versionExample = templates.Examples(`
 		# Print the plugin version and its agent image
@@ -98,6 +101,14 @@ func (o *Options) Run() error {
 		_, err = o.Out.Write(b)
 		return err
 	}
-	_, err := fmt.Fprintf(o.Out, "Plugin Version: %s\nAgent Image: %s\n", o.info.Version, o.info.AgentImage)
+	_, err := fmt.Fprintf(o.Out, "Plugin Version: %s\nAgent Image: %s\nAgent Image Pinned: %s\n", o.info.Version, o.info.AgentImage, pinnedText(o.info.AgentImagePinned))
 	return err
+}
+
+// pinnedText says what the plain output's pinned line means, so a reader needs no docs for it.
+func pinnedText(pinned bool) string {
+	if pinned {
+		return "yes (by the digest of the released agent image index)"
+	}
+	return "no (a build from source, not a release: the tag alone names the image)"
 }
