@@ -7,7 +7,13 @@
 // Output is deterministic: fixed mtimes and owners, sorted entries, sorted platforms.
 //
 //	mkimage -platform linux/amd64=DIR [-platform linux/arm64=DIR2] -tag REF \
-//	    [-entrypoint /x[,arg]] [-cmd a,b] [-user 65532] [-env K=V] [-workdir /] [-format auto|oci|docker] -out FILE
+//	    [-entrypoint /x[,arg]] [-cmd a,b] [-user 65532] [-env K=V] [-workdir /] [-format auto|oci|docker] \
+//	    [-out FILE] [-push] [-digest-file FILE]
+//
+// -push sends the same image (index) to the registry named by -tag, with the credentials of
+// $GITHUB_TOKEN for ghcr.io (the release workflow's) and none elsewhere; -digest-file writes the
+// digest of what was written or pushed (the index digest for several platforms), which the release
+// links into the plugin. The pushed digest equals the archive's: both come from one index value.
 package main
 
 import (
@@ -27,10 +33,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/authn/github"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
@@ -53,6 +62,8 @@ type options struct {
 	workdir    string
 	format     string // auto, oci, docker
 	out        string
+	push       bool
+	digestFile string
 	mtime      time.Time
 }
 
@@ -96,6 +107,8 @@ func parseArgs(args []string) (options, error) {
 	workdir := fl.String("workdir", "", "working directory")
 	format := fl.String("format", "auto", "auto (docker for one platform, oci for several), oci or docker")
 	out := fl.String("out", "", "output tarball")
+	push := fl.Bool("push", false, "push the image (index) to the registry named by -tag")
+	digestFile := fl.String("digest-file", "", "write the digest of the image (index) to this file")
 	epoch := fl.Int64("mtime", sourceDateEpoch(), "unix time used for every file and the image creation time")
 	if err := fl.Parse(args); err != nil {
 		return options{}, err
@@ -105,7 +118,7 @@ func parseArgs(args []string) (options, error) {
 	}
 	o := options{
 		tag: *tag, entrypoint: splitList(*entry), cmd: splitList(*cmd), user: *user, env: envs,
-		workdir: *workdir, format: *format, out: *out, mtime: time.Unix(*epoch, 0).UTC(),
+		workdir: *workdir, format: *format, out: *out, push: *push, digestFile: *digestFile, mtime: time.Unix(*epoch, 0).UTC(),
 	}
 	for _, s := range plats {
 		p, err := parsePlatform(s)
@@ -119,8 +132,8 @@ func parseArgs(args []string) (options, error) {
 		return options{}, errors.New("at least one -platform (or -rootfs) is required")
 	case o.tag == "":
 		return options{}, errors.New("-tag is required")
-	case o.out == "":
-		return options{}, errors.New("-out is required")
+	case o.out == "" && !o.push:
+		return options{}, errors.New("-out or -push is required")
 	}
 	if o.format != "auto" && o.format != "oci" && o.format != "docker" {
 		return options{}, fmt.Errorf("-format %q: want auto, oci or docker", o.format)
@@ -263,12 +276,6 @@ func build(o options) error {
 			return err
 		}
 	}
-	tmp := o.out + ".partial"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("create output: %w", err)
-	}
-	defer os.Remove(tmp)
 	format := o.format
 	if format == "auto" {
 		format = "oci"
@@ -276,6 +283,54 @@ func build(o options) error {
 			format = "docker"
 		}
 	}
+	var idx v1.ImageIndex
+	if format == "oci" && len(imgs) > 1 {
+		idx = imageIndex(o, imgs)
+	}
+	var digest v1.Hash
+	if o.out != "" {
+		if digest, err = writeArchive(o, ref, format, imgs, idx); err != nil {
+			return err
+		}
+		log.Printf("wrote %s: %s (%s, %d platform(s)) digest %s", o.out, ref.Name(), format, len(imgs), digest)
+	}
+	if o.push {
+		if digest, err = push(ref, imgs, idx); err != nil {
+			return err
+		}
+		log.Printf("pushed %s (%d platform(s)) digest %s", ref.Name(), len(imgs), digest)
+	}
+	if o.digestFile != "" {
+		if err := os.WriteFile(o.digestFile, []byte(digest.String()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("write digest file: %w", err)
+		}
+	}
+	return nil
+}
+
+// push sends the index (or the one image) to ref's registry and returns its digest there.
+func push(ref name.Tag, imgs []v1.Image, idx v1.ImageIndex) (v1.Hash, error) {
+	auth := remote.WithAuthFromKeychain(authn.NewMultiKeychain(github.Keychain))
+	if idx != nil {
+		if err := remote.WriteIndex(ref, idx, auth); err != nil {
+			return v1.Hash{}, fmt.Errorf("push %s: %w", ref.Name(), err)
+		}
+		return idx.Digest()
+	}
+	if err := remote.Write(ref, imgs[0], auth); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %w", ref.Name(), err)
+	}
+	return imgs[0].Digest()
+}
+
+// writeArchive writes the tarball ctr imports and returns the digest of its top manifest or index.
+func writeArchive(o options, ref name.Tag, format string, imgs []v1.Image, idx v1.ImageIndex) (v1.Hash, error) {
+	tmp := o.out + ".partial"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("create output: %w", err)
+	}
+	defer os.Remove(tmp)
 	var digest v1.Hash
 	if format == "docker" {
 		err = tarball.Write(ref, imgs[0], f)
@@ -283,19 +338,28 @@ func build(o options) error {
 			digest, err = imgs[0].Digest()
 		}
 	} else {
-		digest, err = writeOCI(f, ref, o, imgs)
+		digest, err = writeOCI(f, ref, o, imgs, idx)
 	}
 	if cerr := f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close output: %w", cerr)
 	}
 	if err != nil {
-		return fmt.Errorf("write %s: %w", o.out, err)
+		return v1.Hash{}, fmt.Errorf("write %s: %w", o.out, err)
 	}
 	if err := os.Rename(tmp, o.out); err != nil {
-		return fmt.Errorf("rename output: %w", err)
+		return v1.Hash{}, fmt.Errorf("rename output: %w", err)
 	}
-	log.Printf("wrote %s: %s (%s, %d platform(s)) digest %s", o.out, ref.Name(), format, len(imgs), digest)
-	return nil
+	return digest, nil
+}
+
+// imageIndex is the one multi-platform index both the archive and the registry get.
+func imageIndex(o options, imgs []v1.Image) v1.ImageIndex {
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for i, img := range imgs {
+		p := o.platforms[i].platform
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	return idx
 }
 
 // ociWriter writes an OCI image layout as a tar stream, each blob once.
@@ -377,7 +441,7 @@ func (w *ociWriter) image(img v1.Image) error {
 	return w.blob(d, m)
 }
 
-func writeOCI(out io.Writer, ref name.Tag, o options, imgs []v1.Image) (v1.Hash, error) {
+func writeOCI(out io.Writer, ref name.Tag, o options, imgs []v1.Image, idx v1.ImageIndex) (v1.Hash, error) {
 	w := &ociWriter{tw: tar.NewWriter(out), mtime: o.mtime, seen: map[v1.Hash]bool{}}
 	if err := w.file("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
 		return v1.Hash{}, err
@@ -403,11 +467,6 @@ func writeOCI(out io.Writer, ref name.Tag, o options, imgs []v1.Image) (v1.Hash,
 		top = d
 		top.Platform = &o.platforms[0].platform
 	} else {
-		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
-		for i, img := range imgs {
-			p := o.platforms[i].platform
-			idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
-		}
 		raw, err := idx.RawManifest()
 		if err != nil {
 			return v1.Hash{}, fmt.Errorf("index manifest: %w", err)

@@ -5,13 +5,19 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -249,5 +255,68 @@ func TestParseArgsErrors(t *testing.T) {
 		if _, err := parseArgs(args); err == nil {
 			t.Errorf("parseArgs(%q) succeeded, want error", args)
 		}
+	}
+}
+
+// TestPushIndexDigest: the release links the digest mkimage writes into the plugin, so the index a
+// registry serves under the tag must have exactly that digest, and the archive built in the same run
+// the same one (the verify snapshot is checked through the archive).
+func TestPushIndexDigest(t *testing.T) {
+	t.Setenv("SOURCE_DATE_EPOCH", "")
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	tmp := t.TempDir()
+	out, digestFile := filepath.Join(tmp, "agent.tar"), filepath.Join(tmp, "digest")
+	ref := host + "/trafficlab/agent:v1.2.3"
+	o, err := parseArgs([]string{
+		"-platform", "linux/amd64=" + rootfs(t, "amd64"), "-platform", "linux/arm64=" + rootfs(t, "arm64"),
+		"-tag", ref, "-entrypoint", "/bin/agent", "-out", out, "-push", "-digest-file", digestFile,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := build(o); err != nil {
+		t.Fatal(err)
+	}
+	written, err := os.ReadFile(digestFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed, err := remote.Index(tag)
+	if err != nil {
+		t.Fatalf("the registry has no index under %s: %v", ref, err)
+	}
+	pushedDigest, err := pushed.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := layout.ImageIndexFromPath(extract(t, out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := root.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{pushedDigest.String(), pushedDigest.String()}
+	if diff := cmp.Diff(want, []string{strings.TrimSpace(string(written)), im.Manifests[0].Digest.String()}); diff != "" {
+		t.Errorf("digest file and archive index vs the pushed index (-want +got):\n%s", diff)
+	}
+	// By digest, the registry serves the two platforms.
+	byDigest, err := remote.Index(tag.Digest(pushedDigest.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := byDigest.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Manifests) != 2 {
+		t.Errorf("pushed index has %d manifests, want 2", len(m.Manifests))
 	}
 }

@@ -8,7 +8,9 @@
 #
 # The versions live in hack/tools/<module>/go.mod (Go 1.24+ `tool` directives):
 # golangci (golangci-lint), krew (validate-krew-manifest, kubectl-krew), grpcurl
-# (the e2e tests' gRPC client) and vegeta (hack/bench's paced load generator).
+# (the e2e tests' gRPC client), vegeta (hack/bench's paced load generator),
+# goreleaser (the release, .goreleaser.yaml), cyclonedx (cyclonedx-gomod, the
+# SBOMs goreleaser writes) and actionlint (.github/workflows).
 # One module per tool set so no tool's dependency graph moves another's
 # (golangci-lint and krew together would bump golangci-lint's x/text and krew's
 # x/net, x/text, logr; vegeta brings prometheus) and none touches the main
@@ -48,12 +50,15 @@ spec() {
 	grpcurl) echo "grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl main.version" ;;
 	vegeta) echo "vegeta github.com/tsenart/vegeta/v12 main.Version" ;;
 	gotestsum) echo "gotestsum gotest.tools/gotestsum" ;;
+	goreleaser) echo "goreleaser github.com/goreleaser/goreleaser/v2 main.version" ;;
+	cyclonedx-gomod) echo "cyclonedx github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod" ;;
+	actionlint) echo "actionlint github.com/rhysd/actionlint/cmd/actionlint github.com/rhysd/actionlint.version" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint ..." >&2
 	exit 2
 fi
 
@@ -63,7 +68,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"
