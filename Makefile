@@ -39,12 +39,15 @@ agent: ## build the static agent for every image platform
 # that an agent started from the image without the plugin's securityContext runs as that user too.
 AGENT_UID = $(or $(shell sed -n 's/^const NonRootUID int64 = \([0-9][0-9]*\)$$/\1/p' pkg/agent/inject/spec.go),$(error no "const NonRootUID int64 = N" line in pkg/agent/inject/spec.go))
 
-# The tag comes from the plugin itself, so the image is always the one the plugin will ask for.
-agent-image: build agent ## build the multi-platform agent image tarball into _output/images
+# The tag comes from the plugin itself, so the image is always the one the plugin will ask for. The
+# index digest goes to agent.digest, which make dist links into the released plugin; PUSH=1 (the
+# release workflow) also pushes that same index to the registry of the tag.
+agent-image: build agent ## build the multi-platform agent image tarball into _output/images (PUSH=1: and push it)
 	mkdir -p $(OUT)/images
 	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
 	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
-	  -entrypoint /trafficlab-agent -user $(AGENT_UID):$(AGENT_UID) -out $(OUT)/images/agent.tar
+	  -entrypoint /trafficlab-agent -user $(AGENT_UID):$(AGENT_UID) -out $(OUT)/images/agent.tar \
+	  -digest-file $(OUT)/images/agent.digest $(if $(PUSH),-push)
 
 test: test-unit test-kernel e2e ## every test level: unit, kernel, end to end on the local cluster
 
@@ -76,10 +79,10 @@ demo: cluster-up ## build, start the cluster, find the plugin through kubectl, f
 lint: ## golangci-lint (pinned in hack/tools), with the import rules of ephemeral/ and capture/
 	hack/lint.sh
 
-dist: ## cross-compiled archives, checksums and the rendered krew manifest in dist/
+dist: agent-image ## goreleaser snapshot (archives, checksums, SBOMs; plugin pinned to the agent index digest) and the rendered krew manifest in dist/
 	hack/dist.sh $(VERSION)
 
-verify: dist ## krew manifest, docs map, gofmt, go vet
+verify: dist ## goreleaser config and snapshot, krew manifest, workflows (actionlint), go install path, docs map, gofmt, go vet
 	hack/verify.sh
 
 clean: ## remove build outputs (not the caches)

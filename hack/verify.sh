@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Release and repository checks; run after hack/dist.sh.
+# Release and repository checks; run after hack/dist.sh (make verify runs both).
 #
 #   hack/verify.sh              all checks
-#   hack/verify.sh krew docs    only some: krew | docs | deps | go | agent-deps
+#   hack/verify.sh krew docs    only some: goreleaser | pinned | krew | workflows | goinstall |
+#                               docs | deps | go | agent-deps
 #
+# goreleaser  `goreleaser check` (pinned in hack/tools/goreleaser) accepts .goreleaser.yaml, offline.
+# pinned      the snapshot in dist/ (hack/dist.sh ran goreleaser with the agent index digest that
+#             make agent-image wrote): the plugin for this machine's platform prints
+#             ghcr.io/trafficlab/trafficlab-agent:VERSION@<that digest> and says it is pinned; the
+#             digest is the one index.json of _output/images/agent.tar names; every binary has a
+#             CycloneDX SBOM in dist/ that names the binary's own module.
 # krew        dist/trafficlab.yaml passes validate-krew-manifest (krew v0.4.4,
 #             pinned in hack/tools/krew/go.mod) twice:
 #               1. as released (-skip-install: its github.com URIs do not exist
@@ -31,6 +38,12 @@
 #             of the e2e and kernel tests (vet_tags), which a plain build omits.
 # agent-deps  nothing under ephemeral/ or capture/ imports k8s.io/*, even
 #             indirectly (depguard in .golangci.yml sees direct imports only).
+# workflows   actionlint (pinned in hack/tools/actionlint) finds nothing in .github/workflows, with
+#             Debian's shellcheck on every run: script (.ci/run installs it).
+# goinstall   the README's `go install ...@latest` lines, run verbatim against a file:// GOPROXY
+#             made from this checkout (git's tracked files, nested modules left out, as the module
+#             zip the real proxy would serve) in front of the local module cache, into a
+#             throwaway GOBIN: they install, and the plugin says its agent image is unpinned.
 #
 # Every failure prints one line "verify: <what is wrong>; <how to fix>" and
 # the script exits 1. Tool logs are kept in the directory printed on failure.
@@ -46,7 +59,7 @@ pkg_roots=(cmd pkg ephemeral capture internal hack test)
 vet_tags="e2e,kernel"
 
 checks=("$@")
-[[ ${#checks[@]} -gt 0 ]] || checks=(krew docs deps go agent-deps)
+[[ ${#checks[@]} -gt 0 ]] || checks=(goreleaser pinned krew workflows goinstall docs deps go agent-deps)
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/trafficlab-verify.XXXXXX")"
 failures=0
@@ -264,6 +277,163 @@ check_krew() {
 	server_pid=""
 }
 
+# ---------------------------------------------------------------- goreleaser
+check_goreleaser() {
+	step "goreleaser: goreleaser check .goreleaser.yaml"
+	local gr
+	if ! gr="$(hack/tools/install.sh goreleaser 2>"$logs/tools.log")"; then
+		fail "could not build goreleaser (log: $logs/tools.log); check access to the Go module proxy"
+		return
+	fi
+	if ! "$gr" check >"$logs/goreleaser-check.log" 2>&1; then
+		fail ".goreleaser.yaml does not pass goreleaser check: $(grep -m1 -iE 'error|deprecated' "$logs/goreleaser-check.log" | cut -c1-300); full log: $logs/goreleaser-check.log"
+	fi
+}
+
+# ---------------------------------------------------------------- pinned
+check_pinned() {
+	step "pinned: the snapshot plugin names its agent image by the index digest"
+	local digest_file=_output/images/agent.digest
+	if [[ ! -f dist/artifacts.json || ! -f "$digest_file" ]]; then
+		fail "dist/artifacts.json or $digest_file is missing; run make dist first"
+		return
+	fi
+	local digest index_digest version hos harch bin
+	digest="$(cat "$digest_file")"
+	# The release pushes the same index it writes into the archive (hack/mkimage); this machine
+	# can only read the archive.
+	if [[ -f _output/images/agent.tar ]]; then
+		index_digest="$(tar -xOf _output/images/agent.tar index.json | jq -r '.manifests[0].digest')"
+		if [[ "$index_digest" != "$digest" ]]; then
+			fail "$digest_file says $digest but _output/images/agent.tar's index is $index_digest; rebuild with make agent-image"
+		fi
+	fi
+	version="$(jq -r '.version' dist/metadata.json)"
+	hos="$(go env GOHOSTOS)" harch="$(go env GOHOSTARCH)"
+	bin="$(jq -r --arg os "$hos" --arg arch "$harch" \
+		'.[] | select(.type == "Binary" and .name == "kubectl-trafficlab" and .goos == $os and .goarch == $arch) | .path' dist/artifacts.json | head -1)"
+	if [[ -z "$bin" || ! -x "$bin" ]]; then
+		fail "goreleaser built no kubectl-trafficlab for $hos/$harch (dist/artifacts.json); check .goreleaser.yaml's builds"
+		return
+	fi
+	local got want
+	got="$("$bin" version -o json | jq -r '[.version, .agentImage, (.agentImagePinned | tostring)] | join(" ")')"
+	want="v$version ghcr.io/trafficlab/trafficlab-agent:v$version@$digest true"
+	if [[ "$got" != "$want" ]]; then
+		fail "$bin version says \"$got\", want \"$want\"; check the ldflags in .goreleaser.yaml and pkg/version"
+	fi
+	if ! "$bin" version | grep -qx 'Agent Image Pinned: yes.*'; then
+		fail "$bin version does not say its agent image is pinned; check pkg/cmd/version"
+	fi
+	# One SBOM per binary, naming the binary's main module.
+	local n sbom
+	n="$(jq '[.[] | select(.type == "Binary")] | length' dist/artifacts.json)"
+	local sboms=(dist/*.cdx.json)
+	if ((${#sboms[@]} != n)); then
+		fail "dist/ has ${#sboms[@]} SBOMs (*.cdx.json) for $n binaries; check sboms in .goreleaser.yaml"
+	fi
+	for sbom in "${sboms[@]}"; do
+		[[ -f "$sbom" ]] || continue
+		if [[ "$(jq -r '.bomFormat + " " + .metadata.component.name' "$sbom" 2>/dev/null)" != "CycloneDX github.com/trafficlab/kubectl-trafficlab" ]]; then
+			fail "$sbom is not a CycloneDX SBOM of github.com/trafficlab/kubectl-trafficlab; check sboms[].args in .goreleaser.yaml"
+		fi
+	done
+}
+
+# ---------------------------------------------------------------- workflows
+check_workflows() {
+	step "workflows: actionlint (with shellcheck) on .github/workflows"
+	local al sc
+	if ! sc="$(command -v shellcheck)"; then
+		fail "shellcheck is not installed, and actionlint would skip the run: scripts without it; apt-get install shellcheck (.ci/run does)"
+		return
+	fi
+	if ! al="$(hack/tools/install.sh actionlint 2>"$logs/tools.log")"; then
+		fail "could not build actionlint (log: $logs/tools.log); check access to the Go module proxy"
+		return
+	fi
+	local line
+	while read -r line; do
+		[[ -n "$line" ]] && fail "$line"
+	done < <("$al" -shellcheck "$sc" -pyflakes= -no-color -oneline 2>&1)
+}
+
+# ---------------------------------------------------------------- goinstall
+check_goinstall() {
+	step "goinstall: the README's go install lines against a file:// GOPROXY made from this checkout"
+	local module=github.com/trafficlab/kubectl-trafficlab
+	local -a lines
+	mapfile -t lines < <(sed -n 's/^\(go install github\.com\/trafficlab\/[^ ]*@latest\).*/\1/p' README.md)
+	if ((${#lines[@]} == 0)); then
+		fail "README.md has no \"go install $module/...@latest\" line; the goinstall check proves those lines"
+		return
+	fi
+	local gi="$logs/goinstall" version
+	# A version no earlier run used: the module cache (shared with every other build, so the
+	# dependencies are not extracted again) keeps what it extracted once under a version, and a
+	# second run under the same one would install the first run's sources.
+	version="v0.0.0-goinstall.$(date -u +%Y%m%d%H%M%S).$$"
+	local proxy="$gi/proxy" tree="$gi/tree/$module@$version" at="$gi/proxy/$module/@v"
+	mkdir -p "$at" "$tree"
+	# The module zip: the files git would commit, as they are in the work tree, without the nested
+	# modules (hack/tools/*), which a module zip never holds. `go install` checks the zip's layout
+	# itself when it extracts it.
+	local -a nested
+	mapfile -t nested < <(git ls-files --cached --others --exclude-standard -- '*/go.mod' | sed 's#go\.mod$##')
+	local f d skip
+	while IFS= read -r -d '' f; do
+		[[ -f "$f" && ! -L "$f" ]] || continue
+		skip=false
+		for d in "${nested[@]}"; do
+			if [[ "$f" == "$d"* ]]; then
+				skip=true
+				break
+			fi
+		done
+		"$skip" && continue
+		mkdir -p "$tree/$(dirname "$f")"
+		cp "$f" "$tree/$f"
+	done < <(git ls-files -z --cached --others --exclude-standard)
+	(cd "$gi/tree" && zip -q -r -X "$at/$version.zip" "$module@$version")
+	cp go.mod "$at/$version.mod"
+	printf '{"Version":"%s","Time":"%s"}\n' "$version" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$at/$version.info"
+	printf '%s\n' "$version" >"$at/list"
+	local gomodcache bin="$gi/bin" line
+	gomodcache="$(go env GOMODCACHE)"
+	mkdir -p "$bin"
+	for line in "${lines[@]}"; do
+		# Exactly the README's line; the environment is the user's plus where the module comes from.
+		# The dependencies come from the local module cache's download directory (the same file
+		# layout), so the check runs offline. GOSUMDB=off: the unpublished module has no checksum
+		# database entry, and `go install pkg@version` looks its dependencies up there too (it reads
+		# no go.sum), which needs the network; the cache holds them as the main module's go.sum
+		# verified them when they were first downloaded.
+		# shellcheck disable=SC2086 # the README line is split into words as a shell would
+		if ! env -u GOFLAGS -u GOOS -u GOARCH GOBIN="$bin" GOFLAGS=-mod=mod GOSUMDB=off \
+			GOPROXY="file://$proxy,file://$gomodcache/cache/download" $line >>"$logs/goinstall.log" 2>&1; then
+			fail "README's \"$line\" failed against the checkout's module (log: $logs/goinstall.log)"
+		fi
+	done
+	local out
+	if ! out="$("$bin/kubectl-trafficlab" version 2>&1)"; then
+		fail "the go-installed kubectl-trafficlab version failed: $out"
+	elif [[ "$out" != *"Plugin Version: $version"* || "$out" != *"Agent Image: ghcr.io/trafficlab/trafficlab-agent:$version"$'\n'* ||
+		"$out" != *"Agent Image Pinned: no"* ]]; then
+		fail "the go-installed plugin says \"${out//$'\n'/; }\", want version $version and an unpinned agent image; check pkg/version"
+	fi
+	if [[ ! -x "$bin/kubectl_complete-trafficlab" ]]; then
+		fail "the README's go install lines did not install kubectl_complete-trafficlab"
+	fi
+	# Leave the shared module cache as it was.
+	chmod -R u+w "$gomodcache/$module@$version" 2>/dev/null
+	rm -rf "$gomodcache/$module@$version" "$gomodcache/cache/download/$module/@v/$version".*
+	local list="$gomodcache/cache/download/$module/@v/list"
+	if [[ -f "$list" ]]; then
+		sed -i '/-goinstall\./d' "$list"
+		[[ -s "$list" ]] || rm -f "$list"
+	fi
+}
+
 # ---------------------------------------------------------------- docs
 go_pkg_dirs() {
 	local r
@@ -356,13 +526,17 @@ check_agent_deps() {
 
 for c in "${checks[@]}"; do
 	case "$c" in
+	goreleaser) check_goreleaser ;;
+	pinned) check_pinned ;;
 	krew) check_krew ;;
+	workflows) check_workflows ;;
+	goinstall) check_goinstall ;;
 	docs) check_docs ;;
 	deps) check_deps ;;
 	go) check_go ;;
 	agent-deps) check_agent_deps ;;
 	*)
-		fail "unknown check \"$c\"; use krew, docs, deps, go or agent-deps"
+		fail "unknown check \"$c\"; use goreleaser, pinned, krew, workflows, goinstall, docs, deps, go or agent-deps"
 		;;
 	esac
 done
