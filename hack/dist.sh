@@ -72,7 +72,7 @@ PATH="$(dirname "$(sed -n 2p <<<"$tools")"):$PATH"
 export PATH TRAFFICLAB_VERSION="$VERSION" TRAFFICLAB_AGENT_DIGEST="$digest"
 
 # goreleaser reads the commit, its date (the files' times in the archives) and the tags from git, but
-# first the remote's URL, and without one (a worktree, a clone of a local path) a snapshot ignores the
+# first the remote's URL, and without a remote (a fresh repository, a worktree of one) a snapshot ignores the
 # error and goes on with no commit at all. Name the project's repository then, for this run only.
 if [[ -z "$(git remote)" ]]; then
 	export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=remote.origin.url GIT_CONFIG_VALUE_0=https://github.com/trafficlab/kubectl-trafficlab.git
