@@ -59,7 +59,9 @@ type cluster struct {
 	patchedContainers *[]corev1.EphemeralContainer
 }
 
-func (c cluster) isDenied(verb, resource string) bool { return slices.Contains(c.denied, verb+" "+resource) }
+func (c cluster) isDenied(verb, resource string) bool {
+	return slices.Contains(c.denied, verb+" "+resource)
+}
 
 func forbidden(resource, msg string) error {
 	return apierrors.NewForbidden(schema.GroupResource{Resource: resource}, "", errors.New(msg))
@@ -413,11 +415,11 @@ func TestDiagnoseVerbs(t *testing.T) {
 // AgentSpec, so with the verbs' image, security context and idle timeout.
 func TestDryRunSendsTheVerbsContainer(t *testing.T) {
 	var sent []corev1.EphemeralContainer
-	real := 0
-	c := cluster{level: "privileged", patchedContainers: &sent, realPatches: &real}
+	reals := 0
+	c := cluster{level: "privileged", patchedContainers: &sent, realPatches: &reals}
 	diagnose(t, c, "pod/web-1")
-	if real != 0 {
-		t.Fatalf("%d patches without dryRun=All", real)
+	if reals != 0 {
+		t.Fatalf("%d patches without dryRun=All", reals)
 	}
 	if len(sent) != 4 {
 		t.Fatalf("%d dry runs, want 4 (no capability, NET_RAW kept, NET_RAW added, NET_ADMIN)", len(sent))
