@@ -33,7 +33,9 @@ var (
 		containers, RBAC for exec and port-forward with the Role rule to add, a service mesh in the
 		pod, the node's operating system, and hints on its kernel and container runtime.
 
-		Without TYPE/NAME only the namespace is checked; the dry run needs a pod.
+		Without TYPE/NAME only the namespace is checked; the dry run needs a pod. The verbs are
+		steal, mirror-redirect (mirror --mode redirect), mirror-sniff (the default mirror), dump,
+		port-forward and exec; exec --steal and --mirror need what steal and mirror need.
 
 		One line per check and per verb: OK, WARN (works, as the line says), FAIL, UNKNOWN, HINT
 		(read from the node, not proven) or SKIP. Exit code: 0 when every verb works, 3 when at least
