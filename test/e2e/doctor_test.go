@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/utils/ptr"
 )
 
 // doctorReport is `doctor -o json` as docs and scripts read it: the field names are the contract.
@@ -162,11 +164,20 @@ func TestDoctorBaselineNamespace(t *testing.T) {
 	unchanged(ctx, t, ns, before, rv)
 }
 
-// At restricted only the agent without capabilities, non-root, is admitted.
+// At restricted only the agent without capabilities, non-root, is admitted, and only to a pod that
+// meets restricted itself: PodSecurity judges the whole pod whenever a container is added.
 func TestDoctorRestrictedNamespace(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 3*time.Minute)
-	ns := doctorTarget(ctx, t, "doctor-restricted", "restricted")
+	ns := newNamespace(t, "doctor-restricted")
+	strict := pfEchoPod(t, "target", nil, false)
+	strict.Spec.SecurityContext = &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](1000), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
+	strict.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
+	createPodReady(ctx, t, ns, strict)
+	createPodReady(ctx, t, ns, pfEchoPod(t, "loose", nil, false))
+	if _, _, err := kubectl(ctx, t, "", "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted"); err != nil {
+		t.Fatal(err)
+	}
 	before, rv := pfPodEphemeral(ctx, t, ns, "target")
 	rep, code := doctor(ctx, t, ns, "pod/target")
 	if code != 3 {
@@ -175,10 +186,16 @@ func TestDoctorRestrictedNamespace(t *testing.T) {
 	rep.wantVerbs(t,
 		map[string]string{"steal": "fail", "mirror-redirect": "fail", "mirror-sniff": "fail", "dump": "fail", "port-forward": "ok", "exec": "ok"},
 		map[string][]string{
-			"dump":         {`PodSecurity "restricted`},
+			"dump":         {`PodSecurity "restricted`, "the agent container must not set runAsUser=0"},
 			"port-forward": {"(no capability, non-root)"},
 		})
 	unchanged(ctx, t, ns, before, rv)
+
+	// A pod that predates the label and does not meet it takes no agent at all.
+	rep, _ = doctor(ctx, t, ns, "pod/loose")
+	rep.wantVerbs(t,
+		map[string]string{"steal": "fail", "mirror-redirect": "fail", "mirror-sniff": "fail", "dump": "fail", "port-forward": "fail", "exec": "fail"},
+		map[string][]string{"exec": {`container "main"`, "the pod's own containers violate the level", "target a pod that meets the namespace's level"}})
 }
 
 // A user with the documented Role but pods/portforward: every verb works, with data over exec, and

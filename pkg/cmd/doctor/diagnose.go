@@ -400,7 +400,20 @@ func (d *diagnosis) dryRun(ctx context.Context, pod *corev1.Pod, v variant) Line
 	case errors.As(err, &missing):
 		return Line{Status: StatusFail, Message: "server dry run: forbidden: " + missing.Error(), Fix: roleFix(missing)}
 	case inject.IsPodSecurityRefusal(err):
-		return Line{Status: StatusFail, Message: fmt.Sprintf("server dry run refused the agent container (%s): %v", v, err)}
+		// The server's own sentence names every container that violates the level: PodSecurity judges
+		// the whole pod on this patch, so the app's containers can be what refuses the agent.
+		// The agent's name is random, one per dry run; the report names it by its role.
+		name := fmt.Sprintf("container %q", c.Name)
+		msg := apiMessage(err)
+		ownContainers := !strings.Contains(msg, name)
+		msg = strings.ReplaceAll(msg, name, "the agent container")
+		l := Line{Status: StatusFail, Message: fmt.Sprintf("server dry run refused the agent container (%s): %s", v, msg),
+			Fix: fmt.Sprintf("ask a cluster admin for a %s level that admits it on namespace %q", inject.PodSecurityEnforceLabel, pod.Namespace)}
+		if ownContainers {
+			l.Message += "; the pod's own containers violate the level, which PodSecurity checks again whenever a container is added, so no agent can be added to this pod"
+			l.Fix = "target a pod that meets the namespace's level, or " + l.Fix
+		}
+		return l
 	case inject.IsDryRunUnsupported(err):
 		return Line{Status: StatusUnknown, Message: fmt.Sprintf("the server cannot dry-run the agent's patch (%s): whether the real patch passes that webhook is not known", apiMessage(err))}
 	case errors.Is(err, inject.ErrEphemeralContainersUnsupported):

@@ -43,18 +43,21 @@ const testImage = "example.test/trafficlab-agent:v1"
 type cluster struct {
 	level string
 	// denied are "verb resource[/sub]" refused by the authorizer and by access reviews.
-	denied            []string
-	nodesForbidden    bool
-	nsForbidden       bool
-	hooksForbidden    bool
-	webhookNoDryRun   bool
-	noEphemeral       bool
-	runtime           string // containerd://1.7.24 unless set
-	kernel            string // 6.8.0-45-generic unless set
-	windowsNodeInfo   bool   // the node's status says windows, its label does not
-	windowsNodeLabel  bool
-	podAnnotations    map[string]string
-	istioSidecar      bool
+	denied           []string
+	nodesForbidden   bool
+	nsForbidden      bool
+	hooksForbidden   bool
+	webhookNoDryRun  bool
+	noEphemeral      bool
+	runtime          string // containerd://1.7.24 unless set
+	kernel           string // 6.8.0-45-generic unless set
+	windowsNodeInfo  bool   // the node's status says windows, its label does not
+	windowsNodeLabel bool
+	podAnnotations   map[string]string
+	istioSidecar     bool
+	// appNotRestricted: the pod's own container does not meet restricted (PodSecurity judges the
+	// whole pod when a container is added).
+	appNotRestricted  bool
 	realPatches       *int // counts patches sent without dryRun=All
 	patchedContainers *[]corev1.EphemeralContainer
 }
@@ -179,6 +182,9 @@ func (c cluster) client(t *testing.T) *fake.Clientset {
 		if c.webhookNoDryRun {
 			return true, nil, apierrors.NewBadRequest(`admission webhook "log.audit.example" does not support dry run`)
 		}
+		if c.appNotRestricted && c.level == "restricted" {
+			return true, nil, forbidden("pods", `violates PodSecurity "restricted:latest": runAsNonRoot != true (pod or container "app" must set securityContext.runAsNonRoot=true)`)
+		}
 		if why := podSecurity(c.level, agent); why != "" {
 			return true, nil, forbidden("pods", fmt.Sprintf(`violates PodSecurity "%s:latest": %s`, c.level, why))
 		}
@@ -284,7 +290,7 @@ func TestDiagnoseVerbs(t *testing.T) {
 			wantVerbs: map[string]Status{"steal": fail, "mirror-redirect": fail, "mirror-sniff": ok, "dump": ok, "port-forward": ok, "exec": ok},
 			wantCode:  ExitUnusable,
 			wantIn: map[string][]string{
-				"steal":       {`namespace "shop" enforces PodSecurity "baseline:latest"`, "NET_ADMIN"},
+				"steal":       {`violates PodSecurity "baseline:latest": non-default capabilities (the agent container must not include "NET_ADMIN"`, `level that admits it on namespace "shop"`},
 				"dump":        {"NET_RAW kept from the runtime's default", "--add-net-raw (for runtimes without NET_RAW by default) is refused here"},
 				"podsecurity": {`enforces PodSecurity "baseline", which admits the agent of: mirror-sniff, dump, port-forward, exec`},
 			},
@@ -293,7 +299,12 @@ func TestDiagnoseVerbs(t *testing.T) {
 			name: "restricted: only the verbs without capability", cluster: cluster{level: "restricted"}, resource: "pod/web-1",
 			wantVerbs: map[string]Status{"steal": fail, "mirror-redirect": fail, "mirror-sniff": fail, "dump": fail, "port-forward": ok, "exec": ok},
 			wantCode:  ExitUnusable,
-			wantIn:    map[string][]string{"dump": {`PodSecurity "restricted:latest"`, "root (UID 0)"}},
+			wantIn:    map[string][]string{"dump": {`PodSecurity "restricted:latest"`, "runAsUser=0 (the agent container must not set runAsUser=0)"}},
+		},
+		{
+			name: "restricted, and the app itself is not: no agent at all", cluster: cluster{level: "restricted", appNotRestricted: true}, resource: "pod/web-1",
+			wantVerbs: allVerbs(fail), wantCode: ExitUnusable,
+			wantIn: map[string][]string{"exec": {`container "app" must set securityContext.runAsNonRoot=true`, "the pod's own containers violate the level", "target a pod that meets the namespace's level"}},
 		},
 		{
 			name: "no pods/portforward: every verb, data over exec", cluster: cluster{level: "privileged", denied: []string{"create pods/portforward", "get pods/portforward"}}, resource: "pod/web-1",
