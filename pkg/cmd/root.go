@@ -13,6 +13,7 @@ import (
 	// Auth plugins (exec, OIDC) so every kubeconfig kubectl accepts works here too.
 	_ "k8s.io/client-go/plugin/pkg/client/auth"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/doctor"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/dump"
 	execcmd "github.com/trafficlab/kubectl-trafficlab/pkg/cmd/exec"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
@@ -32,6 +33,9 @@ var rootLong = templates.LongDesc(`
 var rootExample = templates.Examples(`
 	# Print the plugin version and the agent image it uses
 	kubectl trafficlab version
+
+	# Check which verbs work in a pod before the first session, changing nothing
+	kubectl trafficlab doctor deploy/api
 
 	# Load completion for the kubectl-trafficlab binary into the current bash shell
 	source <(kubectl-trafficlab completion bash)`)
@@ -77,6 +81,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 		mirror.NewCmdMirror(streams, configFlags),
 		execcmd.NewCmdExec(streams, configFlags),
 		steal.NewCmdSteal(streams, configFlags),
+		doctor.NewCmdDoctor(streams, configFlags),
 		version.NewCmdVersion(streams),
 	)
 	return cmd

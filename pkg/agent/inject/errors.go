@@ -177,3 +177,26 @@ func podSecurityError(err error, s metav1.Status, pod *corev1.Pod, c *corev1.Eph
 		causes: []error{err},
 	}
 }
+
+// IsPodSecurityRefusal reports whether err, from Inject or DryRun, is PodSecurity admission refusing
+// the agent container.
+func IsPodSecurityRefusal(err error) bool {
+	s, ok := statusOf(err)
+	return ok && strings.Contains(s.Message, "violates PodSecurity")
+}
+
+// IsDryRunUnsupported reports whether err, from DryRun, is the API server refusing the dry run because
+// an admission webhook that would see the patch has side effects on dry run (sideEffects other than
+// None or NoneOnDryRun): the server then cannot say whether the real patch would pass.
+func IsDryRunUnsupported(err error) bool {
+	s, ok := statusOf(err)
+	return ok && strings.Contains(s.Message, "does not support dry run")
+}
+
+func statusOf(err error) (metav1.Status, bool) {
+	var status apierrors.APIStatus
+	if !errors.As(err, &status) {
+		return metav1.Status{}, false
+	}
+	return status.Status(), true
+}

@@ -21,6 +21,17 @@ import (
 // the patch merges by container name and adds exactly one entry, whatever else changed. The RBAC verb is
 // therefore "patch", which the preflight checks.
 func Inject(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, container corev1.EphemeralContainer) (*corev1.Pod, error) {
+	return patch(ctx, client, pod, container, metav1.PatchOptions{})
+}
+
+// DryRun sends exactly the patch Inject would send, with dryRun=All: the API server runs
+// authorization, PodSecurity and the admission webhooks that support dry run on it, and stores
+// nothing. A webhook that does not support dry run fails the request (see IsDryRunUnsupported).
+func DryRun(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, container corev1.EphemeralContainer) (*corev1.Pod, error) {
+	return patch(ctx, client, pod, container, metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}})
+}
+
+func patch(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, container corev1.EphemeralContainer, opts metav1.PatchOptions) (*corev1.Pod, error) {
 	before, err := json.Marshal(pod)
 	if err != nil {
 		return nil, fmt.Errorf("encoding pod %q: %w", pod.Namespace+"/"+pod.Name, err)
@@ -31,12 +42,12 @@ func Inject(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, c
 	if err != nil {
 		return nil, fmt.Errorf("encoding pod %q with agent %q: %w", pod.Namespace+"/"+pod.Name, container.Name, err)
 	}
-	patch, err := strategicpatch.CreateTwoWayMergePatch(before, after, corev1.Pod{})
+	data, err := strategicpatch.CreateTwoWayMergePatch(before, after, corev1.Pod{})
 	if err != nil {
 		return nil, fmt.Errorf("building the patch that adds agent %q: %w", container.Name, err)
 	}
 
-	result, err := client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "ephemeralcontainers")
+	result, err := client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.StrategicMergePatchType, data, opts, "ephemeralcontainers")
 	if err != nil {
 		return nil, explainPatchError(err, pod, &container)
 	}

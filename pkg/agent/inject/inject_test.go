@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 )
@@ -169,5 +170,61 @@ func TestMissingPermissionErrorMergesRules(t *testing.T) {
 	want := `missing RBAC permissions: apiGroups: [""], resources: ["pods/ephemeralcontainers"], verbs: ["patch"]; apiGroups: [""], resources: ["pods"], verbs: ["list", "watch"] in namespace "shop"`
 	if err.Error() != want {
 		t.Errorf("Error() =\n%s\nwant\n%s", err, want)
+	}
+}
+
+// DryRun sends Inject's patch byte for byte, with dryRun=All and nothing else different, so that the
+// server judges exactly what a verb would send.
+func TestDryRunSendsInjectsPatch(t *testing.T) {
+	pod := runningPod()
+	c := BuildAgentContainer(pod, AgentSpec{Image: testImage, Capabilities: NetRaw, NameSuffix: suffixes("abcde")})
+	sent := func(f func(context.Context, kubernetes.Interface, *corev1.Pod, corev1.EphemeralContainer) (*corev1.Pod, error)) k8stesting.PatchActionImpl {
+		client := fake.NewClientset(pod)
+		var got k8stesting.PatchActionImpl
+		client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
+			got = a.(k8stesting.PatchActionImpl)
+			return true, pod, nil
+		})
+		if _, err := f(context.Background(), client, pod, c); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	sentReal, dry := sent(Inject), sent(DryRun)
+	if diff := cmp.Diff([]string{metav1.DryRunAll}, dry.PatchOptions.DryRun); diff != "" {
+		t.Errorf("DryRun's dryRun option (-want +got):\n%s", diff)
+	}
+	if sentReal.PatchOptions.DryRun != nil {
+		t.Errorf("Inject sent dryRun %v", sentReal.PatchOptions.DryRun)
+	}
+	dry.PatchOptions.DryRun = nil
+	if diff := cmp.Diff(sentReal, dry); diff != "" {
+		t.Errorf("DryRun's request differs from Inject's beyond dryRun (-inject +dryrun):\n%s", diff)
+	}
+}
+
+func TestRefusalKinds(t *testing.T) {
+	pod := runningPod()
+	c := BuildAgentContainer(pod, AgentSpec{Image: testImage, Capabilities: NetAdmin, NameSuffix: suffixes("abcde")})
+	gr := schema.GroupResource{Resource: "pods"}
+	psa := explainPatchError(apierrors.NewForbidden(gr, "web", errors.New(`violates PodSecurity "baseline:latest": non-default capabilities`)), pod, &c)
+	webhook := explainPatchError(apierrors.NewBadRequest(`admission webhook "audit.example" does not support dry run`), pod, &c)
+	rbac := explainPatchError(apierrors.NewForbidden(gr, "web", errors.New(`User "dev" cannot patch resource "pods/ephemeralcontainers"`)), pod, &c)
+	for _, tc := range []struct {
+		name             string
+		err              error
+		podSecurity, dry bool
+	}{
+		{"PodSecurity", psa, true, false},
+		{"webhook without dry run", webhook, false, true},
+		{"RBAC", rbac, false, false},
+		{"not an API error", errors.New("connection refused"), false, false},
+	} {
+		if got := IsPodSecurityRefusal(tc.err); got != tc.podSecurity {
+			t.Errorf("%s: IsPodSecurityRefusal = %v", tc.name, got)
+		}
+		if got := IsDryRunUnsupported(tc.err); got != tc.dry {
+			t.Errorf("%s: IsDryRunUnsupported = %v", tc.name, got)
+		}
 	}
 }

@@ -163,6 +163,28 @@ func (o *Options) idleTimeout(caps inject.Capabilities) (time.Duration, error) {
 	return o.AgentIdleTimeout, nil
 }
 
+// AgentSpec is the agent a verb needing caps adds, from the flags; doctor's dry run sends the same one.
+func (o *Options) AgentSpec(caps inject.Capabilities, addNetRaw bool) (inject.AgentSpec, error) {
+	idle, err := o.idleTimeout(caps)
+	if err != nil {
+		return inject.AgentSpec{}, err
+	}
+	spec := inject.AgentSpec{
+		Image:            o.AgentImage,
+		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
+		Capabilities:     caps,
+		AddNetRaw:        addNetRaw,
+		IdleTimeout:      idle,
+		MemoryLimitBytes: 64 << 20,
+	}
+	// Validate accepted it.
+	spec.MemoryBudget, _ = agentMemoryBudget(o.AgentMemoryBudget)
+	if err := spec.Validate(); err != nil {
+		return inject.AgentSpec{}, err
+	}
+	return spec, nil
+}
+
 // Request is what one verb asks for.
 type Request struct {
 	Target       target.Options
@@ -206,7 +228,7 @@ func (s *Session) Close() error {
 // stdout stays its own.
 func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut io.Writer) (*Session, error) {
 	config, client := kube.Config, kube.Client
-	idle, err := o.idleTimeout(req.Capabilities)
+	spec, err := o.AgentSpec(req.Capabilities, req.AddNetRaw)
 	if err != nil {
 		return nil, err
 	}
@@ -232,19 +254,6 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		}
 	}
 	pod := tgt.Pod
-	spec := inject.AgentSpec{
-		Image:            o.AgentImage,
-		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
-		Capabilities:     req.Capabilities,
-		AddNetRaw:        req.AddNetRaw,
-		IdleTimeout:      idle,
-		MemoryLimitBytes: 64 << 20,
-	}
-	// Validate accepted it.
-	spec.MemoryBudget, _ = agentMemoryBudget(o.AgentMemoryBudget)
-	if err := spec.Validate(); err != nil {
-		return nil, err
-	}
 	name, reuse, why := inject.FindReusable(pod, spec)
 	if why != "" {
 		p.Stepf("%s", why)

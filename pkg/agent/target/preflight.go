@@ -113,18 +113,26 @@ func (c check) allowed(ctx context.Context, client kubernetes.Interface, namespa
 	return false, nil
 }
 
-// checkEphemeralContainersServed looks for the pods/ephemeralcontainers subresource in discovery. It
-// only ever fails when discovery answered and the subresource is absent; when discovery itself fails the
-// patch will tell (Inject maps its 404 to the same sentence).
+// checkEphemeralContainersServed fails only when discovery answered and the subresource is absent;
+// when discovery itself fails the patch will tell (Inject maps its 404 to the same sentence).
 func checkEphemeralContainersServed(client kubernetes.Interface) error {
+	if served, known := EphemeralContainersServed(client); known && !served {
+		return inject.ErrEphemeralContainersUnsupported
+	}
+	return nil
+}
+
+// EphemeralContainersServed looks for the pods/ephemeralcontainers subresource in discovery; known is
+// false when discovery did not answer.
+func EphemeralContainersServed(client kubernetes.Interface) (served, known bool) {
 	list, err := client.Discovery().ServerResourcesForGroupVersion("v1")
 	if err != nil || list == nil {
-		return nil
+		return false, false
 	}
 	for _, r := range list.APIResources {
 		if r.Name == "pods/ephemeralcontainers" {
-			return nil
+			return true, true
 		}
 	}
-	return inject.ErrEphemeralContainersUnsupported
+	return false, true
 }

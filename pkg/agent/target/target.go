@@ -78,7 +78,7 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 	}
 	pod := f.pod
 	if err := checkPod(ctx, client, pod, o.AllowHostNetwork); err != nil {
-		return nil, err
+		return nil, &PodRefusedError{Err: err}
 	}
 	container, err := pickContainer(pod, o.Container)
 	if err != nil {
@@ -86,6 +86,14 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 	}
 	return &Target{Pod: pod, Container: container, Service: f.svc, Replicas: f.replicas}, nil
 }
+
+// PodRefusedError is a pod that was found but that no agent can join (terminating, not running, Windows,
+// hostPID, hostNetwork without --allow-host-network): every verb is refused there, whereas the other
+// errors of Resolve are about the name or the user's access.
+type PodRefusedError struct{ Err error }
+
+func (e *PodRefusedError) Error() string { return e.Err.Error() }
+func (e *PodRefusedError) Unwrap() error { return e.Err }
 
 type found struct {
 	pod      *corev1.Pod

@@ -226,6 +226,8 @@ func TestResolveErrors(t *testing.T) {
 		react   func(*fake.Clientset)
 		wantErr string
 		prefix  bool // wantErr is only the start: the rest is the parser's own words
+		// refused: the pod was found but no agent can join it (a *PodRefusedError, which doctor reports as a line).
+		refused bool
 	}{
 		{
 			name:    "pod not found names the namespace",
@@ -306,12 +308,14 @@ func TestResolveErrors(t *testing.T) {
 			name:    "pod not running says its phase",
 			opts:    Options{Resource: "pod/web-2"},
 			wantErr: `pod "shop/web-2" is not running (phase Pending)`,
+			refused: true,
 		},
 		{
 			name:    "pod succeeded",
 			opts:    Options{Resource: "pod/done"},
 			extra:   []runtime.Object{pod("done", nil, func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })},
 			wantErr: `pod "shop/done" is not running (phase Succeeded)`,
+			refused: true,
 		},
 		{
 			name: "terminating pod",
@@ -321,6 +325,7 @@ func TestResolveErrors(t *testing.T) {
 				p.Finalizers = []string{"x"}
 			})},
 			wantErr: `pod "shop/going" is terminating`,
+			refused: true,
 		},
 		{
 			name:    "container not found lists the valid names",
@@ -349,6 +354,7 @@ func TestResolveErrors(t *testing.T) {
 			opts:    Options{Resource: "pod/win"},
 			extra:   []runtime.Object{pod("win", nil, func(p *corev1.Pod) { p.Spec.OS = &corev1.PodOS{Name: corev1.Windows} })},
 			wantErr: `pod "shop/win" is a Windows pod (spec.os.name); the agent runs on Linux only`,
+			refused: true,
 		},
 		{
 			name: "windows pod by node selector",
@@ -357,24 +363,28 @@ func TestResolveErrors(t *testing.T) {
 				p.Spec.NodeSelector = map[string]string{"kubernetes.io/os": "windows"}
 			})},
 			wantErr: `pod "shop/win" is a Windows pod (nodeSelector kubernetes.io/os=windows); the agent runs on Linux only`,
+			refused: true,
 		},
 		{
 			name:    "windows pod by node label",
 			opts:    Options{Resource: "pod/win"},
 			extra:   []runtime.Object{pod("win", nil, func(p *corev1.Pod) { p.Spec.NodeName = "win-1" })},
 			wantErr: `pod "shop/win" runs on Windows node "win-1"; the agent runs on Linux only`,
+			refused: true,
 		},
 		{
 			name:    "hostNetwork refused without the opt-in",
 			opts:    Options{Resource: "pod/hostnet"},
 			extra:   []runtime.Object{pod("hostnet", nil, func(p *corev1.Pod) { p.Spec.HostNetwork = true })},
 			wantErr: `pod "shop/hostnet" uses hostNetwork: true, so the agent would work in the node's network: a steal there takes the port from every client of the node itself (node daemons, other hostNetwork pods, the kubelet's probes), though not the traffic of the node's other pods, and the agent's data port listens on the node's loopback; pass --allow-host-network to go ahead (--flush-connections stays refused there)`,
+			refused: true,
 		},
 		{
 			name:    "hostPID refused",
 			opts:    Options{Resource: "pod/hostpid"},
 			extra:   []runtime.Object{pod("hostpid", nil, func(p *corev1.Pod) { p.Spec.HostPID = true })},
 			wantErr: `pod "shop/hostpid" uses hostPID: true, so the agent would run in the node's process namespace; trafficlab does not attach to such pods (target a pod without hostPID)`,
+			refused: true,
 		},
 		{
 			name:    "get denied by RBAC names the missing rule",
@@ -396,6 +406,10 @@ func TestResolveErrors(t *testing.T) {
 			}
 			msg := err.Error()
 			matches := msg == tc.wantErr || (tc.prefix && strings.HasPrefix(msg, tc.wantErr))
+			var refused *PodRefusedError
+			if errors.As(err, &refused) != tc.refused {
+				t.Errorf("Resolve() error is a *PodRefusedError: %v, want %v", !tc.refused, tc.refused)
+			}
 			if !matches {
 				t.Errorf("Resolve() error =\n%s\nwant\n%s", msg, tc.wantErr)
 			}
