@@ -65,8 +65,13 @@ func (o Outcome) String() string {
 	return s
 }
 
-// maxDepth bounds jumps, as the kernel does (it refuses loops when rules are loaded).
-const maxDepth = 64
+// maxDepth bounds jumps, as the kernel does; maxSteps bounds the rules one evaluation visits, so
+// that a loop through goto, which the kernel refuses to load but a corrupt blob could describe,
+// ends.
+const (
+	maxDepth = 64
+	maxSteps = 1 << 16
+)
 
 // Evaluate runs c through the nat base chains at its hook, of every table of its family, in
 // priority order, as the kernel does for a connection's first packet: the first chain that
@@ -119,7 +124,10 @@ type frame struct {
 // run evaluates one base chain and the chains it jumps to.
 func run(t *Table, start *Chain, fam Family, c Conn, mark *uint32) (Outcome, error) {
 	stack := []frame{{start, 0}}
-	for len(stack) > 0 {
+	for steps := 0; len(stack) > 0; steps++ {
+		if steps > maxSteps {
+			return Outcome{}, fmt.Errorf("%s chain %s: more than %d rules on one connection's path", t, start.Name, maxSteps)
+		}
 		f := &stack[len(stack)-1]
 		if f.i >= len(f.c.Rules) {
 			stack = stack[:len(stack)-1]

@@ -8,7 +8,6 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	"github.com/google/nftables/xt"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
@@ -182,22 +181,16 @@ func decodeNft(fam Family, raws []rawExpr) (Rule, error) {
 				Ports: []PortRange{{binary.BigEndian.Uint16(e.FromData), binary.BigEndian.Uint16(e.ToData)}}})
 		case *expr.Lookup:
 			unknownMatch(fmt.Sprintf("lookup in set %q on %s", e.SetName, reg(e.SourceRegister).what))
-		case *expr.Match:
-			info, err := xt.Marshal(xt.TableFamily(nftFamily(fam)), e.Rev, e.Info)
-			if err != nil {
-				return r, fmt.Errorf("xt match %s: %w", e.Name, err)
+		case compat:
+			if !e.target {
+				ms, err := xtMatch(e.name, uint8(e.rev), fam, e.info)
+				if err != nil {
+					return r, err
+				}
+				r.Matches = append(r.Matches, ms...)
+				continue
 			}
-			ms, err := xtMatch(e.Name, uint8(e.Rev), fam, info)
-			if err != nil {
-				return r, err
-			}
-			r.Matches = append(r.Matches, ms...)
-		case *expr.Target:
-			info, err := xt.Marshal(xt.TableFamily(nftFamily(fam)), e.Rev, e.Info)
-			if err != nil {
-				return r, fmt.Errorf("xt target %s: %w", e.Name, err)
-			}
-			a, err := xtTarget(e.Name, uint8(e.Rev), fam, info)
+			a, err := xtTarget(e.name, uint8(e.rev), fam, e.info)
 			if err != nil {
 				return r, err
 			}
@@ -233,6 +226,43 @@ func decodeNft(fam Family, raws []rawExpr) (Rule, error) {
 		}
 	}
 	return r, nil
+}
+
+// compat is an xt match or target as iptables-nft writes it. Its attributes are read here
+// rather than by google/nftables, whose info decoders trust the blob's own counts (a REDIRECT
+// info claiming billions of ranges allocates them).
+type compat struct {
+	target bool
+	name   string
+	rev    uint32
+	info   []byte
+}
+
+// xtCompat reads NFTA_MATCH_NAME, _REV and _INFO (NFTA_TARGET_* have the same numbers).
+func xtCompat(raw rawExpr) (compat, error) {
+	c := compat{target: raw.Name == "target"}
+	ad, err := netlink.NewAttributeDecoder(raw.Data)
+	if err != nil {
+		return c, err
+	}
+	ad.ByteOrder = binary.BigEndian
+	for ad.Next() {
+		switch ad.Type() {
+		case 1:
+			c.name = ad.String()
+		case 2:
+			c.rev = ad.Uint32()
+		case 3:
+			c.info = ad.Bytes()
+		}
+	}
+	if err := ad.Err(); err != nil {
+		return c, err
+	}
+	if c.name == "" {
+		return c, fmt.Errorf("xt %s without a name", raw.Name)
+	}
+	return c, nil
 }
 
 // ctSet is `ct KEY set`, which google/nftables reads as a load; tproxy is the tproxy
@@ -295,10 +325,8 @@ func nftExpr(fam Family, raw rawExpr) (any, error) {
 		e = &expr.Log{}
 	case "redir":
 		e = &expr.Redir{}
-	case "match":
-		e = &expr.Match{}
-	case "target":
-		e = &expr.Target{}
+	case "match", "target":
+		return xtCompat(raw)
 	default:
 		return nil, nil
 	}

@@ -148,8 +148,8 @@ func xtTarget(name string, rev uint8, fam Family, info []byte) (Action, error) {
 		// struct nf_nat_ipv4_multi_range_compat { unsigned int rangesize;
 		// struct nf_nat_ipv4_range { unsigned int flags; __be32 min_ip, max_ip;
 		// union nf_conntrack_man_proto min, max; } range[1]; }
-		if len(info) < 24 {
-			return Action{}, fmt.Errorf("-j REDIRECT: %d bytes of info, want 24", len(info))
+		if len(info) < 20 {
+			return Action{}, fmt.Errorf("-j REDIRECT: %d bytes of info, want 20", len(info))
 		}
 		if ne.Uint32(info[0:]) != 1 {
 			return Action{}, fmt.Errorf("-j REDIRECT: %d ranges, want 1", ne.Uint32(info[0:]))
