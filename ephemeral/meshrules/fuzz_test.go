@@ -97,7 +97,7 @@ func FuzzXt(f *testing.F) {
 			fam = FamilyIPv6
 		}
 		n := names[int(name)%len(names)]
-		ms, err := xtMatch(n, rev, fam, info)
+		ms, err := xtMatch(n, rev, info)
 		if err != nil {
 			return
 		}

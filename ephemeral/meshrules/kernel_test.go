@@ -43,7 +43,7 @@ func readRecorded(t *testing.T, ns *testnet.NS, golden string) *Rules {
 	t.Helper()
 	var read *Rules
 	var blobs []legacyBlob
-	var real *netlink.Conn
+	var sock *netlink.Conn
 	err := ns.Do(func() error {
 		var err error
 		if read, err = Read(); err != nil {
@@ -52,14 +52,14 @@ func readRecorded(t *testing.T, ns *testnet.NS, golden string) *Rules {
 		if _, blobs, err = readLegacy(); err != nil {
 			return err
 		}
-		real, err = netlink.Dial(unix.NETLINK_NETFILTER, nil)
+		sock, err = netlink.Dial(unix.NETLINK_NETFILTER, nil)
 		return err
 	})
 	if err != nil {
 		t.Fatalf("read the rules in %s: %v", ns.Name, err)
 	}
-	defer real.Close()
-	rec := &recorder{next: forward(real)}
+	defer sock.Close()
+	rec := &recorder{next: forward(sock)}
 	var idx ruleIndex
 	c, err := nftables.New(nftables.WithTestDial(idx.wrap(rec.dial)))
 	if err != nil {
@@ -101,7 +101,7 @@ func readRecorded(t *testing.T, ns *testnet.NS, golden string) *Rules {
 	return read
 }
 
-// TestKernelRuleSets applies every real mesh rule set (internal/meshtest) in a pod namespace,
+// TestKernelRuleSets applies every sock mesh rule set (internal/meshtest) in a pod namespace,
 // reads and classifies it, and checks the evaluator against the kernel: where connections to
 // the pod, from the pod, and the agent's pass-back really land.
 func TestKernelRuleSets(t *testing.T) {

@@ -21,8 +21,6 @@ const (
 	ip6tEntrySize = 168
 	// struct xt_entry_match / xt_entry_target: __u16 size; char name[29]; __u8 revision;
 	xtHeaderSize = 32
-	// struct xt_standard_target: the header and an int verdict.
-	xtStandardSize = xtHeaderSize + 4
 	// struct xt_error_target: the header and char errorname[30].
 	xtErrorNameLen = 30
 
@@ -239,7 +237,7 @@ func parseLegacyEntry(fam Family, raw []byte, entrySize, targetOff, off int, hea
 			return r, fmt.Errorf("match at %d of %d bytes overruns the target at %d", m, size, targetOff)
 		}
 		name, rev, data := xtEntry(raw[m : m+size])
-		ms, err := xtMatch(name, rev, fam, data)
+		ms, err := xtMatch(name, rev, data)
 		if err != nil {
 			return r, err
 		}

@@ -184,10 +184,6 @@ type Action struct {
 	What       string
 }
 
-func (a Action) terminal() bool {
-	return a.Kind != ActionSetMark && a.Kind != ActionUnknown
-}
-
 // String is the action in iptables' words, for messages.
 func (a Action) String() string {
 	switch a.Kind {

@@ -165,11 +165,7 @@ func decodeNft(fam Family, raws []rawExpr) (Rule, error) {
 		case *expr.Immediate:
 			regs[e.Register] = &loaded{what: "immediate", immediate: e.Data}
 		case *expr.Cmp:
-			m, err := nftCmp(fam, reg(e.Register), e.Op, e.Data)
-			if err != nil {
-				return r, err
-			}
-			r.Matches = append(r.Matches, m)
+			r.Matches = append(r.Matches, nftCmp(fam, reg(e.Register), e.Op, e.Data))
 		case *expr.Range:
 			l := reg(e.Register)
 			field, ok := portField(l)
@@ -183,7 +179,7 @@ func decodeNft(fam Family, raws []rawExpr) (Rule, error) {
 			unknownMatch(fmt.Sprintf("lookup in set %q on %s", e.SetName, reg(e.SourceRegister).what))
 		case compat:
 			if !e.target {
-				ms, err := xtMatch(e.name, uint8(e.rev), fam, e.info)
+				ms, err := xtMatch(e.name, uint8(e.rev), e.info)
 				if err != nil {
 					return r, err
 				}
@@ -377,14 +373,15 @@ func portField(l *loaded) (Field, bool) {
 	return 0, false
 }
 
-// nftCmp is the match a cmp makes of what the register holds.
-func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
+// nftCmp is the match a cmp makes of what the register holds (FieldUnknown for anything
+// else).
+func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) Match {
 	unknown := Match{Field: FieldUnknown, What: fmt.Sprintf("cmp %d on %s", op, l.what)}
 	eqOrNeq := op == expr.CmpOpEq || op == expr.CmpOpNeq
 	m := Match{Invert: op == expr.CmpOpNeq, AbsentFails: true}
 	if field, ok := portField(l); ok {
 		if len(data) != 2 {
-			return unknown, nil
+			return unknown
 		}
 		p := binary.BigEndian.Uint16(data)
 		m.Field, m.Invert = field, false
@@ -395,35 +392,35 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 			m.Ports, m.Invert = []PortRange{{p, p}}, true
 		case expr.CmpOpLt:
 			if p == 0 {
-				return unknown, nil
+				return unknown
 			}
 			m.Ports = []PortRange{{0, p - 1}}
 		case expr.CmpOpLte:
 			m.Ports = []PortRange{{0, p}}
 		case expr.CmpOpGt:
 			if p == 0xffff {
-				return unknown, nil
+				return unknown
 			}
 			m.Ports = []PortRange{{p + 1, 0xffff}}
 		case expr.CmpOpGte:
 			m.Ports = []PortRange{{p, 0xffff}}
 		}
-		return m, nil
+		return m
 	}
 	if !eqOrNeq {
-		return unknown, nil
+		return unknown
 	}
 	switch {
 	case l.isMeta:
 		switch l.meta {
 		case expr.MetaKeyL4PROTO:
 			if len(data) != 1 || l.mask != nil {
-				return unknown, nil
+				return unknown
 			}
 			m.Field, m.Proto = FieldL4Proto, data[0]
 		case expr.MetaKeyNFPROTO:
 			if len(data) != 1 || l.mask != nil {
-				return unknown, nil
+				return unknown
 			}
 			m.Field = FieldNFProto
 			switch data[0] {
@@ -432,11 +429,11 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 			case unix.NFPROTO_IPV6:
 				m.Family = FamilyIPv6
 			default:
-				return unknown, nil
+				return unknown
 			}
 		case expr.MetaKeyPROTOCOL:
 			if len(data) != 2 || l.mask != nil {
-				return unknown, nil
+				return unknown
 			}
 			m.Field = FieldNFProto
 			switch binary.BigEndian.Uint16(data) {
@@ -445,11 +442,11 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 			case unix.ETH_P_IPV6:
 				m.Family = FamilyIPv6
 			default:
-				return unknown, nil
+				return unknown
 			}
 		case expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME:
 			if l.mask != nil || len(data) == 0 || len(data) > unix.IFNAMSIZ {
-				return unknown, nil
+				return unknown
 			}
 			m.Field = FieldInIface
 			if l.meta == expr.MetaKeyOIFNAME {
@@ -462,7 +459,7 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 			}
 		case expr.MetaKeySKUID, expr.MetaKeySKGID:
 			if len(data) != 4 || l.mask != nil {
-				return unknown, nil
+				return unknown
 			}
 			id := ne.Uint32(data)
 			m.Field, m.IDs = FieldUID, IDRange{id, id}
@@ -471,37 +468,37 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 			}
 		case expr.MetaKeyMARK:
 			if len(data) != 4 {
-				return unknown, nil
+				return unknown
 			}
 			m.Field, m.Mark, m.Mask = FieldMark, ne.Uint32(data), 0xffffffff
 			if l.mask != nil {
 				if len(l.mask) != 4 {
-					return unknown, nil
+					return unknown
 				}
 				m.Mask = ne.Uint32(l.mask)
 			}
 		default:
-			return unknown, nil
+			return unknown
 		}
-		return m, nil
+		return m
 	case l.isPayload && l.base == expr.PayloadBaseNetworkHeader:
 		var field Field
 		switch {
 		case l.len == 1 && (fam == FamilyIPv4 && l.off == 9 || fam == FamilyIPv6 && l.off == 6):
 			if len(data) != 1 || l.mask != nil {
-				return unknown, nil
+				return unknown
 			}
 			m.Field, m.Proto = FieldL4Proto, data[0]
-			return m, nil
+			return m
 		case l.len == 4 && l.off == 12, l.len == 16 && l.off == 8:
 			field = FieldSrc
 		case l.len == 4 && l.off == 16, l.len == 16 && l.off == 24:
 			field = FieldDst
 		default:
-			return unknown, nil
+			return unknown
 		}
 		if len(data) != int(l.len) {
-			return unknown, nil
+			return unknown
 		}
 		mask := l.mask
 		if mask == nil {
@@ -509,10 +506,10 @@ func nftCmp(fam Family, l *loaded, op expr.CmpOp, data []byte) (Match, error) {
 		}
 		p, err := prefix(data, mask)
 		if err != nil {
-			return unknown, nil
+			return unknown
 		}
 		m.Field, m.Prefix = field, p
-		return m, nil
+		return m
 	}
-	return unknown, nil
+	return unknown
 }

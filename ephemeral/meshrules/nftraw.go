@@ -139,7 +139,7 @@ func parseRuleMsg(data []byte) (ruleKey, []rawExpr, error) {
 }
 
 // forward sends the library's requests on a real netlink socket.
-func forward(real *netlink.Conn) nltest.Func {
+func forward(sock *netlink.Conn) nltest.Func {
 	return func(req []netlink.Message) ([]netlink.Message, error) {
 		if len(req) == 0 {
 			return nil, io.EOF // nltest polls for multicast messages after an empty reply: none
@@ -150,7 +150,7 @@ func forward(real *netlink.Conn) nltest.Func {
 			// against the numbers it gave.
 			seq, pid := m.Header.Sequence, m.Header.PID
 			m.Header.Sequence, m.Header.PID = 0, 0
-			replies, err := real.Execute(m)
+			replies, err := sock.Execute(m)
 			if err != nil {
 				return nil, err
 			}

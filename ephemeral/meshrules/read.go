@@ -24,13 +24,13 @@ func Read() (*Rules, error) {
 	if err != nil {
 		return nil, err
 	}
-	real, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	sock, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink: %w", err)
 	}
-	defer real.Close()
+	defer sock.Close()
 	var idx ruleIndex
-	c, err := nftables.New(nftables.WithTestDial(idx.wrap(forward(real))))
+	c, err := nftables.New(nftables.WithTestDial(idx.wrap(forward(sock))))
 	if err != nil {
 		return nil, fmt.Errorf("open nftables netlink: %w", err)
 	}

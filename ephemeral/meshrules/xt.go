@@ -14,10 +14,11 @@ import (
 
 var ne = binary.NativeEndian
 
-// xtMatch decodes the xt match name (revision rev) of a family's table into matches. A match
+// xtMatch decodes the xt match name (revision rev) into matches (the ones read here have one
+// layout for IPv4 and IPv6). A match
 // this package does not evaluate becomes one FieldUnknown match naming it, so that a rule set
 // that needs it is refused when, and only when, a connection reaches it.
-func xtMatch(name string, rev uint8, fam Family, info []byte) ([]Match, error) {
+func xtMatch(name string, rev uint8, info []byte) ([]Match, error) {
 	unknown := []Match{{Field: FieldUnknown, What: fmt.Sprintf("-m %s (revision %d)", name, rev)}}
 	switch name {
 	case "comment":

@@ -76,7 +76,7 @@ func TestXtMatch(t *testing.T) {
 		{"comment", 0, make([]byte, 256), nil},
 		{"statistic", 0, make([]byte, 32), []Match{{Field: FieldUnknown, What: "-m statistic (revision 0)"}}},
 	} {
-		got, err := xtMatch(c.name, c.rev, FamilyIPv4, c.info)
+		got, err := xtMatch(c.name, c.rev, c.info)
 		if err != nil {
 			t.Errorf("xtMatch(%s): %v", c.name, err)
 			continue
@@ -85,7 +85,7 @@ func TestXtMatch(t *testing.T) {
 			t.Errorf("xtMatch(%s) (-want +got):\n%s", c.name, diff)
 		}
 	}
-	if _, err := xtMatch("owner", 1, FamilyIPv4, make([]byte, 17)); err == nil {
+	if _, err := xtMatch("owner", 1, make([]byte, 17)); err == nil {
 		t.Error("xtMatch(owner) with a short info: no error")
 	}
 }
