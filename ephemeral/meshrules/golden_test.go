@@ -46,9 +46,13 @@ func wantInbound(rs meshtest.RuleSet) view {
 	case rs.TPROXY():
 		return view{Mesh: MeshIstio, Mode: ModeTPROXY, Source: rs.Source(), InboundPort: meshtest.IstioInboundPort}
 	case rs.Mesh() == "Istio":
-		return view{Mesh: MeshIstio, Mode: ModeSidecar, Source: rs.Source(), ProxyUID: meshtest.IstioProxyUID, HasProxyUID: true,
+		v := view{Mesh: MeshIstio, Mode: ModeSidecar, Source: rs.Source(), ProxyUID: meshtest.IstioProxyUID, HasProxyUID: true,
 			InboundPort: meshtest.IstioInboundPort, OutboundPort: meshtest.IstioOutboundPort,
 			PassSource: netip.MustParseAddr("127.0.0.6")}
+		if rs.DualStack() {
+			v.PassSource6 = netip.MustParseAddr("::6")
+		}
+		return v
 	default:
 		return view{Mesh: MeshLinkerd, Mode: ModeSidecar, Source: rs.Source(), ProxyUID: meshtest.LinkerdProxyUID, HasProxyUID: true,
 			InboundPort: meshtest.LinkerdInboundPort, OutboundPort: meshtest.LinkerdOutboundPort}
@@ -63,8 +67,12 @@ func notCaptured(rs meshtest.RuleSet) []int {
 	return meshtest.LinkerdIgnoredInbound
 }
 
-// The pod's address in the kernel tests, which the golden files were recorded with.
-var podAddr = netip.MustParseAddr("10.44.0.2")
+// The pod's addresses in the kernel tests, which the golden files were recorded with (the IPv6
+// one for dual-stack rule sets).
+var (
+	podAddr  = netip.MustParseAddr("10.44.0.2")
+	podAddr6 = netip.MustParseAddr("fd44::2")
+)
 
 // checkRuleSet asserts what a real rule set's rules say: the classification, which ports are
 // captured, and the pass-back connections, for the kernel test and the golden unit test alike.
@@ -90,33 +98,35 @@ func checkRuleSet(t *testing.T, rs meshtest.RuleSet, rules *Rules) {
 			t.Errorf("Captured(%d) = %v, %v; want false", p, ok, err)
 		}
 	}
-	app := netip.AddrPortFrom(podAddr, 8080)
-	// The agent's pass-back: as root (the agent's uid with capabilities) with the pass mark.
-	o, err := in.PassBack(podAddr, app, 0, 0, passMark)
-	if err != nil || o.Fate != Passed {
-		t.Errorf("PassBack(uid 0) = %v, %v; want passed", o, err)
-	}
-	// The sidecar's own connections, evaluated as the mesh sees them.
 	proxy := uint32(meshtest.IstioProxyUID)
 	if rs.Mesh() == "Linkerd" {
 		proxy = meshtest.LinkerdProxyUID
 	}
-	pass := in.PassSourceFor(podAddr)
-	if !pass.IsValid() {
-		pass = podAddr
-	}
-	o, err = rules.Evaluate(Conn{Hook: HookOutput, Src: netip.AddrPortFrom(pass, 0), Dst: app, OutIface: "lo", UID: proxy, GID: proxy})
-	if err != nil || o.Fate != Passed {
-		t.Errorf("the sidecar's pass to the app from %s = %v, %v; want passed", pass, o, err)
-	}
-	o, err = rules.Evaluate(Conn{Hook: HookOutput, Src: netip.AddrPortFrom(podAddr, 0), Dst: app, OutIface: "lo", UID: proxy, GID: proxy})
-	want := Outcome{Fate: Passed}
-	if rs.Mesh() == "Istio" {
-		// Envoy calling its own pod's address goes through its inbound listener.
-		want = Outcome{Fate: Captured, Port: meshtest.IstioInboundPort}
-	}
-	if err != nil || o.Fate != want.Fate || o.Port != want.Port {
-		t.Errorf("the sidecar's call to its own pod from %s = %v, %v; want %v", podAddr, o, err, want)
+	for _, pod := range []netip.Addr{podAddr, podAddr6} {
+		app := netip.AddrPortFrom(pod, 8080)
+		// The agent's pass-back: as root (the agent's uid with capabilities) with the pass mark.
+		o, err := in.PassBack(pod, app, 0, 0, passMark)
+		if err != nil || o.Fate != Passed {
+			t.Errorf("PassBack(%s, uid 0) = %v, %v; want passed", app, o, err)
+		}
+		// The sidecar's own connections, evaluated as the mesh sees them.
+		pass := in.PassSourceFor(pod)
+		if !pass.IsValid() {
+			pass = pod
+		}
+		o, err = rules.Evaluate(Conn{Hook: HookOutput, Src: netip.AddrPortFrom(pass, 0), Dst: app, OutIface: "lo", UID: proxy, GID: proxy})
+		if err != nil || o.Fate != Passed {
+			t.Errorf("the sidecar's pass to %s from %s = %v, %v; want passed", app, pass, o, err)
+		}
+		o, err = rules.Evaluate(Conn{Hook: HookOutput, Src: netip.AddrPortFrom(pod, 0), Dst: app, OutIface: "lo", UID: proxy, GID: proxy})
+		want := Outcome{Fate: Passed}
+		if rs.Mesh() == "Istio" && (pod.Is4() || rs.DualStack()) {
+			// Envoy calling its own pod's address goes through its inbound listener.
+			want = Outcome{Fate: Captured, Port: meshtest.IstioInboundPort}
+		}
+		if err != nil || o.Fate != want.Fate || o.Port != want.Port {
+			t.Errorf("the sidecar's call to its own pod %s from %s = %v, %v; want %v", app, pod, o, err, want)
+		}
 	}
 }
 

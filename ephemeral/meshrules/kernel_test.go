@@ -30,10 +30,15 @@ import (
 )
 
 // pod is a test pod's namespace with its address, and a peer namespace beside it.
-func pod(t *testing.T) (*testnet.NS, *testnet.NS) {
+func pod(t *testing.T, dualStack bool) (*testnet.NS, *testnet.NS) {
 	t.Helper()
 	ns, peer := testnet.New(t), testnet.New(t)
-	testnet.Connect(t, ns, []netip.Prefix{netip.PrefixFrom(podAddr, 24)}, peer, []netip.Prefix{netip.MustParsePrefix("10.44.0.1/24")})
+	addrs, peerAddrs := []netip.Prefix{netip.PrefixFrom(podAddr, 24)}, []netip.Prefix{netip.MustParsePrefix("10.44.0.1/24")}
+	if dualStack {
+		addrs = append(addrs, netip.PrefixFrom(podAddr6, 64))
+		peerAddrs = append(peerAddrs, netip.MustParsePrefix("fd44::1/64"))
+	}
+	testnet.Connect(t, ns, addrs, peer, peerAddrs)
 	return ns, peer
 }
 
@@ -107,7 +112,7 @@ func readRecorded(t *testing.T, ns *testnet.NS, golden string) *Rules {
 func TestKernelRuleSets(t *testing.T) {
 	for _, rs := range meshtest.All {
 		t.Run(string(rs), func(t *testing.T) {
-			ns, peer := pod(t)
+			ns, peer := pod(t, rs.DualStack())
 			meshtest.Apply(t, ns.Name, rs)
 			rules := readRecorded(t, ns, string(rs))
 			checkRuleSet(t, rs, rules)
@@ -245,7 +250,7 @@ func TestKernelOtherRuleSets(t *testing.T) {
 		{golden: "unknown-mesh", rules: [][]string{{"iptables-nft", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "9999"}}},
 	} {
 		t.Run(c.golden, func(t *testing.T) {
-			ns, _ := pod(t)
+			ns, _ := pod(t, false)
 			for _, argv := range c.rules {
 				nsRun(t, ns, argv...)
 			}
