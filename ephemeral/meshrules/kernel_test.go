@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -22,6 +23,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
@@ -256,6 +258,51 @@ func TestKernelOtherRuleSets(t *testing.T) {
 			}
 			rules := readRecorded(t, ns, c.golden)
 			checkOther(t, rules, otherRuleSets[c.golden])
+		})
+	}
+}
+
+// TestKernelReadWithoutNetAdmin: an agent without CAP_NET_ADMIN (NET_RAW only) cannot read the
+// rules, and Read's error says so in a way the caller can test (os.ErrPermission), so that it
+// decides from the pod's spec instead.
+func TestKernelReadWithoutNetAdmin(t *testing.T) {
+	for _, rs := range []meshtest.RuleSet{meshtest.IstioLegacy, meshtest.IstioNftables} {
+		t.Run(string(rs), func(t *testing.T) {
+			ns, _ := pod(t, false)
+			meshtest.Apply(t, ns.Name, rs)
+			errc := make(chan error, 1)
+			go func() {
+				// This thread drops CAP_NET_ADMIN and is never unlocked: the runtime ends it with the
+				// goroutine, so no other goroutine runs without the capability or in the namespace.
+				runtime.LockOSThread()
+				if err := netns.Set(ns.Handle()); err != nil {
+					errc <- err
+					return
+				}
+				hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+				var data [2]unix.CapUserData
+				if err := unix.Capget(&hdr, &data[0]); err != nil {
+					errc <- err
+					return
+				}
+				data[0].Effective &^= 1 << unix.CAP_NET_ADMIN
+				if err := unix.Capset(&hdr, &data[0]); err != nil {
+					errc <- err
+					return
+				}
+				_, err := Read()
+				if err == nil {
+					err = errors.New("Read() without CAP_NET_ADMIN succeeded")
+				} else if !errors.Is(err, os.ErrPermission) {
+					err = fmt.Errorf("Read() without CAP_NET_ADMIN = %w, not a permission error", err)
+				} else {
+					err = nil
+				}
+				errc <- err
+			}()
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
 		})
 	}
 }
