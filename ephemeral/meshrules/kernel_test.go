@@ -291,14 +291,14 @@ func TestKernelReadWithoutNetAdmin(t *testing.T) {
 					return
 				}
 				_, err := Read()
-				if err == nil {
-					err = errors.New("Read() without CAP_NET_ADMIN succeeded")
-				} else if !errors.Is(err, os.ErrPermission) {
-					err = fmt.Errorf("Read() without CAP_NET_ADMIN = %w, not a permission error", err)
-				} else {
-					err = nil
+				switch {
+				case err == nil:
+					errc <- errors.New("Read() without CAP_NET_ADMIN succeeded")
+				case !errors.Is(err, os.ErrPermission):
+					errc <- fmt.Errorf("Read() without CAP_NET_ADMIN = %w, not a permission error", err)
+				default:
+					errc <- nil
 				}
-				errc <- err
 			}()
 			if err := <-errc; err != nil {
 				t.Fatal(err)
