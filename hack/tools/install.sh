@@ -5,12 +5,17 @@
 #   hack/tools/install.sh golangci-lint
 #   hack/tools/install.sh validate-krew-manifest kubectl-krew
 #   hack/tools/install.sh grpcurl vegeta
+#   hack/tools/install.sh istio-iptables
 #
 # The versions live in hack/tools/<module>/go.mod (Go 1.24+ `tool` directives):
 # golangci (golangci-lint), krew (validate-krew-manifest, kubectl-krew), grpcurl
 # (the e2e tests' gRPC client), vegeta (hack/bench's paced load generator),
 # goreleaser (the release, .goreleaser.yaml), cyclonedx (cyclonedx-gomod, the
-# SBOMs goreleaser writes) and actionlint (.github/workflows).
+# SBOMs goreleaser writes), actionlint (.github/workflows) and istio
+# (istio-iptables, Istio's sidecar rule generator in its iptables-legacy,
+# iptables-nft and native nftables modes, for internal/meshtest and the mesh
+# e2e; Istio serves it only as a cobra command, so hack/tools/istio has a
+# ten-line main that runs it).
 # One module per tool set so no tool's dependency graph moves another's
 # (golangci-lint and krew together would bump golangci-lint's x/text and krew's
 # x/net, x/text, logr; vegeta brings prometheus) and none touches the main
@@ -53,12 +58,13 @@ spec() {
 	goreleaser) echo "goreleaser github.com/goreleaser/goreleaser/v2 main.version" ;;
 	cyclonedx-gomod) echo "cyclonedx github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod" ;;
 	actionlint) echo "actionlint github.com/rhysd/actionlint/cmd/actionlint github.com/rhysd/actionlint.version" ;;
+	istio-iptables) echo "istio github.com/trafficlab/kubectl-trafficlab/hack/tools/istio/istio-iptables" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint|istio-iptables ..." >&2
 	exit 2
 fi
 
@@ -68,7 +74,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint, istio-iptables" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"
