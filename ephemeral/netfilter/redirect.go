@@ -181,7 +181,7 @@ func (r Redirect) ports() []uint16 {
 //
 // and, without sources (Linkerd: from the pod IP), instead of the last two
 //
-//	  oifname "lo" meta mark != Mark meta skuid U fib saddr type local meta l4proto tcp tcp dport P ... redirect to :L
+//	oifname "lo" meta mark != Mark meta skuid U fib saddr type local meta l4proto tcp tcp dport P ... redirect to :L
 //
 // The first output rule keeps the pod's own connections to itself, which the meshes leave outside
 // the mesh too. Istio's proxy calling its own pod as a client (uid U, another source) is not taken:

@@ -31,8 +31,10 @@ func TestRedirectValidate(t *testing.T) {
 		{name: "linkerd", edit: func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 2102} }},
 		{name: "mesh uid 0", edit: func(r *Redirect) { r.Mesh = &MeshRedirect{} }, wantErr: "mesh proxy uid must not be 0"},
 		{
-			name:    "mesh source mapped",
-			edit:    func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{netip.MustParseAddr("::ffff:127.0.0.6")}} },
+			name: "mesh source mapped",
+			edit: func(r *Redirect) {
+				r.Mesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{netip.MustParseAddr("::ffff:127.0.0.6")}}
+			},
 			wantErr: `mesh proxy source "::ffff:127.0.0.6" is not a plain IPv4 or IPv6 address`,
 		},
 		{
