@@ -79,6 +79,12 @@ type MeshRedirect struct {
 	// acts as a client (those connections go back into the mesh, and are left alone). Empty means
 	// any of the pod's own addresses: Linkerd 2.11 and later connect from the pod IP.
 	ProxySources []netip.Addr
+	// PassSources are the addresses the agent passes connections back to the app from, one per
+	// family at most (PassDialer): those the mesh's output rules let through over lo, 127.0.0.6 and
+	// ::6 for Istio (which sends the rest to its proxy). Empty: the kernel's choice, which Linkerd
+	// lets through, as it does every connection over lo, and so does Istio before 1.10 for the
+	// 127.0.0.1 its proxy called the app at.
+	PassSources []netip.Addr
 }
 
 // Validate reports the first reason m cannot take a proxy's connections.
@@ -91,6 +97,20 @@ func (m *MeshRedirect) Validate() error {
 		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
 			return fmt.Errorf("mesh proxy source %q is not a plain IPv4 or IPv6 address", a)
 		}
+	}
+	var v4, v6 int
+	for _, a := range m.PassSources {
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("pass-through source %q is not a plain IPv4 or IPv6 address", a)
+		}
+		if a.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return fmt.Errorf("pass-through sources %v: at most one per address family", m.PassSources)
 	}
 	return nil
 }

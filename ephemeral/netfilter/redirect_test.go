@@ -38,6 +38,18 @@ func TestRedirectValidate(t *testing.T) {
 			wantErr: `mesh proxy source "::ffff:127.0.0.6" is not a plain IPv4 or IPv6 address`,
 		},
 		{
+			name: "two pass sources of a family",
+			edit: func(r *Redirect) {
+				r.Mesh = &MeshRedirect{ProxyUID: 1337, PassSources: []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("127.0.0.7")}}
+			},
+			wantErr: "pass-through sources [127.0.0.6 127.0.0.7]: at most one per address family",
+		},
+		{
+			name:    "pass source invalid",
+			edit:    func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 1337, PassSources: []netip.Addr{{}}} },
+			wantErr: `pass-through source "invalid IP" is not a plain IPv4 or IPv6 address`,
+		},
+		{
 			name:    "mesh source invalid",
 			edit:    func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{{}}} },
 			wantErr: `mesh proxy source "invalid IP" is not a plain IPv4 or IPv6 address`,
@@ -126,7 +138,11 @@ const (
 )
 
 // istioMesh is Istio 1.10 and later: uid 1337, from 127.0.0.6 and ::6.
-var istioMesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")}}
+var istioMesh = &MeshRedirect{
+	ProxyUID:     1337,
+	ProxySources: []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")},
+	PassSources:  []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")},
+}
 
 const (
 	skuidLoad  = `meta{key=0000000a dreg=00000001}`                                  // [ meta load skuid => reg 1 ]
