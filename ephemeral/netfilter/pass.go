@@ -56,8 +56,10 @@ func passControl(network string, from []netip.Addr, rc syscall.RawConn) error {
 			serr = fmt.Errorf("pass-through from %s: %w", src, err)
 			return
 		}
-		var sa unix.Sockaddr = &unix.SockaddrInet4{Addr: src.As4()}
-		if src.Is6() {
+		var sa unix.Sockaddr
+		if src.Is4() {
+			sa = &unix.SockaddrInet4{Addr: src.As4()}
+		} else {
 			sa = &unix.SockaddrInet6{Addr: src.As16()}
 		}
 		if err := unix.Bind(int(fd), sa); err != nil {

@@ -27,7 +27,7 @@ import (
 )
 
 // sidecarEnv makes the test binary, run again by startSidecar, a service mesh's sidecar proxy:
-// "UID INBOUND SOURCE" (SOURCE "-": the kernel's choice of source, the pod IP).
+// "UID INBOUND SOURCES" (SOURCES comma-separated, or "-": the kernel's choice, the pod IP).
 const sidecarEnv = "TRAFFICLAB_STEAL_TEST_SIDECAR"
 
 // meshPreamble is what a mesh peer sends before its first byte of payload, and what the sidecar
@@ -38,8 +38,9 @@ const meshPreamble = "MESH\n"
 
 // runSidecar is the sidecar: as uid, it listens on the inbound port the mesh's rules redirect to,
 // says "conn" on stdout for every connection it accepts, takes the preamble off, and relays the
-// rest to the connection's original destination, from source (Istio's 127.0.0.6) or, when source
-// is invalid, from the address the kernel picks (the pod IP, as Linkerd's proxy does).
+// rest to the connection's original destination, from the source of its family (Istio's
+// 127.0.0.6, ::6) or, without one, from the address the kernel picks (the pod IP, as Linkerd's
+// proxy does).
 func runSidecar(arg string) int {
 	fail := func(err error) int {
 		fmt.Println("error:", err)
@@ -53,10 +54,14 @@ func runSidecar(arg string) int {
 	if err != nil {
 		return fail(err)
 	}
-	var source netip.Addr
+	var sources []netip.Addr
 	if f[2] != "-" {
-		if source, err = netip.ParseAddr(f[2]); err != nil {
-			return fail(err)
+		for _, a := range strings.Split(f[2], ",") {
+			src, err := netip.ParseAddr(a)
+			if err != nil {
+				return fail(err)
+			}
+			sources = append(sources, src)
 		}
 	}
 	// A subprocess of its own: setresuid in Go changes every thread's credentials, and the
@@ -96,11 +101,11 @@ func runSidecar(arg string) int {
 		}
 		// Told before a byte is relayed: by the time an answer leaves, its connection is counted.
 		say("conn " + c.RemoteAddr().String())
-		go sidecarRelay(c.(*net.TCPConn), source, say)
+		go sidecarRelay(c.(*net.TCPConn), sources, say)
 	}
 }
 
-func sidecarRelay(c *net.TCPConn, source netip.Addr, say func(string)) {
+func sidecarRelay(c *net.TCPConn, sources []netip.Addr, say func(string)) {
 	defer c.Close()
 	orig, err := netfilter.OriginalDst(c)
 	if err != nil {
@@ -114,8 +119,10 @@ func sidecarRelay(c *net.TCPConn, source netip.Addr, say func(string)) {
 		return
 	}
 	d := net.Dialer{Timeout: 5 * time.Second}
-	if source.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: source.AsSlice()}
+	for _, src := range sources {
+		if src.Is4() == orig.Addr().Is4() {
+			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		}
 	}
 	up, err := d.Dial("tcp", orig.String())
 	if err != nil {
@@ -159,11 +166,15 @@ func (s *sidecar) accepted(t *testing.T) int64 {
 
 // startSidecar runs the sidecar in ns (it is forked from a thread in ns) and stops it when the
 // test ends.
-func startSidecar(t *testing.T, ns *testnet.NS, uid, inbound int, source netip.Addr) *sidecar {
+func startSidecar(t *testing.T, ns *testnet.NS, uid, inbound int, sources []netip.Addr) *sidecar {
 	t.Helper()
 	src := "-"
-	if source.IsValid() {
-		src = source.String()
+	if len(sources) > 0 {
+		s := make([]string, len(sources))
+		for i, a := range sources {
+			s[i] = a.String()
+		}
+		src = strings.Join(s, ",")
 	}
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %d %s", sidecarEnv, uid, inbound, src))
@@ -226,19 +237,19 @@ type meshCase struct {
 	rules    meshtest.RuleSet
 	uid      int
 	inbound  int
-	upstream netip.Addr // the sidecar's source toward the app; invalid: the pod IP
+	upstream []netip.Addr // the sidecar's sources toward the app, one per family; none: the pod IP
 	mesh     *netfilter.MeshRedirect
 }
 
 var (
-	istio6   = netip.MustParseAddr("127.0.0.6")
+	istioSources = []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")}
 	istioFor = func(rs meshtest.RuleSet) meshCase {
 		return meshCase{
-			rules: rs, uid: meshtest.IstioProxyUID, inbound: meshtest.IstioInboundPort, upstream: istio6,
+			rules: rs, uid: meshtest.IstioProxyUID, inbound: meshtest.IstioInboundPort, upstream: istioSources,
 			mesh: &netfilter.MeshRedirect{
 				ProxyUID:     meshtest.IstioProxyUID,
-				ProxySources: []netip.Addr{istio6, netip.MustParseAddr("::6")},
-				PassSources:  []netip.Addr{istio6, netip.MustParseAddr("::6")},
+				ProxySources: istioSources,
+				PassSources:  istioSources,
 			},
 		}
 	}
@@ -267,16 +278,30 @@ func TestKernelStealAfterSidecar(t *testing.T) {
 		linkerdFor(meshtest.LinkerdNft),
 	} {
 		t.Run(string(mc.rules), func(t *testing.T) {
-			testStealAfterSidecar(t, mc)
+			testStealAfterSidecar(t, mc, false)
+		})
+		t.Run(string(mc.rules)+"/unowned", func(t *testing.T) {
+			testStealAfterSidecar(t, mc, true)
 		})
 	}
 }
 
-func testStealAfterSidecar(t *testing.T, mc meshCase) {
-	const podIP = "10.81.0.1"
+func testStealAfterSidecar(t *testing.T, mc meshCase, unowned bool) {
+	pods := []netip.Addr{netip.MustParseAddr("10.81.0.1"), netip.MustParseAddr("fd81::1")}
 	pod, client := testnet.New(t), testnet.New(t)
-	testnet.Connect(t, pod, []netip.Prefix{netip.MustParsePrefix(podIP + "/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.81.0.2/24")})
-	meshtest.Apply(t, pod.Name, mc.rules)
+	testnet.Connect(t,
+		pod, []netip.Prefix{netip.MustParsePrefix("10.81.0.1/24"), netip.MustParsePrefix("fd81::1/64")},
+		client, []netip.Prefix{netip.MustParsePrefix("10.81.0.2/24"), netip.MustParsePrefix("fd81::2/64")})
+	if mc.rules.Mesh() == "Istio" {
+		// Apply's Istio rules are those of a single-stack pod; this pod has both families, for
+		// which istio-cni passes --dual-stack (and istio-iptables puts ::6 on lo).
+		argv := append([]string{"netns", "exec", pod.Name, meshtest.IstioIptables(t)}, mc.rules.IstioArgs()...)
+		if out, err := exec.Command("ip", append(argv, "--dual-stack")...).CombinedOutput(); err != nil {
+			t.Fatalf("istio-iptables --dual-stack: %v\n%s", err, out)
+		}
+	} else {
+		meshtest.Apply(t, pod.Name, mc.rules)
+	}
 	// The app answers with who called it.
 	appL := pod.Listen(t, "tcp", ":8080")
 	app := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -309,52 +334,62 @@ func testStealAfterSidecar(t *testing.T, mc meshCase) {
 			}
 			return c, nil
 		}}}
-	get := func(steal bool) string {
-		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, "http://"+podIP+":8080/", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if steal {
-			req.Header.Set("X-Steal", "yes")
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			t.Fatalf("GET (X-Steal %v): %v", steal, err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return fmt.Sprintf("%d %s", resp.StatusCode, b)
-	}
-	passed := "200 app from " + podIP
-	if mc.upstream.IsValid() {
-		passed = "200 app from " + mc.upstream.String()
-	}
 	requests := int64(0)
-	expectConns := func(when string) {
+	// check sends one request to each of the pod's addresses, on a connection of its own, and
+	// wants it answered by the local process or, with passed, by the app as the sidecar calls it.
+	check := func(when string, steal, passed bool) {
 		t.Helper()
+		for _, a := range pods {
+			want := "200 local"
+			if passed {
+				// The sidecar calls the app from its source of that family, or from the pod IP.
+				from := a
+				for _, u := range mc.upstream {
+					if u.Is4() == a.Is4() {
+						from = u
+					}
+				}
+				want = "200 app from " + from.String()
+			}
+			req, err := http.NewRequest(http.MethodGet, "http://"+netip.AddrPortFrom(a, 8080).String()+"/", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if steal {
+				req.Header.Set("X-Steal", "yes")
+			}
+			requests++
+			resp, err := hc.Do(req)
+			if err != nil {
+				t.Errorf("%s: GET %s: %v", when, req.URL, err)
+				continue
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if got := fmt.Sprintf("%d %s", resp.StatusCode, b); err != nil || got != want {
+				t.Errorf("%s: %s answered %q (%v), want %q", when, req.URL, got, err, want)
+			}
+		}
 		if got := side.accepted(t); got != requests {
 			t.Errorf("%s: the sidecar's inbound port accepted %d connections for %d requests", when, got, requests)
 		}
 	}
 
-	requests++
-	if got := get(false); got != passed {
-		t.Fatalf("through the mesh before the steal: %q, want %q", got, passed)
+	check("before the steal", true, true)
+	if t.Failed() {
+		t.FailNow()
 	}
-	expectConns("before the steal")
 
 	start := func(spec wire.StealSpec) *Steal {
 		t.Helper()
 		spec.Ports = []int{8080}
+		spec.AllowUnownedRedirect = unowned
 		var st *Steal
 		if err := pod.Do(func() error {
 			var err error
 			st, err = Start(context.Background(), Config{
-				ID: "mesh", Spec: spec, Open: toLocalHTTP{addr: localL.Addr().String()}, InNetns: pod.Do, Mesh: mc.mesh,
+				ID: "mesh", Spec: spec, Open: toLocalHTTP{addr: localL.Addr().String()}, InNetns: pod.Do,
+				Mesh: mc.mesh, ForceUnowned: unowned,
 			})
 			return err
 		}); err != nil {
@@ -364,39 +399,19 @@ func testStealAfterSidecar(t *testing.T, mc meshCase) {
 	}
 
 	st := start(wire.StealSpec{})
-	for range 2 {
-		requests++
-		if got := get(false); got != "200 local" {
-			t.Errorf("whole-port steal: %q, want the local process", got)
-		}
-	}
-	expectConns("whole-port steal")
+	check("whole-port steal", false, false)
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	st = start(wire.StealSpec{Filter: &wire.HTTPFilter{Headers: []string{"X-Steal: yes"}}})
 	t.Cleanup(func() { _ = st.Close() })
-	for range 2 {
-		requests++
-		if got := get(true); got != "200 local" {
-			t.Errorf("filtered steal, matched: %q, want the local process", got)
-		}
-		requests++
-		if got := get(false); got != passed {
-			t.Errorf("filtered steal, not matched: %q, want %q", got, passed)
-		}
-	}
-	expectConns("filtered steal")
+	check("filtered steal, matched", true, false)
+	check("filtered steal, not matched", false, true)
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
-
-	requests++
-	if got := get(true); got != passed {
-		t.Errorf("after the steal: %q, want %q", got, passed)
-	}
-	expectConns("after the steal")
+	check("after the steal", true, true)
 }
 
 // toLocalHTTP is the plugin's side: every incoming stream is a connection to the local server.
