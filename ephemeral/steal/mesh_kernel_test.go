@@ -243,7 +243,7 @@ type meshCase struct {
 
 var (
 	istioSources = []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")}
-	istioFor = func(rs meshtest.RuleSet) meshCase {
+	istioFor     = func(rs meshtest.RuleSet) meshCase {
 		return meshCase{
 			rules: rs, uid: meshtest.IstioProxyUID, inbound: meshtest.IstioInboundPort, upstream: istioSources,
 			mesh: &netfilter.MeshRedirect{
