@@ -27,7 +27,8 @@ import (
 )
 
 // sidecarEnv makes the test binary, run again by startSidecar, a service mesh's sidecar proxy:
-// "UID INBOUND SOURCES" (SOURCES comma-separated, or "-": the kernel's choice, the pod IP).
+// "UID INBOUND SOURCES UPSTREAM" (SOURCES comma-separated, or "-": the kernel's choice; UPSTREAM
+// "orig", the original destination, or "localhost", the loopback address of its family).
 const sidecarEnv = "TRAFFICLAB_STEAL_TEST_SIDECAR"
 
 // meshPreamble is what a mesh peer sends before its first byte of payload, and what the sidecar
@@ -47,7 +48,7 @@ func runSidecar(arg string) int {
 		return 1
 	}
 	f := strings.Fields(arg)
-	if len(f) != 3 {
+	if len(f) != 4 {
 		return fail(fmt.Errorf("sidecar arguments %q", arg))
 	}
 	uid, err := strconv.Atoi(f[0])
@@ -104,7 +105,7 @@ func runSidecar(arg string) int {
 		}
 		// Told before a byte is relayed: by the time an answer leaves, its connection is counted.
 		say("conn " + c.RemoteAddr().String())
-		go sidecarRelay(c.(*net.TCPConn), sources, say)
+		go sidecarRelay(c.(*net.TCPConn), sources, f[3] == "localhost", say)
 	}
 }
 
@@ -132,7 +133,7 @@ func sidecarCall(addr string) string {
 	return fmt.Sprintf("%d %s", resp.StatusCode, b)
 }
 
-func sidecarRelay(c *net.TCPConn, sources []netip.Addr, say func(string)) {
+func sidecarRelay(c *net.TCPConn, sources []netip.Addr, localhost bool, say func(string)) {
 	defer c.Close()
 	orig, err := netfilter.OriginalDst(c)
 	if err != nil {
@@ -150,6 +151,9 @@ func sidecarRelay(c *net.TCPConn, sources []netip.Addr, say func(string)) {
 		if src.Is4() == orig.Addr().Is4() {
 			d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		}
+	}
+	if localhost {
+		orig = netip.AddrPortFrom(loopback(orig.Addr()), orig.Port())
 	}
 	up, err := d.Dial("tcp", orig.String())
 	if err != nil {
@@ -209,7 +213,7 @@ func (s *sidecar) accepted(t *testing.T) int64 {
 
 // startSidecar runs the sidecar in ns (it is forked from a thread in ns) and stops it when the
 // test ends.
-func startSidecar(t *testing.T, ns *testnet.NS, uid, inbound int, sources []netip.Addr) *sidecar {
+func startSidecar(t *testing.T, ns *testnet.NS, uid, inbound int, sources []netip.Addr, localhost bool) *sidecar {
 	t.Helper()
 	src := "-"
 	if len(sources) > 0 {
@@ -220,7 +224,11 @@ func startSidecar(t *testing.T, ns *testnet.NS, uid, inbound int, sources []neti
 		src = strings.Join(s, ",")
 	}
 	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %d %s", sidecarEnv, uid, inbound, src))
+	upstream := "orig"
+	if localhost {
+		upstream = "localhost"
+	}
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d %d %s %s", sidecarEnv, uid, inbound, src, upstream))
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -283,7 +291,18 @@ type meshCase struct {
 	uid      int
 	inbound  int
 	upstream []netip.Addr // the sidecar's sources toward the app, one per family; none: the pod IP
-	mesh     *netfilter.MeshRedirect
+	// localhost: the sidecar calls the app at 127.0.0.1 (::1), from there, as Istio before 1.10
+	// did, instead of at the original destination.
+	localhost bool
+	mesh      *netfilter.MeshRedirect
+}
+
+// loopback is the loopback address of a's family.
+func loopback(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.MustParseAddr("127.0.0.1")
+	}
+	return netip.IPv6Loopback()
 }
 
 var (
@@ -296,6 +315,17 @@ var (
 				ProxySources: istioSources,
 				PassSources:  istioSources,
 			},
+		}
+	}
+	// istioLocalhost is a sidecar that calls the app at 127.0.0.1:P (::1), from there, as Istio's
+	// did before 1.10 (and does for a Sidecar resource with a localhost default endpoint), under
+	// today's rules: the redirect takes the proxy's connections from those addresses, and the agent
+	// passes back to the same original destination, which Istio's output rules let through.
+	istioLocalhost = func(rs meshtest.RuleSet) meshCase {
+		lo := []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+		return meshCase{
+			rules: rs, uid: meshtest.IstioProxyUID, inbound: meshtest.IstioInboundPort, upstream: lo, localhost: true,
+			mesh: &netfilter.MeshRedirect{ProxyUID: meshtest.IstioProxyUID, ProxySources: lo},
 		}
 	}
 	linkerdFor = func(rs meshtest.RuleSet) meshCase {
@@ -321,11 +351,17 @@ func TestKernelStealAfterSidecar(t *testing.T) {
 		istioFor(meshtest.IstioNftables),
 		linkerdFor(meshtest.LinkerdLegacy),
 		linkerdFor(meshtest.LinkerdNft),
+		istioLocalhost(meshtest.IstioLegacy),
+		istioLocalhost(meshtest.IstioNftables),
 	} {
-		t.Run(string(mc.rules), func(t *testing.T) {
+		name := string(mc.rules)
+		if mc.localhost {
+			name += "/localhost-upstream"
+		}
+		t.Run(name, func(t *testing.T) {
 			testStealAfterSidecar(t, mc, false)
 		})
-		t.Run(string(mc.rules)+"/unowned", func(t *testing.T) {
+		t.Run(name+"/unowned", func(t *testing.T) {
 			testStealAfterSidecar(t, mc, true)
 		})
 	}
@@ -364,7 +400,7 @@ func testStealAfterSidecar(t *testing.T, mc meshCase, unowned bool) {
 	})}
 	go func() { _ = local.Serve(localL) }()
 	t.Cleanup(func() { local.Close() })
-	side := startSidecar(t, pod, mc.uid, mc.inbound, mc.upstream)
+	side := startSidecar(t, pod, mc.uid, mc.inbound, mc.upstream, mc.localhost)
 
 	// A meshed client: every connection starts with the preamble its sidecar would have sent.
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
@@ -389,6 +425,9 @@ func testStealAfterSidecar(t *testing.T, mc meshCase, unowned bool) {
 			if passed {
 				// The sidecar calls the app from its source of that family, or from the pod IP.
 				from := a
+				if mc.localhost {
+					from = loopback(a)
+				}
 				for _, u := range mc.upstream {
 					if u.Is4() == a.Is4() {
 						from = u
