@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/internal/meshtest"
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
@@ -534,7 +535,57 @@ func testStealAfterSidecar(t *testing.T, mc meshCase, unowned bool) {
 	if err := st.Close(); err != nil {
 		t.Fatal(err)
 	}
+
+	// A redirect mirror: every connection goes to the app as the sidecar would have sent it, and
+	// the copy is of the plaintext the sidecar hands over, not of the mesh's bytes.
+	heads := make(chan string, 2*len(pods))
+	if err := pod.Do(func() error {
+		var err error
+		st, err = Start(context.Background(), Config{
+			ID: "meshmirror", Spec: wire.StealSpec{Ports: []int{8080}, AllowUnownedRedirect: unowned}, InNetns: pod.Do,
+			Mesh: mc.mesh, ForceUnowned: unowned,
+			Tee: func(capture.Flow) capture.StreamHandler { return &headCopy{heads: heads} },
+		})
+		return err
+	}); err != nil {
+		t.Fatalf("Start the mirror: %v", err)
+	}
+	check("redirect mirror", false, true)
+	for range pods {
+		select {
+		case h := <-heads:
+			if h != "GET /" {
+				t.Errorf("redirect mirror: the copy starts with %q, want the plaintext request", h)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("redirect mirror: no copy ended within 10 s")
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
 	check("after the steal", true, true)
+}
+
+// headCopy is a mirror's copy of one connection that keeps the first bytes the client sent and
+// hands them over when the client's side ends.
+type headCopy struct {
+	heads chan<- string
+	head  []byte
+}
+
+func (h *headCopy) Data(dir capture.Direction, data []byte, _ time.Time) {
+	if dir == capture.ClientToServer && len(h.head) < 5 {
+		h.head = append(h.head, data[:min(len(data), 5-len(h.head))]...)
+	}
+}
+
+func (h *headCopy) Gap(capture.Direction, int, time.Time) {}
+
+func (h *headCopy) End(dir capture.Direction, _ capture.EndReason, _ time.Time) {
+	if dir == capture.ClientToServer {
+		h.heads <- string(h.head)
+	}
 }
 
 // toLocalHTTP is the plugin's side: every incoming stream is a connection to the local server.
