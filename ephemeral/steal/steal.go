@@ -3,6 +3,8 @@
 // connection through the tunnel to the developer's process (except the kubelet's probes); a filtered
 // steal decides per HTTP request (ephemeral/httpx) and sends the rest to the pod's app, dialed at the
 // connection's original destination with the pass-through mark so that it does not loop back here.
+// In a pod with a service mesh sidecar (Config.Mesh) the redirect takes the sidecar's plaintext
+// connections to the app, and what goes to the app leaves as the sidecar's would have.
 package steal
 
 import (
