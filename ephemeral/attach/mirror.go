@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -73,9 +75,15 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			return
 		}
 		defer s.stealing.Store(false)
+		mesh, err := s.mesh()
+		if err != nil {
+			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
+			_ = in.Reject(err)
+			return
+		}
 		st, err := steal.Start(ctx, steal.Config{
 			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect}, Open: s, Log: s.log, Tee: m.Handler,
-			Budget: s.cfg.Budget,
+			Budget: s.cfg.Budget, Mesh: mesh,
 		})
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
@@ -154,20 +162,54 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	_ = stream.CloseWrite()
 }
 
-// mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections
-// carry the pass-through mark, so that a destination that is the pod itself is not redirected back.
+// mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections to
+// the pod itself carry the pass-through mark, so that they are not redirected back; those that
+// leave the pod do not, and go out as the pod's other connections do (through a mesh's sidecar,
+// with the pod's identity).
 type mirrorDialer struct{ marked bool }
 
 func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	nd := &net.Dialer{Timeout: 10 * time.Second}
 	if d.marked {
-		nd = netfilter.PassDialer(nd.Timeout)
+		pass := netfilter.PassDialer(nd.Timeout, nil).Control
+		nd.Control = func(network, address string, rc syscall.RawConn) error {
+			local, err := podAddress(address)
+			if err != nil || !local {
+				return err
+			}
+			return pass(network, address, rc)
+		}
 	}
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("dial the mirror's destination %s: %w", address, err)
 	}
 	return c, nil
+}
+
+// podAddress reports whether address (IP:port, as a dialer's Control gets it) is one of the
+// calling thread's network namespace's own addresses: loopback, or on one of its interfaces.
+func podAddress(address string) (bool, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return false, fmt.Errorf("mirror destination %q: %w", address, err)
+	}
+	a := ap.Addr().Unmap()
+	if a.IsLoopback() {
+		return true, nil
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false, fmt.Errorf("list the pod's addresses: %w", err)
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
 }
 
 // mirrorNice is the scheduling priority of a session that mirrors: a copy is best effort, and on a

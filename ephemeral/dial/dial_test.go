@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -130,4 +131,35 @@ func nxdomainResolver(t *testing.T) *net.Resolver {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", addr)
 	}}
+}
+
+// A forwarded connection leaves the pod as the pod's own do: without the agent's pass-through
+// mark, which only the agent's connections back to the app carry, so that in a meshed pod it goes
+// out through the sidecar with the pod's identity.
+func TestDialCarriesNoMark(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := (&Dialer{}).Dial(context.Background(), wire.NetworkTCP, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mark int
+	var serr error
+	if err := rc.Control(func(fd uintptr) { mark, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) }); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatalf("getsockopt SO_MARK: %v", serr)
+	}
+	if mark != 0 {
+		t.Errorf("SO_MARK %#x, want none", mark)
+	}
 }
