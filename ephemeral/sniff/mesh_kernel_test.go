@@ -45,13 +45,19 @@ const (
 
 // meshes are the two sidecars as the agent meets them: the port their nat rules redirect inbound
 // connections to, and the source of the proxy's plaintext connection to the app.
+// probes are what the plugin sends of the app's tcpSocket probe on its port: in an Istio pod the
+// injector moves it to the sidecar's prober list, which pilot-agent runs from 127.0.0.6, the source of
+// every meshed connection to the app as well.
 var meshes = []struct {
 	hint     wire.Mesh
 	inbound  int
 	upstream string
+	probes   *wire.Probes
 }{
-	{hint: wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}, inbound: 15006, upstream: "127.0.0.6"},
-	{hint: wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: wire.LinkerdProxyUID}, inbound: 4143, upstream: podIP},
+	{hint: wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}, inbound: 15006, upstream: "127.0.0.6",
+		probes: &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"127.0.0.6", "10.81.0.254"}}},
+	{hint: wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: wire.LinkerdProxyUID}, inbound: 4143, upstream: podIP,
+		probes: &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"10.81.0.254"}}},
 }
 
 // meshedPod is a pod namespace with a sidecar-like proxy in front of an HTTP app: a real nft REDIRECT
@@ -341,7 +347,8 @@ func (d toLocal) OpenIncoming(ctx context.Context, _ wire.OpenRequest) (net.Conn
 
 // TestKernelMeshedSniffMirror: a sniffing mirror of the app's port in a pod with a sidecar, captured as
 // the agent captures for it, copies every request the clients sent through TLS once, in plaintext,
-// and nothing it could not read.
+// and nothing it could not read; the app's tcpSocket probe, which comes from the proxy's source too,
+// does not make every connection from there a probe.
 func TestKernelMeshedSniffMirror(t *testing.T) {
 	testnet.RequireRoot(t)
 	for _, mesh := range meshes {
@@ -359,7 +366,7 @@ func TestKernelMeshedSniffMirror(t *testing.T) {
 			go func() { _ = localSrv.Serve(ll) }()
 			t.Cleanup(func() { localSrv.Close() })
 
-			spec := wire.MirrorSpec{Ports: []int{appPort}, Mode: wire.MirrorSniff, Mesh: &mesh.hint}
+			spec := wire.MirrorSpec{Ports: []int{appPort}, Mode: wire.MirrorSniff, Mesh: &mesh.hint, Probes: mesh.probes}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			mr, err := mirror.New(ctx, mirror.Config{Session: "meshtest", Spec: spec, Open: toLocal{addr: ll.Addr().String()}})
