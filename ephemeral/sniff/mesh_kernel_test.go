@@ -19,9 +19,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os/exec"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,6 +32,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
+	"github.com/trafficlab/kubectl-trafficlab/internal/meshtest"
 	"github.com/trafficlab/kubectl-trafficlab/internal/testnet"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -45,23 +44,34 @@ const (
 
 // meshes are the two sidecars as the agent meets them: the port their nat rules redirect inbound
 // connections to, and the source of the proxy's plaintext connection to the app.
-// probes are what the plugin sends of the app's tcpSocket probe on its port: in an Istio pod the
-// injector moves it to the sidecar's prober list, which pilot-agent runs from 127.0.0.6, the source of
-// every meshed connection to the app as well.
+// meshes are the sidecars as the agent meets them, with their real capture rules in every form
+// (internal/meshtest): the port those rules redirect inbound connections to, and the source of the
+// proxy's plaintext connection to the app. probes are what the plugin sends of the app's tcpSocket
+// probe on its port: in an Istio pod the injector moves it to the sidecar's prober list, which
+// pilot-agent runs from 127.0.0.6, the source of every meshed connection to the app as well.
 var meshes = []struct {
+	rules    meshtest.RuleSet
 	hint     wire.Mesh
 	inbound  int
 	upstream string
 	probes   *wire.Probes
 }{
-	{hint: wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}, inbound: 15006, upstream: "127.0.0.6",
-		probes: &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"127.0.0.6", "10.81.0.254"}}},
-	{hint: wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: wire.LinkerdProxyUID}, inbound: 4143, upstream: podIP,
-		probes: &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"10.81.0.254"}}},
+	{rules: meshtest.IstioLegacy, hint: istio, inbound: meshtest.IstioInboundPort, upstream: "127.0.0.6", probes: istioProbes},
+	{rules: meshtest.IstioNft, hint: istio, inbound: meshtest.IstioInboundPort, upstream: "127.0.0.6", probes: istioProbes},
+	{rules: meshtest.IstioNftables, hint: istio, inbound: meshtest.IstioInboundPort, upstream: "127.0.0.6", probes: istioProbes},
+	{rules: meshtest.LinkerdLegacy, hint: linkerd, inbound: meshtest.LinkerdInboundPort, upstream: podIP, probes: linkerdProbes},
+	{rules: meshtest.LinkerdNft, hint: linkerd, inbound: meshtest.LinkerdInboundPort, upstream: podIP, probes: linkerdProbes},
 }
 
-// meshedPod is a pod namespace with a sidecar-like proxy in front of an HTTP app: a real nft REDIRECT
-// of the app's port to the proxy's inbound port, where the proxy ends the client's TLS (the mesh's
+var (
+	istio         = wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}
+	linkerd       = wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: wire.LinkerdProxyUID}
+	istioProbes   = &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"127.0.0.6", "10.81.0.254"}}
+	linkerdProbes = &wire.Probes{Declared: []wire.Probe{{Port: appPort, Kind: wire.ProbeTCP}}, Sources: []string{"10.81.0.254"}}
+)
+
+// meshedPod is a pod namespace with a sidecar-like proxy in front of an HTTP app: the mesh's real
+// rules redirect the app's port to the proxy's inbound port, where the proxy ends the client's TLS (the mesh's
 // mTLS, as seen on eth0) and opens its own plaintext connection to podIP:appPort from the mesh's
 // source address, over lo.
 type meshedPod struct {
@@ -88,18 +98,13 @@ func (p *paths) list() []string {
 	return slices.Sorted(slices.Values(p.seen))
 }
 
-func newMeshedPod(t *testing.T, inbound int, upstream string) *meshedPod {
+func newMeshedPod(t *testing.T, rules meshtest.RuleSet, inbound int, upstream string) *meshedPod {
 	t.Helper()
 	pod, client := testnet.New(t), testnet.New(t)
 	testnet.Connect(t, pod, []netip.Prefix{netip.MustParsePrefix(podIP + "/24")}, client, []netip.Prefix{netip.MustParsePrefix("10.81.0.2/24")})
-	// The mesh's inbound capture: what istio-iptables' ISTIO_IN_REDIRECT and Linkerd's
-	// PROXY_INIT_REDIRECT do for the app's port, at the nat prerouting hook.
-	rules := fmt.Sprintf("table ip meshtest {\n chain prerouting {\n  type nat hook prerouting priority dstnat; policy accept;\n  tcp dport %d redirect to :%d\n }\n}\n", appPort, inbound)
-	cmd := exec.Command("ip", "netns", "exec", pod.Name, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(rules)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft in the pod: %v: %s", err, out)
-	}
+	// The mesh's capture rules, installed from the host before the app starts, as the mesh's CNI
+	// plugin does.
+	meshtest.Apply(t, pod.Name, rules)
 
 	m := &meshedPod{pod: pod, client: client, app: &paths{}}
 	appSrv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -242,8 +247,8 @@ func (m *meshedPod) requests(t *testing.T) []string {
 func TestKernelMeshedDumpReadsLoopback(t *testing.T) {
 	testnet.RequireRoot(t)
 	for _, mesh := range meshes {
-		t.Run(mesh.hint.Name, func(t *testing.T) {
-			m := newMeshedPod(t, mesh.inbound, mesh.upstream)
+		t.Run(string(mesh.rules), func(t *testing.T) {
+			m := newMeshedPod(t, mesh.rules, mesh.inbound, mesh.upstream)
 			var c *capture.Capture
 			if err := m.pod.Do(func() error {
 				var err error
@@ -352,8 +357,8 @@ func (d toLocal) OpenIncoming(ctx context.Context, _ wire.OpenRequest) (net.Conn
 func TestKernelMeshedSniffMirror(t *testing.T) {
 	testnet.RequireRoot(t)
 	for _, mesh := range meshes {
-		t.Run(mesh.hint.Name, func(t *testing.T) {
-			m := newMeshedPod(t, mesh.inbound, mesh.upstream)
+		t.Run(string(mesh.rules), func(t *testing.T) {
+			m := newMeshedPod(t, mesh.rules, mesh.inbound, mesh.upstream)
 			local := &paths{}
 			ll, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
