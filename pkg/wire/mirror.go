@@ -54,9 +54,6 @@ type MirrorSpec struct {
 	Filter *HTTPFilter `json:"filter,omitempty"`
 	// To is a host:port the agent dials from the pod for the copy; empty sends it to the plugin.
 	To string `json:"to,omitempty"`
-	// Mesh is the mesh the plugin saw in the pod's spec; nil when none. A sniffing mirror in a pod
-	// with a sidecar reads lo, where the proxy hands the app plaintext (SniffInterface).
-	Mesh *Mesh `json:"mesh,omitempty"`
 	// Percent of the selected requests (and non-HTTP connections) that are mirrored; 0 means all.
 	Percent int `json:"percent,omitempty"`
 	// Diff compares each copy's response with the pod's: status, the DiffHeaders, and the body.
@@ -67,6 +64,9 @@ type MirrorSpec struct {
 	// AllowUnownedRedirect is StealSpec's, for the redirect mode: without it the agent refuses a
 	// redirect the kernel does not tie to its life.
 	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
+	// Mesh is the mesh the plugin saw in the pod's spec; nil when none. A sniffing mirror in a pod
+	// with a sidecar reads lo, where the proxy hands the app plaintext (SniffInterface).
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.

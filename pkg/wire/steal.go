@@ -78,8 +78,6 @@ type StealSpec struct {
 	Ports []int `json:"ports"`
 	// Filter, when not empty, steals only the matching HTTP requests; the rest goes to the app.
 	Filter *HTTPFilter `json:"filter,omitempty"`
-	// Mesh is the mesh the plugin saw in the pod's spec; nil when none.
-	Mesh *Mesh `json:"mesh,omitempty"`
 	// StealProbes takes the kubelet's probes too.
 	StealProbes bool `json:"stealProbes,omitempty"`
 	// Probes are the pod's probes, which stay with the app unless StealProbes; nil when the pod
@@ -101,6 +99,8 @@ type StealSpec struct {
 	// HeadTimeout bounds the arrival of each HTTP request head of a filtered steal, from its first
 	// byte to its empty line; 0 means DefaultHeadTimeout.
 	HeadTimeout Duration `json:"headTimeoutMs,omitempty"`
+	// Mesh is the mesh the plugin saw in the pod's spec; nil when none.
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // DefaultHeadTimeout is a filtered steal's head deadline when the spec gives none: what a slow client
