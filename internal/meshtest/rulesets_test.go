@@ -28,7 +28,9 @@ func TestLinkerdCommands(t *testing.T) {
 	if len(got) != 20 {
 		t.Fatalf("LinkerdCommands() has %d commands, want 10 for IPv4 and 10 for IPv6", len(got))
 	}
-	c := func(what string) []string { return []string{"-m", "comment", "--comment", "proxy-init/" + what + "/trafficlab"} }
+	c := func(what string) []string {
+		return []string{"-m", "comment", "--comment", "proxy-init/" + what + "/trafficlab"}
+	}
 	want := [][]string{
 		append([]string{"iptables-nft", "-t", "nat", "-N", "PROXY_INIT_REDIRECT"}, c("redirect-common-chain")...),
 		append([]string{"iptables-nft", "-t", "nat", "-A", "PROXY_INIT_REDIRECT", "-p", "tcp", "--match", "multiport", "--dports", "4190,4191,4567,4568", "-j", "RETURN"}, c("ignore-port-4190,4191,4567,4568")...),
