@@ -42,6 +42,8 @@ type Options struct {
 	// probes and probeSources are the pod's probes and the node's addresses, read by Check.
 	probes       []declaredProbe
 	probeSources []string
+	// mesh is the mesh Check saw in the pod's spec, for the agent (nil: none).
+	mesh *wire.Mesh
 }
 
 // NewOptions returns Options with the defaults.
@@ -103,9 +105,11 @@ func (o *Options) Ports() []target.PortSpec { return o.ports }
 // Check resolves the ports against the target before the agent is added, and returns warnings about
 // what the steal will not do as the user may expect. named is how the user named the target.
 func (o *Options) Check(t *target.Target, named string) ([]string, error) {
-	if err := mesh.Detect(t.Pod).RefuseRedirect(t.Pod, "steal"); err != nil {
+	m := mesh.Detect(t.Pod)
+	if err := m.RefuseRedirect(t.Pod, "steal"); err != nil {
 		return nil, err
 	}
+	o.mesh = m.Hint()
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return nil, err
@@ -136,6 +140,7 @@ func (o *Options) Spec() wire.StealSpec {
 		DetectTimeout:        wire.Millis(o.DetectTimeout),
 		PassedEvents:         o.Output == "json",
 		Probes:               wireProbes(o.probes, o.probeSources),
+		Mesh:                 o.mesh,
 	}
 	for _, p := range o.ports {
 		spec.Ports = append(spec.Ports, p.Port)

@@ -35,7 +35,9 @@ var (
 		no capability and is admitted at the PodSecurity "baseline" level. The pod's traffic is
 		only observed. Requests on HTTP/1.1 connections that were open before the mirror began are
 		copied from the next request on; h2c and other protocols only on connections that begin
-		after it.
+		after it. In a pod with an Istio or Linkerd sidecar the agent watches lo, where the sidecar
+		hands the app each request in plaintext (eth0 carries the mesh's mTLS), so the copies'
+		client is the sidecar (127.0.0.6 under Istio, the pod's own address under Linkerd).
 
 		In redirect mode the agent sits in the connection's path with the steal's nftables redirect
 		(it needs NET_ADMIN) and relays every byte to the app unchanged; nothing is missed even
