@@ -67,19 +67,19 @@ type Config struct {
 	// announces it: the main process keeps the live sessions' ports, which no session may capture or
 	// steal.
 	Listening func(port int)
-	// Mesh reads the pod's service mesh each time a steal or redirect mirror starts: how its
-	// redirect comes after the sidecar (nil: no mesh), or why the mesh mode cannot be handled, in
-	// one line naming it, which refuses the steal before anything changes. nil: no mesh is ever
-	// looked for.
-	Mesh func() (*netfilter.MeshRedirect, error)
+	// Mesh reads the pod's service mesh each time a steal or redirect mirror of ports starts: how
+	// its redirect comes after the sidecar (nil: no mesh), or why the mesh mode cannot be handled,
+	// in one line naming it, which refuses the steal before anything changes. hint is what the
+	// plugin saw of a mesh in the pod's spec (nil: none). nil Mesh: no mesh is ever looked for.
+	Mesh func(hint *wire.Mesh, ports []int) (*netfilter.MeshRedirect, error)
 }
 
 // mesh is the redirect's mesh for a steal or redirect mirror about to start.
-func (s *server) mesh() (*netfilter.MeshRedirect, error) {
+func (s *server) mesh(hint *wire.Mesh, ports []int) (*netfilter.MeshRedirect, error) {
 	if s.cfg.Mesh == nil {
 		return nil, nil
 	}
-	m, err := s.cfg.Mesh()
+	m, err := s.cfg.Mesh(hint, ports)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrUnsupported)
 	}
@@ -436,7 +436,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	var dropped atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	mesh, err := s.mesh()
+	mesh, err := s.mesh(spec.Mesh, spec.Ports)
 	if err != nil {
 		s.log.Warn("steal refused", "ports", spec.Ports, "err", err)
 		_ = in.Reject(err)

@@ -1,11 +1,12 @@
-// Package mesh recognises a service mesh in a pod from its spec, so that a verb that would redirect the
-// pod's incoming traffic refuses before it changes anything where the redirect would break the mesh.
+// Package mesh recognises a service mesh in a pod from its spec: the hint the agent gets (which mesh,
+// its proxy's uid), and the refusal, before anything changes, of the mesh modes a redirect in the pod
+// cannot come after.
 //
-// A redirect in the pod's network namespace runs before the mesh's inbound capture: a whole-port steal
-// would take the mesh's mTLS bytes, and a filtered steal or a redirect mirror would pass every mTLS
-// connection raw to the app's plaintext port, failing every meshed request to it. Until the redirect
-// can take traffic after the sidecar, every mesh mode is refused for the redirecting verbs; captures
-// (dump, mirror --mode sniff) change nothing in the pod and stay allowed.
+// In a sidecar mode (Istio, Linkerd) the agent takes the sidecar's plaintext connections to the app,
+// after the mesh's inbound capture, and decides from the rules it reads in the pod's network
+// namespace (ephemeral/meshrules), which may still refuse. Istio's ambient mode (ztunnel on the node)
+// and its TPROXY interception mode are refused here, from the spec, for the redirecting verbs;
+// captures (dump, mirror --mode sniff) change nothing in the pod and stay allowed.
 package mesh
 
 import (
@@ -98,19 +99,19 @@ func (m Mesh) Hint() *wire.Mesh {
 }
 
 // RefuseRedirect is the one-line refusal of a verb that redirects the pod's incoming traffic (verb
-// names it as the user typed it), or nil when no mesh is seen.
+// names it as the user typed it), or nil when no mesh is seen or the mesh is in a sidecar mode, which
+// the agent's redirect comes after.
 func (m Mesh) RefuseRedirect(pod *corev1.Pod, verb string) error {
-	if m.Name == "" {
-		return nil
-	}
-	ref := pod.Namespace + "/" + pod.Name
-	why := "a redirect in the pod runs before the sidecar, so it would take the mesh's mTLS bytes or break every meshed request to the port, and taking traffic after the sidecar is not supported yet"
+	var why string
 	switch m.Mode {
 	case "ambient":
 		why = "ztunnel takes the pod's traffic on the node, outside the pod, so a redirect in the pod would see only mTLS"
 	case "TPROXY interception":
 		why = "the sidecar takes the pod's traffic with TPROXY, which a redirect in the pod cannot come after"
+	default:
+		return nil
 	}
+	ref := pod.Namespace + "/" + pod.Name
 	return fmt.Errorf("pod %q is in %s's %s mode (%s): %s; %s is refused there (dump and mirror --mode sniff change nothing in the pod and still work)",
 		ref, m.Name, m.Mode, m.Evidence, why, verb)
 }

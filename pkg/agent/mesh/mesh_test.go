@@ -58,23 +58,24 @@ func TestDetect(t *testing.T) {
 }
 
 func TestRefuseRedirect(t *testing.T) {
-	plain := podWith(nil, []corev1.Container{{Name: "app"}})
-	if err := Detect(plain).RefuseRedirect(plain, "steal"); err != nil {
-		t.Errorf("a pod without a mesh is refused: %v", err)
+	for _, allowed := range []*corev1.Pod{
+		podWith(nil, []corev1.Container{{Name: "app"}}),
+		podWith(nil, []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}),
+		podWith(nil, []corev1.Container{{Name: "linkerd-proxy"}}),
+	} {
+		if err := Detect(allowed).RefuseRedirect(allowed, "steal"); err != nil {
+			t.Errorf("a pod without a mesh or in a sidecar mode is refused: %v", err)
+		}
 	}
 	for _, tt := range []struct {
 		pod  *corev1.Pod
 		verb string
 		want []string
 	}{
-		{pod: podWith(nil, []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}), verb: "steal",
-			want: []string{`pod "shop/web" is in Istio's sidecar mode (container "istio-proxy")`, "mTLS", "steal is refused", "mirror --mode sniff"}},
 		{pod: podWith(map[string]string{"ambient.istio.io/redirection": "enabled"}, nil), verb: "mirror --mode redirect",
-			want: []string{"Istio's ambient mode", "ztunnel", "mirror --mode redirect is refused"}},
+			want: []string{`pod "shop/web" is in Istio's ambient mode`, "ztunnel", "mirror --mode redirect is refused", "mirror --mode sniff"}},
 		{pod: podWith(map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY", "sidecar.istio.io/status": "{}"}, nil), verb: "steal",
 			want: []string{"Istio's TPROXY interception mode", "TPROXY"}},
-		{pod: podWith(nil, []corev1.Container{{Name: "linkerd-proxy"}}), verb: "steal",
-			want: []string{"Linkerd's sidecar mode"}},
 	} {
 		err := Detect(tt.pod).RefuseRedirect(tt.pod, tt.verb)
 		if err == nil {

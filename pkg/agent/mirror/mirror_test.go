@@ -365,9 +365,14 @@ func TestCheckMeshedPod(t *testing.T) {
 	pod := testPod()
 	pod.Annotations = map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"}
 	redirect := completed(t, func(o *Options) { o.PortArgs, o.Mode = []string{"8080"}, wire.MirrorRedirect })
-	_, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1})
-	if err == nil || !strings.Contains(err.Error(), "Linkerd's sidecar mode") || !strings.Contains(err.Error(), "mirror --mode redirect is refused") {
-		t.Errorf("redirect Check = %v, want the Linkerd refusal", err)
+	if _, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1}); err != nil {
+		t.Errorf("redirect Check = %v, want a Linkerd sidecar allowed (the agent redirects after it)", err)
+	}
+	tproxy := testPod()
+	tproxy.Annotations = map[string]string{"sidecar.istio.io/status": "{}", "sidecar.istio.io/interceptionMode": "TPROXY"}
+	_, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: tproxy, Container: "app", Replicas: 1})
+	if err == nil || !strings.Contains(err.Error(), "Istio's TPROXY interception mode") || !strings.Contains(err.Error(), "mirror --mode redirect is refused") {
+		t.Errorf("redirect Check = %v, want the TPROXY refusal", err)
 	}
 	sniff := completed(t, func(o *Options) { o.PortArgs = []string{"8080"} })
 	if _, err := sniff.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1}); err != nil {

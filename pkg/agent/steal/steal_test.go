@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -481,11 +482,22 @@ func TestPrinterEscapesTraffic(t *testing.T) {
 // A meshed pod is refused before anything changes: a redirect in front of the sidecar would take its
 // mTLS or break every meshed request to the port.
 func TestCheckRefusesMeshedPod(t *testing.T) {
+	// A sidecar mode is stolen after the sidecar: Check passes and hands the agent the mesh's hint.
 	pod := testPod()
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy"})
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"} })
+	if _, err := o.Check(&target.Target{Pod: pod, Container: "app", Replicas: 1}, "pod/web-1"); err != nil {
+		t.Fatalf("Istio sidecar: Check = %v, want it allowed", err)
+	}
+	if want := (&wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: 1337}); !reflect.DeepEqual(o.mesh, want) {
+		t.Errorf("mesh hint = %+v, want %+v", o.mesh, want)
+	}
+	// Ambient is refused before anything changes.
+	pod = testPod()
+	pod.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
+	o = completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"} })
 	_, err := o.Check(&target.Target{Pod: pod, Container: "app", Replicas: 1}, "pod/web-1")
-	if err == nil || !strings.Contains(err.Error(), "Istio's sidecar mode") || !strings.Contains(err.Error(), "steal is refused") {
-		t.Errorf("Check = %v, want the Istio sidecar refusal", err)
+	if err == nil || !strings.Contains(err.Error(), "Istio's ambient mode") || !strings.Contains(err.Error(), "steal is refused") {
+		t.Errorf("Check = %v, want the Istio ambient refusal", err)
 	}
 }

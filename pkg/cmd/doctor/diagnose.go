@@ -345,8 +345,10 @@ func (d *diagnosis) inspect(ctx context.Context, tgt *target.Target) {
 	if windows := d.node(ctx, pod); windows {
 		return
 	}
-	if d.mesh = mesh.Detect(pod); d.mesh.Name != "" {
+	if d.mesh = mesh.Detect(pod); d.mesh.RefuseRedirect(pod, "") != nil {
 		d.add(Line{Name: "mesh", Status: StatusWarn, Message: fmt.Sprintf("%s's %s mode (%s): steal, mirror --mode redirect and exec --steal are refused in this pod; dump, mirror --mode sniff, port-forward and exec work", d.mesh.Name, d.mesh.Mode, d.mesh.Evidence)})
+	} else if d.mesh.Name != "" {
+		d.add(Line{Name: "mesh", Status: StatusOK, Message: fmt.Sprintf("%s's %s mode (%s): the redirecting verbs take the sidecar's plaintext, after it (the agent checks the pod's capture rules when it starts); dump and mirror --mode sniff read lo", d.mesh.Name, d.mesh.Mode, d.mesh.Evidence)})
 	} else {
 		d.add(Line{Name: "mesh", Status: StatusOK, Message: "no service mesh seen in the pod's spec"})
 	}
@@ -437,8 +439,8 @@ func (d *diagnosis) verdict(v verb) Line {
 		}
 		return Line{Name: v.name, Status: StatusFail, Message: strings.Join(msgs, "; "), Fix: strings.Join(fixes, "; ")}
 	}
-	if v.redirects && d.mesh.Name != "" {
-		return Line{Name: v.name, Status: StatusFail, Message: d.mesh.RefuseRedirect(d.pod, v.name).Error()}
+	if err := d.mesh.RefuseRedirect(d.pod, v.name); v.redirects && err != nil {
+		return Line{Name: v.name, Status: StatusFail, Message: err.Error()}
 	}
 	var how []string
 	vr := v.variant

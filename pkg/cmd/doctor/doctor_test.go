@@ -55,6 +55,7 @@ type cluster struct {
 	windowsNodeLabel bool
 	podAnnotations   map[string]string
 	istioSidecar     bool
+	istioAmbient     bool
 	// appNotRestricted: the pod's own container does not meet restricted (PodSecurity judges the
 	// whole pod when a container is added).
 	appNotRestricted  bool
@@ -101,6 +102,9 @@ func (c cluster) client(t *testing.T) *fake.Clientset {
 	}
 	if c.istioSidecar {
 		pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy", Image: "istio/proxyv2"})
+	}
+	if c.istioAmbient {
+		pod.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
 	}
 	objs := []runtime.Object{ns, node, pod}
 	if c.webhookNoDryRun {
@@ -357,12 +361,17 @@ func TestDiagnoseVerbs(t *testing.T) {
 			wantIn: map[string][]string{"pod": {`runs on Windows node "node-1"`}},
 		},
 		{
-			name: "Istio sidecar: the redirecting verbs refused", cluster: cluster{level: "privileged", istioSidecar: true}, resource: "pod/web-1",
+			name: "Istio sidecar: the redirecting verbs come after it", cluster: cluster{level: "privileged", istioSidecar: true}, resource: "pod/web-1",
+			wantVerbs: allVerbs(ok), wantCode: ExitUsable,
+			wantIn: map[string][]string{"mesh": {`Istio's sidecar mode (container "istio-proxy")`, "after it"}},
+		},
+		{
+			name: "Istio ambient: the redirecting verbs refused", cluster: cluster{level: "privileged", istioAmbient: true}, resource: "pod/web-1",
 			wantVerbs: map[string]Status{"steal": fail, "mirror-redirect": fail, "mirror-sniff": ok, "dump": ok, "port-forward": ok, "exec": ok},
 			wantCode:  ExitUnusable,
 			wantIn: map[string][]string{
-				"mesh":  {`Istio's sidecar mode (container "istio-proxy")`},
-				"steal": {`is in Istio's sidecar mode`, "steal is refused there"},
+				"mesh":  {"Istio's ambient mode", "are refused in this pod"},
+				"steal": {`is in Istio's ambient mode`, "steal is refused there"},
 			},
 		},
 		{
