@@ -63,11 +63,10 @@ type FlushCounts struct {
 
 // Flush resets the idle connections already open to ports, so that their clients reconnect into
 // the steal: the redirect only takes new connections. A connection is idle when both its queues
-// are empty and no data moved either way for IdleAfter, and it was not last given a request it has
-// not answered (see idle); the others are busy, and Flush resets them too only when busy is true.
-// In the calling thread's network namespace it destroys, through sock_diag (SOCK_DESTROY, as
-// `ss -K` does), the chosen connected TCP sockets whose local port is one of ports, IPv4 and IPv6,
-// and the kernel sends each client a reset. It then deletes those connections' conntrack entries,
+// are empty and no data moved either way for IdleAfter (see idle); the others are busy, and Flush
+// resets them too only when busy is true. In the calling thread's network namespace it destroys,
+// through sock_diag (SOCK_DESTROY, as `ss -K` does), the chosen connected TCP sockets whose local
+// port is one of ports, IPv4 and IPv6, and the kernel sends each client a reset. It then deletes those connections' conntrack entries,
 // so that whatever their clients send next is judged afresh by the redirect. It returns what it
 // did per port (ports without open connections are absent) and how many conntrack entries it
 // removed. A kernel built without CONFIG_INET_DIAG_DESTROY leaves the sockets alone, and Flush
@@ -152,15 +151,15 @@ type diagSocket struct {
 	lastSent, lastRecv time.Duration
 }
 
-// idle reports whether s may be reset without failing a request: nothing queued either way,
-// no data for IdleAfter, and the last data was the app's, not the client's. That last condition
-// keeps a request the app is still working on (read, not answered: its queues are empty and
-// quiet too) from being taken for an idle connection; a request-response connection at rest last
-// sent a response. A socket without tcp_info (a request socket still in SYN_RECV) is not idle: it
-// is looked at again once established.
+// idle reports whether s may be reset without failing a request: nothing queued either way and
+// no data for IdleAfter. Which side sent last does not help: an HTTP/2 client's last frame is often
+// a WINDOW_UPDATE after its response, so "the app answered last" would keep such connections busy
+// for ever. What this cannot tell from a connection at rest is a request the app has read and is
+// still working on after a second of silence: a slow handler's request fails like a busy one's.
+// A socket without tcp_info (a request socket still in SYN_RECV) is not idle: it is looked at again
+// once established.
 func (s diagSocket) idle() bool {
-	return s.hasInfo && s.rqueue == 0 && s.wqueue == 0 &&
-		s.lastSent >= IdleAfter && s.lastRecv >= IdleAfter && s.lastRecv >= s.lastSent
+	return s.hasInfo && s.rqueue == 0 && s.wqueue == 0 && s.lastSent >= IdleAfter && s.lastRecv >= IdleAfter
 }
 
 // victims picks the sockets Flush resets.
