@@ -2,6 +2,8 @@ package httpx
 
 import (
 	"bytes"
+	"sync/atomic"
+	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
@@ -16,6 +18,46 @@ func (r *Route) draining() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// DrainIdle is how long a drained HTTP/1 connection may wait for its next request before it is
+// closed: a client that has left a keep-alive connection unused this long is between bursts, and
+// the chance that its next request crosses the close is as small as when a steal resets an idle
+// connection at its start (netfilter.IdleAfter). Without it, an idle pooled connection would hold
+// the drain until its bound.
+const DrainIdle = time.Second
+
+// watchDrain closes the wait for the next request once Route.Drain is closed and the connection
+// has waited DrainIdle, by the client's read deadline; stop ends the watch and reports whether it
+// fired.
+func (c *h1conn) watchDrain() (stop func() (fired bool)) {
+	if c.route.Drain == nil {
+		return func() bool { return false }
+	}
+	since := time.Now()
+	done, finished := make(chan struct{}), make(chan struct{})
+	var fired atomic.Bool
+	go func() {
+		defer close(finished)
+		select {
+		case <-c.route.Drain:
+		case <-done:
+			return
+		}
+		t := time.NewTimer(time.Until(since.Add(DrainIdle)))
+		defer t.Stop()
+		select {
+		case <-t.C:
+			fired.Store(true)
+			_ = c.client.SetReadDeadline(time.Unix(1, 0))
+		case <-done:
+		}
+	}()
+	return func() bool {
+		close(done)
+		<-finished
+		return fired.Load()
 	}
 }
 

@@ -101,6 +101,36 @@ func TestHTTP1Drain(t *testing.T) {
 	}
 }
 
+// An HTTP/1 connection that waits for its next request when the drain begins is closed once it has
+// waited DrainIdle, rather than held until the drain's bound.
+func TestHTTP1DrainIdle(t *testing.T) {
+	checkLeaks(t)
+	app := whoServer(t, "app", false, nil)
+	drain := make(chan struct{})
+	p := startProxy(t, proxyConfig{app: app.addr(), steal: stealHeader(t), drain: drain})
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil || resp.Close {
+		t.Fatalf("before the drain: %v, Close %v", err, resp.Close)
+	}
+	close(drain)
+	if b, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("idle connection after the drain: read %q, %v; want EOF", b, err)
+	}
+}
+
 // A drained HTTP/2 connection gets GOAWAY naming the stream in flight, finishes that stream, then
 // closes.
 func TestH2CDrain(t *testing.T) {

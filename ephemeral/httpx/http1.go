@@ -169,7 +169,9 @@ func (c *h1conn) idle() (more bool, err error) {
 			w.start(side(s), u)
 		}
 	}
+	quiet := c.watchDrain()
 	_, err = c.cr.Peek(1)
+	drained := quiet()
 	woke := w.stop()
 	for s, dead := range w.dead {
 		if dead {
@@ -179,7 +181,7 @@ func (c *h1conn) idle() (more bool, err error) {
 	switch {
 	case err == nil:
 		return true, nil
-	case errors.Is(err, io.EOF), woke && errors.Is(err, os.ErrDeadlineExceeded):
+	case errors.Is(err, io.EOF), (woke || drained) && errors.Is(err, os.ErrDeadlineExceeded):
 		return false, nil
 	}
 	return false, fmt.Errorf("read request: %w", err)

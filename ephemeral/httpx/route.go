@@ -36,9 +36,9 @@ type Route struct {
 	HeadTimeout time.Duration
 	// Drain, once closed, ends the client connection gracefully, as a server going away would:
 	// HTTP/1 answers its next response with "Connection: close" and closes after it; HTTP/2 sends
-	// GOAWAY (naming the last stream it took) and closes once its streams are done. A connection
-	// waiting for its next request waits on until the request comes (or ctx ends): closing it
-	// there could cross a request on its way. nil never drains.
+	// GOAWAY (naming the last stream it took) and closes once its streams are done. An HTTP/1
+	// connection waiting for its next request is closed once it has waited DrainIdle. nil never
+	// drains.
 	Drain <-chan struct{}
 	// Event hears about every request when its response is done, and about warnings when they happen.
 	// It is called from the connection's goroutines (HTTP/2: one per stream) and must not block long.
