@@ -18,8 +18,10 @@ type ending struct {
 	stolen map[net.Conn]bool
 	// changed hears that a connection ended.
 	changed chan struct{}
-	// drained counts the connections relayed to the app that ended during the drain.
-	drained atomic.Int64
+	// drained counts the connections relayed to the app that ended during the drain, until
+	// drainOver, when what is left is reset.
+	drained   atomic.Int64
+	drainOver atomic.Bool
 	// flushDone is closed when the flush of the connections open before the steal is over.
 	flushDone chan struct{}
 }
@@ -54,7 +56,7 @@ func (s *Steal) markStolen(c net.Conn) bool {
 
 // connGone is untrack's news for the drain.
 func (s *Steal) connGone(stolen bool) {
-	if !stolen && s.draining() {
+	if !stolen && s.draining() && !s.drainOver.Load() {
 		s.drained.Add(1)
 	}
 	select {
@@ -109,6 +111,7 @@ func (s *Steal) end() error {
 		reset(c)
 	}
 	s.waitDrained(window)
+	s.drainOver.Store(true)
 
 	s.closed.Store(true)
 	s.ln.Close()

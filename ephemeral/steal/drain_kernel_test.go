@@ -34,6 +34,7 @@ type pooled struct {
 	errMu      sync.Mutex
 	errs       []error
 	gate       sync.RWMutex // held by the test to pause the load
+	paused     atomic.Bool
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
 }
@@ -104,7 +105,19 @@ func newPooled(t *testing.T, h2 bool) *pooled {
 
 func (p *pooled) end() {
 	p.stop()
+	p.resume()
 	p.wg.Wait()
+}
+
+func (p *pooled) pause() {
+	p.gate.Lock()
+	p.paused.Store(true)
+}
+
+func (p *pooled) resume() {
+	if p.paused.CompareAndSwap(true, false) {
+		p.gate.Unlock()
+	}
 }
 
 func (p *pooled) start(spec wire.StealSpec) *steal.Steal {
@@ -188,7 +201,7 @@ func TestKernelPooledClientAcrossSteal(t *testing.T) {
 			p.waitServed(100)
 			// The pooled connections are busy while the load runs; a pause leaves them idle, and
 			// the steal resets them then.
-			p.gate.Lock()
+			p.pause()
 			p.waitFor("the open connections flushed", func() bool {
 				for _, e := range p.events(wire.EventFlush) {
 					if e.Done && e.Left == 0 {
@@ -197,7 +210,7 @@ func TestKernelPooledClientAcrossSteal(t *testing.T) {
 				}
 				return false
 			})
-			p.gate.Unlock()
+			p.resume()
 			flushed := 0
 			for _, e := range p.events(wire.EventFlush) {
 				flushed += e.Flushed
