@@ -33,8 +33,8 @@ type pooled struct {
 	ok, failed atomic.Int64
 	errMu      sync.Mutex
 	errs       []error
-	gate       sync.RWMutex // held by the test to pause the load
-	paused     atomic.Bool
+	gateMu     sync.Mutex
+	gate       chan struct{} // non-nil while the test pauses the load; closed to resume it
 	stop       context.CancelFunc
 	wg         sync.WaitGroup
 }
@@ -77,8 +77,12 @@ func newPooled(t *testing.T, h2 bool) *pooled {
 	for range 4 {
 		p.wg.Go(func() {
 			for ctx.Err() == nil {
-				p.gate.RLock()
-				p.gate.RUnlock()
+				p.gateMu.Lock()
+				g := p.gate
+				p.gateMu.Unlock()
+				if g != nil {
+					<-g
+				}
 				resp, err := hc.Post("http://"+pooledApp+"/", "text/plain", strings.NewReader("request"))
 				if err == nil {
 					var b []byte
@@ -110,13 +114,19 @@ func (p *pooled) end() {
 }
 
 func (p *pooled) pause() {
-	p.gate.Lock()
-	p.paused.Store(true)
+	p.gateMu.Lock()
+	defer p.gateMu.Unlock()
+	if p.gate == nil {
+		p.gate = make(chan struct{})
+	}
 }
 
 func (p *pooled) resume() {
-	if p.paused.CompareAndSwap(true, false) {
-		p.gate.Unlock()
+	p.gateMu.Lock()
+	defer p.gateMu.Unlock()
+	if p.gate != nil {
+		close(p.gate)
+		p.gate = nil
 	}
 }
 
