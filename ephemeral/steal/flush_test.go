@@ -55,13 +55,13 @@ func TestFlushLoop(t *testing.T) {
 		return wire.StealEvent{Kind: wire.EventFlush, Port: port, Flushed: flushed, Reset: reset, Left: left, Done: done}
 	}
 	tests := []struct {
-		name      string
-		spec      wire.StealSpec
-		window    time.Duration
-		script    []counts
-		err       error
-		wantEvs   []wire.StealEvent
-		wantBusy  []bool
+		name     string
+		spec     wire.StealSpec
+		window   time.Duration
+		script   []counts
+		err      error
+		wantEvs  []wire.StealEvent
+		wantBusy []bool
 	}{
 		{
 			name:     "nothing open: no event, one look",
