@@ -67,6 +67,8 @@ type MirrorSpec struct {
 	// Mesh is the mesh the plugin saw in the pod's spec; nil when none. A sniffing mirror in a pod
 	// with a sidecar reads lo, where the proxy hands the app plaintext (SniffInterface).
 	Mesh *Mesh `json:"mesh,omitempty"`
+	// KeepOpen is StealSpec's, for the redirect mode.
+	KeepOpen bool `json:"keepOpen,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.

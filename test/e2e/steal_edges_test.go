@@ -39,8 +39,9 @@ func keepAliveGet(c net.Conn, br *bufio.Reader, path string) (string, error) {
 	return r.Pod, nil
 }
 
-// TestStealFlushConnections: a keep-alive connection opened before the steal stays with the app;
-// with --flush-connections it is reset, and the client's next connection is stolen.
+// TestStealFlushConnections: a keep-alive connection opened before the steal and left idle moves onto
+// it (the agent resets it once idle, and says so), so the client's next connection is stolen; with
+// --flush-connections it is reset too, as busy or idle, counted.
 func TestStealFlushConnections(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 4*time.Minute)
@@ -55,14 +56,19 @@ func TestStealFlushConnections(t *testing.T) {
 	}
 	port := fmt.Sprintf("8080:%d", st.local.Port)
 
-	// Without the flag, the open connection keeps going to the app.
+	// Without the flag, the idle connection is reset once it has been idle for a second.
 	c, br := dial()
 	if who, err := keepAliveGet(c, br, "/before"); err != nil || who != "target" {
 		t.Fatalf("before the steal: %q, %v", who, err)
 	}
 	p := stealStart(t, "steal", st.ns, "pod/target", "--port", port)
-	if who, err := keepAliveGet(c, br, "/kept"); err != nil || who != "target" {
-		t.Errorf("an open connection during a steal without --flush-connections: %q, %v; want the app", who, err)
+	p.waitLine(0, "stdout", regexp.MustCompile(`port 8080: closed [1-9][0-9]* idle connections open before the steal`), 30*time.Second)
+	if who, err := keepAliveGet(c, br, "/moved"); err == nil {
+		t.Errorf("the idle connection survived the steal's start (answered by %s)", who)
+	}
+	c, br = dial()
+	if who, err := keepAliveGet(c, br, "/reconnected"); err != nil || who != "laptop" {
+		t.Errorf("the client's new connection: %q, %v; want the local server", who, err)
 	}
 	if err := p.stop(); err != nil {
 		t.Fatalf("steal exited with %v", err)
@@ -73,7 +79,7 @@ func TestStealFlushConnections(t *testing.T) {
 		t.Fatalf("before the second steal: %q, %v", who, err)
 	}
 	p = stealStart(t, "steal-flush", st.ns, "pod/target", "--port", port, "--flush-connections")
-	p.waitLine(0, "stderr", regexp.MustCompile(`stealing port 8080 .*[1-9][0-9]* open connections reset`), 10*time.Second)
+	p.waitLine(0, "", regexp.MustCompile(`(reset [1-9][0-9]* busy connections to port 8080|port 8080: closed [1-9][0-9]* idle connections)`), 30*time.Second)
 	if who, err := keepAliveGet(c, br, "/after-flush"); err == nil {
 		t.Errorf("the open connection survived --flush-connections (answered by %s)", who)
 	}

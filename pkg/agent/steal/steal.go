@@ -44,6 +44,8 @@ type Options struct {
 	probeSources []string
 	// mesh is the mesh Check saw in the pod's spec, for the agent (nil: none).
 	mesh *wire.Mesh
+	// hostNetwork (Check) keeps the agent from resetting the node's own connections.
+	hostNetwork bool
 }
 
 // NewOptions returns Options with the defaults.
@@ -115,6 +117,7 @@ func (o *Options) Check(t *target.Target, named string) ([]string, error) {
 		return nil, err
 	}
 	o.ports = ports
+	o.hostNetwork = t.Pod.Spec.HostNetwork
 	stolen := o.stolen()
 	var match func(method, path string, headers []string) bool
 	if m, _ := o.filter.Compile(); m != nil {
@@ -136,6 +139,7 @@ func (o *Options) Spec() wire.StealSpec {
 	spec := wire.StealSpec{
 		StealProbes:          o.StealProbes,
 		FlushConnections:     o.FlushConnections,
+		KeepOpen:             o.hostNetwork,
 		AllowUnownedRedirect: o.AllowUnownedRedirect,
 		DetectTimeout:        wire.Millis(o.DetectTimeout),
 		PassedEvents:         o.Output == "json",
