@@ -4,7 +4,8 @@
 #   hack/verify-deps.sh
 #
 # - every module go.mod requires directly, and every tool a hack/tools/*/go.mod
-#   pins, is named in the first column of one of its tables (as `module/path`;
+#   pins (a `tool` line, or a direct requirement for a module whose own main
+#   runs a library command, as hack/tools/istio does), is named in the first column of one of its tables (as `module/path`;
 #   a tool is covered by the module it is built from);
 # - every module path the first column names is still one of them (or one of
 #   their packages, such as `golang.org/x/net/bpf`).
@@ -31,7 +32,10 @@ json_paths() {
 }
 
 required=$(json_paths Require go.mod)
-tools=$(for f in hack/tools/*/go.mod; do json_paths Tool "$f"; done)
+tools=$(for f in hack/tools/*/go.mod; do
+	json_paths Tool "$f"
+	json_paths Require "$f"
+done)
 if [[ -z "$required" ]]; then
 	echo "verify-deps: found no direct requirement in go.mod; check how go mod edit -json prints it" >&2
 	exit 1

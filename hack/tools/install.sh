@@ -5,10 +5,15 @@
 #   hack/tools/install.sh golangci-lint
 #   hack/tools/install.sh validate-krew-manifest kubectl-krew
 #   hack/tools/install.sh grpcurl vegeta
+#   hack/tools/install.sh istio-iptables
 #
 # The versions live in hack/tools/<module>/go.mod (Go 1.24+ `tool` directives):
 # golangci (golangci-lint), krew (validate-krew-manifest, kubectl-krew), grpcurl
-# (the e2e tests' gRPC client) and vegeta (hack/bench's paced load generator).
+# (the e2e tests' gRPC client), vegeta (hack/bench's paced load generator) and
+# istio (istio-iptables, Istio's sidecar rule generator in its iptables-legacy,
+# iptables-nft and native nftables modes, for internal/meshtest and the mesh
+# e2e; Istio serves it only as a cobra command, so hack/tools/istio has a
+# ten-line main that runs it).
 # One module per tool set so no tool's dependency graph moves another's
 # (golangci-lint and krew together would bump golangci-lint's x/text and krew's
 # x/net, x/text, logr; vegeta brings prometheus) and none touches the main
@@ -48,12 +53,13 @@ spec() {
 	grpcurl) echo "grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl main.version" ;;
 	vegeta) echo "vegeta github.com/tsenart/vegeta/v12 main.Version" ;;
 	gotestsum) echo "gotestsum gotest.tools/gotestsum" ;;
+	istio-iptables) echo "istio github.com/trafficlab/kubectl-trafficlab/hack/tools/istio/istio-iptables" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|istio-iptables ..." >&2
 	exit 2
 fi
 
@@ -63,7 +69,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, istio-iptables" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"
