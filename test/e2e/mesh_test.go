@@ -26,6 +26,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/internal/meshtest"
 )
 
@@ -279,6 +283,52 @@ func (w meshWorld) checkRules(ctx context.Context, t *testing.T) {
 	}
 }
 
+// wireWatch reads, from the host, every TCP segment between the client and the server pods (on
+// every interface: the server's veth carries both directions) while the loop runs.
+type wireWatch struct {
+	done chan struct{}
+	err  error
+	// tlsRecords counts payloads that start as a TLS record (handshake or application data);
+	// plaintext those that carry the loop's request or peer-echo's answer in clear.
+	payloads, tlsRecords, plaintext int
+	sample                          string
+}
+
+func (w meshWorld) watchWire(ctx context.Context, t *testing.T) (*wireWatch, context.CancelFunc) {
+	t.Helper()
+	expr, err := capture.ParseExpr(fmt.Sprintf("tcp and host %s and host %s", w.client.Status.PodIP, w.server.Status.PodIP))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := capture.Open(capture.Options{Expr: &expr})
+	if err != nil {
+		t.Fatalf("capture on the host: %v", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ww := &wireWatch{done: make(chan struct{})}
+	go func() {
+		defer close(ww.done)
+		ww.err = c.Run(ctx, func(data []byte, _ gopacket.CaptureInfo) error {
+			p := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+			tcp, ok := p.TransportLayer().(*layers.TCP)
+			if !ok || len(tcp.Payload) == 0 {
+				return nil
+			}
+			ww.payloads++
+			b := tcp.Payload
+			if len(b) >= 3 && (b[0] == 0x16 || b[0] == 0x17) && b[1] == 0x03 {
+				ww.tlsRecords++
+			}
+			if strings.Contains(string(b), "GET /loop") || strings.Contains(string(b), "remoteAddr") {
+				ww.plaintext++
+				ww.sample = string(b[:min(len(b), 80)])
+			}
+			return nil
+		})
+	}()
+	return ww, cancel
+}
+
 // loop is the client's request loop (started by the test, counted by the client).
 func (w meshWorld) startLoop(ctx context.Context, t *testing.T) {
 	t.Helper()
@@ -362,12 +412,20 @@ func TestMeshBaseline(t *testing.T) {
 			if log := w.sidecarLog(ctx, t, "client"); !strings.Contains(log, ": mTLS, peer "+w.identity("echo")) {
 				t.Errorf("the client's sidecar did not report mTLS to %s:\n%s", w.identity("echo"), log)
 			}
+			ww, stopWatch := w.watchWire(ctx, t)
 			w.startLoop(ctx, t)
 			w.waitLoop(ctx, t, 0, 50)
 			ok, failed := w.stopLoop(ctx, t)
-			t.Logf("%s: the client's loop: %d ok, %d failed", rs, ok, failed)
+			stopWatch()
+			<-ww.done
+			t.Logf("%s: the client's loop: %d ok, %d failed; between the pods: %d segments with data, %d TLS records, %d in plaintext",
+				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext)
 			if failed != 0 {
 				t.Errorf("%d of %d requests of the client's loop failed, want 0", failed, ok+failed)
+			}
+			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext != 0 {
+				t.Errorf("between the pods: capture error %v, %d TLS records for %d requests, %d plaintext segments (e.g. %q): want mTLS only",
+					ww.err, ww.tlsRecords, ok, ww.plaintext, ww.sample)
 			}
 		})
 	}
