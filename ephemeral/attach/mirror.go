@@ -73,9 +73,15 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			return
 		}
 		defer s.stealing.Store(false)
+		mesh, err := s.mesh()
+		if err != nil {
+			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
+			_ = in.Reject(err)
+			return
+		}
 		st, err := steal.Start(ctx, steal.Config{
 			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect}, Open: s, Log: s.log, Tee: m.Handler,
-			Budget: s.cfg.Budget,
+			Budget: s.cfg.Budget, Mesh: mesh,
 		})
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
@@ -161,7 +167,7 @@ type mirrorDialer struct{ marked bool }
 func (d mirrorDialer) Dial(ctx context.Context, network, address string) (net.Conn, error) {
 	nd := &net.Dialer{Timeout: 10 * time.Second}
 	if d.marked {
-		nd = netfilter.PassDialer(nd.Timeout)
+		nd = netfilter.PassDialer(nd.Timeout, nil)
 	}
 	c, err := nd.DialContext(ctx, network, address)
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/dial"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/sniff"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -66,6 +67,23 @@ type Config struct {
 	// announces it: the main process keeps the live sessions' ports, which no session may capture or
 	// steal.
 	Listening func(port int)
+	// Mesh reads the pod's service mesh each time a steal or redirect mirror starts: how its
+	// redirect comes after the sidecar (nil: no mesh), or why the mesh mode cannot be handled, in
+	// one line naming it, which refuses the steal before anything changes. nil: no mesh is ever
+	// looked for.
+	Mesh func() (*netfilter.MeshRedirect, error)
+}
+
+// mesh is the redirect's mesh for a steal or redirect mirror about to start.
+func (s *server) mesh() (*netfilter.MeshRedirect, error) {
+	if s.cfg.Mesh == nil {
+		return nil, nil
+	}
+	m, err := s.cfg.Mesh()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", err, wire.ErrUnsupported)
+	}
+	return m, nil
 }
 
 // Run serves one session and returns why it ended. A plugin that said Bye or closed stdin is a normal
@@ -418,12 +436,19 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	var dropped atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	mesh, err := s.mesh()
+	if err != nil {
+		s.log.Warn("steal refused", "ports", spec.Ports, "err", err)
+		_ = in.Reject(err)
+		return
+	}
 	st, err := steal.Start(ctx, steal.Config{
 		ID:     s.id,
 		Spec:   spec,
 		Open:   s,
 		Log:    s.log,
 		Budget: s.cfg.Budget,
+		Mesh:   mesh,
 		Events: func(e wire.StealEvent) {
 			select {
 			case events <- e:

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 
 	"github.com/google/nftables/expr"
@@ -25,6 +26,13 @@ const (
 	// tproxyPriority is mangle's (-150), where tproxy rules usually go: after conntrack and
 	// defragmentation, before any NAT could rewrite the destination tproxy looks up.
 	tproxyPriority = -150
+
+	// meshPriority puts a meshed pod's prerouting chain just after dstnat (-100), where the mesh
+	// redirects what it captures to its proxy (Istio's 15006, Linkerd's 4143): a connection the
+	// mesh mapped is bound before our chain runs, and one it rewrote no longer has the stolen port,
+	// so the chain sees only ports the mesh leaves alone. Its proxy's plaintext connection to the
+	// app is taken on lo by the output chain, which stays at redirectPriority.
+	meshPriority = -90
 
 	// rtnLocal is RTN_LOCAL, the route type of the namespace's own addresses.
 	rtnLocal = 2
@@ -55,6 +63,56 @@ type Redirect struct {
 	// Mark is the SO_MARK of the agent's own sockets: their packets are never redirected, so the
 	// agent can still pass connections through to the app's real ports.
 	Mark uint32
+	// Mesh, when set, is the service mesh whose sidecar proxy owns the pod's inbound traffic: the
+	// redirect then takes connections after the proxy rather than before it (see Batch).
+	Mesh *MeshRedirect
+}
+
+// MeshRedirect is what the redirect needs to know of a sidecar proxy to take the connections it
+// makes to the app: after the proxy has ended mTLS and applied the mesh's policies, plaintext.
+type MeshRedirect struct {
+	// ProxyUID is the uid the proxy runs as: Istio's 1337, Linkerd's 2102. Its connections to the
+	// app are told from its others by ProxySources.
+	ProxyUID uint32
+	// ProxySources are the addresses the proxy's connections to the app come from: 127.0.0.6 and
+	// ::6 for Istio 1.10 and later, whose proxy calls its own pod from any other source when it
+	// acts as a client (those connections go back into the mesh, and are left alone). Empty means
+	// any of the pod's own addresses: Linkerd 2.11 and later connect from the pod IP.
+	ProxySources []netip.Addr
+	// PassSources are the addresses the agent passes connections back to the app from, one per
+	// family at most (PassDialer): those the mesh's output rules let through over lo, 127.0.0.6 and
+	// ::6 for Istio (which sends the rest to its proxy). Empty: the kernel's choice, which Linkerd
+	// lets through, as it does every connection over lo, and so does Istio before 1.10 for the
+	// 127.0.0.1 its proxy called the app at.
+	PassSources []netip.Addr
+}
+
+// Validate reports the first reason m cannot take a proxy's connections.
+func (m *MeshRedirect) Validate() error {
+	if m.ProxyUID == 0 {
+		// uid 0 would exempt every root process of the pod, and no mesh runs its proxy as root.
+		return errors.New("mesh proxy uid must not be 0")
+	}
+	for _, a := range m.ProxySources {
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("mesh proxy source %q is not a plain IPv4 or IPv6 address", a)
+		}
+	}
+	var v4, v6 int
+	for _, a := range m.PassSources {
+		if !a.IsValid() || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("pass-through source %q is not a plain IPv4 or IPv6 address", a)
+		}
+		if a.Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > 1 || v6 > 1 {
+		return fmt.Errorf("pass-through sources %v: at most one per address family", m.PassSources)
+	}
+	return nil
 }
 
 // Validate reports the first reason the redirect cannot be installed.
@@ -74,6 +132,9 @@ func (r Redirect) Validate() error {
 	if r.Mark == 0 {
 		// 0 is the mark of every socket nobody marked, so the app's clients would be exempt too.
 		return errors.New("mark must not be 0")
+	}
+	if r.Mesh != nil {
+		return r.Mesh.Validate()
 	}
 	return nil
 }
@@ -123,6 +184,34 @@ func (r Redirect) ports() []uint16 {
 // chain; the mark exempts the agent's pass-through. tproxy keeps the destination as it is (the
 // accepted socket's local address is the original destination) and leaves conntrack off; packets
 // addressed to L itself still meet the input chain's drop.
+//
+// With r.Mesh the redirect comes after the mesh's sidecar proxy, which ends the mesh's mTLS and
+// enforces its policies: what the redirect takes is the proxy's plaintext connection to the app,
+// so a steal hands the developer plaintext and passes the rest back as the proxy would have
+// (PassDialer). The owned table's prerouting chain moves to priority -90, after the mesh's
+// dstnat, and sees only what the mesh does not capture; the output chain stays at -110, before the
+// mesh's, and tells the proxy's connections by its uid U and their sources S:
+//
+//	chain prerouting { type nat hook prerouting priority -90
+//	  fib daddr type local meta l4proto tcp tcp dport P tcp flags & (syn | ack) == syn redirect to :L }
+//	chain output { type nat hook output priority -110
+//	  oifname "lo" meta mark != Mark meta skuid != U meta l4proto tcp tcp dport P ... redirect to :L
+//	  oifname "lo" meta mark != Mark meta skuid U meta nfproto ipv4 ip saddr S meta l4proto tcp tcp dport P ... redirect to :L
+//	  oifname "lo" meta mark != Mark meta skuid U meta nfproto ipv6 ip6 saddr S meta l4proto tcp tcp dport P ... redirect to :L }
+//
+// and, without sources (Linkerd: from the pod IP), instead of the last two
+//
+//	oifname "lo" meta mark != Mark meta skuid U fib saddr type local meta l4proto tcp tcp dport P ... redirect to :L
+//
+// The first output rule keeps the pod's own connections to itself, which the meshes leave outside
+// the mesh too. Istio's proxy calling its own pod as a client (uid U, another source) is not taken:
+// Istio sends that connection back to its proxy's inbound port, which then calls the app from S.
+//
+// The unowned table needs no uid: its prerouting chain moves to priority -90 as well, after the
+// mesh's dstnat, where connections the mesh captured, the looped-back ones its output rules
+// redirect included, carry the proxy's port instead of P. What still carries P is what the mesh
+// leaves to the app: the proxy's connections to it (their packets come back through prerouting on
+// lo) and the pod's own. The agent's pass-through is exempt by its mark as before.
 func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
 	name, err := TableName(id)
 	if err != nil {
@@ -153,7 +242,11 @@ func Batch(id string, r Redirect, owned bool) ([]netlink.Message, error) {
 
 // natRedirect adds the chains and rules of the owned table.
 func (b *batch) natRedirect(r Redirect) {
-	b.chain(chainPrerouting, "nat", unix.NF_INET_PRE_ROUTING, redirectPriority)
+	prerouting := int32(redirectPriority)
+	if r.Mesh != nil {
+		prerouting = meshPriority
+	}
+	b.chain(chainPrerouting, "nat", unix.NF_INET_PRE_ROUTING, prerouting)
 	b.chain(chainOutput, "nat", unix.NF_INET_LOCAL_OUT, redirectPriority)
 	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
 
@@ -161,11 +254,24 @@ func (b *batch) natRedirect(r Redirect) {
 	for _, p := range ports {
 		b.rule(chainPrerouting, slices.Concat(daddrLocal(), tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
 	}
+	loopback := slices.Concat([]expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
+	}, markNot(r.Mark))
 	for _, p := range ports {
-		b.rule(chainOutput, slices.Concat([]expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname("lo")},
-		}, markNot(r.Mark), tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
+		take := slices.Concat(tcpDport(p), tcpSyn(), redirectTo(r.ListenPort))
+		if r.Mesh == nil {
+			b.rule(chainOutput, slices.Concat(loopback, take))
+			continue
+		}
+		b.rule(chainOutput, slices.Concat(loopback, skuid(expr.CmpOpNeq, r.Mesh.ProxyUID), take))
+		proxy := slices.Concat(loopback, skuid(expr.CmpOpEq, r.Mesh.ProxyUID))
+		if len(r.Mesh.ProxySources) == 0 {
+			b.rule(chainOutput, slices.Concat(proxy, saddrLocal(), take))
+		}
+		for _, src := range r.Mesh.ProxySources {
+			b.rule(chainOutput, slices.Concat(proxy, saddrIs(src), take))
+		}
 	}
 	// Accept-then-drop rather than one "not dnat: drop" rule: a packet without conntrack state
 	// (notrack) fails the ct match and must be dropped too.
@@ -184,7 +290,11 @@ func (b *batch) natRedirect(r Redirect) {
 
 // tproxyRedirect adds the chains and rules of the unowned table.
 func (b *batch) tproxyRedirect(r Redirect) {
-	b.chain(chainPrerouting, "filter", unix.NF_INET_PRE_ROUTING, tproxyPriority)
+	prerouting := int32(tproxyPriority)
+	if r.Mesh != nil {
+		prerouting = meshPriority
+	}
+	b.chain(chainPrerouting, "filter", unix.NF_INET_PRE_ROUTING, prerouting)
 	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
 	for _, p := range r.ports() {
 		b.rule(chainPrerouting, slices.Concat(daddrLocal(), markNot(r.Mark), tcpDport(p), tcpSyn(), tproxyTo(r.ListenPort)))
@@ -312,6 +422,39 @@ func daddrLocal() []expr.Any {
 		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
 		// The route type is a host-order u32 in the register.
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, rtnLocal)},
+	}
+}
+
+// saddrLocal is `fib saddr type local`: the packet comes from one of this namespace's addresses.
+func saddrLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, rtnLocal)},
+	}
+}
+
+// saddrIs is `meta nfproto ipv4 ip saddr A` (ipv6, ip6 saddr for an IPv6 address): an inet
+// table sees both families, and the source sits at a different offset in each header.
+func saddrIs(a netip.Addr) []expr.Any {
+	proto, offset := byte(unix.NFPROTO_IPV4), uint32(12)
+	if a.Is6() {
+		proto, offset = unix.NFPROTO_IPV6, 8
+	}
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(a.BitLen() / 8)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.AsSlice()},
+	}
+}
+
+// skuid is `meta skuid UID` (op eq) or `meta skuid != UID` (op neq): the uid of the process whose
+// socket sent the packet.
+func skuid(op expr.CmpOp, uid uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeySKUID, Register: 1},
+		// A host-order u32, as nft encodes uids.
+		&expr.Cmp{Op: op, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, uid)},
 	}
 }
 

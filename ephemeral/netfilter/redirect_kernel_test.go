@@ -116,7 +116,7 @@ func dial(t *testing.T, ns *testnet.NS, addr netip.AddrPort, mark uint32, timeou
 	switch mark {
 	case 0:
 	case PassMark:
-		d = PassDialer(timeout)
+		d = PassDialer(timeout, nil)
 	default:
 		t.Fatalf("dial with mark %#x: the agent dials with PassMark or none", mark)
 	}

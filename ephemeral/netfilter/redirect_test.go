@@ -3,6 +3,7 @@ package netfilter
 import (
 	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -26,6 +27,33 @@ func TestRedirectValidate(t *testing.T) {
 		{name: "listen port 0", edit: func(r *Redirect) { r.ListenPort = 0 }, wantErr: "listen port must not be 0"},
 		{name: "listen port stolen", edit: func(r *Redirect) { r.Ports = []uint16{80, 15001} }, wantErr: "listen port 15001 is also a port to redirect"},
 		{name: "mark 0", edit: func(r *Redirect) { r.Mark = 0 }, wantErr: "mark must not be 0"},
+		{name: "istio", edit: func(r *Redirect) { r.Mesh = istioMesh }},
+		{name: "linkerd", edit: func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 2102} }},
+		{name: "mesh uid 0", edit: func(r *Redirect) { r.Mesh = &MeshRedirect{} }, wantErr: "mesh proxy uid must not be 0"},
+		{
+			name: "mesh source mapped",
+			edit: func(r *Redirect) {
+				r.Mesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{netip.MustParseAddr("::ffff:127.0.0.6")}}
+			},
+			wantErr: `mesh proxy source "::ffff:127.0.0.6" is not a plain IPv4 or IPv6 address`,
+		},
+		{
+			name: "two pass sources of a family",
+			edit: func(r *Redirect) {
+				r.Mesh = &MeshRedirect{ProxyUID: 1337, PassSources: []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("127.0.0.7")}}
+			},
+			wantErr: "pass-through sources [127.0.0.6 127.0.0.7]: at most one per address family",
+		},
+		{
+			name:    "pass source invalid",
+			edit:    func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 1337, PassSources: []netip.Addr{{}}} },
+			wantErr: `pass-through source "invalid IP" is not a plain IPv4 or IPv6 address`,
+		},
+		{
+			name:    "mesh source invalid",
+			edit:    func(r *Redirect) { r.Mesh = &MeshRedirect{ProxyUID: 1337, ProxySources: []netip.Addr{{}}} },
+			wantErr: `mesh proxy source "invalid IP" is not a plain IPv4 or IPv6 address`,
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +137,30 @@ const (
 	tproxy      = `tproxy{family=00000000 reg_port=00000001}`                                      // [ tproxy port reg 1 ]
 )
 
+// istioMesh is Istio 1.10 and later: uid 1337, from 127.0.0.6 and ::6.
+var istioMesh = &MeshRedirect{
+	ProxyUID:     1337,
+	ProxySources: []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")},
+	PassSources:  []netip.Addr{netip.MustParseAddr("127.0.0.6"), netip.MustParseAddr("::6")},
+}
+
+const (
+	skuidLoad  = `meta{key=0000000a dreg=00000001}`                                  // [ meta load skuid => reg 1 ]
+	nfprotoLd  = `meta{key=0000000f dreg=00000001}`                                  // [ meta load nfproto => reg 1 ]
+	isIPv4     = `cmp{sreg=00000001 op=00000000 data{value=02}}`                     // [ cmp eq reg 1 0x00000002 ]
+	isIPv6     = `cmp{sreg=00000001 op=00000000 data{value=0a}}`                     // [ cmp eq reg 1 0x0000000a ]
+	saddr4     = `payload{dreg=00000001 base=00000001 offset=0000000c len=00000004}` // [ payload load 4b @ network header + 12 => reg 1 ]
+	saddr6     = `payload{dreg=00000001 base=00000001 offset=00000008 len=00000010}` // [ payload load 16b @ network header + 8 => reg 1 ]
+	is127006   = `cmp{sreg=00000001 op=00000000 data{value=7f000006}}`               // [ cmp eq reg 1 0x0600007f ]
+	isColons6  = `cmp{sreg=00000001 op=00000000 data{value=00000000000000000000000000000006}}`
+	fibSaddr   = `fib{dreg=00000001 flags=00000001 result=00000003}` // [ fib saddr type => reg 1 ]
+	priority90 = "ffffffa6"                                          // -90
+)
+
+// uidIs and uidNot are [ cmp eq reg 1 UID ] and [ cmp neq reg 1 UID ] (host order).
+func uidIs(uid uint32) string  { return `cmp{sreg=00000001 op=00000000 data{value=` + ne(uid) + `}}` }
+func uidNot(uid uint32) string { return `cmp{sreg=00000001 op=00000001 data{value=` + ne(uid) + `}}` }
+
 // isLocal is [ cmp eq reg 1 0x00000002 ] (RTN_LOCAL, host order).
 var isLocal = `cmp{sreg=00000001 op=00000000 data{value=` + ne(2) + `}}`
 
@@ -181,6 +233,73 @@ func TestBatchGolden(t *testing.T) {
 				goldenRule("prerouting", fibDaddr, isLocal, markLoad, markNe(1),
 					l4protoTCP1, l4protoTCP2, dport, dportIs("1f90"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), tproxy, accept),
 				// meta l4proto tcp tcp dport 15001 drop
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), drop),
+				goldenEnd,
+			},
+		},
+		{
+			name:  "owned, after Istio's sidecar",
+			r:     Redirect{Ports: []uint16{80}, ListenPort: 15001, Mark: 0x7f1a0000, Mesh: istioMesh},
+			owned: true,
+			want: [][]string{
+				goldenBegin,
+				{"NEWTABLE inet req|ack|excl|create", `  name="trafficlab_abc\x00"`, "  flags=00000002"},
+				// After the mesh's dstnat.
+				goldenChainAt("prerouting", "nat", "00000000", priority90),
+				goldenChain("output", "nat", "00000003"),
+				goldenChain("input", "filter", "00000001"),
+				goldenRule("prerouting", fibDaddr, isLocal, l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				// oifname "lo" meta mark != 0x7f1a0000 meta skuid != 1337 meta l4proto tcp tcp dport 80 ... redirect to :15001
+				goldenRule("output", oifname, isLo, markLoad, markNe(0x7f1a0000), skuidLoad, uidNot(1337),
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				// oifname "lo" meta mark != 0x7f1a0000 meta skuid 1337 meta nfproto ipv4 ip saddr 127.0.0.6 ... redirect to :15001
+				goldenRule("output", oifname, isLo, markLoad, markNe(0x7f1a0000), skuidLoad, uidIs(1337), nfprotoLd, isIPv4, saddr4, is127006,
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				// oifname "lo" meta mark != 0x7f1a0000 meta skuid 1337 meta nfproto ipv6 ip6 saddr ::6 ... redirect to :15001
+				goldenRule("output", oifname, isLo, markLoad, markNe(0x7f1a0000), skuidLoad, uidIs(1337), nfprotoLd, isIPv6, saddr6, isColons6,
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), ctStatus,
+					`bitwise{sreg=00000001 dreg=00000001 len=00000004 mask{value=`+ne(0x20)+`} xor{value=00000000}}`,
+					`cmp{sreg=00000001 op=00000001 data{value=00000000}}`,
+					accept),
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), drop),
+				goldenEnd,
+			},
+		},
+		{
+			name:  "owned, after Linkerd's sidecar",
+			r:     Redirect{Ports: []uint16{80}, ListenPort: 15001, Mark: 0x7f1a0000, Mesh: &MeshRedirect{ProxyUID: 2102}},
+			owned: true,
+			want: [][]string{
+				goldenBegin,
+				{"NEWTABLE inet req|ack|excl|create", `  name="trafficlab_abc\x00"`, "  flags=00000002"},
+				goldenChainAt("prerouting", "nat", "00000000", priority90),
+				goldenChain("output", "nat", "00000003"),
+				goldenChain("input", "filter", "00000001"),
+				goldenRule("prerouting", fibDaddr, isLocal, l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				goldenRule("output", oifname, isLo, markLoad, markNe(0x7f1a0000), skuidLoad, uidNot(2102),
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				// oifname "lo" meta mark != 0x7f1a0000 meta skuid 2102 fib saddr type local ... redirect to :15001
+				goldenRule("output", oifname, isLo, markLoad, markNe(0x7f1a0000), skuidLoad, uidIs(2102), fibSaddr, isLocal,
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), redir),
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), ctStatus,
+					`bitwise{sreg=00000001 dreg=00000001 len=00000004 mask{value=`+ne(0x20)+`} xor{value=00000000}}`,
+					`cmp{sreg=00000001 op=00000001 data{value=00000000}}`,
+					accept),
+				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), drop),
+				goldenEnd,
+			},
+		},
+		{
+			name: "not owned, after a mesh's sidecar: tproxy after its dstnat",
+			r:    Redirect{Ports: []uint16{80}, ListenPort: 15001, Mark: 1, Mesh: istioMesh},
+			want: [][]string{
+				goldenBegin,
+				{"NEWTABLE inet req|ack|excl|create", `  name="trafficlab_abc\x00"`, "  flags=00000000"},
+				goldenChainAt("prerouting", "filter", "00000000", priority90),
+				goldenChain("input", "filter", "00000001"),
+				goldenRule("prerouting", fibDaddr, isLocal, markLoad, markNe(1),
+					l4protoTCP1, l4protoTCP2, dport, dportIs("0050"), flagsLoad, synAckMask, isSyn, redirTo("3a99"), tproxy, accept),
 				goldenRule("input", l4protoTCP1, l4protoTCP2, dport, dportIs("3a99"), drop),
 				goldenEnd,
 			},

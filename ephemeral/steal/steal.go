@@ -84,6 +84,11 @@ type Config struct {
 	// ListenAddress defaults to the wildcard address on a free port; the redirect's input rule drops
 	// whatever reaches it without having been redirected.
 	ListenAddress string
+	// Mesh, in a pod with a service mesh sidecar, makes the redirect take the sidecar's plaintext
+	// connections to the app instead of the mTLS ones to the pod (netfilter.Redirect.Mesh), and
+	// passes connections back to the app the way the sidecar would have, from Mesh.PassSources.
+	// nil: no mesh.
+	Mesh *netfilter.MeshRedirect
 }
 
 // Steal is a running steal.
@@ -219,7 +224,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		return nil, err
 	}
 	s.probes = probe.New(cfg.Spec.Probes, gateways)
-	s.app = netfilter.PassDialer(10 * time.Second)
+	s.app = netfilter.PassDialer(10*time.Second, passSources(cfg.Mesh))
 	ln, err := net.Listen("tcp", cfg.ListenAddress)
 	if err != nil {
 		return nil, fmt.Errorf("listen for stolen connections: %w", err)
@@ -233,6 +238,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		Ports:      ports,
 		ListenPort: uint16(s.ln.Addr().(*net.TCPAddr).Port),
 		Mark:       netfilter.PassMark,
+		Mesh:       cfg.Mesh,
 	}, netfilter.Options{
 		AllowUnowned: cfg.Spec.AllowUnownedRedirect,
 		ForceUnowned: cfg.ForceUnowned,
@@ -268,6 +274,14 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	go s.accept()
 	context.AfterFunc(s.ctx, func() { _ = s.Close() })
 	return s, nil
+}
+
+// passSources are where connections passed back to the app come from.
+func passSources(m *netfilter.MeshRedirect) []netip.Addr {
+	if m == nil {
+		return nil
+	}
+	return m.PassSources
 }
 
 // ListenPort is where redirected connections arrive, for tests.

@@ -26,8 +26,11 @@ import (
 )
 
 // TestMain makes the test binary the agent's guard when startGuard runs it (os.Executable) as
-// `guard ID PID 3`, as trafficlab-agent's runGuard would.
+// `guard ID PID 3`, as trafficlab-agent's runGuard would, or a mesh's sidecar (runSidecar).
 func TestMain(m *testing.M) {
+	if arg := os.Getenv(sidecarEnv); arg != "" {
+		os.Exit(runSidecar(arg))
+	}
 	if len(os.Args) == 5 && os.Args[1] == "guard" {
 		pid, _ := strconv.Atoi(os.Args[3])
 		ready := os.NewFile(3, "guard-ready")
