@@ -80,7 +80,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			return
 		}
 		st, err := steal.Start(ctx, steal.Config{
-			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect}, Open: s, Log: s.log, Tee: m.Handler,
+			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen}, Open: s, Log: s.log, Tee: m.Handler,
 			Budget: s.cfg.Budget, Mesh: mesh,
 		})
 		if err != nil {

@@ -485,7 +485,24 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 				return
 			}
 		case <-ctx.Done():
-			_ = st.Close()
+			// Close drains the connections the steal relays to the app; what it reports on the way
+			// goes to the plugin for as long as the plugin reads.
+			closed := make(chan struct{})
+			go func() {
+				defer close(closed)
+				_ = st.Close()
+			}()
+			for done := false; !done; {
+				select {
+				case e := <-events:
+					_ = w.Write(e)
+				case <-closed:
+					done = true
+				}
+			}
+			for len(events) > 0 {
+				_ = w.Write(<-events)
+			}
 			s.log.Info("steal ended", "ports", spec.Ports)
 			return
 		}

@@ -58,7 +58,7 @@ var h2ErrorLog = log.New(io.Discard, "", 0)
 func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &h2proxy{ctx: ctx, route: r, upGone: make(chan struct{})}
+	p := &h2proxy{ctx: ctx, route: r, upGone: make(chan struct{}), started: make(chan struct{})}
 	conn := client
 	if len(pre) > 0 {
 		conn = &readerConn{Conn: client, r: io.MultiReader(bytes.NewReader(pre), client)}
@@ -91,8 +91,10 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
-	// shut is the graceful close that follows the app's: GOAWAY to the client, streams in flight
-	// finish, then the connection closes.
+	drain := p.drainAfterFirst(r.Drain)
+	// shut is the graceful close that follows the app's, or Route.Drain: GOAWAY to the client
+	// (net/http names the last stream it took), streams in flight finish, then the connection
+	// closes.
 	var shut sync.WaitGroup
 	select {
 	case <-connDone:
@@ -100,6 +102,14 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		client.Close()
 		<-connDone
 	case <-p.upGone:
+		shut.Go(func() { _ = srv.Shutdown(ctx) })
+		select {
+		case <-connDone:
+		case <-ctx.Done():
+			client.Close()
+			<-connDone
+		}
+	case <-drain:
 		shut.Go(func() { _ = srv.Shutdown(ctx) })
 		select {
 		case <-connDone:
@@ -164,6 +174,32 @@ type h2proxy struct {
 	upGone     chan struct{}
 	upGoneOnce sync.Once
 	live       atomic.Int32 // upstream connections not yet closed
+
+	// started is closed when the first stream arrives.
+	started     chan struct{}
+	startedOnce sync.Once
+}
+
+// drainAfterFirst returns a channel closed once drain is and the connection has taken a stream
+// (nil when drain is nil: never). A connection that arrives already drained serves what its client
+// sent first before its GOAWAY, as an HTTP/1 one serves one request: a GOAWAY naming no stream
+// would send the client to a new connection that fares no better.
+func (p *h2proxy) drainAfterFirst(drain <-chan struct{}) <-chan struct{} {
+	if drain == nil {
+		return nil
+	}
+	now := make(chan struct{})
+	go func() {
+		for _, c := range []<-chan struct{}{drain, p.started} {
+			select {
+			case <-c:
+			case <-p.ctx.Done():
+				return
+			}
+		}
+		close(now)
+	}()
+	return now
 }
 
 // watch ends the client connection after cc, as upGone says.
@@ -229,6 +265,7 @@ func (p *h2proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer p.handlers.Done()
+	p.startedOnce.Do(func() { close(p.started) })
 	start := time.Now()
 	head := h2Head(r)
 	ev := Event{Method: r.Method, Path: head.Target, Proto: "h2c"}

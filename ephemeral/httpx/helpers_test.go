@@ -117,6 +117,7 @@ type proxyConfig struct {
 	steal      func(h *RequestHead) bool
 	// openTimeout and headTimeout set the Route's bounds (0: the defaults).
 	openTimeout, headTimeout time.Duration
+	drain                    <-chan struct{} // the Route's Drain
 }
 
 // stealHeader is the filter most tests use: "x-steal: yes" goes local, probes never do.
@@ -159,6 +160,7 @@ func startProxy(t testing.TB, cfg proxyConfig) *proxy {
 		Event:       p.ev.add,
 		OpenTimeout: cfg.openTimeout,
 		HeadTimeout: cfg.headTimeout,
+		Drain:       cfg.drain,
 	}
 	switch {
 	case cfg.localDial != nil:

@@ -483,13 +483,17 @@ func (c *h1conn) relayResponse(h *RequestHead, u *h1up, res *h1result) {
 		}
 		res.relayed = true
 		res.status = rh.Status
-		res.respBytes += int64(len(rh.Raw))
-		if _, err := c.cw.Write(rh.Raw); err != nil {
+		tunnel := rh.Status == http.StatusSwitchingProtocols ||
+			(h.Method == http.MethodConnect && rh.Status/100 == 2)
+		raw := rh.Raw
+		if !tunnel && rh.Status/100 != 1 && c.route.draining() {
+			raw, res.clientClose = closeHead(&rh), true
+		}
+		res.respBytes += int64(len(raw))
+		if _, err := c.cw.Write(raw); err != nil {
 			res.err = fmt.Errorf("write response: %w", err)
 			return
 		}
-		tunnel := rh.Status == http.StatusSwitchingProtocols ||
-			(h.Method == http.MethodConnect && rh.Status/100 == 2)
 		if rh.Status/100 == 1 || tunnel {
 			if err := c.cw.Flush(); err != nil {
 				res.err = fmt.Errorf("write response: %w", err)

@@ -34,6 +34,12 @@ type Route struct {
 	// HeadTimeout bounds each request head from its first byte to its end; 0 means
 	// wire.DefaultHeadTimeout. A client that is slower gets 408 and its connection closed.
 	HeadTimeout time.Duration
+	// Drain, once closed, ends the client connection gracefully, as a server going away would:
+	// HTTP/1 answers its next response with "Connection: close" and closes after it; HTTP/2 sends
+	// GOAWAY (naming the last stream it took) and closes once its streams are done. A connection
+	// waiting for its next request waits on until the request comes (or ctx ends): closing it
+	// there could cross a request on its way. nil never drains.
+	Drain <-chan struct{}
 	// Event hears about every request when its response is done, and about warnings when they happen.
 	// It is called from the connection's goroutines (HTTP/2: one per stream) and must not block long.
 	Event func(Event)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	vnl "github.com/vishvananda/netlink"
@@ -30,33 +31,61 @@ const (
 var connectedStates = []uint8{tcpEstablished, tcpSynRecv, tcpFinWait1, tcpFinWait2, tcpCloseWait, tcpLastAck, tcpClosing}
 
 const (
+	inetDiagInfo   = 2  // INET_DIAG_INFO: struct tcp_info
 	inetDiagMark   = 15 // INET_DIAG_MARK, sent to CAP_NET_ADMIN only
 	sockIDLen      = 48 // struct inet_diag_sockid
 	inetDiagReqLen = 8 + sockIDLen
 	inetDiagMsgLen = 24 + sockIDLen
+
+	// Offsets in struct tcp_info of tcpi_last_data_sent and tcpi_last_data_recv (milliseconds),
+	// stable since Linux 2.6.
+	tcpiLastDataSent = 44
+	tcpiLastDataRecv = 52
 )
 
-// Flush resets the connections already open to ports, so that their clients reconnect into the
-// steal: the redirect only takes new connections. In the calling thread's network namespace it
-// destroys, through sock_diag (SOCK_DESTROY, as `ss -K` does), every connected TCP socket whose
-// local port is one of ports, IPv4 and IPv6, and the kernel sends each client a reset. It then
-// deletes those connections' conntrack entries, so that whatever their clients send next is
-// judged afresh by the redirect. It returns how many sockets and conntrack entries it removed.
-// A kernel built without CONFIG_INET_DIAG_DESTROY leaves the sockets alone, and Flush says so.
+// IdleAfter is how long a connection must have carried no data, either way, before Flush takes
+// it for idle: a keep-alive connection in a client's pool between requests. A client picks such a
+// connection for its next request only after it has sat unused; the longer that has been, the less
+// likely the reset crosses a request on its way.
+const IdleAfter = time.Second
+
+// FlushCounts is what one Flush did to the open connections of one port.
+type FlushCounts struct {
+	// Idle connections were reset: their clients take the reset as the server closing an unused
+	// keep-alive connection, and reconnect into the steal; no request failed.
+	Idle int
+	// Busy connections were reset because Flush was told to reset busy ones too: whatever request
+	// was in flight on them failed.
+	Busy int
+	// Left are the busy connections left open, still going to the app.
+	Left int
+}
+
+// Flush resets the idle connections already open to ports, so that their clients reconnect into
+// the steal: the redirect only takes new connections. A connection is idle when both its queues
+// are empty and no data moved either way for IdleAfter, and it was not last given a request it has
+// not answered (see idle); the others are busy, and Flush resets them too only when busy is true.
+// In the calling thread's network namespace it destroys, through sock_diag (SOCK_DESTROY, as
+// `ss -K` does), the chosen connected TCP sockets whose local port is one of ports, IPv4 and IPv6,
+// and the kernel sends each client a reset. It then deletes those connections' conntrack entries,
+// so that whatever their clients send next is judged afresh by the redirect. It returns what it
+// did per port (ports without open connections are absent) and how many conntrack entries it
+// removed. A kernel built without CONFIG_INET_DIAG_DESTROY leaves the sockets alone, and Flush
+// says so. Calling it again takes the busy connections that have become idle since.
 //
 // Listening sockets are never touched. Neither are connections of sockets marked skipMark, nor
 // the app's side of them: the agent's own pass-through dials arrive at the app on these very
 // ports, and the accepted socket does not inherit the client's mark. skipMark 0 skips nothing.
-func Flush(ports []uint16, skipMark uint32) (sockets, entries int, err error) {
+func Flush(ports []uint16, skipMark uint32, busy bool) (counts map[uint16]FlushCounts, entries int, err error) {
 	if len(ports) == 0 {
-		return 0, 0, errors.New("no port to flush")
+		return nil, 0, errors.New("no port to flush")
 	}
 	if slices.Contains(ports, 0) {
-		return 0, 0, errors.New("port 0 cannot be flushed")
+		return nil, 0, errors.New("port 0 cannot be flushed")
 	}
 	c, err := netlink.Dial(unix.NETLINK_SOCK_DIAG, nil)
 	if err != nil {
-		return 0, 0, fmt.Errorf("open sock_diag socket: %w", err)
+		return nil, 0, fmt.Errorf("open sock_diag socket: %w", err)
 	}
 	defer c.Close()
 
@@ -64,31 +93,46 @@ func Flush(ports []uint16, skipMark uint32) (sockets, entries int, err error) {
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		s, err := dumpTCP(c, family)
 		if err != nil {
-			return 0, 0, err
+			return nil, 0, err
 		}
 		socks = append(socks, s...)
 	}
-	conns := victims(socks, ports, skipMark)
-
+	counts = map[uint16]FlushCounts{}
+	var destroyed []diagSocket
 	var errs []error
-destroy:
-	for _, s := range conns {
+	for _, s := range victims(socks, ports, skipMark) {
+		port := s.local.Port()
+		n := counts[port]
+		idle := s.idle()
+		if !idle && !busy {
+			n.Left++
+			counts[port] = n
+			continue
+		}
 		_, err := c.Execute(destroyRequest(s))
 		switch {
 		case err == nil:
-			sockets++
+			destroyed = append(destroyed, s)
+			if idle {
+				n.Idle++
+			} else {
+				n.Busy++
+			}
 		case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ESTALE):
 			// Closed meanwhile; ESTALE: its addresses now belong to a newer socket.
 		case errors.Is(err, unix.EOPNOTSUPP):
-			errs = append(errs, fmt.Errorf("destroy TCP sockets: kernel built without CONFIG_INET_DIAG_DESTROY: %w", err))
-			break destroy // every other socket would fail the same way
+			// Every other socket would fail the same way.
+			err = fmt.Errorf("destroy TCP sockets: kernel built without CONFIG_INET_DIAG_DESTROY: %w", err)
+			return counts, 0, err
 		default:
 			errs = append(errs, fmt.Errorf("destroy TCP socket %s <-> %s: %w", s.local, s.remote, err))
+			n.Left++
 		}
+		counts[port] = n
 	}
 
-	entries, err = deleteConntrack(conns)
-	return sockets, entries, errors.Join(append(errs, err)...)
+	entries, err = deleteConntrack(destroyed)
+	return counts, entries, errors.Join(append(errs, err)...)
 }
 
 // diagSocket is one socket of a sock_diag dump.
@@ -100,6 +144,23 @@ type diagSocket struct {
 	remote  netip.AddrPort
 	mark    uint32
 	hasMark bool
+	// The socket's queues (idiag_rqueue: received, not yet read; idiag_wqueue: written, not yet
+	// acknowledged) and, from tcp_info when the kernel sent it, the time since data last went
+	// each way.
+	rqueue, wqueue     uint32
+	hasInfo            bool
+	lastSent, lastRecv time.Duration
+}
+
+// idle reports whether s may be reset without failing a request: nothing queued either way,
+// no data for IdleAfter, and the last data was the app's, not the client's. That last condition
+// keeps a request the app is still working on (read, not answered: its queues are empty and
+// quiet too) from being taken for an idle connection; a request-response connection at rest last
+// sent a response. A socket without tcp_info (a request socket still in SYN_RECV) is not idle: it
+// is looked at again once established.
+func (s diagSocket) idle() bool {
+	return s.hasInfo && s.rqueue == 0 && s.wqueue == 0 &&
+		s.lastSent >= IdleAfter && s.lastRecv >= IdleAfter && s.lastRecv >= s.lastSent
 }
 
 // victims picks the sockets Flush resets.
@@ -135,7 +196,7 @@ func dumpRequest(family uint8) netlink.Message {
 	}
 	return netlink.Message{
 		Header: netlink.Header{Type: unix.SOCK_DIAG_BY_FAMILY, Flags: netlink.Request | netlink.Dump},
-		Data:   inetDiagReq(family, states, [sockIDLen]byte{}),
+		Data:   inetDiagReq(family, 1<<(inetDiagInfo-1), states, [sockIDLen]byte{}),
 	}
 }
 
@@ -145,14 +206,14 @@ func dumpRequest(family uint8) netlink.Message {
 func destroyRequest(s diagSocket) netlink.Message {
 	return netlink.Message{
 		Header: netlink.Header{Type: unix.SOCK_DESTROY, Flags: netlink.Request | netlink.Acknowledge},
-		Data:   inetDiagReq(s.family, 0, s.id),
+		Data:   inetDiagReq(s.family, 0, 0, s.id),
 	}
 }
 
-// inetDiagReq is struct inet_diag_req_v2.
-func inetDiagReq(family uint8, states uint32, id [sockIDLen]byte) []byte {
+// inetDiagReq is struct inet_diag_req_v2; ext asks for attributes (1<<(INET_DIAG_x-1)).
+func inetDiagReq(family, ext uint8, states uint32, id [sockIDLen]byte) []byte {
 	b := make([]byte, 0, inetDiagReqLen)
-	b = append(b, family, unix.IPPROTO_TCP, 0, 0)
+	b = append(b, family, unix.IPPROTO_TCP, ext, 0)
 	b = binary.NativeEndian.AppendUint32(b, states)
 	return append(b, id[:]...)
 }
@@ -192,13 +253,25 @@ func parseDiagMsg(b []byte) (diagSocket, error) {
 	id := s.id[:]
 	s.local = netip.AddrPortFrom(addr(id[4:20]), binary.BigEndian.Uint16(id[0:2]))
 	s.remote = netip.AddrPortFrom(addr(id[20:36]), binary.BigEndian.Uint16(id[2:4]))
+	// After the id: idiag_expires, idiag_rqueue, idiag_wqueue, idiag_uid, idiag_inode.
+	s.rqueue = binary.NativeEndian.Uint32(b[4+sockIDLen+4:])
+	s.wqueue = binary.NativeEndian.Uint32(b[4+sockIDLen+8:])
 	ad, err := netlink.NewAttributeDecoder(b[inetDiagMsgLen:])
 	if err != nil {
 		return diagSocket{}, fmt.Errorf("inet_diag_msg attributes: %w", err)
 	}
 	for ad.Next() {
-		if ad.Type() == inetDiagMark {
+		switch ad.Type() {
+		case inetDiagMark:
 			s.mark, s.hasMark = ad.Uint32(), true
+		case inetDiagInfo:
+			// Older kernels send a shorter tcp_info; one without the times is as good as none.
+			if info := ad.Bytes(); len(info) >= tcpiLastDataRecv+4 {
+				ms := func(off int) time.Duration {
+					return time.Duration(binary.NativeEndian.Uint32(info[off:])) * time.Millisecond
+				}
+				s.hasInfo, s.lastSent, s.lastRecv = true, ms(tcpiLastDataSent), ms(tcpiLastDataRecv)
+			}
 		}
 	}
 	if err := ad.Err(); err != nil {

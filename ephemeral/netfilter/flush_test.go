@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mdlayher/netlink"
@@ -40,7 +41,7 @@ func TestDiagRequestsGolden(t *testing.T) {
 		Type:  unix.SOCK_DIAG_BY_FAMILY,
 		Flags: netlink.Request | netlink.Dump,
 		Data: words(concat(
-			[]byte{unix.AF_INET6, unix.IPPROTO_TCP, 0, 0}, // family, protocol, ext, pad
+			[]byte{unix.AF_INET6, unix.IPPROTO_TCP, 2, 0}, // family, protocol, ext (1<<(INET_DIAG_INFO-1)), pad
 			nlenc.Uint32Bytes(0xb3e),                      // states
 			make([]byte, sockIDLen),                       // id: unused in a dump
 		)),
@@ -70,14 +71,33 @@ func TestDiagRequestsGolden(t *testing.T) {
 	}
 }
 
-func diagMsg(family, state uint8, id [sockIDLen]byte, mark *uint32) []byte {
+// diagInfo is what diagMsg puts in the message besides the addresses: queues, and a tcp_info of
+// infoLen bytes (0: none) whose times are lastSent and lastRecv milliseconds.
+type diagInfo struct {
+	rqueue, wqueue     uint32
+	infoLen            int
+	lastSent, lastRecv uint32
+}
+
+func diagMsg(family, state uint8, id [sockIDLen]byte, mark *uint32, info diagInfo) []byte {
 	b := []byte{family, state, 0, 0}
 	b = append(b, id[:]...)
-	b = append(b, make([]byte, 20)...) // expires, rqueue, wqueue, uid, inode
+	b = append(b, nlenc.Uint32Bytes(0)...) // expires
+	b = append(b, nlenc.Uint32Bytes(info.rqueue)...)
+	b = append(b, nlenc.Uint32Bytes(info.wqueue)...)
+	b = append(b, make([]byte, 8)...) // uid, inode
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint8(8, 0) // INET_DIAG_SHUTDOWN: an attribute Flush ignores
 	if mark != nil {
 		ae.Uint32(inetDiagMark, *mark)
+	}
+	if info.infoLen > 0 {
+		ti := make([]byte, info.infoLen)
+		if info.infoLen >= tcpiLastDataRecv+4 {
+			copy(ti[tcpiLastDataSent:], nlenc.Uint32Bytes(info.lastSent))
+			copy(ti[tcpiLastDataRecv:], nlenc.Uint32Bytes(info.lastRecv))
+		}
+		ae.Bytes(inetDiagInfo, ti)
 	}
 	attrs, err := ae.Encode()
 	if err != nil {
@@ -98,16 +118,17 @@ func TestParseDiagMsg(t *testing.T) {
 	}{
 		{
 			name: "IPv4 with mark",
-			in:   diagMsg(unix.AF_INET, tcpEstablished, v4, &mark),
+			in:   diagMsg(unix.AF_INET, tcpEstablished, v4, &mark, diagInfo{rqueue: 3, wqueue: 5, infoLen: 232, lastSent: 1500, lastRecv: 2500}),
 			want: diagSocket{
 				family: unix.AF_INET, state: tcpEstablished, id: v4,
 				local: netip.MustParseAddrPort("10.0.0.1:80"), remote: netip.MustParseAddrPort("10.0.0.2:40000"),
-				mark: mark, hasMark: true,
+				mark: mark, hasMark: true, rqueue: 3, wqueue: 5,
+				hasInfo: true, lastSent: 1500 * time.Millisecond, lastRecv: 2500 * time.Millisecond,
 			},
 		},
 		{
 			name: "IPv4 client of a dual-stack socket: addresses unmapped",
-			in:   diagMsg(unix.AF_INET6, tcpCloseWait, mapped, nil),
+			in:   diagMsg(unix.AF_INET6, tcpCloseWait, mapped, nil, diagInfo{infoLen: tcpiLastDataRecv}),
 			want: diagSocket{
 				family: unix.AF_INET6, state: tcpCloseWait, id: mapped,
 				local: netip.MustParseAddrPort("10.0.0.1:80"), remote: netip.MustParseAddrPort("10.0.0.2:40000"),
@@ -115,7 +136,7 @@ func TestParseDiagMsg(t *testing.T) {
 		},
 		{
 			name: "IPv6",
-			in:   diagMsg(unix.AF_INET6, tcpEstablished, v6, &mark),
+			in:   diagMsg(unix.AF_INET6, tcpEstablished, v6, &mark, diagInfo{}),
 			want: diagSocket{
 				family: unix.AF_INET6, state: tcpEstablished, id: v6,
 				local: netip.MustParseAddrPort("[fd00::1]:80"), remote: netip.MustParseAddrPort("[fd00::2]:40000"),
@@ -228,8 +249,56 @@ func TestConnFilter(t *testing.T) {
 
 func TestFlushRejectsBadPorts(t *testing.T) {
 	for _, ports := range [][]uint16{nil, {80, 0}} {
-		if _, _, err := Flush(ports, 1); err == nil {
+		if _, _, err := Flush(ports, 1, false); err == nil {
 			t.Errorf("Flush(%v) succeeded", ports)
 		}
 	}
+}
+
+func TestIdle(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	quiet := diagSocket{hasInfo: true, lastSent: ms(1500), lastRecv: ms(2500)}
+	with := func(f func(*diagSocket)) diagSocket {
+		s := quiet
+		f(&s)
+		return s
+	}
+	tests := []struct {
+		name string
+		s    diagSocket
+		want bool
+	}{
+		{"keep-alive connection at rest: answered, then quiet", quiet, true},
+		{"quiet for exactly IdleAfter both ways", with(func(s *diagSocket) { s.lastSent, s.lastRecv = IdleAfter, IdleAfter }), true},
+		{"request read but not answered yet (a slow handler)", with(func(s *diagSocket) { s.lastSent, s.lastRecv = ms(2500), ms(1500) }), false},
+		{"answered just now", with(func(s *diagSocket) { s.lastSent = ms(999) }), false},
+		{"request received just now", with(func(s *diagSocket) { s.lastRecv = ms(10) }), false},
+		{"unread request bytes", with(func(s *diagSocket) { s.rqueue = 1 }), false},
+		{"response not yet acknowledged", with(func(s *diagSocket) { s.wqueue = 1 }), false},
+		{"no tcp_info (SYN_RECV, or a kernel that sent none)", with(func(s *diagSocket) { s.hasInfo = false }), false},
+	}
+	for _, tt := range tests {
+		if got := tt.s.idle(); got != tt.want {
+			t.Errorf("%s: idle() = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func FuzzParseDiagMsg(f *testing.F) {
+	id := sockID(netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("10.0.0.2:40000"), 7)
+	mark := uint32(1)
+	f.Add(diagMsg(unix.AF_INET, tcpEstablished, id, &mark, diagInfo{infoLen: 232, lastSent: 1, lastRecv: 2}))
+	f.Add(diagMsg(unix.AF_INET6, tcpEstablished, id, nil, diagInfo{infoLen: 10}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseDiagMsg(b)
+		if err != nil {
+			return
+		}
+		if s.family != b[0] || s.state != b[1] {
+			t.Errorf("family, state = %d, %d; the message says %d, %d", s.family, s.state, b[0], b[1])
+		}
+		if s.hasInfo && (s.lastSent < 0 || s.lastRecv < 0) {
+			t.Errorf("negative times %v, %v", s.lastSent, s.lastRecv)
+		}
+	})
 }

@@ -76,8 +76,12 @@ type Config struct {
 	// ForceUnowned installs the redirect a kernel without the nftables owner flag gets (tproxy,
 	// guarded), on any kernel: kernel tests use it to run that path on a kernel that has the flag.
 	ForceUnowned bool
-	// Flush resets open connections to the ports; defaults to netfilter.Flush.
-	Flush func(ports []uint16, skipMark uint32) (sockets, entries int, err error)
+	// Flush resets open connections to the ports (idle ones, and busy ones too when busy); defaults
+	// to netfilter.Flush.
+	Flush func(ports []uint16, skipMark uint32, busy bool) (map[uint16]netfilter.FlushCounts, int, error)
+	// FlushWindow and DrainWindow default to wire.FlushWindow and wire.DrainWindow (flush.go,
+	// drain.go).
+	FlushWindow, DrainWindow time.Duration
 	// InNetns runs f in the pod's network namespace, where the app is dialed; nil runs it as is,
 	// as the agent already lives there. Kernel tests, which do not, pass their namespace's.
 	InNetns func(f func() error) error
@@ -108,6 +112,7 @@ type Steal struct {
 	conns  map[net.Conn]struct{}
 	once   sync.Once
 	closed atomic.Bool
+	ending // drain.go
 	// overBudget counts the filtered steal's connections sent to the app raw over the budget; over
 	// remembers whether the last one was, so that only the change is reported.
 	overBudget atomic.Int64
@@ -211,7 +216,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events)}
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events), ending: newEnding()}
 	m, err := cfg.Spec.Filter.Compile()
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
@@ -225,7 +230,7 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	}
 	s.probes = probe.New(cfg.Spec.Probes, gateways)
 	s.app = netfilter.PassDialer(10*time.Second, passSources(cfg.Mesh))
-	ln, err := net.Listen("tcp", cfg.ListenAddress)
+	ln, err := netfilter.PassListenConfig().Listen(ctx, "tcp", cfg.ListenAddress)
 	if err != nil {
 		return nil, fmt.Errorf("listen for stolen connections: %w", err)
 	}
@@ -255,24 +260,17 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 		return nil, fmt.Errorf("install the redirect: %w", err)
 	}
 	s.redirect = r
-	s.ctx, s.cancel = context.WithCancel(ctx)
+	// The connections' context outlives ctx: when ctx ends, Close drains them first.
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: r.KernelOwned()}
 	for _, a := range s.probes.Sources() {
 		ready.ProbeSources = append(ready.ProbeSources, a.String())
 	}
-	if cfg.Spec.FlushConnections {
-		socks, entries, err := cfg.Flush(ports, netfilter.PassMark)
-		if err != nil {
-			// The redirect works without it; only already-open connections stay with the app.
-			cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("could not reset open connections: %v", err)})
-		}
-		ready.Flushed = socks
-		cfg.Log.Info("flushed connections", "sockets", socks, "conntrack", entries)
-	}
 	cfg.Events(ready)
 	s.wg.Add(1)
 	go s.accept()
-	context.AfterFunc(s.ctx, func() { _ = s.Close() })
+	s.startFlush(ports)
+	context.AfterFunc(ctx, func() { _ = s.Close() })
 	return s, nil
 }
 
@@ -287,29 +285,11 @@ func passSources(m *netfilter.MeshRedirect) []netip.Addr {
 // ListenPort is where redirected connections arrive, for tests.
 func (s *Steal) ListenPort() int { return s.ln.Addr().(*net.TCPAddr).Port }
 
-// Close ends the steal in the one order that leaves no client hanging: the listener first, so that
-// connections still in its accept queue are refused, then the connections in flight are reset, and
-// only then is the redirect removed. Removing the pod's last NAT hooks drops the NAT bindings of its
-// connections, and a reset sent after that leaves with the agent's port as its source, which the
-// client ignores: measured, such clients waited for an answer until their own timeout. A connection
-// that arrives in the few milliseconds between the first and the last step is refused. Idempotent.
+// Close ends the steal without failing what the app's clients have in flight (drain.go, end), and
+// returns once the redirect is gone. Idempotent.
 func (s *Steal) Close() error {
 	var err error
-	s.once.Do(func() {
-		s.closed.Store(true)
-		s.cancel()
-		s.ln.Close()
-		s.mu.Lock()
-		for c := range s.conns {
-			if tc, ok := c.(*net.TCPConn); ok {
-				_ = tc.SetLinger(0)
-			}
-			c.Close()
-		}
-		s.mu.Unlock()
-		s.wg.Wait()
-		err = s.redirect.Close()
-	})
+	s.once.Do(func() { err = s.end() })
 	return err
 }
 
@@ -349,8 +329,11 @@ func (s *Steal) track(c net.Conn) bool {
 func (s *Steal) untrack(c net.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	stolen := s.stolen[c]
+	delete(s.stolen, c)
 	s.mu.Unlock()
 	c.Close()
+	s.connGone(stolen)
 }
 
 // conn is what one redirected connection needs to be served.
@@ -413,13 +396,18 @@ func (s *Steal) serve(c *net.TCPConn) {
 			s.passThrough(cn, pk.Prefix)
 			return
 		}
+		if !s.markStolen(c) {
+			// The steal is ending: the connection is the app's again.
+			s.passThrough(cn, pk.Prefix)
+			return
+		}
 		s.stealWhole(cn, pk.Prefix)
 		return
 	}
 	route := httpx.Route{
 		Steal: func(h *httpx.RequestHead) bool {
 			q := h.ProbeRequest(source, orig)
-			if keepProbes && s.probes.IsProbe(q) {
+			if (keepProbes && s.probes.IsProbe(q)) || s.draining() {
 				return false
 			}
 			return s.matcher.Match(h.Method, q.Path, q.Header)
@@ -429,6 +417,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 		Event: func(e httpx.Event) { s.requestEvent(cn, e) },
 		// The app's slow-header protection, which it cannot apply to heads it never sees.
 		HeadTimeout: s.cfg.Spec.HeadTimeout.Std(),
+		Drain:       s.drain,
 	}
 	switch pk.Proto {
 	case httpx.ProtoHTTP1:

@@ -64,6 +64,8 @@ type MirrorSpec struct {
 	// AllowUnownedRedirect is StealSpec's, for the redirect mode: without it the agent refuses a
 	// redirect the kernel does not tie to its life.
 	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
+	// KeepOpen is StealSpec's, for the redirect mode.
+	KeepOpen bool `json:"keepOpen,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.

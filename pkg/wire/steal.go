@@ -83,8 +83,14 @@ type StealSpec struct {
 	// Probes are the pod's probes, which stay with the app unless StealProbes; nil when the pod
 	// declares none (then no connection is a probe).
 	Probes *Probes `json:"probes,omitempty"`
-	// FlushConnections resets open connections to the ports so that clients reconnect into the steal.
+	// FlushConnections resets the busy connections already open to the ports too, at once, so that
+	// their clients reconnect into the steal; their requests in flight fail. Without it only the
+	// idle ones are reset (every steal and redirect mirror does that, for up to FlushWindow), and
+	// busy ones go on to the app.
 	FlushConnections bool `json:"flushConnections,omitempty"`
+	// KeepOpen leaves every connection open before the steal alone, idle ones too: in a hostNetwork
+	// pod they are the node's own (the kubelet's among them), not the pod's.
+	KeepOpen bool `json:"keepOpen,omitempty"`
 	// AllowUnownedRedirect accepts a redirect the kernel does not tie to the agent's life (no
 	// nftables table owner flag, Linux before 5.12): without it the agent refuses such a steal
 	// before installing anything (ErrUnsupported). The plugin's --allow-unowned-redirect.
@@ -227,7 +233,25 @@ const (
 	EventConnection = "connection"
 	// EventWarning is something the developer should know, e.g. a request the local process refused.
 	EventWarning = "warning"
+	// EventFlush reports the connections to Port that were open before the redirect, after a look
+	// that changed something: Flushed idle ones were reset (their clients reconnect into the
+	// redirect), Reset busy ones were reset (FlushConnections: their requests in flight failed),
+	// Left busy ones still go to the app. Done marks the port's last one: nothing left, or
+	// FlushWindow is over.
+	EventFlush = "flush"
+	// EventDrain reports the end of the connections the agent relayed to the app when the steal
+	// ended: Drained closed gracefully (after an HTTP/1 "Connection: close" or an HTTP/2 GOAWAY, or
+	// by their clients), Reset were still open after DrainWindow and were closed.
+	EventDrain = "drain"
 )
+
+// FlushWindow is how long a steal keeps looking for the open connections it left with the app
+// because they were busy, to reset each once it is idle.
+const FlushWindow = 30 * time.Second
+
+// DrainWindow bounds the drain at a steal's end: how long the connections the agent relays to the
+// app get to end gracefully before they are closed.
+const DrainWindow = 30 * time.Second
 
 // StealEvent is one line of what a steal did, sent by the agent on the KindSteal stream.
 type StealEvent struct {
@@ -246,9 +270,14 @@ type StealEvent struct {
 	BytesIn  int64  `json:"bytesIn,omitempty"`
 	BytesOut int64  `json:"bytesOut,omitempty"`
 	Message  string `json:"message,omitempty"`
-	// Ready's details: connections reset by FlushConnections, and whether the kernel owns the table
-	// (false: a table that outlives a killed agent container until the next sweep).
-	Flushed     int  `json:"flushed,omitempty"`
+	// Flush's and Drain's counts (see EventFlush and EventDrain).
+	Flushed int  `json:"flushed,omitempty"`
+	Reset   int  `json:"reset,omitempty"`
+	Left    int  `json:"left,omitempty"`
+	Drained int  `json:"drained,omitempty"`
+	Done    bool `json:"done,omitempty"`
+	// KernelOwned (Ready) says whether the kernel owns the table (false: a table that outlives a
+	// killed agent container until the next sweep).
 	KernelOwned bool `json:"kernelOwned,omitempty"`
 	// ProbeSources (Ready) are the addresses the agent takes for the kubelet's: the spec's Probes
 	// sources and the pod's default gateways. Connections from them to a port with a tcpSocket or

@@ -45,6 +45,8 @@ type Options struct {
 	// probes are the pod's, read by Check.
 	probes *wire.Probes
 	guard  *loopGuard
+	// hostNetwork (Check) keeps a redirect mirror from resetting the node's own connections.
+	hostNetwork bool
 }
 
 // NewOptions returns Options with the defaults.
@@ -159,6 +161,7 @@ func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *tar
 		return nil, err
 	}
 	o.ports = ports
+	o.hostNetwork = t.Pod.Spec.HostNetwork
 	// The kubelet's probes are never copied: the agent is told which they are.
 	if o.probes, err = steal.PodProbes(t.Pod); err != nil {
 		return nil, err
@@ -222,7 +225,7 @@ func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, na
 
 // Spec is what the agent is asked to do, once Check has resolved --to.
 func (o *Options) Spec() wire.MirrorSpec {
-	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect}
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect, KeepOpen: o.hostNetwork}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent
 	}

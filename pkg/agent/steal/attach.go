@@ -46,7 +46,7 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		events.Close()
 		return nil, fmt.Errorf("start stealing: %w", err)
 	}
-	announce("stealing %s", o.describe(ready))
+	announce("stealing %s", o.describe())
 	if !ready.KernelOwned {
 		announce("%s", UnownedWarning)
 	}
@@ -124,7 +124,7 @@ func (o *Options) locals() map[int]string {
 	return locals
 }
 
-func (o *Options) describe(ready wire.StealEvent) string {
+func (o *Options) describe() string {
 	sorted := append([]target.PortSpec(nil), o.ports...)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Port < sorted[j].Port })
 	var parts []string
@@ -138,9 +138,6 @@ func (o *Options) describe(ready wire.StealEvent) string {
 	d := fmt.Sprintf("%s (%s", strings.Join(parts, ", "), what)
 	if !o.StealProbes {
 		d += ", probes excepted"
-	}
-	if o.FlushConnections {
-		d += fmt.Sprintf(", %d open connections reset", ready.Flushed)
 	}
 	return d + ")"
 }

@@ -45,6 +45,13 @@ func (p *printer) event(ev wire.StealEvent) {
 			return
 		}
 	}
+	notes, warnings := connectionNotes(ev)
+	if len(warnings) > 0 {
+		_ = p.out.Flush()
+		for _, w := range warnings {
+			fmt.Fprintf(p.errOut, "warning: %s\n", w)
+		}
+	}
 	if ev.Kind == wire.EventRequest && !ev.Stolen {
 		// Passed-through requests are the app's business; only JSON consumers see them.
 		if !p.json {
@@ -68,6 +75,40 @@ func (p *printer) event(ev wire.StealEvent) {
 	case wire.EventConnection:
 		fmt.Fprintf(p.out, "%s connection from %s to port %d: %s in, %s out, %s\n", ts, esc(ev.Peer), ev.Port, bytesString(ev.BytesIn), bytesString(ev.BytesOut), ev.Duration.Std())
 	}
+	for _, n := range notes {
+		fmt.Fprintf(p.out, "%s %s\n", ts, n)
+	}
+}
+
+// connectionNotes says what an EventFlush or EventDrain reports about the app's connections: notes
+// for the output, warnings (requests that failed, connections the steal could not take) for the
+// error output.
+func connectionNotes(ev wire.StealEvent) (notes, warnings []string) {
+	switch ev.Kind {
+	case wire.EventFlush:
+		if ev.Flushed > 0 {
+			notes = append(notes, fmt.Sprintf("port %d: closed %d idle connections open before the steal; their clients reconnect into it", ev.Port, ev.Flushed))
+		}
+		if ev.Reset > 0 {
+			warnings = append(warnings, fmt.Sprintf("reset %d busy connections to port %d (--flush-connections): their in-flight requests failed", ev.Reset, ev.Port))
+		}
+		switch {
+		case ev.Left > 0 && ev.Done:
+			warnings = append(warnings, fmt.Sprintf("port %d: %d connections open before the steal stayed busy for %v and still go to the app; --flush-connections resets them", ev.Port, ev.Left, wire.FlushWindow))
+		case ev.Left > 0:
+			notes = append(notes, fmt.Sprintf("port %d: %d busy connections open before the steal still go to the app; each is closed once idle, for up to %v", ev.Port, ev.Left, wire.FlushWindow))
+		case ev.Done && ev.Flushed == 0 && ev.Reset == 0:
+			notes = append(notes, fmt.Sprintf("port %d: no connection open before the steal is left", ev.Port))
+		}
+	case wire.EventDrain:
+		if ev.Drained > 0 {
+			notes = append(notes, fmt.Sprintf("%d connections the agent relayed to the app closed gracefully after the steal", ev.Drained))
+		}
+		if ev.Reset > 0 {
+			warnings = append(warnings, lineout.Escape(ev.Message))
+		}
+	}
+	return notes, warnings
 }
 
 func bytesString(n int64) string {

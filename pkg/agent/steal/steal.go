@@ -42,6 +42,8 @@ type Options struct {
 	// probes and probeSources are the pod's probes and the node's addresses, read by Check.
 	probes       []declaredProbe
 	probeSources []string
+	// hostNetwork (Check) keeps the agent from resetting the node's own connections.
+	hostNetwork bool
 }
 
 // NewOptions returns Options with the defaults.
@@ -111,6 +113,7 @@ func (o *Options) Check(t *target.Target, named string) ([]string, error) {
 		return nil, err
 	}
 	o.ports = ports
+	o.hostNetwork = t.Pod.Spec.HostNetwork
 	stolen := o.stolen()
 	var match func(method, path string, headers []string) bool
 	if m, _ := o.filter.Compile(); m != nil {
@@ -132,6 +135,7 @@ func (o *Options) Spec() wire.StealSpec {
 	spec := wire.StealSpec{
 		StealProbes:          o.StealProbes,
 		FlushConnections:     o.FlushConnections,
+		KeepOpen:             o.hostNetwork,
 		AllowUnownedRedirect: o.AllowUnownedRedirect,
 		DetectTimeout:        wire.Millis(o.DetectTimeout),
 		PassedEvents:         o.Output == "json",

@@ -103,6 +103,39 @@ func TestPrinter(t *testing.T) {
 	}
 }
 
+// TestPrinterConnectionNotes: what the agent did to the connections open before the steal and to
+// those it relayed at its end, with the failures it caused on the error output.
+func TestPrinterConnectionNotes(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newPrinter(&out, &errOut, false)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	for _, ev := range []wire.StealEvent{
+		{Kind: wire.EventFlush, Port: 80, Flushed: 3, Left: 2},
+		{Kind: wire.EventFlush, Port: 80, Flushed: 2, Done: true},
+		{Kind: wire.EventFlush, Port: 443, Reset: 4, Done: true},
+		{Kind: wire.EventFlush, Port: 8080, Left: 1, Done: true},
+		{Kind: wire.EventFlush, Port: 9090, Done: true},
+		{Kind: wire.EventDrain, Drained: 5, Reset: 1, Message: "closed 1 connections to the app still busy 30s after the steal ended: what was in flight on them failed"},
+	} {
+		p.event(ev)
+	}
+	p.flush()
+	wantOut := "10:04:05 port 80: closed 3 idle connections open before the steal; their clients reconnect into it\n" +
+		"10:04:05 port 80: 2 busy connections open before the steal still go to the app; each is closed once idle, for up to 30s\n" +
+		"10:04:05 port 80: closed 2 idle connections open before the steal; their clients reconnect into it\n" +
+		"10:04:05 port 9090: no connection open before the steal is left\n" +
+		"10:04:05 5 connections the agent relayed to the app closed gracefully after the steal\n"
+	if diff := cmp.Diff(wantOut, out.String()); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	wantErr := "warning: reset 4 busy connections to port 443 (--flush-connections): their in-flight requests failed\n" +
+		"warning: port 8080: 1 connections open before the steal stayed busy for 30s and still go to the app; --flush-connections resets them\n" +
+		"warning: closed 1 connections to the app still busy 30s after the steal ended: what was in flight on them failed\n"
+	if diff := cmp.Diff(wantErr, errOut.String()); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+}
+
 // TestPrinterBatchesLines: a burst of stolen requests reaches the terminal in a few writes, not one
 // per line, and all of it is there once the steal's end flushes.
 func TestPrinterBatchesLines(t *testing.T) {
@@ -228,7 +261,7 @@ func TestAttach(t *testing.T) {
 			}
 			defer st.Close()
 			w := wire.NewLineWriter[wire.StealEvent](st)
-			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, Flushed: 2, KernelOwned: true, ProbeSources: []string{"10.88.0.1", "10.250.0.1"}}); err != nil {
+			if err := w.Write(wire.StealEvent{Kind: wire.EventReady, KernelOwned: true, ProbeSources: []string{"10.88.0.1", "10.250.0.1"}}); err != nil {
 				return err
 			}
 			c, err := agent.Open(ctx, wire.OpenRequest{Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: "10.0.0.1:80", Port: 80, Peer: "10.0.0.2:1234"})
@@ -267,7 +300,7 @@ func TestAttach(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		fmt.Sprintf("stealing port 80 -> 127.0.0.1:%d (every connection, probes excepted, 2 open connections reset)", local),
+		fmt.Sprintf("stealing port 80 -> 127.0.0.1:%d (every connection, probes excepted)", local),
 		`port 80: connections from the node's addresses (10.88.0.1, 10.250.0.1) go to the app, not stolen, for the https readiness probe of container "app" (the agent cannot read it); other clients from those addresses to port 80 are not stolen either`,
 	}
 	if d := cmp.Diff(want, announced); d != "" {

@@ -99,7 +99,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringArrayVarP(&o.Steal.PortArgs, "port", "p", nil, "Pod port to steal and the local port that answers it, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeat for several ports.")
 	f.StringVar(&o.Steal.LocalAddress, "local-address", o.Steal.LocalAddress, "Address of the local process that answers.")
 	o.Steal.Filter.AddFlags(f, "Steal")
-	f.BoolVar(&o.Steal.FlushConnections, "flush-connections", false, "Reset connections that are already open to the stolen ports, so clients reconnect into the steal; requests in flight on them fail.")
+	f.BoolVar(&o.Steal.FlushConnections, "flush-connections", false, "Also reset the busy connections already open to the stolen ports, at once, so that their clients reconnect into the steal; requests in flight on them fail, and are counted. Without it only idle connections are reset (their clients reconnect without a failure), busy ones once they become idle, for up to 30s.")
 	f.BoolVar(&o.Steal.AllowUnownedRedirect, "allow-unowned-redirect", false, "Steal even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	f.BoolVar(&o.Steal.StealProbes, "steal-probes", false, "Steal the kubelet's probe requests too; if they then fail, the kubelet restarts or unreadies the pod.")
 	f.DurationVar(&o.Steal.DetectTimeout, "detect-timeout", o.Steal.DetectTimeout, "How long the agent waits for a new connection's first bytes to recognise HTTP and probes; a client that says nothing first (a server-first protocol) waits this long once.")
