@@ -56,7 +56,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	}
 	var run func() error
 	if spec.Sniffs() {
-		capSpec := wire.DumpSpec{Ports: spec.Ports, Filter: "tcp"}
+		capSpec := wire.DumpSpec{Ports: spec.Ports, Filter: "tcp", Mesh: spec.Mesh}
 		c, err := sniff.Open(capSpec, s.cfg.DataPorts())
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)

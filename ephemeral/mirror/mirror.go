@@ -93,6 +93,10 @@ type Mirror struct {
 	mark []byte
 	// looped says the first request carrying wire.MirrorHeader was reported.
 	looped atomic.Bool
+	// behindSidecar: the mirror sniffs lo in a pod with a sidecar (wire.SniffInterface), where every
+	// connection to the ports is the proxy's, from one source (127.0.0.6 under Istio, the pod IP under
+	// Linkerd), the probes it forwards or runs included; a source there tells no probe apart.
+	behindSidecar bool
 
 	queued atomic.Int64
 	// budget is the mirror's account in the agent's memory budget, closed with the mirror.
@@ -138,6 +142,7 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 		return nil, err
 	}
 	m.probes = probe.New(cfg.Spec.Probes, gateways)
+	m.behindSidecar = cfg.Spec.Sniffs() && wire.SniffInterface(cfg.Spec.Mesh, cfg.Spec.Ports) == wire.Loopback
 	for _, p := range cfg.Spec.Ports {
 		m.ports[uint16(p)] = true
 	}
@@ -155,7 +160,11 @@ func (m *Mirror) Handler(f capture.Flow) capture.StreamHandler {
 		return nil
 	}
 	m.stats.connections.Add(1)
-	if m.probes.PassConn(f.Client, f.Server.Port()) {
+	// Behind a sidecar the source and port of a tcpSocket or HTTPS probe are those of every meshed
+	// connection to the port: taking them for probes would copy nothing, so the probe's connection is
+	// copied instead (it carries no request, or one the app's server refuses). HTTP probes are still
+	// told by their target and headers (IsProbe).
+	if !m.behindSidecar && m.probes.PassConn(f.Client, f.Server.Port()) {
 		// A tcpSocket or HTTPS probe: the kubelet's, told by its source and port.
 		m.stats.probes.Add(1)
 		return nil

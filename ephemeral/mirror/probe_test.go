@@ -176,3 +176,34 @@ func h2cHead(t *testing.T, name, value string) []byte {
 	}
 	return out.Bytes()
 }
+
+// TestSidecarSourceIsNoProbe: in an Istio pod the app's tcpSocket probe is run by pilot-agent from
+// 127.0.0.6, the source of every meshed connection too. A sniff mirror reading lo behind the sidecar
+// copies connections from there; without a mesh (a capture of eth0, where 127.0.0.6 is no client)
+// such a connection stays the probe it is.
+func TestSidecarSourceIsNoProbe(t *testing.T) {
+	probes := &wire.Probes{Sources: []string{"127.0.0.6"}, Declared: []wire.Probe{{Port: 8080, Kind: wire.ProbeTCP}}}
+	f := capture.Flow{Client: netip.MustParseAddrPort("127.0.0.6:40001"), Server: netip.MustParseAddrPort("10.0.0.1:8080"), Handshake: true}
+	for _, tt := range []struct {
+		name string
+		spec wire.MirrorSpec
+		copy bool
+	}{
+		{name: "Istio sidecar, sniff", spec: wire.MirrorSpec{Ports: []int{8080}, Probes: probes, Mesh: &wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}}, copy: true},
+		{name: "no mesh", spec: wire.MirrorSpec{Ports: []int{8080}, Probes: probes}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := New(context.Background(), Config{Session: "s", Spec: tt.spec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			if got := m.Handler(f) != nil; got != tt.copy {
+				t.Errorf("copied %t, want %t", got, tt.copy)
+			}
+			if s := m.Stats(); (s.Probes == 1) == tt.copy {
+				t.Errorf("probes counted %d", s.Probes)
+			}
+		})
+	}
+}

@@ -26,13 +26,16 @@ const flushEvery = 100 * time.Millisecond
 const drainFor = 250 * time.Millisecond
 
 // Open starts the capture a dump spec asks for in the current network namespace, never including the
-// loopback TCP ports in exclude (the agent's own data connections, wire.DumpSpec.CaptureExpr).
+// loopback TCP ports in exclude (the agent's own data connections, wire.DumpSpec.CaptureExpr), on the
+// interface wire.SniffInterface picks for the spec's mesh and ports.
 func Open(spec wire.DumpSpec, exclude []int) (*capture.Capture, error) {
 	e, err := expr(spec, exclude)
 	if err != nil {
 		return nil, err
 	}
-	c, err := capture.Open(capture.Options{SnapLen: spec.SnapLen, Expr: e})
+	// In a pod with a sidecar, the ports' eth0 copy is the mesh's mTLS and the lo copy the proxy's
+	// plaintext connection to the app: wire.SniffInterface decides which to read.
+	c, err := capture.Open(capture.Options{Interface: wire.SniffInterface(spec.Mesh, spec.Ports), SnapLen: spec.SnapLen, Expr: e})
 	if err != nil {
 		if errors.Is(err, unix.EPERM) {
 			return nil, fmt.Errorf("open a packet socket: %w (the agent needs NET_RAW; this container runtime does not grant it by default, so rerun with --add-net-raw): %w", err, wire.ErrForbidden)

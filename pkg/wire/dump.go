@@ -21,6 +21,9 @@ type DumpSpec struct {
 	Filter string `json:"filter,omitempty"`
 	// SnapLen is how many bytes of each frame to keep; 0 keeps whole frames.
 	SnapLen int `json:"snapLen,omitempty"`
+	// Mesh is the mesh the plugin saw in the pod's spec; nil when none. With Ports, a dump in a pod
+	// with a sidecar reads lo only, where the proxy hands the app plaintext (SniffInterface).
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Validate checks the spec's shape; the agent compiles the filter.
@@ -36,7 +39,7 @@ func (d *DumpSpec) Validate() error {
 	if d.SnapLen < 0 || d.SnapLen > 262144 {
 		return fmt.Errorf("snap length %d out of range 0-262144: %w", d.SnapLen, ErrBadRequest)
 	}
-	return nil
+	return d.Mesh.Validate()
 }
 
 // Expr is the capture filter the spec means, in tcpdump syntax: its ports (either protocol, either

@@ -15,6 +15,7 @@ func seedFrames(f *testing.F) {
 		Error{Code: CodeProtocolMismatch, Message: "m", Protocol: Protocol + 1},
 		Bye{Reason: "r"},
 		OpenRequest{Kind: KindDial, Network: NetworkUDP, Address: "[::1]:53", Compression: []Compression{CompressionZstd}},
+		OpenRequest{Kind: KindDump, Dump: &DumpSpec{Ports: []int{8080}, Mesh: &Mesh{Name: MeshIstio, Mode: MeshSidecar, ProxyUID: IstioProxyUID}}},
 		OpenReply{Code: CodeOK, Compression: CompressionS2},
 		OpenReply{Code: CodeUnknownHost, Message: "no such host"},
 	} {

@@ -66,6 +66,9 @@ type MirrorSpec struct {
 	AllowUnownedRedirect bool `json:"allowUnownedRedirect,omitempty"`
 	// KeepOpen is StealSpec's, for the redirect mode.
 	KeepOpen bool `json:"keepOpen,omitempty"`
+	// Mesh is the mesh the plugin saw in the pod's spec; nil when none. A sniffing mirror in a pod
+	// with a sidecar reads lo, where the proxy hands the app plaintext (SniffInterface).
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // Validate checks the spec's shape and compiles its filter.
@@ -102,6 +105,9 @@ func (m *MirrorSpec) Validate() error {
 	}
 	if err := m.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)
+	}
+	if err := m.Mesh.Validate(); err != nil {
+		return err
 	}
 	return m.Probes.Validate()
 }

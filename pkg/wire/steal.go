@@ -105,6 +105,8 @@ type StealSpec struct {
 	// HeadTimeout bounds the arrival of each HTTP request head of a filtered steal, from its first
 	// byte to its empty line; 0 means DefaultHeadTimeout.
 	HeadTimeout Duration `json:"headTimeoutMs,omitempty"`
+	// Mesh is the mesh the plugin saw in the pod's spec; nil when none.
+	Mesh *Mesh `json:"mesh,omitempty"`
 }
 
 // DefaultHeadTimeout is a filtered steal's head deadline when the spec gives none: what a slow client
@@ -143,6 +145,9 @@ func (s *StealSpec) Validate() error {
 	}
 	if err := s.Filter.Validate(); err != nil {
 		return fmt.Errorf("%w: %w", err, ErrBadRequest)
+	}
+	if err := s.Mesh.Validate(); err != nil {
+		return err
 	}
 	return s.Probes.Validate()
 }

@@ -12,6 +12,8 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // The names and annotations the meshes' injectors and CNI plugins write into a pod.
@@ -71,6 +73,28 @@ func sidecar(pod *corev1.Pod, container, annotation string) string {
 		return fmt.Sprintf("annotation %s", annotation)
 	}
 	return ""
+}
+
+// ProxyUID is the uid the mesh's sidecar proxy runs as (Istio's 1337, Linkerd's 2102: fixed by their
+// injectors, and what their rules tell the proxy's own connections by); 0 when no mesh is seen.
+func (m Mesh) ProxyUID() int {
+	switch m.Name {
+	case wire.MeshIstio:
+		return wire.IstioProxyUID
+	case wire.MeshLinkerd:
+		return wire.LinkerdProxyUID
+	}
+	return 0
+}
+
+// Hint is what the agent is told of the mesh in a steal, mirror or dump request: the mesh in its
+// sidecar mode, nil otherwise (no mesh, or a mode the redirecting verbs refuse and a capture reads as
+// it would without a mesh).
+func (m Mesh) Hint() *wire.Mesh {
+	if m.Mode != wire.MeshSidecar {
+		return nil
+	}
+	return &wire.Mesh{Name: m.Name, Mode: m.Mode, ProxyUID: m.ProxyUID()}
 }
 
 // RefuseRedirect is the one-line refusal of a verb that redirects the pod's incoming traffic (verb

@@ -7,6 +7,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 func podWith(ann map[string]string, containers []corev1.Container, inits ...corev1.Container) *corev1.Pod {
@@ -87,5 +89,37 @@ func TestRefuseRedirect(t *testing.T) {
 				t.Errorf("refusal %q lacks %q", err, w)
 			}
 		}
+	}
+}
+
+// TestHint: a pod in a sidecar mode sends the agent the mesh with its proxy's uid; no mesh, ambient and
+// TPROXY send none (the redirecting verbs refuse them, and a capture reads them as a pod without one).
+func TestHint(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	app := corev1.Container{Name: "app"}
+	for _, tt := range []struct {
+		name string
+		pod  *corev1.Pod
+		want *wire.Mesh
+	}{
+		{name: "no mesh", pod: podWith(nil, []corev1.Container{app})},
+		{name: "Istio sidecar", pod: podWith(nil, []corev1.Container{app, {Name: "istio-proxy"}}),
+			want: &wire.Mesh{Name: "Istio", Mode: "sidecar", ProxyUID: 1337}},
+		{name: "Istio native sidecar", pod: podWith(nil, []corev1.Container{app}, corev1.Container{Name: "istio-proxy", RestartPolicy: &always}),
+			want: &wire.Mesh{Name: "Istio", Mode: "sidecar", ProxyUID: 1337}},
+		{name: "Linkerd by its annotation (linkerd-cni)", pod: podWith(map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"}, []corev1.Container{app}),
+			want: &wire.Mesh{Name: "Linkerd", Mode: "sidecar", ProxyUID: 2102}},
+		{name: "Istio ambient", pod: podWith(map[string]string{"ambient.istio.io/redirection": "enabled"}, []corev1.Container{app})},
+		{name: "Istio TPROXY", pod: podWith(map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY"}, []corev1.Container{app, {Name: "istio-proxy"}})},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Detect(tt.pod).Hint()
+			if d := cmp.Diff(tt.want, got); d != "" {
+				t.Errorf("Hint (-want +got):\n%s", d)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("the hint fails the agent's check: %v", err)
+			}
+		})
 	}
 }

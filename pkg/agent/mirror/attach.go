@@ -52,6 +52,9 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		return nil, fmt.Errorf("start mirroring in pod %s: %w", pod, err)
 	}
 	how := "sniffing"
+	if wire.SniffInterface(spec.Mesh, spec.Ports) == wire.Loopback {
+		how = fmt.Sprintf("sniffing lo, where the %s sidecar hands the app plaintext", spec.Mesh.Name)
+	}
 	if o.Mode == wire.MirrorRedirect {
 		how = "redirect"
 	}

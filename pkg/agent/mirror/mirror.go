@@ -44,9 +44,12 @@ type Options struct {
 	to         string
 	// probes are the pod's, read by Check.
 	probes *wire.Probes
-	guard  *loopGuard
 	// hostNetwork (Check) keeps a redirect mirror from resetting the node's own connections.
 	hostNetwork bool
+	// mesh is the mesh Check saw in the pod's spec, for the agent (nil: none): a sniffing mirror in a
+	// pod with a sidecar reads the proxy's plaintext connection to the app on lo.
+	mesh  *wire.Mesh
+	guard *loopGuard
 }
 
 // NewOptions returns Options with the defaults.
@@ -151,11 +154,13 @@ func parseTo(to string) (svc, svcPort, hostport string, err error) {
 // warnings about what the mirror will not do as the user may expect. A --to that leads back to the
 // mirrored pod is refused (see loop.go).
 func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *target.Target) ([]string, error) {
+	m := mesh.Detect(t.Pod)
 	if o.Mode == wire.MirrorRedirect {
-		if err := mesh.Detect(t.Pod).RefuseRedirect(t.Pod, "mirror --mode redirect"); err != nil {
+		if err := m.RefuseRedirect(t.Pod, "mirror --mode redirect"); err != nil {
 			return nil, err
 		}
 	}
+	o.mesh = m.Hint()
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return nil, err
@@ -225,7 +230,7 @@ func (o *Options) resolveTo(ctx context.Context, client kubernetes.Interface, na
 
 // Spec is what the agent is asked to do, once Check has resolved --to.
 func (o *Options) Spec() wire.MirrorSpec {
-	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect, KeepOpen: o.hostNetwork}
+	spec := wire.MirrorSpec{Mode: o.Mode, To: o.to, Diff: o.Diff, Probes: o.probes, AllowUnownedRedirect: o.AllowUnownedRedirect, KeepOpen: o.hostNetwork, Mesh: o.mesh}
 	if o.Percent < 100 {
 		spec.Percent = o.Percent
 	}

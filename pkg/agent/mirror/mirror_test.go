@@ -374,3 +374,80 @@ func TestCheckMeshedPod(t *testing.T) {
 		t.Errorf("sniff Check = %v, want it allowed", err)
 	}
 }
+
+// TestMeshedPodHintInRequest: a sniffing mirror of a pod with an Istio or Linkerd sidecar, resolved
+// from the API (a fake clientset), asks the agent with the mesh's hint in the request, and says where
+// it sniffs; a pod without a mesh sends none.
+func TestMeshedPodHintInRequest(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		pod      func(*corev1.Pod)
+		want     *wire.Mesh
+		announce string
+	}{
+		{name: "Istio sidecar", pod: func(p *corev1.Pod) {
+			p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "istio-proxy"})
+		},
+			want:     &wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: 1337},
+			announce: "(sniffing lo, where the Istio sidecar hands the app plaintext; the pod keeps answering)"},
+		{name: "Linkerd by its annotation", pod: func(p *corev1.Pod) { p.Annotations = map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"} },
+			want:     &wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: 2102},
+			announce: "(sniffing lo, where the Linkerd sidecar hands the app plaintext; the pod keeps answering)"},
+		{name: "no mesh", pod: func(*corev1.Pod) {}, announce: "(sniffing; the pod keeps answering)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := testPod()
+			pod.Status.Phase = corev1.PodRunning
+			tt.pod(pod)
+			client := fake.NewClientset(pod)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			tgt, err := target.Resolve(ctx, client, target.Options{Namespace: "shop", Resource: "pod/web-1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := completed(t, func(o *Options) { o.PortArgs = []string{"8080"} })
+			if _, err := o.Check(ctx, client, tgt); err != nil {
+				t.Fatal(err)
+			}
+
+			agent, p := tunneltest.Pipe(t)
+			agentDone := make(chan error, 1)
+			go func() {
+				agentDone <- func() error {
+					in, err := agent.Accept(ctx)
+					if err != nil {
+						return err
+					}
+					if d := cmp.Diff(tt.want, in.Request().Mirror.Mesh); d != "" {
+						_ = in.Reject(wire.ErrBadRequest)
+						return fmt.Errorf("mesh in the request (-want +got):\n%s", d)
+					}
+					st, err := in.Accept()
+					if err != nil {
+						return err
+					}
+					defer st.Close()
+					if _, err := io.Copy(io.Discard, st); err != nil {
+						return err
+					}
+					return wire.NewLineWriter[wire.MirrorEvent](st).Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &wire.MirrorStats{}})
+				}()
+			}()
+			var announced []string
+			stop, err := o.attach(ctx, &tunnel{Mux: p}, "shop/web-1", nil, io.Discard, io.Discard, func(format string, args ...any) {
+				announced = append(announced, fmt.Sprintf(format, args...))
+			})
+			if err != nil {
+				t.Fatalf("%v; the agent saw: %v", err, <-agentDone)
+			}
+			stop()
+			if err := <-agentDone; err != nil {
+				t.Fatal(err)
+			}
+			if len(announced) != 1 || !strings.HasSuffix(announced[0], tt.announce) {
+				t.Errorf("announced %q, want it to end in %q", announced, tt.announce)
+			}
+		})
+	}
+}

@@ -44,6 +44,8 @@ type Options struct {
 	probeSources []string
 	// hostNetwork (Check) keeps the agent from resetting the node's own connections.
 	hostNetwork bool
+	// mesh is the mesh Check saw in the pod's spec, for the agent (nil: none).
+	mesh *wire.Mesh
 }
 
 // NewOptions returns Options with the defaults.
@@ -105,9 +107,11 @@ func (o *Options) Ports() []target.PortSpec { return o.ports }
 // Check resolves the ports against the target before the agent is added, and returns warnings about
 // what the steal will not do as the user may expect. named is how the user named the target.
 func (o *Options) Check(t *target.Target, named string) ([]string, error) {
-	if err := mesh.Detect(t.Pod).RefuseRedirect(t.Pod, "steal"); err != nil {
+	m := mesh.Detect(t.Pod)
+	if err := m.RefuseRedirect(t.Pod, "steal"); err != nil {
 		return nil, err
 	}
+	o.mesh = m.Hint()
 	ports, warnings, err := target.ResolvePorts(t, o.ports)
 	if err != nil {
 		return nil, err
@@ -140,6 +144,7 @@ func (o *Options) Spec() wire.StealSpec {
 		DetectTimeout:        wire.Millis(o.DetectTimeout),
 		PassedEvents:         o.Output == "json",
 		Probes:               wireProbes(o.probes, o.probeSources),
+		Mesh:                 o.mesh,
 	}
 	for _, p := range o.ports {
 		spec.Ports = append(spec.Ports, p.Port)

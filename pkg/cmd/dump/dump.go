@@ -14,12 +14,14 @@ import (
 
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/kubectl/pkg/util/templates"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mesh"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
@@ -38,7 +40,12 @@ var (
 		and, or, not, parentheses). Capturing needs only NET_RAW, which container runtimes such as
 		containerd give a root container by default, so the agent adds no capability and is admitted
 		in namespaces at the PodSecurity "baseline" level. Where the runtime drops NET_RAW (CRI-O),
-		use --add-net-raw.`)
+		use --add-net-raw.
+
+		In a pod with an Istio or Linkerd sidecar, the mesh's ports reach the pod as mTLS on eth0,
+		and the sidecar hands them to the app in plaintext over lo. With --port the agent captures
+		those ports on lo only, where each request shows once in plaintext; without --port it
+		captures every interface, eth0's ciphertext included.`)
 
 	dumpExample = templates.Examples(`
 		# Watch the HTTP requests to port 8080 of pod web
@@ -150,6 +157,27 @@ func (o *Options) spec() wire.DumpSpec {
 	return wire.DumpSpec{Ports: o.Ports, Filter: o.Filter, SnapLen: o.SnapLen}
 }
 
+// request is what the agent is asked for pod: the spec and the mesh seen in the pod's spec, which
+// decides where the agent captures (wire.SniffInterface).
+func (o *Options) request(pod *corev1.Pod) wire.DumpSpec {
+	spec := o.spec()
+	spec.Mesh = mesh.Detect(pod).Hint()
+	return spec
+}
+
+// where says where the capture of spec reads, for the progress line: in a pod with a sidecar the
+// mesh's ports carry mTLS on eth0 and the proxy's plaintext to the app on lo.
+func where(spec wire.DumpSpec) string {
+	switch {
+	case !spec.Mesh.Sidecar():
+		return ""
+	case wire.SniffInterface(spec.Mesh, spec.Ports) == wire.Loopback:
+		return fmt.Sprintf(" on lo only (the %s sidecar's plaintext connections to the app; eth0 carries the mesh's mTLS)", spec.Mesh.Name)
+	default:
+		return fmt.Sprintf(" on every interface (%s sidecar: the ports it captures are mTLS on eth0 and plaintext on lo; --port reads lo only)", spec.Mesh.Name)
+	}
+}
+
 // Run starts the session and the capture, and shows and writes it until interrupted or the agent
 // goes away. Ctrl-C ends the capture gracefully: the agent then sends its packet counts.
 func (o *Options) Run(ctx context.Context) error {
@@ -179,16 +207,17 @@ func (o *Options) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.Close()
-	st, err := s.Tunnel.Dump(ctx, o.spec())
+	spec := o.request(s.Target.Pod)
+	st, err := s.Tunnel.Dump(ctx, spec)
 	if err != nil {
 		return fmt.Errorf("start capturing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
 	}
 	defer st.Close()
 	what := "every packet"
-	if f := strings.TrimSpace(describe(o.spec())); f != "" {
+	if f := strings.TrimSpace(describe(spec)); f != "" {
 		what = f
 	}
-	s.Progress.Stepf("capturing %s in pod %s/%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name)
+	s.Progress.Stepf("capturing %s in pod %s/%s%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name, where(spec))
 
 	var r io.Reader = st
 	if file != nil {

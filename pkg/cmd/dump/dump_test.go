@@ -2,18 +2,25 @@ package dump
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/cmdtest"
 
 	"github.com/trafficlab/kubectl-trafficlab/capture"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // parse runs the real cobra command line through Complete and Validate, stopping before Run.
@@ -115,5 +122,60 @@ func TestViewEscapesTraffic(t *testing.T) {
 		"10:04:05.120 10.88.0.1:5555 grpc P\\u009bST /a 200 grpc-status=0\\x1b[2J\\x1b[H 0s 0B/0B\n"
 	if got := out.String(); got != want {
 		t.Errorf("view:\n%q\nwant:\n%q", got, want)
+	}
+}
+
+// TestRequestCarriesMesh: a dump of a pod with an Istio or Linkerd sidecar, resolved from the API (a
+// fake clientset), asks the agent with the mesh's hint, and the progress line says where the agent
+// captures: lo alone for --port, every interface without.
+func TestRequestCarriesMesh(t *testing.T) {
+	always := corev1.ContainerRestartPolicyAlways
+	for _, tt := range []struct {
+		name  string
+		pod   func(*corev1.Pod)
+		args  []string
+		want  *wire.Mesh
+		where string
+	}{
+		{name: "Istio native sidecar, --port", args: []string{"--port", "8080"},
+			pod: func(p *corev1.Pod) {
+				p.Spec.InitContainers = []corev1.Container{{Name: "istio-proxy", RestartPolicy: &always}}
+			},
+			want:  &wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: 1337},
+			where: " on lo only (the Istio sidecar's plaintext connections to the app; eth0 carries the mesh's mTLS)"},
+		{name: "Linkerd sidecar, everything",
+			pod: func(p *corev1.Pod) {
+				p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "linkerd-proxy"})
+			},
+			want:  &wire.Mesh{Name: wire.MeshLinkerd, Mode: wire.MeshSidecar, ProxyUID: 2102},
+			where: " on every interface (Linkerd sidecar: the ports it captures are mTLS on eth0 and plaintext on lo; --port reads lo only)"},
+		{name: "no mesh", args: []string{"--port", "8080"}, pod: func(*corev1.Pod) {}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := &corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}},
+				Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+			}
+			tt.pod(pod)
+			tgt, err := target.Resolve(context.Background(), fake.NewClientset(pod), target.Options{Namespace: "shop", Resource: "pod/web"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			o, err := parse(t, append([]string{"pod/web"}, tt.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := o.request(tgt.Pod)
+			if d := cmp.Diff(tt.want, spec.Mesh); d != "" {
+				t.Errorf("mesh in the request (-want +got):\n%s", d)
+			}
+			if err := spec.Validate(); err != nil {
+				t.Errorf("the agent refuses the request: %v", err)
+			}
+			if got := where(spec); got != tt.where {
+				t.Errorf("where = %q, want %q", got, tt.where)
+			}
+		})
 	}
 }
