@@ -73,7 +73,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			return
 		}
 		defer s.stealing.Store(false)
-		mesh, err := s.mesh()
+		mesh, err := s.mesh(spec.Mesh)
 		if err != nil {
 			s.log.Warn("mirror refused", "ports", spec.Ports, "err", err)
 			_ = in.Reject(err)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"sync"
@@ -74,10 +75,11 @@ type Config struct {
 	Mesh func() (*netfilter.MeshRedirect, error)
 }
 
-// mesh is the redirect's mesh for a steal or redirect mirror about to start.
-func (s *server) mesh() (*netfilter.MeshRedirect, error) {
+// mesh is the redirect's mesh for a steal or redirect mirror about to start: what Config.Mesh
+// reads in the pod, else what the plugin saw in the pod's spec (hint; nil: none).
+func (s *server) mesh(hint *wire.Mesh) (*netfilter.MeshRedirect, error) {
 	if s.cfg.Mesh == nil {
-		return nil, nil
+		return meshFromHint(hint), nil
 	}
 	m, err := s.cfg.Mesh()
 	if err != nil {
@@ -436,7 +438,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	var dropped atomic.Int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	mesh, err := s.mesh()
+	mesh, err := s.mesh(spec.Mesh)
 	if err != nil {
 		s.log.Warn("steal refused", "ports", spec.Ports, "err", err)
 		_ = in.Reject(err)
@@ -581,4 +583,22 @@ func (s *server) followDataPorts(c *capture.Capture, spec wire.DumpSpec) (stop f
 			s.log.Warn("capture filter not updated for the sessions' data ports", "ports", ports, "err", err)
 		}
 	})
+}
+
+// meshFromHint is the redirect behind the sidecar the plugin saw in the pod's spec (wire.Mesh,
+// validated with the request), for an agent that does not read the pod's rules: the proxy's uid, and
+// Istio's 127.0.0.6 and ::6 as the sources its proxy calls the app from and the agent passes back
+// from; Linkerd's proxy calls from the pod's addresses, and lets every connection over lo through.
+// TEMPORARY glue on branch h17-e2e for the mesh session e2e: the coordinator replaces it with the
+// agent's reading of the pod's rules (h17-rules).
+func meshFromHint(h *wire.Mesh) *netfilter.MeshRedirect {
+	if h == nil {
+		return nil
+	}
+	m := &netfilter.MeshRedirect{ProxyUID: uint32(h.ProxyUID)}
+	if h.Name == wire.MeshIstio {
+		istio := []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 6}), netip.MustParseAddr("::6")}
+		m.ProxySources, m.PassSources = istio, istio
+	}
+	return m
 }

@@ -8,10 +8,11 @@ import (
 	"time"
 )
 
-// A pod with a mesh sidecar is refused by the verbs that would redirect in front of it (steal, mirror
-// --mode redirect, exec --steal), in one line that names the mesh mode, and nothing is added to the
-// pod; a sniffing mirror changes nothing in the pod and is not refused. The sidecar here is only a
-// container of the mesh's name, which is what the plugin reads: the refusal comes before any rule.
+// A pod in a mesh mode the redirect cannot come after (Istio's TPROXY interception, ambient) is
+// refused by the verbs that redirect (steal, mirror --mode redirect, exec --steal), in one line that
+// names the mesh mode, and nothing is added to the pod; a sniffing mirror changes nothing in the pod
+// and is not refused. The mesh here is only a container of the mesh's name and its annotations,
+// which is what the plugin reads: the refusal comes before any rule.
 func TestMeshedPodRefusedBeforeInjecting(t *testing.T) {
 	ctx := testContext(t, 3*time.Minute)
 	ns := newNamespace(t, "mesh-refuse")
@@ -20,18 +21,19 @@ func TestMeshedPodRefusedBeforeInjecting(t *testing.T) {
 	sidecar.Name, sidecar.Command, sidecar.Ports = "istio-proxy", []string{"/bin/sleep", "3600"}, nil
 	sidecar.ReadinessProbe, sidecar.LivenessProbe, sidecar.StartupProbe = nil, nil, nil
 	pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
-	linkerd := pfEchoPod(t, "linkerd", nil, false)
-	linkerd.Annotations = map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"}
+	pod.Annotations = map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY"}
+	ambient := pfEchoPod(t, "ambient", nil, false)
+	ambient.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
 	createPodReady(ctx, t, ns, pod)
-	createPodReady(ctx, t, ns, linkerd)
+	createPodReady(ctx, t, ns, ambient)
 	for _, tc := range []struct {
 		name, verb, pod string
 		args            []string
 		want            string
 	}{
-		{name: "steal", verb: "steal", pod: "target", args: []string{"--port", "8080:1"}, want: `Istio's sidecar mode (container "istio-proxy")`},
-		{name: "redirect mirror", verb: "mirror", pod: "linkerd", args: []string{"--port", "8080:1", "--mode", "redirect"}, want: "Linkerd's sidecar mode"},
-		{name: "exec --steal", verb: "exec", pod: "target", args: []string{"--steal", "8080", "--", "true"}, want: "Istio's sidecar mode"},
+		{name: "steal", verb: "steal", pod: "target", args: []string{"--port", "8080:1"}, want: `Istio's TPROXY interception mode (annotation sidecar.istio.io/interceptionMode=TPROXY)`},
+		{name: "redirect mirror", verb: "mirror", pod: "ambient", args: []string{"--port", "8080:1", "--mode", "redirect"}, want: "Istio's ambient mode"},
+		{name: "exec --steal", verb: "exec", pod: "target", args: []string{"--steal", "8080", "--", "true"}, want: "Istio's TPROXY interception mode"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before, rv := pfPodEphemeral(ctx, t, ns, tc.pod)

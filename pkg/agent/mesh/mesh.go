@@ -100,7 +100,9 @@ func (m Mesh) Hint() *wire.Mesh {
 // RefuseRedirect is the one-line refusal of a verb that redirects the pod's incoming traffic (verb
 // names it as the user typed it), or nil when no mesh is seen.
 func (m Mesh) RefuseRedirect(pod *corev1.Pod, verb string) error {
-	if m.Name == "" {
+	// A sidecar's redirect comes after the mesh's capture (the agent takes the proxy's plaintext
+	// connection to the app): lifted on branch h17-e2e for the mesh session e2e.
+	if m.Name == "" || m.Mode == "sidecar" {
 		return nil
 	}
 	ref := pod.Namespace + "/" + pod.Name

@@ -58,23 +58,25 @@ func TestDetect(t *testing.T) {
 }
 
 func TestRefuseRedirect(t *testing.T) {
-	plain := podWith(nil, []corev1.Container{{Name: "app"}})
-	if err := Detect(plain).RefuseRedirect(plain, "steal"); err != nil {
-		t.Errorf("a pod without a mesh is refused: %v", err)
+	// No mesh, and a sidecar (the redirect comes after its capture), are not refused.
+	for _, pod := range []*corev1.Pod{
+		podWith(nil, []corev1.Container{{Name: "app"}}),
+		podWith(nil, []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}),
+		podWith(nil, []corev1.Container{{Name: "linkerd-proxy"}}),
+	} {
+		if err := Detect(pod).RefuseRedirect(pod, "steal"); err != nil {
+			t.Errorf("%v is refused: %v", pod.Spec.Containers, err)
+		}
 	}
 	for _, tt := range []struct {
 		pod  *corev1.Pod
 		verb string
 		want []string
 	}{
-		{pod: podWith(nil, []corev1.Container{{Name: "app"}, {Name: "istio-proxy"}}), verb: "steal",
-			want: []string{`pod "shop/web" is in Istio's sidecar mode (container "istio-proxy")`, "mTLS", "steal is refused", "mirror --mode sniff"}},
 		{pod: podWith(map[string]string{"ambient.istio.io/redirection": "enabled"}, nil), verb: "mirror --mode redirect",
 			want: []string{"Istio's ambient mode", "ztunnel", "mirror --mode redirect is refused"}},
 		{pod: podWith(map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY", "sidecar.istio.io/status": "{}"}, nil), verb: "steal",
-			want: []string{"Istio's TPROXY interception mode", "TPROXY"}},
-		{pod: podWith(nil, []corev1.Container{{Name: "linkerd-proxy"}}), verb: "steal",
-			want: []string{"Linkerd's sidecar mode"}},
+			want: []string{`pod "shop/web" is in Istio's TPROXY interception mode`, "TPROXY", "steal is refused", "mirror --mode sniff"}},
 	} {
 		err := Detect(tt.pod).RefuseRedirect(tt.pod, tt.verb)
 		if err == nil {

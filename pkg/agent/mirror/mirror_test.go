@@ -365,9 +365,15 @@ func TestCheckMeshedPod(t *testing.T) {
 	pod := testPod()
 	pod.Annotations = map[string]string{"linkerd.io/proxy-version": "edge-26.1.1"}
 	redirect := completed(t, func(o *Options) { o.PortArgs, o.Mode = []string{"8080"}, wire.MirrorRedirect })
-	_, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1})
-	if err == nil || !strings.Contains(err.Error(), "Linkerd's sidecar mode") || !strings.Contains(err.Error(), "mirror --mode redirect is refused") {
-		t.Errorf("redirect Check = %v, want the Linkerd refusal", err)
+	if _, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1}); err != nil {
+		t.Errorf("redirect Check of a Linkerd pod = %v, want it allowed (the redirect comes after the sidecar)", err)
+	}
+	ambient := testPod()
+	ambient.Annotations = map[string]string{"ambient.istio.io/redirection": "enabled"}
+	redirect = completed(t, func(o *Options) { o.PortArgs, o.Mode = []string{"8080"}, wire.MirrorRedirect })
+	_, err := redirect.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: ambient, Container: "app", Replicas: 1})
+	if err == nil || !strings.Contains(err.Error(), "Istio's ambient mode") || !strings.Contains(err.Error(), "mirror --mode redirect is refused") {
+		t.Errorf("redirect Check = %v, want the ambient refusal", err)
 	}
 	sniff := completed(t, func(o *Options) { o.PortArgs = []string{"8080"} })
 	if _, err := sniff.Check(context.Background(), fake.NewClientset(), &target.Target{Pod: pod, Container: "app", Replicas: 1}); err != nil {

@@ -517,8 +517,13 @@ func TestCheckRefusesMeshedPod(t *testing.T) {
 	pod := testPod()
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{Name: "istio-proxy"})
 	o := completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"} })
+	if _, err := o.Check(&target.Target{Pod: pod, Container: "app", Replicas: 1}, "pod/web-1"); err != nil {
+		t.Errorf("Check of a pod with an Istio sidecar = %v, want it allowed (the redirect comes after the sidecar)", err)
+	}
+	pod.Annotations = map[string]string{"sidecar.istio.io/interceptionMode": "TPROXY"}
+	o = completed(t, func(o *Options) { o.PortArgs = []string{"http:9000"} })
 	_, err := o.Check(&target.Target{Pod: pod, Container: "app", Replicas: 1}, "pod/web-1")
-	if err == nil || !strings.Contains(err.Error(), "Istio's sidecar mode") || !strings.Contains(err.Error(), "steal is refused") {
-		t.Errorf("Check = %v, want the Istio sidecar refusal", err)
+	if err == nil || !strings.Contains(err.Error(), "Istio's TPROXY interception mode") || !strings.Contains(err.Error(), "steal is refused") {
+		t.Errorf("Check = %v, want the Istio TPROXY refusal", err)
 	}
 }
