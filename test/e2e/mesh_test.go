@@ -354,20 +354,20 @@ func (w meshWorld) loopCount(ctx context.Context) (ok, failed int, err error) {
 	return ok, failed, nil
 }
 
-// waitLoop waits until the loop has made at least n more requests than from.
+// waitLoop waits until the loop has made at least n more requests than from, and returns how many
+// it has made.
 func (w meshWorld) waitLoop(ctx context.Context, t *testing.T, from, n int) int {
 	t.Helper()
-	var ok int
-	eventually(ctx, t, 2*time.Minute, fmt.Sprintf("%d requests of the client's loop", n), func(ctx context.Context) (bool, string) {
-		var failed int
-		var err error
-		ok, failed, err = w.loopCount(ctx)
+	var total int
+	eventually(ctx, t, 2*time.Minute, fmt.Sprintf("%d more requests of the client's loop", n), func(ctx context.Context) (bool, string) {
+		ok, failed, err := w.loopCount(ctx)
 		if err != nil {
 			return false, err.Error()
 		}
-		return ok+failed >= from+n, fmt.Sprintf("%d ok, %d failed", ok, failed)
+		total = ok + failed
+		return total >= from+n, fmt.Sprintf("%d ok, %d failed", ok, failed)
 	})
-	return ok
+	return total
 }
 
 // stopLoop stops the loop and returns its final counts.
@@ -415,6 +415,127 @@ func TestMeshBaseline(t *testing.T) {
 			ww, stopWatch := w.watchWire(ctx, t)
 			w.startLoop(ctx, t)
 			w.waitLoop(ctx, t, 0, 50)
+			ok, failed := w.stopLoop(ctx, t)
+			stopWatch()
+			<-ww.done
+			t.Logf("%s: the client's loop: %d ok, %d failed; between the pods: %d segments with data, %d TLS records, %d in plaintext",
+				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext)
+			if failed != 0 {
+				t.Errorf("%d of %d requests of the client's loop failed, want 0", failed, ok+failed)
+			}
+			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext != 0 {
+				t.Errorf("between the pods: capture error %v, %d TLS records for %d requests, %d plaintext segments (e.g. %q): want mTLS only",
+					ww.err, ww.tlsRecords, ok, ww.plaintext, ww.sample)
+			}
+		})
+	}
+}
+
+// meshSession is one trafficlab verb run on the meshed server while the client's loop runs.
+type meshSession struct {
+	name string
+	verb string
+	args []string
+	// started is the plugin's line that says the session is in place.
+	started *regexp.Regexp
+	// check runs while the session is in place (the loop going on), after the first requests.
+	check func(ctx context.Context, t *testing.T, p *pfProc)
+}
+
+// TestMeshSessions runs each verb that meets the mesh on the meshed server, for every rule set,
+// while the meshed client's loop calls it through both sidecars: every request started after the
+// session is in place and around its end succeeds (the loop counts them: 0 failed), the bytes
+// between the pods stay mTLS, and each verb does its part on the sidecar's plaintext: a filtered
+// steal takes the matched requests (the others reach the app through the sidecar as before), a
+// whole-port steal takes them all, a redirect or sniff mirror copies them, a dump shows them.
+func TestMeshSessions(t *testing.T) {
+	for _, rs := range meshRuleSets {
+		t.Run(string(rs), func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t, 10*time.Minute)
+			w := newMeshWorld(ctx, t, rs)
+			local := startLocalServer(t)
+			port := fmt.Sprintf("8080:%d", local.Port)
+			localPaths := func() map[string]int {
+				got := map[string]int{}
+				for _, r := range local.requests() {
+					got[r.Path]++
+				}
+				return got
+			}
+			waitLocal := func(what, path string, atLeast int) {
+				t.Helper()
+				eventually(ctx, t, 30*time.Second, what, func(context.Context) (bool, string) {
+					got := localPaths()
+					return got[path] >= atLeast, fmt.Sprintf("local server has %v", got)
+				})
+			}
+			sessions := []meshSession{
+				{name: "filtered steal", verb: "steal", args: []string{"pod/echo", "--port", port, "--header-filter", "^X-Steal: yes$"}, started: stealingRE,
+					check: func(ctx context.Context, t *testing.T, p *pfProc) {
+						out, err := pfPodSh(ctx, w.ns, "client", "main", "timeout 10 wget -q -O - --header 'X-Steal: yes' http://echo/stolen")
+						var r pfReply
+						if err != nil || json.Unmarshal([]byte(out), &r) != nil || r.Pod != "laptop" || r.Path != "/stolen" {
+							t.Errorf("matched request from the meshed client: %q, %v; want the local process's answer", out, err)
+						}
+						// The others still reach the app through the server's sidecar, with the
+						// client's identity.
+						r2 := w.call(ctx, t, "/not-stolen")
+						if r2.Pod != "echo" {
+							t.Errorf("unmatched request answered by %q, want the app", r2.Pod)
+						}
+						w.checkMeshed(t, r2)
+						if n := localPaths()["/loop"]; n != 0 {
+							t.Errorf("the local process got %d of the loop's unmatched requests", n)
+						}
+					}},
+				{name: "whole-port steal", verb: "steal", args: []string{"pod/echo", "--port", port}, started: stealingRE,
+					check: func(ctx context.Context, t *testing.T, p *pfProc) {
+						before := localPaths()["/loop"]
+						waitLocal("the local process takes the loop's requests", "/loop", before+10)
+					}},
+				{name: "redirect mirror", verb: "mirror", args: []string{"pod/echo", "--port", port, "--mode", "redirect"}, started: mirroringRE,
+					check: func(ctx context.Context, t *testing.T, p *pfProc) {
+						before := localPaths()["/loop"]
+						waitLocal("the local process gets copies of the loop's requests", "/loop", before+10)
+						w.checkMeshed(t, w.call(ctx, t, "/mirrored"))
+					}},
+				{name: "sniff mirror", verb: "mirror", args: []string{"pod/echo", "--port", port}, started: mirroringRE,
+					check: func(ctx context.Context, t *testing.T, p *pfProc) {
+						before := localPaths()["/loop"]
+						waitLocal("the local process gets copies of the loop's requests (read on lo, in plaintext)", "/loop", before+10)
+					}},
+				{name: "dump", verb: "dump", args: []string{"pod/echo", "--port", "8080", "-o", "json"}, started: regexp.MustCompile(`capturing ports 8080 in pod`),
+					check: func(ctx context.Context, t *testing.T, p *pfProc) {
+						p.waitLine(0, "stdout", regexp.MustCompile(`"method":"GET","path":"/loop","status":200`), 30*time.Second)
+					}},
+			}
+			ww, stopWatch := w.watchWire(ctx, t)
+			w.startLoop(ctx, t)
+			done := w.waitLoop(ctx, t, 0, 20)
+			for _, s := range sessions {
+				t.Run(s.name, func(t *testing.T) {
+					_, failed0, _ := w.loopCount(ctx)
+					p := pluginStart(t, s.name, s.verb, w.ns, s.args...)
+					p.waitLine(0, "stderr", s.started, 3*time.Minute)
+					done = w.waitLoop(ctx, t, done, 20)
+					s.check(ctx, t, p)
+					done = w.waitLoop(ctx, t, done, 20)
+					if err := p.stop(); err != nil {
+						t.Errorf("%s ended with %v:\n%s", s.name, err, p.output())
+					}
+					// Requests around the session's end and after it.
+					done = w.waitLoop(ctx, t, done, 30)
+					_, failed, err := w.loopCount(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					t.Logf("%s %s: %d of the loop's requests failed while it ran and after its end", rs, s.name, failed-failed0)
+					if failed != failed0 {
+						t.Errorf("%d of the loop's requests failed during %s or around its end, want 0", failed-failed0, s.name)
+					}
+				})
+			}
 			ok, failed := w.stopLoop(ctx, t)
 			stopWatch()
 			<-ww.done
