@@ -440,3 +440,43 @@ func TestMeshByName(t *testing.T) {
 		t.Errorf("meshByName(consul) = %v", err)
 	}
 }
+
+// A handshake the destination breaks off (a reset, as when a connection is flushed) fails the app's
+// connection; only a destination that answers in something other than TLS gets plaintext.
+func TestBrokenHandshakeIsNoPlaintextFallback(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan int, 8)
+	go func() {
+		for n := 1; ; n++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- n
+			_, _ = c.Read(make([]byte, 1))
+			_ = c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	dst := ln.Addr().(*net.TCPAddr).AddrPort()
+	_, _, clientOut := startSidecar(t, "istio", testCA(t), "client", func() netip.AddrPort { return dst })
+	c, err := net.Dial("tcp", clientOut.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("the app's connection got %d bytes, want it closed", n)
+	}
+	ln.Close()
+	if n := len(accepted); n != 1 {
+		t.Errorf("the destination saw %d connections, want 1 (no plaintext retry)", n)
+	}
+}

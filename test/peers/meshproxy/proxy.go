@@ -287,8 +287,9 @@ func (p *proxy) serveOutbound(ctx context.Context, ln net.Listener) error {
 }
 
 // outbound dials where the app was headed, as this process (the mesh's UID, which the output
-// rules let out) and with mTLS; a destination that does not speak it (no sidecar there) gets the
-// app's bytes in plaintext, as Istio's auto mTLS does for a destination without a sidecar.
+// rules let out) and with mTLS; a destination that answers the handshake in something other than
+// TLS (no sidecar there) gets the app's bytes in plaintext, as Istio's auto mTLS does for a
+// destination without a sidecar.
 func (p *proxy) outbound(c *net.TCPConn) {
 	orig, err := p.origDst(c)
 	if err != nil {
@@ -313,6 +314,15 @@ func (p *proxy) outbound(c *net.TCPConn) {
 		return
 	}
 	up.Close()
+	// Only a destination that answered in something other than TLS has no sidecar; a handshake
+	// that broke (reset, timeout) fails the app's connection as a real sidecar's would, rather
+	// than sending the app's bytes in clear.
+	var rh tls.RecordHeaderError
+	if !errors.As(err, &rh) {
+		log.Printf("outbound %s -> %s: mTLS handshake: %v", c.RemoteAddr(), orig, err)
+		c.Close()
+		return
+	}
 	plain, err2 := d.Dial("tcp", orig.String())
 	if err2 != nil {
 		log.Printf("outbound %s -> %s: %v", c.RemoteAddr(), orig, err2)
