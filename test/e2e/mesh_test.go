@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,9 +290,11 @@ type wireWatch struct {
 	done chan struct{}
 	err  error
 	// tlsRecords counts payloads that start as a TLS record (handshake or application data);
-	// plaintext those that carry the loop's request or peer-echo's answer in clear.
-	payloads, tlsRecords, plaintext int
-	sample                          string
+	// plaintext those that carry the loop's request or peer-echo's answer in clear (read while it
+	// runs, per session, hence atomic).
+	payloads, tlsRecords int
+	plaintext            atomic.Int64
+	sample               string
 }
 
 func (w meshWorld) watchWire(ctx context.Context, t *testing.T) (*wireWatch, context.CancelFunc) {
@@ -320,8 +323,9 @@ func (w meshWorld) watchWire(ctx context.Context, t *testing.T) (*wireWatch, con
 				ww.tlsRecords++
 			}
 			if strings.Contains(string(b), "GET /loop") || strings.Contains(string(b), "remoteAddr") {
-				ww.plaintext++
-				ww.sample = string(b[:min(len(b), 80)])
+				if ww.plaintext.Add(1) == 1 {
+					ww.sample = fmt.Sprintf("%s:%d -> %s:%d %q", p.NetworkLayer().NetworkFlow().Src(), tcp.SrcPort, p.NetworkLayer().NetworkFlow().Dst(), tcp.DstPort, b[:min(len(b), 80)])
+				}
 			}
 			return nil
 		})
@@ -419,11 +423,11 @@ func TestMeshBaseline(t *testing.T) {
 			stopWatch()
 			<-ww.done
 			t.Logf("%s: the client's loop: %d ok, %d failed; between the pods: %d segments with data, %d TLS records, %d in plaintext",
-				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext)
+				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext.Load())
 			if failed != 0 {
 				t.Errorf("%d of %d requests of the client's loop failed, want 0", failed, ok+failed)
 			}
-			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext != 0 {
+			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext.Load() != 0 {
 				var fallbacks []string
 				for _, l := range strings.Split(w.sidecarLog(ctx, t, "client"), "\n") {
 					if strings.Contains(l, "plaintext") || strings.Contains(l, "handshake") {
@@ -431,7 +435,7 @@ func TestMeshBaseline(t *testing.T) {
 					}
 				}
 				t.Errorf("between the pods: capture error %v, %d TLS records for %d requests, %d plaintext segments (e.g. %q): want mTLS only; the client sidecar's log on it:\n%s",
-					ww.err, ww.tlsRecords, ok, ww.plaintext, ww.sample, strings.Join(fallbacks, "\n"))
+					ww.err, ww.tlsRecords, ok, ww.plaintext.Load(), ww.sample, strings.Join(fallbacks, "\n"))
 			}
 		})
 	}
@@ -533,6 +537,7 @@ func TestMeshSessions(t *testing.T) {
 			for _, s := range sessions {
 				t.Run(s.name, func(t *testing.T) {
 					_, failed0, _ := w.loopCount(ctx)
+					plain0 := ww.plaintext.Load()
 					p := pluginStart(t, s.name, s.verb, w.ns, s.args...)
 					p.waitLine(0, "stderr", s.started, 3*time.Minute)
 					done = w.waitLoop(ctx, t, done, 20)
@@ -556,7 +561,8 @@ func TestMeshSessions(t *testing.T) {
 							resets += n
 						}
 					}
-					t.Logf("%s %s: %d of the loop's requests failed while it ran and after its end; %d busy connections reset", rs, s.name, failed-failed0, resets)
+					t.Logf("%s %s: %d of the loop's requests failed while it ran and after its end; %d busy connections reset; %d plaintext segments between the pods",
+						rs, s.name, failed-failed0, resets, ww.plaintext.Load()-plain0)
 					if failed-failed0 > resets {
 						t.Errorf("%d of the loop's requests failed during %s or around its end, want at most the %d reset busy connections", failed-failed0, s.name, resets)
 					}
@@ -567,11 +573,11 @@ func TestMeshSessions(t *testing.T) {
 			stopWatch()
 			<-ww.done
 			t.Logf("%s: the client's loop: %d ok, %d failed; between the pods: %d segments with data, %d TLS records, %d in plaintext",
-				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext)
+				rs, ok, failed, ww.payloads, ww.tlsRecords, ww.plaintext.Load())
 			if failed > totalResets {
 				t.Errorf("%d of %d requests of the client's loop failed, want at most the %d busy connections --flush-connections reset", failed, ok+failed, totalResets)
 			}
-			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext != 0 {
+			if ww.err != nil || ww.tlsRecords < ok || ww.plaintext.Load() != 0 {
 				var fallbacks []string
 				for _, l := range strings.Split(w.sidecarLog(ctx, t, "client"), "\n") {
 					if strings.Contains(l, "plaintext") || strings.Contains(l, "handshake") {
@@ -579,7 +585,7 @@ func TestMeshSessions(t *testing.T) {
 					}
 				}
 				t.Errorf("between the pods: capture error %v, %d TLS records for %d requests, %d plaintext segments (e.g. %q): want mTLS only; the client sidecar's log on it:\n%s",
-					ww.err, ww.tlsRecords, ok, ww.plaintext, ww.sample, strings.Join(fallbacks, "\n"))
+					ww.err, ww.tlsRecords, ok, ww.plaintext.Load(), ww.sample, strings.Join(fallbacks, "\n"))
 			}
 		})
 	}
