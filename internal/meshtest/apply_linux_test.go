@@ -20,7 +20,12 @@ func TestKernelApply(t *testing.T) {
 		t.Run(string(rs), func(t *testing.T) {
 			ns := testnet.New(t)
 			peer := testnet.New(t)
-			testnet.Connect(t, ns, []netip.Prefix{netip.MustParsePrefix("10.44.0.2/24")}, peer, []netip.Prefix{netip.MustParsePrefix("10.44.0.1/24")})
+			addrs, peerAddrs := []netip.Prefix{netip.MustParsePrefix("10.44.0.2/24")}, []netip.Prefix{netip.MustParsePrefix("10.44.0.1/24")}
+			if rs.DualStack() {
+				addrs = append(addrs, netip.MustParsePrefix("fd44::2/64"))
+				peerAddrs = append(peerAddrs, netip.MustParsePrefix("fd44::1/64"))
+			}
+			testnet.Connect(t, ns, addrs, peer, peerAddrs)
 			meshtest.Apply(t, ns.Name, rs)
 			var list []string
 			var want string
@@ -29,6 +34,8 @@ func TestKernelApply(t *testing.T) {
 				list, want = []string{"nft", "list", "ruleset"}, "to :15006"
 			case rs.TPROXY():
 				list, want = []string{"iptables-" + strings.TrimPrefix(rs.Source(), "iptables-") + "-save", "-t", "mangle"}, "--on-port 15006"
+			case rs.DualStack():
+				list, want = []string{"ip6tables-legacy-save", "-t", "nat"}, "-s ::6/128"
 			case rs.Mesh() == "Istio":
 				list, want = []string{"iptables-" + strings.TrimPrefix(rs.Source(), "iptables-") + "-save", "-t", "nat"}, "--to-ports 15006"
 			default:

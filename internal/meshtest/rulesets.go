@@ -33,6 +33,11 @@ const (
 	// IstioTPROXYNftables is Istio's TPROXY interception mode in native nftables (table
 	// `inet istio-proxy-mangle`). Trafficlab refuses this mode.
 	IstioTPROXYNftables RuleSet = "istio-tproxy-nftables"
+	// IstioDualStackLegacy is IstioLegacy for a dual-stack pod (`--dual-stack`): the IPv6 rules
+	// too, with ::6 as the proxy's pass-through source. The pod needs an IPv6 address.
+	IstioDualStackLegacy RuleSet = "istio-dualstack-iptables-legacy"
+	// IstioDualStackNftables is IstioNftables for a dual-stack pod.
+	IstioDualStackNftables RuleSet = "istio-dualstack-nftables"
 	// LinkerdLegacy is Linkerd's proxy-init rules (IPv4 and IPv6) with iptables-legacy.
 	LinkerdLegacy RuleSet = "linkerd-iptables-legacy"
 	// LinkerdNft is Linkerd's proxy-init rules (IPv4 and IPv6) with iptables-nft.
@@ -40,7 +45,8 @@ const (
 )
 
 // All is every rule set, in a fixed order.
-var All = []RuleSet{IstioLegacy, IstioNft, IstioNftables, IstioTPROXYLegacy, IstioTPROXYNftables, LinkerdLegacy, LinkerdNft}
+var All = []RuleSet{IstioLegacy, IstioNft, IstioNftables, IstioTPROXYLegacy, IstioTPROXYNftables,
+	IstioDualStackLegacy, IstioDualStackNftables, LinkerdLegacy, LinkerdNft}
 
 // The ports and ids each mesh's rules use (their defaults).
 const (
@@ -91,6 +97,10 @@ func (r RuleSet) Source() string {
 // TPROXY says whether the rule set is Istio's TPROXY interception mode.
 func (r RuleSet) TPROXY() bool { return strings.HasPrefix(string(r), "istio-tproxy-") }
 
+// DualStack says whether the rule set is for a dual-stack pod, which needs an IPv6 address
+// besides its IPv4 one when the rules are applied.
+func (r RuleSet) DualStack() bool { return strings.HasPrefix(string(r), "istio-dualstack-") }
+
 // IstioArgs is istio-iptables' command line for an Istio rule set: the flags istio-cni passes
 // (-p 15001 -z 15006 -u 1337 -m REDIRECT|TPROXY -i '*' -b '*' -d 15090,15021,15020) and the
 // binary or mode that selects the form. It returns nil for a Linkerd rule set.
@@ -110,6 +120,9 @@ func (r RuleSet) IstioArgs() []string {
 		"-i", "*",
 		"-b", "*",
 		"-d", joinPorts(IstioExcludedInbound),
+	}
+	if r.DualStack() {
+		args = append(args, "--dual-stack")
 	}
 	switch r.Source() {
 	case "iptables-legacy":

@@ -10,12 +10,13 @@ func TestIstioArgs(t *testing.T) {
 	common := []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*", "-d", "15090,15021,15020"}
 	tproxy := []string{"-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15090,15021,15020"}
 	for rs, want := range map[RuleSet][]string{
-		IstioLegacy:         append(common[:len(common):len(common)], "--force-iptables-binary=legacy"),
-		IstioNft:            append(common[:len(common):len(common)], "--force-iptables-binary=nft"),
-		IstioNftables:       append(common[:len(common):len(common)], "--native-nftables"),
-		IstioTPROXYLegacy:   append(tproxy[:len(tproxy):len(tproxy)], "--force-iptables-binary=legacy"),
-		IstioTPROXYNftables: append(tproxy[:len(tproxy):len(tproxy)], "--native-nftables"),
-		LinkerdLegacy:       nil,
+		IstioLegacy:            append(common[:len(common):len(common)], "--force-iptables-binary=legacy"),
+		IstioNft:               append(common[:len(common):len(common)], "--force-iptables-binary=nft"),
+		IstioNftables:          append(common[:len(common):len(common)], "--native-nftables"),
+		IstioTPROXYLegacy:      append(tproxy[:len(tproxy):len(tproxy)], "--force-iptables-binary=legacy"),
+		IstioTPROXYNftables:    append(tproxy[:len(tproxy):len(tproxy)], "--native-nftables"),
+		IstioDualStackNftables: append(common[:len(common):len(common)], "--dual-stack", "--native-nftables"),
+		LinkerdLegacy:          nil,
 	} {
 		if diff := cmp.Diff(want, rs.IstioArgs()); diff != "" {
 			t.Errorf("%s: IstioArgs() (-want +got):\n%s", rs, diff)
@@ -28,7 +29,9 @@ func TestLinkerdCommands(t *testing.T) {
 	if len(got) != 20 {
 		t.Fatalf("LinkerdCommands() has %d commands, want 10 for IPv4 and 10 for IPv6", len(got))
 	}
-	c := func(what string) []string { return []string{"-m", "comment", "--comment", "proxy-init/" + what + "/trafficlab"} }
+	c := func(what string) []string {
+		return []string{"-m", "comment", "--comment", "proxy-init/" + what + "/trafficlab"}
+	}
 	want := [][]string{
 		append([]string{"iptables-nft", "-t", "nat", "-N", "PROXY_INIT_REDIRECT"}, c("redirect-common-chain")...),
 		append([]string{"iptables-nft", "-t", "nat", "-A", "PROXY_INIT_REDIRECT", "-p", "tcp", "--match", "multiport", "--dports", "4190,4191,4567,4568", "-j", "RETURN"}, c("ignore-port-4190,4191,4567,4568")...),
@@ -54,21 +57,23 @@ func TestLinkerdCommands(t *testing.T) {
 
 func TestRuleSetProperties(t *testing.T) {
 	type props struct {
-		Mesh, Source string
-		TPROXY       bool
+		Mesh, Source      string
+		TPROXY, DualStack bool
 	}
 	got := map[RuleSet]props{}
 	for _, rs := range All {
-		got[rs] = props{rs.Mesh(), rs.Source(), rs.TPROXY()}
+		got[rs] = props{rs.Mesh(), rs.Source(), rs.TPROXY(), rs.DualStack()}
 	}
 	want := map[RuleSet]props{
-		IstioLegacy:         {"Istio", "iptables-legacy", false},
-		IstioNft:            {"Istio", "iptables-nft", false},
-		IstioNftables:       {"Istio", "nftables", false},
-		IstioTPROXYLegacy:   {"Istio", "iptables-legacy", true},
-		IstioTPROXYNftables: {"Istio", "nftables", true},
-		LinkerdLegacy:       {"Linkerd", "iptables-legacy", false},
-		LinkerdNft:          {"Linkerd", "iptables-nft", false},
+		IstioLegacy:            {"Istio", "iptables-legacy", false, false},
+		IstioNft:               {"Istio", "iptables-nft", false, false},
+		IstioNftables:          {"Istio", "nftables", false, false},
+		IstioTPROXYLegacy:      {"Istio", "iptables-legacy", true, false},
+		IstioTPROXYNftables:    {"Istio", "nftables", true, false},
+		IstioDualStackLegacy:   {"Istio", "iptables-legacy", false, true},
+		IstioDualStackNftables: {"Istio", "nftables", false, true},
+		LinkerdLegacy:          {"Linkerd", "iptables-legacy", false, false},
+		LinkerdNft:             {"Linkerd", "iptables-nft", false, false},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
