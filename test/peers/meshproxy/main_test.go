@@ -480,3 +480,20 @@ func TestBrokenHandshakeIsNoPlaintextFallback(t *testing.T) {
 		t.Errorf("the destination saw %d connections, want 1 (no plaintext retry)", n)
 	}
 }
+
+// The sidecar's outbound connections leave from its own port range, below the app's ephemeral one.
+func TestOutboundSourcePorts(t *testing.T) {
+	app := startApp(t)
+	_, _, clientOut := startSidecar(t, "linkerd", testCA(t), "client", func() netip.AddrPort { return app.addr })
+	for i := range 3 {
+		if got := get(t, clientOut, nil, fmt.Sprintf("/p%d", i)); got[0] != fmt.Sprintf("200 app:/p%d", i) {
+			t.Fatalf("answer %q", got)
+		}
+	}
+	for _, s := range app.requests() {
+		port, err := netip.ParseAddrPort(s.Remote)
+		if err != nil || port.Port() < outboundPortFirst || port.Port() >= outboundPortFirst+outboundPortCount {
+			t.Errorf("outbound connection from %s, want a port in %d-%d", s.Remote, outboundPortFirst, outboundPortFirst+outboundPortCount-1)
+		}
+	}
+}
