@@ -106,7 +106,8 @@ build_images() {
   mkdir -p "$IMAGES_DIR"
   local ph pe
   ph=$(src_hash hack/mkimage test/peers/pause)
-  pe=$(src_hash hack/mkimage test/peers)
+  # meshproxy reads SO_ORIGINAL_DST through the agent's ephemeral/netfilter
+  pe=$(src_hash hack/mkimage test/peers ephemeral/netfilter)
   local pause_ref=trafficlab.local/pause:$ph peers_ref=trafficlab.local/peers:$pe
   local pause_tar=$IMAGES_DIR/pause-$ph.tar peers_tar=$IMAGES_DIR/peers-$pe.tar
   if [ -f "$pause_tar" ] && [ -f "$peers_tar" ]; then
@@ -116,7 +117,8 @@ build_images() {
     build_mkimage
     local w; w=$(mktemp -d)
     (cd "$TRAFFICLAB_ROOT" && go build -trimpath -ldflags "-s -w" -o "$w/bin/" \
-      ./test/peers/pause ./test/peers/echo ./test/peers/greeter ./test/peers/wsecho ./test/peers/udpecho)
+      ./test/peers/pause ./test/peers/echo ./test/peers/greeter ./test/peers/wsecho ./test/peers/udpecho \
+      ./test/peers/meshproxy)
     if [ ! -f "$pause_tar" ]; then
       mkdir -p "$w/pause"; cp "$w/bin/pause" "$w/pause/pause"
       "$MKIMAGE" -platform "linux/amd64=$w/pause" -tag "$pause_ref" -entrypoint /pause -out "$pause_tar.tmp"
@@ -126,7 +128,7 @@ build_images() {
       tools_rootfs "$w/peers"
       # "echo" is also a busybox applet (a symlink in /bin): install peers under their own names
       mkdir -p "$w/peers/usr/local/bin"
-      for a in echo greeter wsecho udpecho; do cp "$w/bin/$a" "$w/peers/usr/local/bin/peer-$a"; done
+      for a in echo greeter wsecho udpecho meshproxy; do cp "$w/bin/$a" "$w/peers/usr/local/bin/peer-$a"; done
       "$MKIMAGE" -platform "linux/amd64=$w/peers" -tag "$peers_ref" -entrypoint /usr/local/bin/peer-echo -out "$peers_tar.tmp"
       mv "$peers_tar.tmp" "$peers_tar"
     fi

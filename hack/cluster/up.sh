@@ -30,6 +30,46 @@ ts "Debian packages present"
 
 ctr_() { ctr --address "$CTRD_SOCK" -n k8s.io "$@"; }
 
+# --- CNI: Debian's plugins and the mesh CNI (test/cni/meshinit) ---
+# containerd looks plugins up in one bin dir: ours, under the cluster dir, links Debian's plugins
+# and holds trafficlab-meshinit, so nothing is added to /usr/lib/cni. The mesh plugin, chained after
+# the bridge, installs a mesh's real capture rules (internal/meshtest: Istio's istio-iptables, pinned
+# in hack/tools/istio; Linkerd's proxy-init commands) in the netns of pods in the tl-mesh-<rule set>
+# namespaces the mesh e2e makes, with Debian's iptables-legacy / iptables-nft or nft, and passes
+# every other pod through. Both are refreshed on a warm run too, so the plugin is this tree's.
+# Host note: this kernel has no loadable modules (no /proc/modules), so iptables-legacy's tables
+# are built in and loading them changes nothing on the host; on a kernel with modules the first
+# legacy rule would load ip_tables/iptable_nat, which stay loaded after down.sh: that would be the
+# one lasting change, accepted because a module loaded is no state the cluster's tests read.
+# iptables-legacy creates /run/xtables.lock (a host path; down.sh removes it if up.sh made it).
+CNI_BIN=$CLUSTER_DIR/cni/bin
+install_cni() {
+  mkdir -p "$CNI_BIN"
+  local p
+  for p in /usr/lib/cni/*; do ln -sfn "$p" "$CNI_BIN/$(basename "$p")"; done
+  (cd "$TRAFFICLAB_ROOT" && CGO_ENABLED=0 GOTOOLCHAIN=local go build -trimpath -o "$CNI_BIN/trafficlab-meshinit.tmp" ./test/cni/meshinit)
+  mv "$CNI_BIN/trafficlab-meshinit.tmp" "$CNI_BIN/trafficlab-meshinit"
+  ISTIO_IPTABLES=$("$TRAFFICLAB_ROOT/hack/tools/install.sh" istio-iptables)
+  ts "CNI plugins in $CNI_BIN (mesh CNI with $ISTIO_IPTABLES)"
+}
+# isDefaultGateway: pods need a default route to reach Service IPs. Written whole, then renamed:
+# containerd reloads the conf dir when it changes.
+write_cni_conf() {
+  mkdir -p "$CLUSTER_DIR/cni/net.d"
+  cat > "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist.tmp" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "trafficlab",
+  "plugins": [
+    { "type": "bridge", "bridge": "$POD_BR", "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
+      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$POD_CIDR" }]], "dataDir": "$CLUSTER_DIR/cni/ipam" } },
+    { "type": "trafficlab-meshinit", "istioIptables": "$ISTIO_IPTABLES" }
+  ]
+}
+JSON
+  mv "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist.tmp" "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist"
+}
+
 # Import an archive unless the image it names is already there. Archives that do not carry
 # io.containerd.image.name (OCI layouts from other tools naming only a tag) get the base
 # name trafficlab.local/<file stem> so ctr does not invent "import-<date>:<tag>".
@@ -62,6 +102,8 @@ import_all_images() {
 }
 
 if "$HERE/healthy.sh" >/dev/null 2>&1; then
+  install_cni
+  write_cni_conf
   import_all_images
   ts "cluster already up and healthy (KUBECONFIG=$KUBECONFIG)"
   exit 0
@@ -77,6 +119,7 @@ mkdir -p "$LOG_DIR" "$PID_DIR" "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/containerd" "$C
 chmod 700 "$CLUSTER_DIR"
 "$HERE/gen-certs.sh"
 ts "certs ready"
+install_cni
 
 start() { # name cmd...   detached in its own session; the PID is what down.sh stops
   local n=$1; shift
@@ -143,7 +186,7 @@ table inet $GUARD_TABLE {
 NFT
 ts "guard nft table inet $GUARD_TABLE installed"
 # kubelet, containerd and libcni hardcode a few host paths; down.sh removes those we create.
-HOST_PATHS="/var/lib/kubelet /var/lib/cni /var/log/containers /var/log/pods /run/containerd /run/netns /etc/cni /opt/cni"
+HOST_PATHS="/var/lib/kubelet /var/lib/cni /var/log/containers /var/log/pods /run/containerd /run/netns /etc/cni /opt/cni /run/xtables.lock"
 if [ ! -f "$CLUSTER_DIR/host-paths.created" ]; then
   for d in $HOST_PATHS; do [ -e "$d" ] || echo "$d"; done > "$CLUSTER_DIR/host-paths.created"
 fi
@@ -199,20 +242,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         BinaryName = "/usr/sbin/runc"
         Root = "$C/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "$CNI_BIN"
     conf_dir = "$CLUSTER_DIR/cni/net.d"
 TOML
-# isDefaultGateway: pods need a default route to reach Service IPs.
-cat > "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist" <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "trafficlab",
-  "plugins": [
-    { "type": "bridge", "bridge": "$POD_BR", "isGateway": true, "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
-      "ipam": { "type": "host-local", "ranges": [[{ "subnet": "$POD_CIDR" }]], "dataDir": "$CLUSTER_DIR/cni/ipam" } }
-  ]
-}
-JSON
+write_cni_conf
 start containerd containerd --config "$C/config.toml"
 
 # --- kube-apiserver ---

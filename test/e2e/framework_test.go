@@ -108,13 +108,16 @@ func testContext(t *testing.T, budget time.Duration) context.Context {
 // when the test ends; on failure it first logs what was in it.
 func newNamespace(t *testing.T, prefix string) string {
 	t.Helper()
+	return createNamespace(t, metav1.ObjectMeta{GenerateName: "tl-e2e-" + prefix + "-"})
+}
+
+// createNamespace creates the namespace meta names (Name or GenerateName), labelled as the e2e's,
+// and deletes it as newNamespace does.
+func createNamespace(t *testing.T, meta metav1.ObjectMeta) string {
+	t.Helper()
 	cs := client(t)
-	ns, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "tl-e2e-" + prefix + "-",
-			Labels:       map[string]string{"trafficlab.dev/e2e": "true"},
-		},
-	}, metav1.CreateOptions{})
+	meta.Labels = map[string]string{"trafficlab.dev/e2e": "true"}
+	ns, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: meta}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create namespace: %v", err)
 	}

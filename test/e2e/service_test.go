@@ -20,10 +20,13 @@ import (
 	"k8s.io/utils/ptr"
 )
 
+// echoReply is the part of peer-echo's answer the tests read.
 type echoReply struct {
-	Pod    string `json:"pod"`
-	Method string `json:"method"`
-	Path   string `json:"path"`
+	Pod        string              `json:"pod"`
+	Method     string              `json:"method"`
+	Path       string              `json:"path"`
+	RemoteAddr string              `json:"remoteAddr"`
+	Headers    map[string][]string `json:"headers"`
 }
 
 // TestServiceReachable: an echo Deployment behind a Service answers on its ClusterIP from
