@@ -481,9 +481,10 @@ func TestMeshSessions(t *testing.T) {
 				})
 			}
 			sessions := []meshSession{
-				// The sidecar's pooled connections to the app stay busy under the loop: without
-				// --flush-connections they would go on to the app for the whole 30 s window.
-				{name: "filtered steal", verb: "steal", args: []string{"pod/echo", "--port", port, "--header-filter", "^X-Steal: yes$", "--flush-connections"}, started: stealingRE,
+				// No --flush-connections: the loop keeps the sidecar's pooled connection to the app
+				// busy, so it stays with the app (0 failures), and the matched request, sent beside
+				// the loop, makes the sidecar open another connection, which the redirect takes.
+				{name: "filtered steal", verb: "steal", args: []string{"pod/echo", "--port", port, "--header-filter", "^X-Steal: yes$"}, started: stealingRE,
 					check: func(ctx context.Context, t *testing.T, p *pfProc) {
 						eventually(ctx, t, 40*time.Second, "a matched request from the meshed client reaches the local process", func(ctx context.Context) (bool, string) {
 							out, err := pfPodSh(ctx, w.ns, "client", "main", "timeout 10 wget -q -O - --header 'X-Steal: yes' http://echo/stolen")
@@ -504,6 +505,8 @@ func TestMeshSessions(t *testing.T) {
 							t.Errorf("the local process got %d of the loop's unmatched requests", n)
 						}
 					}},
+				// --flush-connections resets the loop's busy pooled connection, so that the loop's
+				// next requests come through the redirect: its in-flight request may fail, counted.
 				{name: "whole-port steal", verb: "steal", args: []string{"pod/echo", "--port", port, "--flush-connections"}, started: stealingRE,
 					check: func(ctx context.Context, t *testing.T, p *pfProc) {
 						before := localPaths()["/loop"]
