@@ -270,39 +270,70 @@ func TestKernelReadWithoutNetAdmin(t *testing.T) {
 		t.Run(string(rs), func(t *testing.T) {
 			ns, _ := pod(t, false)
 			meshtest.Apply(t, ns.Name, rs)
-			errc := make(chan error, 1)
-			go func() {
-				// This thread drops CAP_NET_ADMIN and is never unlocked: the runtime ends it with the
-				// goroutine, so no other goroutine runs without the capability or in the namespace.
-				runtime.LockOSThread()
-				if err := netns.Set(ns.Handle()); err != nil {
-					errc <- err
-					return
-				}
-				hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-				var data [2]unix.CapUserData
-				if err := unix.Capget(&hdr, &data[0]); err != nil {
-					errc <- err
-					return
-				}
-				data[0].Effective &^= 1 << unix.CAP_NET_ADMIN
-				if err := unix.Capset(&hdr, &data[0]); err != nil {
-					errc <- err
-					return
-				}
-				_, err := Read()
-				switch {
-				case err == nil:
-					errc <- errors.New("Read() without CAP_NET_ADMIN succeeded")
-				case !errors.Is(err, os.ErrPermission):
-					errc <- fmt.Errorf("Read() without CAP_NET_ADMIN = %w, not a permission error", err)
-				default:
-					errc <- nil
-				}
-			}()
-			if err := <-errc; err != nil {
-				t.Fatal(err)
+			_, err := readWithEffective(t, ns, func(eff uint32) uint32 { return eff &^ (1 << unix.CAP_NET_ADMIN) })
+			switch {
+			case err == nil:
+				t.Fatal("Read() without CAP_NET_ADMIN succeeded")
+			case !errors.Is(err, os.ErrPermission):
+				t.Fatalf("Read() without CAP_NET_ADMIN = %v, not a permission error", err)
 			}
 		})
 	}
+}
+
+// TestKernelReadWithNetAdminOnly: the agent of a steal has CAP_NET_ADMIN and no other capability (no
+// CAP_NET_RAW, which iptables' raw socket would need): Read must work with that alone, in every form.
+func TestKernelReadWithNetAdminOnly(t *testing.T) {
+	for _, rs := range []meshtest.RuleSet{meshtest.IstioLegacy, meshtest.IstioDualStackLegacy, meshtest.IstioNft, meshtest.IstioNftables, meshtest.LinkerdLegacy} {
+		t.Run(string(rs), func(t *testing.T) {
+			ns, _ := pod(t, rs.DualStack())
+			meshtest.Apply(t, ns.Name, rs)
+			rules, err := readWithEffective(t, ns, func(uint32) uint32 { return 1 << unix.CAP_NET_ADMIN })
+			if err != nil {
+				t.Fatalf("Read() with CAP_NET_ADMIN only: %v", err)
+			}
+			in, err := rules.Inbound()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(wantInbound(rs), viewOf(in), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+				t.Errorf("Inbound with CAP_NET_ADMIN only (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// readWithEffective runs Read in ns on a thread whose effective capabilities (the low 32, where the
+// network ones are) are effective(those it has).
+func readWithEffective(t *testing.T, ns *testnet.NS, effective func(uint32) uint32) (*Rules, error) {
+	t.Helper()
+	type result struct {
+		rules *Rules
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// This thread changes its capabilities and is never unlocked: the runtime ends it with the
+		// goroutine, so no other goroutine runs with them or in the namespace.
+		runtime.LockOSThread()
+		if err := netns.Set(ns.Handle()); err != nil {
+			done <- result{err: fmt.Errorf("enter the namespace: %w", err)}
+			return
+		}
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- result{err: fmt.Errorf("capget: %w", err)}
+			return
+		}
+		data[0].Effective, data[1].Effective = effective(data[0].Effective), 0
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- result{err: fmt.Errorf("capset: %w", err)}
+			return
+		}
+		rules, err := Read()
+		done <- result{rules, err}
+	}()
+	r := <-done
+	return r.rules, r.err
 }

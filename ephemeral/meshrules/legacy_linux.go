@@ -99,9 +99,12 @@ func getLegacy(fam Family, name string) ([]byte, error) {
 	if fam == FamilyIPv6 {
 		domain, level = unix.AF_INET6, unix.SOL_IPV6
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	// iptables asks through a raw socket, which needs CAP_NET_RAW; the kernel answers the same
+	// getsockopt on any socket of the family (ip_getsockopt hands options it does not know to
+	// netfilter), and checks only CAP_NET_ADMIN, all a steal's agent has.
+	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 	if err != nil {
-		return nil, fmt.Errorf("raw socket: %w", err)
+		return nil, fmt.Errorf("udp socket: %w", err)
 	}
 	defer unix.Close(fd)
 	// The table may change between the two calls; the kernel then says EAGAIN.
