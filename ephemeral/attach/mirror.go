@@ -40,11 +40,21 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	defer cancel()
 	events := make(chan wire.MirrorEvent, 4096)
 	var dropped atomic.Int64
+	// A redirect mirror's relays outlive the final counts (the steal drains them after), so their
+	// copies may still report once events are closed: those are dropped, never sent on a closed
+	// channel.
+	var evMu sync.Mutex
+	evClosed := false
 	// The mirror outlives the plugin's stream by its drain: copies in flight when the plugin ends
 	// the mirror are finished (Drain) before their context goes.
 	m, err := mirror.New(context.WithoutCancel(ctx), mirror.Config{
 		Spec: spec, Session: s.id, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log, Budget: s.cfg.Budget,
 		Events: func(e wire.MirrorEvent) {
+			evMu.Lock()
+			defer evMu.Unlock()
+			if evClosed {
+				return
+			}
 			select {
 			case events <- e:
 			default:
@@ -57,6 +67,10 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		return
 	}
 	var run func() error
+	// st is a redirect mirror's redirect. It is closed after the final counts are sent: its end
+	// drains the connections it relays to the app for up to wire.DrainWindow, which the plugin,
+	// waiting for the counts, must not wait for; the copies stop with the counts.
+	var st *steal.Steal
 	if spec.Sniffs() {
 		capSpec := wire.DumpSpec{Ports: spec.Ports, Filter: "tcp", Mesh: spec.Mesh}
 		c, err := sniff.Open(capSpec, s.cfg.DataPorts())
@@ -81,7 +95,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			_ = in.Reject(err)
 			return
 		}
-		st, err := steal.Start(ctx, steal.Config{
+		st, err = steal.Start(ctx, steal.Config{
 			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen}, Open: s, Log: s.log, Tee: m.Handler,
 			Budget: s.cfg.Budget, Mesh: mesh,
 		})
@@ -92,13 +106,22 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		}
 		run = func() error {
 			<-ctx.Done()
-			return st.Close()
+			return nil
+		}
+	}
+	closeRedirect := func() {
+		if st == nil {
+			return
+		}
+		if err := st.Close(); err != nil {
+			s.log.Warn("end the mirror's redirect", "err", err)
 		}
 	}
 	stream, err := in.AcceptWith(wire.CompressionNone)
 	if err != nil {
 		cancel()
 		_ = run()
+		closeRedirect()
 		return
 	}
 	defer stream.Close()
@@ -151,7 +174,10 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	err = run()
 	// Requests already queued still get their copy, briefly: the plugin is waiting for the counts.
 	m.Drain(2 * time.Second)
+	evMu.Lock()
+	evClosed = true
 	close(events)
+	evMu.Unlock()
 	wg.Wait()
 	stats := counts(false)
 	s.log.Info("mirror ended", "stats", stats, "err", err)
@@ -160,6 +186,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		_ = bw.Flush()
 	}
 	_ = stream.CloseWrite()
+	closeRedirect()
 }
 
 // mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections to
