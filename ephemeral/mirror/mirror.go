@@ -93,9 +93,10 @@ type Mirror struct {
 	mark []byte
 	// looped says the first request carrying wire.MirrorHeader was reported.
 	looped atomic.Bool
-	// behindSidecar: the mirror sniffs lo in a pod with a sidecar (wire.SniffInterface), where every
-	// connection to the ports is the proxy's, from one source (127.0.0.6 under Istio, the pod IP under
-	// Linkerd), the probes it forwards or runs included; a source there tells no probe apart.
+	// behindSidecar: the mirror sniffs lo in a pod with a sidecar (wire.SniffInterface), or its
+	// redirect takes the sidecar's connections to the app, where every connection to the ports is the
+	// proxy's, from one source (127.0.0.6 under Istio, the pod IP under Linkerd), the probes it
+	// forwards or runs included; a source there tells no probe apart.
 	behindSidecar bool
 
 	queued atomic.Int64
@@ -142,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Mirror, error) {
 		return nil, err
 	}
 	m.probes = probe.New(cfg.Spec.Probes, gateways)
-	m.behindSidecar = cfg.Spec.Sniffs() && wire.SniffInterface(cfg.Spec.Mesh, cfg.Spec.Ports) == wire.Loopback
+	m.behindSidecar = cfg.Spec.Mesh != nil && (!cfg.Spec.Sniffs() || wire.SniffInterface(cfg.Spec.Mesh, cfg.Spec.Ports) == wire.Loopback)
 	for _, p := range cfg.Spec.Ports {
 		m.ports[uint16(p)] = true
 	}

@@ -190,7 +190,9 @@ func TestSidecarSourceIsNoProbe(t *testing.T) {
 		copy bool
 	}{
 		{name: "Istio sidecar, sniff", spec: wire.MirrorSpec{Ports: []int{8080}, Probes: probes, Mesh: &wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}}, copy: true},
+		{name: "Istio sidecar, redirect", spec: wire.MirrorSpec{Ports: []int{8080}, Mode: wire.MirrorRedirect, Probes: probes, Mesh: &wire.Mesh{Name: wire.MeshIstio, Mode: wire.MeshSidecar, ProxyUID: wire.IstioProxyUID}}, copy: true},
 		{name: "no mesh", spec: wire.MirrorSpec{Ports: []int{8080}, Probes: probes}},
+		{name: "no mesh, redirect", spec: wire.MirrorSpec{Ports: []int{8080}, Mode: wire.MirrorRedirect, Probes: probes}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			m, err := New(context.Background(), Config{Session: "s", Spec: tt.spec})

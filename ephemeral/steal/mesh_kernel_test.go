@@ -536,6 +536,27 @@ func testStealAfterSidecar(t *testing.T, mc meshCase, unowned bool) {
 		t.Fatal(err)
 	}
 
+	// A tcpSocket probe declared on the port, with the proxy's sources among the probes' (the
+	// plugin sends 127.0.0.6 for an Istio pod, where pilot-agent probes from): behind the sidecar
+	// every connection comes from there, and taking each for a probe by its source and port would
+	// pass them all to the app unread.
+	var sources []string
+	for _, u := range mc.upstream {
+		sources = append(sources, u.String())
+	}
+	if len(sources) == 0 {
+		for _, a := range pods {
+			sources = append(sources, a.String())
+		}
+	}
+	st = start(wire.StealSpec{Filter: &wire.HTTPFilter{Headers: []string{"X-Steal: yes"}},
+		Probes: &wire.Probes{Declared: []wire.Probe{{Port: 8080, Kind: wire.ProbeTCP}}, Sources: sources}})
+	check("filtered steal with a tcpSocket probe on the port, matched", true, false)
+	check("filtered steal with a tcpSocket probe on the port, not matched", false, true)
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+
 	// A redirect mirror: every connection goes to the app as the sidecar would have sent it, and
 	// the copy is of the plaintext the sidecar hands over, not of the mesh's bytes.
 	heads := make(chan string, 2*len(pods))

@@ -364,7 +364,10 @@ func (s *Steal) serve(c *net.TCPConn) {
 		source = netip.AddrPortFrom(a.AddrPort().Addr().Unmap(), a.AddrPort().Port())
 	}
 	keepProbes := !s.cfg.Spec.StealProbes
-	if keepProbes && s.probes.PassConn(source, orig.Port()) {
+	// Behind a sidecar every connection to the port comes from the proxy's source, where the mesh's
+	// probes come from too (Istio's pilot-agent, from 127.0.0.6): a source and port tell nothing
+	// there, and HTTP probes are still told by their target and headers.
+	if keepProbes && s.cfg.Mesh == nil && s.probes.PassConn(source, orig.Port()) {
 		// A tcpSocket or HTTPS probe says nothing the agent could read: its source and port tell it.
 		s.passThrough(cn, nil)
 		return
