@@ -99,24 +99,17 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 	select {
 	case <-connDone:
 	case <-ctx.Done():
-		client.Close()
-		<-connDone
 	case <-p.upGone:
 		shut.Go(func() { _ = srv.Shutdown(ctx) })
-		select {
-		case <-connDone:
-		case <-ctx.Done():
-			client.Close()
-			<-connDone
-		}
 	case <-drain:
 		shut.Go(func() { _ = srv.Shutdown(ctx) })
-		select {
-		case <-connDone:
-		case <-ctx.Done():
-			client.Close()
-			<-connDone
-		}
+	}
+	// The connection ends on its own (connDone is closed once), or is cut when the context goes.
+	select {
+	case <-connDone:
+	case <-ctx.Done():
+		client.Close()
+		<-connDone
 	}
 	shut.Wait()
 	err := context.Cause(ctx)
