@@ -3,9 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
+	"slices"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/meshrules"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
@@ -108,20 +108,11 @@ func (m meshReader) checkPassBack(in meshrules.Inbound, mr *netfilter.MeshRedire
 
 // podAddrs are the network namespace's own global addresses: those the sidecar calls the app at.
 func podAddrs() ([]netip.Addr, error) {
-	ifAddrs, err := net.InterfaceAddrs()
+	all, err := netfilter.LocalAddrs()
 	if err != nil {
 		return nil, err
 	}
-	var out []netip.Addr
-	for _, ia := range ifAddrs {
-		pfx, err := netip.ParsePrefix(ia.String())
-		if err != nil {
-			continue
-		}
-		if a := pfx.Addr(); a.IsGlobalUnicast() && !a.IsLoopback() {
-			out = append(out, a.Unmap())
-		}
-	}
+	out := slices.DeleteFunc(all, func(a netip.Addr) bool { return !a.IsGlobalUnicast() })
 	if len(out) == 0 {
 		return nil, errors.New("the pod has no global address")
 	}

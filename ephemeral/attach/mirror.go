@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -225,18 +226,11 @@ func podAddress(address string) (bool, error) {
 	if a.IsLoopback() {
 		return true, nil
 	}
-	addrs, err := net.InterfaceAddrs()
+	addrs, err := netfilter.LocalAddrs()
 	if err != nil {
-		return false, fmt.Errorf("list the pod's addresses: %w", err)
+		return false, err
 	}
-	for _, ia := range addrs {
-		if n, ok := ia.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
-				return true, nil
-			}
-		}
-	}
-	return false, nil
+	return slices.Contains(addrs, a), nil
 }
 
 // mirrorNice is the scheduling priority of a session that mirrors: a copy is best effort, and on a
