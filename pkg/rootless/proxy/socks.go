@@ -111,8 +111,9 @@ func readRequest(r io.Reader) (socksRequest, error) {
 			return socksRequest{}, &socksError{code: repGeneralFailure, msg: "empty domain name"}
 		}
 		// Names go to a resolver, into "host:port" and into log lines: host name characters only (IDNs
-		// come as punycode), or an IP literal some clients send as a name.
-		if _, err := netip.ParseAddr(string(name)); err != nil && !isHostName(name) {
+		// come as punycode), or an IP literal some clients send as a name. Not one with a zone: netip
+		// takes any bytes after '%', ']' and ':' among them, and a zone means nothing in the pod.
+		if a, err := netip.ParseAddr(string(name)); (err != nil || a.Zone() != "") && !isHostName(name) {
 			return socksRequest{}, &socksError{code: repGeneralFailure, msg: fmt.Sprintf("domain name %q is not a host name", name)}
 		}
 		q.Host = string(name)
