@@ -58,7 +58,8 @@ var h2ErrorLog = log.New(io.Discard, "", 0)
 func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	p := &h2proxy{ctx: ctx, route: r, upGone: make(chan struct{}), started: make(chan struct{})}
+	multi := r.prepare()
+	p := &h2proxy{ctx: ctx, route: r, multi: multi, upGone: make(chan struct{}), started: make(chan struct{})}
 	conn := client
 	if len(pre) > 0 {
 		conn = &readerConn{Conn: client, r: io.MultiReader(bytes.NewReader(pre), client)}
@@ -156,10 +157,14 @@ type h2proxy struct {
 	ctx   context.Context
 	route Route
 
+	// multi: a Pick route of several sessions, whose upstreams never end the client's connection.
+	multi bool
+	slots sides
+
 	mu       sync.Mutex
 	closed   bool
 	handlers sync.WaitGroup
-	sides    [2]h2side
+	sides    []*h2side // by side, under mu
 
 	// upGone is closed when the client connection is to end as the app's side did: an app
 	// connection closed (an app closes idle connections, or sends GOAWAY to drain, on its own
@@ -208,7 +213,7 @@ func (p *h2proxy) watch(s side, cc *http.ClientConn) {
 			p.mu.Lock()
 			ours := p.closed // shutdown closes them
 			p.mu.Unlock()
-			if !ours && (s == sideApp || last) {
+			if !ours && (s == sideApp || (last && !p.multi)) {
 				p.upGoneOnce.Do(func() { close(p.upGone) })
 			}
 		})
@@ -222,6 +227,19 @@ type h2side struct {
 	mu  sync.Mutex
 	cur *http.ClientConn
 	all []*http.ClientConn
+}
+
+// side returns the client connections to side s, made on first use.
+func (p *h2proxy) side(s side) *h2side {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for int(s) >= len(p.sides) {
+		p.sides = append(p.sides, nil)
+	}
+	if p.sides[s] == nil {
+		p.sides[s] = &h2side{}
+	}
+	return p.sides[s]
 }
 
 // enter registers a handler; false once the connection is shutting down, so that no handler starts
@@ -242,8 +260,13 @@ func (p *h2proxy) shutdown() {
 	p.mu.Unlock()
 	// The client connection is closed, so every stream's context is done and handlers end promptly.
 	p.handlers.Wait()
-	for i := range p.sides {
-		sd := &p.sides[i]
+	p.mu.Lock()
+	all := p.sides
+	p.mu.Unlock()
+	for _, sd := range all {
+		if sd == nil {
+			continue
+		}
 		sd.mu.Lock()
 		for _, cc := range sd.all {
 			cc.Close()
@@ -261,20 +284,17 @@ func (p *h2proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.startedOnce.Do(func() { close(p.started) })
 	start := time.Now()
 	head := h2Head(r)
-	ev := Event{Method: r.Method, Path: head.Target, Proto: "h2c"}
+	target := p.route.Pick(&head)
+	ev := Event{Method: r.Method, Path: head.Target, Proto: "h2c", Target: target}
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		ev.Proto = "grpc"
 	}
-	want := sideApp
-	if p.route.steal(&head) {
-		want = sideLocal
-	}
-	resp, s, body, err := p.roundTrip(r, want, ev)
-	ev.Stolen = s == sideLocal
+	resp, s, body, err := p.roundTrip(r, p.slots.slot(target), ev)
+	ev.Stolen = s != sideApp
 	if err != nil {
 		if r.Context().Err() == nil {
 			msg := err.Error()
-			if s == sideLocal {
+			if s != sideApp {
 				msg = localFailed(err)
 			}
 			p.route.warn(ev, "%s", msg)
@@ -375,7 +395,7 @@ func (p *h2proxy) roundTrip(r *http.Request, want side, ev Event) (*http.Respons
 			return nil, s, body, err
 		}
 		want = s
-		if s == sideLocal {
+		if s != sideApp {
 			fallback = false
 		}
 		resp, err := cc.RoundTrip(out)
@@ -407,7 +427,7 @@ func replayable(method string, get func(string) string) bool {
 // clientConn returns a client connection to side want with a stream reserved on it, falling back
 // to the app when the local process cannot be reached.
 func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event, fallback bool) (cc *http.ClientConn, s side, fresh bool, err error) {
-	sd := &p.sides[want]
+	sd := p.side(want)
 	sd.mu.Lock()
 	if sd.cur != nil && sd.cur.Reserve() == nil {
 		cc = sd.cur
@@ -417,12 +437,12 @@ func (p *h2proxy) clientConn(ctx context.Context, want side, ev Event, fallback 
 	// The connection outlives the stream that dials it, so it hangs off the client connection's
 	// context; the stream's own context only bounds the wait.
 	dialCtx := context.WithValue(p.ctx, dialKey{}, func(ctx context.Context) (net.Conn, error) {
-		return p.route.dial(ctx, want)
+		return p.route.dial(ctx, p.slots.target(want))
 	})
 	cc, err = dialCC(ctx, dialCtx)
 	if err != nil {
 		sd.mu.Unlock()
-		if want == sideLocal && fallback && ctx.Err() == nil {
+		if want != sideApp && fallback && ctx.Err() == nil {
 			p.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
 			return p.clientConn(ctx, sideApp, ev, false)
 		}
@@ -459,7 +479,7 @@ func dialCC(ctx, dialCtx context.Context) (*http.ClientConn, error) {
 
 // forget drops a client connection that failed a request it should have taken.
 func (p *h2proxy) forget(s side, cc *http.ClientConn) {
-	sd := &p.sides[s]
+	sd := p.side(s)
 	sd.mu.Lock()
 	if sd.cur == cc {
 		sd.cur = nil

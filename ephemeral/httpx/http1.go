@@ -34,7 +34,8 @@ const bodyGrace = 2 * time.Second
 // all, the connection goes to the app raw, as if the proxy were not there. ServeHTTP1 closes client and
 // everything it dialed before it returns; a client that closes between requests is a nil error.
 func ServeHTTP1(ctx context.Context, client net.Conn, pre []byte, r Route) error {
-	c := &h1conn{ctx: ctx, route: r, client: client, pre: bytes.NewReader(pre)}
+	multi := r.prepare()
+	c := &h1conn{ctx: ctx, route: r, multi: multi, client: client, pre: bytes.NewReader(pre)}
 	c.cr, c.cw = getReader(io.MultiReader(c.pre, client)), getWriter(client)
 	c.conns.add(client)
 	stop := context.AfterFunc(ctx, c.conns.closeAll)
@@ -55,7 +56,10 @@ type h1conn struct {
 	cr     *bufio.Reader
 	cw     *bufio.Writer
 	conns  conns
-	ups    [2]*h1up
+	// multi: a Pick route of several sessions, whose upstreams never end the client's connection.
+	multi  bool
+	sides  sides
+	ups    []*h1up // by side
 	head   []byte // the current request head; RequestHead.Raw points into it
 	rhead  []byte // the current response head
 	served int    // requests forwarded so far
@@ -78,6 +82,9 @@ func (c *h1conn) release() {
 }
 
 func (c *h1conn) drop(s side) {
+	if int(s) >= len(c.ups) {
+		return
+	}
 	u := c.ups[s]
 	if u == nil {
 		return
@@ -153,13 +160,13 @@ func (c *h1conn) idle() (more bool, err error) {
 	if c.cr.Buffered() > 0 || c.pre.Len() > 0 {
 		return true, nil // pipelined: the next request is already here
 	}
-	w := &idleWatch{client: c.client}
+	w := &idleWatch{client: c.client, multi: c.multi, ups: make([]*h1up, len(c.ups)), dead: make([]bool, len(c.ups))}
 	for _, u := range c.ups {
 		if u != nil {
 			w.live++
 		}
 	}
-	if w.live == 0 {
+	if w.live == 0 && !c.multi {
 		// Nothing upstream holds this connection open: the side that answered last closed after
 		// its response, and so does the client's side now.
 		return false, nil
@@ -192,14 +199,16 @@ func (c *h1conn) idle() (more bool, err error) {
 type idleWatch struct {
 	client net.Conn
 	wg     sync.WaitGroup
-	ups    [2]*h1up
+	ups    []*h1up
+	// multi: only the app's close ends the client's connection (Route.Pick).
+	multi bool
 
 	mu        sync.Mutex
 	live      int
 	stopping  bool
 	woke      bool
 	appClosed bool
-	dead      [2]bool
+	dead      []bool
 }
 
 // start watches u; w.live already counts it.
@@ -219,7 +228,7 @@ func (w *idleWatch) start(s side, u *h1up) {
 		w.dead[s] = true
 		w.live--
 		w.appClosed = w.appClosed || s == sideApp
-		if (w.appClosed || w.live == 0) && !w.woke && !w.stopping {
+		if (w.appClosed || (w.live == 0 && !w.multi)) && !w.woke && !w.stopping {
 			w.woke = true
 			_ = w.client.SetReadDeadline(time.Unix(1, 0))
 		}
@@ -256,7 +265,7 @@ func (w *idleWatch) stop() (woke bool) {
 // rawToApp gives a connection whose first bytes were not the HTTP they promised to the app unchanged:
 // the proxy should not answer for a protocol it does not speak.
 func (c *h1conn) rawToApp() error {
-	up, err := c.route.dial(c.ctx, sideApp)
+	up, err := c.route.dial(c.ctx, nil)
 	if err != nil {
 		return err
 	}
@@ -272,11 +281,9 @@ func (c *h1conn) rawToApp() error {
 func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	start := time.Now()
 	c.declineH2C(h)
-	ev := Event{Method: h.Method, Path: h.Target, Proto: h.Proto}
-	want := sideApp
-	if c.route.steal(h) {
-		want = sideLocal
-	}
+	target := c.route.Pick(h)
+	ev := Event{Method: h.Method, Path: h.Target, Proto: h.Proto, Target: target}
+	want := c.sides.slot(target)
 	hasBody := h.Chunked || h.ContentLength > 0
 	var res h1result
 	// fallback allows a local process that cannot be reached to send the request to the app; it ends
@@ -286,19 +293,19 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 		u, s, fresh, err := c.upstream(ev, want, fallback)
 		if err != nil {
 			msg := err.Error()
-			if s == sideLocal {
+			if s != sideApp {
 				msg = localFailed(err)
 			}
 			c.route.warn(ev, "%s", msg)
 			c.reply(http.StatusBadGateway, "trafficlab: "+msg)
-			ev.Stolen = s == sideLocal
+			ev.Stolen = s != sideApp
 			ev.Status, ev.Duration = http.StatusBadGateway, time.Since(start)
 			c.route.emit(ev)
 			return false, err
 		}
-		ev.Stolen = s == sideLocal
+		ev.Stolen = s != sideApp
 		res = c.roundTrip(h, u, hasBody)
-		if s == sideLocal {
+		if s != sideApp {
 			fallback = false
 		}
 		// When nothing reached the client and nothing of the client's was spent, a request that is
@@ -316,7 +323,7 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	ev.Duration = time.Since(start)
 	if res.err != nil && !res.relayed {
 		msg := res.err.Error()
-		if res.side == sideLocal {
+		if res.side != sideApp {
 			msg = localFailed(res.err)
 			c.route.warn(ev, "%s", msg)
 		}
@@ -341,14 +348,17 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 // upstream returns the connection for side want, falling back to the app when the local process
 // cannot be reached and fallback allows it.
 func (c *h1conn) upstream(ev Event, want side, fallback bool) (u *h1up, s side, fresh bool, err error) {
+	for int(want) >= len(c.ups) {
+		c.ups = append(c.ups, nil)
+	}
 	if u := c.ups[want]; u != nil {
 		if u.br.Buffered() == 0 && alive(u.conn) {
 			return u, want, false, nil
 		}
 		c.drop(want)
 	}
-	conn, err := c.route.dial(c.ctx, want)
-	if err != nil && want == sideLocal && fallback && c.ctx.Err() == nil {
+	conn, err := c.route.dial(c.ctx, c.sides.target(want))
+	if err != nil && want != sideApp && fallback && c.ctx.Err() == nil {
 		c.route.warn(ev, "local process unreachable (%v); request sent to the app", err)
 		return c.upstream(ev, sideApp, false)
 	}
@@ -532,9 +542,14 @@ func (c *h1conn) relayResponse(h *RequestHead, u *h1up, res *h1result) {
 	}
 }
 
-// spliceUpgraded relays the upgraded connection raw; the other side's connection is no longer needed.
+// spliceUpgraded relays the upgraded connection raw; the other sides' connections are no longer
+// needed.
 func (c *h1conn) spliceUpgraded(s side) error {
-	c.drop(1 - s)
+	for o := range c.ups {
+		if side(o) != s {
+			c.drop(side(o))
+		}
+	}
 	u := c.ups[s]
 	c.ups[s] = nil
 	defer func() {

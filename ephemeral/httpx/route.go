@@ -17,8 +17,13 @@ import (
 type Route struct {
 	// Steal decides one request: true sends it to Local. The agent combines its filter (a
 	// wire.FilterMatcher over Method, PathQuery and HeaderLines) with the probe rule here (whole-port steal is a Steal that returns true for everything but probes). nil
-	// steals nothing.
+	// steals nothing. Ignored when Pick is set.
 	Steal func(h *RequestHead) bool
+	// Pick, when set, decides one request among several sessions (ephemeral/steal's dispatcher):
+	// the Target it returns, each with its own Local, or nil for the app. It replaces Steal and
+	// Local, and with it a session's upstream (its local server's GOAWAY or close, its dead tunnel)
+	// never ends the client's connection: only the app's does, as it would without the proxy.
+	Pick func(h *RequestHead) *Target
 	// App dials a new connection to the pod's own app (the connection's original destination). As
 	// with net.Dialer.DialContext, ctx bounds the dial only: the connection must outlive it.
 	App func(ctx context.Context) (net.Conn, error)
@@ -45,6 +50,12 @@ type Route struct {
 	Event func(Event)
 }
 
+// Target is one session's side of a Route with Pick: where the requests Pick gives it go.
+type Target struct {
+	// Local dials the session's process through its own tunnel, as Route.Local does.
+	Local func(ctx context.Context) (net.Conn, error)
+}
+
 // Event describes one finished request, or a warning (Warning set; Status, Duration and the byte
 // counts are then zero, and the other fields name the request it concerns).
 type Event struct {
@@ -60,28 +71,78 @@ type Event struct {
 	ReqBytes, RespBytes int64
 	Warning             string
 	Proto               string // "HTTP/1.1", "HTTP/1.0", "h2c" or "grpc"
+	// Target is the session the request was picked for (also after a fallback to the app, with
+	// Stolen false); nil for the app's requests and for connection-level warnings.
+	Target *Target
 }
 
+// side is where a request goes within one client connection: sideApp, or a session's slot (sides).
 type side int
 
-const (
-	sideApp side = iota
-	sideLocal
-)
+const sideApp side = 0
 
 func (s side) String() string {
-	if s == sideLocal {
+	if s != sideApp {
 		return "local process"
 	}
 	return "app"
 }
 
-func (r *Route) steal(h *RequestHead) bool { return r.Steal != nil && r.Steal(h) }
+// sides numbers the Targets one client connection has met: slot 0 is the app, and a Target keeps
+// its slot for the connection's life, so that its upstream connections are found by index.
+type sides struct {
+	mu sync.Mutex
+	t  []*Target // t[0] is nil: the app
+}
 
-func (r *Route) dial(ctx context.Context, s side) (net.Conn, error) {
-	d := r.App
-	if s == sideLocal {
-		d = r.Local
+func (ss *sides) slot(t *Target) side {
+	if t == nil {
+		return sideApp
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if len(ss.t) == 0 {
+		ss.t = append(ss.t, nil)
+	}
+	for i := 1; i < len(ss.t); i++ {
+		if ss.t[i] == t {
+			return side(i)
+		}
+	}
+	ss.t = append(ss.t, t)
+	return side(len(ss.t) - 1)
+}
+
+func (ss *sides) target(s side) *Target {
+	if s == sideApp {
+		return nil
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.t[s]
+}
+
+// prepare turns a Steal and Local route into a Pick route with one Target; multi reports whether
+// the caller set Pick itself.
+func (r *Route) prepare() (multi bool) {
+	if r.Pick != nil {
+		return true
+	}
+	t := &Target{Local: r.Local}
+	steal := r.Steal
+	r.Pick = func(h *RequestHead) *Target {
+		if steal != nil && steal(h) {
+			return t
+		}
+		return nil
+	}
+	return false
+}
+
+func (r *Route) dial(ctx context.Context, t *Target) (net.Conn, error) {
+	s, d := sideApp, r.App
+	if t != nil {
+		s, d = 1, t.Local
 	}
 	if d == nil {
 		return nil, fmt.Errorf("no %s to dial", s)
@@ -123,7 +184,7 @@ func (r *Route) emit(e Event) {
 }
 
 func (r *Route) warn(e Event, format string, args ...any) {
-	r.emit(Event{Method: e.Method, Path: e.Path, Proto: e.Proto, Warning: fmt.Sprintf(format, args...)})
+	r.emit(Event{Method: e.Method, Path: e.Path, Proto: e.Proto, Target: e.Target, Warning: fmt.Sprintf(format, args...)})
 }
 
 // ServeRaw relays client (after replaying pre) to a connection from dial, both ways, until both
