@@ -118,6 +118,8 @@ type proxyConfig struct {
 	// openTimeout and headTimeout set the Route's bounds (0: the defaults).
 	openTimeout, headTimeout time.Duration
 	drain                    <-chan struct{} // the Route's Drain
+	// pick, when set, is the Route's Pick (several sessions); steal and local are then unused.
+	pick func(h *RequestHead) *Target
 }
 
 // stealHeader is the filter most tests use: "x-steal: yes" goes local, probes never do.
@@ -156,6 +158,7 @@ func startProxy(t testing.TB, cfg proxyConfig) *proxy {
 	}
 	route := Route{
 		Steal:       cfg.steal,
+		Pick:        cfg.pick,
 		App:         dialer(cfg.app),
 		Event:       p.ev.add,
 		OpenTimeout: cfg.openTimeout,
