@@ -60,9 +60,9 @@ type h1conn struct {
 	multi  bool
 	sides  sides
 	ups    []*h1up // by side
-	head   []byte // the current request head; RequestHead.Raw points into it
-	rhead  []byte // the current response head
-	served int    // requests forwarded so far
+	head   []byte  // the current request head; RequestHead.Raw points into it
+	rhead  []byte  // the current response head
+	served int     // requests forwarded so far
 }
 
 // h1up is a keep-alive connection to one side.
