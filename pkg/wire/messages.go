@@ -76,6 +76,10 @@ type Hello struct {
 	Options  SessionOptions `json:"options"`
 	// DataConns is how many data connections the plugin will open; the agent refuses any beyond it.
 	DataConns int `json:"dataConns"`
+	// User and Host say who runs the session, as the plugin knows it (the cluster user, the
+	// machine's name), for other sessions' messages about it; either may be empty.
+	User string `json:"user,omitempty"`
+	Host string `json:"host,omitempty"`
 }
 
 // MaxDataConns bounds Hello.DataConns.

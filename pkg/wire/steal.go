@@ -3,6 +3,7 @@ package wire
 import (
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -248,6 +249,9 @@ const (
 	// ended: Drained closed gracefully (after an HTTP/1 "Connection: close" or an HTTP/2 GOAWAY, or
 	// by their clients), Reset were still open after DrainWindow and were closed.
 	EventDrain = "drain"
+	// EventShared (right after Ready) names the other sessions that filter the same Port
+	// (Sessions): each request goes to the first registered session whose filter matches it.
+	EventShared = "shared"
 )
 
 // FlushWindow is how long a steal keeps looking for the open connections it left with the app
@@ -288,6 +292,40 @@ type StealEvent struct {
 	// sources and the pod's default gateways. Connections from them to a port with a tcpSocket or
 	// HTTPS probe go to the app.
 	ProbeSources []string `json:"probeSources,omitempty"`
+	// Sessions (Shared) are the other sessions filtering Port, in the order they registered.
+	Sessions []PortSession `json:"sessions,omitempty"`
+}
+
+// PortSession is another session stealing the same pod port.
+type PortSession struct {
+	ID   string `json:"id"`
+	User string `json:"user,omitempty"`
+	Host string `json:"host,omitempty"`
+	// Filter is the session's filter as Describe writes it; empty for a whole-port steal.
+	Filter string    `json:"filter,omitempty"`
+	Since  time.Time `json:"since"`
+}
+
+// Describe is the filter in one line, for messages naming a session: its patterns as the flags
+// gave them, "any of" for MatchAny; empty for an empty filter.
+func (f *HTTPFilter) Describe() string {
+	if f.Empty() {
+		return ""
+	}
+	var parts []string
+	for _, h := range f.Headers {
+		parts = append(parts, "header "+strconv.Quote(h))
+	}
+	for _, p := range f.Paths {
+		parts = append(parts, "path "+strconv.Quote(p))
+	}
+	if len(f.Methods) > 0 {
+		parts = append(parts, "method "+strings.Join(f.Methods, "|"))
+	}
+	if f.Match == MatchAny && len(parts) > 1 {
+		return "any of " + strings.Join(parts, ", ")
+	}
+	return strings.Join(parts, " and ")
 }
 
 // validateIncoming checks an incoming stream's request: the pod port and the client address.

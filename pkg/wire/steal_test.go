@@ -140,3 +140,21 @@ func BenchmarkFilterMatch(b *testing.B) {
 		}
 	}
 }
+
+func TestHTTPFilterDescribe(t *testing.T) {
+	for _, tc := range []struct {
+		f    *HTTPFilter
+		want string
+	}{
+		{nil, ""},
+		{&HTTPFilter{}, ""},
+		{&HTTPFilter{Headers: []string{`^X-Dev: alice$`}}, `header "^X-Dev: alice$"`},
+		{&HTTPFilter{Headers: []string{`a`}, Paths: []string{`^/api`}, Methods: []string{"GET", "POST"}}, `header "a" and path "^/api" and method GET|POST`},
+		{&HTTPFilter{Headers: []string{`a`}, Paths: []string{`b`}, Match: MatchAny}, `any of header "a", path "b"`},
+		{&HTTPFilter{Headers: []string{"\x1b[2J"}}, `header "\x1b[2J"`},
+	} {
+		if got := tc.f.Describe(); got != tc.want {
+			t.Errorf("%+v: got %q, want %q", tc.f, got, tc.want)
+		}
+	}
+}
