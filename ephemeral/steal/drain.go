@@ -132,7 +132,7 @@ func (s *Steal) end() error {
 		if left > 0 {
 			ev.Message = fmt.Sprintf("closed %d connections to the app still busy %v after the steal ended: what was in flight on them failed", left, window)
 		}
-		s.cfg.Events(ev)
+		s.events(ev)
 	}
 	s.cfg.Log.Info("steal ended", "drained", s.drained.Load(), "reset", left)
 	return err

@@ -46,7 +46,7 @@ func (s *Steal) flush(ports []uint16) {
 		})
 		if err != nil {
 			// The redirect works without it; only already-open connections stay with the app.
-			s.cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("could not reset the connections open before the steal: %v", err)})
+			s.events(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("could not reset the connections open before the steal: %v", err)})
 			return
 		}
 		busy = false
@@ -57,7 +57,7 @@ func (s *Steal) flush(ports []uint16) {
 			left[p] = c.Left
 			done := c.Left == 0 || over
 			if c.Idle > 0 || c.Busy > 0 || c.Left != before || (done && before > 0) {
-				s.cfg.Events(wire.StealEvent{Kind: wire.EventFlush, Port: int(p), Flushed: c.Idle, Reset: c.Busy, Left: c.Left, Done: done})
+				s.events(wire.StealEvent{Kind: wire.EventFlush, Port: int(p), Flushed: c.Idle, Reset: c.Busy, Left: c.Left, Done: done})
 			}
 			waiting = waiting || !done
 		}

@@ -22,11 +22,6 @@ func flushRun(t *testing.T, spec wire.StealSpec, window time.Duration, script []
 	s := &Steal{ending: newEnding(), cfg: Config{
 		Spec:        spec,
 		FlushWindow: window,
-		Events: func(e wire.StealEvent) {
-			mu.Lock()
-			evs = append(evs, e)
-			mu.Unlock()
-		},
 		Flush: func(ports []uint16, skipMark uint32, b bool) (map[uint16]netfilter.FlushCounts, int, error) {
 			if skipMark != netfilter.PassMark {
 				t.Errorf("Flush skips mark %#x, want the pass-through mark", skipMark)
@@ -38,6 +33,11 @@ func flushRun(t *testing.T, spec wire.StealSpec, window time.Duration, script []
 			return script[i], 0, err
 		},
 	}}
+	s.add(&Registration{s: s, events: func(e wire.StealEvent) {
+		mu.Lock()
+		evs = append(evs, e)
+		mu.Unlock()
+	}})
 	s.startFlush([]uint16{80, 443})
 	select {
 	case <-s.flushDone:

@@ -97,15 +97,19 @@ type Config struct {
 	Mesh *netfilter.MeshRedirect
 }
 
-// Steal is a running steal.
+// Steal is a running steal: the dispatcher of its ports' redirected connections among the sessions
+// registered on it (session.go). Start makes one with one session; a Hub shares one among sessions.
 type Steal struct {
-	cfg      Config
-	matcher  *wire.FilterMatcher
+	cfg Config
+	// whole: the first session steals every connection, and no other session may register.
+	whole    bool
 	probes   *probe.Rule
 	ln       *net.TCPListener
 	redirect Redirect
 	app      *net.Dialer
-	pacer    *pacer
+
+	regMu sync.Mutex // serializes the changes of regs
+	regs  atomic.Pointer[[]*Registration]
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -194,11 +198,23 @@ func startGuard(exe, id string) error {
 	return nil
 }
 
-// Start listens, installs the redirect, resets open connections if asked, and serves until Close.
-// When Start fails nothing is left in the pod.
+// Start listens, installs the redirect, resets open connections if asked, and serves until Close
+// or the end of ctx, with cfg's Spec, Open and Events as its one session. When Start fails nothing
+// is left in the pod.
 func Start(ctx context.Context, cfg Config) (*Steal, error) {
-	if err := cfg.Spec.Validate(); err != nil {
+	s, _, err := start(ctx, cfg, SessionConfig{Session: cfg.ID, Spec: cfg.Spec, Open: cfg.Open, Events: cfg.Events})
+	if err != nil {
 		return nil, err
+	}
+	context.AfterFunc(ctx, func() { _ = s.Close() })
+	return s, nil
+}
+
+// start is Start with first as the first registration, and no end tied to ctx: the caller ends it
+// (Close, or the last registration's leave).
+func start(ctx context.Context, cfg Config, first SessionConfig) (*Steal, *Registration, error) {
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -218,23 +234,22 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, pacer: newPacer(cfg.Budget, cfg.Events), ending: newEnding()}
-	m, err := cfg.Spec.Filter.Compile()
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, ending: newEnding(), whole: first.Spec.Filter.Empty()}
+	reg, err := s.newRegistration(first)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+		return nil, nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
 	}
-	s.matcher = m
 	// The calling thread is in the pod's network namespace (the listener and the redirect are made
 	// there too): its route table is the pod's.
 	gateways, err := probe.Gateways(probe.RouteFile, probe.IPv6RouteFile)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.probes = probe.New(cfg.Spec.Probes, gateways)
 	s.app = netfilter.PassDialer(10*time.Second, passSources(cfg.Mesh))
 	ln, err := netfilter.PassListenConfig().Listen(ctx, "tcp", cfg.ListenAddress)
 	if err != nil {
-		return nil, fmt.Errorf("listen for stolen connections: %w", err)
+		return nil, nil, fmt.Errorf("listen for stolen connections: %w", err)
 	}
 	s.ln = ln.(*net.TCPListener)
 	ports := make([]uint16, len(cfg.Spec.Ports))
@@ -254,26 +269,31 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 	if err != nil {
 		s.ln.Close()
 		if errors.Is(err, netfilter.ErrOwnerUnsupported) {
-			return nil, fmt.Errorf("%w: without it a redirect can outlive an agent container killed outright (an OOM kill takes all its processes at once); pass --allow-unowned-redirect to go ahead: %w", err, wire.ErrUnsupported)
+			return nil, nil, fmt.Errorf("%w: without it a redirect can outlive an agent container killed outright (an OOM kill takes all its processes at once); pass --allow-unowned-redirect to go ahead: %w", err, wire.ErrUnsupported)
 		}
 		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("install the redirect: %w (the agent needs NET_ADMIN): %w", err, wire.ErrForbidden)
+			return nil, nil, fmt.Errorf("install the redirect: %w (the agent needs NET_ADMIN): %w", err, wire.ErrForbidden)
 		}
-		return nil, fmt.Errorf("install the redirect: %w", err)
+		return nil, nil, fmt.Errorf("install the redirect: %w", err)
 	}
 	s.redirect = r
 	// The connections' context outlives ctx: when ctx ends, Close drains them first.
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: r.KernelOwned()}
-	for _, a := range s.probes.Sources() {
-		ready.ProbeSources = append(ready.ProbeSources, a.String())
-	}
-	cfg.Events(ready)
+	s.add(reg)
+	reg.events(s.Ready())
 	s.wg.Add(1)
 	go s.accept()
 	s.startFlush(ports)
-	context.AfterFunc(ctx, func() { _ = s.Close() })
-	return s, nil
+	return s, reg, nil
+}
+
+// Ready is the event that tells a session the redirect is in place.
+func (s *Steal) Ready() wire.StealEvent {
+	ready := wire.StealEvent{Kind: wire.EventReady, KernelOwned: s.redirect.KernelOwned()}
+	for _, a := range s.probes.Sources() {
+		ready.ProbeSources = append(ready.ProbeSources, a.String())
+	}
+	return ready
 }
 
 // passSources are where connections passed back to the app come from.
@@ -372,7 +392,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 		s.passThrough(cn, nil)
 		return
 	}
-	filtered := s.matcher != nil
+	filtered := !s.whole
 	if filtered && s.cfg.Budget != nil {
 		over := s.cfg.Budget.Over()
 		if s.over.Swap(over) != over {
@@ -380,7 +400,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 			if over {
 				msg = "the agent is over its memory budget: new connections go to the app unfiltered"
 			}
-			s.cfg.Events(wire.StealEvent{Kind: wire.EventWarning, Port: int(orig.Port()), Message: msg})
+			s.events(wire.StealEvent{Kind: wire.EventWarning, Port: int(orig.Port()), Message: msg})
 		}
 		if over {
 			s.overBudget.Add(1)
@@ -401,25 +421,25 @@ func (s *Steal) serve(c *net.TCPConn) {
 			s.passThrough(cn, pk.Prefix)
 			return
 		}
-		if !s.markStolen(c) {
-			// The steal is ending: the connection is the app's again.
+		reg := s.wholeSession()
+		if reg == nil || !s.markStolen(c) {
+			// The steal is ending, or its session is away: the connection is the app's.
 			s.passThrough(cn, pk.Prefix)
 			return
 		}
-		s.stealWhole(cn, pk.Prefix)
+		s.stealWhole(cn, pk.Prefix, reg)
 		return
 	}
+	ct := &connTargets{cn: cn}
 	route := httpx.Route{
-		Steal: func(h *httpx.RequestHead) bool {
-			q := h.ProbeRequest(source, orig)
-			if (keepProbes && s.probes.IsProbe(q)) || s.draining() {
-				return false
+		Pick: func(h *httpx.RequestHead) *httpx.Target {
+			if r := s.pick(h, source, orig); r != nil {
+				return ct.target(r)
 			}
-			return s.matcher.Match(h.Method, q.Path, q.Header)
+			return nil
 		},
 		App:   func(ctx context.Context) (net.Conn, error) { return s.dialApp(ctx, cn) },
-		Local: func(ctx context.Context) (net.Conn, error) { return s.openLocal(ctx, cn) },
-		Event: func(e httpx.Event) { s.requestEvent(cn, e) },
+		Event: func(e httpx.Event) { s.requestEvent(cn, ct, e) },
 		// The app's slow-header protection, which it cannot apply to heads it never sees.
 		HeadTimeout: s.cfg.Spec.HeadTimeout.Std(),
 		Drain:       s.drain,
@@ -439,8 +459,63 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 }
 
-func (s *Steal) requestEvent(cn conn, e httpx.Event) {
-	if !e.Stolen && e.Warning == "" && !s.cfg.Spec.PassedEvents {
+// wholeSession is the session of a whole-port steal, nil while it is away.
+func (s *Steal) wholeSession() *Registration {
+	for _, r := range s.registered() {
+		if r.live() {
+			return r
+		}
+	}
+	return nil
+}
+
+// pick is the registration a request goes to: the first live one whose filter matches it, in the
+// order they registered (a probe only to one that steals probes); nil for the app.
+func (s *Steal) pick(h *httpx.RequestHead, source, orig netip.AddrPort) *Registration {
+	regs := s.registered()
+	if len(regs) == 0 || s.draining() {
+		return nil
+	}
+	q := h.ProbeRequest(source, orig)
+	probeKnown, isProbe := false, false
+	for _, r := range regs {
+		if !r.live() {
+			continue
+		}
+		if !r.stealProbes {
+			if !probeKnown {
+				isProbe, probeKnown = s.probes.IsProbe(q), true
+			}
+			if isProbe {
+				continue
+			}
+		}
+		if r.matcher.Match(h.Method, q.Path, q.Header) {
+			return r
+		}
+	}
+	return nil
+}
+
+// requestEvent tells a request's session about it (the app's requests: the sessions that asked for
+// them), and every session about a connection's warning.
+func (s *Steal) requestEvent(cn conn, ct *connTargets, e httpx.Event) {
+	var to []*Registration
+	switch {
+	case e.Target != nil:
+		if r := ct.registration(e.Target); r != nil && (e.Stolen || e.Warning != "" || r.passedEvents) {
+			to = append(to, r)
+		}
+	case e.Warning != "":
+		to = s.registered()
+	default:
+		for _, r := range s.registered() {
+			if r.passedEvents {
+				to = append(to, r)
+			}
+		}
+	}
+	if len(to) == 0 {
 		return
 	}
 	ev := wire.StealEvent{
@@ -452,7 +527,9 @@ func (s *Steal) requestEvent(cn conn, e httpx.Event) {
 		ev.Kind = wire.EventWarning
 		ev.Message = e.Warning
 	}
-	s.cfg.Events(ev)
+	for _, r := range to {
+		r.events(ev)
+	}
 }
 
 func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
@@ -475,17 +552,6 @@ func (s *Steal) dialApp(ctx context.Context, cn conn) (net.Conn, error) {
 	return c, nil
 }
 
-func (s *Steal) openLocal(ctx context.Context, cn conn) (net.Conn, error) {
-	c, err := s.cfg.Open.OpenIncoming(ctx, wire.OpenRequest{
-		Kind: wire.KindIncoming, Network: wire.NetworkTCP, Address: cn.orig.String(),
-		Port: int(cn.orig.Port()), Peer: cn.peer, Compression: wire.SupportedCompression(),
-	})
-	if err != nil {
-		return nil, err
-	}
-	return s.pacer.wrap(s.ctx, c), nil
-}
-
 // passThrough hands the whole connection to the app, replaying what detection read.
 func (s *Steal) passThrough(cn conn, prefix []byte) {
 	app, err := s.dialApp(s.ctx, cn)
@@ -505,12 +571,12 @@ func (s *Steal) passThrough(cn conn, prefix []byte) {
 
 // stealWhole sends the connection to the developer's process. When that process is down the client
 // is reset, as it would be by a port nobody listens on, rather than silently served by the app.
-func (s *Steal) stealWhole(cn conn, prefix []byte) {
+func (s *Steal) stealWhole(cn conn, prefix []byte, reg *Registration) {
 	start := time.Now()
-	local, err := s.openLocal(s.ctx, cn)
+	local, err := reg.openLocal(s.ctx, cn)
 	if err != nil {
 		_ = cn.client.SetLinger(0)
-		s.cfg.Events(wire.StealEvent{
+		reg.events(wire.StealEvent{
 			Kind: wire.EventWarning, Port: int(cn.orig.Port()), Peer: cn.peer,
 			Message: fmt.Sprintf("connection from %s to port %d reset: %v", cn.peer, cn.orig.Port(), err),
 		})
@@ -527,7 +593,7 @@ func (s *Steal) stealWhole(cn conn, prefix []byte) {
 	s.cfg.Log.Debug("stealing connection", "peer", cn.peer, "port", cn.orig.Port())
 	err = wire.Join(cn.client, cl)
 	s.cfg.Log.Debug("stolen connection ended", "peer", cn.peer, "err", err)
-	s.cfg.Events(wire.StealEvent{
+	reg.events(wire.StealEvent{
 		Kind: wire.EventConnection, Port: int(cn.orig.Port()), Peer: cn.peer, Stolen: true,
 		Duration: wire.Millis(time.Since(start)), BytesIn: cl.written.Load(), BytesOut: cl.read.Load(),
 	})
