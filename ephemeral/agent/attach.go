@@ -66,6 +66,7 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		DataPorts:      a.DataPorts,
 		WatchDataPorts: a.WatchDataPorts,
 		Budget:         a.Budget,
+		Steals:         a.Steals,
 		Mesh:           processMeshReader().redirect,
 	})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/netfilter"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -132,9 +133,16 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen for sessions: %w", err)
 	}
-	// Every session runs in this process and draws on its one memory budget.
+	// Every session runs in this process, draws on its one memory budget and steals through its one
+	// dispatcher per pod port.
+	steals, err := steal.NewHub(steal.Config{Log: log, Budget: mem}, cfg.name)
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	srv := newServer(func(ctx context.Context, a sessionIO) error {
 		a.Budget = mem
+		a.Steals = steals
 		return e.serve(ctx, a)
 	}, log)
 	sctx, endSessions := context.WithCancelCause(context.WithoutCancel(ctx))

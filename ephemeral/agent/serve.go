@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
 )
 
@@ -116,6 +117,8 @@ type sessionIO struct {
 	WatchDataPorts func(fn func([]int)) (stop func())
 	// Budget is the agent's one memory budget, shared by every session.
 	Budget *budget.Budget
+	// Steals is the agent's one dispatcher per pod port, shared by every session's steals.
+	Steals *steal.Hub
 }
 
 // sessionFunc serves one authenticated attachment.

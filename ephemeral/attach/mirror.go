@@ -71,7 +71,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	// st is a redirect mirror's redirect. It is closed after the final counts are sent: its end
 	// drains the connections it relays to the app for up to wire.DrainWindow, which the plugin,
 	// waiting for the counts, must not wait for; the copies stop with the counts.
-	var st *steal.Steal
+	var st *steal.Lease
 	if spec.Sniffs() {
 		capSpec := wire.DumpSpec{Ports: spec.Ports, Filter: "tcp", Mesh: spec.Mesh}
 		c, err := sniff.Open(capSpec, s.cfg.DataPorts())
@@ -96,7 +96,8 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			_ = in.Reject(err)
 			return
 		}
-		st, err = steal.Start(ctx, steal.Config{
+		// A redirect mirror claims its ports like a steal, and shares them with nothing (steal.Hub).
+		st, _, err = s.cfg.Steals.Mirror(ctx, steal.SessionConfig{Session: s.id, User: s.user, Host: s.host}, steal.Config{
 			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen}, Open: s, Log: s.log, Tee: m.Handler,
 			Budget: s.cfg.Budget, Mesh: mesh,
 		})

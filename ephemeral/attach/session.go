@@ -72,6 +72,9 @@ type Config struct {
 	// in one line naming it, which refuses the steal before anything changes. hint is what the
 	// plugin saw of a mesh in the pod's spec (nil: none). nil Mesh: no mesh is ever looked for.
 	Mesh func(hint *wire.Mesh, ports []int) (*netfilter.MeshRedirect, error)
+	// Steals is the main process's one dispatcher per pod port, shared by every session's steals
+	// and redirect mirrors (ephemeral/steal.Hub). nil: this session gets a hub of its own (tests).
+	Steals *steal.Hub
 }
 
 // mesh is the redirect's mesh for a steal or redirect mirror about to start.
@@ -134,6 +137,12 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Listening != nil {
 		cfg.Listening(port)
 	}
+	if cfg.Steals == nil {
+		if cfg.Steals, err = steal.NewHub(steal.Config{Log: cfg.Log, Budget: cfg.Budget}, ""); err != nil {
+			ln.Close()
+			return err
+		}
+	}
 	s := newServer(cfg, id, hello, key)
 	if s.cfg.DataPorts == nil {
 		s.cfg.DataPorts = func() []int { return []int{port} }
@@ -188,6 +197,8 @@ type server struct {
 	cfg     Config
 	id      string
 	log     *slog.Logger
+	// user and host are the Hello's: who runs the session, for other sessions' messages.
+	user, host string
 	data    wire.DataServer
 	refused *refusals
 	// maxConns is the Hello's DataConns; admitted counts the connections that showed the secret.
@@ -222,7 +233,7 @@ func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
 }
 
 func newServer(cfg Config, id string, hello wire.Hello, key *wire.DataKey) *server {
-	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns}
+	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns, user: hello.User, host: hello.Host}
 	s.refused = &refusals{log: s.log, clock: cfg.Clock, interval: cfg.RefusedLogInterval}
 	s.data = wire.DataServer{
 		Key:     key,
@@ -442,13 +453,14 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 		_ = in.Reject(err)
 		return
 	}
-	st, err := steal.Start(ctx, steal.Config{
-		ID:     s.id,
-		Spec:   spec,
-		Open:   s,
-		Log:    s.log,
-		Budget: s.cfg.Budget,
-		Mesh:   mesh,
+	// The port's dispatcher is shared with the other sessions that filter it (steal.Hub): this
+	// session registers its filter and tunnel there, and its leave ends the redirect if it is last.
+	st, err := s.cfg.Steals.Steal(ctx, steal.SessionConfig{
+		Session: s.id,
+		User:    s.user,
+		Host:    s.host,
+		Spec:    spec,
+		Open:    s,
 		Events: func(e wire.StealEvent) {
 			select {
 			case events <- e:
@@ -456,7 +468,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 				dropped.Add(1)
 			}
 		},
-	})
+	}, mesh)
 	if err != nil {
 		s.log.Warn("steal refused", "ports", spec.Ports, "err", err)
 		_ = in.Reject(err)

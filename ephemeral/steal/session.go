@@ -114,23 +114,19 @@ func (r *Registration) Others() []*Registration {
 // Steal is the dispatcher r is registered on.
 func (r *Registration) Steal() *Steal { return r.s }
 
-// leave unregisters r; the last registration's leave ends the steal (drain, redirect removed), and
-// leave then returns once it has ended. Idempotent.
-func (r *Registration) leave() error {
+// leave unregisters r. The last registration's leave (last, as its Hub counts them) ends the steal
+// (drain, redirect removed) and returns once it has ended; r stays registered meanwhile, so that
+// it hears about the drain. Idempotent.
+func (r *Registration) leave(last bool) error {
 	if r.left.Swap(true) {
 		return nil
 	}
-	s := r.s
-	s.regMu.Lock()
-	if len(s.registered()) > 1 {
-		s.setRegistered(slices.DeleteFunc(slices.Clone(s.registered()), func(x *Registration) bool { return x == r }))
-		s.regMu.Unlock()
+	if !last {
+		r.s.remove(r)
 		return nil
 	}
-	s.regMu.Unlock()
-	// The last one stays registered while the steal ends, so that it hears about the drain.
-	err := s.Close()
-	s.remove(r)
+	err := r.s.Close()
+	r.s.remove(r)
 	return err
 }
 

@@ -110,6 +110,8 @@ type Steal struct {
 
 	regMu sync.Mutex // serializes the changes of regs
 	regs  atomic.Pointer[[]*Registration]
+	// members counts the sessions a Hub has registered and not yet let go (under the Hub's mu).
+	members int
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -202,7 +204,7 @@ func startGuard(exe, id string) error {
 // or the end of ctx, with cfg's Spec, Open and Events as its one session. When Start fails nothing
 // is left in the pod.
 func Start(ctx context.Context, cfg Config) (*Steal, error) {
-	s, _, err := start(ctx, cfg, SessionConfig{Session: cfg.ID, Spec: cfg.Spec, Open: cfg.Open, Events: cfg.Events})
+	s, _, err := start(ctx, cfg, SessionConfig{Session: cfg.ID, Spec: cfg.Spec, Open: cfg.Open, Events: cfg.Events}, true)
 	if err != nil {
 		return nil, err
 	}
@@ -211,8 +213,8 @@ func Start(ctx context.Context, cfg Config) (*Steal, error) {
 }
 
 // start is Start with first as the first registration, and no end tied to ctx: the caller ends it
-// (Close, or the last registration's leave).
-func start(ctx context.Context, cfg Config, first SessionConfig) (*Steal, *Registration, error) {
+// (Close, or the last registration's leave). announce sends first the Ready event.
+func start(ctx context.Context, cfg Config, first SessionConfig, announce bool) (*Steal, *Registration, error) {
 	if err := cfg.Spec.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -280,7 +282,9 @@ func start(ctx context.Context, cfg Config, first SessionConfig) (*Steal, *Regis
 	// The connections' context outlives ctx: when ctx ends, Close drains them first.
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.add(reg)
-	reg.events(s.Ready())
+	if announce {
+		reg.events(s.Ready())
+	}
 	s.wg.Add(1)
 	go s.accept()
 	s.startFlush(ports)

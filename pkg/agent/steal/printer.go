@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +101,10 @@ func connectionNotes(ev wire.StealEvent) (notes, warnings []string) {
 		case ev.Done && ev.Flushed == 0 && ev.Reset == 0:
 			notes = append(notes, fmt.Sprintf("port %d: no connection open before the steal is left", ev.Port))
 		}
+	case wire.EventShared:
+		if len(ev.Sessions) > 0 {
+			notes = append(notes, sharedNote(ev))
+		}
 	case wire.EventDrain:
 		if ev.Drained > 0 {
 			notes = append(notes, fmt.Sprintf("%d connections the agent relayed to the app closed gracefully after the steal", ev.Drained))
@@ -109,6 +114,30 @@ func connectionNotes(ev wire.StealEvent) (notes, warnings []string) {
 		}
 	}
 	return notes, warnings
+}
+
+// sharedNote names the sessions that filter the same port, registered before this one: a request
+// their filter matches too goes to them.
+func sharedNote(ev wire.StealEvent) string {
+	var who []string
+	for _, o := range ev.Sessions {
+		w := "session " + lineout.Escape(o.ID) + " ("
+		switch {
+		case o.User != "" && o.Host != "":
+			w += lineout.Escape(o.User) + " on " + lineout.Escape(o.Host) + ", "
+		case o.User != "":
+			w += lineout.Escape(o.User) + ", "
+		case o.Host != "":
+			w += "on " + lineout.Escape(o.Host) + ", "
+		}
+		w += "filter " + lineout.Escape(o.Filter) + ", since " + o.Since.Local().Format("15:04:05") + ")"
+		who = append(who, w)
+	}
+	them := "that session, registered"
+	if len(who) > 1 {
+		them = "those sessions, registered"
+	}
+	return fmt.Sprintf("port %d is shared with %s: a request that its filter matches too goes to %s first", ev.Port, strings.Join(who, ", "), them)
 }
 
 func bytesString(n int64) string {

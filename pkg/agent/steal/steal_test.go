@@ -137,6 +137,31 @@ func TestPrinterConnectionNotes(t *testing.T) {
 	}
 }
 
+// TestPrinterShared: the sessions that filter the same port are named in one line, with what a
+// client of the pod put in them escaped.
+func TestPrinterShared(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newPrinter(&out, &errOut, false)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	since := time.Date(2026, 11, 23, 9, 58, 1, 0, time.Local)
+	p.event(wire.StealEvent{Kind: wire.EventShared, Port: 8080, Sessions: []wire.PortSession{
+		{ID: "a1b2c3", User: "alice", Host: "laptop", Filter: `header "^X-Dev: alice$"`, Since: since},
+	}})
+	p.event(wire.StealEvent{Kind: wire.EventShared, Port: 9090, Sessions: []wire.PortSession{
+		{ID: "a1b2c3", User: "alice\x1b[2J", Filter: `path "^/a"`, Since: since},
+		{ID: "d4e5f6", Filter: `method POST`, Since: since},
+	}})
+	p.flush()
+	want := `10:04:05 port 8080 is shared with session a1b2c3 (alice on laptop, filter header "^X-Dev: alice$", since 09:58:01): a request that its filter matches too goes to that session, registered first` + "\n" +
+		`10:04:05 port 9090 is shared with session a1b2c3 (alice\x1b[2J, filter path "^/a", since 09:58:01), session d4e5f6 (filter method POST, since 09:58:01): a request that its filter matches too goes to those sessions, registered first` + "\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	if errOut.Len() > 0 {
+		t.Errorf("stderr = %q", errOut.String())
+	}
+}
+
 // TestPrinterBatchesLines: a burst of stolen requests reaches the terminal in a few writes, not one
 // per line, and all of it is there once the steal's end flushes.
 func TestPrinterBatchesLines(t *testing.T) {
