@@ -194,13 +194,13 @@ func newID() (string, error) {
 }
 
 type server struct {
-	cfg     Config
-	id      string
-	log     *slog.Logger
+	cfg Config
+	id  string
+	log *slog.Logger
 	// user and host are the Hello's: who runs the session, for other sessions' messages.
 	user, host string
-	data    wire.DataServer
-	refused *refusals
+	data       wire.DataServer
+	refused    *refusals
 	// maxConns is the Hello's DataConns; admitted counts the connections that showed the secret.
 	// Authenticated connections past it are refused: the plugin opens its data connections once.
 	maxConns int
