@@ -167,8 +167,9 @@ const readTimeout = 2 * time.Second
 // maxClaim bounds one claim's JSON.
 const maxClaim = 16 << 10
 
-// procNetUnix lists the unix sockets of the reader's network namespace.
-const procNetUnix = "/proc/net/unix"
+// procNetUnix lists the unix sockets of the calling thread's network namespace (/proc/net is the
+// main thread's, which a kernel test's namespace switch does not move).
+const procNetUnix = "/proc/thread-self/net/unix"
 
 // List returns the claims on port held in the calling thread's network namespace, by any agent.
 // A claim whose holder went away between the listing and the read is skipped; one that answers

@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if arg := os.Getenv(sidecarEnv); arg != "" {
 		os.Exit(runSidecar(arg))
 	}
+	if arg := os.Getenv(hubChildEnv); arg != "" {
+		os.Exit(runHubChild(arg))
+	}
 	if len(os.Args) == 5 && os.Args[1] == "guard" {
 		pid, _ := strconv.Atoi(os.Args[3])
 		ready := os.NewFile(3, "guard-ready")
