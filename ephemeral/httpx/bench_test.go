@@ -1,7 +1,10 @@
 package httpx
 
 import (
+	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -86,6 +89,60 @@ func BenchmarkSequential(b *testing.B) {
 				req.Header.Set("User-Agent", "bench/1")
 				if i%2 == 0 {
 					req.Header.Set("X-Steal", "yes")
+				}
+				resp, err := c.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+}
+
+// BenchmarkSequentialSessions is BenchmarkSequential's proxied run with a Pick among 1 and 10
+// sessions' header filters (each its own Target), alternating between a request the last session
+// takes and one for the app: the ns/op difference between the two is what more sessions on a port
+// cost per request.
+func BenchmarkSequentialSessions(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	local := whoServer(b, "local", false, nil)
+	for _, n := range []int{1, 10} {
+		type session struct {
+			steal  func(h *RequestHead) bool
+			target *Target
+		}
+		var ss []session
+		for i := range n {
+			addr := local.addr()
+			ss = append(ss, session{
+				steal: filterSteal(b, wire.HTTPFilter{Headers: []string{fmt.Sprintf(`^X-Dev: dev%d$`, i)}}),
+				target: &Target{Local: func(ctx context.Context) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "tcp", addr)
+				}},
+			})
+		}
+		pick := func(h *RequestHead) *Target {
+			for _, s := range ss {
+				if s.steal(h) {
+					return s.target
+				}
+			}
+			return nil
+		}
+		p := startProxy(b, proxyConfig{app: app.addr(), pick: pick})
+		b.Run(fmt.Sprintf("sessions=%d", n), func(b *testing.B) {
+			tr := &http.Transport{MaxConnsPerHost: 1}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			b.ReportAllocs()
+			for i := 0; b.Loop(); i++ {
+				req, _ := http.NewRequest(http.MethodGet, "http://"+p.addr+"/x", nil)
+				req.Header.Set("User-Agent", "bench/1")
+				if i%2 == 0 {
+					req.Header.Set("X-Dev", fmt.Sprintf("dev%d", n-1))
 				}
 				resp, err := c.Do(req)
 				if err != nil {
