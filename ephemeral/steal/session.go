@@ -31,6 +31,10 @@ type Registration struct {
 	// away: the session's tunnel is gone for now (Away); its requests go to the app meanwhile.
 	away atomic.Bool
 	left atomic.Bool
+	// inFlight counts the requests picked for this session whose event has not come yet; done
+	// hears each end, for a leave that waits for them.
+	inFlight atomic.Int64
+	done     chan struct{}
 }
 
 // SessionConfig is what a session brings to a dispatcher.
@@ -55,7 +59,7 @@ func (s *Steal) newRegistration(sc SessionConfig) (*Registration, error) {
 	return &Registration{
 		s: s, Session: sc.Session, User: sc.User, Host: sc.Host, Filter: sc.Spec.Filter, Since: time.Now(),
 		matcher: m, stealProbes: sc.Spec.StealProbes, passedEvents: sc.Spec.PassedEvents,
-		open: sc.Open, events: events, pacer: newPacer(s.cfg.Budget, events),
+		open: sc.Open, events: events, pacer: newPacer(s.cfg.Budget, events), done: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -122,12 +126,43 @@ func (r *Registration) leave(last bool) error {
 		return nil
 	}
 	if !last {
+		// The others keep the port: no drain, but the requests this session is answering finish
+		// before its tunnel goes (bounded by the drain window).
 		r.s.remove(r)
+		r.waitRequests()
 		return nil
 	}
 	err := r.s.Close()
 	r.s.remove(r)
 	return err
+}
+
+// picked and answered count a request routed to r, from Pick to its event.
+func (r *Registration) picked() { r.inFlight.Add(1) }
+
+func (r *Registration) answered() {
+	r.inFlight.Add(-1)
+	select {
+	case r.done <- struct{}{}:
+	default:
+	}
+}
+
+// waitRequests waits for r's requests in flight to end, for up to the drain window.
+func (r *Registration) waitRequests() {
+	window := r.s.cfg.DrainWindow
+	if window <= 0 {
+		window = wire.DrainWindow
+	}
+	t := time.NewTimer(window)
+	defer t.Stop()
+	for r.inFlight.Load() > 0 {
+		select {
+		case <-r.done:
+		case <-t.C:
+			return
+		}
+	}
 }
 
 // live reports whether r takes requests now.

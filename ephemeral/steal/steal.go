@@ -495,6 +495,7 @@ func (s *Steal) pick(h *httpx.RequestHead, source, orig netip.AddrPort) *Registr
 			}
 		}
 		if r.matcher.Match(h.Method, q.Path, q.Header) {
+			r.picked()
 			return r
 		}
 	}
@@ -507,7 +508,12 @@ func (s *Steal) requestEvent(cn conn, ct *connTargets, e httpx.Event) {
 	var to []*Registration
 	switch {
 	case e.Target != nil:
-		if r := ct.registration(e.Target); r != nil && (e.Stolen || e.Warning != "" || r.passedEvents) {
+		r := ct.registration(e.Target)
+		if r != nil && e.Warning == "" {
+			// Every picked request ends with one event that is not a warning.
+			r.answered()
+		}
+		if r != nil && (e.Stolen || e.Warning != "" || r.passedEvents) {
 			to = append(to, r)
 		}
 	case e.Warning != "":
