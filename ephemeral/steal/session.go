@@ -80,13 +80,11 @@ func (s *Steal) add(r *Registration) {
 	s.setRegistered(append(slices.Clone(s.registered()), r))
 }
 
-// remove unregisters r and reports how many registrations are left.
-func (s *Steal) remove(r *Registration) int {
+// remove unregisters r.
+func (s *Steal) remove(r *Registration) {
 	s.regMu.Lock()
 	defer s.regMu.Unlock()
-	regs := slices.DeleteFunc(slices.Clone(s.registered()), func(x *Registration) bool { return x == r })
-	s.setRegistered(regs)
-	return len(regs)
+	s.setRegistered(slices.DeleteFunc(slices.Clone(s.registered()), func(x *Registration) bool { return x == r }))
 }
 
 // events tells every registered session what the steal as a whole does (ready, flush, drain, the
