@@ -342,7 +342,7 @@ func (c *h1conn) exchange(h *RequestHead) (keep bool, err error) {
 	}
 	// A response that closes its connection closes the client's too, as the server would have; the
 	// client read "Connection: close" in it and will not send more.
-	return !h.Close && !res.clientClose && !res.upClose, nil
+	return !h.Close && !res.clientClose && (!res.upClose || res.keptOpen), nil
 }
 
 // upstream returns the connection for side want, falling back to the app when the local process
@@ -381,6 +381,7 @@ type h1result struct {
 	upgraded            bool
 	upClose             bool // the upstream connection cannot be reused
 	clientClose         bool // the client connection cannot be reused
+	keptOpen            bool // the upstream's close was kept from the client (keepHead)
 	err                 error
 }
 
@@ -498,8 +499,15 @@ func (c *h1conn) relayResponse(h *RequestHead, u *h1up, res *h1result) {
 		tunnel := rh.Status == http.StatusSwitchingProtocols ||
 			(h.Method == http.MethodConnect && rh.Status/100 == 2)
 		raw := rh.Raw
-		if !tunnel && rh.Status/100 != 1 && c.route.draining() {
+		switch {
+		case !tunnel && rh.Status/100 != 1 && c.route.draining():
 			raw, res.clientClose = closeHead(&rh), true
+		case c.multi && res.side != sideApp && rh.Close && rh.Status/100 != 1 && !tunnel && !h.Close &&
+			rh.Proto == "HTTP/1.1" && (rh.Chunked || rh.ContentLength >= 0 || bodiless(h, &rh)):
+			// A session's server that closes its connection ends only that session's upstream:
+			// the client, whose connection also carries the app's and other sessions' requests,
+			// is not told to close (the response is framed, so nothing needs the close).
+			raw, res.keptOpen = keepHead(&rh), true
 		}
 		res.respBytes += int64(len(raw))
 		if _, err := c.cw.Write(raw); err != nil {
@@ -519,7 +527,7 @@ func (c *h1conn) relayResponse(h *RequestHead, u *h1up, res *h1result) {
 		}
 		var n int64
 		switch {
-		case h.Method == http.MethodHead || rh.Status == http.StatusNoContent || rh.Status == http.StatusNotModified:
+		case bodiless(h, &rh):
 		case rh.Chunked:
 			n, err = copyChunked(c.cw, u.br)
 		case rh.ContentLength >= 0:
@@ -634,6 +642,39 @@ func (c *h1conn) declineH2C(h *RequestHead) bool {
 	h.Header = fields
 	h.Raw = b.Bytes()
 	return true
+}
+
+// bodiless reports a response to h that has no body whatever its head says.
+func bodiless(h *RequestHead, rh *ResponseHead) bool {
+	return h.Method == http.MethodHead || rh.Status == http.StatusNoContent || rh.Status == http.StatusNotModified
+}
+
+// keepHead returns a final response head without its "close" connection option (and the
+// Connection field dropped when nothing else is left in it): the client's connection carries on
+// while the upstream's ends.
+func keepHead(rh *ResponseHead) []byte {
+	raw := rh.Raw
+	line := bytes.IndexByte(raw, '\n') + 1
+	var b bytes.Buffer
+	b.Grow(len(raw))
+	b.Write(raw[:line])
+	for _, f := range rh.Header {
+		if httpsyntax.EqualFold(f.Name, "Connection") {
+			var keep []string
+			for t := range httpsyntax.ListElements(f.Value) {
+				if !httpsyntax.EqualFold(t, "close") {
+					keep = append(keep, t)
+				}
+			}
+			if len(keep) == 0 {
+				continue
+			}
+			f.Value = strings.Join(keep, ", ")
+		}
+		b.WriteString(f.Name + ": " + f.Value + "\r\n")
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
 }
 
 // reply answers the client for the proxy itself (its own errors), and ends the connection.

@@ -230,3 +230,54 @@ func TestMultiOnlySessionGoneKeepsConn(t *testing.T) {
 		})
 	}
 }
+
+// TestMultiSessionCloseKeepsClient: a session's server that answers "Connection: close" closes its
+// own upstream only; the client is not told to close, and its connection goes on to the app and
+// the other session. The app's close still reaches the client, as it would without the proxy.
+func TestMultiSessionCloseKeepsClient(t *testing.T) {
+	checkLeaks(t)
+	closing := func(mux *http.ServeMux) {
+		mux.HandleFunc("/close", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Connection", "close")
+			fmt.Fprint(w, "closing")
+		})
+	}
+	app := whoServer(t, "app", false, closing)
+	locals := map[string]*who{"alice": whoServer(t, "alice", false, closing), "bob": whoServer(t, "bob", false, nil)}
+	ss := newSessions(t, locals, "alice", "bob")
+	p := startProxy(t, proxyConfig{app: app.addr(), pick: ss.pick})
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	get := func(dev, path string) *http.Response {
+		t.Helper()
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\nX-Dev: %s\r\n\r\n", path, dev)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %s for %q: %v", path, dev, err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	if resp := get("alice", "/close"); resp.Close {
+		t.Error("alice's closing response reached the client as such")
+	}
+	for _, dev := range []string{"bob", "carol", "alice"} {
+		if resp := get(dev, "/"); resp.Close {
+			t.Errorf("%s's response closes the connection", dev)
+		}
+	}
+	if resp := get("carol", "/close"); !resp.Close {
+		t.Error("the app's closing response did not reach the client as such")
+	}
+	if n := p.accepts.Load(); n != 1 {
+		t.Errorf("proxy accepted %d connections, want 1", n)
+	}
+	if n := locals["alice"].conns.Load(); n != 2 {
+		t.Errorf("alice's server got %d connections, want 2 (the closed one and a new one)", n)
+	}
+}
