@@ -11,6 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/coder/websocket"
 )
 
 // sessions is the dispatcher's Pick in miniature: sessions by the X-Dev value they filter, in the
@@ -279,5 +282,40 @@ func TestMultiSessionCloseKeepsClient(t *testing.T) {
 	}
 	if n := locals["alice"].conns.Load(); n != 2 {
 		t.Errorf("alice's server got %d connections, want 2 (the closed one and a new one)", n)
+	}
+}
+
+// TestMultiWebSocket: an Upgrade request goes to the session whose filter it matches (or the app),
+// and the upgraded connection is spliced to that side.
+func TestMultiWebSocket(t *testing.T) {
+	checkLeaks(t)
+	app := whoServer(t, "app", false, routes("app"))
+	locals := map[string]*who{"alice": whoServer(t, "alice", false, routes("alice")), "bob": whoServer(t, "bob", false, routes("bob"))}
+	ss := newSessions(t, locals, "alice", "bob")
+	p := startProxy(t, proxyConfig{app: app.addr(), pick: ss.pick})
+	for _, dev := range []string{"bob", "carol", "alice"} {
+		name := map[string]string{"alice": "alice", "bob": "bob", "carol": "app"}[dev]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		ws, _, err := websocket.Dial(ctx, "ws://"+p.addr+"/ws", &websocket.DialOptions{HTTPHeader: http.Header{"X-Dev": {dev}}})
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		if _, hello, err := ws.Read(ctx); err != nil || string(hello) != name {
+			t.Errorf("X-Dev %s: first message %q, %v; want %q", dev, hello, err, name)
+		}
+		if err := ws.Write(ctx, websocket.MessageText, []byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, got, err := ws.Read(ctx); err != nil || string(got) != name+" echo: ping" {
+			t.Errorf("X-Dev %s: echo %q, %v", dev, got, err)
+		}
+		_ = ws.Close(websocket.StatusNormalClosure, "")
+		cancel()
+	}
+	for _, ev := range p.ev.waitRequests(t, 3) {
+		if ev.Status != http.StatusSwitchingProtocols || ev.Stolen != (ss.name(ev.Target) != "app") {
+			t.Errorf("event %+v (target %s)", ev, ss.name(ev.Target))
+		}
 	}
 }
