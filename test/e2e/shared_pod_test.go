@@ -105,6 +105,35 @@ func TestSharedPod(t *testing.T) {
 		expect("bob", "bob", 1)
 		expect("", "target", 1)
 	}
+	// One h2c connection (prior knowledge, as gRPC) carries streams for both sessions and the app.
+	var dials atomic.Int32
+	h2t := &http.Transport{Protocols: new(http.Protocols), DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	h2t.Protocols.SetUnencryptedHTTP2(true)
+	defer h2t.CloseIdleConnections()
+	h2 := &http.Client{Transport: h2t, Timeout: 30 * time.Second}
+	for i := range 12 {
+		dev := []string{"alice", "bob", "carol"}[i%3]
+		want := map[string]string{"alice": "alice", "bob": "bob", "carol": "target"}[dev]
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, st.podURL(fmt.Sprintf("/h2/%d", i)), nil)
+		req.Header.Set("X-Dev", dev)
+		resp, err := h2.Do(req)
+		if err != nil {
+			t.Fatalf("h2c stream %d for %s: %v", i, dev, err)
+		}
+		var r pfReply
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if err != nil || r.Pod != want || resp.ProtoMajor != 2 {
+			t.Errorf("h2c stream %d for %s: %+v (%s), %v; want %s", i, dev, r, resp.Proto, err, want)
+		}
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("the h2c client dialed %d connections, want its one connection for every stream", n)
+	}
 
 	// A whole-port steal of the shared port is refused, naming a session.
 	whole := pluginStart(t, "whole", "steal", st.ns, "pod/target", "--port", fmt.Sprintf("8080:%d", namedLocal(t, "eve")))
