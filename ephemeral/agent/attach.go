@@ -67,6 +67,7 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		WatchDataPorts: a.WatchDataPorts,
 		Budget:         a.Budget,
 		Mesh:           processMeshReader().redirect,
+		Register:       a.Register,
 	})
 }
 

@@ -18,8 +18,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // socketPrefix starts the abstract unix socket on which an agent's main process serves sessions. Abstract
@@ -37,6 +39,9 @@ const maxHeader = 4 << 10
 // with the same flag set (attachFlags), so that `attach --debug` means what it always meant.
 type header struct {
 	Args []string `json:"args"`
+	// Query, when set, makes the connection a question about the sessions (`trafficlab-agent
+	// sessions`), not an attachment.
+	Query *query `json:"query,omitempty"`
 }
 
 // checkPeer accepts a unix peer only if it is a process of this agent container: its pid is visible in
@@ -116,6 +121,8 @@ type sessionIO struct {
 	WatchDataPorts func(fn func([]int)) (stop func())
 	// Budget is the agent's one memory budget, shared by every session.
 	Budget *budget.Budget
+	// Register records the session for `trafficlab-agent sessions` (server.register).
+	Register func(*attach.Live) (unregister func())
 }
 
 // sessionFunc serves one authenticated attachment.
@@ -133,6 +140,12 @@ type server struct {
 	mu      sync.Mutex
 	live    int
 	changed chan struct{} // closed and replaced whenever live changes
+	// idleSince is when the last session ended (or the server started), for the idle agent's answer.
+	idleSince time.Time
+	// sessions are the handshaken sessions, for `trafficlab-agent sessions`; about says the rest of
+	// that answer (version, start, idle timeout).
+	sessions map[*attach.Live]struct{}
+	about    wire.AgentSessions
 	// ports are the data ports of the live sessions, by attachment.
 	ports map[*net.UnixConn]int
 	// lingering are the data ports of ended sessions, still left out of captures for portLinger, by
@@ -149,8 +162,11 @@ type server struct {
 }
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
+	now := time.Now()
 	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
-		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
+		idleSince: now, sessions: map[*attach.Live]struct{}{},
+		about:     wire.AgentSessions{Version: agentVersion(), Started: now},
+		ports:     map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
 		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
 }
 
@@ -254,6 +270,9 @@ func (s *server) Sessions() int {
 func (s *server) adjust(n int) {
 	s.mu.Lock()
 	s.live += n
+	if s.live == 0 {
+		s.idleSince = time.Now()
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
@@ -316,6 +335,11 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("attachment refused", "pid", cred.Pid, "err", err)
 		return
 	}
+	if h.Query != nil {
+		closeFile(logFile)
+		s.answer(c, *h.Query)
+		return
+	}
 	logw := io.Discard
 	if logFile != nil {
 		defer logFile.Close()
@@ -333,6 +357,7 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		Listening:      func(port int) { s.setPort(c, port) },
 		DataPorts:      s.DataPorts,
 		WatchDataPorts: s.WatchDataPorts,
+		Register:       s.register,
 	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {

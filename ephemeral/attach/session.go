@@ -72,6 +72,9 @@ type Config struct {
 	// in one line naming it, which refuses the steal before anything changes. hint is what the
 	// plugin saw of a mesh in the pod's spec (nil: none). nil Mesh: no mesh is ever looked for.
 	Mesh func(hint *wire.Mesh, ports []int) (*netfilter.MeshRedirect, error)
+	// Register, when set, is given the session once its Welcome is sent, for `kubectl trafficlab
+	// sessions` to list and end it, and unregister when Run returns.
+	Register func(*Live) (unregister func())
 }
 
 // mesh is the redirect's mesh for a steal or redirect mirror about to start.
@@ -141,6 +144,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer s.refused.flush()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.live = newLive(id, hello, time.Now(), ender(ctrl, cancel, s.log))
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -166,6 +170,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("send welcome: %w", err)
 	}
 	s.log.Info("session started", "data", ln.Addr().String(), "plugin", hello.Version)
+	if cfg.Register != nil {
+		defer cfg.Register(s.live)()
+	}
 	err = ctrl.Run(ctx)
 	switch {
 	case errors.Is(err, wire.ErrBye), errors.Is(err, wire.ErrPeerClosed), errors.Is(err, context.Canceled):
@@ -196,6 +203,8 @@ type server struct {
 	admitted atomic.Int64
 
 	stealing atomic.Bool
+	// live is the session as `kubectl trafficlab sessions` shows it.
+	live *Live
 
 	mu       sync.Mutex
 	closed   bool
@@ -248,7 +257,7 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	// Anything in the pod can connect to the loopback port; only the plugin, which holds the secret
 	// and checks our key, gets a tunnel.
-	t, err := s.data.Accept(c)
+	t, err := s.data.Accept(s.live.count(c))
 	if err != nil {
 		s.refused.add(c.RemoteAddr().String(), err)
 		return
@@ -353,6 +362,7 @@ func (s *server) closeAll() {
 
 func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 	req := in.Request()
+	defer s.live.stream(&req)()
 	switch req.Kind {
 	case wire.KindSteal:
 		s.serveSteal(ctx, in)
@@ -517,6 +527,7 @@ func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Co
 	if best == nil {
 		return nil, fmt.Errorf("no data connection to the plugin: %w", wire.ErrSessionClosed)
 	}
+	s.live.opened()
 	return best.Open(ctx, req)
 }
 

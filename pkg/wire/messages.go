@@ -66,6 +66,11 @@ func Millis(d time.Duration) Duration { return Duration(d / time.Millisecond) }
 type SessionOptions struct {
 	HeartbeatInterval Duration `json:"heartbeatIntervalMs,omitempty"`
 	HeartbeatDeadline Duration `json:"heartbeatDeadlineMs,omitempty"`
+	// User and Host say who runs the session and from which machine, as the plugin reports them
+	// (SelfSubjectReview, else the kubeconfig's user name; os.Hostname), for `kubectl trafficlab
+	// sessions`. The agent cannot check them: they are labels, not credentials.
+	User string `json:"user,omitempty"`
+	Host string `json:"host,omitempty"`
 }
 
 // Hello is the plugin's first control frame.
