@@ -165,8 +165,8 @@ func newServer(serve sessionFunc, log *slog.Logger) *server {
 	now := time.Now()
 	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
 		idleSince: now, sessions: map[*attach.Live]struct{}{},
-		about:     wire.AgentSessions{Version: agentVersion(), Started: now},
-		ports:     map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
+		about: wire.AgentSessions{Version: agentVersion(), Started: now},
+		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
 		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
 }
 
