@@ -23,7 +23,9 @@ type agentRef struct {
 	Namespace, Pod, Agent string
 }
 
-func (a agentRef) String() string { return fmt.Sprintf("agent %s in pod %s/%s", a.Agent, a.Namespace, a.Pod) }
+func (a agentRef) String() string {
+	return fmt.Sprintf("agent %s in pod %s/%s", a.Agent, a.Namespace, a.Pod)
+}
 
 // asker is how the command reaches an agent: `trafficlab-agent sessions` exec'd into it, with args.
 type asker interface {
