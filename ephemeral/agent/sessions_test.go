@@ -166,7 +166,7 @@ func TestSessionsQueryRefusesForeignPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := newServer(serveSession, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	srv.uid = srv.uid + 1
+	srv.uid++ // the agent runs as someone else than this test's query
 	go srv.Serve(context.Background(), ln)
 	t.Cleanup(func() {
 		ln.Close()
