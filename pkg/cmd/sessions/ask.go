@@ -50,7 +50,12 @@ func (e *execAsker) ask(ctx context.Context, a agentRef, args ...string) ([]byte
 		Command: cmd, Stdout: &out, Stderr: &errOut})
 	if err != nil {
 		// The agent's own last words say more than the exec's exit status.
-		if line := lastLine(errOut.String()); line != "" {
+		line := lastLine(errOut.String())
+		if strings.HasPrefix(line, `unexpected arguments: ["sessions"`) {
+			// An agent from before `sessions` takes it for its main process's arguments and refuses them.
+			return nil, fmt.Errorf("the agent is older than `kubectl trafficlab sessions` (%s)", line)
+		}
+		if line != "" {
 			return nil, fmt.Errorf("%s", strings.TrimPrefix(line, "trafficlab-agent: "))
 		}
 		return nil, err

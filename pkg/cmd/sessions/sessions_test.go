@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/transport"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -279,5 +280,42 @@ func allowReview(allow func(key string) bool) k8stesting.ReactionFunc {
 		}
 		review.Status.Allowed = allow(key)
 		return true, review, nil
+	}
+}
+
+// execFunc is a transport.Executor that answers every exec with stdout, stderr and err.
+type execFunc func(req transport.ExecRequest) error
+
+func (f execFunc) Exec(_ context.Context, req transport.ExecRequest) error { return f(req) }
+
+// The exec'd command is the agent's sessions subcommand in the agent's own container; its stderr's
+// last line is the error, and an agent from before the subcommand is named as such.
+func TestExecAsker(t *testing.T) {
+	ref := agentRef{Namespace: "dev", Pod: "api-1", Agent: "trafficlab-aaaaa"}
+	var got transport.ExecRequest
+	a := &execAsker{exec: execFunc(func(req transport.ExecRequest) error {
+		got = req
+		_, _ = req.Stdout.Write([]byte(`{"sessions":[]}` + "\n"))
+		return nil
+	})}
+	out, err := a.ask(context.Background(), ref, "--end=0123456789ab")
+	if err != nil || string(out) != `{"sessions":[]}`+"\n" {
+		t.Fatalf("ask = %q, %v", out, err)
+	}
+	if diff := cmp.Diff([]string{"/trafficlab-agent", "sessions", "--name=trafficlab-aaaaa", "--end=0123456789ab"}, got.Command); diff != "" || got.Container != ref.Agent || got.Pod != ref.Pod || got.Stdin != nil {
+		t.Errorf("exec'd %+v (-want +got command):\n%s", got, diff)
+	}
+	for stderr, want := range map[string]string{
+		"trafficlab-agent: no session \"0123456789ab\" in this agent\n": `no session "0123456789ab" in this agent`,
+		`unexpected arguments: ["sessions" "--name=trafficlab-aaaaa"]` + "\n": "the agent is older than `kubectl trafficlab sessions`",
+		"": "command terminated with exit code 1",
+	} {
+		a.exec = execFunc(func(req transport.ExecRequest) error {
+			_, _ = req.Stderr.Write([]byte(stderr))
+			return errors.New("command terminated with exit code 1")
+		})
+		if _, err := a.ask(context.Background(), ref); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("with stderr %q: %v, want %q", stderr, err, want)
+		}
 	}
 }
