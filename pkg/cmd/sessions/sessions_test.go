@@ -306,7 +306,7 @@ func TestExecAsker(t *testing.T) {
 		t.Errorf("exec'd %+v (-want +got command):\n%s", got, diff)
 	}
 	for stderr, want := range map[string]string{
-		"trafficlab-agent: no session \"0123456789ab\" in this agent\n": `no session "0123456789ab" in this agent`,
+		"trafficlab-agent: no session \"0123456789ab\" in this agent\n":       `no session "0123456789ab" in this agent`,
 		`unexpected arguments: ["sessions" "--name=trafficlab-aaaaa"]` + "\n": "the agent is older than `kubectl trafficlab sessions`",
 		"": "command terminated with exit code 1",
 	} {
