@@ -76,7 +76,7 @@ func TestSessionsListAndEnd(t *testing.T) {
 	_, aliceID, _ := alice.connected(time.Second)
 	bob := pluginStart(t, "bob's port-forward", "port-forward", st.ns, "--as=bob", "pod/target", ":8080")
 	_, bobID, _ := bob.connected(3 * time.Minute)
-	bobPort, _ := bob.localPort("8080", time.Minute)
+	bobPort, _ := bob.localPort("localhost:8080", time.Minute)
 	bobURL := fmt.Sprintf("http://127.0.0.1:%d/", bobPort)
 	waitAnswer(ctx, t, time.Minute, bobURL, "target")
 
