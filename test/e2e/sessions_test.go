@@ -37,6 +37,7 @@ type sessionRow struct {
 	Verbs                             []string
 	Ports                             []int
 	Filters                           []string
+	ExitsAt                           *time.Time
 }
 
 func listSessions(ctx context.Context, t *testing.T, ns, as string) []sessionRow {
@@ -134,4 +135,23 @@ func TestSessionsListAndEnd(t *testing.T) {
 		t.Errorf("bob's plugin ended with alice's session:\n%s", bob.output())
 	default:
 	}
+
+	// -A needs the rules cluster-wide, which carol's Role does not give; an admin sees bob's session.
+	_, stderr, err = kubectl(ctx, t, "", "trafficlab", "sessions", "-A", "--as=carol")
+	if err == nil || !strings.Contains(stderr, "in every namespace (a ClusterRole)") {
+		t.Errorf("sessions -A as carol: %v, stderr %q; want the cluster-wide rules missing", err, stderr)
+	}
+	all, _, err := kubectl(ctx, t, "", "trafficlab", "sessions", "-A")
+	if err != nil || !regexp.MustCompile(`(?m)^`+st.ns+` +target +trafficlab-[a-z0-9]+ +`+bobID+` +bob `).MatchString(all) {
+		t.Errorf("sessions -A as the admin: %v\n%s", err, all)
+	}
+
+	// With no session left the agent is listed as idle, with the end its idle timeout sets.
+	if err := bob.stop(); err != nil {
+		t.Errorf("bob's port-forward ended with %v on Ctrl-C", err)
+	}
+	eventually(ctx, t, time.Minute, "the agent listed as idle", func(ctx context.Context) (bool, string) {
+		rows := listSessions(ctx, t, st.ns, "carol")
+		return len(rows) == 1 && rows[0].State == "idle" && rows[0].ExitsAt != nil && rows[0].ExitsAt.After(time.Now()), fmt.Sprintf("%+v", rows)
+	})
 }
