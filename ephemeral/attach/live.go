@@ -20,8 +20,9 @@ type Live struct {
 	host  string
 	since time.Time
 
-	bytes atomic.Int64
-	conns atomic.Int64
+	bytes    atomic.Int64
+	conns    atomic.Int64
+	requests atomic.Int64
 
 	mu      sync.Mutex
 	dialed  bool
@@ -42,7 +43,7 @@ func (l *Live) Info() wire.SessionInfo {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	info := wire.SessionInfo{ID: l.id, User: l.user, Host: l.host, Since: l.since,
-		Bytes: l.bytes.Load(), Connections: l.conns.Load()}
+		Bytes: l.bytes.Load(), Connections: l.conns.Load(), Requests: l.requests.Load()}
 	for r := range l.running {
 		info.Verbs = append(info.Verbs, r.Kind)
 		switch {
@@ -101,6 +102,21 @@ func (l *Live) stream(r *wire.OpenRequest) (done func()) {
 func (l *Live) opened() {
 	if l != nil {
 		l.conns.Add(1)
+	}
+}
+
+// stealEvent counts what a steal delivered to the plugin: a stolen request, or a stolen connection of a
+// whole-port steal (the plugin prints one line for each).
+func (l *Live) stealEvent(e wire.StealEvent) {
+	if l != nil && e.Stolen && (e.Kind == wire.EventRequest || e.Kind == wire.EventConnection) {
+		l.requests.Add(1)
+	}
+}
+
+// mirrorEvent counts what a mirror copied: a request, or a connection of a protocol that is not HTTP.
+func (l *Live) mirrorEvent(e wire.MirrorEvent) {
+	if l != nil && (e.Kind == wire.EventMirrored || e.Kind == wire.EventCopied) {
+		l.requests.Add(1)
 	}
 }
 

@@ -23,6 +23,14 @@ func TestLiveInfo(t *testing.T) {
 	endDump := l.stream(&dump)
 	l.stream(&dial)()
 	l.opened()
+	// What the plugin prints a line for counts as a request: stolen requests and whole-port
+	// connections, mirrored requests and copied connections; requests passed to the app do not.
+	for _, e := range []wire.StealEvent{{Kind: wire.EventRequest, Stolen: true}, {Kind: wire.EventRequest}, {Kind: wire.EventConnection, Stolen: true}, {Kind: wire.EventReady}} {
+		l.stealEvent(e)
+	}
+	for _, e := range []wire.MirrorEvent{{Kind: wire.EventMirrored}, {Kind: wire.EventCopied}, {Kind: wire.EventStats}} {
+		l.mirrorEvent(e)
+	}
 	a, b := net.Pipe()
 	defer a.Close()
 	counted := l.count(b)
@@ -34,7 +42,7 @@ func TestLiveInfo(t *testing.T) {
 		Verbs:   []string{wire.KindDial, wire.KindDump, wire.KindSteal},
 		Ports:   []int{80, 8080},
 		Filters: []string{"expr=tcp", "header=^X-Dev: alice$", "match=any", "method=GET"},
-		Bytes:   5, Connections: 2}
+		Bytes:   5, Connections: 2, Requests: 4}
 	if diff := cmp.Diff(want, l.Info()); diff != "" {
 		t.Errorf("Info with a steal, a dump and a dial (-want +got):\n%s", diff)
 	}

@@ -460,6 +460,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 		Budget: s.cfg.Budget,
 		Mesh:   mesh,
 		Events: func(e wire.StealEvent) {
+			s.live.stealEvent(e)
 			select {
 			case events <- e:
 			default:

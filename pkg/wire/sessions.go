@@ -34,9 +34,12 @@ type SessionInfo struct {
 	Filters []string  `json:"filters,omitempty"`
 	Since   time.Time `json:"since"`
 	// Bytes have crossed the session's data connections, both ways; Connections are the connections it
-	// carried (dialed, stolen or mirrored; in a filtered steal, those to the developer's process).
+	// carried (dialed, stolen or mirrored; in a filtered steal, those to the developer's process);
+	// Requests are the requests (whole-port: connections) it stole or mirrored, one per line its
+	// plugin prints.
 	Bytes       int64 `json:"bytes"`
 	Connections int64 `json:"connections"`
+	Requests    int64 `json:"requests"`
 }
 
 // maxAgentSessions bounds the answer the plugin reads from one agent.
@@ -69,7 +72,7 @@ func ParseAgentSessions(b []byte) (AgentSessions, error) {
 		if !ValidSessionID(s.ID) {
 			return AgentSessions{}, fmt.Errorf("session id %q: %w", s.ID, ErrMalformed)
 		}
-		if s.Bytes < 0 || s.Connections < 0 {
+		if s.Bytes < 0 || s.Connections < 0 || s.Requests < 0 {
 			return AgentSessions{}, fmt.Errorf("session %s: negative count: %w", s.ID, ErrMalformed)
 		}
 		for _, p := range s.Ports {

@@ -14,7 +14,7 @@ func TestParseAgentSessions(t *testing.T) {
 	since := time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC)
 	good := AgentSessions{Version: "v1.2.3", Started: since, IdleTimeout: Millis(time.Minute), Sessions: []SessionInfo{{
 		ID: "0123456789ab", User: "alice", Host: "laptop", Verbs: []string{KindSteal}, Ports: []int{8080},
-		Filters: []string{"header=^X-Dev: alice$"}, Since: since, Bytes: 10, Connections: 1}}}
+		Filters: []string{"header=^X-Dev: alice$"}, Since: since, Bytes: 10, Connections: 1, Requests: 2}}}
 	b, err := json.Marshal(good)
 	if err != nil {
 		t.Fatal(err)
@@ -31,6 +31,7 @@ func TestParseAgentSessions(t *testing.T) {
 		{"bad id", `{"sessions":[{"id":"../x"}]}`, `session id "../x"`},
 		{"port 0", `{"sessions":[{"id":"0123456789ab","ports":[0]}]}`, "port 0"},
 		{"negative bytes", `{"sessions":[{"id":"0123456789ab","bytes":-1}]}`, "negative count"},
+		{"negative requests", `{"sessions":[{"id":"0123456789ab","requests":-1}]}`, "negative count"},
 		{"escape in a user", `{"sessions":[{"id":"0123456789ab","user":"\u001b[2Jalice"}]}`, "not printable"},
 		{"negative idle timeout", `{"idleTimeoutMs":-5}`, "idle timeout"},
 		{"too long", `{"version":"` + strings.Repeat("v", maxAgentSessions) + `"}`, "more than"},
@@ -58,7 +59,7 @@ func TestFilterLabels(t *testing.T) {
 // FuzzParseAgentSessions: whatever an agent prints, the plugin either refuses it or holds only ids of the
 // agent's form, valid ports and printable labels, and the accepted answer survives a round trip.
 func FuzzParseAgentSessions(f *testing.F) {
-	f.Add([]byte(`{"version":"v1","started":"2026-12-07T18:00:00Z","idleTimeoutMs":60000,"sessions":[{"id":"0123456789ab","user":"alice","host":"h","verbs":["steal"],"ports":[80],"filters":["path=^/"],"since":"2026-12-07T18:00:00Z","bytes":1,"connections":2}]}`))
+	f.Add([]byte(`{"version":"v1","started":"2026-12-07T18:00:00Z","idleTimeoutMs":60000,"sessions":[{"id":"0123456789ab","user":"alice","host":"h","verbs":["steal"],"ports":[80],"filters":["path=^/"],"since":"2026-12-07T18:00:00Z","bytes":1,"connections":2,"requests":3}]}`))
 	f.Add([]byte(`{"exitsAt":"2026-12-07T18:10:00Z","sessions":[]}`))
 	f.Add([]byte(`{"sessions":[{"id":"0123456789ab","user":"\u0007"}]}`))
 	f.Fuzz(func(t *testing.T, in []byte) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -38,6 +39,7 @@ type sessionRow struct {
 	Ports                             []int
 	Filters                           []string
 	ExitsAt                           *time.Time
+	Requests                          int64
 }
 
 func listSessions(ctx context.Context, t *testing.T, ns, as string) []sessionRow {
@@ -87,19 +89,23 @@ func TestSessionsListAndEnd(t *testing.T) {
 		t.Errorf("sessions without RBAC: %v, stderr %q; want the missing rules", err, stderr)
 	}
 
+	// One request of alice's reaches her local server through the Service; the listing counts it.
+	if r, err := getJSON(ctx, st.svcURL("/mine"), http.Header{"X-Dev": {"alice"}}, nil); err != nil || r.Pod != "laptop" {
+		t.Errorf("alice's request answered by %q, %v; want her local server", r.Pod, err)
+	}
 	byID := map[string]sessionRow{}
 	for _, s := range listSessions(ctx, t, st.ns, "carol") {
 		byID[s.ID] = s
 	}
 	if a := byID[aliceID]; a.User != "alice" || a.Host == "" || a.Pod != "target" || !strings.Contains(strings.Join(a.Verbs, ","), "steal") ||
-		fmt.Sprint(a.Ports) != "[8080]" || fmt.Sprint(a.Filters) != "[header=^X-Dev: alice$]" {
-		t.Errorf("alice's session is listed as %+v, want user alice stealing 8080 with her filter", a)
+		fmt.Sprint(a.Ports) != "[8080]" || fmt.Sprint(a.Filters) != "[header=^X-Dev: alice$]" || a.Requests != 1 {
+		t.Errorf("alice's session is listed as %+v, want user alice stealing 8080 with her filter, 1 request", a)
 	}
 	if b := byID[bobID]; b.User != "bob" || b.Pod != "target" || fmt.Sprint(b.Verbs) != "[dial]" {
 		t.Errorf("bob's session is listed as %+v, want user bob dialing", b)
 	}
 	table, _, err := kubectl(ctx, t, "", "trafficlab", "sessions", "-n", st.ns, "--as=carol", "-o", "wide")
-	if err != nil || !regexp.MustCompile(`(?m)^POD +AGENT +SESSION +USER +MACHINE +VERB +PORTS +FILTERS +SINCE +BYTES +CONNECTIONS$`).MatchString(table) ||
+	if err != nil || !regexp.MustCompile(`(?m)^POD +AGENT +SESSION +USER +MACHINE +VERB +PORTS +FILTERS +SINCE +BYTES +REQUESTS +CONNECTIONS$`).MatchString(table) ||
 		!strings.Contains(table, aliceID) || !strings.Contains(table, bobID) {
 		t.Errorf("sessions -o wide: %v\n%s", err, table)
 	}

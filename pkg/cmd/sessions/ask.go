@@ -181,7 +181,7 @@ func rows(ref agentRef, a wire.AgentSessions) []Session {
 		out = append(out, Session{Namespace: ref.Namespace, Pod: ref.Pod, Agent: ref.Agent, AgentVersion: a.Version,
 			State: StateActive, ID: s.ID, User: s.User, Host: s.Host, Verbs: slices.Clone(s.Verbs),
 			Ports: slices.Clone(s.Ports), Filters: slices.Clone(s.Filters), Since: s.Since.UTC(),
-			Bytes: s.Bytes, Connections: s.Connections})
+			Bytes: s.Bytes, Connections: s.Connections, Requests: s.Requests})
 	}
 	return out
 }

@@ -48,6 +48,7 @@ type Session struct {
 	Since       time.Time  `json:"since,omitzero"`
 	Bytes       int64      `json:"bytes"`
 	Connections int64      `json:"connections"`
+	Requests    int64      `json:"requests"`
 }
 
 // SessionList is what -o json and -o yaml print.
@@ -108,6 +109,7 @@ func table(items []Session, allNamespaces bool, now time.Time) *metav1.Table {
 		{Name: "Filters", Type: "string"},
 		{Name: "Since", Type: "string"},
 		{Name: "Bytes", Type: "integer", Priority: 1},
+		{Name: "Requests", Type: "integer", Priority: 1},
 		{Name: "Connections", Type: "integer", Priority: 1},
 	}...)
 	for _, s := range items {
@@ -117,10 +119,10 @@ func table(items []Session, allNamespaces bool, now time.Time) *metav1.Table {
 		}
 		cells = append(cells, s.Pod, s.Agent)
 		if s.State == StateIdle {
-			cells = append(cells, "<none>", "", "", idleVerb(s.ExitsAt, now), "", "", "", int64(0), int64(0))
+			cells = append(cells, "<none>", "", "", idleVerb(s.ExitsAt, now), "", "", "", int64(0), int64(0), int64(0))
 		} else {
 			cells = append(cells, s.ID, orNone(s.User), orNone(s.Host), orNone(strings.Join(s.Verbs, ",")),
-				orNone(ports(s.Ports)), orNone(strings.Join(s.Filters, ",")), age(now, s.Since), s.Bytes, s.Connections)
+				orNone(ports(s.Ports)), orNone(strings.Join(s.Filters, ",")), age(now, s.Since), s.Bytes, s.Requests, s.Connections)
 		}
 		for i, c := range cells {
 			// What the agent reported reaches a terminal: controls are printed as Go escapes them.

@@ -22,7 +22,8 @@ var (
 		running agent, its sessions with the user and machine that run them (as their plugins
 		reported them: the API server's SelfSubjectReview, else the kubeconfig's user name), the
 		verb (steal, mirror, dump; dial for port-forward and exec), ports, filters and since when.
-		-o wide adds the bytes and connections each session carried so far. An agent with no
+		-o wide adds the bytes, requests (stolen or mirrored) and connections each session carried
+		so far. An agent with no
 		session is listed too, with the time its idle timeout ends it.
 
 		Each agent is asked over exec, all in parallel: it needs list on pods and create or get on
@@ -34,7 +35,7 @@ var (
 		# The sessions in the current namespace
 		kubectl trafficlab sessions
 
-		# The sessions on the pods of deployment api, with bytes and connections so far
+		# The sessions on the pods of deployment api, with bytes, requests and connections so far
 		kubectl trafficlab sessions deploy/api -o wide
 
 		# Every session in the cluster, for a script
@@ -87,7 +88,7 @@ func NewCmdSessions(streams genericiooptions.IOStreams, configFlags *genericclio
 		},
 	}
 	o.addFlags(cmd)
-	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format: empty for a table, wide (with bytes and connections), json or yaml.")
+	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format: empty for a table, wide (with bytes, requests and connections), json or yaml.")
 	cmd.AddCommand(newCmdEnd(NewEndOptions(streams, configFlags)))
 	return cmd
 }

@@ -32,7 +32,7 @@ func testItems() []Session {
 	return []Session{
 		{Namespace: "dev", Pod: "api-1", Agent: "trafficlab-abcde", State: StateActive, ID: "0123456789ab", User: "alice",
 			Host: "alice-laptop", Verbs: []string{"steal"}, Ports: []int{8080}, Filters: []string{"header=^X-Dev: alice$"},
-			Since: now.Add(-90 * time.Second), Bytes: 4096, Connections: 3},
+			Since: now.Add(-90 * time.Second), Bytes: 4096, Connections: 3, Requests: 2},
 		{Namespace: "dev", Pod: "api-1", Agent: "trafficlab-abcde", State: StateActive, ID: "ba9876543210", User: "bob\x1b[2J",
 			Host: "build-7", Verbs: []string{"dial"}, Since: now.Add(-3 * time.Hour)},
 		{Namespace: "prod", Pod: "web-0", Agent: "trafficlab-fghij", State: StateIdle, ExitsAt: &exits},
@@ -54,10 +54,10 @@ api-1   trafficlab-abcde   ba9876543210   bob\x1b[2J   build-7        dial      
 web-0   trafficlab-fghij   <none>                                     idle, exits in 4m                                    
 `},
 		{"wide", true, `
-NAMESPACE   POD     AGENT              SESSION        USER         MACHINE        VERB                PORTS    FILTERS                 SINCE   BYTES   CONNECTIONS
-dev         api-1   trafficlab-abcde   0123456789ab   alice        alice-laptop   steal               8080     header=^X-Dev: alice$   90s     4096    3
-dev         api-1   trafficlab-abcde   ba9876543210   bob\x1b[2J   build-7        dial                <none>   <none>                  3h      0       0
-prod        web-0   trafficlab-fghij   <none>                                     idle, exits in 4m                                            0       0
+NAMESPACE   POD     AGENT              SESSION        USER         MACHINE        VERB                PORTS    FILTERS                 SINCE   BYTES   REQUESTS   CONNECTIONS
+dev         api-1   trafficlab-abcde   0123456789ab   alice        alice-laptop   steal               8080     header=^X-Dev: alice$   90s     4096    2          3
+dev         api-1   trafficlab-abcde   ba9876543210   bob\x1b[2J   build-7        dial                <none>   <none>                  3h      0       0          0
+prod        web-0   trafficlab-fghij   <none>                                     idle, exits in 4m                                            0       0          0
 `},
 	} {
 		var out bytes.Buffer
