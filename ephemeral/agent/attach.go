@@ -68,6 +68,7 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		Budget:         a.Budget,
 		Steals:         a.Steals,
 		Mesh:           processMeshReader().redirect,
+		Register:       a.Register,
 	})
 }
 

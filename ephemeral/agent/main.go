@@ -16,6 +16,10 @@
 //	        runs the session; data arrives on a 127.0.0.1 port
 //	trafficlab-agent relay 127.0.0.1:PORT
 //	        the slow data path when port-forward is forbidden: stdin/stdout joined to a loopback port
+//	trafficlab-agent sessions --name=C [--end=ID --by-user=U --by-host=H]
+//	        exec'd by `kubectl trafficlab sessions`: asks the main process (same socket and peer check
+//	        as attach) for its sessions and prints them as JSON, or ends session ID, whose plugin is
+//	        told who ended it
 //	trafficlab-agent guard SESSION-ID PID
 //	        removes a table the kernel cannot own (before 5.12) once PID is gone
 package main
@@ -58,6 +62,9 @@ func main() {
 	case len(args) > 0 && args[0] == "relay":
 		//nolint:forbidigo // the exec stream's stdout carries the relayed bytes, and exec output is not logged
 		err = runRelay(ctx, args[1:], os.Stdin, os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "sessions":
+		//nolint:forbidigo // the exec stream's stdout carries the answer, and exec output is not logged
+		err = runSessions(args[1:], os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "guard":
 		err = runGuard(ctx, args[1:], os.Stderr)
 	default:

@@ -145,6 +145,7 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 		a.Steals = steals
 		return e.serve(ctx, a)
 	}, log)
+	srv.about.IdleTimeout = wire.Millis(cfg.idleTimeout)
 	sctx, endSessions := context.WithCancelCause(context.WithoutCancel(ctx))
 	go srv.Serve(sctx, ln)
 	start := time.Now()

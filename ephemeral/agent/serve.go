@@ -18,9 +18,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/steal"
 	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // socketPrefix starts the abstract unix socket on which an agent's main process serves sessions. Abstract
@@ -38,6 +40,9 @@ const maxHeader = 4 << 10
 // with the same flag set (attachFlags), so that `attach --debug` means what it always meant.
 type header struct {
 	Args []string `json:"args"`
+	// Query, when set, makes the connection a question about the sessions (`trafficlab-agent
+	// sessions`), not an attachment.
+	Query *query `json:"query,omitempty"`
 }
 
 // checkPeer accepts a unix peer only if it is a process of this agent container: its pid is visible in
@@ -119,6 +124,8 @@ type sessionIO struct {
 	Budget *budget.Budget
 	// Steals is the agent's one dispatcher per pod port, shared by every session's steals.
 	Steals *steal.Hub
+	// Register records the session for `trafficlab-agent sessions` (server.register).
+	Register func(*attach.Live) (unregister func())
 }
 
 // sessionFunc serves one authenticated attachment.
@@ -136,6 +143,12 @@ type server struct {
 	mu      sync.Mutex
 	live    int
 	changed chan struct{} // closed and replaced whenever live changes
+	// idleSince is when the last session ended (or the server started), for the idle agent's answer.
+	idleSince time.Time
+	// sessions are the handshaken sessions, for `trafficlab-agent sessions`; about says the rest of
+	// that answer (version, start, idle timeout).
+	sessions map[*attach.Live]struct{}
+	about    wire.AgentSessions
 	// ports are the data ports of the live sessions, by attachment.
 	ports map[*net.UnixConn]int
 	// lingering are the data ports of ended sessions, still left out of captures for portLinger, by
@@ -152,7 +165,10 @@ type server struct {
 }
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
+	now := time.Now()
 	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
+		idleSince: now, sessions: map[*attach.Live]struct{}{},
+		about: wire.AgentSessions{Version: agentVersion(), Started: now},
 		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
 		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
 }
@@ -257,6 +273,9 @@ func (s *server) Sessions() int {
 func (s *server) adjust(n int) {
 	s.mu.Lock()
 	s.live += n
+	if s.live == 0 {
+		s.idleSince = time.Now()
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
 	s.mu.Unlock()
@@ -319,6 +338,11 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		s.log.Warn("attachment refused", "pid", cred.Pid, "err", err)
 		return
 	}
+	if h.Query != nil {
+		closeFile(logFile)
+		s.answer(c, *h.Query)
+		return
+	}
 	logw := io.Discard
 	if logFile != nil {
 		defer logFile.Close()
@@ -336,6 +360,7 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		Listening:      func(port int) { s.setPort(c, port) },
 		DataPorts:      s.DataPorts,
 		WatchDataPorts: s.WatchDataPorts,
+		Register:       s.register,
 	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {

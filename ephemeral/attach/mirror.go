@@ -51,6 +51,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	m, err := mirror.New(context.WithoutCancel(ctx), mirror.Config{
 		Spec: spec, Session: s.id, Open: s, Dial: mirrorDialer{marked: !spec.Sniffs()}, Log: s.log, Budget: s.cfg.Budget,
 		Events: func(e wire.MirrorEvent) {
+			s.live.mirrorEvent(e)
 			evMu.Lock()
 			defer evMu.Unlock()
 			if evClosed {

@@ -75,6 +75,9 @@ type Config struct {
 	// Steals is the main process's one dispatcher per pod port, shared by every session's steals
 	// and redirect mirrors (ephemeral/steal.Hub). nil: this session gets a hub of its own (tests).
 	Steals *steal.Hub
+	// Register, when set, is given the session once its Welcome is sent, for `kubectl trafficlab
+	// sessions` to list and end it, and unregister when Run returns.
+	Register func(*Live) (unregister func())
 }
 
 // mesh is the redirect's mesh for a steal or redirect mirror about to start.
@@ -150,6 +153,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer s.refused.flush()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.live = newLive(id, hello, time.Now(), ender(ctrl, cancel, s.log))
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -175,6 +179,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("send welcome: %w", err)
 	}
 	s.log.Info("session started", "data", ln.Addr().String(), "plugin", hello.Version)
+	if cfg.Register != nil {
+		defer cfg.Register(s.live)()
+	}
 	err = ctrl.Run(ctx)
 	switch {
 	case errors.Is(err, wire.ErrBye), errors.Is(err, wire.ErrPeerClosed), errors.Is(err, context.Canceled):
@@ -207,6 +214,8 @@ type server struct {
 	admitted atomic.Int64
 
 	stealing atomic.Bool
+	// live is the session as `kubectl trafficlab sessions` shows it.
+	live *Live
 
 	mu       sync.Mutex
 	closed   bool
@@ -233,7 +242,7 @@ func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
 }
 
 func newServer(cfg Config, id string, hello wire.Hello, key *wire.DataKey) *server {
-	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns, user: hello.User, host: hello.Host}
+	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns, user: hello.Options.User, host: hello.Options.Host}
 	s.refused = &refusals{log: s.log, clock: cfg.Clock, interval: cfg.RefusedLogInterval}
 	s.data = wire.DataServer{
 		Key:     key,
@@ -259,7 +268,7 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	// Anything in the pod can connect to the loopback port; only the plugin, which holds the secret
 	// and checks our key, gets a tunnel.
-	t, err := s.data.Accept(c)
+	t, err := s.data.Accept(s.live.count(c))
 	if err != nil {
 		s.refused.add(c.RemoteAddr().String(), err)
 		return
@@ -364,6 +373,7 @@ func (s *server) closeAll() {
 
 func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {
 	req := in.Request()
+	defer s.live.stream(&req)()
 	switch req.Kind {
 	case wire.KindSteal:
 		s.serveSteal(ctx, in)
@@ -462,6 +472,7 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 		Spec:    spec,
 		Open:    s,
 		Events: func(e wire.StealEvent) {
+			s.live.stealEvent(e)
 			select {
 			case events <- e:
 			default:
@@ -529,6 +540,7 @@ func (s *server) OpenIncoming(ctx context.Context, req wire.OpenRequest) (net.Co
 	if best == nil {
 		return nil, fmt.Errorf("no data connection to the plugin: %w", wire.ErrSessionClosed)
 	}
+	s.live.opened()
 	return best.Open(ctx, req)
 }
 

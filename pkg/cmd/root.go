@@ -18,6 +18,7 @@ import (
 	execcmd "github.com/trafficlab/kubectl-trafficlab/pkg/cmd/exec"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/mirror"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/portforward"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/sessions"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/steal"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cmd/version"
 )
@@ -82,6 +83,7 @@ func NewCmdTrafficlab(streams genericiooptions.IOStreams) *cobra.Command {
 		execcmd.NewCmdExec(streams, configFlags),
 		steal.NewCmdSteal(streams, configFlags),
 		doctor.NewCmdDoctor(streams, configFlags),
+		sessions.NewCmdSessions(streams, configFlags),
 		version.NewCmdVersion(streams),
 	)
 	return cmd

@@ -66,6 +66,11 @@ func Millis(d time.Duration) Duration { return Duration(d / time.Millisecond) }
 type SessionOptions struct {
 	HeartbeatInterval Duration `json:"heartbeatIntervalMs,omitempty"`
 	HeartbeatDeadline Duration `json:"heartbeatDeadlineMs,omitempty"`
+	// User and Host say who runs the session and from which machine, as the plugin reports them
+	// (SelfSubjectReview, else the kubeconfig's user name; os.Hostname), for `kubectl trafficlab
+	// sessions`. The agent cannot check them: they are labels, not credentials.
+	User string `json:"user,omitempty"`
+	Host string `json:"host,omitempty"`
 }
 
 // Hello is the plugin's first control frame.
@@ -76,10 +81,6 @@ type Hello struct {
 	Options  SessionOptions `json:"options"`
 	// DataConns is how many data connections the plugin will open; the agent refuses any beyond it.
 	DataConns int `json:"dataConns"`
-	// User and Host say who runs the session, as the plugin knows it (the cluster user, the
-	// machine's name), for other sessions' messages about it; either may be empty.
-	User string `json:"user,omitempty"`
-	Host string `json:"host,omitempty"`
 }
 
 // MaxDataConns bounds Hello.DataConns.

@@ -58,6 +58,10 @@ func (e *MissingPermissionError) Error() string {
 	if len(e.Rules) > 1 {
 		noun = "permissions"
 	}
+	if e.Namespace == "" {
+		// A cluster-wide question (-A) needs a ClusterRole; a Role in one namespace would not do.
+		return fmt.Sprintf("missing RBAC %s: %s in every namespace (a ClusterRole)", noun, strings.Join(parts, "; "))
+	}
 	return fmt.Sprintf("missing RBAC %s: %s in namespace %q", noun, strings.Join(parts, "; "), e.Namespace)
 }
 

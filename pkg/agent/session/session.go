@@ -233,6 +233,9 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		return nil, err
 	}
 	p := progress.New(errOut, o.Quiet)
+	// Who runs the session is one more request to the API server; it runs while the target resolves.
+	whoc := make(chan target.Identity, 1)
+	go func() { whoc <- target.WhoAmI(ctx, kube) }()
 	proto, _ := transport.ParseProtocol(o.Transport)
 	what := req.Target.Resource
 	if what == "" {
@@ -292,6 +295,7 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 	} else {
 		p.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
 	}
+	who := <-whoc
 	restClient := client.CoreV1().RESTClient()
 	execer := &transport.KubeExecutor{Config: config, Client: restClient, Protocol: proto}
 	var data tunnel.DataOpener
@@ -315,6 +319,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		Tunnel:      pluginTunnelConfig(),
 		Compression: wire.SupportedCompression(),
 		AgentLog:    agentLog(errOut),
+		User:        who.User,
+		Host:        who.Host,
 	})
 	if err != nil {
 		if closer != nil {

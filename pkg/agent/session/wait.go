@@ -2,11 +2,13 @@ package session
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // agentConn is what the waits need of the tunnel: when it ended, and why.
@@ -39,7 +41,25 @@ func (s *Session) Announce(format string, args ...any) {
 	s.Progress.Stepf(format, args...)
 }
 
-func lost(c agentConn) error { return fmt.Errorf("lost the agent: %w", c.Err()) }
+// lost says why the tunnel ended: an agent that said goodbye ended the session on purpose (another user's
+// `kubectl trafficlab sessions end`), and its reason says who; anything else lost the agent.
+func lost(c agentConn) error {
+	err := c.Err()
+	var bye *wire.ByeError
+	if errors.As(err, &bye) && bye.Reason != "" {
+		return &EndedError{Reason: bye.Reason, Err: err}
+	}
+	return fmt.Errorf("lost the agent: %w", err)
+}
+
+// EndedError is a session the agent ended on purpose, with the reason it gave.
+type EndedError struct {
+	Reason string
+	Err    error
+}
+
+func (e *EndedError) Error() string { return "the session was " + e.Reason }
+func (e *EndedError) Unwrap() error { return e.Err }
 
 func wait(ctx context.Context, c agentConn) error {
 	select {

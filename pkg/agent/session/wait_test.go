@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/progress"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
 // fakeConn is a tunnel that ends when the test closes done, with err.
@@ -68,5 +70,18 @@ func TestAnnounce(t *testing.T) {
 	s.Announce("mirroring %s (%d%% of requests)", "port 80", 10)
 	if got, want := buf.String(), "mirroring port 80 (10% of requests)\n"; got != want {
 		t.Errorf("quiet line = %q, want %q", got, want)
+	}
+}
+
+// TestWaitEndedByAnother: an agent's Bye with a reason (another user's `sessions end`) is the session's
+// end on purpose, said with that reason, not a lost agent; it still fails the verb.
+func TestWaitEndedByAnother(t *testing.T) {
+	reason := wire.EndedReason("carol", "desk")
+	c := &fakeConn{done: make(chan struct{}), err: fmt.Errorf("agent session ended: %w", &wire.ByeError{Reason: reason})}
+	close(c.done)
+	err := wait(context.Background(), c)
+	var ended *EndedError
+	if !errors.As(err, &ended) || err.Error() != "the session was "+reason || !errors.Is(err, wire.ErrBye) {
+		t.Errorf("ended by another: %v, want %q wrapping the Bye", err, "the session was "+reason)
 	}
 }

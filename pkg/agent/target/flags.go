@@ -36,6 +36,8 @@ func (o *Options) Named() string {
 type Kube struct {
 	Config *rest.Config
 	Client kubernetes.Interface
+	// User is the user name the kubeconfig gives (WhoAmI's fallback).
+	User string
 }
 
 // LoadKube reads the kubeconfig the way kubectl does; the namespace (-n, else the context's) is
@@ -52,6 +54,7 @@ func (o *Options) LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
 	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
 		return k, fmt.Errorf("creating a client: %w", err)
 	}
+	k.User = kubeconfigUser(flags)
 	o.Namespace = ns
 	return k, nil
 }

@@ -49,6 +49,9 @@ type Config struct {
 	// AgentLog, when set, also receives everything the agent's session process writes to stderr
 	// (its log), for -v debugging.
 	AgentLog io.Writer
+	// User and Host are who runs the session and where, told to the agent for `kubectl trafficlab
+	// sessions` (wire.SessionOptions).
+	User, Host string
 }
 
 // Tunnel is the live connection of a session to one agent: the control channel and its data
@@ -113,7 +116,7 @@ func Connect(ctx context.Context, cfg Config) (*Tunnel, error) {
 	}
 	hctx, hcancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer hcancel()
-	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret, DataConns: cfg.DataConns})
+	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret, DataConns: cfg.DataConns, Options: wire.SessionOptions{User: cfg.User, Host: cfg.Host}})
 	if err != nil {
 		return fail(c.withAgentOutput(fmt.Errorf("agent session: %w", err)))
 	}
