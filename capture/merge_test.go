@@ -473,3 +473,26 @@ func FuzzMerge(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkMerge: one agent's stream of 1500-byte frames through a merger, as a one-pod dump -w runs
+// it; bytes/s are the stream's.
+func BenchmarkMerge(b *testing.B) {
+	at := time.Date(2026, 12, 7, 18, 0, 0, 0, time.UTC)
+	recs := make([]record, 1000)
+	for i := range recs {
+		recs[i] = pkt(at.Add(time.Duration(i)*time.Microsecond), 2, strings.Repeat("x", 1500))
+	}
+	head, body := agentStream(b, []Interface{{Index: 2, Name: "eth0"}}, recs, nil)
+	stream := append(head, body...)
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for b.Loop() {
+		m := NewMerger(io.Discard)
+		if err := m.Add("pod", bytes.NewReader(stream)); err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
