@@ -267,7 +267,8 @@ func (m *Merger) release(all bool) {
 	wrote := false
 	for m.pending.Len() > 0 {
 		r := m.pending[0]
-		if !all && !(hasExpired && !r.at.After(expired)) && m.held <= mergeMaxPending && !m.shownByOthers(r) {
+		due := all || (hasExpired && !r.at.After(expired)) || m.held > mergeMaxPending || m.shownByOthers(r)
+		if !due {
 			break
 		}
 		heap.Pop(&m.pending)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -483,7 +484,7 @@ func BenchmarkMerge(b *testing.B) {
 		recs[i] = pkt(at.Add(time.Duration(i)*time.Microsecond), 2, strings.Repeat("x", 1500))
 	}
 	head, body := agentStream(b, []Interface{{Index: 2, Name: "eth0"}}, recs, nil)
-	stream := append(head, body...)
+	stream := slices.Concat(head, body)
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -95,7 +95,8 @@ func (br *ngBlockReader) next() (uint32, []byte, error) {
 	// The section header's type reads the same in both byte orders; its byte-order magic, which
 	// follows the length, says how to read the rest of the section.
 	typ := binary.LittleEndian.Uint32(head[:4])
-	if typ == ngSectionHeader {
+	switch {
+	case typ == ngSectionHeader:
 		magic, err := br.r.Peek(4)
 		if err != nil {
 			return 0, nil, fmt.Errorf("read a pcapng section header: %w", io.ErrUnexpectedEOF)
@@ -109,9 +110,9 @@ func (br *ngBlockReader) next() (uint32, []byte, error) {
 			return 0, nil, fmt.Errorf("pcapng section header with byte-order magic %#x", magic)
 		}
 		br.started = true
-	} else if !br.started {
+	case !br.started:
 		return 0, nil, fmt.Errorf("not pcapng: the stream starts with block type %#x, not a section header", typ)
-	} else {
+	default:
 		typ = br.order.Uint32(head[:4])
 	}
 	length := br.order.Uint32(head[4:])
