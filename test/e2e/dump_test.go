@@ -131,13 +131,14 @@ func TestDumpToTshark(t *testing.T) {
 	if err := fileDump.stop(); err != nil {
 		t.Errorf("dump -w FILE exited with %v", err)
 	}
-	got, err := exec.CommandContext(ctx, "tshark", "-r", file, "-Y", "http.request", "-T", "fields", "-e", "http.request.uri").CombinedOutput()
+	got, err := exec.CommandContext(ctx, "tshark", "-r", file, "-Y", "http.request", "-T", "fields", "-e", "frame.interface_name", "-e", "http.request.uri").Output()
 	if err != nil {
 		t.Fatalf("tshark -r %s: %v: %s", file, err, got)
 	}
+	// The file's interfaces are named after the pod, as in a dump of several pods.
 	for i := range 3 {
-		if want := fmt.Sprintf("/tshark/%d", i); !strings.Contains(string(got), want) {
-			t.Errorf("the written pcapng lacks %s:\n%s", want, got)
+		if want := fmt.Sprintf("target/eth0\t/tshark/%d", i); !strings.Contains(string(got), want) {
+			t.Errorf("the written pcapng lacks %q:\n%s", want, got)
 		}
 	}
 	if fi, err := os.Stat(file); err != nil || fi.Size() == 0 {

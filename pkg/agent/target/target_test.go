@@ -441,3 +441,23 @@ func TestNotFoundWrapsAPIError(t *testing.T) {
 		t.Errorf("a not-found error reads as a permission error")
 	}
 }
+
+func TestWorkload(t *testing.T) {
+	for _, tt := range []struct {
+		o      Options
+		want   string
+		wantOK bool
+	}{
+		{o: Options{Resource: "deploy/api"}, want: "deployment/api", wantOK: true},
+		{o: Options{Resource: "Services.v1/web"}, want: "service/web", wantOK: true},
+		{o: Options{Selector: "app=api"}, want: `selector "app=api"`, wantOK: true},
+		{o: Options{Resource: "pod/web"}},
+		{o: Options{Resource: "web"}},
+		{o: Options{Resource: "cronjob/x"}},
+	} {
+		got, ok := tt.o.Workload()
+		if got != tt.want || ok != tt.wantOK {
+			t.Errorf("%+v.Workload() = %q, %v; want %q, %v", tt.o, got, ok, tt.want, tt.wantOK)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
@@ -45,7 +46,13 @@ var (
 		In a pod with an Istio or Linkerd sidecar, the mesh's ports reach the pod as mTLS on eth0,
 		and the sidecar hands them to the app in plaintext over lo. With --port the agent captures
 		those ports on lo only, where each request shows once in plaintext; without --port it
-		captures every interface, eth0's ciphertext included.`)
+		captures every interface, eth0's ciphertext included.
+
+		The pcapng that -w writes has one interface per interface of each pod, named POD/eth0,
+		POD/lo, so that Wireshark's frame.interface_name tells the pods apart; a pod that joins
+		during the capture has its interfaces appended. Packets from several pods are merged by
+		timestamp within about a second; the timestamps are each node's clock, so pods on
+		different nodes are only ordered as well as the nodes' clocks agree.`)
 
 	dumpExample = templates.Examples(`
 		# Watch the HTTP requests to port 8080 of pod web
@@ -219,15 +226,33 @@ func (o *Options) Run(ctx context.Context) error {
 	}
 	s.Progress.Stepf("capturing %s in pod %s/%s%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name, where(spec))
 
-	var r io.Reader = st
+	// The agent's stream goes through the merger even for one pod, so that the file's interfaces are
+	// named POD/eth0 and POD/lo whether the dump covers one pod or several.
+	pr, pw := io.Pipe()
+	var merged io.Writer = pw
 	if file != nil {
-		r = io.TeeReader(st, file)
+		merged = io.MultiWriter(file, pw)
 	}
+	merger := capture.NewMerger(merged)
+	go func() {
+		err := errors.Join(merger.Add(s.Target.Pod.Name, st), merger.Close())
+		if err == nil {
+			err = io.EOF
+		}
+		pw.CloseWithError(err)
+	}()
 	v := newView(viewOut, o.Output == "json", o.Ports)
 	done := make(chan error, 1)
-	var stats *pcapgo.NgInterfaceStatistics
+	stats := map[int]pcapgo.NgInterfaceStatistics{}
+	var statsMu sync.Mutex
 	go func() {
-		done <- read(r, v, func(s pcapgo.NgInterfaceStatistics) { stats = &s })
+		done <- read(pr, v, func(id int, s pcapgo.NgInterfaceStatistics) {
+			statsMu.Lock()
+			stats[id] = s
+			statsMu.Unlock()
+		})
+		// A view that stopped reading must not block the merger, and so the file.
+		_, _ = io.Copy(io.Discard, pr)
 	}()
 	var runErr error
 	select {
@@ -245,9 +270,17 @@ func (o *Options) Run(ctx context.Context) error {
 		runErr = s.Lost()
 	}
 	v.close()
-	if stats != nil {
-		fmt.Fprintf(o.ErrOut, "%d packets captured, %d dropped by the kernel\n", stats.PacketsReceived, stats.PacketsDropped)
+	statsMu.Lock()
+	if len(stats) > 0 {
+		// Each pod's agent reports its counts, summed over its sockets, once at the end.
+		var total pcapgo.NgInterfaceStatistics
+		for _, s := range stats {
+			total.PacketsReceived += s.PacketsReceived
+			total.PacketsDropped += s.PacketsDropped
+		}
+		fmt.Fprintf(o.ErrOut, "%d packets captured, %d dropped by the kernel\n", total.PacketsReceived, total.PacketsDropped)
 	}
+	statsMu.Unlock()
 	if runErr != nil && !errors.Is(runErr, io.EOF) && ctx.Err() == nil {
 		return runErr
 	}
@@ -270,8 +303,8 @@ func describe(spec wire.DumpSpec) string {
 }
 
 // read decodes the pcapng stream, handing each packet to the view, until the stream ends.
-func read(r io.Reader, v *view, onStats func(pcapgo.NgInterfaceStatistics)) error {
-	ng, err := pcapgo.NewNgReader(r, pcapgo.NgReaderOptions{StatisticsCallback: func(_ int, s pcapgo.NgInterfaceStatistics) { onStats(s) }})
+func read(r io.Reader, v *view, onStats func(int, pcapgo.NgInterfaceStatistics)) error {
+	ng, err := pcapgo.NewNgReader(r, pcapgo.NgReaderOptions{StatisticsCallback: onStats})
 	if err != nil {
 		return fmt.Errorf("read the capture: %w", err)
 	}

@@ -49,7 +49,10 @@ var (
 		With --steal or --mirror the command also receives the pod's incoming traffic on its
 		LOCAL port, as the steal and mirror commands would deliver it, inside its namespace.
 
-		The session ends when the command exits, and the command's exit code is the plugin's.`)
+		The session ends when the command exits, and the command's exit code is the plugin's. As
+		with kubectl, one pod is used; when it goes away (deleted, evicted) and TYPE/NAME named a
+		workload or a Service, or -l a selector, the command keeps running with the network of
+		another ready pod of it, and one line says so (not with --steal or --mirror, which end).`)
 
 	execExample = templates.Examples(`
 		# Run a local build of the service with the pod's network
@@ -225,19 +228,23 @@ func (o *Options) check(ctx context.Context, t *target.Target) ([]string, error)
 
 // Run starts the session, the command's network and the command, and returns the command's exit.
 func (o *Options) Run(ctx context.Context) error {
-	s, err := session.Start(ctx, o.kube, o.Session, o.request(ctx), o.ErrOut)
+	req := o.request(ctx)
+	s, err := session.Start(ctx, o.kube, o.Session, req, o.ErrOut)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
+	// A workload's pod that goes away is replaced by another and the command goes on; not with
+	// --steal or --mirror, which the agent of the new pod would not have.
+	f := session.Follow(ctx, o.kube, o.Session, req, s, o.ErrOut, o.steal == nil && o.mirror == nil)
+	defer f.Close()
 	if s.Tunnel.Welcome().ResolvConf == "" {
 		fmt.Fprintln(o.ErrOut, "warning: the agent could not read the pod's /etc/resolv.conf; names are resolved by the pod's loopback, without search domains")
 	}
 	var code int
 	if o.Proxy {
-		code, err = o.runProxied(ctx, s)
+		code, err = o.runProxied(ctx, s, f)
 	} else {
-		code, err = o.runSandboxed(ctx, s)
+		code, err = o.runSandboxed(ctx, s, f)
 	}
 	if err != nil {
 		return err
@@ -292,8 +299,8 @@ func (o *Options) localPorts() []int {
 
 // waitCommand waits for the command: an interrupt is passed on (a script's SIGTERM to the plugin
 // reaches no one else) with exitcode.Grace to end, a lost agent ends it at once.
-func (o *Options) waitCommand(ctx context.Context, s *session.Session, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
-	return s.WaitCommand(ctx, o.Command[0], wait, func() { signal(os.Interrupt) }, kill)
+func (o *Options) waitCommand(ctx context.Context, f *session.Follower, wait func() (int, error), signal func(os.Signal), kill func()) (int, error) {
+	return f.WaitCommand(ctx, o.Command[0], wait, func() { signal(os.Interrupt) }, kill)
 }
 
 // exitCode is an exec.Cmd's exit as a shell reports it.

@@ -13,14 +13,14 @@ import (
 
 // runProxied runs the command on this machine with a SOCKS5/HTTP proxy through the pod in its
 // environment; steal and mirror deliver to its LOCAL port on this machine.
-func (o *Options) runProxied(ctx context.Context, s *session.Session) (int, error) {
+func (o *Options) runProxied(ctx context.Context, s *session.Session, f *session.Follower) (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("listen for the proxy: %w", err)
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	srv := &proxy.Server{Remote: s.Tunnel, Router: o.egress}
+	srv := &proxy.Server{Remote: f, Router: o.egress}
 	go func() { _ = srv.Serve(pctx, ln) }()
 	stop, err := o.attach(ctx, s, nil)
 	if err != nil {
@@ -38,7 +38,7 @@ func (o *Options) runProxied(ctx context.Context, s *session.Session) (int, erro
 	if err := cmd.Start(); err != nil {
 		return 0, fmt.Errorf("start %q: %w", o.Command[0], err)
 	}
-	return o.waitCommand(ctx, s,
+	return o.waitCommand(ctx, f,
 		func() (int, error) { return exitCode(cmd, cmd.Wait()) },
 		func(sig os.Signal) { _ = cmd.Process.Signal(sig) },
 		func() { _ = cmd.Process.Kill() })

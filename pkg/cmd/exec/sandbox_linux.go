@@ -17,12 +17,12 @@ import (
 )
 
 // runSandboxed runs the command in its own namespaces; the stack hands its flows to the router.
-func (o *Options) runSandboxed(ctx context.Context, s *session.Session) (int, error) {
+func (o *Options) runSandboxed(ctx context.Context, s *session.Session, f *session.Follower) (int, error) {
 	pod := []byte(s.Tunnel.Welcome().ResolvConf)
 	gw4, gw6 := netip.MustParseAddr(sandbox.GatewayIPv4), netip.MustParseAddr(sandbox.GatewayIPv6)
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	dns, err := router.StartResolver(dctx, &dnsproxy.Server{Dialer: s.Tunnel, Pod: dnsproxy.ParseResolvConf(pod), Filter: o.egress})
+	dns, err := router.StartResolver(dctx, &dnsproxy.Server{Dialer: f, Pod: dnsproxy.ParseResolvConf(pod), Filter: o.egress})
 	if err != nil {
 		return 0, err
 	}
@@ -34,7 +34,7 @@ func (o *Options) runSandboxed(ctx context.Context, s *session.Session) (int, er
 		return 0, err
 	}
 	defer sb.Close()
-	r := &router.Router{Pod: s.Tunnel, Filter: o.egress, DNS: dns, Gateways: []netip.Addr{gw4, gw6}}
+	r := &router.Router{Pod: f, Filter: o.egress, DNS: dns, Gateways: []netip.Addr{gw4, gw6}}
 	stack, err := netstack.New(sb.TUN(), netstack.Config{MTU: sandbox.MTU, Dialer: r})
 	if err != nil {
 		return 0, err
@@ -61,7 +61,7 @@ func (o *Options) runSandboxed(ctx context.Context, s *session.Session) (int, er
 	if err := sb.Start(); err != nil {
 		return 0, fmt.Errorf("start %q: %w", o.Command[0], err)
 	}
-	return o.waitCommand(ctx, s, sb.Wait,
+	return o.waitCommand(ctx, f, sb.Wait,
 		func(sig os.Signal) { _ = sb.Signal(sig) },
 		func() { _ = sb.Close() })
 }

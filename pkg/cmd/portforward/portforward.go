@@ -27,7 +27,13 @@ var (
 		from inside the pod's network namespace by the trafficlab agent: the pod's localhost, other
 		pods and services by IP, and DNS names as the pod resolves them (search domains included).
 		TCP and UDP. The agent is added to the pod as an ephemeral container (or reused), needs no
-		capability, and leaves the pod as it was when the command ends.`)
+		capability, and leaves the pod as it was when the command ends.
+
+		As with kubectl, one pod is used. When it goes away during the session (deleted, evicted)
+		and TYPE/NAME named a workload or a Service, or -l a selector, the session moves to another
+		ready pod of it, with one line saying so: the local ports stay open, connections open on the
+		pod that went away end, and new ones go to the new pod. A pod named as pod/NAME ends the
+		session.`)
 
 	pfExample = templates.Examples(`
 		# Forward local 8080 to port 80 on the pod's own localhost
@@ -141,7 +147,8 @@ func (o *Options) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{Target: o.Target}, o.ErrOut)
+	req := session.Request{Target: o.Target}
+	s, err := session.Start(ctx, o.kube, o.Session, req, o.ErrOut)
 	if err != nil {
 		for _, l := range tcp {
 			l.Close()
@@ -151,8 +158,10 @@ func (o *Options) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	defer s.Close()
-	fw.Dialer = s.Tunnel
+	// A workload's pod that goes away is replaced by another; the listeners stay.
+	f := session.Follow(ctx, o.kube, o.Session, req, s, o.ErrOut, true)
+	defer f.Close()
+	fw.Dialer = f
 	fw.Announce(tcp, udp)
 	fctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -166,7 +175,7 @@ func (o *Options) Run(ctx context.Context) error {
 		defer wg.Done()
 		fw.ServeUDP(fctx, udp)
 	}()
-	err = s.Wait(ctx)
+	err = f.Wait(ctx)
 	cancel()
 	wg.Wait()
 	return err
