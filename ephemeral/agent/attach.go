@@ -67,6 +67,8 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		WatchDataPorts: a.WatchDataPorts,
 		Budget:         a.Budget,
 		Mesh:           processMeshReader().redirect,
+		Sessions:       a.Sessions,
+		Hangup:         a.Hangup,
 	})
 }
 

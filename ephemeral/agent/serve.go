@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/budget"
 	"github.com/trafficlab/kubectl-trafficlab/internal/scmrights"
 )
@@ -116,6 +117,11 @@ type sessionIO struct {
 	WatchDataPorts func(fn func([]int)) (stop func())
 	// Budget is the agent's one memory budget, shared by every session.
 	Budget *budget.Budget
+	// Sessions is the main process's one registry of resumable sessions.
+	Sessions *attach.Registry
+	// Hangup closes the attachment's connection, which ends its relay and the plugin's exec, while
+	// the session goes on waiting for a resume.
+	Hangup func()
 }
 
 // sessionFunc serves one authenticated attachment.
@@ -129,6 +135,8 @@ type server struct {
 	cgroupOf func(pid int) (string, error)
 	serve    sessionFunc
 	log      *slog.Logger
+	// sessions are the resumable sessions of every attachment.
+	sessions *attach.Registry
 
 	mu      sync.Mutex
 	live    int
@@ -149,7 +157,7 @@ type server struct {
 }
 
 func newServer(serve sessionFunc, log *slog.Logger) *server {
-	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
+	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, sessions: attach.NewRegistry(), changed: make(chan struct{}),
 		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
 		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
 }
@@ -333,6 +341,8 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		Listening:      func(port int) { s.setPort(c, port) },
 		DataPorts:      s.DataPorts,
 		WatchDataPorts: s.WatchDataPorts,
+		Sessions:       s.sessions,
+		Hangup:         func() { c.Close() },
 	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {

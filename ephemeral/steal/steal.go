@@ -119,6 +119,9 @@ type Steal struct {
 	// remembers whether the last one was, so that only the change is reported.
 	overBudget atomic.Int64
 	over       atomic.Bool
+	// away is set while the session's plugin is gone (SetAway): nothing is stolen meanwhile.
+	away   atomic.Bool
+	awayMu sync.Mutex
 }
 
 // OverBudgetConns is how many connections went to the app unfiltered because the agent was over
@@ -412,7 +415,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 	route := httpx.Route{
 		Steal: func(h *httpx.RequestHead) bool {
 			q := h.ProbeRequest(source, orig)
-			if (keepProbes && s.probes.IsProbe(q)) || s.draining() {
+			if (keepProbes && s.probes.IsProbe(q)) || s.draining() || s.away.Load() {
 				return false
 			}
 			return s.matcher.Match(h.Method, q.Path, q.Header)
