@@ -383,7 +383,11 @@ func (c *Tunnel) reconnect(lost time.Time) (*link, error) {
 	wait := c.cfg.RetryMin
 	resume := &wire.Resume{SessionID: c.welcome.SessionID, Token: *c.token}
 	for {
-		l, _, err := c.dial(c.runCtx, resume)
+		l, w, err := c.dial(c.runCtx, resume)
+		if err == nil && w.SessionID != c.welcome.SessionID {
+			l.close(false)
+			return nil, fmt.Errorf("the agent resumed session %q instead of %q: %w", w.SessionID, c.welcome.SessionID, wire.ErrMalformed)
+		}
 		if err == nil {
 			return l, nil
 		}
