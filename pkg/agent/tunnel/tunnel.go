@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -129,6 +130,9 @@ type Tunnel struct {
 	done    chan struct{}
 	err     error
 	closing sync.Once
+	// closed is set first thing in Close: the link it then takes down is not lost, and is not
+	// made again.
+	closed atomic.Bool
 }
 
 // link is one control channel and the data connections opened with it.
@@ -279,7 +283,7 @@ func (c *Tunnel) resumable() bool { return c.token != nil && c.grace > 0 }
 func (c *Tunnel) run(l *link) {
 	for {
 		err := c.watch(l)
-		if c.runCtx.Err() != nil {
+		if c.runCtx.Err() != nil || c.closed.Load() {
 			return // Close
 		}
 		if !c.resumable() || errors.Is(err, wire.ErrBye) {
@@ -296,6 +300,10 @@ func (c *Tunnel) run(l *link) {
 				c.notify(Event{Kind: Forgotten, Away: time.Since(lost), Grace: c.grace})
 			}
 			c.shutdown(err, false)
+			return
+		}
+		if c.closed.Load() {
+			l.close(false)
 			return
 		}
 		c.setLink(l)
@@ -383,6 +391,9 @@ func (c *Tunnel) reconnect(lost time.Time) (*link, error) {
 	wait := c.cfg.RetryMin
 	resume := &wire.Resume{SessionID: c.welcome.SessionID, Token: *c.token}
 	for {
+		if c.closed.Load() {
+			return nil, errClosed
+		}
 		l, w, err := c.dial(c.runCtx, resume)
 		if err == nil && w.SessionID != c.welcome.SessionID {
 			l.close(false)
@@ -474,6 +485,7 @@ func (c *Tunnel) SetWriteInterval(d time.Duration) {
 // Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline
 // (or past its grace), and waits (bounded) for the agent's session process to exit.
 func (c *Tunnel) Close() error {
+	c.closed.Store(true)
 	alive := c.Err() == nil
 	c.mu.Lock()
 	l := c.cur
