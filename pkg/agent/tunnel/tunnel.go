@@ -92,9 +92,12 @@ type Event struct {
 // ErrForgotten ends a tunnel whose agent no longer has its session when it reconnects.
 var ErrForgotten = errors.New("the agent forgot the session")
 
-// ForgottenError says for how long the session was away before the agent forgot it.
+// ForgottenError says for how long the session was away before the agent forgot it. Its text is
+// the one line the user needs; Cause (the agent's refusal, or the last failed attempt past the
+// grace) is logged at -v=2.
 type ForgottenError struct {
 	Grace time.Duration
+	Cause error
 }
 
 func (e *ForgottenError) Error() string {
@@ -103,6 +106,9 @@ func (e *ForgottenError) Error() string {
 
 // Is matches ErrForgotten.
 func (e *ForgottenError) Is(target error) bool { return target == ErrForgotten }
+
+// Unwrap is the cause.
+func (e *ForgottenError) Unwrap() error { return e.Cause }
 
 // Tunnel is the live connection of a session to one agent: the control channel and its data
 // connections (a link), each carrying a wire.Mux. A resumable tunnel replaces a lost link with a new
@@ -292,11 +298,17 @@ func (c *Tunnel) run(l *link) {
 		}
 		c.dropLink()
 		l.close(false)
+		// Away since the agent was last heard from: a plugin stopped or asleep notices the loss only
+		// when it runs again.
+		lost := l.ctrl.LastHeard()
+		if lost.IsZero() {
+			lost = time.Now()
+		}
 		c.notify(Event{Kind: Reconnecting, Err: err, Grace: c.grace})
-		lost := time.Now()
 		l, err = c.reconnect(lost)
 		if err != nil {
 			if errors.Is(err, ErrForgotten) {
+				klog.V(2).InfoS("the agent forgot the session", "cause", errors.Unwrap(err))
 				c.notify(Event{Kind: Forgotten, Away: time.Since(lost), Grace: c.grace})
 			}
 			c.shutdown(err, false)
@@ -403,13 +415,13 @@ func (c *Tunnel) reconnect(lost time.Time) (*link, error) {
 			return l, nil
 		}
 		if errors.Is(err, wire.ErrSessionGone) {
-			return nil, fmt.Errorf("%w (%w)", &ForgottenError{Grace: c.grace}, err)
+			return nil, &ForgottenError{Grace: c.grace, Cause: err}
 		}
 		if c.runCtx.Err() != nil {
 			return nil, c.runCtx.Err()
 		}
 		if !time.Now().Add(wait).Before(giveUp) {
-			return nil, fmt.Errorf("%w (last attempt: %w)", &ForgottenError{Grace: c.grace}, err)
+			return nil, &ForgottenError{Grace: c.grace, Cause: err}
 		}
 		klog.V(2).InfoS("reconnect to the agent failed, trying again", "in", wait, "err", err)
 		t := time.NewTimer(wait)
