@@ -267,7 +267,7 @@ func (s *server) runControl(ctx context.Context, ctrl *wire.Control) (*handoff, 
 		return nil, err
 	case ho := <-s.handoffs:
 		stop()
-		<-done
+		s.log.Debug("control channel taken over by a resume", "ended", <-done)
 		return ho, errTakenOver
 	}
 }

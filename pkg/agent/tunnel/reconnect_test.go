@@ -23,10 +23,9 @@ type agentMain struct {
 	down     atomic.Bool // exec fails, as with no route to the cluster
 	execs    atomic.Int32
 
-	mu     sync.Mutex
-	cuts   []chan struct{}
-	hellos []wire.Hello
-	ended  chan error // the first attachment's Run: the session's own
+	mu    sync.Mutex
+	cuts  []chan struct{}
+	ended chan error // the first attachment's Run: the session's own
 }
 
 func newAgentMain() *agentMain {

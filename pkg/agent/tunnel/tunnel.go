@@ -373,18 +373,18 @@ func (c *Tunnel) watch(l *link) error {
 
 // waitAny waits for the first of chans to close (true) or for ctx (false).
 func waitAny(ctx context.Context, chans []<-chan struct{}) bool {
-	any := make(chan struct{}, len(chans))
+	first := make(chan struct{}, len(chans))
 	for _, ch := range chans {
 		go func() {
 			select {
 			case <-ch:
-				any <- struct{}{}
+				first <- struct{}{}
 			case <-ctx.Done():
 			}
 		}()
 	}
 	select {
-	case <-any:
+	case <-first:
 		return true
 	case <-ctx.Done():
 		return false
