@@ -71,7 +71,33 @@ func TestReconnect(t *testing.T) {
 			t.Fatalf("matching request before the pause answered by %s", by)
 		}
 		mark := len(p.snapshot())
+		// Matching requests while the plugin is stopped: from the agent's notice on (the heartbeat
+		// deadline), the app answers them.
+		paused, matchedByApp := make(chan struct{}), make(chan time.Duration, 1)
+		go func() {
+			start := time.Now()
+			tick := time.NewTicker(250 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-paused:
+					return
+				case <-tick.C:
+				}
+				if answeredBy("/gap-matching", steal) == "target" {
+					matchedByApp <- time.Since(start)
+					return
+				}
+			}
+		}()
 		asked, failed := pause(p, 10*time.Second, nil)
+		close(paused)
+		select {
+		case d := <-matchedByApp:
+			t.Logf("MEASURE matching requests went to the app %.1fs into the pause", d.Seconds())
+		default:
+			t.Errorf("no matching request was answered by the app while the plugin was stopped")
+		}
 		t.Logf("MEASURE %d unmatched requests during the 10s pause, %d not answered by the app", asked, failed)
 		if failed != 0 {
 			t.Errorf("%d of %d unmatched requests during the pause were not answered by the app", failed, asked)
@@ -150,6 +176,42 @@ func TestReconnect(t *testing.T) {
 			t.Errorf("steal exited with %v after SIGINT, want 0; output:\n%s", err, p.output())
 		}
 		waitAnswer(ctx, t, 10*time.Second, st.podURL("/after"), "target")
+	})
+
+	t.Run("port-forward paused 10s", func(t *testing.T) {
+		pf := pfStart(t, "pf", st.ns, "pod/target", ":8080")
+		port, _ := pf.localPort("localhost:8080", 30*time.Second)
+		pfMustEcho(ctx, t, port, "target")
+		mark := len(pf.snapshot())
+		if err := pf.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		// A connection made during the gap waits for the reconnect: the local listener stays open.
+		answered := make(chan error, 1)
+		go func() {
+			r, err := pfRequest(ctx, port, http.MethodGet, "/during-the-gap", nil)
+			if err == nil && r.Pod != "target" {
+				err = fmt.Errorf("answered by %q", r.Pod)
+			}
+			answered <- err
+		}()
+		gap := time.NewTimer(10 * time.Second)
+		select {
+		case err := <-answered:
+			t.Fatalf("a request through the stopped plugin ended before it ran again: %v", err)
+		case <-gap.C:
+		}
+		if err := pf.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		pf.waitLine(mark, "stderr", reconnectedRE, time.Minute)
+		if err := <-answered; err != nil {
+			t.Errorf("the request made during the gap: %v", err)
+		}
+		pfMustEcho(ctx, t, port, "target")
+		if err := pf.stop(); err != nil {
+			t.Errorf("port-forward exited with %v after SIGINT, want 0; output:\n%s", err, pf.output())
+		}
 	})
 
 	t.Run("paused past the grace", func(t *testing.T) {

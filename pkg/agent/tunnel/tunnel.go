@@ -271,11 +271,12 @@ func (c *Tunnel) setLink(l *link) {
 	}
 }
 
-// dropLink marks the tunnel as reconnecting: new streams wait for the next link.
-func (c *Tunnel) dropLink() {
+// dropLinkIf marks the tunnel as reconnecting if l is its live link: new streams wait for the next
+// one.
+func (c *Tunnel) dropLinkIf(l *link) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cur != nil {
+	if c.cur == l {
 		c.cur = nil
 		c.up = make(chan struct{})
 	}
@@ -296,7 +297,7 @@ func (c *Tunnel) run(l *link) {
 			c.shutdown(err, false)
 			return
 		}
-		c.dropLink()
+		c.dropLinkIf(l)
 		l.close(false)
 		// Away since the agent was last heard from: a plugin stopped or asleep notices the loss only
 		// when it runs again.
@@ -639,24 +640,40 @@ func (c *Tunnel) waitLink(ctx context.Context) (*link, error) {
 }
 
 // open opens a stream of any kind on the least loaded data connection of the live link, waiting for
-// it while the tunnel reconnects.
+// it while the tunnel reconnects. In a resumable session an open that fails because its data
+// connection has just gone (the link is lost, which run has not seen yet) waits for the next link.
 func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, *wire.Mux, error) {
-	if err := c.Err(); err != nil {
-		return nil, nil, err
+	for {
+		if err := c.Err(); err != nil {
+			return nil, nil, err
+		}
+		l, err := c.waitLink(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.mu.Lock()
+		t := wire.LeastLoaded(l.muxes, c.next)
+		c.next++
+		c.mu.Unlock()
+		if t == nil {
+			return nil, nil, wire.ErrSessionClosed
+		}
+		s, err := t.Open(ctx, req)
+		if err != nil && c.resumable() && ctx.Err() == nil && closed(t.Done()) {
+			c.dropLinkIf(l)
+			continue
+		}
+		return s, t, err
 	}
-	l, err := c.waitLink(ctx)
-	if err != nil {
-		return nil, nil, err
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
-	c.mu.Lock()
-	t := wire.LeastLoaded(l.muxes, c.next)
-	c.next++
-	c.mu.Unlock()
-	if t == nil {
-		return nil, nil, wire.ErrSessionClosed
-	}
-	s, err := t.Open(ctx, req)
-	return s, t, err
 }
 
 // tailBuffer keeps the last bytes the agent wrote to stderr.
