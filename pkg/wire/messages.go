@@ -86,6 +86,13 @@ type Resume struct {
 	Token     Secret `json:"token"`
 }
 
+// String and GoString keep the token out of logs, whatever the verb: fmt does not reach an array
+// field's own String through every verb.
+func (r Resume) String() string { return "{" + r.SessionID + " [redacted]}" }
+func (r Resume) GoString() string {
+	return "wire.Resume{SessionID: " + strconv.Quote(r.SessionID) + ", Token: [redacted]}"
+}
+
 // Hello is the plugin's first control frame.
 type Hello struct {
 	Protocol int            `json:"protocol"`
