@@ -224,7 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		// The plugin may be back: keep the session, without it, for the grace.
-		s.log.Warn("plugin away: the session waits for it", "why", err, "grace", grace)
+		s.log.Info("plugin away: the session waits for it", "why", err, "grace", grace)
 		letGo()
 		if next == nil {
 			s.closeTunnels()

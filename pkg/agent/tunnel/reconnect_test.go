@@ -291,3 +291,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestMirrorEndsWithTunnel: a session that ran a mirror (or a dump), whose stream cannot resume,
+// ends with its tunnel as without a grace, rather than reconnect without it.
+func TestMirrorEndsWithTunnel(t *testing.T) {
+	c, a, events := resumable(t, 30*time.Second)
+	// Whether the agent can sniff here does not matter: asking pins the session.
+	if s, err := c.Mirror(context.Background(), wire.MirrorSpec{Ports: []int{8080}}); err == nil {
+		s.Close()
+	}
+	a.cut()
+	select {
+	case <-c.Done():
+	case e := <-events:
+		t.Fatalf("tunnel event %+v, want the session to end", e)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the tunnel did not end within 10s of the cut")
+	}
+	if errors.Is(c.Err(), tunnel.ErrForgotten) || c.Err() == nil {
+		t.Errorf("tunnel ended with %v, want the lost tunnel", c.Err())
+	}
+}

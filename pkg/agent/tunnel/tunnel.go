@@ -139,6 +139,9 @@ type Tunnel struct {
 	// closed is set first thing in Close: the link it then takes down is not lost, and is not
 	// made again.
 	closed atomic.Bool
+	// pinned is set once a stream that cannot resume (a mirror's, a dump's) runs: the session then
+	// ends with its link, as it would without a grace, rather than go on without it.
+	pinned atomic.Bool
 }
 
 // link is one control channel and the data connections opened with it.
@@ -283,7 +286,7 @@ func (c *Tunnel) dropLinkIf(l *link) {
 }
 
 // resumable says whether a lost link is made again rather than ending the session.
-func (c *Tunnel) resumable() bool { return c.token != nil && c.grace > 0 }
+func (c *Tunnel) resumable() bool { return c.token != nil && c.grace > 0 && !c.pinned.Load() }
 
 // run watches the links: a lost one ends the session, or in a resumable session is made again
 // until the agent resumes the session or says it forgot it.
@@ -558,15 +561,20 @@ func (c *Tunnel) Steal(ctx context.Context, spec wire.StealSpec) (wire.VerbStrea
 }
 
 // Dump asks the agent to capture; the returned stream carries the capture as pcapng. CloseWrite ends
-// the capture: the agent then writes its packet counts and closes its side.
+// the capture: the agent then writes its packet counts and closes its side. A capture cannot
+// resume (its pcapng stream would have a hole), so a session with one ends with its link.
 func (c *Tunnel) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
+	c.pinned.Store(true)
 	s, _, err := c.open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
 	return s, err
 }
 
 // Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
-// connection. Ending the returned stream ends the mirror; its last line is the agent's counts.
+// connection. Ending the returned stream ends the mirror; its last line is the agent's counts. A
+// mirror does not resume (it ends in the agent with its stream), so a session with one ends with
+// its link.
 func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
+	c.pinned.Store(true)
 	s, _, err := c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
 	return s, err
 }
