@@ -142,6 +142,8 @@ type Tunnel struct {
 	// pinned is set once a stream that cannot resume (a mirror's, a dump's) runs: the session then
 	// ends with its link, as it would without a grace, rather than go on without it.
 	pinned atomic.Bool
+	// writeInterval is SetWriteInterval's, which a new link's data connections take too.
+	writeInterval atomic.Int64
 }
 
 // link is one control channel and the data connections opened with it.
@@ -263,6 +265,11 @@ func (c *Tunnel) openTunnel(ctx context.Context, w wire.Welcome, secret wire.Sec
 // setLink makes l the live link: streams wait for it no more, and the agent's streams on it are
 // accepted.
 func (c *Tunnel) setLink(l *link) {
+	if d := time.Duration(c.writeInterval.Load()); d > 0 {
+		for _, t := range l.muxes {
+			t.SetWriteInterval(d)
+		}
+	}
 	c.mu.Lock()
 	c.cur = l
 	close(c.up)
@@ -485,8 +492,10 @@ func (c *Tunnel) Err() error {
 	}
 }
 
-// SetWriteInterval spaces the writes of every data connection (wire.Mux.SetWriteInterval).
+// SetWriteInterval spaces the writes of every data connection (wire.Mux.SetWriteInterval), those of
+// a later link too.
 func (c *Tunnel) SetWriteInterval(d time.Duration) {
+	c.writeInterval.Store(int64(d))
 	c.mu.Lock()
 	l := c.cur
 	c.mu.Unlock()
