@@ -226,11 +226,9 @@ func Run(ctx context.Context, cfg Config) error {
 		// The plugin may be back: keep the session, without it, for the grace.
 		s.log.Info("plugin away: the session waits for it", "why", err, "grace", grace)
 		letGo()
+		s.closeTunnels()
 		if next == nil {
-			s.closeTunnels()
 			next = s.away(ctx, grace)
-		} else {
-			s.closeTunnels()
 		}
 		if next == nil {
 			if ctx.Err() != nil {
