@@ -312,3 +312,48 @@ func TestMirrorEndsWithTunnel(t *testing.T) {
 		t.Errorf("tunnel ended with %v, want the lost tunnel", c.Err())
 	}
 }
+
+// recordingData opens data connections as loopbackData does and keeps them, for a test to cut one.
+type recordingData struct {
+	mu    sync.Mutex
+	conns []io.Closer
+}
+
+func (r *recordingData) OpenData(ctx context.Context, port int) (io.ReadWriteCloser, error) {
+	c, err := loopbackData{}.OpenData(ctx, port)
+	if err == nil {
+		r.mu.Lock()
+		r.conns = append(r.conns, c)
+		r.mu.Unlock()
+	}
+	return c, err
+}
+
+// TestReconnectAfterDataConnLoss: one data connection lost while the control channel lives is a
+// lost tunnel too (the streams on it are gone): the plugin resumes the session on a new link, which
+// the agent hands over even before it has seen the old control channel end.
+func TestReconnectAfterDataConnLoss(t *testing.T) {
+	addr := echoServer(t)
+	a := newAgentMain()
+	data := &recordingData{}
+	events := make(chan tunnel.Event, 16)
+	c, err := tunnel.Connect(context.Background(), tunnel.Config{
+		Control: a, Data: data, Version: "test", DataConns: 2,
+		ReconnectGrace: 30 * time.Second, RetryMin: 20 * time.Millisecond,
+		Notify: func(e tunnel.Event) { events <- e },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	echoOnce(t, c, addr, "before")
+	data.mu.Lock()
+	data.conns[1].Close()
+	data.mu.Unlock()
+	next(t, events, tunnel.Reconnecting)
+	next(t, events, tunnel.Reconnected)
+	echoOnce(t, c, addr, "after")
+	if n := a.sessions.Len(); n != 1 {
+		t.Errorf("agent holds %d resumable sessions, want the one resumed", n)
+	}
+}
