@@ -69,6 +69,8 @@ func serveSession(ctx context.Context, a sessionIO) error {
 		Steals:         a.Steals,
 		Mesh:           processMeshReader().redirect,
 		Register:       a.Register,
+		Sessions:       a.Sessions,
+		Hangup:         a.Hangup,
 	})
 }
 

@@ -126,6 +126,11 @@ type sessionIO struct {
 	Steals *steal.Hub
 	// Register records the session for `trafficlab-agent sessions` (server.register).
 	Register func(*attach.Live) (unregister func())
+	// Sessions is the main process's one registry of resumable sessions.
+	Sessions *attach.Registry
+	// Hangup closes the attachment's connection, which ends its relay and the plugin's exec, while
+	// the session goes on waiting for a resume.
+	Hangup func()
 }
 
 // sessionFunc serves one authenticated attachment.
@@ -139,6 +144,8 @@ type server struct {
 	cgroupOf func(pid int) (string, error)
 	serve    sessionFunc
 	log      *slog.Logger
+	// resumable are the resumable sessions of every attachment.
+	resumable *attach.Registry
 
 	mu      sync.Mutex
 	live    int
@@ -167,7 +174,7 @@ type server struct {
 func newServer(serve sessionFunc, log *slog.Logger) *server {
 	now := time.Now()
 	return &server{uid: os.Geteuid(), cgroupOf: procCgroup, serve: serve, log: log, changed: make(chan struct{}),
-		idleSince: now, sessions: map[*attach.Live]struct{}{},
+		idleSince: now, sessions: map[*attach.Live]struct{}{}, resumable: attach.NewRegistry(),
 		about: wire.AgentSessions{Version: agentVersion(), Started: now},
 		ports: map[*net.UnixConn]int{}, watchers: map[int]func([]int){},
 		lingering: map[int]int{}, portLinger: dataPortLinger, afterFunc: time.AfterFunc}
@@ -361,6 +368,8 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 		DataPorts:      s.DataPorts,
 		WatchDataPorts: s.WatchDataPorts,
 		Register:       s.register,
+		Sessions:       s.resumable,
+		Hangup:         func() { c.Close() },
 	})
 	s.log.Info("session detached", "pid", cred.Pid, "err", err)
 	if err != nil {

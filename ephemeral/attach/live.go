@@ -150,13 +150,14 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // another path than its control channel), and it would then report a lost agent, not who ended it.
 const endedGrace = 5 * time.Second
 
-// ender makes the End of a session whose control channel is ctrl and whose Run is canceled by cancel.
-func ender(ctrl *wire.Control, cancel context.CancelFunc, log interface{ Info(string, ...any) }) func(string) {
+// ender makes the End of a session whose Bye is sent by bye (on its current control channel) and whose
+// Run is canceled by cancel.
+func ender(bye func(reason string) error, cancel context.CancelFunc, log interface{ Info(string, ...any) }) func(string) {
 	var once sync.Once
 	return func(reason string) {
 		once.Do(func() {
 			log.Info("session ended by another", "reason", reason)
-			if err := ctrl.Bye(reason); err != nil {
+			if err := bye(reason); err != nil {
 				cancel()
 				return
 			}

@@ -78,6 +78,13 @@ type Config struct {
 	// Register, when set, is given the session once its Welcome is sent, for `kubectl trafficlab
 	// sessions` to list and end it, and unregister when Run returns.
 	Register func(*Live) (unregister func())
+	// Sessions is the main process's registry of resumable sessions: a session whose Hello asks for a
+	// reconnect grace is entered there, and a Hello that resumes one is handed to it. nil: sessions
+	// end with their control channel, whatever the Hello asks.
+	Sessions *Registry
+	// Hangup ends the attachment (closes its connection to the relay, whose exec then ends) when the
+	// session lets go of its control channel but goes on, lost and waiting for a resume.
+	Hangup func()
 }
 
 // mesh is the redirect's mesh for a steal or redirect mirror about to start.
@@ -120,6 +127,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("session handshake: %w", err)
 	}
+	if hello.Resume != nil {
+		return resume(ctx, cfg, ctrl, hello)
+	}
 	ln, err := net.Listen("tcp", cfg.ListenAddress)
 	if err != nil {
 		_ = ctrl.Send(wire.Error{Code: wire.CodeInternal, Message: fmt.Sprintf("agent cannot listen on %s: %v", cfg.ListenAddress, err)})
@@ -140,6 +150,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.Listening != nil {
 		cfg.Listening(port)
 	}
+	// A resume points the session's log at the new attachment's stderr, which the plugin reads.
+	logs := newSwitchHandler(cfg.Log.Handler())
+	cfg.Log = slog.New(logs)
 	if cfg.Steals == nil {
 		if cfg.Steals, err = steal.NewHub(steal.Config{Log: cfg.Log, Budget: cfg.Budget}, ""); err != nil {
 			ln.Close()
@@ -150,10 +163,41 @@ func Run(ctx context.Context, cfg Config) error {
 	if s.cfg.DataPorts == nil {
 		s.cfg.DataPorts = func() []int { return []int{port} }
 	}
+	welcome := wire.Welcome{
+		SessionID:   id,
+		DataPort:    port,
+		DataKeyPin:  key.Pin(),
+		AgentPID:    os.Getpid(),
+		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump, wire.KindMirror},
+		Compression: wire.SupportedCompression(),
+		ResolvConf:  readResolvConf(s.cfg.ResolvConfPath),
+	}
+	grace := min(hello.Options.ReconnectGrace.Std(), wire.MaxReconnectGrace)
+	if grace > 0 && cfg.Sessions != nil {
+		token, err := wire.NewSecret()
+		if err != nil {
+			ln.Close()
+			_ = ctrl.Send(wire.Error{Code: wire.CodeInternal, Message: err.Error()})
+			return err
+		}
+		s.token = token
+		welcome.ResumeToken = &token
+		welcome.ReconnectGrace = wire.Millis(grace)
+		cfg.Sessions.add(s)
+		defer cfg.Sessions.remove(s)
+	}
+	defer close(s.over)
 	defer s.refused.flush()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.live = newLive(id, hello, time.Now(), ender(ctrl, cancel, s.log))
+	// The control channel changes with each resume; another user's end says Bye on the current one.
+	var cur atomic.Pointer[wire.Control]
+	cur.Store(ctrl)
+	bye := func(reason string) error {
+		s.ended.Store(true)
+		return cur.Load().Bye(reason)
+	}
+	s.live = newLive(id, hello, time.Now(), ender(bye, cancel, s.log))
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -167,29 +211,87 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Wait()
 		s.waitStreams(5 * time.Second)
 	}()
-	if err := ctrl.Welcome(wire.Welcome{
-		SessionID:   id,
-		DataPort:    port,
-		DataKeyPin:  key.Pin(),
-		AgentPID:    os.Getpid(),
-		Kinds:       []string{wire.KindDial, wire.KindSteal, wire.KindDump, wire.KindMirror},
-		Compression: wire.SupportedCompression(),
-		ResolvConf:  readResolvConf(s.cfg.ResolvConfPath),
-	}); err != nil {
+	if err := ctrl.Welcome(welcome); err != nil {
 		return fmt.Errorf("send welcome: %w", err)
 	}
-	s.log.Info("session started", "data", ln.Addr().String(), "plugin", hello.Version)
+	s.log.Info("session started", "data", ln.Addr().String(), "plugin", hello.Version, "reconnectGrace", grace)
+	hangup := cfg.Hangup
+	// holder is the resuming attachment that holds the control channel now (nil: the first one);
+	// letting go of the channel ends it.
+	var holder *handoff
+	letGo := func() {
+		if hangup != nil {
+			hangup()
+		}
+		if holder != nil {
+			close(holder.done)
+			holder = nil
+		}
+	}
+	defer letGo()
 	if cfg.Register != nil {
 		defer cfg.Register(s.live)()
 	}
-	err = ctrl.Run(ctx)
-	switch {
-	case errors.Is(err, wire.ErrBye), errors.Is(err, wire.ErrPeerClosed), errors.Is(err, context.Canceled):
-		s.log.Info("session ended", "why", err)
-		return nil
+	for {
+		var next *handoff
+		next, err = s.runControl(ctx, ctrl)
+		switch {
+		case errors.Is(err, wire.ErrBye), ctx.Err() != nil, s.ended.Load():
+			s.log.Info("session ended", "why", err)
+			return nil
+		case s.token.IsZero() && errors.Is(err, wire.ErrPeerClosed):
+			s.log.Info("session ended", "why", err)
+			return nil
+		case s.token.IsZero():
+			s.log.Warn("session ended", "why", err)
+			return err
+		}
+		// The plugin may be back: keep the session, without it, for the grace.
+		s.log.Info("plugin away: the session waits for it", "why", err, "grace", grace)
+		letGo()
+		s.closeTunnels()
+		if next == nil {
+			next = s.away(ctx, grace)
+		}
+		if next == nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Warn("session forgotten: the plugin was away longer than the reconnect grace", "grace", grace)
+			return fmt.Errorf("the plugin was away longer than the reconnect grace %v (%w)", grace, err)
+		}
+		holder, hangup, ctrl = next, next.hangup, next.ctrl
+		cur.Store(ctrl)
+		if next.log != nil {
+			logs.set(next.log)
+		}
+		s.adopt(next.hello)
+		if err := ctrl.Welcome(welcome); err != nil {
+			s.log.Warn("resume: send welcome", "err", err)
+			continue
+		}
+		s.log.Info("session resumed", "plugin", next.hello.Version)
 	}
-	s.log.Warn("session ended", "why", err)
-	return err
+}
+
+// runControl runs the control channel until it ends, or until a resume takes the session over: the
+// plugin saw the loss first and comes back on a new channel, returned.
+func (s *server) runControl(ctx context.Context, ctrl *wire.Control) (*handoff, error) {
+	if s.token.IsZero() {
+		return nil, ctrl.Run(ctx)
+	}
+	rctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(rctx) }()
+	select {
+	case err := <-done:
+		return nil, err
+	case ho := <-s.handoffs:
+		stop()
+		s.log.Debug("control channel taken over by a resume", "ended", <-done)
+		return ho, errTakenOver
+	}
 }
 
 func newID() (string, error) {
@@ -206,16 +308,27 @@ type server struct {
 	log *slog.Logger
 	// user and host are the Hello's: who runs the session, for other sessions' messages.
 	user, host string
-	data       wire.DataServer
+	data       atomic.Pointer[wire.DataServer]
 	refused    *refusals
 	// maxConns is the Hello's DataConns; admitted counts the connections that showed the secret.
-	// Authenticated connections past it are refused: the plugin opens its data connections once.
-	maxConns int
+	// Authenticated connections past it are refused: the plugin opens its data connections once (per
+	// resume, whose Hello sets both anew).
+	maxConns atomic.Int64
 	admitted atomic.Int64
 
 	stealing atomic.Bool
 	// live is the session as `kubectl trafficlab sessions` shows it.
 	live *Live
+	// ended: another user ended the session (`sessions end`); it waits for no resume.
+	ended atomic.Bool
+	// stealResume hands a steal stream that resumes the running steal to it (OpenRequest.Resume).
+	stealResume chan *wire.Incoming
+
+	// token is what a resume must show (zero: the session cannot be resumed); handoffs receives the
+	// resumes; over is closed when the session has ended.
+	token    wire.Secret
+	handoffs chan *handoff
+	over     chan struct{}
 
 	mu       sync.Mutex
 	closed   bool
@@ -242,22 +355,25 @@ func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
 }
 
 func newServer(cfg Config, id string, hello wire.Hello, key *wire.DataKey) *server {
-	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id), maxConns: hello.DataConns, user: hello.Options.User, host: hello.Options.Host}
+	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id),
+		stealResume: make(chan *wire.Incoming), handoffs: make(chan *handoff), over: make(chan struct{}),
+		user: hello.Options.User, host: hello.Options.Host}
+	s.maxConns.Store(int64(hello.DataConns))
 	s.refused = &refusals{log: s.log, clock: cfg.Clock, interval: cfg.RefusedLogInterval}
-	s.data = wire.DataServer{
+	s.data.Store(&wire.DataServer{
 		Key:     key,
 		Secret:  hello.Secret,
 		Admit:   s.admit,
 		Timeout: cfg.PreambleTimeout,
 		Mux:     cfg.Tunnel,
-	}
+	})
 	return s
 }
 
 // admit counts a connection that showed the secret, and refuses it past the Hello's DataConns.
 func (s *server) admit() error {
-	if n := s.admitted.Add(1); n > int64(s.maxConns) {
-		return fmt.Errorf("data connection %d, the Hello declared %d: %w", n, s.maxConns, wire.ErrDataConnLimit)
+	if n, limit := s.admitted.Add(1), s.maxConns.Load(); n > limit {
+		return fmt.Errorf("data connection %d, the Hello declared %d: %w", n, limit, wire.ErrDataConnLimit)
 	}
 	return nil
 }
@@ -268,7 +384,7 @@ func (s *server) serveConn(ctx context.Context, c net.Conn) {
 	}
 	// Anything in the pod can connect to the loopback port; only the plugin, which holds the secret
 	// and checks our key, gets a tunnel.
-	t, err := s.data.Accept(s.live.count(c))
+	t, err := s.data.Load().Accept(s.live.count(c))
 	if err != nil {
 		s.refused.add(c.RemoteAddr().String(), err)
 		return
@@ -443,8 +559,15 @@ func relayUDP(st *wire.Stream, c net.Conn) {
 }
 
 // serveSteal runs the steal the plugin asked for while its stream lives. The stream is accepted only
-// once the redirect is in place, so the plugin's "stealing" is true when it prints it.
+// once the redirect is in place, so the plugin's "stealing" is true when it prints it. In a
+// resumable session a stream lost with the tunnel (aborted, not ended by the plugin) does not end
+// the steal: it goes away (steal.Lease.Away) until the resumed plugin opens its stream again
+// (resumeSteal), or the session ends.
 func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
+	if in.Request().Resume {
+		s.resumeSteal(ctx, in)
+		return
+	}
 	if !s.stealing.CompareAndSwap(false, true) {
 		_ = in.Reject(fmt.Errorf("this session already steals: %w", wire.ErrUnsupported))
 		return
@@ -490,26 +613,72 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 	if err != nil {
 		return
 	}
-	defer stream.Close()
 	s.log.Info("stealing", "ports", spec.Ports, "filtered", !spec.Filter.Empty())
-	// The plugin never writes on this stream: its end (EOF or abort) is the steal's end.
-	go func() {
-		_, _ = io.Copy(io.Discard, stream)
-		cancel()
-	}()
+	// The plugin never writes on this stream: its end (EOF) is the steal's end, its abort the
+	// tunnel's loss.
+	watch := func(st *wire.Stream) <-chan error {
+		gone := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(io.Discard, st)
+			gone <- err
+		}()
+		return gone
+	}
+	gone := watch(stream)
 	w := wire.NewLineWriter[wire.StealEvent](stream)
+	// pending is nil while the plugin is away: events wait in their buffer.
+	pending := events
+	defer func() {
+		if stream != nil {
+			stream.Close()
+		}
+	}()
 	for {
 		select {
-		case e := <-events:
+		case e := <-pending:
 			if n := dropped.Swap(0); n > 0 {
 				_ = w.Write(wire.StealEvent{Kind: wire.EventWarning, Message: fmt.Sprintf("%d events dropped: the plugin reads them too slowly", n)})
 			}
 			if err := w.Write(e); err != nil {
-				return
+				// The stream is broken: its watch says how.
+				pending = nil
 			}
+		case err := <-gone:
+			if err == nil || s.token.IsZero() {
+				cancel()
+				continue
+			}
+			stream.Close()
+			stream, gone, pending = nil, nil, nil
+			if err := st.Away(); err != nil {
+				s.log.Warn("steal away", "err", err)
+			}
+			s.log.Info("steal away: the app answers until the plugin is back", "ports", spec.Ports, "why", err)
+		case re := <-s.stealResume:
+			// The redirect is back before the plugin hears the steal resumed, as at the start.
+			if err := st.Back(); err != nil {
+				s.log.Warn("steal back", "err", err)
+				_ = re.Reject(err)
+				continue
+			}
+			ns, err := re.AcceptWith(wire.CompressionNone)
+			if err != nil {
+				continue
+			}
+			if stream != nil {
+				stream.Close()
+			}
+			stream, gone, pending = ns, watch(ns), events
+			w = wire.NewLineWriter[wire.StealEvent](ns)
+			s.log.Info("steal resumed", "ports", spec.Ports)
 		case <-ctx.Done():
 			// Close drains the connections the steal relays to the app; what it reports on the way
 			// goes to the plugin for as long as the plugin reads.
+			write := func(e wire.StealEvent) {
+				if stream != nil {
+					_ = w.Write(e)
+				}
+			}
 			closed := make(chan struct{})
 			go func() {
 				defer close(closed)
@@ -518,17 +687,34 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 			for done := false; !done; {
 				select {
 				case e := <-events:
-					_ = w.Write(e)
+					write(e)
 				case <-closed:
 					done = true
 				}
 			}
 			for len(events) > 0 {
-				_ = w.Write(<-events)
+				write(<-events)
 			}
 			s.log.Info("steal ended", "ports", spec.Ports)
 			return
 		}
+	}
+}
+
+// resumeSteal hands a resumed plugin's steal stream to the session's running steal.
+func (s *server) resumeSteal(ctx context.Context, in *wire.Incoming) {
+	if !s.stealing.Load() {
+		_ = in.Reject(fmt.Errorf("this session has no steal to resume: %w", wire.ErrSessionGone))
+		return
+	}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case s.stealResume <- in:
+	case <-t.C:
+		_ = in.Reject(fmt.Errorf("the session's steal did not take the resumed stream: %w", wire.ErrInternal))
+	case <-ctx.Done():
+		_ = in.Reject(wire.ErrSessionClosed)
 	}
 }
 

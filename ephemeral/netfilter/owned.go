@@ -47,6 +47,8 @@ type Owned struct {
 	name  string
 	owned bool
 	token *token
+	// redirect is what the table was made with, which Restore adds again after StopNew.
+	redirect Redirect
 }
 
 // Open creates the session's table inet trafficlab_<id> with the redirect r, in one atomic batch,
@@ -97,7 +99,7 @@ func open(c conn, id string, r Redirect, opts Options, transparent func() error)
 	if err != nil {
 		return nil, err
 	}
-	o := &Owned{c: c, name: name, owned: true}
+	o := &Owned{c: c, name: name, owned: true, redirect: r}
 	if !opts.ForceUnowned {
 		err = o.create(id, r)
 		var be *batchError

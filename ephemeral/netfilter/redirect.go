@@ -250,6 +250,25 @@ func (b *batch) natRedirect(r Redirect) {
 	b.chain(chainOutput, "nat", unix.NF_INET_LOCAL_OUT, redirectPriority)
 	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
 
+	b.natTake(r)
+	// Accept-then-drop rather than one "not dnat: drop" rule: a packet without conntrack state
+	// (notrack) fails the ct match and must be dropped too.
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+		&expr.Bitwise{
+			SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, ctStatusDstNAT),
+			Xor:  make([]byte, 4),
+		},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}))
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
+}
+
+// natTake adds the owned table's redirecting rules (prerouting and output), which StopNew removes
+// and Restore adds again.
+func (b *batch) natTake(r Redirect) {
 	ports := r.ports()
 	for _, p := range ports {
 		b.rule(chainPrerouting, slices.Concat(daddrLocal(), tcpDport(p), tcpSyn(), redirectTo(r.ListenPort)))
@@ -273,19 +292,6 @@ func (b *batch) natRedirect(r Redirect) {
 			b.rule(chainOutput, slices.Concat(proxy, saddrIs(src), take))
 		}
 	}
-	// Accept-then-drop rather than one "not dnat: drop" rule: a packet without conntrack state
-	// (notrack) fails the ct match and must be dropped too.
-	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{
-		&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
-		&expr.Bitwise{
-			SourceRegister: 1, DestRegister: 1, Len: 4,
-			Mask: binary.NativeEndian.AppendUint32(nil, ctStatusDstNAT),
-			Xor:  make([]byte, 4),
-		},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}))
-	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
 }
 
 // tproxyRedirect adds the chains and rules of the unowned table.
@@ -296,10 +302,16 @@ func (b *batch) tproxyRedirect(r Redirect) {
 	}
 	b.chain(chainPrerouting, "filter", unix.NF_INET_PRE_ROUTING, prerouting)
 	b.chain(chainInput, "filter", unix.NF_INET_LOCAL_IN, redirectPriority)
+	b.tproxyTake(r)
+	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
+}
+
+// tproxyTake adds the unowned table's redirecting rule per port, which StopNew removes and Restore
+// adds again.
+func (b *batch) tproxyTake(r Redirect) {
 	for _, p := range r.ports() {
 		b.rule(chainPrerouting, slices.Concat(daddrLocal(), markNot(r.Mark), tcpDport(p), tcpSyn(), tproxyTo(r.ListenPort)))
 	}
-	b.rule(chainInput, slices.Concat(tcpDport(r.ListenPort), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}))
 }
 
 // deleteBatch is `nft delete table inet NAME` as one batch.

@@ -27,6 +27,39 @@ func (o *Owned) StopNew() error {
 	return nil
 }
 
+// Restore adds back the redirect's rules that StopNew deleted: new connections are redirected again.
+// A session whose plugin went away lifts its whole-port redirect with StopNew (the app answers
+// while nobody would), and restores it when the plugin is back. Calls after Close do nothing.
+func (o *Owned) Restore() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.c == nil {
+		return nil
+	}
+	msgs, err := restoreBatch(o.name, o.redirect, o.owned)
+	if err != nil {
+		return err
+	}
+	if err := exchange(o.c, &o.seq, msgs); err != nil {
+		return fmt.Errorf("add back the redirect rules of nftables table inet %q: %w", o.name, err)
+	}
+	return nil
+}
+
+// restoreBatch adds the redirecting rules of the table as Batch made it, into its emptied chains.
+func restoreBatch(name string, r Redirect, owned bool) ([]netlink.Message, error) {
+	b := &batch{table: name}
+	if owned {
+		b.natTake(r)
+	} else {
+		b.tproxyTake(r)
+	}
+	if b.err != nil {
+		return nil, fmt.Errorf("encode nftables batch for table inet %q: %w", name, b.err)
+	}
+	return b.done(), nil
+}
+
 // stopBatch is `nft flush chain inet NAME C` for each redirecting chain of the table as Batch made
 // it: a rule deletion that names a chain and no rule deletes every rule of that chain.
 func stopBatch(name string, owned bool) []netlink.Message {

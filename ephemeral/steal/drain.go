@@ -42,12 +42,12 @@ func (s *Steal) draining() bool {
 	}
 }
 
-// markStolen records c as handed to the developer's process; false once the steal is ending, when
-// c goes to the app instead.
+// markStolen records c as handed to the developer's process; false once the steal is ending or while
+// the plugin is away, when c goes to the app instead.
 func (s *Steal) markStolen(c net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining() {
+	if s.draining() || s.away.Load() {
 		return false
 	}
 	s.stolen[c] = true

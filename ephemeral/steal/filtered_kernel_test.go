@@ -179,3 +179,26 @@ func TestKernelFilteredStealHeadTimeout(t *testing.T) {
 		t.Errorf("got %d, want 408", resp.StatusCode)
 	}
 }
+
+// While the session's plugin is away a filtered steal's matching requests go to the app; the
+// redirect stays (the agent routes every request), and they are stolen again once it is back.
+func TestKernelFilteredStealAway(t *testing.T) {
+	f := startFiltered(t, wire.StealSpec{}, nil)
+	if got := f.get(t); got != "local" {
+		t.Fatalf("matching request answered by %q, want the local process", got)
+	}
+	if err := f.steal.SetAway(true); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := f.get(t); got != "app" {
+			t.Errorf("matching request %d while the plugin is away answered by %q, want the app", i, got)
+		}
+	}
+	if err := f.steal.SetAway(false); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.get(t); got != "local" {
+		t.Errorf("matching request after the plugin is back answered by %q, want the local process", got)
+	}
+}

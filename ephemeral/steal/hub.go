@@ -67,18 +67,29 @@ type Lease struct {
 // Registrations are the lease's registrations, one per stolen port.
 func (l *Lease) Registrations() []*Registration { return slices.Clone(l.regs) }
 
-// Away sends the session's requests to the app on every port until Back (a tunnel lost for now).
-func (l *Lease) Away() {
+// Away sends the session's requests to the app on every port until Back (a tunnel lost for now):
+// a filtered registration is skipped by the routing, a whole-port steal's redirect is lifted.
+func (l *Lease) Away() error {
+	var errs []error
 	for _, r := range l.regs {
 		r.Away()
+		if r.s.whole {
+			errs = append(errs, r.s.setAway(true))
+		}
 	}
+	return errors.Join(errs...)
 }
 
-// Back routes the session's requests to it again.
-func (l *Lease) Back() {
+// Back routes the session's requests to it again, a whole-port steal's redirect restored first.
+func (l *Lease) Back() error {
+	var errs []error
 	for _, r := range l.regs {
+		if r.s.whole {
+			errs = append(errs, r.s.setAway(false))
+		}
 		r.Back()
 	}
+	return errors.Join(errs...)
 }
 
 func (h *Hub) inNetns(f func() error) error {

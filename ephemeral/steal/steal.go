@@ -125,6 +125,10 @@ type Steal struct {
 	// remembers whether the last one was, so that only the change is reported.
 	overBudget atomic.Int64
 	over       atomic.Bool
+	// away is set while a whole-port steal's redirect is lifted (setAway): nothing is stolen
+	// meanwhile.
+	away   atomic.Bool
+	awayMu sync.Mutex
 }
 
 // OverBudgetConns is how many connections went to the app unfiltered because the agent was over

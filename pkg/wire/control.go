@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -66,13 +67,15 @@ type Control struct {
 	w   io.Writer
 	cfg ControlConfig
 
-	wmu         sync.Mutex
-	wroteMagic  bool
-	readerOnce  sync.Once
-	frames      chan frameResult
-	readerDone  chan struct{}
-	handshaken  bool
-	seq         uint64
+	wmu        sync.Mutex
+	wroteMagic bool
+	readerOnce sync.Once
+	frames     chan frameResult
+	readerDone chan struct{}
+	handshaken bool
+	seq        uint64
+	// heard is when Run last received a frame, in Unix nanoseconds (LastHeard).
+	heard       atomic.Int64
 	afterHandle func(FrameType) // test hook: runs in Run's goroutine after each frame
 }
 
@@ -98,6 +101,15 @@ func NewControl(r io.Reader, w io.Writer, cfg ControlConfig) *Control {
 // HeartbeatInterval and HeartbeatDeadline are the values in force (after a Hello on the agent).
 func (c *Control) HeartbeatInterval() time.Duration { return c.cfg.HeartbeatInterval }
 func (c *Control) HeartbeatDeadline() time.Duration { return c.cfg.HeartbeatDeadline }
+
+// LastHeard is when Run last received a frame from the peer (zero before Run): a plugin that was
+// stopped or asleep learns from it how long its session has really been without it.
+func (c *Control) LastHeard() time.Time {
+	if n := c.heard.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // Send writes one message. Writes are serialized, and the first one is preceded by ControlMagic.
 func (c *Control) Send(m Message) error {
@@ -284,6 +296,7 @@ func (c *Control) Run(ctx context.Context) error {
 	}()
 
 	last := clk.Now()
+	c.heard.Store(last.UnixNano())
 	hb := clk.NewTimer(interval)
 	defer hb.Stop()
 	dl := clk.NewTimer(deadline)
@@ -293,6 +306,7 @@ func (c *Control) Run(ctx context.Context) error {
 			return f.err
 		}
 		last = clk.Now()
+		c.heard.Store(last.UnixNano())
 		var err error
 		switch m := f.msg.(type) {
 		case Heartbeat:

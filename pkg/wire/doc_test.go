@@ -42,6 +42,8 @@ func docConstants() map[string]any {
 		"wire.MaxDatagramSize":                      MaxDatagramSize,
 		"wire.IncomingOpenTimeout":                  IncomingOpenTimeout,
 		"wire.DefaultHeadTimeout":                   DefaultHeadTimeout,
+		"wire.DefaultReconnectGrace":                DefaultReconnectGrace,
+		"wire.MaxReconnectGrace":                    MaxReconnectGrace,
 	}
 }
 

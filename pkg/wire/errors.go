@@ -26,7 +26,8 @@ const (
 	CodeBadRequest       Code = 7  // malformed request (bad address, missing field)
 	CodeProtocolMismatch Code = 8  // the peers speak different protocol numbers
 	CodeUnreachable      Code = 9  // no route to host or network
-	codeMax              Code = 10 // first unassigned code; decoders map anything at or above it to CodeInternal
+	CodeSessionGone      Code = 10 // the session to resume is not in the agent (ended, or forgotten past its grace)
+	codeMax              Code = 11 // first unassigned code; decoders map anything at or above it to CodeInternal
 )
 
 // Sentinel errors, one per code, so callers can write errors.Is(err, wire.ErrRefused) whether the
@@ -41,6 +42,7 @@ var (
 	ErrBadRequest       = errors.New("bad request")
 	ErrProtocolMismatch = errors.New("protocol mismatch")
 	ErrUnreachable      = errors.New("host unreachable")
+	ErrSessionGone      = errors.New("session gone")
 
 	// ErrFrameTooLarge is returned for a control or open frame whose length exceeds MaxFrameSize.
 	ErrFrameTooLarge = errors.New("frame too large")
@@ -98,6 +100,8 @@ func (c Code) String() string {
 		return "protocol mismatch"
 	case CodeUnreachable:
 		return "unreachable"
+	case CodeSessionGone:
+		return "session gone"
 	}
 	return fmt.Sprintf("code %d", uint8(c))
 }
@@ -121,6 +125,8 @@ func (c Code) sentinel() error {
 		return ErrProtocolMismatch
 	case CodeUnreachable:
 		return ErrUnreachable
+	case CodeSessionGone:
+		return ErrSessionGone
 	case CodeOK:
 		return nil
 	}
@@ -180,6 +186,8 @@ func CodeFor(err error) Code {
 		return CodeBadRequest
 	case errors.Is(err, ErrProtocolMismatch):
 		return CodeProtocolMismatch
+	case errors.Is(err, ErrSessionGone):
+		return CodeSessionGone
 	}
 	return CodeInternal
 }

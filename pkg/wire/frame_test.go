@@ -26,7 +26,10 @@ func TestMessageRoundTrip(t *testing.T) {
 		Hello{Protocol: Protocol, Version: "v1.2.3", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000}, DataConns: 2},
 		// Another protocol's Hello keeps only the frozen fields.
 		Hello{Protocol: 99, Version: "v99"},
+		Hello{Protocol: Protocol, Version: "v1.2.3", Secret: fixedSecret(), Options: SessionOptions{ReconnectGrace: 60000}, DataConns: 1, Resume: &Resume{SessionID: "a1b2", Token: fixedSecret()}},
 		Welcome{Protocol: Protocol, Version: "v1.2.3", SessionID: "a1b2", DataPort: 40000, DataKeyPin: fixedPin(), AgentPID: 1, Kinds: []string{KindDial}, Compression: SupportedCompression()},
+		Welcome{Protocol: Protocol, Version: "v1.2.3", SessionID: "a1b2", DataPort: 40000, DataKeyPin: fixedPin(), ResumeToken: ptr(fixedSecret()), ReconnectGrace: 60000},
+		OpenRequest{Kind: KindSteal, Steal: &StealSpec{Ports: []int{8080}}, Resume: true},
 		Welcome{Protocol: Protocol + 1, Version: "v9"},
 		Heartbeat{Seq: 1<<64 - 1},
 		Heartbeat{},
@@ -170,6 +173,9 @@ func TestReadFrameErrors(t *testing.T) {
 		{"short secret", rawFrame(1, `{"protocol":2,"secret":"AAEC","dataConns":1}`), ErrMalformed},
 		{"hello without data connections", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}`), ErrMalformed},
 		{"hello with too many data connections", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","dataConns":17}`), ErrMalformed},
+		{"resume without token", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","dataConns":1,"resume":{"sessionId":"a1b2"}}`), ErrMalformed},
+		{"resume without session id", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","dataConns":1,"resume":{"token":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}}`), ErrMalformed},
+		{"negative reconnect grace", rawFrame(1, `{"protocol":2,"secret":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=","dataConns":1,"options":{"reconnectGraceMs":-1}}`), ErrMalformed},
 		{"welcome without port", rawFrame(2, `{"protocol":2,"dataKeyPin":"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="}`), ErrMalformed},
 		{"welcome without key pin", rawFrame(2, `{"protocol":2,"dataPort":40000}`), ErrMalformed},
 		{"welcome with a short key pin", rawFrame(2, `{"protocol":2,"dataPort":40000,"dataKeyPin":"AAEC"}`), ErrMalformed},
@@ -206,7 +212,7 @@ func TestPreambleBadMagic(t *testing.T) {
 }
 
 func TestSecretNeverPrinted(t *testing.T) {
-	h := Hello{Protocol: Protocol, Secret: fixedSecret()}
+	h := Hello{Protocol: Protocol, Secret: fixedSecret(), Resume: &Resume{SessionID: "a1b2", Token: fixedSecret()}}
 	for _, f := range []string{"%v", "%+v", "%#v", "%s"} {
 		out := fmt.Sprintf(f, h)
 		if strings.Contains(out, "AAEC") || strings.Contains(out, "[0 1 2") || strings.Contains(out, "0x0, 0x1") {
@@ -271,3 +277,5 @@ func TestDatagrams(t *testing.T) {
 		t.Errorf("next datagram: %q, %v", small[:n], err)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -10,6 +10,7 @@ import (
 func seedFrames(f *testing.F) {
 	for _, m := range []Message{
 		Hello{Protocol: Protocol, Version: "v1", Secret: fixedSecret(), Options: SessionOptions{HeartbeatInterval: 1000, HeartbeatDeadline: 5000, User: "alice@example.com", Host: "laptop"}, DataConns: 2},
+		Hello{Protocol: Protocol, Version: "v1", Secret: fixedSecret(), Options: SessionOptions{ReconnectGrace: 60000}, DataConns: 1, Resume: &Resume{SessionID: "s", Token: fixedSecret()}},
 		Welcome{Protocol: Protocol, Version: "v1", SessionID: "s", DataPort: 1234, DataKeyPin: fixedPin(), AgentPID: 1, Kinds: []string{KindDial}, Compression: SupportedCompression()},
 		Heartbeat{Seq: 9},
 		Error{Code: CodeProtocolMismatch, Message: "m", Protocol: Protocol + 1},

@@ -71,6 +71,31 @@ type SessionOptions struct {
 	// sessions`. The agent cannot check them: they are labels, not credentials.
 	User string `json:"user,omitempty"`
 	Host string `json:"host,omitempty"`
+	// ReconnectGrace is how long the agent keeps the session after its control channel is lost (no
+	// Bye), for the plugin to resume it; 0 releases it at once. The agent caps it at MaxReconnectGrace.
+	ReconnectGrace Duration `json:"reconnectGraceMs,omitempty"`
+}
+
+// Reconnect grace bounds: the default the plugin asks for, and the most an agent keeps a session
+// nobody may be coming back for (its redirect lifted, its registration held).
+const (
+	DefaultReconnectGrace = time.Minute
+	MaxReconnectGrace     = 10 * time.Minute
+)
+
+// Resume asks the agent to re-attach a session whose control channel was lost. Token is the
+// Welcome's ResumeToken: the session id is no secret (it names the nftables table and is logged),
+// and anyone allowed to exec into the agent could otherwise take the session over.
+type Resume struct {
+	SessionID string `json:"sessionId"`
+	Token     Secret `json:"token"`
+}
+
+// String and GoString keep the token out of logs, whatever the verb: fmt does not reach an array
+// field's own String through every verb.
+func (r Resume) String() string { return "{" + r.SessionID + " [redacted]}" }
+func (r Resume) GoString() string {
+	return "wire.Resume{SessionID: " + strconv.Quote(r.SessionID) + ", Token: [redacted]}"
 }
 
 // Hello is the plugin's first control frame.
@@ -81,6 +106,9 @@ type Hello struct {
 	Options  SessionOptions `json:"options"`
 	// DataConns is how many data connections the plugin will open; the agent refuses any beyond it.
 	DataConns int `json:"dataConns"`
+	// Resume, when set, re-attaches an existing session instead of starting one; Secret and
+	// DataConns are then the new data connections' (the old ones are gone).
+	Resume *Resume `json:"resume,omitempty"`
 }
 
 // MaxDataConns bounds Hello.DataConns.
@@ -104,6 +132,11 @@ type Welcome struct {
 	Compression []Compression `json:"compression,omitempty"`
 	// ResolvConf is the pod's /etc/resolv.conf, so that exec resolves names as the pod does.
 	ResolvConf string `json:"resolvConf,omitempty"`
+	// ResumeToken, given when the Hello asked for a reconnect grace, is what a later Hello must show
+	// to resume this session (Hello.Resume).
+	ResumeToken *Secret `json:"resumeToken,omitempty"`
+	// ReconnectGrace is the grace the agent adopted (the Hello's, capped).
+	ReconnectGrace Duration `json:"reconnectGraceMs,omitempty"`
 }
 
 // Heartbeat proves liveness; Seq only helps when reading traces.
@@ -155,6 +188,9 @@ type OpenRequest struct {
 	// Port is the pod port a KindIncoming connection arrived on, Peer its client.
 	Port int    `json:"port,omitempty"`
 	Peer string `json:"peer,omitempty"`
+	// Resume re-attaches the session's running steal (KindSteal) to this stream after the session
+	// resumed: the spec is the one it started with, and the steal's events go on here.
+	Resume bool `json:"resume,omitempty"`
 }
 
 // OpenReply answers an OpenRequest. Only after a CodeOK reply does stream data follow, framed and
@@ -181,6 +217,12 @@ func (h *Hello) validate() error {
 	}
 	if h.Options.HeartbeatInterval < 0 || h.Options.HeartbeatDeadline < 0 {
 		return fmt.Errorf("negative heartbeat option: %w", ErrMalformed)
+	}
+	if h.Options.ReconnectGrace < 0 {
+		return fmt.Errorf("negative reconnect grace: %w", ErrMalformed)
+	}
+	if h.Resume != nil && (h.Resume.SessionID == "" || h.Resume.Token.IsZero()) {
+		return fmt.Errorf("resume without a session id or token: %w", ErrMalformed)
 	}
 	if h.DataConns < 1 || h.DataConns > MaxDataConns {
 		return fmt.Errorf("data connections %d out of range 1-%d: %w", h.DataConns, MaxDataConns, ErrMalformed)

@@ -484,3 +484,11 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// VerbStream is a verb's own channel as the plugin's verb reads it (a steal's events): a *Stream, or
+// the plugin tunnel's stream that opens itself again on the resumed tunnel after a reconnect.
+type VerbStream interface {
+	io.Reader
+	CloseWrite() error
+	Close() error
+}

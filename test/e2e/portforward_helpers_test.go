@@ -403,11 +403,11 @@ func pfPodEphemeral(ctx context.Context, t *testing.T, ns, pod string) ([]string
 
 // pfTargetSession makes a namespace with an echo pod "target", forwards a free local port to its
 // :8080 and checks one request, so a test starts from a working session.
-func pfTargetSession(ctx context.Context, t *testing.T, prefix string) (ns string, pf *pfProc, port int) {
+func pfTargetSession(ctx context.Context, t *testing.T, prefix string, extra ...string) (ns string, pf *pfProc, port int) {
 	t.Helper()
 	ns = newNamespace(t, prefix)
 	createPodReady(ctx, t, ns, pfEchoPod(t, "target", nil, false))
-	pf = pfStart(t, "pf", ns, "pod/target", ":8080")
+	pf = pfStart(t, "pf", ns, append([]string{"pod/target", ":8080"}, extra...)...)
 	port, _ = pf.localPort("localhost:8080", 30*time.Second)
 	pf.connected(time.Minute)
 	pfMustEcho(ctx, t, port, "target")

@@ -515,7 +515,8 @@ func TestPortForwardKill(t *testing.T) {
 	var agentMain int
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGSTOP} {
 		sigName := map[syscall.Signal]string{syscall.SIGKILL: "SIGKILL", syscall.SIGSTOP: "SIGSTOP"}[sig]
-		pf := pfStart(t, "pf-"+strings.ToLower(sigName), ns, "pod/target", ":8080")
+		// Without a reconnect grace the session ends with its tunnel (TestReconnect has the grace).
+		pf := pfStart(t, "pf-"+strings.ToLower(sigName), ns, "pod/target", ":8080", "--reconnect-grace=0")
 		port, _ := pf.localPort("localhost:8080", 30*time.Second)
 		pf.connected(time.Minute)
 		pfMustEcho(ctx, t, port, "target")
@@ -697,7 +698,8 @@ func pfIsTimeout(err error) bool {
 func TestPortForwardAgentDeath(t *testing.T) {
 	pfRequirePlugin(t)
 	ctx := testContext(t, 2*time.Minute)
-	ns, pf, _ := pfTargetSession(ctx, t, "pf-agentdeath")
+	// Without a reconnect grace: with one, the plugin would resume the session on a new relay.
+	ns, pf, _ := pfTargetSession(ctx, t, "pf-agentdeath", "--reconnect-grace=0")
 	procs, err := pfAgentProcs(ctx, ns, "target")
 	if err != nil {
 		t.Fatal(err)

@@ -202,7 +202,8 @@ func TestStealFaults(t *testing.T) {
 	t.Parallel()
 	ctx := testContext(t, 8*time.Minute)
 	st := newStealTarget(ctx, t, "steal-faults")
-	args := []string{"pod/target", "--port", fmt.Sprintf("8080:%d", st.local.Port)}
+	// Without a reconnect grace: the session ends with its tunnel (TestReconnect has the grace).
+	args := []string{"pod/target", "--port", fmt.Sprintf("8080:%d", st.local.Port), "--reconnect-grace=0"}
 
 	t.Run("plugin SIGKILL", func(t *testing.T) {
 		p := stealStart(t, "steal", st.ns, args...)

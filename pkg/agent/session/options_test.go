@@ -2,8 +2,10 @@ package session
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -41,5 +43,41 @@ func TestAgentMemoryBudgetFlag(t *testing.T) {
 	// The default is what --help shows.
 	if got := NewOptions().AgentMemoryBudget; got != "128Mi" {
 		t.Errorf("default %q, want 128Mi", got)
+	}
+}
+
+func TestReconnectGraceFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    time.Duration
+		wantErr string
+	}{
+		{args: nil, want: time.Minute},
+		{args: []string{"--reconnect-grace=0"}, want: 0},
+		{args: []string{"--reconnect-grace", "5s"}, want: 5 * time.Second},
+		{args: []string{"--reconnect-grace=10m"}, want: 10 * time.Minute},
+		{args: []string{"--reconnect-grace=-1s"}, wantErr: `--reconnect-grace must be from 0 to 10m0s, not "-1s"`},
+		{args: []string{"--reconnect-grace=11m"}, wantErr: `--reconnect-grace must be from 0 to 10m0s, not "11m0s"`},
+	} {
+		o := NewOptions()
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		o.AddFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		err := o.Validate()
+		if tc.wantErr != "" {
+			if err == nil || err.Error() != tc.wantErr {
+				t.Errorf("%q: error %v, want %q", tc.args, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.args, err)
+			continue
+		}
+		if diff := cmp.Diff(tc.want, o.ReconnectGrace); diff != "" {
+			t.Errorf("%q: grace (-want +got):\n%s", tc.args, diff)
+		}
 	}
 }

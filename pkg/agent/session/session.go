@@ -58,6 +58,9 @@ type Options struct {
 
 	// AgentMemoryBudget is a Kubernetes quantity (256Mi); agentMemoryBudget parses it.
 	AgentMemoryBudget string
+	// ReconnectGrace is how long the agent keeps the session while the tunnel is lost, and the
+	// plugin reconnects; 0 ends the session with the tunnel.
+	ReconnectGrace time.Duration
 }
 
 // NewOptions returns the defaults.
@@ -71,6 +74,7 @@ func NewOptions() Options {
 		AgentWaitTimeout: 2 * time.Minute,
 
 		AgentMemoryBudget: resource.NewQuantity(wire.DefaultAgentMemoryBudget, resource.BinarySI).String(),
+		ReconnectGrace:    wire.DefaultReconnectGrace,
 	}
 }
 
@@ -87,6 +91,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.DataConnections, "data-connections", o.DataConnections, "Parallel data connections to the agent.")
 	fs.DurationVar(&o.AgentWaitTimeout, "agent-wait-timeout", o.AgentWaitTimeout, "How long to wait for the agent to start.")
 	fs.BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
+	fs.DurationVar(&o.ReconnectGrace, "reconnect-grace", o.ReconnectGrace, fmt.Sprintf("How long the agent keeps the session when the connection to it is lost (laptop sleep, network change) while the plugin reconnects; meanwhile the app answers every request. 0 ends the session with the connection; at most %s.", wire.MaxReconnectGrace))
 	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 }
 
@@ -105,6 +110,9 @@ func (o *Options) Validate() error {
 	}
 	if _, err := agentMemoryBudget(o.AgentMemoryBudget); err != nil {
 		return err
+	}
+	if o.ReconnectGrace < 0 || o.ReconnectGrace > wire.MaxReconnectGrace {
+		return fmt.Errorf("--reconnect-grace must be from 0 to %s, not %q", wire.MaxReconnectGrace, o.ReconnectGrace)
 	}
 	if _, err := transport.ParseProtocol(o.Transport); err != nil {
 		return fmt.Errorf("--transport: %w", err)
@@ -321,6 +329,9 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		AgentLog:    agentLog(errOut),
 		User:        who.User,
 		Host:        who.Host,
+
+		ReconnectGrace: o.ReconnectGrace,
+		Notify:         reconnectNotice(errOut, pod.Name),
 	})
 	if err != nil {
 		if closer != nil {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	"k8s.io/klog/v2"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/exitcode"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -49,6 +51,10 @@ func lost(c agentConn) error {
 	if errors.As(err, &bye) && bye.Reason != "" {
 		return &EndedError{Reason: bye.Reason, Err: err}
 	}
+	// Past the grace the tunnel's error is the one line that says what happened and what to do.
+	if errors.Is(err, tunnel.ErrForgotten) {
+		return err
+	}
 	return fmt.Errorf("lost the agent: %w", err)
 }
 
@@ -60,6 +66,19 @@ type EndedError struct {
 
 func (e *EndedError) Error() string { return "the session was " + e.Reason }
 func (e *EndedError) Unwrap() error { return e.Err }
+
+// reconnectNotice prints the tunnel's reconnects to errOut. The end past the grace is left to the
+// verb's error (lost), so that it is said once.
+func reconnectNotice(errOut io.Writer, pod string) func(tunnel.Event) {
+	return func(e tunnel.Event) {
+		switch e.Kind {
+		case tunnel.Reconnecting:
+			fmt.Fprintf(errOut, "reconnecting to the agent in pod %s … (%v; the app answers meanwhile, for up to %s)\n", pod, e.Err, e.Grace)
+		case tunnel.Reconnected:
+			fmt.Fprintf(errOut, "reconnected after %.1fs\n", e.Away.Seconds())
+		}
+	}
+}
 
 func wait(ctx context.Context, c agentConn) error {
 	select {

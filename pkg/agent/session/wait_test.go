@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/progress"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -83,5 +87,26 @@ func TestWaitEndedByAnother(t *testing.T) {
 	var ended *EndedError
 	if !errors.As(err, &ended) || err.Error() != "the session was "+reason || !errors.Is(err, wire.ErrBye) {
 		t.Errorf("ended by another: %v, want %q wrapping the Bye", err, "the session was "+reason)
+	}
+}
+
+// TestReconnectLines: the tunnel's reconnects are two lines; past the grace the verb's error is the
+// one line that says so, not "lost the agent: ...".
+func TestReconnectLines(t *testing.T) {
+	var out bytes.Buffer
+	notice := reconnectNotice(&out, "web-1")
+	notice(tunnel.Event{Kind: tunnel.Reconnecting, Err: errors.New("agent session ended: peer closed the control channel"), Grace: time.Minute})
+	notice(tunnel.Event{Kind: tunnel.Reconnected, Away: 12345 * time.Millisecond, Grace: time.Minute})
+	notice(tunnel.Event{Kind: tunnel.Forgotten, Away: 70 * time.Second, Grace: time.Minute})
+	want := "reconnecting to the agent in pod web-1 … (agent session ended: peer closed the control channel; the app answers meanwhile, for up to 1m0s)\n" +
+		"reconnected after 12.3s\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+	c := &fakeConn{done: make(chan struct{}), err: &tunnel.ForgottenError{Grace: time.Minute, Cause: wire.ErrSessionGone}}
+	close(c.done)
+	err := wait(context.Background(), c)
+	if err == nil || err.Error() != "the agent forgot the session after 1m0s away; start it again" || !errors.Is(err, tunnel.ErrForgotten) {
+		t.Errorf("forgotten: %v", err)
 	}
 }

@@ -22,7 +22,7 @@ const endWait = 3 * time.Second
 // agentTunnel is what a steal needs of the live tunnel to the agent (tunnel.Tunnel): the request, and the
 // streams of the stolen connections.
 type agentTunnel interface {
-	Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error)
+	Steal(ctx context.Context, spec wire.StealSpec) (wire.VerbStream, error)
 	deliver.Acceptor
 }
 

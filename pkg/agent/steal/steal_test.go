@@ -250,7 +250,7 @@ func TestCheck(t *testing.T) {
 // tunnel is the plugin's end as tunnel.Tunnel would use it.
 type tunnel struct{ *wire.Mux }
 
-func (t tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
+func (t tunnel) Steal(ctx context.Context, spec wire.StealSpec) (wire.VerbStream, error) {
 	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
 }
 

@@ -13,7 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -32,6 +35,7 @@ type DataOpener interface {
 
 // Config is what Connect needs.
 type Config struct {
+	// Control and Data reach the agent; the tunnel calls them again for each reconnect.
 	Control ControlStarter
 	Data    DataOpener
 	// DataConns is how many data connections carry streams; more than one spreads the kubelet's and
@@ -52,29 +56,118 @@ type Config struct {
 	// User and Host are who runs the session and where, told to the agent for `kubectl trafficlab
 	// sessions` (wire.SessionOptions).
 	User, Host string
+	// ReconnectGrace asks the agent to keep the session this long after the tunnel is lost, and the
+	// tunnel then reconnects by itself (new exec, new data connections) and resumes the session. 0:
+	// a lost tunnel ends the session.
+	ReconnectGrace time.Duration
+	// Notify, when set, hears the tunnel go and come back (Event).
+	Notify func(Event)
+	// RetryMin and RetryMax bound the wait between two reconnect attempts, which doubles from the
+	// first to the second; 250 ms and 5 s when zero.
+	RetryMin, RetryMax time.Duration
 }
 
+// EventKind says what happened to the tunnel.
+type EventKind int
+
+// What Notify hears.
+const (
+	// Reconnecting: the tunnel is lost (Err says how) and is being made again.
+	Reconnecting EventKind = iota + 1
+	// Reconnected: the session resumed after Away.
+	Reconnected
+	// Forgotten: the agent no longer has the session (past its grace); the tunnel has ended with
+	// ErrForgotten.
+	Forgotten
+)
+
+// Event is a change of the tunnel's state.
+type Event struct {
+	Kind EventKind
+	// Err is why the tunnel was lost (Reconnecting).
+	Err error
+	// Away is how long the session was without its tunnel (Reconnected, Forgotten).
+	Away time.Duration
+	// Grace is the reconnect grace the agent adopted.
+	Grace time.Duration
+}
+
+// ErrForgotten ends a tunnel whose agent no longer has its session when it reconnects.
+var ErrForgotten = errors.New("the agent forgot the session")
+
+// ForgottenError says for how long the session was away before the agent forgot it. Its text is
+// the one line the user needs; Cause (the agent's refusal, or the last failed attempt past the
+// grace) is logged at -v=2.
+type ForgottenError struct {
+	Grace time.Duration
+	Cause error
+}
+
+func (e *ForgottenError) Error() string {
+	return fmt.Sprintf("the agent forgot the session after %s away; start it again", e.Grace)
+}
+
+// Is matches ErrForgotten.
+func (e *ForgottenError) Is(target error) bool { return target == ErrForgotten }
+
+// Unwrap is the cause.
+func (e *ForgottenError) Unwrap() error { return e.Cause }
+
 // Tunnel is the live connection of a session to one agent: the control channel and its data
-// connections, each carrying a wire.Mux.
+// connections (a link), each carrying a wire.Mux. A resumable tunnel replaces a lost link with a new
+// one on the same session.
 type Tunnel struct {
 	cfg     Config
 	welcome wire.Welcome
-	ctrl    *wire.Control
-	stdin   *io.PipeWriter
-	stderr  *tailBuffer
+	// grace and token are the agent's answer to the reconnect grace asked for: zero, nil when it
+	// keeps nothing.
+	grace  time.Duration
+	token  *wire.Secret
+	stderr *tailBuffer
 
-	muxes []*wire.Mux
-	mu    sync.Mutex
-	next  int
+	mu   sync.Mutex
+	cur  *link         // nil while reconnecting
+	up   chan struct{} // closed once cur is set; replaced when it is lost
+	next int
 
-	acceptOnce sync.Once
-	incoming   chan *wire.Incoming
+	acceptMu  sync.Mutex
+	accepting bool
+	incoming  chan *wire.Incoming
 
-	cancel   context.CancelFunc
-	done     chan struct{}
-	err      error
-	execDone chan struct{} // closed when the exec'd session process has ended
-	closing  sync.Once
+	runCtx  context.Context
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
+	closing sync.Once
+	// closed is set first thing in Close: the link it then takes down is not lost, and is not
+	// made again.
+	closed atomic.Bool
+	// pinned is set once a stream that cannot resume (a mirror's, a dump's) runs: the session then
+	// ends with its link, as it would without a grace, rather than go on without it.
+	pinned atomic.Bool
+	// writeInterval is SetWriteInterval's, which a new link's data connections take too.
+	writeInterval atomic.Int64
+}
+
+// link is one control channel and the data connections opened with it.
+type link struct {
+	ctrl     *wire.Control
+	stdin    *io.PipeWriter
+	muxes    []*wire.Mux
+	cancel   context.CancelFunc // ends the exec
+	execDone chan struct{}      // closed when the exec'd session process has ended
+}
+
+// close cuts the link at once; graceful only closes stdin, so that the agent's relay exits and
+// the exec stream ends cleanly.
+func (l *link) close(graceful bool) {
+	for _, t := range l.muxes {
+		t.Close()
+	}
+	l.stdin.Close()
+	if !graceful {
+		l.cancel()
+	}
 }
 
 // Connect starts the agent's attachment and the tunnel's data connections. On error nothing is left running.
@@ -85,92 +178,275 @@ func Connect(ctx context.Context, cfg Config) (*Tunnel, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 30 * time.Second
 	}
-	secret, err := wire.NewSecret()
-	if err != nil {
-		return nil, err
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = 250 * time.Millisecond
+	}
+	if cfg.RetryMax <= 0 {
+		cfg.RetryMax = 5 * time.Second
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c := &Tunnel{cfg: cfg, stderr: &tailBuffer{max: 4 << 10}, runCtx: runCtx, cancel: cancel, done: make(chan struct{}), up: make(chan struct{})}
+	l, w, err := c.dial(ctx, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c.welcome = w
+	if w.ResumeToken != nil {
+		c.token, c.grace = w.ResumeToken, w.ReconnectGrace.Std()
+	}
+	c.setLink(l)
+	go c.run(l)
+	return c, nil
+}
+
+// dial makes a link: the exec'd attachment, the Hello (resuming the session when r is set) and the
+// data connections. On error nothing of it is left running.
+func (c *Tunnel) dial(ctx context.Context, r *wire.Resume) (*link, wire.Welcome, error) {
+	secret, err := wire.NewSecret()
+	if err != nil {
+		return nil, wire.Welcome{}, err
+	}
+	execCtx, cancel := context.WithCancel(c.runCtx)
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &Tunnel{cfg: cfg, stdin: inW, stderr: &tailBuffer{max: 4 << 10}, cancel: cancel, done: make(chan struct{}), execDone: make(chan struct{})}
+	l := &link{stdin: inW, cancel: cancel, execDone: make(chan struct{})}
 	go func() {
 		var stderr io.Writer = c.stderr
-		if cfg.AgentLog != nil {
-			stderr = io.MultiWriter(c.stderr, cfg.AgentLog)
+		if c.cfg.AgentLog != nil {
+			stderr = io.MultiWriter(c.stderr, c.cfg.AgentLog)
 		}
-		err := cfg.Control.StartControl(runCtx, inR, outW, stderr)
+		err := c.cfg.Control.StartControl(execCtx, inR, outW, stderr)
 		if err == nil {
 			err = io.EOF
 		}
 		outW.CloseWithError(err)
 		inR.CloseWithError(err)
-		close(c.execDone)
+		close(l.execDone)
 	}()
-	c.ctrl = wire.NewControl(outR, inW, wire.ControlConfig{
-		Role: wire.RolePlugin, Version: cfg.Version,
-		HeartbeatInterval: cfg.HeartbeatInterval, HeartbeatDeadline: cfg.HeartbeatDeadline,
+	l.ctrl = wire.NewControl(outR, inW, wire.ControlConfig{
+		Role: wire.RolePlugin, Version: c.cfg.Version,
+		HeartbeatInterval: c.cfg.HeartbeatInterval, HeartbeatDeadline: c.cfg.HeartbeatDeadline,
 	})
-	fail := func(err error) (*Tunnel, error) {
-		c.shutdown(err, false)
-		return nil, err
+	fail := func(err error) (*link, wire.Welcome, error) {
+		l.close(false)
+		return nil, wire.Welcome{}, err
 	}
-	hctx, hcancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	hctx, hcancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
 	defer hcancel()
-	c.welcome, err = c.ctrl.Hello(hctx, wire.Hello{Secret: secret, DataConns: cfg.DataConns, Options: wire.SessionOptions{User: cfg.User, Host: cfg.Host}})
+	w, err := l.ctrl.Hello(hctx, wire.Hello{
+		Secret: secret, DataConns: c.cfg.DataConns, Resume: r,
+		Options: wire.SessionOptions{ReconnectGrace: wire.Millis(c.cfg.ReconnectGrace), User: c.cfg.User, Host: c.cfg.Host},
+	})
 	if err != nil {
 		return fail(c.withAgentOutput(fmt.Errorf("agent session: %w", err)))
 	}
-	for range cfg.DataConns {
-		t, err := c.openTunnel(hctx, secret)
+	for range c.cfg.DataConns {
+		t, err := c.openTunnel(hctx, w, secret)
 		if err != nil {
 			return fail(err)
 		}
-		c.muxes = append(c.muxes, t)
+		l.muxes = append(l.muxes, t)
 	}
-	go c.run(runCtx)
-	return c, nil
+	return l, w, nil
 }
 
 // openTunnel opens one data connection, by port-forward or the exec relay (whichever DataOpener
 // is), and runs the handshake on it: TLS pinned to the key the Welcome named, then the secret.
-func (c *Tunnel) openTunnel(ctx context.Context, secret wire.Secret) (*wire.Mux, error) {
-	rwc, err := c.cfg.Data.OpenData(ctx, c.welcome.DataPort)
+func (c *Tunnel) openTunnel(ctx context.Context, w wire.Welcome, secret wire.Secret) (*wire.Mux, error) {
+	rwc, err := c.cfg.Data.OpenData(ctx, w.DataPort)
 	if err != nil {
-		return nil, fmt.Errorf("open data connection to the agent's port %d: %w", c.welcome.DataPort, err)
+		return nil, fmt.Errorf("open data connection to the agent's port %d: %w", w.DataPort, err)
 	}
-	t, err := wire.ClientTunnel(ctx, rwc, c.welcome.DataKeyPin, secret, c.cfg.Tunnel)
+	t, err := wire.ClientTunnel(ctx, rwc, w.DataKeyPin, secret, c.cfg.Tunnel)
 	if err != nil {
 		return nil, fmt.Errorf("data connection handshake: %w", err)
 	}
 	return t, nil
 }
 
-// run watches the session: the control channel's end (heartbeat loss, EOF, Bye) or the loss of every
-// data connection ends it.
-func (c *Tunnel) run(ctx context.Context) {
-	allGone := make(chan struct{})
+// setLink makes l the live link: streams wait for it no more, and the agent's streams on it are
+// accepted.
+func (c *Tunnel) setLink(l *link) {
+	if d := time.Duration(c.writeInterval.Load()); d > 0 {
+		for _, t := range l.muxes {
+			t.SetWriteInterval(d)
+		}
+	}
+	c.mu.Lock()
+	c.cur = l
+	close(c.up)
+	c.mu.Unlock()
+	c.acceptMu.Lock()
+	defer c.acceptMu.Unlock()
+	if c.accepting {
+		c.acceptOn(l)
+	}
+}
+
+// dropLinkIf marks the tunnel as reconnecting if l is its live link: new streams wait for the next
+// one.
+func (c *Tunnel) dropLinkIf(l *link) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == l {
+		c.cur = nil
+		c.up = make(chan struct{})
+	}
+}
+
+// resumable says whether a lost link is made again rather than ending the session.
+func (c *Tunnel) resumable() bool { return c.token != nil && c.grace > 0 && !c.pinned.Load() }
+
+// run watches the links: a lost one ends the session, or in a resumable session is made again
+// until the agent resumes the session or says it forgot it.
+func (c *Tunnel) run(l *link) {
+	for {
+		err := c.watch(l)
+		if c.runCtx.Err() != nil || c.closed.Load() {
+			return // Close
+		}
+		if !c.resumable() || errors.Is(err, wire.ErrBye) {
+			c.shutdown(err, false)
+			return
+		}
+		c.dropLinkIf(l)
+		l.close(false)
+		// Away since the agent was last heard from: a plugin stopped or asleep notices the loss only
+		// when it runs again.
+		lost := l.ctrl.LastHeard()
+		if lost.IsZero() {
+			lost = time.Now()
+		}
+		c.notify(Event{Kind: Reconnecting, Err: err, Grace: c.grace})
+		l, err = c.reconnect(lost)
+		if err != nil {
+			if errors.Is(err, ErrForgotten) {
+				klog.V(2).InfoS("the agent forgot the session", "cause", errors.Unwrap(err))
+				c.notify(Event{Kind: Forgotten, Away: time.Since(lost), Grace: c.grace})
+			}
+			c.shutdown(err, false)
+			return
+		}
+		if c.closed.Load() {
+			l.close(false)
+			return
+		}
+		c.setLink(l)
+		c.notify(Event{Kind: Reconnected, Away: time.Since(lost), Grace: c.grace})
+	}
+}
+
+func (c *Tunnel) notify(e Event) {
+	if c.cfg.Notify != nil {
+		c.cfg.Notify(e)
+	}
+}
+
+// watch returns why link l is lost: its control channel's end (heartbeat loss, EOF, Bye), the loss
+// of a data connection in a resumable session (the streams on it are gone: resuming makes all of
+// them again), or of every data connection otherwise.
+func (c *Tunnel) watch(l *link) error {
+	ctx, cancel := context.WithCancel(c.runCtx)
+	defer cancel()
+	lost := make(chan struct{})
 	go func() {
-		for _, t := range c.muxes {
+		if c.resumable() {
+			cases := make([]<-chan struct{}, 0, len(l.muxes))
+			for _, t := range l.muxes {
+				cases = append(cases, t.Done())
+			}
+			if waitAny(ctx, cases) {
+				close(lost)
+			}
+			return
+		}
+		for _, t := range l.muxes {
 			select {
 			case <-t.Done():
 			case <-ctx.Done():
 				return
 			}
 		}
-		close(allGone)
+		close(lost)
 	}()
 	ctrlDone := make(chan error, 1)
-	go func() { ctrlDone <- c.ctrl.Run(ctx) }()
-	var err error
+	go func() { ctrlDone <- l.ctrl.Run(ctx) }()
 	select {
-	case err = <-ctrlDone:
-		err = c.withAgentOutput(fmt.Errorf("agent session ended: %w", err))
-	case <-allGone:
-		err = errors.New("agent session ended: every data connection to the agent is closed")
+	case err := <-ctrlDone:
+		return c.withAgentOutput(fmt.Errorf("agent session ended: %w", err))
+	case <-lost:
+		if c.resumable() {
+			return errors.New("a data connection to the agent is closed")
+		}
+		return errors.New("agent session ended: every data connection to the agent is closed")
 	case <-ctx.Done():
-		err = ctx.Err()
+		return ctx.Err()
 	}
-	c.shutdown(err, false)
+}
+
+// waitAny waits for the first of chans to close (true) or for ctx (false).
+func waitAny(ctx context.Context, chans []<-chan struct{}) bool {
+	first := make(chan struct{}, len(chans))
+	for _, ch := range chans {
+		go func() {
+			select {
+			case <-ch:
+				first <- struct{}{}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	select {
+	case <-first:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// reconnect makes a new link that resumes the session, trying again with backoff until the agent
+// resumes it, says it no longer has it, or the grace (counted from lost, plus the heartbeat
+// deadline by which the agent notices) is over.
+func (c *Tunnel) reconnect(lost time.Time) (*link, error) {
+	deadline := c.cfg.HeartbeatDeadline
+	if deadline <= 0 {
+		deadline = wire.DefaultHeartbeatDeadline
+	}
+	giveUp := lost.Add(c.grace + deadline)
+	wait := c.cfg.RetryMin
+	resume := &wire.Resume{SessionID: c.welcome.SessionID, Token: *c.token}
+	for {
+		if c.closed.Load() {
+			return nil, errClosed
+		}
+		l, w, err := c.dial(c.runCtx, resume)
+		if err == nil && w.SessionID != c.welcome.SessionID {
+			l.close(false)
+			return nil, fmt.Errorf("the agent resumed session %q instead of %q: %w", w.SessionID, c.welcome.SessionID, wire.ErrMalformed)
+		}
+		if err == nil {
+			return l, nil
+		}
+		if errors.Is(err, wire.ErrSessionGone) {
+			return nil, &ForgottenError{Grace: c.grace, Cause: err}
+		}
+		if c.runCtx.Err() != nil {
+			return nil, c.runCtx.Err()
+		}
+		if !time.Now().Add(wait).Before(giveUp) {
+			return nil, &ForgottenError{Grace: c.grace, Cause: err}
+		}
+		klog.V(2).InfoS("reconnect to the agent failed, trying again", "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.runCtx.Done():
+			t.Stop()
+			return nil, c.runCtx.Err()
+		}
+		wait = min(2*wait, c.cfg.RetryMax)
+	}
 }
 
 // withAgentOutput adds the last line the agent printed, which usually says why it stopped.
@@ -186,11 +462,13 @@ func (c *Tunnel) withAgentOutput(err error) error {
 // reading client-go stream makes client-go log errors the user should not see.
 func (c *Tunnel) shutdown(err error, graceful bool) {
 	c.closing.Do(func() {
+		c.mu.Lock()
+		l := c.cur
+		c.mu.Unlock()
 		c.err = err
-		for _, t := range c.muxes {
-			t.Close()
+		if l != nil {
+			l.close(graceful)
 		}
-		c.stdin.Close()
 		if !graceful {
 			c.cancel()
 		}
@@ -198,8 +476,11 @@ func (c *Tunnel) shutdown(err error, graceful bool) {
 	})
 }
 
-// Welcome is what the agent said about itself.
+// Welcome is what the agent said about itself when the session started.
 func (c *Tunnel) Welcome() wire.Welcome { return c.welcome }
+
+// ReconnectGrace is how long the agent keeps the session without its tunnel (0: not at all).
+func (c *Tunnel) ReconnectGrace() time.Duration { return c.grace }
 
 // Done is closed when the session has ended; Err then says why.
 func (c *Tunnel) Done() <-chan struct{} { return c.done }
@@ -214,29 +495,47 @@ func (c *Tunnel) Err() error {
 	}
 }
 
-// SetWriteInterval spaces the writes of every data connection (wire.Mux.SetWriteInterval).
+// SetWriteInterval spaces the writes of every data connection (wire.Mux.SetWriteInterval), those of
+// a later link too.
 func (c *Tunnel) SetWriteInterval(d time.Duration) {
-	for _, t := range c.muxes {
+	c.writeInterval.Store(int64(d))
+	c.mu.Lock()
+	l := c.cur
+	c.mu.Unlock()
+	if l == nil {
+		return
+	}
+	for _, t := range l.muxes {
 		t.SetWriteInterval(d)
 	}
 }
 
-// Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline,
-// and waits (bounded) for the agent's session process to exit.
+// Close says goodbye, so the agent releases the session at once instead of at the heartbeat deadline
+// (or past its grace), and waits (bounded) for the agent's session process to exit.
 func (c *Tunnel) Close() error {
+	c.closed.Store(true)
 	alive := c.Err() == nil
-	// Data first: a goodbye first would make the agent drop the data connections under our last
-	// writes, and an exec data path would log the failed write.
-	for _, t := range c.muxes {
-		t.Close()
-	}
-	if alive {
-		_ = c.ctrl.Bye("plugin closed the session")
+	c.mu.Lock()
+	l := c.cur
+	c.mu.Unlock()
+	// A session closed while it reconnects has no channel to say goodbye on: the agent forgets it
+	// past its grace.
+	if l != nil {
+		// Data first: a goodbye first would make the agent drop the data connections under our last
+		// writes, and an exec data path would log the failed write.
+		for _, t := range l.muxes {
+			t.Close()
+		}
+		if alive {
+			_ = l.ctrl.Bye("plugin closed the session")
+		}
 	}
 	c.shutdown(errClosed, true)
-	select {
-	case <-c.execDone:
-	case <-time.After(5 * time.Second):
+	if l != nil {
+		select {
+		case <-l.execDone:
+		case <-time.After(5 * time.Second):
+		}
 	}
 	c.cancel()
 	return nil
@@ -244,13 +543,14 @@ func (c *Tunnel) Close() error {
 
 var errClosed = errors.New("session closed")
 
-// Dial opens a stream through which the agent dials address from the pod.
+// Dial opens a stream through which the agent dials address from the pod. While the tunnel
+// reconnects it waits for it, at most until ctx ends or the session does.
 func (c *Tunnel) Dial(ctx context.Context, network, address string) (io.ReadWriteCloser, error) {
 	req := wire.OpenRequest{Kind: wire.KindDial, Network: network, Address: address}
 	if network == wire.NetworkTCP {
 		req.Compression = c.cfg.Compression
 	}
-	s, err := c.open(ctx, req)
+	s, _, err := c.open(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -258,45 +558,54 @@ func (c *Tunnel) Dial(ctx context.Context, network, address string) (io.ReadWrit
 }
 
 // Steal asks the agent to steal; the returned stream carries the steal's events and ending it (Close)
-// ends the steal. The agent answers only once its redirect is in place.
-func (c *Tunnel) Steal(ctx context.Context, spec wire.StealSpec) (*wire.Stream, error) {
-	return c.open(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
+// ends the steal. The agent answers only once its redirect is in place. In a resumable session the
+// stream outlives a reconnect: it is opened again on the new link, and the agent's steal goes on.
+func (c *Tunnel) Steal(ctx context.Context, spec wire.StealSpec) (wire.VerbStream, error) {
+	req := wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec}
+	s, l, err := c.open(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !c.resumable() {
+		return s, nil
+	}
+	return newResumingStream(c, req, s, l), nil
 }
 
 // Dump asks the agent to capture; the returned stream carries the capture as pcapng. CloseWrite ends
-// the capture: the agent then writes its packet counts and closes its side.
+// the capture: the agent then writes its packet counts and closes its side. A capture cannot
+// resume (its pcapng stream would have a hole), so a session with one ends with its link.
 func (c *Tunnel) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, error) {
-	return c.open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
+	c.pinned.Store(true)
+	s, _, err := c.open(ctx, wire.OpenRequest{Kind: wire.KindDump, Dump: &spec})
+	return s, err
 }
 
 // Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
-// connection. Ending the returned stream ends the mirror; its last line is the agent's counts.
+// connection. Ending the returned stream ends the mirror; its last line is the agent's counts. A
+// mirror does not resume (it ends in the agent with its stream), so a session with one ends with
+// its link.
 func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
-	return c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+	c.pinned.Store(true)
+	s, _, err := c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+	return s, err
 }
 
-// Accept waits for a stream the agent opened (a stolen connection), on any data connection. The
-// first call starts accepting; before it, the agent's streams wait in yamux's backlog.
+// Accept waits for a stream the agent opened (a stolen connection), on any data connection of any
+// link. The first call starts accepting; before it, the agent's streams wait in yamux's backlog.
 func (c *Tunnel) Accept(ctx context.Context) (*wire.Incoming, error) {
-	c.acceptOnce.Do(func() {
+	c.acceptMu.Lock()
+	if !c.accepting {
+		c.accepting = true
 		c.incoming = make(chan *wire.Incoming)
-		for _, t := range c.muxes {
-			go func() {
-				for {
-					in, err := t.Accept(context.Background())
-					if err != nil {
-						return
-					}
-					select {
-					case c.incoming <- in:
-					case <-c.done:
-						_ = in.Reject(wire.ErrSessionClosed)
-						return
-					}
-				}
-			}()
+		c.mu.Lock()
+		l := c.cur
+		c.mu.Unlock()
+		if l != nil {
+			c.acceptOn(l)
 		}
-	})
+	}
+	c.acceptMu.Unlock()
 	select {
 	case in := <-c.incoming:
 		return in, nil
@@ -307,26 +616,84 @@ func (c *Tunnel) Accept(ctx context.Context) (*wire.Incoming, error) {
 	}
 }
 
-// open opens a stream of any kind on the least loaded data connection.
-func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, error) {
-	t := c.pick()
-	if t == nil {
-		if err := c.Err(); err != nil {
-			return nil, err
-		}
-		return nil, wire.ErrSessionClosed
+// acceptOn accepts the agent's streams on l's data connections until they close. Called with
+// acceptMu held and accepting set.
+func (c *Tunnel) acceptOn(l *link) {
+	for _, t := range l.muxes {
+		go func() {
+			for {
+				in, err := t.Accept(context.Background())
+				if err != nil {
+					return
+				}
+				select {
+				case c.incoming <- in:
+				case <-c.done:
+					_ = in.Reject(wire.ErrSessionClosed)
+					return
+				}
+			}
+		}()
 	}
-	return t.Open(ctx, req)
 }
 
-// pick spreads streams over the data connections, preferring the least loaded and taking turns
-// among equals.
-func (c *Tunnel) pick() *wire.Mux {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	best := wire.LeastLoaded(c.muxes, c.next)
-	c.next++
-	return best
+// waitLink returns the live link, waiting while the tunnel reconnects, until ctx or the session ends.
+func (c *Tunnel) waitLink(ctx context.Context) (*link, error) {
+	for {
+		c.mu.Lock()
+		l, up := c.cur, c.up
+		c.mu.Unlock()
+		if l != nil {
+			return l, nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("the tunnel to the agent is reconnecting: %w", ctx.Err())
+		case <-c.done:
+			if err := c.Err(); err != nil {
+				return nil, err
+			}
+			return nil, wire.ErrSessionClosed
+		}
+	}
+}
+
+// open opens a stream of any kind on the least loaded data connection of the live link, waiting for
+// it while the tunnel reconnects. In a resumable session an open that fails because its data
+// connection has just gone (the link is lost, which run has not seen yet) waits for the next link.
+func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, *wire.Mux, error) {
+	for {
+		if err := c.Err(); err != nil {
+			return nil, nil, err
+		}
+		l, err := c.waitLink(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		c.mu.Lock()
+		t := wire.LeastLoaded(l.muxes, c.next)
+		c.next++
+		c.mu.Unlock()
+		if t == nil {
+			return nil, nil, wire.ErrSessionClosed
+		}
+		s, err := t.Open(ctx, req)
+		if err != nil && c.resumable() && ctx.Err() == nil && closed(t.Done()) {
+			c.dropLinkIf(l)
+			continue
+		}
+		return s, t, err
+	}
+}
+
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // tailBuffer keeps the last bytes the agent wrote to stderr.
