@@ -93,10 +93,13 @@ type env struct {
 	sweep func() ([]string, error)
 	// getenv reads the container's environment, where the plugin puts the memory budget.
 	getenv func(string) string
+	// listening says on which of the ports the app still listens (netfilter.Listening).
+	listening func(ports []uint16) ([]uint16, error)
 }
 
 func processEnv() env {
-	return env{capEff: procCapEff, newTimer: realTimer, serve: serveSession, sweep: netfilter.SweepStale, getenv: os.Getenv}
+	return env{capEff: procCapEff, newTimer: realTimer, serve: serveSession, sweep: netfilter.SweepStale, getenv: os.Getenv,
+		listening: netfilter.Listening}
 }
 
 // clampIdle keeps a privileged agent from staying for good: the plugin never asks for more than
@@ -158,6 +161,9 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 		"memory_budget", mem.Limit(),
 		"memory_usage_from", mem.Source())
 	reason := srv.waitIdle(ctx, cfg.idleTimeout, e.newTimer)
+	if ctx.Err() != nil {
+		relayWhileAppServes(steals.Ports, e.listening, e.newTimer, log)
+	}
 	ln.Close()
 	endSessions(errors.New(reason))
 	// A session ends its steal before it returns, which removes the redirect; the bound keeps a stuck one
@@ -167,6 +173,47 @@ func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
 	}
 	log.Info("agent stopped", "reason", reason, "uptime", time.Since(start))
 	return nil
+}
+
+// appPoll is how often a terminating pod's agent looks whether the app still listens.
+const appPoll = 200 * time.Millisecond
+
+// relayWhileAppServes holds the agent's end while the app still listens on a port the agent steals.
+// When a pod terminates, every container gets SIGTERM at once and an ephemeral container has no
+// preStop hook: ending the sessions then would reset the stolen connections and the ones relayed to
+// the app while the app drains its own (the pod is already out of the Service's endpoints, but
+// clients hold connections). So the redirect and the relays stay until the app's listeners are gone
+// (its containers have exited) or the kubelet's SIGKILL ends the agent too, which the kernel's owned
+// tables survive no worse than an exit. An error reading the sockets ends the wait: the agent does not
+// stay on a guess.
+func relayWhileAppServes(ports func() []int, listening func([]uint16) ([]uint16, error), newTimer timerFunc, log *slog.Logger) {
+	logged := false
+	for {
+		var asked []uint16
+		for _, p := range ports() {
+			asked = append(asked, uint16(p))
+		}
+		if len(asked) == 0 {
+			return
+		}
+		serving, err := listening(asked)
+		if err != nil {
+			log.Warn("cannot tell whether the app still listens; ending the sessions", "err", err)
+			return
+		}
+		if len(serving) == 0 {
+			if logged {
+				log.Info("the app no longer listens; ending the sessions")
+			}
+			return
+		}
+		if !logged {
+			log.Info("the pod is terminating: relaying until the app stops listening", "ports", serving)
+			logged = true
+		}
+		fire, _ := newTimer(appPoll)
+		<-fire
+	}
 }
 
 // atStart is what the main process does once, before it listens for the first session: whatever must

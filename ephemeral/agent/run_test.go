@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -354,5 +357,57 @@ func TestRunMemoryBudgetFromEnv(t *testing.T) {
 	err := waitResult(t, startRun(context.Background(), []string{"--name=" + name}, e, &stderr))
 	if err == nil || !strings.Contains(err.Error(), wire.AgentMemoryBudgetEnv) {
 		t.Errorf("run with an unreadable budget = %v, want an error naming %s", err, wire.AgentMemoryBudgetEnv)
+	}
+}
+
+// TestRelayWhileAppServes: a terminating pod's agent holds while the app listens on a stolen port
+// and returns once it does not; no stolen port, or sockets it cannot read, end the wait at once.
+func TestRelayWhileAppServes(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	t.Run("until the app stops listening", func(t *testing.T) {
+		timers := newFakeTimers()
+		var calls atomic.Int32
+		listening := func(ports []uint16) ([]uint16, error) {
+			if !slices.Equal(ports, []uint16{8080, 9090}) {
+				t.Errorf("asked about %v, want the stolen ports", ports)
+			}
+			if calls.Add(1) <= 2 {
+				return []uint16{8080}, nil
+			}
+			return nil, nil
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			relayWhileAppServes(func() []int { return []int{8080, 9090} }, listening, timers.timer, log)
+		}()
+		for range 2 {
+			fire := timers.waitArmed(t)
+			select {
+			case <-done:
+				t.Fatal("returned while the app still listens")
+			default:
+			}
+			fire <- time.Time{}
+		}
+		<-done
+		if n := calls.Load(); n != 3 {
+			t.Errorf("looked %d times, want 3", n)
+		}
+	})
+	for name, tc := range map[string]struct {
+		ports     []int
+		listening func([]uint16) ([]uint16, error)
+	}{
+		"no stolen port": {nil, func([]uint16) ([]uint16, error) { t.Error("asked with no port"); return nil, nil }},
+		"unreadable":     {[]int{8080}, func([]uint16) ([]uint16, error) { return nil, errors.New("EPERM") }},
+	} {
+		t.Run(name, func(t *testing.T) {
+			timers := newFakeTimers()
+			relayWhileAppServes(func() []int { return tc.ports }, tc.listening, timers.timer, log)
+			if n := timers.count(); n != 0 {
+				t.Errorf("%d timers armed, want none", n)
+			}
+		})
 	}
 }

@@ -24,6 +24,7 @@ const (
 	tcpCloseWait   = 8
 	tcpLastAck     = 9
 	tcpClosing     = 11
+	tcpListen      = 10
 )
 
 // connectedStates are the states of a connection there is something to reset on: not LISTEN, not
@@ -90,7 +91,7 @@ func Flush(ports []uint16, skipMark uint32, busy bool) (counts map[uint16]FlushC
 
 	var socks []diagSocket
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-		s, err := dumpTCP(c, family)
+		s, err := dumpTCP(c, family, flushStates())
 		if err != nil {
 			return nil, 0, err
 		}
@@ -186,13 +187,18 @@ func victims(socks []diagSocket, ports []uint16, skipMark uint32) []diagSocket {
 	return out
 }
 
-// dumpRequest asks for the TCP sockets of one family in the states Flush cares about (and
-// SYN_SENT, for marked clients still connecting).
-func dumpRequest(family uint8) netlink.Message {
+// flushStates are the states Flush asks for: connected ones, and SYN_SENT, for marked clients still
+// connecting.
+func flushStates() uint32 {
 	states := uint32(1) << tcpSynSent
 	for _, s := range connectedStates {
 		states |= 1 << s
 	}
+	return states
+}
+
+// dumpRequest asks for the TCP sockets of one family in states (a bit per TCP state).
+func dumpRequest(family uint8, states uint32) netlink.Message {
 	return netlink.Message{
 		Header: netlink.Header{Type: unix.SOCK_DIAG_BY_FAMILY, Flags: netlink.Request | netlink.Dump},
 		Data:   inetDiagReq(family, 1<<(inetDiagInfo-1), states, [sockIDLen]byte{}),
@@ -217,8 +223,8 @@ func inetDiagReq(family, ext uint8, states uint32, id [sockIDLen]byte) []byte {
 	return append(b, id[:]...)
 }
 
-func dumpTCP(c *netlink.Conn, family uint8) ([]diagSocket, error) {
-	msgs, err := c.Execute(dumpRequest(family))
+func dumpTCP(c *netlink.Conn, family uint8, states uint32) ([]diagSocket, error) {
+	msgs, err := c.Execute(dumpRequest(family, states))
 	if err != nil {
 		return nil, fmt.Errorf("list TCP sockets: %w", err)
 	}

@@ -36,7 +36,7 @@ func sockID(local, remote netip.AddrPort, cookie uint64) [sockIDLen]byte {
 func TestDiagRequestsGolden(t *testing.T) {
 	// ESTABLISHED 1, SYN_SENT 2, SYN_RECV 3, FIN_WAIT1 4, FIN_WAIT2 5, CLOSE_WAIT 8, LAST_ACK 9,
 	// CLOSING 11: bits 0xb3e. Not LISTEN (10), TIME_WAIT (6), CLOSE (7).
-	dump := dumpRequest(unix.AF_INET6)
+	dump := dumpRequest(unix.AF_INET6, flushStates())
 	wantDump := message{
 		Type:  unix.SOCK_DIAG_BY_FAMILY,
 		Flags: netlink.Request | netlink.Dump,
@@ -301,4 +301,23 @@ func FuzzParseDiagMsg(f *testing.F) {
 			t.Errorf("negative times %v, %v", s.lastSent, s.lastRecv)
 		}
 	})
+}
+
+// TestListeners: a port counts once, whatever the families; the agent's marked listener, other
+// states and ports not asked do not count.
+func TestListeners(t *testing.T) {
+	sock := func(state uint8, port uint16, mark uint32, hasMark bool) diagSocket {
+		return diagSocket{state: state, local: netip.AddrPortFrom(netip.IPv4Unspecified(), port), mark: mark, hasMark: hasMark}
+	}
+	socks := []diagSocket{
+		sock(tcpListen, 8080, 0, true),
+		sock(tcpListen, 8080, 0, false), // the IPv6 listener of the same port
+		sock(tcpListen, 8082, PassMark, true),
+		sock(tcpEstablished, 8083, 0, true),
+		sock(tcpListen, 9000, 0, true),
+		sock(tcpListen, 81, 0, true),
+	}
+	if diff := cmp.Diff([]uint16{81, 8080}, listeners(socks, []uint16{8080, 8082, 8083, 81})); diff != "" {
+		t.Errorf("listeners (-want +got):\n%s", diff)
+	}
 }

@@ -1,6 +1,7 @@
 package steal
 
 import (
+	"maps"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -90,6 +91,15 @@ func (l *Lease) Back() error {
 		r.Back()
 	}
 	return errors.Join(errs...)
+}
+
+// Ports are the pod ports a dispatcher steals now (or redirects for a mirror), in order.
+func (h *Hub) Ports() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	ports := slices.Collect(maps.Keys(h.ports))
+	slices.Sort(ports)
+	return ports
 }
 
 func (h *Hub) inNetns(f func() error) error {
