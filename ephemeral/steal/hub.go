@@ -1,12 +1,12 @@
 package steal
 
 import (
-	"maps"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
