@@ -52,6 +52,12 @@ func (o *Options) Named() string {
 	return fmt.Sprintf("selector %q", o.Selector)
 }
 
+// The client's request rate for the fan-out of a workload session (LoadKube says why).
+const (
+	ClientQPS   = 50
+	ClientBurst = 100
+)
+
 // Kube is the cluster a verb talks to, from kubectl's connection flags.
 type Kube struct {
 	Config *rest.Config
@@ -69,6 +75,10 @@ func (o *Options) LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
 	if k.Config, err = flags.ToRESTConfig(); err != nil {
 		return k, fmt.Errorf("reading kubeconfig: %w", err)
 	}
+	// A workload session patches, watches, execs into and port-forwards to every pod at once (20 by
+	// default, each several requests); client-go's defaults of 5 requests a second, bursts of 10, would
+	// queue them for seconds. kubectl itself raises them the same way (50/300 for discovery).
+	k.Config.QPS, k.Config.Burst = ClientQPS, ClientBurst
 	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
 		return k, fmt.Errorf("creating a client: %w", err)
 	}
