@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gopacket/gopacket/pcapgo"
@@ -24,6 +26,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mesh"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -45,7 +48,12 @@ var (
 		In a pod with an Istio or Linkerd sidecar, the mesh's ports reach the pod as mTLS on eth0,
 		and the sidecar hands them to the app in plaintext over lo. With --port the agent captures
 		those ports on lo only, where each request shows once in plaintext; without --port it
-		captures every interface, eth0's ciphertext included.`)
+		captures every interface, eth0's ciphertext included.
+
+		On a workload (deployment, statefulset, daemonset, replicaset, replicationcontroller, job,
+		service or -l) every ready pod is captured, each with its own agent, up to --max-pods: pods
+		that become ready during the session are joined, pods that go away leave, every line names
+		its pod, and the counts are given per pod and in total. --one-pod captures one pod only.`)
 
 	dumpExample = templates.Examples(`
 		# Watch the HTTP requests to port 8080 of pod web
@@ -104,6 +112,7 @@ func newCmd(o *Options) *cobra.Command {
 	}
 	f := cmd.Flags()
 	o.Target.AddFlags(f)
+	o.Target.AddWorkloadFlags(f)
 	f.IntSliceVarP(&o.Ports, "port", "p", nil, "Capture only packets to or from these ports (TCP or UDP). Repeatable or comma separated.")
 	f.StringVarP(&o.Write, "write", "w", "", "Write the capture as pcapng to this file, or to stdout with -; the live view then goes to stderr.")
 	f.StringVarP(&o.Output, "output", "o", "", "Output format of the live view: json (one object per line), or empty for text.")
@@ -130,6 +139,9 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 // too so that a typo is reported before anything is added to the pod.
 func (o *Options) Validate() error {
 	if err := o.Target.Require("kubectl trafficlab dump pod/web --port 8080"); err != nil {
+		return err
+	}
+	if err := o.Target.ValidateWorkload(); err != nil {
 		return err
 	}
 	spec := o.spec()
@@ -178,8 +190,8 @@ func where(spec wire.DumpSpec) string {
 	}
 }
 
-// Run starts the session and the capture, and shows and writes it until interrupted or the agent
-// goes away. Ctrl-C ends the capture gracefully: the agent then sends its packet counts.
+// Run starts the session and a capture in each pod, and shows and writes them until interrupted or the
+// session cannot go on. Ctrl-C ends each capture gracefully: its agent then sends its packet counts.
 func (o *Options) Run(ctx context.Context) error {
 	var file io.WriteCloser
 	switch o.Write {
@@ -200,58 +212,148 @@ func (o *Options) Run(ctx context.Context) error {
 	if o.Write == "-" {
 		viewOut = o.ErrOut
 	}
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
+	d := &fanout{o: o, out: lineout.New(viewOut), stats: map[string]podStats{}}
+	if file != nil {
+		d.pcap = &firstPodOnly{w: file, errOut: o.ErrOut}
+	}
+	s, err := session.StartWorkload(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: inject.NetRaw, AddNetRaw: o.AddNetRaw,
-	}, o.ErrOut)
+	}, o.ErrOut, d.join)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	spec := o.request(s.Target.Pod)
-	st, err := s.Tunnel.Dump(ctx, spec)
-	if err != nil {
-		return fmt.Errorf("start capturing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
-	}
-	defer st.Close()
 	what := "every packet"
-	if f := strings.TrimSpace(describe(spec)); f != "" {
+	if f := strings.TrimSpace(describe(o.spec())); f != "" {
 		what = f
 	}
-	s.Progress.Stepf("capturing %s in pod %s/%s%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name, where(spec))
+	d.mu.Lock()
+	where := d.where
+	d.mu.Unlock()
+	s.Announce("capturing %s on %s%s", what, s.Coverage(), where)
+	runErr := s.Wait(ctx)
+	s.Close()
+	d.summarize(o.ErrOut)
+	return runErr
+}
 
-	var r io.Reader = st
-	if file != nil {
-		r = io.TeeReader(st, file)
+// fanout is a dump over a workload session: one capture per pod, each decoded by a view of its own
+// (a connection belongs to one pod) into the one live view, every line naming its pod.
+type fanout struct {
+	o    *Options
+	out  *lineout.Writer
+	pcap captureWriter
+
+	mu    sync.Mutex
+	where string
+	stats map[string]podStats
+}
+
+// podStats are one pod's kernel counts at the end of its capture.
+type podStats struct {
+	received, dropped uint64
+	seen              bool
+}
+
+// join starts the capture in one pod of the session.
+func (d *fanout) join(ctx context.Context, p *session.Pod) (leave func(), err error) {
+	spec := d.o.request(p.Target.Pod)
+	st, err := p.Tunnel.Dump(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("start capturing in pod %s/%s: %w", p.Target.Pod.Namespace, p.Name(), err)
 	}
-	v := newView(viewOut, o.Output == "json", o.Ports)
+	d.mu.Lock()
+	if w := where(spec); w != "" {
+		d.where = w
+	}
+	d.mu.Unlock()
+	var r io.Reader = st
+	if d.pcap != nil {
+		r = io.TeeReader(st, d.pcap.Pod(p.Name()))
+	}
+	v := newView(d.out, d.o.Output == "json", d.o.Ports, p.Name())
 	done := make(chan error, 1)
 	var stats *pcapgo.NgInterfaceStatistics
 	go func() {
 		done <- read(r, v, func(s pcapgo.NgInterfaceStatistics) { stats = &s })
 	}()
-	var runErr error
-	select {
-	case err := <-done:
-		runErr = err
-	case <-ctx.Done():
+	return func() {
 		// Half-close: the agent stops, sends its counts and closes its side.
 		_ = st.CloseWrite()
+		var err error
+		finished := false
 		select {
-		case err := <-done:
-			runErr = err
+		case err = <-done:
+			finished = true
 		case <-time.After(5 * time.Second):
 		}
-	case <-s.Tunnel.Done():
-		runErr = s.Lost()
+		st.Close()
+		v.close()
+		if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			fmt.Fprintf(d.o.ErrOut, "warning: the capture of pod %s ended: %v\n", p.Name(), err)
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		ps := podStats{}
+		// stats is the reader's until it has finished.
+		if finished && stats != nil {
+			ps = podStats{received: stats.PacketsReceived, dropped: stats.PacketsDropped, seen: true}
+		}
+		d.stats[p.Name()] = ps
+	}, nil
+}
+
+// summarize writes each pod's packet counts, and their total.
+func (d *fanout) summarize(errOut io.Writer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.stats))
+	for n := range d.stats {
+		names = append(names, n)
 	}
-	v.close()
-	if stats != nil {
-		fmt.Fprintf(o.ErrOut, "%d packets captured, %d dropped by the kernel\n", stats.PacketsReceived, stats.PacketsDropped)
+	sort.Strings(names)
+	var total podStats
+	for _, n := range names {
+		ps := d.stats[n]
+		if !ps.seen {
+			continue
+		}
+		fmt.Fprintf(errOut, "pod %s: %d packets captured, %d dropped by the kernel\n", n, ps.received, ps.dropped)
+		total.received += ps.received
+		total.dropped += ps.dropped
+		total.seen = true
 	}
-	if runErr != nil && !errors.Is(runErr, io.EOF) && ctx.Err() == nil {
-		return runErr
+	if len(names) > 1 && total.seen {
+		fmt.Fprintf(errOut, "total (%d pods): %d packets captured, %d dropped by the kernel\n", len(names), total.received, total.dropped)
 	}
-	return nil
+}
+
+// captureWriter is where -w's pcapng goes: it takes the pcapng stream of each pod of the session (each
+// a whole pcapng of its own: section header, interfaces, packets, counts) as the pod joins.
+type captureWriter interface {
+	// Pod returns the writer of pod's stream, called once for each pod that joins.
+	Pod(name string) io.Writer
+}
+
+// firstPodOnly writes the first pod's stream as it comes and drops the others, saying so: streams
+// cannot be concatenated into one readable pcapng, merging them (an interface per pod interface,
+// records by timestamp) is not done here.
+type firstPodOnly struct {
+	w      io.Writer
+	errOut io.Writer
+
+	mu    sync.Mutex
+	first string
+}
+
+func (f *firstPodOnly) Pod(name string) io.Writer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first == "" {
+		f.first = name
+		return f.w
+	}
+	fmt.Fprintf(f.errOut, "warning: -w writes the capture of pod %s only; pod %s is shown live but not written\n", f.first, name)
+	return io.Discard
 }
 
 func describe(spec wire.DumpSpec) string {

@@ -98,7 +98,7 @@ func TestViewLines(t *testing.T) {
 // and all of it is there once the view is closed.
 func TestViewBatchesLines(t *testing.T) {
 	w := &cmdtest.CountingWriter{}
-	v := newView(w, false, []int{8080})
+	v := newView(lineout.New(w), false, []int{8080}, "")
 	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
 	for i := range 100 {
 		v.exchange(capture.Exchange{Start: time.Now(), Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
