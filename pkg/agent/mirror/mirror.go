@@ -37,7 +37,7 @@ type Options struct {
 	DiffHeaders  []string
 	// Fanout says the mirror covers every ready pod of the target (the mirror verb), not one (exec).
 	Fanout bool
-	Output       string
+	Output string
 	// AllowUnownedRedirect is steal.Options' for --mode redirect.
 	AllowUnownedRedirect bool
 

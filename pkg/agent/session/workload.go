@@ -111,30 +111,39 @@ func StartWorkload(ctx context.Context, kube target.Kube, o Options, req Request
 	if err != nil {
 		return nil, err
 	}
+	if err := w.run(ctx); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// run is StartWorkload once the session is set up.
+func (w *Workload) run(ctx context.Context) error {
+	kube, req, errOut := w.kube, w.req, w.errOut
 	w.Named = req.Target.Named()
 	w.Progress.Stepf("resolving %s in namespace %s", w.Named, req.Target.Namespace)
 	wl, err := target.ResolveWorkload(ctx, kube.Client, req.Target)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	w.svc, w.follow = wl.Service, wl.Selector != nil
 	replicas := len(wl.Pods)
 	first, err := target.ForPod(ctx, kube.Client, wl.Pods[0], req.Target, wl.Service, replicas)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// The pods of a workload share its template: the verb checks its ports and probes against one.
 	if req.Check != nil {
 		warnings, err := req.Check(first)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		for _, warning := range warnings {
 			fmt.Fprintf(errOut, "warning: %s\n", warning)
 		}
 	}
 	if err := w.preflight(ctx, first); err != nil {
-		return nil, err
+		return err
 	}
 	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	for _, p := range wl.Pods {
@@ -142,7 +151,7 @@ func StartWorkload(ctx context.Context, kube target.Kube, o Options, req Request
 	}
 	if err := w.startPods(ctx, wl.Pods, replicas); err != nil {
 		w.cancel()
-		return nil, err
+		return err
 	}
 	if w.follow {
 		w.watch(wl)
@@ -153,7 +162,7 @@ func StartWorkload(ctx context.Context, kube target.Kube, o Options, req Request
 			watchRestarts(w.ctx, kube.Client, p.Target.Pod, func(line string) { fmt.Fprintln(errOut, line) })
 		}()
 	}
-	return w, nil
+	return nil
 }
 
 func newWorkload(kube target.Kube, o Options, req Request, errOut io.Writer, join Joiner) (*Workload, error) {
