@@ -179,3 +179,34 @@ func TestRequestCarriesMesh(t *testing.T) {
 		})
 	}
 }
+
+// TestViewNamesPod: the views of a workload's pods share one output, and each line names its pod.
+func TestViewNamesPod(t *testing.T) {
+	var out bytes.Buffer
+	shared := lineout.New(&out)
+	at := time.Date(2026, 11, 23, 10, 4, 5, 120e6, time.UTC)
+	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
+	v1, v2 := &view{out: shared, pod: "web-1"}, &view{out: shared, pod: "web-2", json: true}
+	v1.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: "/a", Status: 200})
+	v2.connection(capture.Connection{Start: at, Client: c, Server: s, Duration: 2 * time.Second, BytesIn: 10, BytesOut: 20})
+	_ = shared.Flush()
+	want := "[pod/web-1] 10:04:05.120 10.88.0.1:5555 HTTP/1.1 GET /a 200 0s 0B/0B\n" +
+		`{"kind":"connection","pod":"web-2","time":"2026-11-23T10:04:05.12Z","client":"10.88.0.1:5555","server":"10.88.0.7:8080","latencyMs":2000,"reqBytes":10,"respBytes":20}` + "\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+}
+
+// TestFirstPodOnly: -w takes the first pod's stream whole and says that the others are not written.
+func TestFirstPodOnly(t *testing.T) {
+	var file, errOut bytes.Buffer
+	w := &firstPodOnly{w: &file, errOut: &errOut}
+	_, _ = w.Pod("web-1").Write([]byte("one"))
+	_, _ = w.Pod("web-2").Write([]byte("two"))
+	if file.String() != "one" {
+		t.Errorf("file %q, want the first pod's stream only", file.String())
+	}
+	if diff := cmp.Diff("warning: -w writes the capture of pod web-1 only; pod web-2 is shown live but not written\n", errOut.String()); diff != "" {
+		t.Errorf("warning (-want +got):\n%s", diff)
+	}
+}
