@@ -84,15 +84,21 @@ type Workload struct {
 	endErr  error
 }
 
-// member is a pod the session has seen ready: joining, joined, or given up on (failed).
+// member is a pod the session has seen: staged (its agent added before it is Ready), joining, joined,
+// or given up on (failed).
 type member struct {
 	name    string
 	pod     *Pod
 	leave   func()
 	failed  bool
 	leaving bool
-	// ready is when the session saw the pod ready; joined pods count the gap to their join.
+	// ready is when the session saw the pod ready (zero: not yet); joined pods count the gap to their
+	// join.
 	ready time.Time
+	// staging says the pod's agent is being added before the pod is Ready; staged is its tunnel once up,
+	// until the pod is Ready and joins.
+	staging bool
+	staged  *Pod
 }
 
 // pending is a pod whose agent patch has been sent (or whose agent is reused), to be connected.
@@ -288,6 +294,11 @@ func (w *Workload) start(ctx context.Context, uid types.UID, pp *pending) error 
 	if err != nil {
 		return err
 	}
+	return w.joinConnected(ctx, uid, p)
+}
+
+// joinConnected runs the verb's join on a pod whose tunnel is up and makes it a member of the session.
+func (w *Workload) joinConnected(ctx context.Context, uid types.UID, p *Pod) error {
 	leave, err := w.join(ctx, p)
 	if err != nil {
 		p.closer()
@@ -493,7 +504,7 @@ func (w *Workload) coveredLocked() int {
 func (w *Workload) readyLocked() int {
 	n := 0
 	for _, m := range w.members {
-		if !m.leaving {
+		if !m.leaving && !m.ready.IsZero() {
 			n++
 		}
 	}
@@ -510,9 +521,14 @@ func (w *Workload) Close() error {
 	}
 	w.closed = true
 	var joined []*member
+	var staged []*Pod
 	for _, m := range w.members {
 		if m.pod != nil {
 			joined = append(joined, m)
+		}
+		if m.staged != nil {
+			staged = append(staged, m.staged)
+			m.staged = nil
 		}
 	}
 	gaps := append([]time.Duration(nil), w.gaps...)
@@ -525,6 +541,9 @@ func (w *Workload) Close() error {
 			m.leave()
 			m.pod.closer()
 		}()
+	}
+	for _, sp := range staged {
+		sp.closer()
 	}
 	wg.Wait()
 	if w.cancel != nil {
@@ -618,6 +637,28 @@ func (w *Workload) seen(old, p *corev1.Pod) {
 	case w.closed:
 		w.mu.Unlock()
 		return
+	case m == nil && staging(p):
+		if max := w.req.Target.MaxPods; max > 0 && w.readyLocked() >= max {
+			w.mu.Unlock()
+			return
+		}
+		m = &member{name: p.Name, staging: true}
+		w.members[p.UID] = m
+		w.mu.Unlock()
+		w.wg.Add(1)
+		go w.stage(p, m)
+		return
+	case m != nil && m.ready.IsZero() && !m.failed && target.Ready(p):
+		// A staged pod is Ready: it joins now, or as soon as its tunnel is up.
+		m.ready = w.now()
+		sp := m.staged
+		m.staged = nil
+		w.mu.Unlock()
+		if sp != nil {
+			w.wg.Add(1)
+			go w.finishJoin(p, m, sp)
+		}
+		return
 	case m == nil && target.Ready(p):
 		if max := w.req.Target.MaxPods; max > 0 && w.readyLocked() >= max {
 			w.members[p.UID] = &member{name: p.Name, failed: true}
@@ -658,9 +699,12 @@ func (w *Workload) gone(p *corev1.Pod) {
 		return
 	}
 	delete(w.members, p.UID)
-	pod, leave := m.pod, m.leave
-	m.pod = nil
+	pod, leave, staged := m.pod, m.leave, m.staged
+	m.pod, m.staged = nil, nil
 	w.mu.Unlock()
+	if staged != nil {
+		staged.closer()
+	}
 	if pod == nil {
 		return
 	}
@@ -669,27 +713,85 @@ func (w *Workload) gone(p *corev1.Pod) {
 	w.Progress.Stepf("pod %s left (deleted); %s", p.Name, w.Coverage())
 }
 
-// joinLate joins a pod that became ready during the session, and reports the time from Ready to
-// joined: the pod was in its Services' endpoints, answering on its own, for that long.
-func (w *Workload) joinLate(p *corev1.Pod, m *member) {
+// staging says a pod's agent may be added before the pod is Ready: its containers have started
+// (Running) and it is not terminating. The agent's start (pulling nothing, but a container's creation)
+// then overlaps the app's own start, and the pod joins the moment it is Ready, when its Services start
+// sending it traffic.
+func staging(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && !target.Ready(p)
+}
+
+// stage adds the agent to a pod that is not Ready yet and opens its tunnel; the pod joins once Ready.
+func (w *Workload) stage(p *corev1.Pod, m *member) {
 	defer w.wg.Done()
-	w.Progress.Stepf("pod %s is ready: joining it", p.Name)
+	w.Progress.Stepf("pod %s is starting: adding its agent before it is Ready", p.Name)
 	pp, err := w.prepare(w.ctx, p, 0)
+	var sp *Pod
 	if err == nil {
-		err = w.start(w.ctx, p.UID, pp)
+		sp, err = w.connect(w.ctx, pp)
 	}
-	if err != nil {
-		w.mu.Lock()
+	w.mu.Lock()
+	m.staging = false
+	closed := w.closed || w.members[p.UID] != m
+	switch {
+	case err != nil:
 		m.failed = true
-		closed := w.closed
 		w.mu.Unlock()
 		if !closed {
 			fmt.Fprintf(w.errOut, "warning: pod %s is not covered: %v\n", p.Name, err)
 		}
 		return
+	case closed:
+		w.mu.Unlock()
+		sp.closer()
+		return
+	case m.ready.IsZero():
+		m.staged = sp
+		w.mu.Unlock()
+		return
 	}
-	gap := w.now().Sub(m.ready)
+	w.mu.Unlock()
+	w.wg.Add(1)
+	go w.finishJoin(p, m, sp)
+}
+
+// joinLate joins a pod that was Ready when the session first saw it.
+func (w *Workload) joinLate(p *corev1.Pod, m *member) {
+	defer w.wg.Done()
+	w.Progress.Stepf("pod %s is ready: joining it", p.Name)
+	pp, err := w.prepare(w.ctx, p, 0)
+	var sp *Pod
+	if err == nil {
+		sp, err = w.connect(w.ctx, pp)
+	}
+	if err != nil {
+		w.notCovered(p, m, err)
+		return
+	}
+	w.wg.Add(1)
+	go w.finishJoin(p, m, sp)
+}
+
+func (w *Workload) notCovered(p *corev1.Pod, m *member, err error) {
 	w.mu.Lock()
+	m.failed = true
+	closed := w.closed
+	w.mu.Unlock()
+	if !closed {
+		fmt.Fprintf(w.errOut, "warning: pod %s is not covered: %v\n", p.Name, err)
+	}
+}
+
+// finishJoin joins a pod whose tunnel is up and that is Ready, and reports the time from Ready to
+// joined: the pod was in its Services' endpoints, answering on its own, for that long.
+func (w *Workload) finishJoin(p *corev1.Pod, m *member, sp *Pod) {
+	defer w.wg.Done()
+	if err := w.joinConnected(w.ctx, p.UID, sp); err != nil {
+		w.notCovered(p, m, err)
+		return
+	}
+	w.mu.Lock()
+	gap := w.now().Sub(m.ready)
 	w.gaps = append(w.gaps, gap)
 	w.mu.Unlock()
 	w.Progress.Stepf("pod %s joined %s after it became Ready; %s", p.Name, roundGap(gap), w.Coverage())

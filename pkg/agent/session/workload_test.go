@@ -67,7 +67,7 @@ type fanoutWorld struct {
 	// patchedAtFirstConnect is how many patches had been sent when the first tunnel was opened.
 	patchedAtFirstConnect int
 	conns                 map[string]*fakeConn
-	joined, left          chan string
+	joined, left, patches chan string
 }
 
 func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *fanoutWorld {
@@ -81,7 +81,7 @@ func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *
 	}
 	w := &fanoutWorld{
 		client: fake.NewClientset(objs...), out: &syncBuffer{}, patchedAtFirstConnect: -1,
-		conns: map[string]*fakeConn{}, joined: make(chan string, 10), left: make(chan string, 10),
+		conns: map[string]*fakeConn{}, joined: make(chan string, 10), left: make(chan string, 10), patches: make(chan string, 20),
 	}
 	w.client.Resources = []*metav1.APIResourceList{{GroupVersion: "v1", APIResources: []metav1.APIResource{
 		{Name: "pods"}, {Name: "pods/exec"}, {Name: "pods/portforward"}, {Name: "pods/ephemeralcontainers"},
@@ -96,6 +96,7 @@ func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *
 		w.mu.Lock()
 		w.patched = append(w.patched, name)
 		w.mu.Unlock()
+		w.patches <- name
 		if refuse[name] {
 			return true, nil, errors.New("admission webhook \"policy\" denied the request")
 		}
@@ -216,14 +217,24 @@ func TestWorkloadFollowsPods(t *testing.T) {
 	}
 	receive(t, fw.joined, "join")
 	receive(t, fw.joined, "join")
+	receive(t, fw.patches, "patch")
+	receive(t, fw.patches, "patch")
 	ctx := context.Background()
 	pods := fw.client.CoreV1().Pods("shop")
 
-	// Created not ready: not joined until it is.
+	// Running but not ready yet: its agent is added at once, and it joins once Ready.
 	late := webPod("web-3")
 	late.Status.Conditions[0].Status = corev1.ConditionFalse
 	if _, err := pods.Create(ctx, late, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	if got := receive(t, fw.patches, "the agent patch of web-3 before it is Ready"); got != "web-3" {
+		t.Errorf("patched %s, want web-3", got)
+	}
+	select {
+	case name := <-fw.joined:
+		t.Fatalf("%s joined before it was Ready", name)
+	default:
 	}
 	late.Status.Conditions[0].Status = corev1.ConditionTrue
 	if _, err := pods.UpdateStatus(ctx, late, metav1.UpdateOptions{}); err != nil {
