@@ -225,9 +225,8 @@ func (w *Workload) startPods(ctx context.Context, pods []*corev1.Pod, replicas i
 		}()
 	}
 	wg.Wait()
-	if len(pods) > 1 {
-		w.Progress.Stepf("agent patches sent to %d pods", countNil(errs))
-	}
+	// The bench (hack/bench/workload.go) reads this line: every patch is sent by now.
+	w.Progress.Stepf("agent patches sent to %s", plural(countNil(errs), "pod"))
 	for i, p := range pods {
 		if errs[i] != nil {
 			continue
@@ -254,6 +253,13 @@ func (w *Workload) startPods(ctx context.Context, pods []*corev1.Pod, replicas i
 		}
 	}
 	return nil
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("1 %s", noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
 
 func countNil(errs []error) int {
