@@ -33,11 +33,11 @@ type timeline struct {
 }
 
 var (
-	stepRE    = regexp.MustCompile(`^\[\s*([0-9.]+)s\] (.*)$`)
+	stepRE        = regexp.MustCompile(`^\[\s*([0-9.]+)s\] (.*)$`)
 	patchesSentRE = regexp.MustCompile(`^agent patches sent to (\d+) pods?$`)
 	runningRE     = regexp.MustCompile(`^agent \S+ running in pod \S+$`)
 	connectedRE   = regexp.MustCompile(`^connected to agent \S+ in pod \S+ `)
-	stealStepRE    = regexp.MustCompile(`^stealing `)
+	stealStepRE   = regexp.MustCompile(`^stealing `)
 )
 
 // parseTimeline reads the plugin's progress lines up to "stealing".

@@ -506,6 +506,11 @@ func (w *Workload) coveredLocked() int {
 	return n
 }
 
+// fullLocked says the session covers --max-pods pods already.
+func (w *Workload) fullLocked() bool {
+	return w.req.Target.MaxPods > 0 && w.readyLocked() >= w.req.Target.MaxPods
+}
+
 // readyLocked counts the ready pods the session knows of: joined, joining, or that failed to join.
 func (w *Workload) readyLocked() int {
 	n := 0
@@ -644,7 +649,7 @@ func (w *Workload) seen(old, p *corev1.Pod) {
 		w.mu.Unlock()
 		return
 	case m == nil && staging(p):
-		if max := w.req.Target.MaxPods; max > 0 && w.readyLocked() >= max {
+		if w.fullLocked() {
 			w.mu.Unlock()
 			return
 		}
@@ -666,7 +671,7 @@ func (w *Workload) seen(old, p *corev1.Pod) {
 		}
 		return
 	case m == nil && target.Ready(p):
-		if max := w.req.Target.MaxPods; max > 0 && w.readyLocked() >= max {
+		if w.fullLocked() {
 			w.members[p.UID] = &member{name: p.Name, failed: true}
 			w.mu.Unlock()
 			fmt.Fprintf(w.errOut, "warning: pod %s became ready but is not covered: the session covers --max-pods %d pods already\n", p.Name, w.req.Target.MaxPods)

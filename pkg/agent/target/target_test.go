@@ -497,7 +497,9 @@ func TestResolveWorkload(t *testing.T) {
 
 // TestReady: the pods a workload session covers.
 func TestReady(t *testing.T) {
-	terminating := func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+	terminating := func(p *corev1.Pod) {
+		p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	}
 	for _, tc := range []struct {
 		pod  *corev1.Pod
 		want bool
