@@ -274,7 +274,13 @@ func countNil(errs []error) int {
 
 // prepare checks pod and sends its agent patch, unless an agent there can be reused.
 func (w *Workload) prepare(ctx context.Context, pod *corev1.Pod, replicas int) (*pending, error) {
-	tgt, err := target.ForPod(ctx, w.kube.Client, pod, w.req.Target, w.svc, replicas)
+	var tgt *target.Target
+	var err error
+	if target.Starting(pod) {
+		tgt, err = target.ForStartingPod(ctx, w.kube.Client, pod, w.req.Target, w.svc)
+	} else {
+		tgt, err = target.ForPod(ctx, w.kube.Client, pod, w.req.Target, w.svc, replicas)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -648,7 +654,7 @@ func (w *Workload) seen(old, p *corev1.Pod) {
 	case w.closed:
 		w.mu.Unlock()
 		return
-	case m == nil && staging(p):
+	case m == nil && target.Starting(p):
 		if w.fullLocked() {
 			w.mu.Unlock()
 			return
@@ -724,17 +730,11 @@ func (w *Workload) gone(p *corev1.Pod) {
 	w.Progress.Stepf("pod %s left (deleted); %s", p.Name, w.Coverage())
 }
 
-// staging says a pod's agent may be added before the pod is Ready: its containers have started
-// (Running) and it is not terminating. The agent's start (pulling nothing, but a container's creation)
-// then overlaps the app's own start, and the pod joins the moment it is Ready, when its Services start
-// sending it traffic.
-func staging(p *corev1.Pod) bool {
-	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && !target.Ready(p)
-}
-
 // stage adds the agent to a pod that is not Ready yet and opens its tunnel; the pod joins once Ready.
 func (w *Workload) stage(p *corev1.Pod, m *member) {
 	defer w.wg.Done()
+	// The agent's start (a container's creation) then overlaps the app's own start, and the pod joins
+	// the moment it is Ready, when its Services start sending it traffic.
 	w.Progress.Stepf("pod %s is starting: adding its agent before it is Ready", p.Name)
 	pp, err := w.prepare(w.ctx, p, 0)
 	var sp *Pod

@@ -29,7 +29,7 @@ import (
 func webPod(name string) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", UID: types.UID("uid-" + name), Labels: map[string]string{"app": "web"}},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "nginx"}}},
+		Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "app", Image: "nginx"}}},
 		Status: corev1.PodStatus{
 			Phase:             corev1.PodRunning,
 			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
@@ -222,9 +222,9 @@ func TestWorkloadFollowsPods(t *testing.T) {
 	ctx := context.Background()
 	pods := fw.client.CoreV1().Pods("shop")
 
-	// Running but not ready yet: its agent is added at once, and it joins once Ready.
+	// Scheduled, its containers not started yet: its agent is added at once, and it joins once Ready.
 	late := webPod("web-3")
-	late.Status.Conditions[0].Status = corev1.ConditionFalse
+	late.Status.Phase, late.Status.Conditions, late.Status.ContainerStatuses = corev1.PodPending, nil, nil
 	if _, err := pods.Create(ctx, late, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -236,7 +236,7 @@ func TestWorkloadFollowsPods(t *testing.T) {
 		t.Fatalf("%s joined before it was Ready", name)
 	default:
 	}
-	late.Status.Conditions[0].Status = corev1.ConditionTrue
+	late.Status = webPod("web-3").Status
 	if _, err := pods.UpdateStatus(ctx, late, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}

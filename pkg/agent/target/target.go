@@ -88,14 +88,37 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 // workload's pods each go through it, those that join during a session too. svc and replicas are
 // what the name resolved to (Target.Service, Target.Replicas).
 func ForPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service, replicas int) (*Target, error) {
-	if err := checkPod(ctx, client, pod, o.AllowHostNetwork); err != nil {
+	return forPod(ctx, client, pod, o, svc, replicas, false)
+}
+
+// ForStartingPod is ForPod for a pod of a workload that is scheduled but not Ready yet (Pending, or
+// Running with its containers starting): a workload session adds the agent then, so that the kubelet
+// starts it alongside the app's containers (ephemeral containers need not wait for the pod's
+// initialization) and the pod joins the moment it is Ready.
+func ForStartingPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service) (*Target, error) {
+	return forPod(ctx, client, pod, o, svc, 0, true)
+}
+
+func forPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service, replicas int, starting bool) (*Target, error) {
+	if err := checkPod(ctx, client, pod, o.AllowHostNetwork, starting); err != nil {
 		return nil, &PodRefusedError{Err: err}
 	}
-	container, err := pickContainer(pod, o.Container)
+	container, err := pickContainer(pod, o.Container, starting)
 	if err != nil {
 		return nil, err
 	}
 	return &Target{Pod: pod, Container: container, Service: svc, Replicas: replicas}, nil
+}
+
+// Starting says a pod of a workload is scheduled and on its way to Ready: ForStartingPod takes it.
+func Starting(p *corev1.Pod) bool {
+	switch {
+	case p.DeletionTimestamp != nil || p.Spec.NodeName == "" || Ready(p):
+		return false
+	case p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning:
+		return true
+	}
+	return false
 }
 
 // Workload is every ready pod a name or selector matches, for the verbs that span a workload (steal,
@@ -309,13 +332,14 @@ func summarize(total int, counts map[string]int) string {
 	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
 }
 
-// checkPod refuses pods the agent cannot or should not join, before anything is added to them.
-func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, allowHostNetwork bool) error {
+// checkPod refuses pods the agent cannot or should not join, before anything is added to them; a
+// starting pod may still be Pending.
+func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, allowHostNetwork, starting bool) error {
 	ref := pod.Namespace + "/" + pod.Name
 	if pod.DeletionTimestamp != nil {
 		return fmt.Errorf("pod %q is terminating", ref)
 	}
-	if pod.Status.Phase != corev1.PodRunning {
+	if pod.Status.Phase != corev1.PodRunning && !(starting && pod.Status.Phase == corev1.PodPending) {
 		return fmt.Errorf("pod %q is not running (phase %s)", ref, orUnknown(string(pod.Status.Phase)))
 	}
 	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
@@ -346,7 +370,7 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 // pickContainer chooses the container the agent targets, the way kubectl's podcmd defaults it. Only
 // regular containers and sidecars (restartable init containers) qualify: their ports and probes are
 // the ones a verb works with.
-func pickContainer(pod *corev1.Pod, name string) (string, error) {
+func pickContainer(pod *corev1.Pod, name string, starting bool) (string, error) {
 	ref := pod.Namespace + "/" + pod.Name
 	valid := targetableContainers(pod)
 	if len(valid) == 0 {
@@ -360,7 +384,7 @@ func pickContainer(pod *corev1.Pod, name string) (string, error) {
 	} else if !contains(valid, name) {
 		return "", fmt.Errorf("container %q not found in pod %q; valid containers: %s", name, ref, strings.Join(valid, ", "))
 	}
-	if s := containerStatus(pod, name); s != nil && s.State.Running == nil {
+	if s := containerStatus(pod, name); s != nil && s.State.Running == nil && !starting {
 		return "", fmt.Errorf("container %q in pod %q is not running (%s)", name, ref, describeState(s.State))
 	}
 	return name, nil

@@ -514,3 +514,33 @@ func TestReady(t *testing.T) {
 		}
 	}
 }
+
+// TestStarting: the pods a workload session adds its agent to before they are Ready.
+func TestStarting(t *testing.T) {
+	terminating := func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+	unscheduled := func(p *corev1.Pod) { p.Spec.NodeName = "" }
+	failed := func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }
+	for _, tc := range []struct {
+		pod  *corev1.Pod
+		want bool
+	}{
+		{pod("ready", nil), false},
+		{pod("unready", nil, notReady), true},
+		{pod("pending", nil, pending), true},
+		{pod("unscheduled", nil, pending, unscheduled), false},
+		{pod("terminating", nil, notReady, terminating), false},
+		{pod("failed", nil, notReady, failed), false},
+	} {
+		if got := Starting(tc.pod); got != tc.want {
+			t.Errorf("Starting(%s) = %v, want %v", tc.pod.Name, got, tc.want)
+		}
+	}
+	// A starting pod's container need not run yet; ForPod still refuses it.
+	p := pod("pending", nil, pending)
+	if _, err := ForStartingPod(context.Background(), fake.NewClientset(), p, Options{}, nil); err != nil {
+		t.Errorf("ForStartingPod(pending) = %v", err)
+	}
+	if _, err := ForPod(context.Background(), fake.NewClientset(), p, Options{}, nil, 1); err == nil {
+		t.Error("ForPod(pending) accepted a pod that is not running")
+	}
+}
