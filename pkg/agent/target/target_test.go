@@ -517,7 +517,9 @@ func TestReady(t *testing.T) {
 
 // TestStarting: the pods a workload session adds its agent to before they are Ready.
 func TestStarting(t *testing.T) {
-	terminating := func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+	terminating := func(p *corev1.Pod) {
+		p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	}
 	unscheduled := func(p *corev1.Pod) { p.Spec.NodeName = "" }
 	failed := func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }
 	for _, tc := range []struct {
