@@ -104,8 +104,35 @@ func TestWorkloadSteal(t *testing.T) {
 	checkSplit("four", four)
 	p.waitLine(from, "stdout", regexp.MustCompile(`^\[pod/`+regexp.QuoteMeta(newPod)+`\] .* GET /four/alice/`), 30*time.Second)
 
-	// A rollout replaces every pod: the session follows, and ends up covering the four new ones.
+	// A rollout replaces every pod: the session follows, and ends up covering the four new ones. Matching
+	// requests keep coming meanwhile: none may be answered by a pod that is joined (after its "joined"
+	// line and before its "terminating" line).
 	from = len(p.snapshot())
+	type answer struct {
+		sent time.Duration // since the plugin started, as its lines' times are
+		pod  string
+	}
+	var answers []answer
+	failed := 0
+	stopSending := make(chan struct{})
+	sent := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 0; ; i++ {
+			select {
+			case <-stopSending:
+				return
+			default:
+			}
+			at := time.Since(p.start)
+			r, err := getJSON(ctx, svcURL(fmt.Sprintf("/rollout/alice/%d", i)), alice, nil)
+			if err != nil {
+				failed++
+				continue
+			}
+			answers = append(answers, answer{sent: at, pod: r.Pod})
+		}
+	}()
 	if _, _, err := kubectl(ctx, t, "", "rollout", "restart", "-n", ns, "deploy/echo"); err != nil {
 		t.Fatal(err)
 	}
@@ -119,6 +146,23 @@ func TestWorkloadSteal(t *testing.T) {
 		}
 		p.waitLine(from, "stderr", regexp.MustCompile(`^\[\s*[0-9.]+s\] pod `+regexp.QuoteMeta(pod)+` joined `), 2*time.Minute)
 	}
+	close(stopSending)
+	<-sent
+	byApp := 0
+	for _, a := range answers {
+		if a.pod == "laptop" {
+			continue
+		}
+		byApp++
+		joined, terminating := lineAt(p, `pod `+regexp.QuoteMeta(a.pod)+` joined `), lineAt(p, `pod `+regexp.QuoteMeta(a.pod)+` is terminating`)
+		if slices.Contains(four, a.pod) {
+			joined = 0 // covered before the rollout
+		}
+		if joined >= 0 && a.sent > joined && (terminating < 0 || a.sent < terminating) {
+			t.Errorf("a matching request sent at %s was answered by pod %s, joined at %s (terminating at %s)", a.sent, a.pod, joined, terminating)
+		}
+	}
+	t.Logf("during the rollout: %d matching requests, %d answered by a pod not (or no longer) joined, %d failed", len(answers)+failed, byApp, failed)
 	checkSplit("restarted", restarted)
 	if err := p.stop(); err != nil {
 		t.Errorf("steal ended with %v; output:\n%s", err, p.output())
@@ -128,6 +172,74 @@ func TestWorkloadSteal(t *testing.T) {
 	if strings.Contains(p.text(), "lost the agent") {
 		t.Errorf("a pod's agent was reported lost:\n%s", p.output())
 	}
+}
+
+// lineAt is when p printed its first stderr line matching expr (after the progress timer), or -1.
+func lineAt(p *pfProc, expr string) time.Duration {
+	re := regexp.MustCompile(`^\[\s*[0-9.]+s\] ` + expr)
+	for _, l := range p.snapshot() {
+		if l.stream == "stderr" && re.MatchString(l.text) {
+			return l.at
+		}
+	}
+	return -1
+}
+
+// TestWorkloadMirrorAndDump: mirror and dump of a 2-replica Deployment cover both pods: the copies of
+// requests to either reach the local process, every line names its pod, and the counts come per pod
+// and in total.
+func TestWorkloadMirrorAndDump(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t, 6*time.Minute)
+	ns := newNamespace(t, "workload-mirror")
+	labels := map[string]string{"app": "echo"}
+	createEchoDeployment(ctx, t, ns, labels, 2)
+	clusterIP := echoService(ctx, t, ns, labels)
+	pods := readyPodNames(ctx, t, ns, labels, 2)
+	waitAnswer(ctx, t, time.Minute, "http://"+clusterIP+"/", pods[0])
+	local := startLocalServer(t)
+
+	m := pluginStart(t, "mirror", "mirror", ns, "svc/echo", "--port", fmt.Sprintf("80:%d", local.Port))
+	m.waitLine(0, "stderr", regexp.MustCompile(`mirroring port 8080 -> .* on 2/2 pods of svc/echo$`), 3*time.Minute)
+	d := pluginStart(t, "dump", "dump", ns, "deploy/echo", "--port", "8080")
+	d.waitLine(0, "stderr", regexp.MustCompile(`capturing ports 8080 on 2/2 pods of deploy/echo$`), 3*time.Minute)
+
+	answered := map[string]bool{}
+	for i := 0; i < 30 || len(answered) < 2; i++ {
+		if i == 200 {
+			t.Fatalf("200 requests through the Service reached only %v", answered)
+		}
+		r, err := getJSON(ctx, fmt.Sprintf("http://%s/both/%d", clusterIP, i), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		answered[r.Pod] = true
+	}
+	for _, pod := range pods {
+		m.waitLine(0, "stdout", regexp.MustCompile(`^\[pod/`+regexp.QuoteMeta(pod)+`\] \d\d:\d\d:\d\d \S+ GET /both/\d+ -> 200`), 30*time.Second)
+		d.waitLine(0, "stdout", regexp.MustCompile(`^\[pod/`+regexp.QuoteMeta(pod)+`\] \S+ \S+ HTTP/1.1 GET /both/\d+ 200 `), 30*time.Second)
+	}
+	eventually(ctx, t, 30*time.Second, "a copy of every request", func(context.Context) (bool, string) {
+		n := 0
+		for _, r := range local.requests() {
+			if strings.HasPrefix(r.Path, "/both/") {
+				n++
+			}
+		}
+		return n >= 30, fmt.Sprintf("%d copies", n)
+	})
+	if err := m.stop(); err != nil {
+		t.Errorf("mirror ended with %v", err)
+	}
+	if err := d.stop(); err != nil {
+		t.Errorf("dump ended with %v", err)
+	}
+	for _, pod := range pods {
+		m.waitLine(0, "stderr", regexp.MustCompile(`^pod `+regexp.QuoteMeta(pod)+`: \d+ requests? seen on `), time.Second)
+		d.waitLine(0, "stderr", regexp.MustCompile(`^pod `+regexp.QuoteMeta(pod)+`: \d+ packets captured, \d+ dropped by the kernel$`), time.Second)
+	}
+	m.waitLine(0, "stderr", regexp.MustCompile(`^total \(2 pods\): \d+ requests? seen on \d+ connections?, \d+ mirrored`), time.Second)
+	d.waitLine(0, "stderr", regexp.MustCompile(`^total \(2 pods\): \d+ packets captured`), time.Second)
 }
 
 // createEchoDeployment creates Deployment "echo" of peer-echo pods (Ready once :8080 answers) and waits

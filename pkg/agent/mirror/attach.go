@@ -229,7 +229,8 @@ func (f *Fanout) Summarize() {
 	}
 	sort.Strings(names)
 	if len(names) == 1 {
-		summarize(f.errOut, "pod "+names[0], f.results[names[0]])
+		// One pod's counts are the session's: the line reads as it always did.
+		summarize(f.errOut, "", f.results[names[0]])
 		return
 	}
 	var total wire.MirrorStats

@@ -311,6 +311,13 @@ func (d *fanout) summarize(errOut io.Writer) {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	if len(names) == 1 {
+		// One pod's counts are the session's: the line reads as it always did.
+		if ps := d.stats[names[0]]; ps.seen {
+			fmt.Fprintf(errOut, "%d packets captured, %d dropped by the kernel\n", ps.received, ps.dropped)
+		}
+		return
+	}
 	var total podStats
 	for _, n := range names {
 		ps := d.stats[n]
@@ -322,7 +329,7 @@ func (d *fanout) summarize(errOut io.Writer) {
 		total.dropped += ps.dropped
 		total.seen = true
 	}
-	if len(names) > 1 && total.seen {
+	if total.seen {
 		fmt.Fprintf(errOut, "total (%d pods): %d packets captured, %d dropped by the kernel\n", len(names), total.received, total.dropped)
 	}
 }
