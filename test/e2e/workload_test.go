@@ -202,7 +202,7 @@ func TestWorkloadMirrorAndDump(t *testing.T) {
 	m := pluginStart(t, "mirror", "mirror", ns, "svc/echo", "--port", fmt.Sprintf("80:%d", local.Port))
 	m.waitLine(0, "stderr", regexp.MustCompile(`mirroring port 8080 -> .* on 2/2 pods of svc/echo$`), 3*time.Minute)
 	d := pluginStart(t, "dump", "dump", ns, "deploy/echo", "--port", "8080")
-	d.waitLine(0, "stderr", regexp.MustCompile(`capturing ports 8080 on 2/2 pods of deploy/echo$`), 3*time.Minute)
+	d.waitLine(0, "stderr", regexp.MustCompile(`capturing ports 8080 in 2/2 pods of deploy/echo$`), 3*time.Minute)
 
 	answered := map[string]bool{}
 	for i := 0; i < 30 || len(answered) < 2; i++ {

@@ -229,7 +229,7 @@ func (o *Options) Run(ctx context.Context) error {
 	d.mu.Lock()
 	where := d.where
 	d.mu.Unlock()
-	s.Announce("capturing %s on %s%s", what, s.Coverage(), where)
+	s.Announce("capturing %s in %s%s", what, s.Coverage(), where)
 	runErr := s.Wait(ctx)
 	s.Close()
 	d.summarize(o.ErrOut)
