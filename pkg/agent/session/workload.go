@@ -311,6 +311,13 @@ func (w *Workload) start(ctx context.Context, uid types.UID, pp *pending) error 
 
 // joinConnected runs the verb's join on a pod whose tunnel is up and makes it a member of the session.
 func (w *Workload) joinConnected(ctx context.Context, uid types.UID, p *Pod) error {
+	w.mu.Lock()
+	gone := w.closed || w.members[uid] == nil
+	w.mu.Unlock()
+	if gone {
+		p.closer()
+		return context.Canceled
+	}
 	leave, err := w.join(ctx, p)
 	if err != nil {
 		p.closer()
