@@ -793,9 +793,10 @@ func (w *Workload) joinLate(p *corev1.Pod, m *member) {
 func (w *Workload) notCovered(p *corev1.Pod, m *member, err error) {
 	w.mu.Lock()
 	m.failed = true
-	closed := w.closed
+	// A pod deleted while it was joining, or a session that ended meanwhile, is no failure to report.
+	quiet := w.closed || w.members[p.UID] != m
 	w.mu.Unlock()
-	if !closed {
+	if !quiet {
 		fmt.Fprintf(w.errOut, "warning: pod %s is not covered: %v\n", p.Name, err)
 	}
 }
