@@ -18,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
@@ -68,6 +69,9 @@ type fanoutWorld struct {
 	patchedAtFirstConnect int
 	conns                 map[string]*fakeConn
 	joined, left, patches chan string
+	// watching gets a value when a watch of the pods starts: the fake clientset replays nothing that
+	// happened between the informer's list and its watch, so a test changes pods once it watches.
+	watching chan struct{}
 }
 
 func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *fanoutWorld {
@@ -82,6 +86,7 @@ func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *
 	w := &fanoutWorld{
 		client: fake.NewClientset(objs...), out: &syncBuffer{}, patchedAtFirstConnect: -1,
 		conns: map[string]*fakeConn{}, joined: make(chan string, 10), left: make(chan string, 10), patches: make(chan string, 20),
+		watching: make(chan struct{}, 10),
 	}
 	w.client.Resources = []*metav1.APIResourceList{{GroupVersion: "v1", APIResources: []metav1.APIResource{
 		{Name: "pods"}, {Name: "pods/exec"}, {Name: "pods/portforward"}, {Name: "pods/ephemeralcontainers"},
@@ -90,6 +95,11 @@ func newFanoutWorld(t *testing.T, refuse map[string]bool, pods ...*corev1.Pod) *
 		review := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview).DeepCopy()
 		review.Status.Allowed = true
 		return true, review, nil
+	})
+	w.client.PrependWatchReactor("pods", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		wi, err := w.client.Tracker().Watch(a.GetResource(), a.GetNamespace())
+		w.watching <- struct{}{}
+		return true, wi, err
 	})
 	w.client.PrependReactor("patch", "pods", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		name := a.(k8stesting.PatchAction).GetName()
@@ -219,6 +229,11 @@ func TestWorkloadFollowsPods(t *testing.T) {
 	receive(t, fw.joined, "join")
 	receive(t, fw.patches, "patch")
 	receive(t, fw.patches, "patch")
+	select {
+	case <-fw.watching:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the session does not watch the workload's pods")
+	}
 	ctx := context.Background()
 	pods := fw.client.CoreV1().Pods("shop")
 
@@ -240,7 +255,13 @@ func TestWorkloadFollowsPods(t *testing.T) {
 	if _, err := pods.UpdateStatus(ctx, late, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := receive(t, fw.joined, "join of web-3"); got != "web-3" {
+	var got string
+	select {
+	case got = <-fw.joined:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no join of web-3; output:\n%s", fw.out)
+	}
+	if got != "web-3" {
 		t.Errorf("joined %s, want web-3", got)
 	}
 
