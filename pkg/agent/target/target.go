@@ -339,7 +339,8 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 	if pod.DeletionTimestamp != nil {
 		return fmt.Errorf("pod %q is terminating", ref)
 	}
-	if pod.Status.Phase != corev1.PodRunning && !(starting && pod.Status.Phase == corev1.PodPending) {
+	startingPending := starting && pod.Status.Phase == corev1.PodPending
+	if pod.Status.Phase != corev1.PodRunning && !startingPending {
 		return fmt.Errorf("pod %q is not running (phase %s)", ref, orUnknown(string(pod.Status.Phase)))
 	}
 	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
