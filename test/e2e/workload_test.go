@@ -113,7 +113,7 @@ func TestWorkloadSteal(t *testing.T) {
 		pod  string
 	}
 	var answers []answer
-	failed := 0
+	var failures []string
 	stopSending := make(chan struct{})
 	sent := make(chan struct{})
 	go func() {
@@ -127,7 +127,7 @@ func TestWorkloadSteal(t *testing.T) {
 			at := time.Since(p.start)
 			r, err := getJSON(ctx, svcURL(fmt.Sprintf("/rollout/alice/%d", i)), alice, nil)
 			if err != nil {
-				failed++
+				failures = append(failures, fmt.Sprintf("%s: %v", at.Round(time.Millisecond), err))
 				continue
 			}
 			answers = append(answers, answer{sent: at, pod: r.Pod})
@@ -162,7 +162,10 @@ func TestWorkloadSteal(t *testing.T) {
 			t.Errorf("a matching request sent at %s was answered by pod %s, joined at %s (terminating at %s)", a.sent, a.pod, joined, terminating)
 		}
 	}
-	t.Logf("during the rollout: %d matching requests, %d answered by a pod not (or no longer) joined, %d failed", len(answers)+failed, byApp, failed)
+	// Requests that fail are not the session's doing when the pod they reach is going away: they are
+	// listed to compare with its lines.
+	t.Logf("during the rollout: %d matching requests, %d answered by a pod before it joined or once it was terminating, %d failed: %q",
+		len(answers)+len(failures), byApp, len(failures), failures)
 	checkSplit("restarted", restarted)
 	if err := p.stop(); err != nil {
 		t.Errorf("steal ended with %v; output:\n%s", err, p.output())
