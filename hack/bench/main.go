@@ -5,7 +5,8 @@
 // against kubectl port-forward, and the cost of the HTTP filter for requests it passes to the app, at
 // a fixed rate and at the highest rate each path sustains (with the vegeta binary, vegeta.go). It
 // needs the local cluster (make cluster-up), `kubectl` and `kubectl-trafficlab` on PATH and vegeta
-// (hack/tools/install.sh vegeta); `make bench` does all that.
+// (hack/tools/install.sh vegeta); `make bench` does all that. The workload suite (workload.go) times a
+// steal of every pod of a Deployment of 1, 3 and 10 replicas.
 package main
 
 import (
@@ -74,7 +75,7 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal,mirror,exec", "which measurements to run, comma separated: forward, steal, mirror, exec")
+	suites := flag.String("suites", "forward,steal,mirror,exec,workload", "which measurements to run, comma separated: forward, steal, mirror, exec, workload")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
@@ -85,7 +86,7 @@ func run() error {
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal, runMirror, runExec := false, false, false, false
+	runForward, runSteal, runMirror, runExec, runWorkload := false, false, false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
@@ -96,8 +97,10 @@ func run() error {
 			runMirror = true
 		case "exec":
 			runExec = true
+		case "workload":
+			runWorkload = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload", s)
 		}
 	}
 	if runSteal || runMirror {
@@ -158,6 +161,13 @@ func run() error {
 		t, err := mirrorSuite(ctx, m, ns, so, mo)
 		if err != nil {
 			return fmt.Errorf("mirror: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	if runWorkload {
+		t, err := workloadSuite(ctx, m, ns, *image)
+		if err != nil {
+			return fmt.Errorf("workload: %w", err)
 		}
 		tables = append(tables, t)
 	}

@@ -43,3 +43,30 @@ func TestRenderNamesBothBaselines(t *testing.T) {
 		}
 	}
 }
+
+// TestParseTimeline: the workload suite's times come from the plugin's progress lines.
+func TestParseTimeline(t *testing.T) {
+	lines := []string{
+		"[ 0.00s] resolving deploy/wl-3 in namespace tl-bench-1",
+		"[ 0.02s] adding agents to 3 pods",
+		"[ 0.03s] adding agent trafficlab-aaaaa to pod tl-bench-1/wl-3-x",
+		"[ 0.06s] agent patches sent to 3 pods",
+		"[ 1.72s] agent trafficlab-aaaaa running in pod wl-3-x",
+		"[ 1.88s] connected to agent trafficlab-aaaaa in pod wl-3-x (session 65b85d64682a, data via port-forward over spdy)",
+		"[ 2.70s] agent trafficlab-bbbbb running in pod wl-3-y",
+		"[ 2.85s] connected to agent trafficlab-bbbbb in pod wl-3-y (session 18d1dd0903a6, data via port-forward over spdy)",
+		"warning: something else",
+		"[ 2.86s] stealing port 8080 -> 127.0.0.1:1234 (matching HTTP requests, probes excepted) on 3/3 pods of deploy/wl-3",
+	}
+	got, err := parseTimeline(lines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := timeline{patchesSent: 60 * time.Millisecond, firstRunning: 1720 * time.Millisecond, lastConnected: 2850 * time.Millisecond, stealing: 2860 * time.Millisecond, pods: 3}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(timeline{}), cmp.Comparer(func(a, b time.Duration) bool { return (a - b).Abs() < time.Millisecond })); diff != "" {
+		t.Errorf("timeline (-want +got):\n%s", diff)
+	}
+	if _, err := parseTimeline(lines[:5]); err == nil {
+		t.Error("a timeline without its stealing line parsed")
+	}
+}

@@ -70,7 +70,7 @@ func TestMirrorSniff(t *testing.T) {
 		}
 		return true, ""
 	})
-	p.waitLine(0, "stdout", regexp.MustCompile(`^\d\d:\d\d:\d\d \S+ POST /mirror/2 -> 200, \d+ B, `), 30*time.Second)
+	p.waitLine(0, "stdout", regexp.MustCompile(`^\[pod/target\] \d\d:\d\d:\d\d \S+ POST /mirror/2 -> 200, \d+ B, `), 30*time.Second)
 
 	pod, err := client(t).CoreV1().Pods(st.ns).Get(ctx, "target", metav1.GetOptions{})
 	if err != nil {
@@ -186,7 +186,7 @@ func TestMirrorRedirectDiff(t *testing.T) {
 		}
 		hc.CloseIdleConnections()
 	}
-	planted := regexp.MustCompile(`^\d\d:\d\d:\d\d \S+ GET /bytes\?n=3000&seed=7 -> 200, 3000 B, \S+; differs: body differs from byte 1000 \(3000 B, pod 3000 B\)`)
+	planted := regexp.MustCompile(`^\[pod/\S+\] \d\d:\d\d:\d\d \S+ GET /bytes\?n=3000&seed=7 -> 200, 3000 B, \S+; differs: body differs from byte 1000 \(3000 B, pod 3000 B\)`)
 	p.waitLine(0, "stdout", planted, 30*time.Second)
 	if err := p.stop(); err != nil {
 		t.Errorf("mirror exited with %v", err)

@@ -103,12 +103,7 @@ type loopGuard struct {
 }
 
 func newLoopGuard(to string, pod *corev1.Pod, ports []target.PortSpec, dial string, dest *destination) *loopGuard {
-	g := &loopGuard{to: to, pod: pod, ips: map[netip.Addr]bool{}, ports: map[int]bool{}, dest: dest}
-	for _, s := range append([]corev1.PodIP{{IP: pod.Status.PodIP}}, pod.Status.PodIPs...) {
-		if a, err := netip.ParseAddr(s.IP); err == nil {
-			g.ips[a.Unmap()] = true
-		}
-	}
+	g := &loopGuard{to: to, pod: pod, ips: podIPs(pod), ports: map[int]bool{}, dest: dest}
 	for _, p := range ports {
 		g.ports[p.Port] = true
 	}
@@ -116,6 +111,23 @@ func newLoopGuard(to string, pod *corev1.Pod, ports []target.PortSpec, dial stri
 	g.host = host
 	g.port, _ = strconv.Atoi(port)
 	return g
+}
+
+func podIPs(pod *corev1.Pod) map[netip.Addr]bool {
+	ips := map[netip.Addr]bool{}
+	for _, s := range append([]corev1.PodIP{{IP: pod.Status.PodIP}}, pod.Status.PodIPs...) {
+		if a, err := netip.ParseAddr(s.IP); err == nil {
+			ips[a.Unmap()] = true
+		}
+	}
+	return ips
+}
+
+// forPod is the same guard for another pod of the workload, to check before its mirror starts.
+func (g *loopGuard) forPod(pod *corev1.Pod) *loopGuard {
+	c := *g
+	c.pod, c.ips, c.readable, c.rv = pod, podIPs(pod), false, ""
+	return &c
 }
 
 func (g *loopGuard) podName() string { return g.pod.Namespace + "/" + g.pod.Name }

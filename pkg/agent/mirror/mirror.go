@@ -35,7 +35,9 @@ type Options struct {
 	Percent      int
 	Diff         bool
 	DiffHeaders  []string
-	Output       string
+	// Fanout says the mirror covers every ready pod of the target (the mirror verb), not one (exec).
+	Fanout bool
+	Output string
 	// AllowUnownedRedirect is steal.Options' for --mode redirect.
 	AllowUnownedRedirect bool
 
@@ -171,7 +173,7 @@ func (o *Options) Check(ctx context.Context, client kubernetes.Interface, t *tar
 	if o.probes, err = steal.PodProbes(t.Pod); err != nil {
 		return nil, err
 	}
-	if t.Replicas > 1 {
+	if t.Replicas > 1 && !o.Fanout {
 		warnings = append(warnings, fmt.Sprintf("%d ready pods match; only pod %s is mirrored", t.Replicas, t.Pod.Name))
 	}
 	if o.To != "" {

@@ -1,9 +1,11 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -454,5 +456,34 @@ func TestMeshedPodHintInRequest(t *testing.T) {
 				t.Errorf("announced %q, want it to end in %q", announced, tt.announce)
 			}
 		})
+	}
+}
+
+// TestPrinterNamesPod: each line of a workload's pod names it, in text and JSON.
+func TestPrinterNamesPod(t *testing.T) {
+	var out bytes.Buffer
+	p := newPrinter(&out, true, false)
+	p.forPod("web-2").print(wire.MirrorEvent{Kind: wire.EventMirrored, Method: "GET", Path: "/a", Status: 200})
+	p.flush()
+	if diff := cmp.Diff(`{"pod":"web-2","kind":"mirrored","method":"GET","path":"/a","status":200}`+"\n", out.String()); diff != "" {
+		t.Errorf("json (-want +got):\n%s", diff)
+	}
+	out.Reset()
+	p = newPrinter(&out, false, false)
+	p.forPod("web-2").print(wire.MirrorEvent{Kind: wire.EventMirrored, Method: "GET", Path: "/a", Status: 200})
+	p.flush()
+	if got := out.String(); !regexp.MustCompile(`^\[pod/web-2\] \d\d:\d\d:\d\d  GET /a -> 200, 0 B, 0s\n$`).MatchString(got) {
+		t.Errorf("text line %q does not name the pod first", got)
+	}
+}
+
+// TestAddStats: the total of the pods' counts sums every counter and keeps the largest agent.
+func TestAddStats(t *testing.T) {
+	var total wire.MirrorStats
+	addStats(&total, &wire.MirrorStats{Connections: 1, Requests: 10, Mirrored: 9, Answered: 8, DroppedSlow: 1, KernelReceived: 100, KernelDropped: 2, AgentMaxRSS: 30 << 20})
+	addStats(&total, &wire.MirrorStats{Connections: 2, Requests: 5, Mirrored: 5, Answered: 5, Failed: 1, KernelReceived: 50, AgentMaxRSS: 20 << 20, Partial: true})
+	want := wire.MirrorStats{Connections: 3, Requests: 15, Mirrored: 14, Answered: 13, DroppedSlow: 1, Failed: 1, KernelReceived: 150, KernelDropped: 2, AgentMaxRSS: 30 << 20, Partial: true}
+	if diff := cmp.Diff(want, total); diff != "" {
+		t.Errorf("total (-want +got):\n%s", diff)
 	}
 }

@@ -61,7 +61,14 @@ func (c *counts) wait(d time.Duration) *wire.MirrorStats {
 
 // printer writes one line per mirrored request (with --diff, per request that differs); the lines
 // leave in batches (lineout).
+// The printers of a workload's pods share one sink and name their pod.
 type printer struct {
+	*sink
+	pod string
+}
+
+// sink is where the lines of every pod of a session go, one at a time.
+type sink struct {
 	mu       sync.Mutex
 	out      *lineout.Writer
 	json     bool
@@ -69,7 +76,16 @@ type printer struct {
 }
 
 func newPrinter(out io.Writer, asJSON, diffOnly bool) *printer {
-	return &printer{out: lineout.New(out), json: asJSON, diffOnly: diffOnly}
+	return &printer{sink: &sink{out: lineout.New(out), json: asJSON, diffOnly: diffOnly}}
+}
+
+// forPod is a printer to the same sink whose lines name pod.
+func (p *printer) forPod(pod string) *printer { return &printer{sink: p.sink, pod: pod} }
+
+// podEvent is a JSON line of a workload's pod: the event and the pod it came from.
+type podEvent struct {
+	Pod string `json:"pod"`
+	wire.MirrorEvent
 }
 
 // flush writes what is buffered; the mirror's end calls it before its summary.
@@ -79,10 +95,18 @@ func (p *printer) print(ev wire.MirrorEvent) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.json {
+		if p.pod != "" {
+			_ = json.NewEncoder(p.out).Encode(podEvent{Pod: p.pod, MirrorEvent: ev})
+			return
+		}
 		_ = json.NewEncoder(p.out).Encode(ev)
 		return
 	}
 	now := time.Now().Format("15:04:05")
+	if p.pod != "" {
+		// As kubectl logs --prefix names a line's pod.
+		now = "[pod/" + p.pod + "] " + now
+	}
 	// Every string in an event may carry what a client of the pod sent, and a terminal obeys the
 	// control sequences in it: each is escaped (lineout.Escape). JSON escapes them itself.
 	esc := lineout.Escape

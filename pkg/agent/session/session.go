@@ -235,7 +235,7 @@ func (s *Session) Close() error {
 // Start runs the shared path. Progress goes to errOut, as kubectl's own progress does, so that a verb's
 // stdout stays its own.
 func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut io.Writer) (*Session, error) {
-	config, client := kube.Config, kube.Client
+	client := kube.Client
 	spec, err := o.AgentSpec(req.Capabilities, req.AddNetRaw)
 	if err != nil {
 		return nil, err
@@ -304,44 +304,9 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		p.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
 	}
 	who := <-whoc
-	restClient := client.CoreV1().RESTClient()
-	execer := &transport.KubeExecutor{Config: config, Client: restClient, Protocol: proto}
-	var data tunnel.DataOpener
-	var closer io.Closer
-	switch dataPath {
-	case DataExec:
-		dataExec := &transport.KubeExecutor{Config: config, Client: restClient, Protocol: proto, PreferSPDY: true}
-		data = &transport.ExecData{Exec: dataExec, Namespace: pod.Namespace, Pod: pod.Name, Container: name, Binary: inject.AgentBinary}
-	default:
-		pf := &transport.PortForwardData{Config: config, Client: restClient, Namespace: pod.Namespace, Pod: pod.Name, Protocol: proto}
-		data, closer = pf, pf
-	}
-	conn, err := tunnel.Connect(ctx, tunnel.Config{
-		Control: &transport.AgentControl{
-			Exec: execer, Namespace: pod.Namespace, Pod: pod.Name, Container: name,
-			Command: agentCommand(name),
-		},
-		Data:        data,
-		DataConns:   o.DataConnections,
-		Version:     version.Get().Version,
-		Tunnel:      pluginTunnelConfig(),
-		Compression: wire.SupportedCompression(),
-		AgentLog:    agentLog(errOut),
-		User:        who.User,
-		Host:        who.Host,
-
-		ReconnectGrace: o.ReconnectGrace,
-		Notify:         reconnectNotice(errOut, pod.Name),
-	})
+	conn, closer, via, err := dial(ctx, kube, proto, dataPath, o, pod, name, who, errOut)
 	if err != nil {
-		if closer != nil {
-			closer.Close()
-		}
 		return nil, err
-	}
-	via := "exec"
-	if pf, ok := data.(*transport.PortForwardData); ok {
-		via = "port-forward over " + string(pf.Used())
 	}
 	p.Stepf("connected to agent %s (session %s, data via %s)", name, conn.Welcome().SessionID, via)
 	wctx, stopWatch := context.WithCancel(ctx)

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
@@ -36,15 +37,9 @@ func (o *Options) Attach(ctx context.Context, s *session.Session, dial deliver.D
 }
 
 func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, p *printer, announce func(format string, args ...any)) (stop func(), err error) {
-	events, err := t.Steal(ctx, o.Spec())
+	stop, ready, err := o.start(ctx, t, pod, dial, p)
 	if err != nil {
-		return nil, fmt.Errorf("start stealing in pod %s: %w", pod, err)
-	}
-	er := wire.NewLineReader[wire.StealEvent](events)
-	ready, err := readReady(er)
-	if err != nil {
-		events.Close()
-		return nil, fmt.Errorf("start stealing: %w", err)
+		return nil, err
 	}
 	announce("stealing %s", o.describe())
 	if !ready.KernelOwned {
@@ -54,6 +49,22 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		for _, line := range passedByAddress(o.probes, o.stolen(), ready.ProbeSources) {
 			announce("%s", line)
 		}
+	}
+	return stop, nil
+}
+
+// start asks the agent of one pod to steal and, once its redirect is in place, delivers the stolen
+// connections and prints the agent's lines until stop.
+func (o *Options) start(ctx context.Context, t agentTunnel, pod string, dial deliver.Dialer, p *printer) (stop func(), ready wire.StealEvent, err error) {
+	events, err := t.Steal(ctx, o.Spec())
+	if err != nil {
+		return nil, ready, fmt.Errorf("start stealing in pod %s: %w", pod, err)
+	}
+	er := wire.NewLineReader[wire.StealEvent](events)
+	ready, err = readReady(er)
+	if err != nil {
+		events.Close()
+		return nil, ready, fmt.Errorf("start stealing: %w", err)
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	srv := &deliver.Server{Kind: wire.KindIncoming, Locals: o.locals(), Dial: dial}
@@ -74,7 +85,66 @@ func (o *Options) attach(ctx context.Context, t agentTunnel, pod string, dial de
 		}
 		cancel()
 		events.Close()
-	}, nil
+	}, ready, nil
+}
+
+// Fanout is a steal over a workload session: one steal per pod, the stolen connections of every pod
+// delivered to the same local ports, every line naming its pod.
+type Fanout struct {
+	o    *Options
+	dial deliver.Dialer
+	p    *printer
+
+	mu sync.Mutex
+	// unowned are the pods whose redirect the kernel does not own; sources are the probe sources the
+	// agents reported, for the one line on probes passed by address.
+	unowned []string
+	sources map[string]bool
+}
+
+// NewFanout prepares a steal over a workload session: Join goes to session.StartWorkload, then
+// Announce once it returns.
+func (o *Options) NewFanout(dial deliver.Dialer, out, errOut io.Writer) *Fanout {
+	return &Fanout{o: o, dial: dial, p: newPrinter(out, errOut, o.Output == "json"), sources: map[string]bool{}}
+}
+
+// Join starts the steal in one pod of the session.
+func (f *Fanout) Join(ctx context.Context, p *session.Pod) (leave func(), err error) {
+	pod := p.Target.Pod.Namespace + "/" + p.Name()
+	stop, ready, err := f.o.start(ctx, p.Tunnel, pod, f.dial, f.p.forPod(p.Name()))
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !ready.KernelOwned {
+		f.unowned = append(f.unowned, p.Name())
+	}
+	for _, s := range ready.ProbeSources {
+		f.sources[s] = true
+	}
+	return stop, nil
+}
+
+// Announce says the steal is in place, on how many of the workload's pods.
+func (f *Fanout) Announce(w *session.Workload) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w.Announce("stealing %s on %s", f.o.describe(), w.Coverage())
+	if len(f.unowned) > 0 {
+		sort.Strings(f.unowned)
+		w.Announce("pods %s: %s", strings.Join(f.unowned, ", "), UnownedWarning)
+	}
+	if !f.o.StealProbes {
+		sources := make([]string, 0, len(f.sources))
+		for s := range f.sources {
+			sources = append(sources, s)
+		}
+		sort.Strings(sources)
+		for _, line := range passedByAddress(f.o.probes, f.o.stolen(), sources) {
+			w.Announce("%s", line)
+		}
+	}
 }
 
 // UnownedWarning is said at the start of a redirect the kernel does not own (the agent's Ready has

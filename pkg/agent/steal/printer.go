@@ -13,8 +13,14 @@ import (
 )
 
 // printer writes one line per event: stolen requests and connections to out, in batches (lineout),
-// warnings to errOut.
+// warnings to errOut. The printers of a workload's pods share one sink and name their pod.
 type printer struct {
+	*sink
+	pod string
+}
+
+// sink is where the lines of every pod of a session go, one at a time.
+type sink struct {
 	mu     sync.Mutex
 	out    *lineout.Writer
 	errOut io.Writer
@@ -23,7 +29,18 @@ type printer struct {
 }
 
 func newPrinter(out, errOut io.Writer, asJSON bool) *printer {
-	return &printer{out: lineout.New(out), errOut: errOut, json: asJSON, now: time.Now}
+	return &printer{sink: &sink{out: lineout.New(out), errOut: errOut, json: asJSON, now: time.Now}}
+}
+
+// forPod is a printer to the same sink whose lines name pod.
+func (p *printer) forPod(pod string) *printer { return &printer{sink: p.sink, pod: pod} }
+
+// prefix starts a text line of a pod, as kubectl logs --prefix does.
+func (p *printer) prefix() string {
+	if p.pod == "" {
+		return ""
+	}
+	return "[pod/" + p.pod + "] "
 }
 
 // flush writes the lines still buffered; the steal's end calls it.
@@ -32,6 +49,7 @@ func (p *printer) flush() { _ = p.out.Flush() }
 // jsonEvent is an event with the time the plugin printed it.
 type jsonEvent struct {
 	Time time.Time `json:"time"`
+	Pod  string    `json:"pod,omitempty"`
 	wire.StealEvent
 }
 
@@ -41,7 +59,7 @@ func (p *printer) event(ev wire.StealEvent) {
 	if ev.Kind == wire.EventWarning {
 		// The lines before the warning come before it on a terminal that shows both.
 		_ = p.out.Flush()
-		fmt.Fprintf(p.errOut, "warning: %s\n", lineout.Escape(ev.Message))
+		fmt.Fprintf(p.errOut, "warning: %s%s\n", p.prefix(), lineout.Escape(ev.Message))
 		if !p.json {
 			return
 		}
@@ -50,7 +68,7 @@ func (p *printer) event(ev wire.StealEvent) {
 	if len(warnings) > 0 {
 		_ = p.out.Flush()
 		for _, w := range warnings {
-			fmt.Fprintf(p.errOut, "warning: %s\n", w)
+			fmt.Fprintf(p.errOut, "warning: %s%s\n", p.prefix(), w)
 		}
 	}
 	if ev.Kind == wire.EventRequest && !ev.Stolen {
@@ -60,13 +78,13 @@ func (p *printer) event(ev wire.StealEvent) {
 		}
 	}
 	if p.json {
-		b, err := json.Marshal(jsonEvent{Time: p.now().UTC(), StealEvent: ev})
+		b, err := json.Marshal(jsonEvent{Time: p.now().UTC(), Pod: p.pod, StealEvent: ev})
 		if err == nil {
 			fmt.Fprintf(p.out, "%s\n", b)
 		}
 		return
 	}
-	ts := p.now().Format("15:04:05")
+	ts := p.prefix() + p.now().Format("15:04:05")
 	// What a client of the pod sent is escaped: a terminal obeys the control sequences in it
 	// (lineout.Escape). JSON escapes them itself.
 	esc := lineout.Escape

@@ -37,6 +37,9 @@ type Options struct {
 	// life (no nftables table owner flag, Linux before 5.12); the agent refuses one without it.
 	AllowUnownedRedirect bool
 
+	// Fanout says the steal covers every ready pod of the target (the steal verb), not one (exec).
+	Fanout bool
+
 	ports  []target.PortSpec
 	filter *wire.HTTPFilter
 	// probes and probeSources are the pod's probes and the node's addresses, read by Check.
@@ -128,7 +131,7 @@ func (o *Options) Check(t *target.Target, named string) ([]string, error) {
 		return nil, err
 	}
 	warnings = append(warnings, probeWarnings(o.probes, stolen, o.StealProbes, match)...)
-	if t.Replicas > 1 {
+	if t.Replicas > 1 && !o.Fanout {
 		warnings = append(warnings, fmt.Sprintf("%d ready pods match %s; only pod %s is stolen, the others keep answering", t.Replicas, named, t.Pod.Name))
 	}
 	return warnings, nil

@@ -559,3 +559,32 @@ func TestCheckRefusesMeshedPod(t *testing.T) {
 		t.Errorf("Check = %v, want the Istio ambient refusal", err)
 	}
 }
+
+// TestPrinterNamesPod: the printers of a workload's pods share one output and each line, text, JSON
+// or warning, names its pod.
+func TestPrinterNamesPod(t *testing.T) {
+	var out, errOut bytes.Buffer
+	p := newPrinter(&out, &errOut, false)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	p.forPod("web-1").event(wire.StealEvent{Kind: wire.EventRequest, Method: "GET", Path: "/a", Status: 200, Stolen: true, Duration: 12, Proto: "HTTP/1.1", Peer: "10.88.0.1:5555"})
+	p.forPod("web-2").event(wire.StealEvent{Kind: wire.EventConnection, Peer: "10.88.0.7:4000", Port: 80, BytesIn: 2048, BytesOut: 10, Duration: 1500})
+	p.forPod("web-2").event(wire.StealEvent{Kind: wire.EventWarning, Message: "local process at 127.0.0.1:8080 refused"})
+	p.flush()
+	want := "[pod/web-1] 10:04:05 GET /a 200 12ms HTTP/1.1 (from 10.88.0.1:5555)\n" +
+		"[pod/web-2] 10:04:05 connection from 10.88.0.7:4000 to port 80: 2.0 KiB in, 10 B out, 1.5s\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff("warning: [pod/web-2] local process at 127.0.0.1:8080 refused\n", errOut.String()); diff != "" {
+		t.Errorf("stderr (-want +got):\n%s", diff)
+	}
+
+	out.Reset()
+	p = newPrinter(&out, io.Discard, true)
+	p.now = func() time.Time { return time.Date(2026, 11, 23, 10, 4, 5, 0, time.UTC) }
+	p.forPod("web-1").event(wire.StealEvent{Kind: wire.EventRequest, Method: "POST", Path: "/x", Status: 201, Stolen: true})
+	p.flush()
+	if diff := cmp.Diff(`{"time":"2026-11-23T10:04:05Z","pod":"web-1","kind":"request","method":"POST","path":"/x","status":201,"stolen":true}`+"\n", out.String()); diff != "" {
+		t.Errorf("json (-want +got):\n%s", diff)
+	}
+}

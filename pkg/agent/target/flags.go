@@ -16,6 +16,26 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVarP(&o.Selector, "selector", "l", "", "Selector (label query) to pick the pod instead of TYPE/NAME.")
 }
 
+// DefaultMaxPods is --max-pods' default: every pod of a workload gets an agent and a tunnel, so a
+// workload much larger than a developer's test deployment is more likely a mistake than a wish.
+const DefaultMaxPods = 20
+
+// AddWorkloadFlags registers --one-pod and --max-pods, for the verbs that cover every ready pod of a
+// workload (steal, mirror, dump).
+func (o *Options) AddWorkloadFlags(fs *pflag.FlagSet) {
+	o.MaxPods = DefaultMaxPods
+	fs.BoolVar(&o.OnePod, "one-pod", false, "Use one pod of the workload (the one kubectl exec would pick) instead of every ready pod, and end the session if it goes away.")
+	fs.IntVar(&o.MaxPods, "max-pods", o.MaxPods, "Most ready pods of a workload to cover; a workload with more is refused before anything changes.")
+}
+
+// ValidateWorkload checks the workload flags; no I/O.
+func (o *Options) ValidateWorkload() error {
+	if o.MaxPods < 1 {
+		return fmt.Errorf("--max-pods must be at least 1, not %d", o.MaxPods)
+	}
+	return nil
+}
+
 // Require refuses options that name no pod; example is the verb's own command line that does.
 func (o *Options) Require(example string) error {
 	if o.Resource == "" && o.Selector == "" {
@@ -31,6 +51,12 @@ func (o *Options) Named() string {
 	}
 	return fmt.Sprintf("selector %q", o.Selector)
 }
+
+// The client's request rate for the fan-out of a workload session (LoadKube says why).
+const (
+	ClientQPS   = 50
+	ClientBurst = 100
+)
 
 // Kube is the cluster a verb talks to, from kubectl's connection flags.
 type Kube struct {
@@ -51,6 +77,10 @@ func (o *Options) LoadKube(flags *genericclioptions.ConfigFlags) (Kube, error) {
 	if k.Config, err = flags.ToRESTConfig(); err != nil {
 		return k, fmt.Errorf("reading kubeconfig: %w", err)
 	}
+	// A workload session patches, watches, execs into and port-forwards to every pod at once (20 by
+	// default, each several requests); client-go's defaults of 5 requests a second, bursts of 10, would
+	// queue them for seconds. kubectl itself raises them the same way (50/300 for discovery).
+	k.Config.QPS, k.Config.Burst = ClientQPS, ClientBurst
 	if k.Client, err = kubernetes.NewForConfig(k.Config); err != nil {
 		return k, fmt.Errorf("creating a client: %w", err)
 	}

@@ -37,6 +37,11 @@ type Options struct {
 	Resource string
 	// Selector is a label selector (-l); the most active ready pod it matches is chosen.
 	Selector string
+	// OnePod keeps a workload verb (steal, mirror, dump) to one pod of the workload, the most active
+	// ready one, as port-forward and exec always do.
+	OnePod bool
+	// MaxPods is the most ready pods a workload verb covers; more is refused (0: no limit).
+	MaxPods int
 	// Container is -c; empty picks the default-container annotation, else the first container.
 	Container string
 	// AllowHostNetwork accepts pods with hostNetwork: true, where the agent works on the node's network.
@@ -76,15 +81,83 @@ func Resolve(ctx context.Context, client kubernetes.Interface, o Options) (*Targ
 	if err != nil {
 		return nil, err
 	}
-	pod := f.pod
-	if err := checkPod(ctx, client, pod, o.AllowHostNetwork); err != nil {
+	return ForPod(ctx, client, f.pod, o, f.svc, f.replicas)
+}
+
+// ForPod checks that pod can take an agent and picks its container (-c, else the default): a
+// workload's pods each go through it, those that join during a session too. svc and replicas are
+// what the name resolved to (Target.Service, Target.Replicas).
+func ForPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service, replicas int) (*Target, error) {
+	return forPod(ctx, client, pod, o, svc, replicas, false)
+}
+
+// ForStartingPod is ForPod for a pod of a workload that is scheduled but not Ready yet (Pending, or
+// Running with its containers starting): a workload session adds the agent then, so that the kubelet
+// starts it alongside the app's containers (ephemeral containers need not wait for the pod's
+// initialization) and the pod joins the moment it is Ready.
+func ForStartingPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service) (*Target, error) {
+	return forPod(ctx, client, pod, o, svc, 0, true)
+}
+
+func forPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, o Options, svc *corev1.Service, replicas int, starting bool) (*Target, error) {
+	if err := checkPod(ctx, client, pod, o.AllowHostNetwork, starting); err != nil {
 		return nil, &PodRefusedError{Err: err}
 	}
-	container, err := pickContainer(pod, o.Container)
+	container, err := pickContainer(pod, o.Container, starting)
 	if err != nil {
 		return nil, err
 	}
-	return &Target{Pod: pod, Container: container, Service: f.svc, Replicas: f.replicas}, nil
+	return &Target{Pod: pod, Container: container, Service: svc, Replicas: replicas}, nil
+}
+
+// Starting says a pod of a workload is scheduled and on its way to Ready: ForStartingPod takes it.
+func Starting(p *corev1.Pod) bool {
+	switch {
+	case p.DeletionTimestamp != nil || p.Spec.NodeName == "" || Ready(p):
+		return false
+	case p.Status.Phase == corev1.PodPending || p.Status.Phase == corev1.PodRunning:
+		return true
+	}
+	return false
+}
+
+// Workload is every ready pod a name or selector matches, for the verbs that span a workload (steal,
+// mirror, dump): each pod gets its own agent.
+type Workload struct {
+	// Pods are the ready pods, most active first; with --one-pod, or for a pod named as such, only one.
+	Pods []*corev1.Pod
+	// Service is set when the workload was named as a Service.
+	Service *corev1.Service
+	// Selector selects the workload's pods, for the watch that joins the pods that become ready later
+	// and lets go of those that leave; nil when the session keeps to one pod.
+	Selector labels.Selector
+	// ResourceVersion is the version of the pod list, where that watch starts.
+	ResourceVersion string
+}
+
+// ResolveWorkload finds every ready pod of the target, refusing more than o.MaxPods before anything
+// is changed. It only reads from the API server.
+func ResolveWorkload(ctx context.Context, client kubernetes.Interface, o Options) (*Workload, error) {
+	if (o.Resource == "") == (o.Selector == "") {
+		return nil, fmt.Errorf("name exactly one target: TYPE/NAME or --selector")
+	}
+	f, err := findPod(ctx, client, o)
+	if err != nil {
+		return nil, err
+	}
+	if f.sel == nil || o.OnePod {
+		return &Workload{Pods: f.ready[:1], Service: f.svc}, nil
+	}
+	if o.MaxPods > 0 && len(f.ready) > o.MaxPods {
+		return nil, fmt.Errorf("%s has %d ready pods, more than --max-pods %d: raise --max-pods, or pass --one-pod to use one of them", o.Named(), len(f.ready), o.MaxPods)
+	}
+	return &Workload{Pods: f.ready, Service: f.svc, Selector: f.sel, ResourceVersion: f.rv}, nil
+}
+
+// Ready says whether a pod of a workload is one a session covers: running, ready and not terminating
+// (an agent in a pod that is starting or stopping would lose its session with the pod).
+func Ready(p *corev1.Pod) bool {
+	return p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && podutils.IsPodReady(p)
 }
 
 // PodRefusedError is a pod that was found but that no agent can join (terminating, not running, Windows,
@@ -99,6 +172,11 @@ type found struct {
 	pod      *corev1.Pod
 	svc      *corev1.Service
 	replicas int
+	// ready are the ready pods, most active first (pod is the first); sel selects the workload's pods
+	// (nil for a pod named as such), and rv is the version of the list they came from.
+	ready []*corev1.Pod
+	sel   labels.Selector
+	rv    string
 }
 
 func findPod(ctx context.Context, client kubernetes.Interface, o Options) (found, error) {
@@ -121,7 +199,7 @@ func findPod(ctx context.Context, client kubernetes.Interface, o Options) (found
 		if err != nil {
 			return found{}, explainGetError(err, info.gr, ns)
 		}
-		return found{pod: pod, replicas: 1}, nil
+		return found{pod: pod, replicas: 1, ready: []*corev1.Pod{pod}}, nil
 	}
 	var svc *corev1.Service
 	if k == kindService {
@@ -234,7 +312,7 @@ func readyPod(ctx context.Context, client kubernetes.Interface, ns string, sel l
 		return found{}, fmt.Errorf("no ready pod for %s in namespace %q (%s)", what, ns, summarize(len(list.Items), notReady))
 	}
 	sort.Sort(sort.Reverse(podutils.ActivePods(ready)))
-	return found{pod: ready[0], replicas: len(ready)}, nil
+	return found{pod: ready[0], replicas: len(ready), ready: ready, sel: sel, rv: list.ResourceVersion}, nil
 }
 
 func summarize(total int, counts map[string]int) string {
@@ -254,13 +332,15 @@ func summarize(total int, counts map[string]int) string {
 	return fmt.Sprintf("%d %s: %s", total, noun, strings.Join(parts, ", "))
 }
 
-// checkPod refuses pods the agent cannot or should not join, before anything is added to them.
-func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, allowHostNetwork bool) error {
+// checkPod refuses pods the agent cannot or should not join, before anything is added to them; a
+// starting pod may still be Pending.
+func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, allowHostNetwork, starting bool) error {
 	ref := pod.Namespace + "/" + pod.Name
 	if pod.DeletionTimestamp != nil {
 		return fmt.Errorf("pod %q is terminating", ref)
 	}
-	if pod.Status.Phase != corev1.PodRunning {
+	startingPending := starting && pod.Status.Phase == corev1.PodPending
+	if pod.Status.Phase != corev1.PodRunning && !startingPending {
 		return fmt.Errorf("pod %q is not running (phase %s)", ref, orUnknown(string(pod.Status.Phase)))
 	}
 	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
@@ -291,7 +371,7 @@ func checkPod(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod,
 // pickContainer chooses the container the agent targets, the way kubectl's podcmd defaults it. Only
 // regular containers and sidecars (restartable init containers) qualify: their ports and probes are
 // the ones a verb works with.
-func pickContainer(pod *corev1.Pod, name string) (string, error) {
+func pickContainer(pod *corev1.Pod, name string, starting bool) (string, error) {
 	ref := pod.Namespace + "/" + pod.Name
 	valid := targetableContainers(pod)
 	if len(valid) == 0 {
@@ -305,7 +385,7 @@ func pickContainer(pod *corev1.Pod, name string) (string, error) {
 	} else if !contains(valid, name) {
 		return "", fmt.Errorf("container %q not found in pod %q; valid containers: %s", name, ref, strings.Join(valid, ", "))
 	}
-	if s := containerStatus(pod, name); s != nil && s.State.Running == nil {
+	if s := containerStatus(pod, name); s != nil && s.State.Running == nil && !starting {
 		return "", fmt.Errorf("container %q in pod %q is not running (%s)", name, ref, describeState(s.State))
 	}
 	return name, nil

@@ -3,10 +3,12 @@ package target
 import (
 	"context"
 	"errors"
+	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	appsv1 "k8s.io/api/apps/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -459,5 +461,108 @@ func TestWorkload(t *testing.T) {
 		if got != tt.want || ok != tt.wantOK {
 			t.Errorf("%+v.Workload() = %q, %v; want %q, %v", tt.o, got, ok, tt.want, tt.wantOK)
 		}
+	}
+}
+
+// TestResolveWorkload: a workload is every one of its ready pods (not the pending or unready ones),
+// a pod named as such or --one-pod is one, and more ready pods than --max-pods are refused with the
+// count.
+func TestResolveWorkload(t *testing.T) {
+	more := []runtime.Object{pod("web-0", web()), pod("web-9", web())}
+	for _, tc := range []struct {
+		name     string
+		opts     Options
+		wantPods []string
+		follow   bool
+		wantErr  string
+	}{
+		{name: "deployment", opts: Options{Resource: "deploy/web", MaxPods: 20}, wantPods: []string{"web-0", "web-1", "web-9"}, follow: true},
+		{name: "service", opts: Options{Resource: "svc/web", MaxPods: 20}, wantPods: []string{"web-0", "web-1", "web-9"}, follow: true},
+		{name: "-l", opts: Options{Selector: "app=web", MaxPods: 20}, wantPods: []string{"web-0", "web-1", "web-9"}, follow: true},
+		{name: "exactly --max-pods", opts: Options{Resource: "deploy/web", MaxPods: 3}, wantPods: []string{"web-0", "web-1", "web-9"}, follow: true},
+		{
+			name: "more than --max-pods", opts: Options{Resource: "deploy/web", MaxPods: 2},
+			wantErr: "deploy/web has 3 ready pods, more than --max-pods 2: raise --max-pods, or pass --one-pod to use one of them",
+		},
+		{name: "--one-pod", opts: Options{Resource: "deploy/web", MaxPods: 2, OnePod: true}, wantPods: []string{"web-0"}},
+		{name: "pod/NAME", opts: Options{Resource: "pod/web-3", MaxPods: 20}, wantPods: []string{"web-3"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.opts.Namespace = ns
+			client := fake.NewClientset(cluster(more...)...)
+			wl, err := ResolveWorkload(context.Background(), client, tc.opts)
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("ResolveWorkload() = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range wl.Pods {
+				got = append(got, p.Name)
+			}
+			sort.Strings(got)
+			if diff := cmp.Diff(tc.wantPods, got); diff != "" {
+				t.Errorf("pods (-want +got):\n%s", diff)
+			}
+			if (wl.Selector != nil) != tc.follow {
+				t.Errorf("selector %v; want one: %v", wl.Selector, tc.follow)
+			}
+		})
+	}
+}
+
+// TestReady: the pods a workload session covers.
+func TestReady(t *testing.T) {
+	terminating := func(p *corev1.Pod) {
+		p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	}
+	for _, tc := range []struct {
+		pod  *corev1.Pod
+		want bool
+	}{
+		{pod("ready", nil), true},
+		{pod("unready", nil, notReady), false},
+		{pod("pending", nil, pending), false},
+		{pod("terminating", nil, terminating), false},
+	} {
+		if got := Ready(tc.pod); got != tc.want {
+			t.Errorf("Ready(%s) = %v, want %v", tc.pod.Name, got, tc.want)
+		}
+	}
+}
+
+// TestStarting: the pods a workload session adds its agent to before they are Ready.
+func TestStarting(t *testing.T) {
+	terminating := func(p *corev1.Pod) {
+		p.DeletionTimestamp = &metav1.Time{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	}
+	unscheduled := func(p *corev1.Pod) { p.Spec.NodeName = "" }
+	failed := func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed }
+	for _, tc := range []struct {
+		pod  *corev1.Pod
+		want bool
+	}{
+		{pod("ready", nil), false},
+		{pod("unready", nil, notReady), true},
+		{pod("pending", nil, pending), true},
+		{pod("unscheduled", nil, pending, unscheduled), false},
+		{pod("terminating", nil, notReady, terminating), false},
+		{pod("failed", nil, notReady, failed), false},
+	} {
+		if got := Starting(tc.pod); got != tc.want {
+			t.Errorf("Starting(%s) = %v, want %v", tc.pod.Name, got, tc.want)
+		}
+	}
+	// A starting pod's container need not run yet; ForPod still refuses it.
+	p := pod("pending", nil, pending)
+	if _, err := ForStartingPod(context.Background(), fake.NewClientset(), p, Options{}, nil); err != nil {
+		t.Errorf("ForStartingPod(pending) = %v", err)
+	}
+	if _, err := ForPod(context.Background(), fake.NewClientset(), p, Options{}, nil, 1); err == nil {
+		t.Error("ForPod(pending) accepted a pod that is not running")
 	}
 }

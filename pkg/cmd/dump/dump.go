@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/mesh"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/session"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/target"
+	"github.com/trafficlab/kubectl-trafficlab/pkg/cli/lineout"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -47,6 +49,12 @@ var (
 		and the sidecar hands them to the app in plaintext over lo. With --port the agent captures
 		those ports on lo only, where each request shows once in plaintext; without --port it
 		captures every interface, eth0's ciphertext included.
+
+		On a workload (deployment, statefulset, daemonset, replicaset, replicationcontroller, job,
+		service or -l) every ready pod is captured, each with its own agent, up to --max-pods: pods
+		that become ready during the session are joined, pods that go away leave, every line names
+		its pod, and the counts are given per pod and in total. --one-pod captures one pod only.
+
 
 		The pcapng that -w writes has one interface per interface of each pod, named POD/eth0,
 		POD/lo, so that Wireshark's frame.interface_name tells the pods apart; a pod that joins
@@ -111,6 +119,7 @@ func newCmd(o *Options) *cobra.Command {
 	}
 	f := cmd.Flags()
 	o.Target.AddFlags(f)
+	o.Target.AddWorkloadFlags(f)
 	f.IntSliceVarP(&o.Ports, "port", "p", nil, "Capture only packets to or from these ports (TCP or UDP). Repeatable or comma separated.")
 	f.StringVarP(&o.Write, "write", "w", "", "Write the capture as pcapng to this file, or to stdout with -; the live view then goes to stderr.")
 	f.StringVarP(&o.Output, "output", "o", "", "Output format of the live view: json (one object per line), or empty for text.")
@@ -137,6 +146,9 @@ func (o *Options) Complete(cmd *cobra.Command, args []string) error {
 // too so that a typo is reported before anything is added to the pod.
 func (o *Options) Validate() error {
 	if err := o.Target.Require("kubectl trafficlab dump pod/web --port 8080"); err != nil {
+		return err
+	}
+	if err := o.Target.ValidateWorkload(); err != nil {
 		return err
 	}
 	spec := o.spec()
@@ -185,8 +197,8 @@ func where(spec wire.DumpSpec) string {
 	}
 }
 
-// Run starts the session and the capture, and shows and writes it until interrupted or the agent
-// goes away. Ctrl-C ends the capture gracefully: the agent then sends its packet counts.
+// Run starts the session and a capture in each pod, and shows and writes them until interrupted or the
+// session cannot go on. Ctrl-C ends each capture gracefully: its agent then sends its packet counts.
 func (o *Options) Run(ctx context.Context) error {
 	var file io.WriteCloser
 	switch o.Write {
@@ -207,84 +219,183 @@ func (o *Options) Run(ctx context.Context) error {
 	if o.Write == "-" {
 		viewOut = o.ErrOut
 	}
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
+	d := &fanout{o: o, out: lineout.New(viewOut), stats: map[string]podStats{}}
+	if file != nil {
+		d.pcap = newMergedCapture(file, o.ErrOut)
+	}
+	s, err := session.StartWorkload(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: inject.NetRaw, AddNetRaw: o.AddNetRaw,
-	}, o.ErrOut)
+	}, o.ErrOut, d.join)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	spec := o.request(s.Target.Pod)
-	st, err := s.Tunnel.Dump(ctx, spec)
-	if err != nil {
-		return fmt.Errorf("start capturing in pod %s/%s: %w", s.Target.Pod.Namespace, s.Target.Pod.Name, err)
-	}
-	defer st.Close()
 	what := "every packet"
-	if f := strings.TrimSpace(describe(spec)); f != "" {
+	if f := strings.TrimSpace(describe(o.spec())); f != "" {
 		what = f
 	}
-	s.Progress.Stepf("capturing %s in pod %s/%s%s", what, s.Target.Pod.Namespace, s.Target.Pod.Name, where(spec))
-
-	// The agent's stream goes through the merger even for one pod, so that the file's interfaces are
-	// named POD/eth0 and POD/lo whether the dump covers one pod or several.
-	pr, pw := io.Pipe()
-	var merged io.Writer = pw
-	if file != nil {
-		merged = io.MultiWriter(file, pw)
-	}
-	merger := capture.NewMerger(merged)
-	go func() {
-		err := errors.Join(merger.Add(s.Target.Pod.Name, st), merger.Close())
-		if err == nil {
-			err = io.EOF
+	d.mu.Lock()
+	where := d.where
+	d.mu.Unlock()
+	s.Announce("capturing %s in %s%s", what, s.Coverage(), where)
+	runErr := s.Wait(ctx)
+	s.Close()
+	if d.pcap != nil {
+		if err := d.pcap.Close(); err != nil && runErr == nil {
+			runErr = fmt.Errorf("-w %q: %w", o.Write, err)
 		}
-		pw.CloseWithError(err)
-	}()
-	v := newView(viewOut, o.Output == "json", o.Ports)
+	}
+	d.summarize(o.ErrOut)
+	return runErr
+}
+
+// fanout is a dump over a workload session: one capture per pod, each decoded by a view of its own
+// (a connection belongs to one pod) into the one live view, every line naming its pod.
+type fanout struct {
+	o    *Options
+	out  *lineout.Writer
+	pcap captureWriter
+
+	mu    sync.Mutex
+	where string
+	stats map[string]podStats
+}
+
+// podStats are one pod's kernel counts at the end of its capture.
+type podStats struct {
+	received, dropped uint64
+	seen              bool
+}
+
+// join starts the capture in one pod of the session.
+func (d *fanout) join(ctx context.Context, p *session.Pod) (leave func(), err error) {
+	spec := d.o.request(p.Target.Pod)
+	st, err := p.Tunnel.Dump(ctx, spec)
+	if err != nil {
+		return nil, fmt.Errorf("start capturing in pod %s/%s: %w", p.Target.Pod.Namespace, p.Name(), err)
+	}
+	d.mu.Lock()
+	if w := where(spec); w != "" {
+		d.where = w
+	}
+	d.mu.Unlock()
+	var r io.Reader = st
+	var file io.WriteCloser
+	if d.pcap != nil {
+		file = d.pcap.Pod(p.Name())
+		r = io.TeeReader(st, file)
+	}
+	v := newView(d.out, d.o.Output == "json", d.o.Ports, p.Name())
 	done := make(chan error, 1)
+	// The pod's counts, one per interface its agent reads (eth0, lo), sent once at the end.
 	stats := map[int]pcapgo.NgInterfaceStatistics{}
-	var statsMu sync.Mutex
 	go func() {
-		done <- read(pr, v, func(id int, s pcapgo.NgInterfaceStatistics) {
-			statsMu.Lock()
-			stats[id] = s
-			statsMu.Unlock()
-		})
-		// A view that stopped reading must not block the merger, and so the file.
-		_, _ = io.Copy(io.Discard, pr)
+		done <- read(r, v, func(id int, s pcapgo.NgInterfaceStatistics) { stats[id] = s })
 	}()
-	var runErr error
-	select {
-	case err := <-done:
-		runErr = err
-	case <-ctx.Done():
+	return func() {
 		// Half-close: the agent stops, sends its counts and closes its side.
 		_ = st.CloseWrite()
+		var err error
+		finished := false
 		select {
-		case err := <-done:
-			runErr = err
+		case err = <-done:
+			finished = true
 		case <-time.After(5 * time.Second):
 		}
-	case <-s.Tunnel.Done():
-		runErr = s.Lost()
-	}
-	v.close()
-	statsMu.Lock()
-	if len(stats) > 0 {
-		// Each pod's agent reports its counts, summed over its sockets, once at the end.
-		var total pcapgo.NgInterfaceStatistics
-		for _, s := range stats {
-			total.PacketsReceived += s.PacketsReceived
-			total.PacketsDropped += s.PacketsDropped
+		st.Close()
+		if file != nil {
+			file.Close()
 		}
-		fmt.Fprintf(o.ErrOut, "%d packets captured, %d dropped by the kernel\n", total.PacketsReceived, total.PacketsDropped)
+		v.close()
+		if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
+			fmt.Fprintf(d.o.ErrOut, "warning: the capture of pod %s ended: %v\n", p.Name(), err)
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		ps := podStats{}
+		// stats is the reader's until it has finished.
+		if finished {
+			for _, s := range stats {
+				ps.received += s.PacketsReceived
+				ps.dropped += s.PacketsDropped
+				ps.seen = true
+			}
+		}
+		d.stats[p.Name()] = ps
+	}, nil
+}
+
+// summarize writes each pod's packet counts, and their total.
+func (d *fanout) summarize(errOut io.Writer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.stats))
+	for n := range d.stats {
+		names = append(names, n)
 	}
-	statsMu.Unlock()
-	if runErr != nil && !errors.Is(runErr, io.EOF) && ctx.Err() == nil {
-		return runErr
+	sort.Strings(names)
+	if len(names) == 1 {
+		// One pod's counts are the session's: the line reads as it always did.
+		if ps := d.stats[names[0]]; ps.seen {
+			fmt.Fprintf(errOut, "%d packets captured, %d dropped by the kernel\n", ps.received, ps.dropped)
+		}
+		return
 	}
-	return nil
+	var total podStats
+	for _, n := range names {
+		ps := d.stats[n]
+		if !ps.seen {
+			continue
+		}
+		fmt.Fprintf(errOut, "pod %s: %d packets captured, %d dropped by the kernel\n", n, ps.received, ps.dropped)
+		total.received += ps.received
+		total.dropped += ps.dropped
+		total.seen = true
+	}
+	if total.seen {
+		fmt.Fprintf(errOut, "total (%d pods): %d packets captured, %d dropped by the kernel\n", len(names), total.received, total.dropped)
+	}
+}
+
+// captureWriter is where -w's pcapng goes: it takes the pcapng stream of each pod of the session (each
+// a whole pcapng of its own: section header, interfaces, packets, counts) as the pod joins, and
+// writes them as one file.
+type captureWriter interface {
+	// Pod returns the writer of pod's stream, called once for each pod that joins and closed when
+	// its capture ends.
+	Pod(name string) io.WriteCloser
+	// Close waits for every pod's stream to be written and ends the file.
+	Close() error
+}
+
+// mergedCapture is -w's one pcapng for any number of pods, through capture.Merger: an interface per
+// pod interface (POD/eth0, POD/lo), records merged by timestamp. A pod's stream that the merger
+// refuses is reported and dropped from the file, never stopping the live view that tees it.
+type mergedCapture struct {
+	m      *capture.Merger
+	errOut io.Writer
+	wg     sync.WaitGroup
+}
+
+func newMergedCapture(w io.Writer, errOut io.Writer) *mergedCapture {
+	return &mergedCapture{m: capture.NewMerger(w), errOut: errOut}
+}
+
+func (c *mergedCapture) Pod(name string) io.WriteCloser {
+	pr, pw := io.Pipe()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := c.m.Add(name, pr); err != nil {
+			fmt.Fprintf(c.errOut, "warning: -w: the capture of pod %s is not written on: %v\n", name, err)
+		}
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	return pw
+}
+
+func (c *mergedCapture) Close() error {
+	c.wg.Wait()
+	return c.m.Close()
 }
 
 func describe(spec wire.DumpSpec) string {

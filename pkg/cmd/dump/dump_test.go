@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/gopacket/gopacket/pcapgo"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
@@ -98,7 +101,7 @@ func TestViewLines(t *testing.T) {
 // and all of it is there once the view is closed.
 func TestViewBatchesLines(t *testing.T) {
 	w := &cmdtest.CountingWriter{}
-	v := newView(w, false, []int{8080})
+	v := newView(lineout.New(w), false, []int{8080}, "")
 	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
 	for i := range 100 {
 		v.exchange(capture.Exchange{Start: time.Now(), Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: fmt.Sprintf("/%d", i), Status: 200})
@@ -177,5 +180,83 @@ func TestRequestCarriesMesh(t *testing.T) {
 				t.Errorf("where = %q, want %q", got, tt.where)
 			}
 		})
+	}
+}
+
+// TestViewNamesPod: the views of a workload's pods share one output, and each line names its pod.
+func TestViewNamesPod(t *testing.T) {
+	var out bytes.Buffer
+	shared := lineout.New(&out)
+	at := time.Date(2026, 11, 23, 10, 4, 5, 120e6, time.UTC)
+	c, s := netip.MustParseAddrPort("10.88.0.1:5555"), netip.MustParseAddrPort("10.88.0.7:8080")
+	v1, v2 := &view{out: shared, pod: "web-1"}, &view{out: shared, pod: "web-2", json: true}
+	v1.exchange(capture.Exchange{Start: at, Client: c, Server: s, Proto: "HTTP/1.1", Method: "GET", Path: "/a", Status: 200})
+	v2.connection(capture.Connection{Start: at, Client: c, Server: s, Duration: 2 * time.Second, BytesIn: 10, BytesOut: 20})
+	_ = shared.Flush()
+	want := "[pod/web-1] 10:04:05.120 10.88.0.1:5555 HTTP/1.1 GET /a 200 0s 0B/0B\n" +
+		`{"kind":"connection","pod":"web-2","time":"2026-11-23T10:04:05.12Z","client":"10.88.0.1:5555","server":"10.88.0.7:8080","latencyMs":2000,"reqBytes":10,"respBytes":20}` + "\n"
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("lines (-want +got):\n%s", diff)
+	}
+}
+
+// TestMergedCapture: -w's file holds every pod's packets, on interfaces named after their pod, and a
+// pod's stream the merger refuses is reported while the others are written and the writer that tees
+// it never blocks.
+func TestMergedCapture(t *testing.T) {
+	stream := func(t *testing.T, at time.Time) []byte {
+		t.Helper()
+		var b bytes.Buffer
+		w, err := pcapgo.NewNgWriterInterface(&b, pcapgo.NgInterface{Name: "eth0", LinkType: layers.LinkTypeEthernet, SnapLength: 65535}, pcapgo.DefaultNgWriterOptions)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, 60)
+		if err := w.WritePacket(gopacket.CaptureInfo{Timestamp: at, CaptureLength: len(data), Length: len(data)}, data); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return b.Bytes()
+	}
+	at := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	var file, errOut bytes.Buffer
+	c := newMergedCapture(&file, &errOut)
+	pods := []struct {
+		name   string
+		stream []byte
+	}{{"web-1", stream(t, at)}, {"web-2", stream(t, at.Add(time.Millisecond))}, {"web-3", []byte("not a pcapng stream")}}
+	for _, p := range pods {
+		w := c.Pod(p.name)
+		if _, err := w.Write(p.stream); err != nil {
+			t.Errorf("%s: write: %v", p.name, err)
+		}
+		w.Close()
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(errOut.String(), "warning: -w: the capture of pod web-3 is not written on: ") {
+		t.Errorf("no warning about the refused stream: %q", errOut.String())
+	}
+	r, err := pcapgo.NewNgReader(&file, pcapgo.DefaultNgReaderOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for {
+		_, ci, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		ifc, err := r.Interface(ci.InterfaceIndex)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, ifc.Name)
+	}
+	if diff := cmp.Diff([]string{"web-1/eth0", "web-2/eth0"}, got); diff != "" {
+		t.Errorf("packets' interfaces (-want +got):\n%s", diff)
 	}
 }

@@ -3,7 +3,6 @@ package dump
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -16,8 +15,10 @@ import (
 // view turns captured frames into one line per HTTP exchange and per other TCP connection. It runs
 // on the plugin: the agent only captures, so the pod pays for no decoding.
 type view struct {
-	out  *lineout.Writer // lines leave in batches
+	out  *lineout.Writer // lines leave in batches; the views of a session's pods share it
 	json bool
+	// pod names the pod whose capture this view decodes, in every line.
+	pod  string
 	asm  *capture.Assembler
 	stop chan struct{}
 	done chan struct{}
@@ -31,8 +32,8 @@ type view struct {
 // packet comes, so that the last exchanges of a quiet capture are still shown.
 const flushEvery = 500 * time.Millisecond
 
-func newView(out io.Writer, asJSON bool, ports []int) *view {
-	v := &view{out: lineout.New(out), json: asJSON, stop: make(chan struct{}), done: make(chan struct{})}
+func newView(out *lineout.Writer, asJSON bool, ports []int, pod string) *view {
+	v := &view{out: out, json: asJSON, pod: pod, stop: make(chan struct{}), done: make(chan struct{})}
 	opts := capture.AssemblerOptions{}
 	for _, p := range ports {
 		// Tells client from server for connections already open when the capture started.
@@ -85,6 +86,7 @@ func (v *view) close() {
 // line is one JSON line of the live view.
 type line struct {
 	Kind       string    `json:"kind"`
+	Pod        string    `json:"pod,omitempty"`
 	Time       time.Time `json:"time"`
 	Client     string    `json:"client"`
 	Server     string    `json:"server"`
@@ -103,7 +105,7 @@ type line struct {
 func (v *view) exchange(e capture.Exchange) {
 	if v.json {
 		v.writeJSON(line{
-			Kind: "http", Time: e.Start.UTC(), Client: e.Client.String(), Server: e.Server.String(),
+			Kind: "http", Pod: v.pod, Time: e.Start.UTC(), Client: e.Client.String(), Server: e.Server.String(),
 			Proto: e.Proto, Method: e.Method, Path: e.Path, Status: e.Status, GRPCStatus: e.GRPCStatus,
 			LatencyMs: ms(e.Latency), ReqBytes: e.ReqBytes, RespBytes: e.RespBytes, Partial: e.Partial,
 		})
@@ -121,14 +123,14 @@ func (v *view) exchange(e capture.Exchange) {
 		partial = " (partial)"
 	}
 	// What a client sent is escaped: a terminal obeys the control sequences in it (lineout.Escape).
-	fmt.Fprintf(v.out, "%s %s %s %s %s %s %s %dB/%dB%s\n", e.Start.Format("15:04:05.000"), e.Client, lineout.Escape(e.Proto),
+	fmt.Fprintf(v.out, "%s%s %s %s %s %s %s %s %dB/%dB%s\n", v.prefix(), e.Start.Format("15:04:05.000"), e.Client, lineout.Escape(e.Proto),
 		orDash(lineout.Escape(e.Method)), orDash(lineout.Escape(e.Path)), status, e.Latency.Round(10*time.Microsecond), e.ReqBytes, e.RespBytes, partial)
 }
 
 func (v *view) connection(c capture.Connection) {
 	if v.json {
 		v.writeJSON(line{
-			Kind: "connection", Time: c.Start.UTC(), Client: c.Client.String(), Server: c.Server.String(),
+			Kind: "connection", Pod: v.pod, Time: c.Start.UTC(), Client: c.Client.String(), Server: c.Server.String(),
 			LatencyMs: ms(c.Duration), ReqBytes: c.BytesIn, RespBytes: c.BytesOut, Gaps: c.Gaps,
 		})
 		return
@@ -137,8 +139,16 @@ func (v *view) connection(c capture.Connection) {
 	if c.Gaps > 0 {
 		gaps = fmt.Sprintf(" (%d gaps)", c.Gaps)
 	}
-	fmt.Fprintf(v.out, "%s %s -> %s TCP %s %dB/%dB%s\n", c.Start.Format("15:04:05.000"), c.Client, c.Server,
+	fmt.Fprintf(v.out, "%s%s %s -> %s TCP %s %dB/%dB%s\n", v.prefix(), c.Start.Format("15:04:05.000"), c.Client, c.Server,
 		c.Duration.Round(time.Millisecond), c.BytesIn, c.BytesOut, gaps)
+}
+
+// prefix starts a text line with its pod, as kubectl logs --prefix does.
+func (v *view) prefix() string {
+	if v.pod == "" {
+		return ""
+	}
+	return "[pod/" + v.pod + "] "
 }
 
 func (v *view) writeJSON(l line) {

@@ -50,7 +50,12 @@ var (
 		request that carries it is never copied. A --to whose endpoints include the mirrored pod
 		would have each copy mirrored again (a Service that selects the pod, reached through
 		hairpin NAT, hides where the copy came from): it is refused before anything changes in
-		the cluster, and the mirror ends, saying why, if the pod joins its endpoints later.`)
+		the cluster, and the mirror ends, saying why, if the pod joins its endpoints later.
+
+		On a workload (deployment, statefulset, daemonset, replicaset, replicationcontroller, job,
+		service or -l) every ready pod is mirrored, each with its own agent, up to --max-pods: pods
+		that become ready during the session are joined, pods that go away leave, every line names
+		its pod, and the counts are given per pod and in total. --one-pod mirrors one pod only.`)
 
 	mirrorExample = templates.Examples(`
 		# Replay what port 8080 of pod web receives to local port 8080
@@ -110,6 +115,7 @@ func newCmd(o *Options) *cobra.Command {
 	f := cmd.Flags()
 	m := &o.Mirror
 	o.Target.AddFlags(f)
+	o.Target.AddWorkloadFlags(f)
 	f.StringArrayVarP(&m.PortArgs, "port", "p", nil, "Pod port to mirror and the local port that receives the copy, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeatable.")
 	f.StringVar(&m.LocalAddress, "local-address", m.LocalAddress, "Address of the local process that receives the copy.")
 	f.StringVar(&m.Mode, "mode", m.Mode, "How the agent sees the traffic: sniff (packet capture, NET_RAW only) or redirect (in the path with nftables, NET_ADMIN; nothing is missed).")
@@ -146,6 +152,9 @@ func (o *Options) Validate() error {
 	if err := o.Target.Require("kubectl trafficlab mirror pod/web --port 8080"); err != nil {
 		return err
 	}
+	if err := o.Target.ValidateWorkload(); err != nil {
+		return err
+	}
 	if err := o.Mirror.Validate(); err != nil {
 		return err
 	}
@@ -158,31 +167,32 @@ func (o *Options) Validate() error {
 // Run starts the session and the mirror, serves the copies until interrupted or the agent goes away,
 // and prints the counts.
 func (o *Options) Run(ctx context.Context) error {
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
+	o.Mirror.Fanout = !o.Target.OnePod
+	f := o.Mirror.NewFanout(o.kube.Client, nil, o.Out, o.ErrOut)
+	s, err := session.StartWorkload(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: o.Mirror.Capabilities(), AddNetRaw: o.AddNetRaw,
 		Check: func(t *target.Target) ([]string, error) { return o.Mirror.Check(ctx, o.kube.Client, t) },
-	}, o.ErrOut)
+	}, o.ErrOut, f.Join)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	stop, err := o.Mirror.Attach(ctx, s, nil, o.Out, o.ErrOut)
-	if err != nil {
-		return err
-	}
-	// The mirrored pod may join --to's endpoints while the mirror runs: the mirror then ends with
-	// that error, its counts printed first.
+	f.Announce(s)
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
-		if err := o.Mirror.WatchLoop(wctx, o.kube.Client); err != nil {
+		select {
+		case err := <-f.Loop():
 			cancel(err)
+		case <-wctx.Done():
 		}
 	}()
-	if err := s.Wait(wctx); err != nil {
+	err = s.Wait(wctx)
+	// Every pod's mirror ends and sends its counts, in parallel.
+	s.Close()
+	f.Summarize()
+	if err != nil {
 		return err
 	}
-	stop()
 	if ctx.Err() == nil {
 		return context.Cause(wctx)
 	}

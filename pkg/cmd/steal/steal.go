@@ -38,7 +38,12 @@ var (
 		Connections that are already open stay with the app unless --flush-connections, which resets
 		them so that clients reconnect into the steal; requests in flight on them fail. The app sees
 		passed-through requests as coming from the pod itself (the agent). With a Service, --port
-		names the Service's port and only one of its pods is stolen.`)
+		names the Service's port.
+
+		On a workload (deployment, statefulset, daemonset, replicaset, replicationcontroller, job,
+		service or -l) every ready pod is stolen, each with its own agent and tunnel, up to
+		--max-pods: a pod that becomes ready during the session is joined as soon as it is, one that
+		goes away leaves, and every line names its pod. --one-pod steals one pod only.`)
 
 	stealExample = templates.Examples(`
 		# Answer port 80 of pod web with the server on local port 8080
@@ -96,6 +101,7 @@ func newCmd(o *Options) *cobra.Command {
 	}
 	f := cmd.Flags()
 	o.Target.AddFlags(f)
+	o.Target.AddWorkloadFlags(f)
 	f.StringArrayVarP(&o.Steal.PortArgs, "port", "p", nil, "Pod port to steal and the local port that answers it, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeat for several ports.")
 	f.StringVar(&o.Steal.LocalAddress, "local-address", o.Steal.LocalAddress, "Address of the local process that answers.")
 	o.Steal.Filter.AddFlags(f, "Steal")
@@ -134,6 +140,9 @@ func (o *Options) Validate() error {
 	if err := o.Target.Require("kubectl trafficlab steal pod/web --port 80:8080"); err != nil {
 		return err
 	}
+	if err := o.Target.ValidateWorkload(); err != nil {
+		return err
+	}
 	if err := o.Steal.Validate(); err != nil {
 		return err
 	}
@@ -155,19 +164,17 @@ func (o *Options) Run(ctx context.Context) error {
 		cmd = exec.Command(path, o.Command[1:]...)
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = o.In, o.Out, o.ErrOut
 	}
-	s, err := session.Start(ctx, o.kube, o.Session, session.Request{
+	o.Steal.Fanout = !o.Target.OnePod
+	f := o.Steal.NewFanout(nil, o.Out, o.ErrOut)
+	s, err := session.StartWorkload(ctx, o.kube, o.Session, session.Request{
 		Target: o.Target, Capabilities: steal.Capabilities,
 		Check: func(t *target.Target) ([]string, error) { return o.Steal.Check(t, o.Target.Named()) },
-	}, o.ErrOut)
+	}, o.ErrOut, f.Join)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	stop, err := o.Steal.Attach(ctx, s, nil, o.Out, o.ErrOut)
-	if err != nil {
-		return err
-	}
-	defer stop()
+	f.Announce(s)
 	if cmd == nil {
 		return s.Wait(ctx)
 	}

@@ -47,6 +47,8 @@ func TestCompleteAndValidate(t *testing.T) {
 		{name: "flush in a pod", args: []string{"pod/web", "--port", "80", "--flush-connections"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
 		{name: "host network without flush", args: []string{"pod/web", "--port", "80", "--allow-host-network", "--allow-unowned-redirect"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
 		{name: "bad detect timeout", args: []string{"pod/web", "--port", "80", "--detect-timeout", "0s"}, wantErr: `--detect-timeout must be between`},
+		{name: "workload flags", args: []string{"deploy/web", "--port", "80", "--max-pods", "3", "--one-pod"}, wantPorts: []target.PortSpec{{Remote: "80", Port: 80, Local: 80}}},
+		{name: "no pods", args: []string{"deploy/web", "--port", "80", "--max-pods", "0"}, wantErr: `--max-pods must be at least 1, not 0`},
 		{name: "bad head timeout", args: []string{"pod/web", "--port", "80", "--head-timeout", "100ms"}, wantErr: `--head-timeout must be between 1s and 10m, not "100ms"`},
 	}
 	for _, tt := range tests {

@@ -36,7 +36,8 @@ type Server struct {
 }
 
 // Serve delivers every stream a hands out until a ends or ctx does; ctx's end also closes the
-// streams being delivered.
+// streams being delivered. A Server holds no state of its own: a session over several pods serves
+// each pod's tunnel with it, and the streams of every pod reach the same local process.
 func (s *Server) Serve(ctx context.Context, a Acceptor) {
 	for {
 		in, err := a.Accept(ctx)
