@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -35,15 +34,8 @@ func attachFlags(args []string, stderr io.Writer) (attachConfig, error) {
 	fs.StringVar(&cfg.name, "name", defaultName, "the agent container's name, which names the main process's session socket")
 	fs.DurationVar(&cfg.dialTimeout, "dial-timeout", dial.DefaultTimeout, "bound on one dial from the pod, name resolution included")
 	fs.BoolVar(&cfg.debug, "debug", false, "log every connection, not only the session's life (the plugin asks for it at -v=5)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return cfg, err
-		}
-		return cfg, fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
-		return cfg, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return cfg, err
 	}
 	return cfg, nil
 }
@@ -85,20 +77,11 @@ func runAttach(args []string, stdin io.Reader, stdout io.Writer, stderr *os.File
 	if err != nil {
 		return err
 	}
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socketName(cfg.name), Net: "unix"})
+	c, err := dialMain(cfg.name)
 	if err != nil {
-		return fmt.Errorf("reach the agent's main process on %q: %w", socketName(cfg.name), err)
+		return err
 	}
 	defer c.Close()
-	// The abstract name is the pod's to take: anything in its network namespace could have bound it
-	// first. The session's secret goes only to a process of this container.
-	cred, err := peerCred(c)
-	if err == nil {
-		err = checkPeer(cred, os.Geteuid(), procCgroup)
-	}
-	if err != nil {
-		return fmt.Errorf("socket %q: %w", socketName(cfg.name), err)
-	}
 	line, err := json.Marshal(header{Args: args})
 	if err != nil {
 		return err

@@ -47,6 +47,22 @@ const defaultName = "agent"
 // into the pod can run a session in it and steal (NET_ADMIN) or capture (NET_RAW) the pod's traffic.
 const privileged = 1<<unix.CAP_NET_ADMIN | 1<<unix.CAP_NET_RAW
 
+// parseFlags parses a subcommand's flags, which take no positional argument: a mistake is errUsage,
+// after the flag package (or this) has printed it to stderr; -h is flag.ErrHelp.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	return nil
+}
+
 // config is the parsed command line of the container's main process.
 type config struct {
 	showVersion bool
@@ -54,7 +70,7 @@ type config struct {
 	name        string
 }
 
-func parseFlags(args []string, stderr io.Writer) (config, error) {
+func parseMainFlags(args []string, stderr io.Writer) (config, error) {
 	var cfg config
 	fs := flag.NewFlagSet("trafficlab-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -62,15 +78,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", defaultIdleTimeout,
 		"exit after this long without a session; 0 disables the timeout (not for an agent with NET_ADMIN or NET_RAW)")
 	fs.StringVar(&cfg.name, "name", defaultName, "the agent container's name, which names the session socket")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return cfg, err
-		}
-		return cfg, fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
-		return cfg, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return cfg, err
 	}
 	if cfg.idleTimeout < 0 {
 		fmt.Fprintf(stderr, "--idle-timeout must not be negative, got %q\n", cfg.idleTimeout)
@@ -115,7 +124,7 @@ func clampIdle(d time.Duration, capEff uint64) (time.Duration, bool) {
 // containers cannot be removed from a pod, removes itself from the running set: it exits after the idle
 // timeout with no session attached, or on a signal, which ends the sessions first.
 func run(ctx context.Context, args []string, e env, stderr io.Writer) error {
-	cfg, err := parseFlags(args, stderr)
+	cfg, err := parseMainFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}

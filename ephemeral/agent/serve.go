@@ -71,6 +71,25 @@ func checkPeer(cred *unix.Ucred, uid int, cgroupOf func(pid int) (string, error)
 	return nil
 }
 
+// dialMain connects an exec'd subcommand to the main process of the agent container named name. The
+// abstract name is the pod's to take: anything in its network namespace could have bound it first, so
+// only a process of this container is answered (a session's secret, a list of sessions, an end).
+func dialMain(name string) (*net.UnixConn, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socketName(name), Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("reach the agent's main process on %q: %w", socketName(name), err)
+	}
+	cred, err := peerCred(c)
+	if err == nil {
+		err = checkPeer(cred, os.Geteuid(), procCgroup)
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("socket %q: %w", socketName(name), err)
+	}
+	return c, nil
+}
+
 // procCgroup reads /proc/PID/cgroup (0: this process); it is world-readable, even for a
 // non-dumpable process.
 func procCgroup(pid int) (string, error) {

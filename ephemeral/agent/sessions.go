@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"time"
 
@@ -125,15 +124,8 @@ func sessionsFlags(args []string, stderr io.Writer) (sessionsConfig, error) {
 	fs.StringVar(&cfg.q.End, "end", "", "end this session instead of listing the sessions")
 	fs.StringVar(&cfg.q.User, "by-user", "", "with --end: who ends it, as the plugin knows its user")
 	fs.StringVar(&cfg.q.Host, "by-host", "", "with --end: the machine it is ended from")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return cfg, err
-		}
-		return cfg, fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %q\n", fs.Args())
-		return cfg, fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	if err := parseFlags(fs, args, stderr); err != nil {
+		return cfg, err
 	}
 	return cfg, nil
 }
@@ -146,19 +138,11 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: socketName(cfg.name), Net: "unix"})
+	c, err := dialMain(cfg.name)
 	if err != nil {
-		return fmt.Errorf("reach the agent's main process on %q: %w", socketName(cfg.name), err)
+		return err
 	}
 	defer c.Close()
-	// Only a process of this container may answer: anything in the pod could have bound the name.
-	cred, err := peerCred(c)
-	if err == nil {
-		err = checkPeer(cred, os.Geteuid(), procCgroup)
-	}
-	if err != nil {
-		return fmt.Errorf("socket %q: %w", socketName(cfg.name), err)
-	}
 	line, err := json.Marshal(header{Query: &cfg.q})
 	if err != nil {
 		return err
