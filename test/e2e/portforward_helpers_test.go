@@ -228,7 +228,7 @@ func (p *pfProc) waitLine(from int, stream string, re *regexp.Regexp, timeout ti
 	}
 }
 
-var pfConnectedRE = regexp.MustCompile(`^\[\s*[0-9.]+s\] connected to agent (trafficlab-[a-z0-9]+) \(session ([0-9a-f]+), data via (.+)\)$`)
+var pfConnectedRE = regexp.MustCompile(`^\[\s*[0-9.]+s\] connected to agent (trafficlab-[a-z0-9]+)(?: in pod \S+)? \(session ([0-9a-f]+), data via (.+)\)$`)
 
 // connected waits for the "connected to agent" progress line; it returns the agent's container name,
 // the session id and when the line came.
