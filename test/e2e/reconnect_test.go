@@ -236,7 +236,7 @@ func TestReconnect(t *testing.T) {
 		if !errors.As(err, &ee) || ee.ExitCode() != 1 {
 			t.Errorf("steal exited with %v after the agent forgot its session, want exit code 1", err)
 		}
-		want := "error: the agent forgot the session after 5s away; start it again"
+		want := "error: pod target: the agent forgot the session after 5s away; start it again"
 		if last := lastLine(p, "stderr"); last != want {
 			t.Errorf("last stderr line %q, want %q; output:\n%s", last, want, p.output())
 		}

@@ -104,7 +104,7 @@ func TestStealLocalDown(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("whole-port steal with the local process down: %v; want the connection reset", err)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: connection from \S+ to port 8080 reset: `+refused+`$`), 30*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: (\[pod/\S+\] )?connection from \S+ to port 8080 reset: `+refused+`$`), 30*time.Second)
 	if err := p.stop(); err != nil {
 		t.Fatalf("steal exited with %v", err)
 	}
@@ -117,7 +117,7 @@ func TestStealLocalDown(t *testing.T) {
 	if err != nil || r.Pod != "target" {
 		t.Errorf("filtered steal with the local process down: %+v, %v; want the app", r, err)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: local process unreachable \(`+refused+`\); request sent to the app$`), 30*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: (\[pod/\S+\] )?local process unreachable \(`+refused+`\); request sent to the app$`), 30*time.Second)
 	if err := p.stop(); err != nil {
 		t.Fatalf("steal exited with %v", err)
 	}

@@ -57,7 +57,7 @@ func TestStealLocalCrashNotSentToTheApp(t *testing.T) {
 	if n := got.Load(); n != 1 {
 		t.Errorf("the local process got %d requests, want 1", n)
 	}
-	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: the local process failed \(.*\); the request was not sent to the app$`), 30*time.Second)
+	p.waitLine(0, "stderr", regexp.MustCompile(`^warning: (\[pod/\S+\] )?the local process failed \(.*\); the request was not sent to the app$`), 30*time.Second)
 
 	// A head that starts and never ends.
 	c, err := net.Dial("tcp", net.JoinHostPort(st.podIP, "8080"))
