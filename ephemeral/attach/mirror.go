@@ -97,9 +97,11 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			_ = in.Reject(err)
 			return
 		}
-		// A redirect mirror claims its ports like a steal, and shares them with nothing (steal.Hub).
+		// A redirect mirror claims its ports like a steal, and shares each port's dispatcher with the
+		// filtered steals and the other redirect mirrors of it (steal.Hub); a dispatcher it starts
+		// keeps the pod's probes with the app for the steals that join it.
 		st, _, err = s.cfg.Steals.Mirror(ctx, steal.SessionConfig{Session: s.id, User: s.user, Host: s.host}, steal.Config{
-			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen}, Open: s, Log: s.log, Tee: m.Handler,
+			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen, Probes: spec.Probes}, Open: s, Log: s.log, Tee: m.Handler,
 			Budget: s.cfg.Budget, Mesh: mesh,
 		})
 		if err != nil {

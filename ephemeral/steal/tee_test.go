@@ -55,7 +55,7 @@ func TestTeeStaysUnderTheBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &slowCopy{let: make(chan struct{})}
-	tee := newTee(h, b)
+	tee := newTee(h, b, nil)
 	chunk := make([]byte, 32<<10)
 	const chunks = 200 // 6.25 MiB: fits the queue's 256 chunks, not the budget
 	for range chunks {
