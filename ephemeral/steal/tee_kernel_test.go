@@ -63,7 +63,7 @@ func (h *flowCopy) Data(dir capture.Direction, p []byte, _ time.Time) {
 	}
 }
 
-func (*flowCopy) Gap(capture.Direction, int, time.Time)                  {}
+func (*flowCopy) Gap(capture.Direction, int, time.Time)               {}
 func (*flowCopy) End(capture.Direction, capture.EndReason, time.Time) {}
 
 // snapshot is every connection's copy so far, client's bytes then answers.
