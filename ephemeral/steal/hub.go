@@ -72,13 +72,10 @@ type Lease struct {
 func (l *Lease) Registrations() []*Registration { return slices.Clone(l.regs) }
 
 // Away sends the session's requests to the app on every port until Back (a tunnel lost for now):
-// a filtered registration is skipped by the routing, a whole-port steal's redirect is lifted, a
-// redirect mirror's copies are dropped (counted as bytes the mirror missed).
+// a filtered registration is skipped by the routing, a whole-port steal's redirect is lifted; a
+// redirect mirror's registration is untouched (its mirror drops the copies meanwhile).
 func (l *Lease) Away() error {
 	var errs []error
-	for _, m := range l.mirs {
-		m.away.Store(true)
-	}
 	for _, r := range l.regs {
 		r.Away()
 		if r.s.whole {
@@ -96,9 +93,6 @@ func (l *Lease) Back() error {
 			errs = append(errs, r.s.setAway(false))
 		}
 		r.Back()
-	}
-	for _, m := range l.mirs {
-		m.away.Store(false)
 	}
 	return errors.Join(errs...)
 }

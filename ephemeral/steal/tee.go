@@ -45,7 +45,7 @@ type tee struct {
 	refused [2]bool // the budget refused some of missing
 	ended   [2]bool // the direction's end is queued
 	done    chan struct{}
-	// m is the mirror copied to: nothing more is queued once it has left, or while it is away.
+	// m is the mirror copied to: nothing more is queued once it has left.
 	m *Mirror
 }
 
@@ -86,10 +86,6 @@ func (t *tee) sent(dir capture.Direction) { t.missing[dir], t.refused[dir] = 0, 
 // goroutine, so missing[dir] and refused[dir] have one writer.
 func (t *tee) offer(dir capture.Direction, p []byte) {
 	if t.m != nil && !t.m.copying() {
-		if !t.m.left.Load() {
-			// Away: the copy is dropped, and counted as the bytes the mirror missed.
-			t.missing[dir] += len(p)
-		}
 		return
 	}
 	if !t.budget.Reserve(len(p)) {
@@ -140,8 +136,6 @@ type Mirror struct {
 	s    *Steal
 	tee  func(capture.Flow) capture.StreamHandler
 	left atomic.Bool
-	// away: the mirror's session is gone for now; its copies are dropped (not queued) meanwhile.
-	away atomic.Bool
 }
 
 // mirrors is the mirrors registered now; never modified in place.
@@ -179,8 +173,9 @@ func (m *Mirror) leave(last bool) error {
 	return nil
 }
 
-// copying reports whether m takes copies now.
-func (m *Mirror) copying() bool { return !m.left.Load() && !m.away.Load() }
+// copying reports whether m takes copies now. A mirror whose plugin is away still does: it drops
+// whole requests itself (ephemeral/mirror), so that the connections' copies have no holes.
+func (m *Mirror) copying() bool { return !m.left.Load() }
 
 // clientConn is a redirected connection as the dispatcher serves it: the client's *net.TCPConn, or
 // a mirroredConn around it.
