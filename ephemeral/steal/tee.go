@@ -193,8 +193,12 @@ type clientConn interface {
 type mirroredConn struct {
 	net.Conn
 	tcp    *net.TCPConn
-	tees   []*tee
-	rd, wr sync.Mutex // one offerer per direction, in the order the bytes crossed
+	tees []*tee
+	// rd and wr make one offerer per direction; they are not held across the connection's own
+	// Read and Write, so that close never waits for a read that blocks. closed (under both) ends
+	// the offers: a proxy's background read may return after the relay is over.
+	rd, wr sync.Mutex
+	closed bool
 }
 
 // mirror wraps c in a mirroredConn when a mirror copies it; nil when none does.
@@ -224,9 +228,12 @@ func (s *Steal) mirror(c *net.TCPConn, orig netip.AddrPort) *mirroredConn {
 }
 
 func (c *mirroredConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
 	c.rd.Lock()
 	defer c.rd.Unlock()
-	n, err := c.Conn.Read(p)
+	if c.closed {
+		return n, err
+	}
 	for _, t := range c.tees {
 		if n > 0 {
 			t.offer(capture.ClientToServer, p[:n])
@@ -238,11 +245,13 @@ func (c *mirroredConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write offers what it wrote once the write is done: a client's write that blocks must not hold
+// the copy of the other writers (HTTP/2's frames come from one writer, HTTP/1's in turn).
 func (c *mirroredConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
 	c.wr.Lock()
 	defer c.wr.Unlock()
-	n, err := c.Conn.Write(p)
-	if n > 0 {
+	if n > 0 && !c.closed {
 		for _, t := range c.tees {
 			t.offer(capture.ServerToClient, p[:n])
 		}
@@ -254,6 +263,9 @@ func (c *mirroredConn) CloseWrite() error {
 	err := c.tcp.CloseWrite()
 	c.wr.Lock()
 	defer c.wr.Unlock()
+	if c.closed {
+		return err
+	}
 	for _, t := range c.tees {
 		if !t.ended[capture.ServerToClient] {
 			t.end(capture.ServerToClient)
@@ -266,6 +278,11 @@ func (c *mirroredConn) SetLinger(sec int) error { return c.tcp.SetLinger(sec) }
 
 // close ends the copies, once the connection's relay is over.
 func (c *mirroredConn) close() {
+	c.rd.Lock()
+	c.wr.Lock()
+	c.closed = true
+	c.wr.Unlock()
+	c.rd.Unlock()
 	for _, t := range c.tees {
 		t.close()
 	}
