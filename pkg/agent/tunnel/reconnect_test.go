@@ -68,6 +68,9 @@ func (l *agentLog) wait(t *testing.T, s string) {
 		select {
 		case <-l.changed:
 		case <-deadline.C:
+			l.mu.Lock()
+			t.Logf("agent log:\n%s", l.b)
+			l.mu.Unlock()
 			t.Fatalf("the agent did not log %q within 10s", s)
 		}
 	}
@@ -391,6 +394,7 @@ func TestMirrorResumes(t *testing.T) {
 		for {
 			ev, err := r.Read()
 			if err != nil {
+				t.Logf("the mirror's stream ended: %v", err)
 				return
 			}
 			if ev.Kind == wire.EventStats && ev.Stats != nil {

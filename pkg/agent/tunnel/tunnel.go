@@ -682,6 +682,12 @@ func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, 
 		c.next++
 		c.mu.Unlock()
 		if t == nil {
+			// Every data connection of the link is closed: the link is lost, and a resumable
+			// session waits for the next one, as an open that fails on a closed one does.
+			if c.resumable() && ctx.Err() == nil {
+				c.dropLinkIf(l)
+				continue
+			}
 			return nil, nil, wire.ErrSessionClosed
 		}
 		s, err := t.Open(ctx, req)
