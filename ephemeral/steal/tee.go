@@ -192,7 +192,7 @@ type clientConn interface {
 // net.Conn, not *net.TCPConn, so that no ReadFrom or WriteTo can go around the copy.
 type mirroredConn struct {
 	net.Conn
-	tcp    *net.TCPConn
+	tcp  *net.TCPConn
 	tees []*tee
 	// rd and wr make one offerer per direction; they are not held across the connection's own
 	// Read and Write, so that close never waits for a read that blocks. closed (under both) ends
