@@ -203,7 +203,8 @@ func (h *Hub) claimFor(sc SessionConfig, verb string) claim.Claim {
 
 // Steal registers a session's steal of sc.Spec.Ports: a port no session steals gets its own
 // dispatcher (redirect, listener; mesh as Config.Mesh), a port that filtered steals or redirect
-// mirrors share gets one more registration. A conflict (claim.Conflict) refuses the whole steal, in one line naming the
+// mirrors share gets one more registration (on a port only mirrors held, it routes the
+// connections accepted from then on; the dispatcher keeps its first registration's settings). A conflict (claim.Conflict) refuses the whole steal, in one line naming the
 // session in the way, before anything changes. The session hears one Ready, then one EventShared
 // per port that other sessions filter too.
 func (h *Hub) Steal(ctx context.Context, sc SessionConfig, mesh *netfilter.MeshRedirect) (*Lease, error) {

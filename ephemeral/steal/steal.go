@@ -400,7 +400,9 @@ func (s *Steal) serve(c *net.TCPConn) {
 		defer mc.close()
 	}
 	if !s.whole && len(s.registered()) == 0 {
-		// Only mirrors: the connection is the app's, relayed unparsed.
+		// Only mirrors: the connection is the app's, relayed unparsed, as a redirect mirror's
+		// always were (no detection delay for a server-first protocol). A filtered steal that
+		// joins later takes the connections accepted from then on; these stay with the app.
 		s.passThrough(cn, nil)
 		return
 	}
