@@ -36,6 +36,10 @@ const countsEvery = time.Second
 // JSON lines, with the counts so far every second and the final counts last. The stream is accepted only once the capture or the
 // redirect is in place, so "mirroring" is true when the plugin prints it.
 func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
+	if in.Request().Resume {
+		s.resumeMirror(ctx, in)
+		return
+	}
 	spec := *in.Request().Mirror
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -97,9 +101,11 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 			_ = in.Reject(err)
 			return
 		}
-		// A redirect mirror claims its ports like a steal, and shares them with nothing (steal.Hub).
+		// A redirect mirror claims its ports like a steal, and shares each port's dispatcher with the
+		// filtered steals and the other redirect mirrors of it (steal.Hub); a dispatcher it starts
+		// keeps the pod's probes with the app for the steals that join it.
 		st, _, err = s.cfg.Steals.Mirror(ctx, steal.SessionConfig{Session: s.id, User: s.user, Host: s.host}, steal.Config{
-			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen}, Open: s, Log: s.log, Tee: m.Handler,
+			ID: s.id, Spec: wire.StealSpec{Ports: spec.Ports, AllowUnownedRedirect: spec.AllowUnownedRedirect, KeepOpen: spec.KeepOpen, Probes: spec.Probes}, Open: s, Log: s.log, Tee: m.Handler,
 			Budget: s.cfg.Budget, Mesh: mesh,
 		})
 		if err != nil {
@@ -127,12 +133,8 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		closeRedirect()
 		return
 	}
-	defer stream.Close()
-	// The plugin never writes on this stream: its end is the mirror's end.
-	go func() {
-		_, _ = io.Copy(io.Discard, stream)
-		cancel()
-	}()
+	s.mirroring.Add(1)
+	defer s.mirroring.Add(-1)
 	defer s.mirrorStarted()()
 	if err := lowerPriority(); err != nil {
 		s.log.Warn("mirror keeps the agent's priority", "err", err)
@@ -143,11 +145,45 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 		st.EventsDropped, st.Partial = dropped.Load(), partial
 		return st
 	}
+	// out is where events go: the plugin's current stream, nil while it is away (events then wait
+	// in their buffer, or are dropped and counted past it).
+	type output struct {
+		stream *wire.Stream
+		bw     *bufio.Writer
+		w      *wire.LineWriter[wire.MirrorEvent]
+		err    error
+	}
+	var outMu sync.Mutex
+	var out *output
+	use := func(st *wire.Stream) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if out != nil {
+			out.stream.Close()
+			out = nil
+		}
+		if st != nil {
+			bw := bufio.NewWriterSize(st, 64<<10)
+			out = &output{stream: st, bw: bw, w: wire.NewLineWriter[wire.MirrorEvent](bw)}
+		}
+	}
+	write := func(e *wire.MirrorEvent, flush bool) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		if out == nil || out.err != nil {
+			return
+		}
+		if e != nil {
+			out.err = out.w.Write(*e)
+		}
+		if flush && out.err == nil {
+			out.err = out.bw.Flush()
+		}
+	}
+	use(stream)
+	defer use(nil)
 	var wg sync.WaitGroup
 	wg.Add(1)
-	var werr error
-	bw := bufio.NewWriterSize(stream, 64<<10)
-	w := wire.NewLineWriter[wire.MirrorEvent](bw)
 	go func() {
 		defer wg.Done()
 		t := time.NewTicker(eventFlush)
@@ -159,22 +195,61 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 				if !ok {
 					return
 				}
-				if werr == nil {
-					werr = w.Write(e)
-				}
+				write(&e, false)
 			case now := <-t.C:
-				if werr == nil && now.Sub(lastCounts) >= countsEvery {
+				var sofar *wire.MirrorEvent
+				if now.Sub(lastCounts) >= countsEvery {
 					lastCounts = now
-					sofar := counts(true)
-					werr = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &sofar})
+					c := counts(true)
+					sofar = &wire.MirrorEvent{Kind: wire.EventStats, Stats: &c}
 				}
-				if werr == nil {
-					werr = bw.Flush()
+				write(sofar, true)
+			}
+		}
+	}()
+	// The plugin never writes on its stream: its end (EOF) is the mirror's end. In a resumable
+	// session its abort is the tunnel's loss: the mirror goes on, its copies to the plugin dropped
+	// and counted (mirror.SetAway), until the resumed plugin opens its stream again
+	// (resumeMirror) or the session ends.
+	watch := func(st *wire.Stream) <-chan error {
+		gone := make(chan error, 1)
+		go func() {
+			_, err := io.Copy(io.Discard, st)
+			gone <- err
+		}()
+		return gone
+	}
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		gone := watch(stream)
+		for {
+			select {
+			case err := <-gone:
+				if err == nil || s.token.IsZero() {
+					cancel()
+					return
 				}
+				gone = nil
+				m.SetAway(true)
+				use(nil)
+				s.log.Info("mirror away: copies to the plugin are dropped until it is back", "ports", spec.Ports, "why", err)
+			case re := <-s.mirrorResume:
+				ns, err := re.AcceptWith(wire.CompressionNone)
+				if err != nil {
+					continue
+				}
+				use(ns)
+				gone = watch(ns)
+				m.SetAway(false)
+				s.log.Info("mirror resumed", "ports", spec.Ports)
+			case <-ctx.Done():
+				return
 			}
 		}
 	}()
 	err = run()
+	<-loopDone
 	// Requests already queued still get their copy, briefly: the plugin is waiting for the counts.
 	m.Drain(2 * time.Second)
 	evMu.Lock()
@@ -184,12 +259,30 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 	wg.Wait()
 	stats := counts(false)
 	s.log.Info("mirror ended", "stats", stats, "err", err)
-	if werr == nil {
-		_ = w.Write(wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats})
-		_ = bw.Flush()
+	write(&wire.MirrorEvent{Kind: wire.EventStats, Stats: &stats}, true)
+	outMu.Lock()
+	if out != nil {
+		_ = out.stream.CloseWrite()
 	}
-	_ = stream.CloseWrite()
+	outMu.Unlock()
 	closeRedirect()
+}
+
+// resumeMirror hands a resumed plugin's mirror stream to the session's running mirror.
+func (s *server) resumeMirror(ctx context.Context, in *wire.Incoming) {
+	if s.mirroring.Load() == 0 {
+		_ = in.Reject(fmt.Errorf("this session has no mirror to resume: %w", wire.ErrSessionGone))
+		return
+	}
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	select {
+	case s.mirrorResume <- in:
+	case <-t.C:
+		_ = in.Reject(fmt.Errorf("the session's mirror did not take the resumed stream: %w", wire.ErrInternal))
+	case <-ctx.Done():
+		_ = in.Reject(wire.ErrSessionClosed)
+	}
 }
 
 // mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections to

@@ -99,7 +99,7 @@ var errTakenOver = fmt.Errorf("the plugin resumed the session on a new control c
 // away holds the session after its control channel was lost, until a resume hands it a new one
 // (returned), the grace is over or ctx ends (nil). Its data connections are closed by then, so
 // nothing reaches the plugin: a steal, its stream gone, sends everything to the app
-// (serveSteal, steal.Lease.Away), and a mirror has ended with its stream.
+// (serveSteal, steal.Lease.Away), and a mirror drops its copies to the plugin (serveMirror).
 func (s *server) away(ctx context.Context, grace time.Duration) *handoff {
 	timer := s.cfg.Clock.NewTimer(grace)
 	defer timer.Stop()

@@ -323,6 +323,9 @@ type server struct {
 	ended atomic.Bool
 	// stealResume hands a steal stream that resumes the running steal to it (OpenRequest.Resume).
 	stealResume chan *wire.Incoming
+	// mirrorResume does the same for a mirror's stream; mirroring says a mirror runs.
+	mirrorResume chan *wire.Incoming
+	mirroring    atomic.Int32
 
 	// token is what a resume must show (zero: the session cannot be resumed); handoffs receives the
 	// resumes; over is closed when the session has ended.
@@ -356,7 +359,7 @@ func (s *server) acceptConns(ctx context.Context, ln net.Listener) {
 
 func newServer(cfg Config, id string, hello wire.Hello, key *wire.DataKey) *server {
 	s := &server{cfg: cfg, id: id, log: cfg.Log.With("session", id),
-		stealResume: make(chan *wire.Incoming), handoffs: make(chan *handoff), over: make(chan struct{}),
+		stealResume: make(chan *wire.Incoming), mirrorResume: make(chan *wire.Incoming), handoffs: make(chan *handoff), over: make(chan struct{}),
 		user: hello.Options.User, host: hello.Options.Host}
 	s.maxConns.Store(int64(hello.DataConns))
 	s.refused = &refusals{log: s.log, clock: cfg.Clock, interval: cfg.RefusedLogInterval}

@@ -88,12 +88,13 @@ func (e *Error) Unwrap() error { return wire.ErrUnsupported }
 func refuse(format string, args ...any) error { return &Error{msg: fmt.Sprintf(format, args...)} }
 
 // Conflict decides whether want may join the port's claims held (every agent's, in any order; want's
-// own session's are ignored). Filtered steals share a port: shared are the steals already there, in
-// the order they registered, which take a request before want when their filters match it too. A
-// whole-port steal shares with nothing, and a redirect mirror shares with nothing either (its tee
-// would have to sit in front of the steals' routing, which this agent does not do yet: a second
-// redirect on the port would silently take every connection). Claims of another agent process
-// refuse any sharing: only one agent's dispatcher can take the port's connections.
+// own session's are ignored). Filtered steals and redirect mirrors share a port: the agent's one
+// dispatcher of the port copies every connection to each mirror before it routes its requests among
+// the steals (steal.Hub). shared are the filtered steals already there, in the order they
+// registered, which take a request before want when their filters match it too. A whole-port steal
+// shares with nothing, steal or mirror. Claims of another agent process refuse any sharing: only one
+// agent's dispatcher can take the port's connections (two NAT redirects of one port: the first
+// silently takes every connection).
 func Conflict(want Claim, held []Claim) (shared []Claim, err error) {
 	held = slices.Clone(held)
 	slices.SortStableFunc(held, func(a, b Claim) int { return a.Since.Compare(b.Since) })
@@ -105,18 +106,18 @@ func Conflict(want Claim, held []Claim) (shared []Claim, err error) {
 		switch {
 		case h.Instance != want.Instance:
 			return nil, refuse("port %d is held by %s in agent container %q, another agent in this pod: sessions of different agents cannot share a port", port, h.Who(), h.Agent)
-		case want.Verb == VerbMirror && h.Verb == VerbMirror:
-			return nil, refuse("port %d is already mirrored with a redirect by %s: two redirect mirrors cannot share a port; use --mode sniff", port, h.Who())
-		case want.Verb == VerbMirror:
-			return nil, refuse("port %d is stolen by %s: a redirect mirror cannot share a stolen port; use --mode sniff", port, h.Who())
-		case h.Verb == VerbMirror:
-			return nil, refuse("port %d is mirrored with a redirect by %s: a steal cannot share it until that mirror ends (a sniffing mirror could)", port, h.Who())
+		case want.Whole() && h.Verb == VerbMirror:
+			return nil, refuse("port %d is mirrored with a redirect by %s: a whole-port steal would take its connections from the mirror; steal with a filter (--header-filter, --path-filter, --method) or wait until it ends", port, h.Who())
 		case want.Whole():
 			return nil, refuse("port %d is already stolen by %s: a whole-port steal would take its requests; steal with a filter (--header-filter, --path-filter, --method) or wait until it ends", port, h.Who())
+		case h.Whole() && want.Verb == VerbMirror:
+			return nil, refuse("port %d is stolen whole by %s: a redirect mirror cannot share it until that steal ends; use --mode sniff", port, h.Who())
 		case h.Whole():
 			return nil, refuse("port %d is stolen whole by %s: no other steal can share it until that one ends", port, h.Who())
 		}
-		shared = append(shared, h)
+		if h.Verb == VerbSteal {
+			shared = append(shared, h)
+		}
 	}
 	return shared, nil
 }

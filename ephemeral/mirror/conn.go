@@ -197,6 +197,9 @@ func (c *conn) protocol(_ capture.Flow, proto string) {
 	case !c.m.sample():
 		c.m.stats.sampledOut.Add(1)
 		c.dead = true
+	case c.m.dropAway():
+		c.m.stats.away.Add(1)
+		c.dead = true
 	default:
 		c.rep = newReplayer(c)
 		if len(pre) > 0 && !c.rep.raw(pre) {
@@ -242,6 +245,9 @@ func (c *conn) request(r *capture.Request) {
 		return
 	case !c.m.sample():
 		s.sampledOut.Add(1)
+		return
+	case c.m.dropAway():
+		s.away.Add(1)
 		return
 	case r.Truncated || (r.Raw == nil && r.Proto != capture.ProtoH2C):
 		s.tooLarge.Add(1)

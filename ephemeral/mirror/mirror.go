@@ -100,6 +100,7 @@ type Mirror struct {
 	behindSidecar bool
 
 	queued atomic.Int64
+	away   atomic.Bool // SetAway
 	// budget is the mirror's account in the agent's memory budget, closed with the mirror.
 	budget  *budget.Account
 	sampleM sync.Mutex
@@ -114,7 +115,7 @@ type counters struct {
 
 	connections, requests, probes, unselected, sampledOut, mirrored, answered, differ atomic.Int64
 	midStream, gap, slow, refused, upgrade, tooLarge, failed, kernelRecv, kernelDrops atomic.Int64
-	copies, malformed                                                                 atomic.Int64
+	copies, malformed, away                                                           atomic.Int64
 }
 
 // New starts a mirror; feed it with Handler (as a capture.StreamFactory) and end it with Close.
@@ -224,6 +225,14 @@ func (m *Mirror) Drain(d time.Duration) {
 	m.Close()
 }
 
+// SetAway says whether the plugin is away (its tunnel lost, within the session's reconnect grace).
+// Meanwhile the copies that would go to it are dropped and counted (DroppedAway); copies to an
+// in-cluster destination (Spec.To) carry on, as they do not cross the tunnel.
+func (m *Mirror) SetAway(away bool) { m.away.Store(away) }
+
+// dropAway reports whether a selected copy is dropped because the plugin is away.
+func (m *Mirror) dropAway() bool { return m.cfg.Spec.To == "" && m.away.Load() }
+
 // Stats is a snapshot of the counts.
 func (m *Mirror) Stats() wire.MirrorStats {
 	s := &m.stats
@@ -233,8 +242,8 @@ func (m *Mirror) Stats() wire.MirrorStats {
 		Differ: s.differ.Load(), DroppedMidStream: s.midStream.Load(), DroppedGap: s.gap.Load(),
 		DroppedSlow: s.slow.Load(), DroppedRefused: s.refused.Load(), DroppedUpgrade: s.upgrade.Load(),
 		DroppedTooLarge: s.tooLarge.Load(), Failed: s.failed.Load(), SkippedCopies: s.copies.Load(),
-		DroppedMalformed: s.malformed.Load(),
-		KernelReceived:   uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
+		DroppedMalformed: s.malformed.Load(), DroppedAway: s.away.Load(),
+		KernelReceived: uint64(s.kernelRecv.Load()), KernelDropped: uint64(s.kernelDrops.Load()),
 		AgentMaxRSS: maxRSS(),
 
 		DroppedOverBudget: s.overBudget.Load(),

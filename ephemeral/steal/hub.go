@@ -16,9 +16,12 @@ import (
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
-// Hub is the agent main process's one dispatcher per pod port: the first steal of a port starts a
-// Steal (redirect, listener) for that port alone, later filtered steals of it register on the same
-// one, and the redirect goes when the last of them leaves. Every port a session steals or mirrors
+// Hub is the agent main process's one dispatcher per pod port: the first steal or redirect mirror
+// of a port starts a Steal (redirect, listener) for that port alone, later filtered steals and
+// redirect mirrors of it register on the same one, and the redirect goes when the last of them
+// leaves (drained as Steal.Close says). Each mirror gets a copy of every connection the dispatcher
+// accepts while it is registered, taken before the routing: the client's bytes and the answer it
+// got, from the app or from the session that stole the request (mirroredConn). Every port a session steals or mirrors
 // with a redirect is claimed in the pod's network namespace (ephemeral/claim), and a steal that
 // conflicts with a claim (this agent's sessions' or another agent's) is refused before anything
 // changes. A zero Hub is not usable: make one with NewHub.
@@ -59,8 +62,8 @@ func randomID() (string, error) {
 type Lease struct {
 	hub    *Hub
 	regs   []*Registration
+	mirs   []*Mirror // a redirect mirror's, one per port
 	claims map[int]*claim.Held
-	mirror *Steal // a redirect mirror's own steal
 	once   sync.Once
 	err    error
 }
@@ -69,7 +72,8 @@ type Lease struct {
 func (l *Lease) Registrations() []*Registration { return slices.Clone(l.regs) }
 
 // Away sends the session's requests to the app on every port until Back (a tunnel lost for now):
-// a filtered registration is skipped by the routing, a whole-port steal's redirect is lifted.
+// a filtered registration is skipped by the routing, a whole-port steal's redirect is lifted; a
+// redirect mirror's registration is untouched (its mirror drops the copies meanwhile).
 func (l *Lease) Away() error {
 	var errs []error
 	for _, r := range l.regs {
@@ -198,8 +202,9 @@ func (h *Hub) claimFor(sc SessionConfig, verb string) claim.Claim {
 }
 
 // Steal registers a session's steal of sc.Spec.Ports: a port no session steals gets its own
-// dispatcher (redirect, listener; mesh as Config.Mesh), a port that filtered steals share gets one
-// more registration. A conflict (claim.Conflict) refuses the whole steal, in one line naming the
+// dispatcher (redirect, listener; mesh as Config.Mesh), a port that filtered steals or redirect
+// mirrors share gets one more registration (on a port only mirrors held, it routes the
+// connections accepted from then on; the dispatcher keeps its first registration's settings). A conflict (claim.Conflict) refuses the whole steal, in one line naming the
 // session in the way, before anything changes. The session hears one Ready, then one EventShared
 // per port that other sessions filter too.
 func (h *Hub) Steal(ctx context.Context, sc SessionConfig, mesh *netfilter.MeshRedirect) (*Lease, error) {
@@ -287,9 +292,11 @@ func combineReady(evs []wire.StealEvent) wire.StealEvent {
 	return out
 }
 
-// Mirror starts a redirect mirror of cfg.Spec.Ports (cfg.Tee set) on a dispatcher of its own,
-// once no claim on its ports is in the way (a redirect mirror shares a port with nothing:
-// claim.Conflict). Close ends it.
+// Mirror registers a redirect mirror of cfg.Spec.Ports (cfg.Tee set), once no claim on its ports
+// is in the way (claim.Conflict): a port's dispatcher, shared with the filtered steals and the
+// other mirrors of the port, copies to it every connection it accepts from then on, until Close. A
+// port nobody steals or mirrors gets its dispatcher, with cfg's settings (Spec, Mesh). It returns
+// the lease and the dispatcher of its first port.
 func (h *Hub) Mirror(ctx context.Context, sc SessionConfig, cfg Config) (*Lease, *Steal, error) {
 	if cfg.Tee == nil {
 		return nil, nil, errors.New("a redirect mirror needs a tee")
@@ -308,19 +315,44 @@ func (h *Hub) Mirror(ctx context.Context, sc SessionConfig, cfg Config) (*Lease,
 	if err != nil {
 		return nil, nil, err
 	}
-	base := h.base
-	base.ID, base.Spec, base.Open, base.Events, base.Tee, base.Mesh = cfg.ID, cfg.Spec, cfg.Open, cfg.Events, cfg.Tee, cfg.Mesh
-	if base.Log == nil {
-		base.Log = cfg.Log
-	}
-	st, _, err := start(ctx, base, SessionConfig{Session: sc.Session, Spec: cfg.Spec, Open: cfg.Open, Events: cfg.Events}, true)
-	if err != nil {
-		for _, c := range claims {
-			c.Close()
+	l := &Lease{hub: h, claims: claims}
+	var first *Steal
+	for _, p := range ports {
+		st := h.ports[p]
+		var m *Mirror
+		if st != nil {
+			m = &Mirror{s: st, tee: cfg.Tee}
+			st.addMirror(m)
+		} else {
+			var id string
+			id, err = randomID()
+			if err == nil {
+				base := h.base
+				base.ID, base.Spec, base.Open, base.Events, base.Tee, base.Mesh = id, cfg.Spec, cfg.Open, cfg.Events, cfg.Tee, cfg.Mesh
+				base.Spec.Ports = []int{p}
+				if base.Log == nil {
+					base.Log = cfg.Log
+				}
+				st, _, err = start(ctx, base, SessionConfig{Session: sc.Session, Spec: base.Spec, Open: cfg.Open, Events: cfg.Events}, false)
+			}
+			if err == nil {
+				h.ports[p] = st
+				m = st.mirrors()[0]
+			}
 		}
-		return nil, nil, err
+		if err != nil {
+			h.mu.Unlock()
+			_ = l.Close()
+			h.mu.Lock()
+			return nil, nil, err
+		}
+		if first == nil {
+			first = st
+		}
+		st.members++
+		l.mirs = append(l.mirs, m)
 	}
-	return &Lease{hub: h, claims: claims, mirror: st}, st, nil
+	return l, first, nil
 }
 
 // Close ends the session's part: it leaves every port (the last session of a port ends its
@@ -331,27 +363,41 @@ func (l *Lease) Close() error {
 	return l.err
 }
 
+// member is a registration a Lease holds on a dispatcher: a steal's or a mirror's.
+type member interface {
+	steal() *Steal
+	leave(last bool) error
+}
+
+func (r *Registration) steal() *Steal { return r.s }
+func (m *Mirror) steal() *Steal       { return m.s }
+
 func (l *Lease) close() error {
 	h := l.hub
 	var errs []error
-	if l.mirror != nil {
-		errs = append(errs, l.mirror.Close())
-	}
 	type ended struct {
 		port int
 		done chan struct{}
 	}
 	var last []ended
-	isLast := make([]bool, len(l.regs))
+	var members []member
+	for _, r := range l.regs {
+		members = append(members, r)
+	}
+	for _, m := range l.mirs {
+		members = append(members, m)
+	}
+	isLast := make([]bool, len(members))
 	h.mu.Lock()
-	for i, r := range l.regs {
-		r.s.members--
-		if r.s.members > 0 {
+	for i, r := range members {
+		s := r.steal()
+		s.members--
+		if s.members > 0 {
 			continue
 		}
 		isLast[i] = true
-		port := r.s.cfg.Spec.Ports[0]
-		if h.ports[port] == r.s {
+		port := s.cfg.Spec.Ports[0]
+		if h.ports[port] == s {
 			delete(h.ports, port)
 			done := make(chan struct{})
 			h.ending[port] = done
@@ -361,7 +407,7 @@ func (l *Lease) close() error {
 	h.mu.Unlock()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
-	for i, r := range l.regs {
+	for i, r := range members {
 		wg.Go(func() {
 			if err := r.leave(isLast[i]); err != nil {
 				mu.Lock()

@@ -59,8 +59,9 @@ type Redirect interface {
 type Config struct {
 	// ID names the session's nftables table.
 	ID string
-	// Tee, when set, makes this a mirror's redirect: every connection goes to the app unchanged
-	// and a copy of its bytes, both ways, goes to the handler Tee returns for it (nil: no copy).
+	// Tee, when set, makes the first registration a redirect mirror's (Mirror) rather than a
+	// steal's: every connection goes to the app unchanged, and a copy of its bytes, both ways, goes
+	// to the handler Tee returns for it (nil: no copy). Filtered steals may join it (Hub).
 	Tee  func(capture.Flow) capture.StreamHandler
 	Spec wire.StealSpec
 	Open Opener
@@ -108,8 +109,10 @@ type Steal struct {
 	redirect Redirect
 	app      *net.Dialer
 
-	regMu sync.Mutex // serializes the changes of regs
+	regMu sync.Mutex // serializes the changes of regs and mirrorRegs
 	regs  atomic.Pointer[[]*Registration]
+	// mirrorRegs are the redirect mirrors copying the port's connections (tee.go).
+	mirrorRegs atomic.Pointer[[]*Mirror]
 	// members counts the sessions a Hub has registered and not yet let go (under the Hub's mu).
 	members int
 
@@ -240,10 +243,14 @@ func start(ctx context.Context, cfg Config, first SessionConfig, announce bool) 
 	if cfg.Spec.DetectTimeout == 0 {
 		cfg.Spec.DetectTimeout = wire.Millis(DefaultDetectTimeout)
 	}
-	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, ending: newEnding(), whole: first.Spec.Filter.Empty()}
-	reg, err := s.newRegistration(first)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+	s := &Steal{cfg: cfg, conns: map[net.Conn]struct{}{}, ending: newEnding(), whole: cfg.Tee == nil && first.Spec.Filter.Empty()}
+	var reg *Registration
+	if cfg.Tee == nil {
+		var err error
+		reg, err = s.newRegistration(first)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", err, wire.ErrBadRequest)
+		}
 	}
 	// The calling thread is in the pod's network namespace (the listener and the redirect are made
 	// there too): its route table is the pod's.
@@ -285,9 +292,13 @@ func start(ctx context.Context, cfg Config, first SessionConfig, announce bool) 
 	s.redirect = r
 	// The connections' context outlives ctx: when ctx ends, Close drains them first.
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.add(reg)
-	if announce {
-		reg.events(s.Ready())
+	if reg != nil {
+		s.add(reg)
+		if announce {
+			reg.events(s.Ready())
+		}
+	} else {
+		s.addMirror(&Mirror{s: s, tee: cfg.Tee})
 	}
 	s.wg.Add(1)
 	go s.accept()
@@ -368,7 +379,7 @@ func (s *Steal) untrack(c net.Conn) {
 
 // conn is what one redirected connection needs to be served.
 type conn struct {
-	client *net.TCPConn
+	client clientConn
 	orig   netip.AddrPort
 	peer   string
 }
@@ -383,8 +394,16 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 	cn := conn{client: c, orig: orig, peer: c.RemoteAddr().String()}
 	s.cfg.Log.Debug("redirected connection", "peer", cn.peer, "to", orig.String())
-	if s.cfg.Tee != nil {
-		s.teeThrough(cn)
+	// The tee before the routing: the mirrors see the client's connection as it happens.
+	if mc := s.mirror(c, orig); mc != nil {
+		cn.client = mc
+		defer mc.close()
+	}
+	if !s.whole && len(s.registered()) == 0 {
+		// Only mirrors: the connection is the app's, relayed unparsed, as a redirect mirror's
+		// always were (no detection delay for a server-first protocol). A filtered steal that
+		// joins later takes the connections accepted from then on; these stay with the app.
+		s.passThrough(cn, nil)
 		return
 	}
 	var source netip.AddrPort
@@ -418,7 +437,7 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 	var pk httpx.Peeked
 	if filtered || (keepProbes && s.probes.ReadsHTTP(orig.Port())) {
-		pk, err = httpx.Peek(c, s.cfg.Spec.DetectTimeout.Std())
+		pk, err = httpx.Peek(cn.client, s.cfg.Spec.DetectTimeout.Std())
 		if err != nil {
 			s.cfg.Log.Debug("client went away before its first request", "peer", cn.peer, "err", err)
 			return
@@ -454,9 +473,9 @@ func (s *Steal) serve(c *net.TCPConn) {
 	}
 	switch pk.Proto {
 	case httpx.ProtoHTTP1:
-		err = httpx.ServeHTTP1(s.ctx, c, pk.Prefix, route)
+		err = httpx.ServeHTTP1(s.ctx, cn.client, pk.Prefix, route)
 	case httpx.ProtoH2C:
-		err = httpx.ServeH2C(s.ctx, c, pk.Prefix, route)
+		err = httpx.ServeH2C(s.ctx, cn.client, pk.Prefix, route)
 	default:
 		// A filter selects HTTP requests; whatever else arrives on the port is the app's.
 		s.passThrough(cn, pk.Prefix)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 )
 
@@ -58,8 +57,10 @@ func closeWrite(w io.WriteCloser) error {
 	return w.Close()
 }
 
+// resetTCP resets a TCP connection, or one that wraps it and says so (a redirected connection
+// copied to a mirror, ephemeral/steal).
 func resetTCP(c io.Closer) {
-	if tc, ok := c.(*net.TCPConn); ok {
+	if tc, ok := c.(interface{ SetLinger(sec int) error }); ok {
 		_ = tc.SetLinger(0)
 	}
 }

@@ -188,8 +188,9 @@ type OpenRequest struct {
 	// Port is the pod port a KindIncoming connection arrived on, Peer its client.
 	Port int    `json:"port,omitempty"`
 	Peer string `json:"peer,omitempty"`
-	// Resume re-attaches the session's running steal (KindSteal) to this stream after the session
-	// resumed: the spec is the one it started with, and the steal's events go on here.
+	// Resume re-attaches the session's running steal or mirror (KindSteal, KindMirror) to this
+	// stream after the session resumed: the spec is the one it started with, and its events go on
+	// here.
 	Resume bool `json:"resume,omitempty"`
 }
 

@@ -184,6 +184,9 @@ type MirrorStats struct {
 	// DroppedMalformed are h2c requests without a valid :method or :path, which the app's server
 	// must refuse (RFC 9113 8.1.1): there is nothing to replay.
 	DroppedMalformed int64 `json:"droppedMalformed,omitempty"`
+	// DroppedAway were not copied because the plugin, which takes the copies, was away (a lost
+	// tunnel within its reconnect grace).
+	DroppedAway int64 `json:"droppedAway,omitempty"`
 	// Kernel counts of the capture (sniff mode): frames queued to the agent and frames the kernel
 	// dropped because the agent's ring was full.
 	KernelReceived uint64 `json:"kernelReceived,omitempty"`
@@ -200,7 +203,7 @@ type MirrorStats struct {
 // Dropped sums the copies not made, whatever the cause.
 func (s *MirrorStats) Dropped() int64 {
 	return s.DroppedMidStream + s.DroppedGap + s.DroppedSlow + s.DroppedRefused + s.DroppedUpgrade + s.DroppedTooLarge +
-		s.DroppedOverBudget + s.DroppedMalformed
+		s.DroppedOverBudget + s.DroppedMalformed + s.DroppedAway
 }
 
 // Summary is the one line printed when a mirror ends.
@@ -221,6 +224,7 @@ func (s *MirrorStats) Summary() string {
 		{s.DroppedOverBudget, "agent over its memory budget"},
 		{s.DroppedSlow, "copy too slow"}, {s.DroppedRefused, "refused by the destination"},
 		{s.DroppedUpgrade, "protocol upgrades"}, {s.DroppedTooLarge, "too large"}, {s.DroppedMalformed, "malformed"},
+		{s.DroppedAway, "while the plugin was away"},
 		{s.Failed, "no answer from the copy"},
 	} {
 		if c.n > 0 {

@@ -26,7 +26,7 @@ const countsWait = 10 * time.Second
 // agentTunnel is what a mirror needs of the live tunnel to the agent (tunnel.Tunnel): the request, the
 // streams of the copies, and the spacing of the writes that carry the copies' answers back.
 type agentTunnel interface {
-	Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error)
+	Mirror(ctx context.Context, spec wire.MirrorSpec) (wire.VerbStream, error)
 	deliver.Acceptor
 	SetWriteInterval(d time.Duration)
 }

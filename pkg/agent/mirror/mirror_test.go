@@ -223,8 +223,12 @@ type tunnel struct {
 	intervals []time.Duration
 }
 
-func (t *tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
-	return t.Open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+func (t *tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (wire.VerbStream, error) {
+	s, err := t.Open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 func (t *tunnel) SetWriteInterval(d time.Duration) {

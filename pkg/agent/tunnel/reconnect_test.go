@@ -1,16 +1,22 @@
 package tunnel_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/ephemeral/attach"
+	"github.com/trafficlab/kubectl-trafficlab/internal/loopbacktest"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/tunnel"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
@@ -26,10 +32,52 @@ type agentMain struct {
 	mu    sync.Mutex
 	cuts  []chan struct{}
 	ended chan error // the first attachment's Run: the session's own
+	log   agentLog   // every attachment's log, as its stderr carries it
+}
+
+// agentLog keeps the agent's log lines for a test to wait on.
+type agentLog struct {
+	mu      sync.Mutex
+	b       []byte
+	changed chan struct{}
+}
+
+func (l *agentLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.b = append(l.b, p...)
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// wait returns once the log holds s.
+func (l *agentLog) wait(t *testing.T, s string) {
+	t.Helper()
+	deadline := time.NewTimer(10 * time.Second)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		found := strings.Contains(string(l.b), s)
+		l.mu.Unlock()
+		if found {
+			return
+		}
+		select {
+		case <-l.changed:
+		case <-deadline.C:
+			l.mu.Lock()
+			t.Logf("agent log:\n%s", l.b)
+			l.mu.Unlock()
+			t.Fatalf("the agent did not log %q within 10s", s)
+		}
+	}
 }
 
 func newAgentMain() *agentMain {
-	return &agentMain{sessions: attach.NewRegistry(), ended: make(chan error, 16)}
+	return &agentMain{sessions: attach.NewRegistry(), ended: make(chan error, 16), log: agentLog{changed: make(chan struct{}, 1)}}
 }
 
 func (a *agentMain) StartControl(ctx context.Context, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -49,7 +97,7 @@ func (a *agentMain) StartControl(ctx context.Context, stdin io.Reader, stdout, s
 			Version:  "test",
 			In:       cutReader(stdin, cut),
 			Out:      stdout,
-			Log:      slog.New(slog.NewTextHandler(stderr, nil)),
+			Log:      slog.New(slog.NewTextHandler(io.MultiWriter(stderr, &a.log), nil)),
 			Sessions: a.sessions,
 			Hangup:   func() { once.Do(func() { close(hungUp) }) },
 		})
@@ -292,12 +340,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestMirrorEndsWithTunnel: a session that ran a mirror (or a dump), whose stream cannot resume,
-// ends with its tunnel as without a grace, rather than reconnect without it.
-func TestMirrorEndsWithTunnel(t *testing.T) {
+// TestDumpEndsWithTunnel: a session that ran a dump, whose pcapng stream cannot resume (it would
+// have a hole), ends with its tunnel as without a grace, rather than reconnect without it.
+func TestDumpEndsWithTunnel(t *testing.T) {
 	c, a, events := resumable(t, 30*time.Second)
-	// Whether the agent can sniff here does not matter: asking pins the session.
-	if s, err := c.Mirror(context.Background(), wire.MirrorSpec{Ports: []int{8080}}); err == nil {
+	// Whether the agent can capture here does not matter: asking pins the session.
+	if s, err := c.Dump(context.Background(), wire.DumpSpec{Ports: []int{8080}}); err == nil {
 		s.Close()
 	}
 	a.cut()
@@ -310,6 +358,98 @@ func TestMirrorEndsWithTunnel(t *testing.T) {
 	}
 	if errors.Is(c.Err(), tunnel.ErrForgotten) || c.Err() == nil {
 		t.Errorf("tunnel ended with %v, want the lost tunnel", c.Err())
+	}
+}
+
+// TestMirrorResumes: a mirror's stream outlives a cut as a steal's does: the session resumes, the
+// agent's mirror goes on, and the requests it sees while the plugin is away are dropped and
+// counted, not copied; its counts come on the resumed stream, the final ones when the plugin ends
+// it. The agent sniffs (NET_RAW: the unit tests run as root) a port of a local server of the
+// test's, which nothing else uses.
+func TestMirrorResumes(t *testing.T) {
+	app := loopbacktest.Serve(t, func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				return
+			}
+		}
+	})
+	c, a, events := resumable(t, 30*time.Second)
+	st, err := c.Mirror(context.Background(), wire.MirrorSpec{Ports: []int{app.Port}})
+	if err != nil {
+		t.Fatalf("mirror: %v", err)
+	}
+	defer st.Close()
+	stats := make(chan wire.MirrorStats, 64)
+	go func() {
+		defer close(stats)
+		r := wire.NewLineReader[wire.MirrorEvent](st)
+		for {
+			ev, err := r.Read()
+			if err != nil {
+				t.Logf("the mirror's stream ended: %v", err)
+				return
+			}
+			if ev.Kind == wire.EventStats && ev.Stats != nil {
+				stats <- *ev.Stats
+			}
+		}
+	}()
+	a.down.Store(true)
+	a.cut()
+	next(t, events, tunnel.Reconnecting)
+	a.log.wait(t, "mirror away")
+	const away = 5
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	for i := range away {
+		resp, err := hc.Get(fmt.Sprintf("http://%s/away-%d", app, i))
+		if err != nil {
+			t.Fatalf("request to the app while the plugin is away: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	a.down.Store(false)
+	next(t, events, tunnel.Reconnected)
+	a.log.wait(t, "mirror resumed")
+	// The counts so far come on the resumed stream, once the capture has seen the requests.
+	deadline := time.NewTimer(15 * time.Second)
+	defer deadline.Stop()
+	for seen := false; !seen; {
+		select {
+		case s, ok := <-stats:
+			if !ok {
+				t.Fatalf("the mirror's stream ended after the resume: %v", c.Err())
+			}
+			seen = s.DroppedAway == away
+		case <-deadline.C:
+			t.Fatalf("no counts with the %d requests made while away on the resumed stream within 15s", away)
+		}
+	}
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var final *wire.MirrorStats
+	for s := range stats {
+		if !s.Partial {
+			final = &s
+		}
+	}
+	if final == nil {
+		t.Fatal("no final counts after the plugin ended the mirror")
+	}
+	if final.DroppedAway != away || final.Requests != away || final.Mirrored != 0 {
+		t.Errorf("final counts: %d requests, %d mirrored, %d dropped while away; want %d, 0, %d", final.Requests, final.Mirrored, final.DroppedAway, away, away)
+	}
+	if c.Err() != nil {
+		t.Errorf("tunnel ended: %v", c.Err())
 	}
 }
 

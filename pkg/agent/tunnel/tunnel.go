@@ -142,7 +142,7 @@ type Tunnel struct {
 	// closed is set first thing in Close: the link it then takes down is not lost, and is not
 	// made again.
 	closed atomic.Bool
-	// pinned is set once a stream that cannot resume (a mirror's, a dump's) runs: the session then
+	// pinned is set once a stream that cannot resume (a dump's) runs: the session then
 	// ends with its link, as it would without a grace, rather than go on without it.
 	pinned atomic.Bool
 	// writeInterval is SetWriteInterval's, which a new link's data connections take too.
@@ -581,14 +581,20 @@ func (c *Tunnel) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, er
 	return s, err
 }
 
-// Mirror asks the agent to mirror (sniff mode); the agent then opens a KindMirrored stream per
-// connection. Ending the returned stream ends the mirror; its last line is the agent's counts. A
-// mirror does not resume (it ends in the agent with its stream), so a session with one ends with
-// its link.
-func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (*wire.Stream, error) {
-	c.pinned.Store(true)
-	s, _, err := c.open(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
-	return s, err
+// Mirror asks the agent to mirror; the agent then opens a KindMirrored stream per copied
+// connection. Ending the returned stream ends the mirror; its last line is the agent's counts. In
+// a resumable session the stream outlives a reconnect, as a steal's does: it is opened again on
+// the new link, and the agent's mirror goes on (dropping and counting the copies meanwhile).
+func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (wire.VerbStream, error) {
+	req := wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec}
+	s, l, err := c.open(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !c.resumable() {
+		return s, nil
+	}
+	return newResumingStream(c, req, s, l), nil
 }
 
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection of any
@@ -676,6 +682,12 @@ func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, 
 		c.next++
 		c.mu.Unlock()
 		if t == nil {
+			// Every data connection of the link is closed: the link is lost, and a resumable
+			// session waits for the next one, as an open that fails on a closed one does.
+			if c.resumable() && ctx.Err() == nil {
+				c.dropLinkIf(l)
+				continue
+			}
 			return nil, nil, wire.ErrSessionClosed
 		}
 		s, err := t.Open(ctx, req)
