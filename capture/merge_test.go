@@ -149,10 +149,14 @@ func startPods(t *testing.T, m *Merger, pods []string, heads [][]byte) ([]*io.Pi
 	for i, pod := range pods {
 		pr, pw := io.Pipe()
 		ws = append(ws, pw)
+		before := m.interfaces()
 		go func() { errs <- m.Add(pod, pr) }()
 		if _, err := pw.Write(heads[i]); err != nil {
 			t.Fatal(err)
 		}
+		// The next pod starts once this one's interfaces are written, so that their ids follow the
+		// order of pods (the merger numbers interfaces as it reads them, whichever stream comes first).
+		waitFor(t, pod+"'s interfaces", func() bool { return m.interfaces() > before })
 	}
 	return ws, errs
 }
@@ -219,6 +223,7 @@ type fakeClock struct{ ns atomic.Int64 }
 func (c *fakeClock) now() time.Time           { return time.Unix(0, c.ns.Load()) }
 func (c *fakeClock) add(d time.Duration)      { c.ns.Add(int64(d)) }
 func (m *Merger) heldRecords() int            { m.mu.Lock(); defer m.mu.Unlock(); return m.pending.Len() }
+func (m *Merger) interfaces() uint32          { m.mu.Lock(); defer m.mu.Unlock(); return m.nextIfc }
 func countPackets(t testing.TB, b []byte) int { return len(readMerged(t, b).packets) }
 
 // TestMergeWindow: a pod with no traffic holds the others' records only for the window; a pod that
