@@ -270,19 +270,7 @@ func (s *server) serveMirror(ctx context.Context, in *wire.Incoming) {
 
 // resumeMirror hands a resumed plugin's mirror stream to the session's running mirror.
 func (s *server) resumeMirror(ctx context.Context, in *wire.Incoming) {
-	if s.mirroring.Load() == 0 {
-		_ = in.Reject(fmt.Errorf("this session has no mirror to resume: %w", wire.ErrSessionGone))
-		return
-	}
-	t := time.NewTimer(10 * time.Second)
-	defer t.Stop()
-	select {
-	case s.mirrorResume <- in:
-	case <-t.C:
-		_ = in.Reject(fmt.Errorf("the session's mirror did not take the resumed stream: %w", wire.ErrInternal))
-	case <-ctx.Done():
-		_ = in.Reject(wire.ErrSessionClosed)
-	}
+	handOver(ctx, in, "mirror", s.mirroring.Load() != 0, s.mirrorResume)
 }
 
 // mirrorDialer dials a mirror's in-cluster destination (--to). In redirect mode its connections to

@@ -706,16 +706,22 @@ func (s *server) serveSteal(ctx context.Context, in *wire.Incoming) {
 
 // resumeSteal hands a resumed plugin's steal stream to the session's running steal.
 func (s *server) resumeSteal(ctx context.Context, in *wire.Incoming) {
-	if !s.stealing.Load() {
-		_ = in.Reject(fmt.Errorf("this session has no steal to resume: %w", wire.ErrSessionGone))
+	handOver(ctx, in, "steal", s.stealing.Load(), s.stealResume)
+}
+
+// handOver gives a resumed plugin's stream of a verb (steal, mirror) to the session's running one
+// through to, or refuses it: no such verb runs (running false), or it does not take the stream.
+func handOver(ctx context.Context, in *wire.Incoming, verb string, running bool, to chan<- *wire.Incoming) {
+	if !running {
+		_ = in.Reject(fmt.Errorf("this session has no %s to resume: %w", verb, wire.ErrSessionGone))
 		return
 	}
 	t := time.NewTimer(10 * time.Second)
 	defer t.Stop()
 	select {
-	case s.stealResume <- in:
+	case to <- in:
 	case <-t.C:
-		_ = in.Reject(fmt.Errorf("the session's steal did not take the resumed stream: %w", wire.ErrInternal))
+		_ = in.Reject(fmt.Errorf("the session's %s did not take the resumed stream: %w", verb, wire.ErrInternal))
 	case <-ctx.Done():
 		_ = in.Reject(wire.ErrSessionClosed)
 	}

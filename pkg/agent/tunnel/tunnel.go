@@ -561,7 +561,12 @@ func (c *Tunnel) Dial(ctx context.Context, network, address string) (io.ReadWrit
 // ends the steal. The agent answers only once its redirect is in place. In a resumable session the
 // stream outlives a reconnect: it is opened again on the new link, and the agent's steal goes on.
 func (c *Tunnel) Steal(ctx context.Context, spec wire.StealSpec) (wire.VerbStream, error) {
-	req := wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec}
+	return c.openVerb(ctx, wire.OpenRequest{Kind: wire.KindSteal, Steal: &spec})
+}
+
+// openVerb opens a verb's own stream (a steal's or a mirror's), which in a resumable session is
+// opened again on each new link.
+func (c *Tunnel) openVerb(ctx context.Context, req wire.OpenRequest) (wire.VerbStream, error) {
 	s, l, err := c.open(ctx, req)
 	if err != nil {
 		return nil, err
@@ -586,15 +591,7 @@ func (c *Tunnel) Dump(ctx context.Context, spec wire.DumpSpec) (*wire.Stream, er
 // a resumable session the stream outlives a reconnect, as a steal's does: it is opened again on
 // the new link, and the agent's mirror goes on (dropping and counting the copies meanwhile).
 func (c *Tunnel) Mirror(ctx context.Context, spec wire.MirrorSpec) (wire.VerbStream, error) {
-	req := wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec}
-	s, l, err := c.open(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	if !c.resumable() {
-		return s, nil
-	}
-	return newResumingStream(c, req, s, l), nil
+	return c.openVerb(ctx, wire.OpenRequest{Kind: wire.KindMirror, Mirror: &spec})
 }
 
 // Accept waits for a stream the agent opened (a stolen connection), on any data connection of any
