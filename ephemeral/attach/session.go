@@ -239,7 +239,13 @@ func Run(ctx context.Context, cfg Config) error {
 		case errors.Is(err, wire.ErrBye), ctx.Err() != nil, s.ended.Load():
 			s.log.Info("session ended", "why", err)
 			return nil
-		case s.token.IsZero() && errors.Is(err, wire.ErrPeerClosed):
+		case errors.Is(err, wire.ErrPeerClosed) && !errors.Is(err, errTakenOver):
+			// The exec stream ended cleanly: the plugin's process is gone (a crash, SIGKILL: its
+			// kernel closed its connections) or it let go of the stream. A plugin that lost its
+			// network or sleeps cannot close it; that shows as missed heartbeats, and only that
+			// keeps the session for its grace. So a crashed plugin's claims and redirect go now,
+			// not after the grace, and a plugin that reconnects keeps its old stream open until
+			// the resume has taken the session over (tunnel.run).
 			s.log.Info("session ended", "why", err)
 			return nil
 		case s.token.IsZero():

@@ -31,6 +31,7 @@ type agentMain struct {
 
 	mu    sync.Mutex
 	cuts  []chan struct{}
+	eofs  []chan struct{}
 	ended chan error // the first attachment's Run: the session's own
 	log   agentLog   // every attachment's log, as its stderr carries it
 }
@@ -85,9 +86,10 @@ func (a *agentMain) StartControl(ctx context.Context, stdin io.Reader, stdout, s
 		return errors.New("dial tcp: connect: network is unreachable")
 	}
 	a.execs.Add(1)
-	cut := make(chan struct{})
+	cut, eof := make(chan struct{}), make(chan struct{})
 	a.mu.Lock()
 	a.cuts = append(a.cuts, cut)
+	a.eofs = append(a.eofs, eof)
 	a.mu.Unlock()
 	hungUp := make(chan struct{})
 	var once sync.Once
@@ -95,7 +97,7 @@ func (a *agentMain) StartControl(ctx context.Context, stdin io.Reader, stdout, s
 	go func() {
 		run <- attach.Run(context.WithoutCancel(ctx), attach.Config{
 			Version:  "test",
-			In:       cutReader(stdin, cut),
+			In:       cutReader(stdin, cut, eof),
 			Out:      stdout,
 			Log:      slog.New(slog.NewTextHandler(io.MultiWriter(stderr, &a.log), nil)),
 			Sessions: a.sessions,
@@ -129,8 +131,26 @@ func (a *agentMain) cut() {
 	}
 }
 
-func cutReader(r io.Reader, cut <-chan struct{}) io.Reader {
+// crash ends every live attachment's input cleanly: the plugin's process gone, its exec stream
+// closed by its kernel.
+func (a *agentMain) crash() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, c := range a.eofs {
+		select {
+		case <-c:
+		default:
+			close(c)
+		}
+	}
+}
+
+func cutReader(r io.Reader, cut, eof <-chan struct{}) io.Reader {
 	pr, pw := io.Pipe()
+	go func() {
+		<-eof
+		pw.Close()
+	}()
 	go func() {
 		buf := make([]byte, 4096)
 		for {
@@ -254,6 +274,16 @@ func TestReconnectResumesSession(t *testing.T) {
 
 // TestReconnectPastGrace: a plugin away longer than the grace finds the session forgotten, says so,
 // and the tunnel ends with ErrForgotten.
+// TestPluginGoneEndsAtOnce: a session's exec stream that ends cleanly (the plugin crashed or was
+// killed: its kernel closed its connections) releases the session at once, its grace notwithstanding:
+// only a plugin that cannot be heard (asleep, cut off) is waited for.
+func TestPluginGoneEndsAtOnce(t *testing.T) {
+	_, a, _ := resumable(t, time.Minute)
+	a.down.Store(true)
+	a.crash()
+	waitFor(t, "the agent to release the session", func() bool { return a.sessions.Len() == 0 })
+}
+
 func TestReconnectPastGrace(t *testing.T) {
 	c, a, events := resumable(t, 200*time.Millisecond)
 	a.down.Store(true)

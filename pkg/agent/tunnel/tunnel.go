@@ -311,7 +311,6 @@ func (c *Tunnel) run(l *link) {
 			return
 		}
 		c.dropLinkIf(l)
-		l.close(false)
 		// Away since the agent was last heard from: a plugin stopped or asleep notices the loss only
 		// when it runs again.
 		lost := l.ctrl.LastHeard()
@@ -319,7 +318,12 @@ func (c *Tunnel) run(l *link) {
 			lost = time.Now()
 		}
 		c.notify(Event{Kind: Reconnecting, Err: err, Grace: c.grace})
+		// The old link's control stream stays open until the new one has resumed the session: an
+		// agent takes the clean end of a session's exec stream for the plugin's end (a crash), and
+		// a resume takes over a stream the agent still holds.
+		old := l
 		l, err = c.reconnect(lost)
+		old.close(false)
 		if err != nil {
 			if errors.Is(err, ErrForgotten) {
 				klog.V(2).InfoS("the agent forgot the session", "cause", errors.Unwrap(err))
