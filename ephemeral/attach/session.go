@@ -486,14 +486,8 @@ func (s *server) waitStreams(limit time.Duration) {
 func (s *server) closeAll() {
 	s.mu.Lock()
 	s.closed = true
-	ts := make([]*wire.Mux, 0, len(s.sessions))
-	for t := range s.sessions {
-		ts = append(ts, t)
-	}
 	s.mu.Unlock()
-	for _, t := range ts {
-		t.Close()
-	}
+	s.closeTunnels()
 }
 
 func (s *server) serveStream(ctx context.Context, in *wire.Incoming) {

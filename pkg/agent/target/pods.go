@@ -62,18 +62,5 @@ func Pods(ctx context.Context, client kubernetes.Interface, namespace, resource 
 // *inject.MissingPermissionError.
 func PreflightReadSessions(ctx context.Context, client kubernetes.Interface, namespace string, p transport.Protocol) error {
 	checks := []check{{alternatives: []inject.Rule{{Resource: "pods", Verbs: []string{"list"}}}}, streamCheck("pods/exec", p)}
-	var missing []inject.Rule
-	for _, c := range checks {
-		ok, err := c.allowed(ctx, client, namespace, "")
-		if err != nil {
-			return err
-		}
-		if !ok {
-			missing = append(missing, c.missingRule())
-		}
-	}
-	if len(missing) > 0 {
-		return &inject.MissingPermissionError{Namespace: namespace, Rules: inject.MergeRules(missing)}
-	}
-	return nil
+	return runChecks(ctx, client, namespace, "", checks)
 }

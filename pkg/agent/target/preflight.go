@@ -52,6 +52,12 @@ func Preflight(ctx context.Context, client kubernetes.Interface, namespace, podN
 		checks = append(checks, streamCheck("pods/portforward", needs.Transport))
 	}
 
+	return runChecks(ctx, client, namespace, podName, checks)
+}
+
+// runChecks asks the API server about each check (SelfSubjectAccessReview) and returns what is
+// missing as one *inject.MissingPermissionError, the rules merged; nil when everything is allowed.
+func runChecks(ctx context.Context, client kubernetes.Interface, namespace, podName string, checks []check) error {
 	var missing []inject.Rule
 	for _, c := range checks {
 		ok, err := c.allowed(ctx, client, namespace, podName)
