@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -28,10 +30,23 @@ const (
 	reasonRunContainerError  = "RunContainerError"
 )
 
+// WaitOptions tune WaitRunning.
+type WaitOptions struct {
+	// PullGrace is how long an image pull failure that was there when the wait began is waited on
+	// before it fails the wait, so that the kubelet's retry (its image back-off starts at 10s) can
+	// still start the agent. A pull that fails while the wait watches (the kubelet's retry) fails it
+	// at once. Zero fails at the first pull failure: right for an agent just added, whose first pull
+	// is the one that failed.
+	PullGrace time.Duration
+	// Progress is told each new waiting state of the agent but ContainerCreating, as kubectl shows it
+	// ("ImagePullBackOff: Back-off pulling image ..."); nil tells nothing.
+	Progress func(state string)
+}
+
 // WaitRunning watches the pod until the agent container runs and returns the pod as last seen. It fails
-// as soon as the agent cannot start (image pull, container config or runtime errors), has exited, or the
-// pod is deleted or stops running. The caller bounds the wait through ctx.
-func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, podName, containerName string) (*corev1.Pod, error) {
+// as soon as the agent cannot start (image pull, after opts.PullGrace, container config or runtime
+// errors), has exited, or the pod is deleted or stops running. The caller bounds the wait through ctx.
+func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, podName, containerName string, opts WaitOptions) (*corev1.Pod, error) {
 	ref := namespace + "/" + podName
 	// A field selector on the name keeps the watch to this one pod, as kubectl debug's waitForContainer
 	// does; UntilWithSync lists first, so a container that is already running is seen at once.
@@ -47,8 +62,23 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 		},
 	}
 
-	last := "no status yet"
-	ev, err := watchtools.UntilWithSync(ctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
+	// A pull failure held back by the grace is kept here; the grace's timer ends the wait with it when
+	// no event comes in the meantime (the kubelet updates nothing during its back-off).
+	var held atomic.Pointer[ImagePullError]
+	wctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	start := time.Now()
+	if opts.PullGrace > 0 {
+		timer := time.AfterFunc(opts.PullGrace, func() {
+			if pe := held.Load(); pe != nil {
+				stop(pe)
+			}
+		})
+		defer timer.Stop()
+	}
+
+	last, lastWaiting, lastReason := "no status yet", "", ""
+	ev, err := watchtools.UntilWithSync(wctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
 		pod, ok := ev.Object.(*corev1.Pod)
 		if ok && pod.Name != podName {
 			// The server filters by the field selector; this only guards against a client that does not.
@@ -65,9 +95,32 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 		if desc != "" {
 			last = desc
 		}
+		reason, state := "", ""
+		if w := waitingState(pod, containerName); w != nil {
+			reason, state = w.Reason, w.Reason+suffix(w.Message)
+		}
+		// A retry that failed while we watched: the state turned to ErrImagePull from another one.
+		freshFailure := reason == reasonErrImagePull && lastReason != "" && lastReason != reasonErrImagePull
+		lastReason = reason
+		var pe *ImagePullError
+		if errors.As(err, &pe) && !freshFailure && time.Since(start) < opts.PullGrace {
+			held.Store(pe)
+			err = nil
+		} else {
+			held.Store(nil)
+		}
+		// Only the states waited through are told: a failure is the error itself.
+		if err == nil && !done && state != lastWaiting && reason != "" && reason != "ContainerCreating" && opts.Progress != nil {
+			opts.Progress(state)
+		}
+		lastWaiting = state
 		return done, err
 	})
 	if err != nil {
+		var pe *ImagePullError
+		if cause := context.Cause(wctx); errors.As(cause, &pe) {
+			return nil, pe
+		}
 		if ctx.Err() != nil || errors.Is(err, watchtools.ErrWatchClosed) {
 			return nil, fmt.Errorf("waiting for agent %q in pod %q (last seen: %s): %w", containerName, ref, last, err)
 		}
@@ -75,6 +128,16 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 	}
 	pod, _ := ev.Object.(*corev1.Pod)
 	return pod, nil
+}
+
+// waitingState is the agent's waiting state, or nil.
+func waitingState(pod *corev1.Pod, name string) *corev1.ContainerStateWaiting {
+	for i := range pod.Status.EphemeralContainerStatuses {
+		if s := &pod.Status.EphemeralContainerStatuses[i]; s.Name == name {
+			return s.State.Waiting
+		}
+	}
+	return nil
 }
 
 // agentState says whether the agent runs, or why it never will; desc describes the state for a timeout.
@@ -107,8 +170,7 @@ func agentState(pod *corev1.Pod, name string) (done bool, desc string, err error
 		desc = "waiting: " + orUnknown(w.Reason)
 		switch w.Reason {
 		case reasonErrImagePull, reasonImagePullBackOff, reasonInvalidImageName, reasonErrImageNeverPull:
-			return false, desc, fmt.Errorf("agent image %q cannot be pulled (%s)%s; check the image name and that the node can reach its registry",
-				imageOf(pod, name, status), w.Reason, suffix(w.Message))
+			return false, desc, newImagePullError(pod, imageOf(pod, name, status), w)
 		case reasonCreateConfigError, reasonCreateContainerErr, reasonRunContainerError:
 			return false, desc, fmt.Errorf("agent %q in pod %q cannot start (%s)%s", name, ref, w.Reason, suffix(w.Message))
 		}

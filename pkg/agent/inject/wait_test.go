@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
@@ -36,11 +37,25 @@ func waitingFor(reason, msg string) corev1.ContainerState {
 
 func TestWaitRunning(t *testing.T) {
 	creating := waitingFor("ContainerCreating", "")
+	const (
+		generic  = `check the image name and that the node can reach its registry, or mirror it, digest kept, into a registry the cluster can pull from (crane copy "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" REGISTRY/PATH/trafficlab-agent:v1.2.3) and use --agent-registry REGISTRY/PATH or --agent-image`
+		denied   = `failed to pull and unpack image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3": failed to resolve reference "ghcr.io/trafficlab/trafficlab-agent:v1.2.3": failed to authorize: failed to fetch anonymous token: unexpected status from GET request to https://ghcr.io/token: 401 Unauthorized`
+		refused  = `failed to pull and unpack image "127.0.0.1:1/trafficlab-agent:missing": failed to resolve reference: dial tcp 127.0.0.1:1: connect: connection refused`
+		backOff  = `Back-off pulling image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3"`
+		hourLong = time.Hour
+	)
+	withSecrets := func(p *corev1.Pod) *corev1.Pod {
+		p.Spec.ImagePullSecrets = []corev1.LocalObjectReference{{Name: "regcred"}, {Name: "mirror"}}
+		return p
+	}
 	tests := []struct {
 		name    string
 		initial *corev1.Pod
 		events  func(w *watch.FakeWatcher)
-		wantErr string // empty: the agent must be reported running
+		// grace is WaitOptions.PullGrace.
+		grace        time.Duration
+		wantErr      string // empty: the agent must be reported running
+		wantProgress []string
 	}{
 		{
 			name:    "already running when listed",
@@ -71,17 +86,61 @@ func TestWaitRunning(t *testing.T) {
 			events: func(w *watch.FakeWatcher) {
 				w.Modify(podWithAgent(waitingFor("ImagePullBackOff", `Back-off pulling image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3"`)))
 			},
-			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ImagePullBackOff): Back-off pulling image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3"; check the image name and that the node can reach its registry`,
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ImagePullBackOff): Back-off pulling image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3"; ` + generic,
 		},
 		{
-			name:    "err image pull fails fast",
-			initial: podWithAgent(waitingFor("ErrImagePull", "rpc error: not found")),
-			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ErrImagePull): rpc error: not found; check the image name and that the node can reach its registry`,
+			name:    "err image pull of a missing image names it and the flags",
+			initial: podWithAgent(waitingFor("ErrImagePull", `rpc error: code = NotFound desc = failed to pull and unpack image "x": failed to resolve reference "x": x: not found`)),
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ErrImagePull): rpc error: code = NotFound desc = failed to pull and unpack image "x": failed to resolve reference "x": x: not found; the registry has no image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3": push it there, or name one the cluster can pull with --agent-image or --agent-registry`,
+		},
+		{
+			name:    "a registry that refuses the credentials: the pod has no pull secrets",
+			initial: podWithAgent(waitingFor("ErrImagePull", denied)),
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ErrImagePull): ` + denied + `; the registry refused the credentials: an ephemeral container is pulled with its pod's imagePullSecrets (pod "shop/web" has none) or the node's own credentials, which cannot be changed for it; mirror it, digest kept, into a registry the cluster can pull from (crane copy "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" REGISTRY/PATH/trafficlab-agent:v1.2.3) and use --agent-registry REGISTRY/PATH or --agent-image`,
+		},
+		{
+			name:    "a registry that refuses the credentials: the pod's pull secrets are named",
+			initial: withSecrets(podWithAgent(waitingFor("ImagePullBackOff", `Back-off pulling image "x": ErrImagePull: pull access denied, repository does not exist or may require authorization`))),
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ImagePullBackOff): Back-off pulling image "x": ErrImagePull: pull access denied, repository does not exist or may require authorization; the registry refused the credentials: an ephemeral container is pulled with its pod's imagePullSecrets (pod "shop/web" has "regcred", "mirror") or the node's own credentials, which cannot be changed for it; mirror it, digest kept, into a registry the cluster can pull from (crane copy "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" REGISTRY/PATH/trafficlab-agent:v1.2.3) and use --agent-registry REGISTRY/PATH or --agent-image`,
 		},
 		{
 			name:    "invalid image name fails fast",
 			initial: podWithAgent(waitingFor("InvalidImageName", "")),
-			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (InvalidImageName); check the image name and that the node can reach its registry`,
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (InvalidImageName); the node refuses the reference: name a valid one with --agent-image or --agent-registry`,
+		},
+		{
+			name:    "never pull says to load the image or change the policy",
+			initial: podWithAgent(waitingFor("ErrImageNeverPull", `Container image "x" is not present with pull policy of Never`)),
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ErrImageNeverPull): Container image "x" is not present with pull policy of Never; the pull policy is Never and the node does not have the image: load it onto the node or use --image-pull-policy IfNotPresent`,
+		},
+		{
+			name:    "a reused agent in back-off is waited on, and the kubelet's retry starts it",
+			initial: podWithAgent(waitingFor("ImagePullBackOff", backOff)),
+			grace:   hourLong,
+			events: func(w *watch.FakeWatcher) {
+				w.Modify(podWithAgent(waitingFor("ImagePullBackOff", backOff)))
+				w.Modify(podWithAgent(running()))
+			},
+			wantProgress: []string{"ImagePullBackOff: " + backOff},
+		},
+		{
+			name:    "a reused agent whose retry fails while watched ends the wait at once",
+			initial: podWithAgent(waitingFor("ImagePullBackOff", "Back-off pulling image \"127.0.0.1:1/trafficlab-agent:missing\": ErrImagePull: "+refused)),
+			grace:   hourLong,
+			events: func(w *watch.FakeWatcher) {
+				w.Modify(podWithAgent(waitingFor("ErrImagePull", refused)))
+			},
+			wantErr: `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ErrImagePull): ` + refused + `; ` + generic,
+			wantProgress: []string{
+				"ImagePullBackOff: Back-off pulling image \"127.0.0.1:1/trafficlab-agent:missing\": ErrImagePull: " + refused,
+			},
+		},
+		{
+			name:         "a reused agent still in back-off when the grace ends fails with the kubelet's reason",
+			initial:      podWithAgent(waitingFor("ImagePullBackOff", backOff)),
+			grace:        time.Millisecond,
+			wantErr:      `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ImagePullBackOff): ` + backOff + `; ` + generic,
+			wantProgress: []string{"ImagePullBackOff: " + backOff},
 		},
 		{
 			name:    "create container config error gives the runtime's reason and message",
@@ -148,7 +207,14 @@ func TestWaitRunning(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 
-			pod, err := WaitRunning(ctx, client, "shop", "web", testAgent)
+			var progress []string
+			pod, err := WaitRunning(ctx, client, "shop", "web", testAgent, WaitOptions{
+				PullGrace: tc.grace,
+				Progress:  func(state string) { progress = append(progress, state) },
+			})
+			if diff := cmp.Diff(tc.wantProgress, progress); diff != "" {
+				t.Errorf("WaitRunning() progress (-want +got):\n%s", diff)
+			}
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("WaitRunning() error = %v", err)
@@ -173,7 +239,7 @@ func TestWaitRunningTimeoutSaysWhatItSaw(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 
-	_, err := WaitRunning(ctx, client, "shop", "web", testAgent)
+	_, err := WaitRunning(ctx, client, "shop", "web", testAgent, WaitOptions{})
 	want := `waiting for agent "trafficlab-abcde" in pod "shop/web" (last seen: waiting: ContainerCreating): `
 	if err == nil || !strings.HasPrefix(err.Error(), want) {
 		t.Fatalf("WaitRunning() error = %v, want prefix %q", err, want)

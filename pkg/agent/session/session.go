@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/trafficlab/kubectl-trafficlab/pkg/agent/inject"
@@ -265,7 +266,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 		}
 	}
 	pod := tgt.Pod
-	name, reuse, why := inject.FindReusable(pod, spec)
+	agent, reuse, why := inject.FindReusable(pod, spec)
+	name := agent.Name
 	if why != "" {
 		p.Stepf("%s", why)
 	}
@@ -286,7 +288,8 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 			return nil, err
 		}
 	}
-	if !reuse {
+	switch {
+	case !reuse:
 		c := inject.BuildAgentContainer(pod, spec)
 		name = c.Name
 		p.Stepf("adding agent %s to pod %s/%s", name, pod.Namespace, pod.Name)
@@ -294,13 +297,17 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 			return nil, err
 		}
 		p.Stepf("waiting for agent %s to start", name)
-		wctx, cancel := context.WithTimeout(ctx, o.AgentWaitTimeout)
-		_, err := inject.WaitRunning(wctx, client, pod.Namespace, pod.Name, name)
-		cancel()
-		if err != nil {
+		if err := o.waitAgent(ctx, client, pod, name, 0, p.Stepf); err != nil {
 			return nil, err
 		}
-	} else {
+	case agent.Waiting != "":
+		// The kubelet keeps retrying the pull of an agent it could not start; another container would
+		// only wait on the same pull, and stay in the pod for good.
+		p.Stepf("waiting for agent %s in pod %s/%s (%s)", name, pod.Namespace, pod.Name, agent.Waiting)
+		if err := o.waitAgent(ctx, client, pod, name, PullRetryGrace, p.Stepf); err != nil {
+			return nil, err
+		}
+	default:
 		p.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
 	}
 	who := <-whoc
@@ -312,6 +319,23 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 	wctx, stopWatch := context.WithCancel(ctx)
 	go watchRestarts(wctx, client, pod, func(line string) { fmt.Fprintln(errOut, line) })
 	return &Session{Target: tgt, Agent: name, Tunnel: conn, Progress: p, data: closer, errOut: errOut, quiet: o.Quiet, stopWatch: stopWatch}, nil
+}
+
+// PullRetryGrace is how long a session waits on an agent that another session added and whose image
+// pull failed, before it gives up with the kubelet's reason: the kubelet's first image back-off, so an
+// agent that failed once is retried within it. A pull that fails again meanwhile ends the wait at once.
+const PullRetryGrace = 10 * time.Second
+
+// waitAgent waits, up to --agent-wait-timeout, for agent name in pod to run, with a progress line for
+// each state the kubelet reports on the way (ImagePullBackOff: ...).
+func (o *Options) waitAgent(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, name string, grace time.Duration, stepf func(string, ...any)) error {
+	wctx, cancel := context.WithTimeout(ctx, o.AgentWaitTimeout)
+	defer cancel()
+	_, err := inject.WaitRunning(wctx, client, pod.Namespace, pod.Name, name, inject.WaitOptions{
+		PullGrace: grace,
+		Progress:  func(state string) { stepf("waiting for agent %s (%s)", name, state) },
+	})
+	return err
 }
 
 // agentCommand is the exec'd attachment to agent container name; at -v=5 it logs every connection too.

@@ -109,6 +109,8 @@ type pending struct {
 	target *target.Target
 	agent  string
 	reused bool
+	// waiting: the reused agent waits on its image pull (inject.Reusable.Waiting).
+	waiting bool
 }
 
 // StartWorkload resolves the workload, adds an agent to each of its ready pods in parallel (every patch
@@ -290,9 +292,15 @@ func (w *Workload) prepare(ctx context.Context, pod *corev1.Pod, replicas int) (
 	if err != nil {
 		return nil, err
 	}
-	name, reuse, why := inject.FindReusable(pod, w.spec)
+	agent, reuse, why := inject.FindReusable(pod, w.spec)
+	name := agent.Name
 	if why != "" {
 		w.Progress.Stepf("pod %s: %s", pod.Name, why)
+	}
+	if reuse && agent.Waiting != "" {
+		// As in Start: the kubelet retries the pull of this agent; another would wait on the same pull.
+		w.Progress.Stepf("waiting for agent %s in pod %s/%s (%s)", name, pod.Namespace, pod.Name, agent.Waiting)
+		return &pending{target: tgt, agent: name, waiting: true}, nil
 	}
 	if reuse {
 		w.Progress.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
@@ -351,10 +359,14 @@ func (w *Workload) joinConnected(ctx context.Context, uid types.UID, p *Pod) err
 func (w *Workload) connectPod(ctx context.Context, pp *pending) (*Pod, error) {
 	pod := pp.target.Pod
 	if !pp.reused {
-		wctx, cancel := context.WithTimeout(ctx, w.opts.AgentWaitTimeout)
-		_, err := inject.WaitRunning(wctx, w.kube.Client, pod.Namespace, pod.Name, pp.agent)
-		cancel()
-		if err != nil {
+		grace := time.Duration(0)
+		if pp.waiting {
+			grace = PullRetryGrace
+		}
+		stepf := func(format string, args ...any) {
+			w.Progress.Stepf("pod %s: "+format, append([]any{pod.Name}, args...)...)
+		}
+		if err := w.opts.waitAgent(ctx, w.kube.Client, pod, pp.agent, grace, stepf); err != nil {
 			return nil, err
 		}
 		w.Progress.Stepf("agent %s running in pod %s", pp.agent, pod.Name)
