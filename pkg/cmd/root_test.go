@@ -27,9 +27,11 @@ func execute(t *testing.T, args ...string) (stdout, stderr string, err error) {
 
 func TestVersion(t *testing.T) {
 	info := version.Get()
+	const mirrored = "registry.example.com/mirror/trafficlab-agent:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	tests := []struct {
 		name    string
 		args    []string
+		env     string // $TRAFFICLAB_AGENT_IMAGE
 		want    string
 		wantErr string
 	}{
@@ -43,7 +45,26 @@ func TestVersion(t *testing.T) {
 		{
 			name: "yaml",
 			args: []string{"version", "-o", "yaml"},
-			want: "agentImage: " + info.AgentImage + "\nagentImagePinned: false\ngoVersion: " + info.GoVersion + "\nversion: " + info.Version + "\n",
+			want: "agentImage: " + info.AgentImage + "\nagentImagePinned: false\nagentImageSource: built in\ngoVersion: " + info.GoVersion + "\nversion: " + info.Version + "\n",
+		},
+		{
+			name: "the environment's image is the one the commands add",
+			args: []string{"version"},
+			env:  mirrored,
+			want: "Plugin Version: " + info.Version + "\nAgent Image: " + mirrored +
+				"\nAgent Image Pinned: yes (by the digest it names)\nAgent Image Source: $TRAFFICLAB_AGENT_IMAGE (built in: " + info.AgentImage + ")\n",
+		},
+		{
+			name: "the environment's image as json",
+			args: []string{"version", "-o", "json"},
+			env:  mirrored,
+			want: "{\n  \"version\": \"" + info.Version + "\",\n  \"agentImage\": \"" + mirrored + "\",\n  \"agentImagePinned\": true,\n  \"agentImageSource\": \"$TRAFFICLAB_AGENT_IMAGE\",\n  \"builtInAgentImage\": \"" + info.AgentImage + "\",\n  \"goVersion\": \"" + info.GoVersion + "\"\n}\n",
+		},
+		{
+			name:    "a bad environment image is refused",
+			args:    []string{"version"},
+			env:     "registry.example.com/a b",
+			wantErr: `$TRAFFICLAB_AGENT_IMAGE "registry.example.com/a b" is not a valid image reference: invalid reference format`,
 		},
 		{
 			name:    "unknown output",
@@ -58,6 +79,7 @@ func TestVersion(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(version.AgentImageEnv, tt.env)
 			out, _, err := execute(t, tt.args...)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {

@@ -1,12 +1,14 @@
 package session
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spf13/pflag"
 
+	"github.com/trafficlab/kubectl-trafficlab/pkg/version"
 	"github.com/trafficlab/kubectl-trafficlab/pkg/wire"
 )
 
@@ -81,3 +83,86 @@ func TestReconnectGraceFlag(t *testing.T) {
 		}
 	}
 }
+
+func TestAgentImageFlags(t *testing.T) {
+	builtIn := version.Get()
+	tag := strings.TrimPrefix(builtIn.AgentImage, version.AgentImageRepository+":")
+	tests := []struct {
+		name    string
+		env     string
+		args    []string
+		want    version.AgentImage
+		wantErr string
+	}{
+		{
+			name: "the built-in image by default",
+			want: version.AgentImage{Ref: builtIn.AgentImage, Pinned: builtIn.AgentImagePinned, Source: version.SourceBuiltIn},
+		},
+		{
+			name: "the environment's image as the default",
+			env:  "registry.example.com/mirror/trafficlab-agent:v1@" + testDigest,
+			want: version.AgentImage{Ref: "registry.example.com/mirror/trafficlab-agent:v1@" + testDigest, Pinned: true, Source: version.SourceEnv},
+		},
+		{
+			name: "--agent-image over the environment",
+			env:  "registry.example.com/mirror/trafficlab-agent:v1",
+			args: []string{"--agent-image", "example.test/agent:v2"},
+			want: version.AgentImage{Ref: "example.test/agent:v2", Source: version.SourceFlag},
+		},
+		{
+			name: "--agent-registry moves the built-in image, over the environment",
+			env:  "registry.example.com/other:v1",
+			args: []string{"--agent-registry", "registry.example.com/mirror"},
+			want: version.AgentImage{Ref: "registry.example.com/mirror/trafficlab-agent:" + tag, Pinned: builtIn.AgentImagePinned, Source: version.SourceRegistry},
+		},
+		{
+			name:    "--agent-image and --agent-registry together are refused",
+			args:    []string{"--agent-registry", "registry.example.com/mirror", "--agent-image", "example.test/agent:v2"},
+			wantErr: "--agent-image and --agent-registry cannot be used together: --agent-registry moves the released image to another registry, --agent-image names the image itself",
+		},
+		{
+			name:    "a bad --agent-image is refused, quoted",
+			args:    []string{"--agent-image", "example.test/agent:v2:v3"},
+			wantErr: `--agent-image "example.test/agent:v2:v3" is not a valid image reference: invalid reference format`,
+		},
+		{
+			name:    "an empty --agent-image is refused",
+			args:    []string{"--agent-image="},
+			wantErr: "--agent-image must not be empty",
+		},
+		{
+			name:    "a bad environment image is refused, naming the variable",
+			env:     "example.test/UPPER:v1",
+			wantErr: `$TRAFFICLAB_AGENT_IMAGE "example.test/UPPER:v1" is not a valid image reference: invalid reference format: repository name (UPPER) must be lowercase`,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv(version.AgentImageEnv, tt.env)
+			o := NewOptions()
+			if err := pflagSet(&o).Parse(tt.args); err != nil {
+				t.Fatal(err)
+			}
+			err := o.Validate()
+			if errString(err) != tt.wantErr {
+				t.Fatalf("Validate() = %q, want %q", errString(err), tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			got, _ := o.Image()
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Image() (-want +got):\n%s", diff)
+			}
+			spec, err := o.AgentSpec(0, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if spec.Image != tt.want.Ref {
+				t.Errorf("AgentSpec().Image = %q, want %q", spec.Image, tt.want.Ref)
+			}
+		})
+	}
+}
+
+const testDigest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -44,7 +45,12 @@ const (
 
 // Options are the agent flags every verb shares.
 type Options struct {
+	// AgentImage is --agent-image, its default $TRAFFICLAB_AGENT_IMAGE or the built-in image;
+	// AgentImageSource says which (version.Source*).
 	AgentImage       string
+	AgentImageSource string
+	// AgentRegistry is --agent-registry: the built-in image under another registry, tag and digest kept.
+	AgentRegistry    string
 	ImagePullPolicy  string
 	AgentIdleTimeout time.Duration
 	// AgentIdleTimeoutSet says the user gave --agent-idle-timeout; otherwise the default depends on the
@@ -66,8 +72,10 @@ type Options struct {
 
 // NewOptions returns the defaults.
 func NewOptions() Options {
+	image := version.Get().DefaultAgentImage(os.Getenv)
 	return Options{
-		AgentImage:       version.Get().AgentImage,
+		AgentImage:       image.Ref,
+		AgentImageSource: image.Source,
 		AgentIdleTimeout: DefaultIdleTimeout,
 		Transport:        string(transport.ProtocolAuto),
 		DataPath:         DataAuto,
@@ -81,8 +89,7 @@ func NewOptions() Options {
 
 // AddFlags registers the shared flags.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.AgentImage, "agent-image", o.AgentImage, "Agent image to add to the pod; it must be the one released with this plugin.")
-	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
+	o.AddImageFlags(fs)
 	fs.Var(&idleTimeoutFlag{d: &o.AgentIdleTimeout, set: &o.AgentIdleTimeoutSet}, "agent-idle-timeout",
 		fmt.Sprintf("How long the agent stays in the pod with no session before it exits (ephemeral containers cannot be removed); %s for an agent with NET_ADMIN or NET_RAW, at most %s. 0 keeps an agent without them until the pod ends.",
 			DefaultPrivilegedIdleTimeout, wire.MaxPrivilegedIdleTimeout))
@@ -96,10 +103,56 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.AgentMemoryBudget, "agent-memory-budget", o.AgentMemoryBudget, "Memory the agent container may use in the pod (its processes, socket buffers and capture rings); past it, mirror copies are dropped and counted and stolen responses wait, while the app's traffic goes on. An agent already running keeps its own.")
 }
 
+// AddImageFlags registers the flags that choose the agent image and its pull policy; doctor's dry run
+// takes the same ones.
+func (o *Options) AddImageFlags(fs *pflag.FlagSet) {
+	fs.Var(&imageFlag{o: o}, "agent-image", fmt.Sprintf("Agent image to add to the pod: the one released with this plugin, or a copy of it (default from $%s if set).", version.AgentImageEnv))
+	fs.StringVar(&o.AgentRegistry, "agent-registry", o.AgentRegistry, "Registry, with an optional path, that holds a copy of the released agent image: the image is pulled from REGISTRY[/PATH]/trafficlab-agent with the released tag and digest.")
+	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
+}
+
+// imageFlag is --agent-image, which remembers that it was given.
+type imageFlag struct{ o *Options }
+
+func (f *imageFlag) String() string {
+	if f.o == nil {
+		return ""
+	}
+	return f.o.AgentImage
+}
+
+func (f *imageFlag) Set(s string) error {
+	f.o.AgentImage, f.o.AgentImageSource = s, version.SourceFlag
+	return nil
+}
+
+func (f *imageFlag) Type() string { return "string" }
+
+// Image is the agent image the flags choose, checked. It does no I/O.
+func (o *Options) Image() (version.AgentImage, error) {
+	if o.AgentRegistry != "" {
+		if o.AgentImageSource == version.SourceFlag {
+			return version.AgentImage{}, errors.New("--agent-image and --agent-registry cannot be used together: --agent-registry moves the released image to another registry, --agent-image names the image itself")
+		}
+		return version.Get().Rehosted(o.AgentRegistry)
+	}
+	if o.AgentImage == "" {
+		return version.AgentImage{}, fmt.Errorf("%s must not be empty", o.imageSource())
+	}
+	return version.AgentImage{Ref: o.AgentImage, Source: o.imageSource()}.Parse()
+}
+
+func (o *Options) imageSource() string {
+	if o.AgentImageSource == "" {
+		return version.SourceFlag
+	}
+	return o.AgentImageSource
+}
+
 // Validate checks the flags only.
 func (o *Options) Validate() error {
-	if o.AgentImage == "" {
-		return errors.New("--agent-image must not be empty")
+	if _, err := o.Image(); err != nil {
+		return err
 	}
 	switch corev1.PullPolicy(o.ImagePullPolicy) {
 	case "", corev1.PullAlways, corev1.PullIfNotPresent, corev1.PullNever:
@@ -178,8 +231,12 @@ func (o *Options) AgentSpec(caps inject.Capabilities, addNetRaw bool) (inject.Ag
 	if err != nil {
 		return inject.AgentSpec{}, err
 	}
+	image, err := o.Image()
+	if err != nil {
+		return inject.AgentSpec{}, err
+	}
 	spec := inject.AgentSpec{
-		Image:            o.AgentImage,
+		Image:            image.Ref,
 		PullPolicy:       corev1.PullPolicy(o.ImagePullPolicy),
 		Capabilities:     caps,
 		AddNetRaw:        addNetRaw,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -203,4 +204,47 @@ func pflagSet(o *Options) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	o.AddFlags(fs)
 	return fs
+}
+
+// The failed agent stays in the pod and the kubelet retries its pull, so the next session waits on it
+// instead of adding another; a retry that fails while it waits ends the session with the reason.
+func TestStartWaitsOnAgentWhosePullFailed(t *testing.T) {
+	o := NewOptions()
+	pod := reusablePod(o.AgentImage)
+	backOff := corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: `Back-off pulling image "x"`}}
+	pod.Status.EphemeralContainerStatuses[0].State = backOff
+	client := fake.NewClientset(pod)
+	client.Resources = []*metav1.APIResourceList{{GroupVersion: "v1", APIResources: []metav1.APIResource{
+		{Name: "pods"}, {Name: "pods/exec"}, {Name: "pods/portforward"}, {Name: "pods/ephemeralcontainers"},
+	}}}
+	client.PrependReactor("create", "selfsubjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		review := a.(k8stesting.CreateAction).GetObject().(*authorizationv1.SelfSubjectAccessReview).DeepCopy()
+		review.Status.Allowed = true
+		return true, review, nil
+	})
+	patches := 0
+	client.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		patches++
+		return true, nil, errors.New("no patch expected")
+	})
+	w := watch.NewFakeWithChanSize(10, false)
+	client.PrependWatchReactor("pods", func(k8stesting.Action) (bool, watch.Interface, error) { return true, w, nil })
+	failed := pod.DeepCopy()
+	failed.Status.EphemeralContainerStatuses[0].State.Waiting = &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "dial tcp 127.0.0.1:1: connect: connection refused"}
+	w.Modify(failed)
+
+	var out bytes.Buffer
+	_, err := Start(context.Background(), target.Kube{Client: client}, o, Request{
+		Target: target.Options{Namespace: "shop", Resource: "pod/web"},
+	}, &out)
+	var pull *inject.ImagePullError
+	if !errors.As(err, &pull) || pull.Reason != "ErrImagePull" {
+		t.Fatalf("Start() = %v, want the retry's ErrImagePull; output:\n%s", err, out.String())
+	}
+	if patches != 0 {
+		t.Errorf("%d patches: another agent was added", patches)
+	}
+	if want := `waiting for agent trafficlab-aaaaa in pod shop/web (ImagePullBackOff: Back-off pulling image "x")`; !strings.Contains(out.String(), want) {
+		t.Errorf("output does not say %q:\n%s", want, out.String())
+	}
 }

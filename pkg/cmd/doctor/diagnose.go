@@ -103,6 +103,9 @@ func Diagnose(ctx context.Context, client kubernetes.Interface, in Input, p *pro
 	if err := d.server(); err != nil {
 		return nil, err
 	}
+	if err := d.agentImage(); err != nil {
+		return nil, err
+	}
 	var refused *target.PodRefusedError
 	var tgt *target.Target
 	if in.hasTarget() {
@@ -155,6 +158,21 @@ func (d *diagnosis) server() error {
 	default:
 		d.add(Line{Name: "ephemeral-containers", Status: StatusOK, Message: "pods/ephemeralcontainers is served"})
 	}
+	return nil
+}
+
+// agentImage reports the image the dry runs send and the verbs would add, where it came from, and
+// whether it is pinned by digest.
+func (d *diagnosis) agentImage() error {
+	image, err := d.in.Agent.Image()
+	if err != nil {
+		return err
+	}
+	pinned := "pinned by digest"
+	if !image.Pinned {
+		pinned = "not pinned: the tag alone names it"
+	}
+	d.add(Line{Name: "agent-image", Status: StatusOK, Message: fmt.Sprintf("%s (%s; %s)", image.Ref, image.Source, pinned)})
 	return nil
 }
 

@@ -98,8 +98,9 @@ func newCmd(o *Options) *cobra.Command {
 	o.Target.AddFlags(cmd.Flags())
 	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format: empty for one line per check, or json.")
 	cmd.Flags().BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
-	cmd.Flags().StringVar(&o.Agent.AgentImage, "agent-image", o.Agent.AgentImage, "Agent image the dry run sends, as the verbs' --agent-image (an image policy webhook may judge it).")
-	cmd.Flags().StringVar(&o.Agent.ImagePullPolicy, "image-pull-policy", o.Agent.ImagePullPolicy, "The agent's image pull policy the dry run sends, as the verbs' --image-pull-policy.")
+	// The verbs' own image flags: the dry run sends the image they would add (an image policy webhook
+	// may judge it).
+	o.Agent.AddImageFlags(cmd.Flags())
 	return cmd
 }
 

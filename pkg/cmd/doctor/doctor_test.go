@@ -226,7 +226,7 @@ func podSecurity(level string, c corev1.EphemeralContainer) string {
 
 func agentOptions() session.Options {
 	o := session.NewOptions()
-	o.AgentImage = testImage
+	o.AgentImage, o.AgentImageSource = testImage, "--agent-image"
 	return o
 }
 
@@ -601,6 +601,9 @@ func TestCommandLine(t *testing.T) {
 		{args: []string{"-o", "yaml"}, wantErr: `--output must be json or empty, not "yaml"`},
 		{args: []string{"-c", "app"}, wantErr: "--container needs TYPE/NAME or --selector"},
 		{args: []string{"pod/web", "--image-pull-policy", "Sometimes"}, wantErr: `--image-pull-policy must be Always, IfNotPresent or Never, not "Sometimes"`},
+		{args: []string{"pod/web", "--agent-registry", "registry.example.com/mirror"}},
+		{args: []string{"pod/web", "--agent-registry", "registry.example.com/mirror", "--agent-image", "example.test/agent:v1"}, wantErr: "--agent-image and --agent-registry cannot be used together: --agent-registry moves the released image to another registry, --agent-image names the image itself"},
+		{args: []string{"pod/web", "--agent-image", "example.test/agent:v1:v2"}, wantErr: `--agent-image "example.test/agent:v1:v2" is not a valid image reference: invalid reference format`},
 	}
 	for _, tt := range tests {
 		o := NewOptions(genericiooptions.NewTestIOStreamsDiscard(), cmdtest.ConfigFlags(t))

@@ -39,7 +39,7 @@ const (
 
 // Line is one check or one verb.
 type Line struct {
-	// Name is the check (server, ephemeral-containers, rbac-agent, rbac-exec, rbac-port-forward,
+	// Name is the check (server, agent-image, ephemeral-containers, rbac-agent, rbac-exec, rbac-port-forward,
 	// podsecurity, webhooks, pod, node, kernel, runtime, mesh) or the verb (steal, mirror-redirect,
 	// mirror-sniff, dump, port-forward, exec).
 	Name    string `json:"name"`
