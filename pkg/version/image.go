@@ -38,8 +38,8 @@ func (i Info) DefaultAgentImage(getenv func(string) string) AgentImage {
 	return AgentImage{Ref: i.AgentImage, Pinned: i.AgentImagePinned, Source: SourceBuiltIn}
 }
 
-// Parse checks the reference the way the kubelet and containerd read it (distribution/reference,
-// which both use), so that a reference the node would refuse (InvalidImageName) is refused before
+// Parse checks the reference the way the kubelet reads it (distribution/reference; containerd keeps a
+// copy of it), so that a reference the node would refuse (InvalidImageName) is refused before
 // the agent is added, and says whether it is pinned. The reference itself is kept as given: the
 // kubelet normalizes it the same way.
 func (a AgentImage) Parse() (AgentImage, error) {
