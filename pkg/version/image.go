@@ -67,11 +67,10 @@ func (i Info) Rehosted(registry string) (AgentImage, error) {
 	name := path[strings.LastIndex(path, "/")+1:]
 	// ParseNamed accepts only the canonical form, so a registry without a host ("mirror", which
 	// would mean docker.io/mirror) is refused instead of quietly naming Docker Hub.
-	named, err := reference.ParseNamed(strings.TrimSuffix(registry, "/") + "/" + name)
+	ref, err := reference.ParseNamed(strings.TrimSuffix(registry, "/") + "/" + name)
 	if err != nil {
 		return bad(err)
 	}
-	var ref reference.Named = named
 	if t, ok := builtIn.(reference.Tagged); ok {
 		if ref, err = reference.WithTag(ref, t.Tag()); err != nil {
 			return bad(err)
