@@ -106,8 +106,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 // AddImageFlags registers the flags that choose the agent image and its pull policy; doctor's dry run
 // takes the same ones.
 func (o *Options) AddImageFlags(fs *pflag.FlagSet) {
-	fs.Var(&imageFlag{o: o}, "agent-image", fmt.Sprintf("Agent image to add to the pod: the one released with this plugin, or a copy of it (default from $%s if set).", version.AgentImageEnv))
-	fs.StringVar(&o.AgentRegistry, "agent-registry", o.AgentRegistry, "Registry, with an optional path, that holds a copy of the released agent image: the image is pulled from REGISTRY[/PATH]/trafficlab-agent with the released tag and digest.")
+	fs.Var(&imageFlag{o: o}, "agent-image", fmt.Sprintf("Agent image to add to the pod: the one released with this plugin, or a copy of it; $%s, when set, replaces the default.", version.AgentImageEnv))
+	fs.StringVar(&o.AgentRegistry, "agent-registry", o.AgentRegistry, "Registry, with an optional path, that holds a copy of the released agent image: the image is pulled from REGISTRY[/PATH]/trafficlab-agent with the released tag and digest. Not with --agent-image.")
 	fs.StringVar(&o.ImagePullPolicy, "image-pull-policy", o.ImagePullPolicy, "The agent's image pull policy: Always, IfNotPresent or Never. Empty takes the cluster's default.")
 }
 

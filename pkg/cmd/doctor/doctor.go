@@ -33,6 +33,10 @@ var (
 		containers, RBAC for exec and port-forward with the Role rule to add, a service mesh in the
 		pod, the node's operating system, and hints on its kernel and container runtime.
 
+		The dry run sends the agent image the verbs would add, chosen by the same flags
+		(--agent-image, --agent-registry) and $TRAFFICLAB_AGENT_IMAGE; the agent-image line says
+		which image, where it came from and whether it is pinned by digest.
+
 		Without TYPE/NAME only the namespace is checked; the dry run needs a pod. The verbs are
 		steal, mirror-redirect (mirror --mode redirect), mirror-sniff (the default mirror), dump,
 		port-forward and exec; exec --steal and --mirror need what steal and mirror need.
@@ -46,6 +50,9 @@ var (
 	doctorExample = templates.Examples(`
 		# Which verbs work in the pods of deployment api, and why the others do not
 		kubectl trafficlab doctor deploy/api
+
+		# The same with the agent image from a mirror (a copy of the released image, digest kept)
+		kubectl trafficlab doctor deploy/api --agent-registry registry.example.com/mirror
 
 		# The namespace-level checks only (server, RBAC, PodSecurity label, webhooks)
 		kubectl trafficlab doctor -n team-a

@@ -34,7 +34,10 @@ var (
 		kubectl trafficlab version
 
 		# Print the same as JSON
-		kubectl trafficlab version -o json`)
+		kubectl trafficlab version -o json
+
+		# Which image the commands add when the environment names a mirror's copy
+		TRAFFICLAB_AGENT_IMAGE=registry.example.com/mirror/trafficlab-agent:v1.2.3 kubectl trafficlab version`)
 )
 
 // Options holds what `version` needs to run.
