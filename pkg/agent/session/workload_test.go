@@ -69,6 +69,8 @@ type fanoutWorld struct {
 	patchedAtFirstConnect int
 	conns                 map[string]*fakeConn
 	joined, left, patches chan string
+	// waited records, per pod, the agent connect was told to wait on as one waiting on its pull.
+	waited map[string]string
 	// watching gets a value when a watch of the pods starts: the fake clientset replays nothing that
 	// happened between the informer's list and its watch, so a test changes pods once it watches.
 	watching chan struct{}
@@ -135,6 +137,12 @@ func (fw *fanoutWorld) session(t *testing.T, tgt target.Options) (*Workload, err
 		if fw.patchedAtFirstConnect < 0 {
 			fw.patchedAtFirstConnect = len(fw.patched)
 		}
+		if pp.waiting {
+			if fw.waited == nil {
+				fw.waited = map[string]string{}
+			}
+			fw.waited[pp.target.Pod.Name] = pp.agent + " (waiting)"
+		}
 		c := &fakeConn{done: make(chan struct{}), err: errors.New("heartbeat timeout")}
 		fw.conns[pp.target.Pod.Name] = c
 		return &Pod{Target: pp.target, Agent: pp.agent, conn: c, closer: func() {}}, nil
@@ -191,6 +199,31 @@ func TestWorkloadCoversEveryReadyPod(t *testing.T) {
 	refused := regexp.MustCompile(`(?m)^warning: pod web-2 is not covered: adding agent "trafficlab-[a-z0-9]+" to pod "shop/web-2": admission webhook "policy" denied the request$`)
 	if !refused.MatchString(fw.out.String()) {
 		t.Errorf("output does not report web-2's refusal (%s):\n%s", refused, fw.out)
+	}
+}
+
+// TestWorkloadWaitsOnAgentWhosePullFailed: a pod whose agent waits on its image pull gets no second
+// agent; the session waits on that one (connect is told so) while the other pods get theirs.
+func TestWorkloadWaitsOnAgentWhosePullFailed(t *testing.T) {
+	pulling := webPod("web-1")
+	pulling.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
+		Name: "trafficlab-aaaaa", Image: NewOptions().AgentImage,
+		SecurityContext: &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}, Drop: []corev1.Capability{"ALL"}}},
+	}}}
+	pulling.Status.EphemeralContainerStatuses = []corev1.ContainerStatus{{Name: "trafficlab-aaaaa", State: corev1.ContainerState{
+		Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: `Back-off pulling image "x"`},
+	}}}
+	fw := newFanoutWorld(t, nil, pulling, webPod("web-2"))
+	w, err := fw.session(t, target.Options{Namespace: "shop", Resource: "deployment/web", MaxPods: 20})
+	if err != nil {
+		t.Fatalf("run: %v; output:\n%s", err, fw.out)
+	}
+	defer w.Close()
+	if diff := cmp.Diff([]string{"web-2"}, fw.patched); diff != "" {
+		t.Errorf("patched pods (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(map[string]string{"web-1": "trafficlab-aaaaa (waiting)"}, fw.waited); diff != "" {
+		t.Errorf("agents waited on (-want +got):\n%s", diff)
 	}
 }
 
