@@ -354,14 +354,14 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 			return nil, err
 		}
 		p.Stepf("waiting for agent %s to start", name)
-		if err := o.waitAgent(ctx, client, pod, name, 0, p.Stepf); err != nil {
+		if err := o.waitAgent(ctx, client, pod, name, 0, "", p.Stepf); err != nil {
 			return nil, err
 		}
 	case agent.Waiting != "":
 		// The kubelet keeps retrying the pull of an agent it could not start; another container would
 		// only wait on the same pull, and stay in the pod for good.
 		p.Stepf("waiting for agent %s in pod %s/%s (%s)", name, pod.Namespace, pod.Name, agent.Waiting)
-		if err := o.waitAgent(ctx, client, pod, name, PullRetryGrace, p.Stepf); err != nil {
+		if err := o.waitAgent(ctx, client, pod, name, PullRetryGrace, agent.Waiting, p.Stepf); err != nil {
 			return nil, err
 		}
 	default:
@@ -384,13 +384,18 @@ func Start(ctx context.Context, kube target.Kube, o Options, req Request, errOut
 const PullRetryGrace = 10 * time.Second
 
 // waitAgent waits, up to --agent-wait-timeout, for agent name in pod to run, with a progress line for
-// each state the kubelet reports on the way (ImagePullBackOff: ...).
-func (o *Options) waitAgent(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, name string, grace time.Duration, stepf func(string, ...any)) error {
+// each state the kubelet reports on the way (ImagePullBackOff: ...) but the one already told (shown).
+func (o *Options) waitAgent(ctx context.Context, client kubernetes.Interface, pod *corev1.Pod, name string, grace time.Duration, shown string, stepf func(string, ...any)) error {
 	wctx, cancel := context.WithTimeout(ctx, o.AgentWaitTimeout)
 	defer cancel()
 	_, err := inject.WaitRunning(wctx, client, pod.Namespace, pod.Name, name, inject.WaitOptions{
 		PullGrace: grace,
-		Progress:  func(state string) { stepf("waiting for agent %s (%s)", name, state) },
+		Progress: func(state string) {
+			if state != shown {
+				stepf("waiting for agent %s (%s)", name, state)
+			}
+			shown = ""
+		},
 	})
 	return err
 }

@@ -247,4 +247,7 @@ func TestStartWaitsOnAgentWhosePullFailed(t *testing.T) {
 	if want := `waiting for agent trafficlab-aaaaa in pod shop/web (ImagePullBackOff: Back-off pulling image "x")`; !strings.Contains(out.String(), want) {
 		t.Errorf("output does not say %q:\n%s", want, out.String())
 	}
+	if n := strings.Count(out.String(), "ImagePullBackOff"); n != 1 {
+		t.Errorf("the back-off is told %d times, want once:\n%s", n, out.String())
+	}
 }

@@ -109,8 +109,9 @@ type pending struct {
 	target *target.Target
 	agent  string
 	reused bool
-	// waiting: the reused agent waits on its image pull (inject.Reusable.Waiting).
+	// waiting: the reused agent waits on its image pull, in state (inject.Reusable.Waiting).
 	waiting bool
+	state   string
 }
 
 // StartWorkload resolves the workload, adds an agent to each of its ready pods in parallel (every patch
@@ -300,7 +301,7 @@ func (w *Workload) prepare(ctx context.Context, pod *corev1.Pod, replicas int) (
 	if reuse && agent.Waiting != "" {
 		// As in Start: the kubelet retries the pull of this agent; another would wait on the same pull.
 		w.Progress.Stepf("waiting for agent %s in pod %s/%s (%s)", name, pod.Namespace, pod.Name, agent.Waiting)
-		return &pending{target: tgt, agent: name, waiting: true}, nil
+		return &pending{target: tgt, agent: name, waiting: true, state: agent.Waiting}, nil
 	}
 	if reuse {
 		w.Progress.Stepf("reusing agent %s in pod %s/%s", name, pod.Namespace, pod.Name)
@@ -359,14 +360,14 @@ func (w *Workload) joinConnected(ctx context.Context, uid types.UID, p *Pod) err
 func (w *Workload) connectPod(ctx context.Context, pp *pending) (*Pod, error) {
 	pod := pp.target.Pod
 	if !pp.reused {
-		grace := time.Duration(0)
+		grace, shown := time.Duration(0), ""
 		if pp.waiting {
-			grace = PullRetryGrace
+			grace, shown = PullRetryGrace, pp.state
 		}
 		stepf := func(format string, args ...any) {
 			w.Progress.Stepf("pod %s: "+format, append([]any{pod.Name}, args...)...)
 		}
-		if err := w.opts.waitAgent(ctx, w.kube.Client, pod, pp.agent, grace, stepf); err != nil {
+		if err := w.opts.waitAgent(ctx, w.kube.Client, pod, pp.agent, grace, shown, stepf); err != nil {
 			return nil, err
 		}
 		w.Progress.Stepf("agent %s running in pod %s", pp.agent, pod.Name)
