@@ -44,7 +44,7 @@ AGENT_UID = $(or $(shell sed -n 's/^const NonRootUID int64 = \([0-9][0-9]*\)$$/\
 # release workflow) also pushes that same index to the registry of the tag.
 agent-image: build agent ## build the multi-platform agent image tarball into _output/images (PUSH=1: and push it)
 	mkdir -p $(OUT)/images
-	go run ./hack/mkimage -tag "$$($(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
+	go run ./hack/mkimage -tag "$$(env -u TRAFFICLAB_AGENT_IMAGE $(BIN)/kubectl-trafficlab version -o json | sed -n 's/.*"agentImage": "\(.*\)".*/\1/p')" \
 	  $(foreach a,$(AGENT_ARCHES),-platform linux/$(a)=$(OUT)/agent/linux_$(a)) \
 	  -entrypoint /trafficlab-agent -user $(AGENT_UID):$(AGENT_UID) -out $(OUT)/images/agent.tar \
 	  -digest-file $(OUT)/images/agent.digest $(if $(PUSH),-push)

@@ -317,7 +317,7 @@ check_pinned() {
 		return
 	fi
 	local got want
-	got="$("$bin" version -o json | jq -r '[.version, .agentImage, (.agentImagePinned | tostring)] | join(" ")')"
+	got="$(env -u TRAFFICLAB_AGENT_IMAGE "$bin" version -o json | jq -r '[.version, .agentImage, (.agentImagePinned | tostring)] | join(" ")')"
 	want="v$version ghcr.io/trafficlab/trafficlab-agent:v$version@$digest true"
 	if [[ "$got" != "$want" ]]; then
 		fail "$bin version says \"$got\", want \"$want\"; check the ldflags in .goreleaser.yaml and pkg/version"
