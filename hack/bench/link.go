@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,7 +50,9 @@ type link struct {
 	apiURL     string // toxiproxy's API
 	proxyAddr  string // the apiserver through the link
 	echoAddr   string // a local echo server through the link, for the preflight's round trips
+	sourceAddr string // a local source of bytes through the link, for the preflight's rate through the proxy
 	echo       net.Listener
+	source     net.Listener
 	dir        string // holds the namespace's kubeconfig
 	kubeconfig string
 }
@@ -99,10 +102,17 @@ func upLink(ctx context.Context, spec linkSpec, toxiproxyBin, upstream string) (
 		return l, err
 	}
 	go serveEcho(l.echo)
+	if l.source, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		return l, err
+	}
+	go serveSource(l.source)
 	if l.proxyAddr, err = l.addProxy(ctx, "apiserver", upstream); err != nil {
 		return l, err
 	}
-	l.echoAddr, err = l.addProxy(ctx, "echo", l.echo.Addr().String())
+	if l.echoAddr, err = l.addProxy(ctx, "echo", l.echo.Addr().String()); err != nil {
+		return l, err
+	}
+	l.sourceAddr, err = l.addProxy(ctx, "source", l.source.Addr().String())
 	return l, err
 }
 
@@ -115,6 +125,9 @@ func (l *link) down() {
 	}
 	if l.echo != nil {
 		l.echo.Close()
+	}
+	if l.source != nil {
+		l.source.Close()
 	}
 	if l.ns != nil {
 		// The veth goes with the namespace too, but only once the last process in it is gone.
@@ -238,6 +251,24 @@ func writeLinkKubeconfig(ctx context.Context, path, proxyAddr string) error {
 		"--server=https://"+proxyAddr, "--tls-server-name="+serverName)
 }
 
+// serveSource answers each connection's 8-byte big-endian count with that many zero bytes.
+func serveSource(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var b [8]byte
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, io.LimitReader(zeros{}, int64(binary.BigEndian.Uint64(b[:]))))
+		}()
+	}
+}
+
 func serveEcho(ln net.Listener) {
 	for {
 		c, err := ln.Accept()
@@ -252,9 +283,10 @@ func serveEcho(ln net.Listener) {
 }
 
 // linkCheck is what the preflight measured on a link: TCP goodput each way through the veth alone,
-// and the round-trip time through the proxy.
+// and through the proxy as well, downwards, and the round-trip time through the proxy.
 type linkCheck struct {
 	down, up float64 // bits per second of TCP payload
+	proxied  float64 // the same downwards through toxiproxy (its own copies cost CPU on this machine)
 	rtt      time.Duration
 }
 
@@ -279,11 +311,14 @@ func (l *link) preflight(ctx context.Context) (linkCheck, error) {
 	if c.up, err = l.tcpRate(ctx, n, false); err != nil {
 		return c, fmt.Errorf("preflight upload: %w", err)
 	}
+	if c.proxied, err = l.proxiedRate(ctx, n); err != nil {
+		return c, fmt.Errorf("preflight download through the proxy: %w", err)
+	}
 	if c.rtt, err = l.roundTrip(ctx, 20); err != nil {
 		return c, fmt.Errorf("preflight round trips: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "link %s: %s; TCP through the veth: down %.1f Mbit/s, up %.1f Mbit/s (%.0f%% / %.0f%% of the rate); round trip through the proxy p50 %s\n",
-		l.spec, strings.Join(tbfArgs("DEV", l.spec)[5:], " "), c.down/1e6, c.up/1e6, 100*c.down/float64(l.spec.rate), 100*c.up/float64(l.spec.rate), ms(c.rtt))
+	fmt.Fprintf(os.Stderr, "link %s: %s; TCP through the veth: down %.1f Mbit/s, up %.1f Mbit/s (%.0f%% / %.0f%% of the rate); down through the proxy %.1f Mbit/s; round trip through the proxy p50 %s\n",
+		l.spec, strings.Join(tbfArgs("DEV", l.spec)[5:], " "), c.down/1e6, c.up/1e6, 100*c.down/float64(l.spec.rate), 100*c.up/float64(l.spec.rate), c.proxied/1e6, ms(c.rtt))
 	for _, r := range []float64{c.down, c.up} {
 		if r < lowRate*float64(l.spec.rate) || r > highRate*float64(l.spec.rate) {
 			return c, fmt.Errorf("link %s: %w: TCP goodput %.1f Mbit/s, outside %.0f-%.0f%% of the rate", l.spec, errLinkShort, r/1e6, 100*lowRate, 100*highRate)
@@ -358,6 +393,31 @@ func (l *link) tcpRate(ctx context.Context, n int64, down bool) (float64, error)
 	}
 	if !down {
 		d = r.d
+	}
+	return float64(n) * 8 / d.Seconds(), nil
+}
+
+// proxiedRate is the goodput in bits per second of n bytes from the source server through the proxy
+// to the namespace.
+func (l *link) proxiedRate(ctx context.Context, n int64) (float64, error) {
+	c, err := l.ns.dial(ctx, l.sourceAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	start := time.Now()
+	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
+		return 0, err
+	}
+	got, err := io.Copy(io.Discard, c)
+	d := time.Since(start) - l.spec.rtt // the request's trip there and the first byte's back
+	if err == nil && got != n {
+		err = fmt.Errorf("received %d of %d bytes", got, n)
+	}
+	if err != nil {
+		return 0, err
 	}
 	return float64(n) * 8 / d.Seconds(), nil
 }
@@ -548,8 +608,8 @@ func renderLinks(runs []linkRun, o linkOptions) string {
 	fmt.Fprintf(&b, "Forwarders and client in a network namespace behind a veth shaped with tbf (the rate, each direction) and toxiproxy's latency toxics in front of the apiserver (the round-trip time). "+
 		"Each download is %s of the link's rate; %d sequential GET /healthz per latency run.\n", o.seconds, o.requests)
 	for _, r := range runs {
-		fmt.Fprintf(&b, "\n#### %s\n\nPreflight, plain TCP through the veth: down %.1f Mbit/s, up %.1f Mbit/s; round trip through the proxy p50 %s.\n\n",
-			r.spec, r.check.down/1e6, r.check.up/1e6, ms(r.check.rtt))
+		fmt.Fprintf(&b, "\n#### %s\n\nPreflight, plain TCP through the veth: down %.1f Mbit/s, up %.1f Mbit/s; down through the proxy as well %.1f Mbit/s; round trip through the proxy p50 %s.\n\n",
+			r.spec, r.check.down/1e6, r.check.up/1e6, r.check.proxied/1e6, ms(r.check.rtt))
 		b.WriteString(render(r.rs, r.bytes, o.requests))
 	}
 	b.WriteString("\n#### Targets (trafficlab port-forward vs kubectl port-forward over SPDY, same run)\n\n| link |")

@@ -138,8 +138,8 @@ func TestRenderLinkTargets(t *testing.T) {
 	slow := append([]result(nil), rs...)
 	slow[2].jsonMiBps, slow[2].randomMiBps, slow[2].keepP50, slow[3].randomMiBps = 22, 10, 34*ms, 5.4
 	runs := []linkRun{
-		{spec: linkSpec{rate: 100e6, rtt: 30 * ms}, check: linkCheck{down: 95.6e6, up: 95.5e6, rtt: 31 * ms}, bytes: 47 << 20, rs: rs},
-		{spec: linkSpec{rate: 1e9, rtt: 5 * ms}, check: linkCheck{down: 950e6, up: 951e6, rtt: 6 * ms}, bytes: 476 << 20, rs: slow},
+		{spec: linkSpec{rate: 100e6, rtt: 30 * ms}, check: linkCheck{down: 95.6e6, up: 95.5e6, proxied: 94e6, rtt: 31 * ms}, bytes: 47 << 20, rs: rs},
+		{spec: linkSpec{rate: 1e9, rtt: 5 * ms}, check: linkCheck{down: 950e6, up: 951e6, proxied: 700e6, rtt: 6 * ms}, bytes: 476 << 20, rs: slow},
 	}
 	got := renderLinks(runs, linkOptions{seconds: 4 * time.Second, requests: 200})
 	_, targets, ok := strings.Cut(got, "#### Targets")
@@ -156,7 +156,7 @@ func TestRenderLinkTargets(t *testing.T) {
 	if diff := cmp.Diff(want, targets); diff != "" {
 		t.Errorf("targets table (-want +got):\n%s", diff)
 	}
-	for _, s := range []string{"#### 100mbit/30ms", "down 95.6 Mbit/s, up 95.5 Mbit/s; round trip through the proxy p50 31.00 ms", "downloads of 47 MiB", "#### 1gbit/5ms", "downloads of 476 MiB", "4s of the link's rate"} {
+	for _, s := range []string{"#### 100mbit/30ms", "down 95.6 Mbit/s, up 95.5 Mbit/s; down through the proxy as well 94.0 Mbit/s; round trip through the proxy p50 31.00 ms", "downloads of 47 MiB", "#### 1gbit/5ms", "downloads of 476 MiB", "4s of the link's rate"} {
 		if !strings.Contains(got, s) {
 			t.Errorf("renderLinks lacks %q:\n%s", s, got)
 		}
