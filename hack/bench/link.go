@@ -547,7 +547,9 @@ func measureLink(ctx context.Context, m *machine, ns string, spec linkSpec, o li
 			return run, err
 		}
 		f.ns = l.ns
-		f.env = append(slices.Clone(f.env), "KUBECONFIG="+l.kubeconfig)
+		// The discovery and HTTP caches too: under ~/.kube/cache they would outlive the run, keyed by
+		// the proxy's address.
+		f.env = append(slices.Clone(f.env), "KUBECONFIG="+l.kubeconfig, "KUBECACHEDIR="+filepath.Join(l.dir, "cache"))
 		r, err := measureInNS(ctx, f, l.ns, self, run.bytes, o.requests)
 		if err != nil {
 			return run, fmt.Errorf("%s: %w", f.name, err)
