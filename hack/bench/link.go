@@ -149,7 +149,7 @@ func (l *link) startToxiproxy(ctx context.Context, bin string) error {
 	}
 	l.apiURL = "http://127.0.0.1:" + strconv.Itoa(port)
 	l.toxiproxy = exec.Command(bin, "-host", "127.0.0.1", "-port", strconv.Itoa(port))
-	l.toxiproxy.Env = append(os.Environ(), "LOG_LEVEL=warn")
+	l.toxiproxy.Env = append(os.Environ(), "LOG_LEVEL=error") // not its warning for every connection closed
 	l.toxiproxy.Stdout, l.toxiproxy.Stderr = os.Stderr, os.Stderr
 	// Dies with the bench, even one killed with SIGKILL.
 	l.toxiproxy.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
