@@ -126,13 +126,13 @@ func TestLatencyToxics(t *testing.T) {
 }
 
 // TestRenderLinkTargets pins the targets table: each target's ratio against kubectl over SPDY (the
-// second forwarder) and its verdict, per link.
+// second forwarder) and its verdict, per link, judged as printed (10.97/11 is 1.00x, which meets ≥ 1.0x).
 func TestRenderLinkTargets(t *testing.T) {
 	ms := time.Millisecond
 	rs := []result{
 		{name: "kubectl port-forward (default: WebSocket)", randomMiBps: 10, jsonMiBps: 10, keepP50: 31 * ms, keepP99: 33 * ms, newP50: 62 * ms, newP99: 70 * ms},
 		{name: "kubectl port-forward (SPDY)", randomMiBps: 11, jsonMiBps: 11, keepP50: 30 * ms, keepP99: 32 * ms, newP50: 61 * ms, newP99: 66 * ms},
-		{name: "trafficlab port-forward", randomMiBps: 11, jsonMiBps: 33, keepP50: 33 * ms, keepP99: 35 * ms, newP50: 31 * ms, newP99: 40 * ms},
+		{name: "trafficlab port-forward", randomMiBps: 10.97, jsonMiBps: 33, keepP50: 33 * ms, keepP99: 35 * ms, newP50: 31 * ms, newP99: 40 * ms},
 		{name: "trafficlab port-forward --data-path exec", randomMiBps: 5, jsonMiBps: 30, keepP50: 34 * ms, keepP99: 36 * ms, newP50: 32 * ms, newP99: 41 * ms},
 	}
 	slow := append([]result(nil), rs...)
