@@ -291,6 +291,9 @@ type linkCheck struct {
 	rtt      time.Duration
 }
 
+// errLinkShort: the preflight's TCP transfer did not get the link's rate.
+var errLinkShort = errors.New("the link does not give its rate")
+
 // TCP payload per byte tbf counts on the wire: 1448 of 1514 bytes (Ethernet, IPv4 and TCP with
 // timestamps) for a full segment. The preflight accepts a goodput from lowRate to highRate times
 // the link's rate.

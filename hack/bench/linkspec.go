@@ -23,7 +23,7 @@ var linkRateUnits = []struct {
 
 const (
 	minLinkRate = 1e6  // below this a transfer of a few seconds is too small to measure a forwarder
-	maxLinkRate = 1e10 // tbf on a veth of this 2-core machine does not shape faster
+	maxLinkRate = 1e10 // far above what a veth carries on a 2-core machine
 	maxLinkRTT  = 2 * time.Second
 )
 
