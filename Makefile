@@ -88,11 +88,11 @@ verify: dist ## goreleaser config and snapshot, krew manifest, workflows (action
 clean: ## remove build outputs (not the caches)
 	rm -rf $(OUT) dist
 
-bench: build agent-image ## trafficlab port-forward and steal vs kubectl port-forward on the local cluster; tables in _output/bench.md
+bench: build agent-image ## trafficlab port-forward and steal vs kubectl port-forward on the local cluster, also through a laptop link; tables in _output/bench.md
 	hack/cluster/up.sh
-	vegeta="$$(hack/tools/install.sh vegeta)" && \
+	vegeta="$$(hack/tools/install.sh vegeta)" && toxiproxy="$$(hack/tools/install.sh toxiproxy-server)" && \
 	  source hack/cluster/env.sh && export PATH="$(BIN):$$PATH" && eval "$$(hack/cluster/images.sh)" && \
-	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --vegeta "$$vegeta" --out $(OUT)/bench.md $(BENCH_FLAGS)
+	  go run ./hack/bench --image "$$TRAFFICLAB_PEERS_IMAGE" --vegeta "$$vegeta" --toxiproxy "$$toxiproxy" --out $(OUT)/bench.md $(BENCH_FLAGS)
 
 .PHONY: fuzz
 fuzz: ## every fuzz target for FUZZTIME each (default 60s); crashers land in testdata/fuzz to commit with the fix

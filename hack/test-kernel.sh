@@ -15,7 +15,7 @@ trap 'rm -f "$before"' EXIT
 "$ROOT/hack/cluster/host-state.sh" > "$before"
 netns_dir_was=$([ -e /run/netns ] && echo present || echo absent)
 cd "$ROOT"
-mapfile -t files < <(grep -rlE --include='*_test.go' '^//go:build .*\bkernel\b' cmd pkg ephemeral capture internal test | LC_ALL=C sort)
+mapfile -t files < <(grep -rlE --include='*_test.go' '^//go:build .*\bkernel\b' cmd pkg ephemeral capture internal test hack | LC_ALL=C sort)
 if ((${#files[@]} == 0)); then
   echo "FAIL	kernel: no test file has the kernel build tag"
   exit 1

@@ -6,7 +6,9 @@
 // a fixed rate and at the highest rate each path sustains (with the vegeta binary, vegeta.go). It
 // needs the local cluster (make cluster-up), `kubectl` and `kubectl-trafficlab` on PATH and vegeta
 // (hack/tools/install.sh vegeta); `make bench` does all that. The workload suite (workload.go) times a
-// steal of every pod of a Deployment of 1, 3 and 10 replicas.
+// steal of every pod of a Deployment of 1, 3 and 10 replicas. The link suite (link.go) runs the
+// forward comparison again from a laptop: the forwarders and the client in a network namespace behind
+// a rate-limited veth and a latency proxy in front of the apiserver (toxiproxy, --toxiproxy).
 package main
 
 import (
@@ -31,8 +33,9 @@ import (
 
 type forwarder struct {
 	name string
-	args []string // after "kubectl"
-	env  []string // added to the bench's environment
+	args []string  // after "kubectl"
+	env  []string  // added to the bench's environment
+	ns   *nsThread // where it runs: nil on the host, or a laptop link's namespace
 }
 
 // kubectlForwarders are kubectl port-forward's two transports, both measured in every run that
@@ -75,18 +78,23 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal,mirror,exec,workload", "which measurements to run, comma separated: forward, steal, mirror, exec, workload")
+	suites := flag.String("suites", "forward,steal,mirror,exec,workload,link", "which measurements to run, comma separated: forward, steal, mirror, exec, workload, link")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
 	so.addFlags(flag.CommandLine)
 	var mo mirrorOptions
 	mo.addFlags(flag.CommandLine)
+	var lo linkOptions
+	flag.StringVar(&lo.links, "links", "100mbit/30ms,1gbit/5ms", "link suite: the laptop links, comma separated RATE/RTT (RATE in kbit, mbit or gbit each way, RTT in whole ms)")
+	flag.DurationVar(&lo.seconds, "link-seconds", 4*time.Second, "link suite: each bulk download is what the link carries in this time at its rate")
+	flag.IntVar(&lo.requests, "link-requests", 200, "link suite: small requests per latency run")
+	flag.StringVar(&lo.toxiproxy, "toxiproxy", "", "link suite: the toxiproxy-server binary (hack/tools/install.sh toxiproxy-server)")
 	flag.Parse()
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal, runMirror, runExec, runWorkload := false, false, false, false, false
+	runForward, runSteal, runMirror, runExec, runWorkload, runLink := false, false, false, false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
@@ -99,8 +107,10 @@ func run() error {
 			runExec = true
 		case "workload":
 			runWorkload = true
+		case "link":
+			runLink = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload, link", s)
 		}
 	}
 	if runSteal || runMirror {
@@ -110,6 +120,11 @@ func run() error {
 	}
 	if runMirror {
 		if err := mo.check(); err != nil {
+			return err
+		}
+	}
+	if runLink {
+		if err := lo.check(); err != nil {
 			return err
 		}
 	}
@@ -168,6 +183,13 @@ func run() error {
 		t, err := workloadSuite(ctx, m, ns, *image)
 		if err != nil {
 			return fmt.Errorf("workload: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	if runLink {
+		t, err := linkSuite(ctx, m, ns, lo)
+		if err != nil {
+			return fmt.Errorf("link: %w", err)
 		}
 		tables = append(tables, t)
 	}
@@ -250,7 +272,12 @@ func startForwarder(ctx context.Context, f forwarder) (int, func(), error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	if err := cmd.Start(); err != nil {
+	if f.ns != nil {
+		err = f.ns.start(cmd)
+	} else {
+		err = cmd.Start()
+	}
+	if err != nil {
 		return 0, nil, err
 	}
 	stop := func() {

@@ -15,7 +15,8 @@
 # (istio-iptables, Istio's sidecar rule generator in its iptables-legacy,
 # iptables-nft and native nftables modes, for internal/meshtest and the mesh
 # e2e; Istio serves it only as a cobra command, so hack/tools/istio has a
-# ten-line main that runs it).
+# ten-line main that runs it) and toxiproxy (toxiproxy-server, the latency proxy
+# in front of the apiserver in hack/bench's laptop link).
 # One module per tool set so no tool's dependency graph moves another's
 # (golangci-lint and krew together would bump golangci-lint's x/text and krew's
 # x/net, x/text, logr; vegeta brings prometheus) and none touches the main
@@ -59,12 +60,13 @@ spec() {
 	cyclonedx-gomod) echo "cyclonedx github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod" ;;
 	actionlint) echo "actionlint github.com/rhysd/actionlint/cmd/actionlint github.com/rhysd/actionlint.version" ;;
 	istio-iptables) echo "istio github.com/trafficlab/kubectl-trafficlab/hack/tools/istio/istio-iptables" ;;
+	toxiproxy-server) echo "toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint|istio-iptables ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint|istio-iptables|toxiproxy-server ..." >&2
 	exit 2
 fi
 
@@ -74,7 +76,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint, istio-iptables" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint, istio-iptables, toxiproxy-server" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"
