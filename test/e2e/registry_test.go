@@ -5,9 +5,12 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -192,6 +195,22 @@ func TestRegistryDefaultAgentPulled(t *testing.T) {
 	} else {
 		t.Logf("kubelet: %s", pulled)
 	}
+	// The agent that runs is the one the registry holds under its tag now, not an older build of the
+	// same tag left in containerd (up.sh removes those when it pushes a new digest).
+	pod, err := client(t).CoreV1().Pods(ns).Get(ctx, "target", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := registryDigest(ctx, t, registryEnv(t)["TRAFFICLAB_REGISTRY"], v.AgentImage)
+	for _, st := range pod.Status.EphemeralContainerStatuses {
+		if _, got, _ := strings.Cut(st.ImageID, "@"); got != want {
+			t.Errorf("agent %s runs %s, the registry has %s under that tag: a stale image on the node", st.Name, st.ImageID, want)
+		}
+	}
+	if len(pod.Status.EphemeralContainerStatuses) == 0 {
+		t.Errorf("no agent in pod target")
+	}
+
 	logPath := filepath.Join(clusterDir(), "logs", "registry.log")
 	log, err := os.ReadFile(logPath)
 	if err != nil {
@@ -209,4 +228,39 @@ func TestRegistryDefaultAgentPulled(t *testing.T) {
 			t.Logf("registry served %s: %s", ref, line)
 		}
 	}
+}
+
+// registryDigest asks the local registry at addr (TLS, the cluster CA) for the digest of ref's tag,
+// as containerd resolves it (hosts.toml maps ref's host to addr).
+func registryDigest(ctx context.Context, t *testing.T, addr, ref string) string {
+	t.Helper()
+	ca, err := os.ReadFile(filepath.Join(clusterDir(), "pki", "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		t.Fatal("no certificate in the cluster CA file")
+	}
+	_, rest, _ := strings.Cut(ref, "/")
+	repo, tag, _ := strings.Cut(rest, ":")
+	tag, _, _ = strings.Cut(tag, "@")
+	req, err := http.NewRequestWithContext(ctx, http.MethodHead, fmt.Sprintf("https://%s/v2/%s/manifests/%s", addr, repo, tag), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", strings.Join([]string{"application/vnd.oci.image.index.v1+json",
+		"application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.manifest.v1+json",
+		"application/vnd.docker.distribution.manifest.v2+json"}, ", "))
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatalf("registry %s: %v", addr, err)
+	}
+	resp.Body.Close()
+	d := resp.Header.Get("Docker-Content-Digest")
+	if resp.StatusCode != http.StatusOK || d == "" {
+		t.Fatalf("HEAD %s: %s, digest %q", req.URL, resp.Status, d)
+	}
+	return d
 }
