@@ -82,7 +82,7 @@ lint: ## golangci-lint (pinned in hack/tools), with the import rules of ephemera
 dist: agent-image ## goreleaser snapshot (archives, checksums, SBOMs; plugin pinned to the agent index digest) and the rendered krew manifest in dist/
 	hack/dist.sh $(VERSION)
 
-verify: dist ## goreleaser config and snapshot, krew manifest, workflows (actionlint), go install path, docs map, gofmt, go vet
+verify: dist ## goreleaser config and snapshot, krew manifest, workflows (actionlint), go install path, cosign sign+verify of the snapshot agent image, docs map, gofmt, go vet
 	hack/verify.sh
 
 clean: ## remove build outputs (not the caches)

@@ -28,7 +28,7 @@ spec:
       containers:
       - name: echo
         image: $TRAFFICLAB_PEERS_IMAGE
-        imagePullPolicy: Never
+        imagePullPolicy: IfNotPresent
         ports: [{name: http, containerPort: 8080}]
         readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
 ---

@@ -3,7 +3,7 @@
 #
 #   hack/verify.sh              all checks
 #   hack/verify.sh krew docs    only some: goreleaser | pinned | krew | workflows | goinstall |
-#                               docs | deps | go | agent-deps
+#                               cosign | docs | deps | go | agent-deps
 #
 # goreleaser  `goreleaser check` (pinned in hack/tools/goreleaser) accepts .goreleaser.yaml, offline.
 # pinned      the snapshot in dist/ (hack/dist.sh ran goreleaser with the agent index digest that
@@ -44,6 +44,13 @@
 #             made from this checkout (git's tracked files, nested modules left out, as the module
 #             zip the real proxy would serve) in front of the local module cache, into a
 #             throwaway GOBIN: they install, and the plugin says its agent image is unpinned.
+# cosign      the snapshot agent index (_output/images/agent.tar) pushed by crane, digest kept, into a
+#             throwaway Distribution registry on 127.0.0.1 (a free port it picks itself; TLS with a
+#             throwaway CA that crane and cosign trust: SSL_CERT_FILE, --registry-cacert), signed by
+#             digest with a throwaway cosign key pair and no transparency log (--tlog-upload=false),
+#             then `cosign verify --insecure-ignore-tlog` accepts it with that key and refuses it with
+#             another. registry, crane and cosign are pinned in hack/tools; nothing leaves 127.0.0.1.
+#             The release signs keylessly instead (.github/workflows/release.yml, docs/release.md).
 #
 # Every failure prints one line "verify: <what is wrong>; <how to fix>" and
 # the script exits 1. Tool logs are kept in the directory printed on failure.
@@ -59,13 +66,15 @@ pkg_roots=(cmd pkg ephemeral capture internal hack test)
 vet_tags="e2e,kernel"
 
 checks=("$@")
-[[ ${#checks[@]} -gt 0 ]] || checks=(goreleaser pinned krew workflows goinstall docs deps go agent-deps)
+[[ ${#checks[@]} -gt 0 ]] || checks=(goreleaser pinned krew workflows goinstall cosign docs deps go agent-deps)
 
 logs="$(mktemp -d "${TMPDIR:-/tmp}/trafficlab-verify.XXXXXX")"
 failures=0
 server_pid=""
+registry_pid="" cosign_dir=""
 cleanup() {
 	[[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+	stop_registry
 	if ((failures == 0)); then rm -rf "$logs"; fi
 }
 trap cleanup EXIT
@@ -358,6 +367,113 @@ check_workflows() {
 	done < <("$al" -shellcheck "$sc" -pyflakes= -no-color -oneline 2>&1)
 }
 
+# ---------------------------------------------------------------- cosign
+# The throwaway registry and its directory (keys, CA, storage) go on every exit path: here, and
+# from the EXIT trap when the script is interrupted.
+stop_registry() {
+	if [[ -n "$registry_pid" ]]; then
+		kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+		registry_pid=""
+	fi
+	if [[ -n "$cosign_dir" ]]; then
+		rm -rf "$cosign_dir"
+		cosign_dir=""
+	fi
+}
+
+check_cosign() {
+	step "cosign: the snapshot agent index, pushed to a throwaway registry, signed with a throwaway key and verified"
+	local archive=_output/images/agent.tar digest_file=_output/images/agent.digest
+	if [[ ! -f "$archive" || ! -f "$digest_file" ]]; then
+		fail "$archive or $digest_file is missing; run make agent-image (make verify runs make dist, which does)"
+		return
+	fi
+	local registry crane cosign
+	if ! { registry="$(hack/tools/install.sh registry 2>>"$logs/tools.log")" &&
+		crane="$(hack/tools/install.sh crane 2>>"$logs/tools.log")" &&
+		cosign="$(hack/tools/install.sh cosign 2>>"$logs/tools.log")"; }; then
+		fail "could not build registry, crane or cosign (log: $logs/tools.log); check access to the Go module proxy"
+		return
+	fi
+	cosign_dir="$(mktemp -d "${TMPDIR:-/tmp}/trafficlab-cosign.XXXXXX")"
+	local d="$cosign_dir"
+	# A CA of its own and a serving certificate for 127.0.0.1, valid for a day.
+	local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+	if ! { openssl req -x509 "${ec[@]}" -keyout "$d/ca.key" -out "$d/ca.crt" -days 1 -subj /CN=trafficlab-verify-ca &&
+		openssl req "${ec[@]}" -keyout "$d/tls.key" -out "$d/tls.csr" -subj /CN=127.0.0.1 &&
+		printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n' >"$d/tls.ext" &&
+		openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 1 \
+			-extfile "$d/tls.ext" -out "$d/tls.crt"; } >"$logs/cosign-ca.log" 2>&1; then
+		fail "could not make the throwaway CA with openssl (log: $logs/cosign-ca.log)"
+		stop_registry
+		return
+	fi
+	cat >"$d/config.yml" <<-YAML
+		version: 0.1
+		log: {level: info}
+		storage:
+		  filesystem: {rootdirectory: $d/storage}
+		http:
+		  addr: 127.0.0.1:0
+		  tls: {certificate: $d/tls.crt, key: $d/tls.key}
+	YAML
+	# Port 0: the kernel picks a free port, which the registry logs ("listening on ADDR, tls").
+	OTEL_TRACES_EXPORTER=none "$registry" serve "$d/config.yml" >"$logs/cosign-registry.log" 2>&1 &
+	registry_pid=$!
+	local addr="" i
+	for ((i = 0; i < 300; i++)); do
+		addr="$(sed -n 's/.*listening on \(127\.0\.0\.1:[0-9]*\), tls.*/\1/p' "$logs/cosign-registry.log" | head -1)"
+		[[ -n "$addr" ]] && break
+		kill -0 "$registry_pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	if [[ -z "$addr" ]]; then
+		fail "the throwaway registry did not start (log: $logs/cosign-registry.log)"
+		stop_registry
+		return
+	fi
+	# The repository and tag the plugin names (hack/mkimage wrote them into the archive), here.
+	local ref digest layout pushed
+	ref="$(tar -xOf "$archive" index.json | jq -r '.manifests[0].annotations["io.containerd.image.name"]')"
+	digest="$(cat "$digest_file")"
+	ref="$addr/${ref#*/}"
+	layout="$d/layout"
+	mkdir -p "$layout" && tar -xf "$archive" -C "$layout"
+	# crane and cosign read no login of the user's (DOCKER_CONFIG), cosign keeps its caches in the
+	# throwaway dir (HOME, TUF_ROOT). They trust the throwaway CA: crane, which has no flag for it,
+	# through SSL_CERT_FILE (Go's roots, replaced: only this registry is reached), cosign through
+	# --registry-cacert.
+	local -a env=(env "DOCKER_CONFIG=$d/docker" "HOME=$d/home" "TUF_ROOT=$d/tuf"
+		"COSIGN_PASSWORD=throwaway-$RANDOM$RANDOM")
+	if ! pushed="$("${env[@]}" "SSL_CERT_FILE=$d/ca.crt" "$crane" push "$layout" "$ref" 2>"$logs/cosign-push.log")"; then
+		fail "crane push of $archive to the throwaway registry failed (log: $logs/cosign-push.log)"
+		stop_registry
+		return
+	fi
+	if [[ "${pushed#*@}" != "$digest" ]]; then
+		fail "the pushed agent index is ${pushed#*@}, $digest_file says $digest; rebuild with make agent-image"
+		stop_registry
+		return
+	fi
+	local image="${ref%:*}@$digest" reg=(--registry-cacert "$d/ca.crt")
+	if ! (cd "$d" && "${env[@]}" "$cosign" generate-key-pair --output-key-prefix signer &&
+		"${env[@]}" "$cosign" generate-key-pair --output-key-prefix other) >"$logs/cosign-keys.log" 2>&1; then
+		fail "cosign generate-key-pair failed (log: $logs/cosign-keys.log)"
+	elif ! "${env[@]}" "$cosign" sign --key "$d/signer.key" --tlog-upload=false --yes "${reg[@]}" "$image" \
+		>"$logs/cosign-sign.log" 2>&1; then
+		fail "cosign sign $image failed (log: $logs/cosign-sign.log)"
+	elif ! "${env[@]}" "$cosign" verify --key "$d/signer.pub" --insecure-ignore-tlog "${reg[@]}" "$image" \
+		>"$logs/cosign-verify.json" 2>"$logs/cosign-verify.log"; then
+		fail "cosign verify $image with the signing key failed (log: $logs/cosign-verify.log)"
+	elif [[ "$(jq -r '.[0].critical.image["docker-manifest-digest"]' "$logs/cosign-verify.json")" != "$digest" ]]; then
+		fail "cosign verify's payload does not name $digest: $(head -c 300 "$logs/cosign-verify.json")"
+	elif "${env[@]}" "$cosign" verify --key "$d/other.pub" --insecure-ignore-tlog "${reg[@]}" "$image" \
+		>"$logs/cosign-verify-other.log" 2>&1; then
+		fail "cosign verify accepted $image with a key that did not sign it (log: $logs/cosign-verify-other.log)"
+	fi
+	stop_registry
+}
+
 # ---------------------------------------------------------------- goinstall
 check_goinstall() {
 	step "goinstall: the README's go install lines against a file:// GOPROXY made from this checkout"
@@ -531,12 +647,13 @@ for c in "${checks[@]}"; do
 	krew) check_krew ;;
 	workflows) check_workflows ;;
 	goinstall) check_goinstall ;;
+	cosign) check_cosign ;;
 	docs) check_docs ;;
 	deps) check_deps ;;
 	go) check_go ;;
 	agent-deps) check_agent_deps ;;
 	*)
-		fail "unknown check \"$c\"; use goreleaser, pinned, krew, workflows, goinstall, docs, deps, go or agent-deps"
+		fail "unknown check \"$c\"; use goreleaser, pinned, krew, workflows, goinstall, cosign, docs, deps, go or agent-deps"
 		;;
 	esac
 done

@@ -137,7 +137,7 @@ func run() error {
 	}
 	defer func() { _ = kubectl(context.Background(), "", "delete", "namespace", ns, "--wait=false") }()
 	pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"echo","namespace":%q},
-"spec":{"terminationGracePeriodSeconds":1,"containers":[{"name":"echo","image":%q,"imagePullPolicy":"Never",
+"spec":{"terminationGracePeriodSeconds":1,"containers":[{"name":"echo","image":%q,"imagePullPolicy":"IfNotPresent",
 "readinessProbe":{"httpGet":{"path":"/healthz","port":8080},"periodSeconds":1}}]}}`, ns, *image)
 	if err := kubectl(ctx, pod, "apply", "-f", "-"); err != nil {
 		return err

@@ -106,7 +106,7 @@ func measureWorkload(ctx context.Context, ns, image string, n int) (workloadResu
 	name := fmt.Sprintf("wl-%d", n)
 	dep := fmt.Sprintf(`{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":%q,"namespace":%q},
 "spec":{"replicas":%d,"selector":{"matchLabels":{"bench":%q}},"template":{"metadata":{"labels":{"bench":%q}},
-"spec":{"terminationGracePeriodSeconds":1,"containers":[{"name":"echo","image":%q,"imagePullPolicy":"Never",
+"spec":{"terminationGracePeriodSeconds":1,"containers":[{"name":"echo","image":%q,"imagePullPolicy":"IfNotPresent",
 "readinessProbe":{"httpGet":{"path":"/healthz","port":8080},"periodSeconds":1}}]}}}}`, name, ns, n, name, name, image)
 	if err := kubectl(ctx, dep, "apply", "-f", "-"); err != nil {
 		return workloadResult{}, err

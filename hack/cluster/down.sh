@@ -1,6 +1,6 @@
 #!/bin/bash
 # Tear down everything up.sh made, and nothing else: pods, containers and their shims,
-# our processes (by recorded PID), mounts under the cluster dir, our bridges, the guard and
+# our processes (by recorded PID: the image registries too), mounts under the cluster dir, our bridges, the guard and
 # kube-proxy nft tables, kubepods cgroups, host paths the components hardcode (only those
 # that did not exist before up.sh), sysctls and ip_forward as they were; then the cluster
 # dir itself. The build cache ($TRAFFICLAB_CACHE) stays. Safe to run twice.
@@ -67,6 +67,7 @@ for p in $shims; do
   if grep -aF "$CTRD_SOCK" "/proc/$p/cmdline" >/dev/null 2>&1; then kill -KILL "$p" 2>/dev/null || true; fi
 done
 stop kube-apiserver; stop etcd
+stop registry; stop registry-auth
 
 # 3. Mounts under our tree (overlay rootfs, netns, volumes), deepest first.
 mounts_under() { awk -v b="$CLUSTER_DIR/" 'index($2, b) == 1 {print $2}' /proc/self/mounts | sort -r; }

@@ -37,6 +37,15 @@ KUBERNETES_SVC_IP=10.96.0.1
 DNS_SVC_IP=10.96.0.10
 ETCD_PORT=23790 ETCD_PEER_PORT=23800 API_PORT=16443 KUBELET_PORT=10250 KUBELET_HEALTHZ_PORT=10248
 PROXY_HEALTHZ_PORT=10256 PROXY_METRICS_PORT=10249
+# The harness's image registries (CNCF Distribution, TLS with the cluster CA), on loopback because
+# containerd on this host does the pulls: an open one that containerd's hosts.toml maps the agent's
+# and the peers' registry hosts to, and one with basic auth for the private-registry e2e.
+REGISTRY_ADDR=127.0.0.1:15000
+AUTH_REGISTRY_ADDR=127.0.0.1:15001
+REGISTRY_DIR=$CLUSTER_DIR/registry
+# what the e2e tests read about them (written by up.sh; names in README.md): addresses, the auth
+# registry's user and password, and the refs of the images pushed there
+REGISTRY_ENV=$REGISTRY_DIR/registry.env
 # Not "trafficlab_*": that prefix belongs to the agent's session tables, which it sweeps.
 GUARD_TABLE=tlcluster_guard
 

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Generate (once) a CA, the apiserver serving cert, client certs for admin, kubelet,
+# Generate (once) a CA, the apiserver and image registry serving certs, client certs for admin, kubelet,
 # controller-manager, scheduler, kube-proxy and apiserver->kubelet, the kubelet serving
 # cert, the service-account key pair, and a kubeconfig per client. Existing files are kept,
 # so re-running is cheap and never invalidates a running cluster's credentials.
@@ -21,6 +21,8 @@ cert() { # name CN O [san]  (with a SAN the cert also serves)
 }
 cert apiserver kube-apiserver "" "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$KUBERNETES_SVC_IP,IP:$NODE_IP"
 cert admin admin system:masters
+# both local registries (REGISTRY_ADDR, AUTH_REGISTRY_ADDR) serve with this one
+cert registry trafficlab-registry "" "DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
 cert apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
 cert kubelet-client "system:node:$NODE_NAME" system:nodes
 cert kubelet-serving "system:node:$NODE_NAME" system:nodes "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"

@@ -70,9 +70,124 @@ JSON
   mv "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist.tmp" "$CLUSTER_DIR/cni/net.d/10-trafficlab.conflist"
 }
 
-# Import an archive unless the image it names is already there. Archives that do not carry
-# io.containerd.image.name (OCI layouts from other tools naming only a tag) get the base
-# name trafficlab.local/<file stem> so ctr does not invent "import-<date>:<tag>".
+# --- image registries: the kubelet pulls the agent and the peers through containerd from them ---
+# Two instances of the CNCF Distribution registry (pinned in hack/tools/registry), TLS with the
+# cluster CA, storage under $REGISTRY_DIR: an open one at $REGISTRY_ADDR, which containerd's
+# hosts.toml puts in place of the registry host of every image pushed there (ghcr.io for the agent,
+# trafficlab.local for the peers), and one with basic auth at $AUTH_REGISTRY_ADDR for the
+# private-registry e2e (pods pull from it with an imagePullSecret). crane (hack/tools/crane) pushes
+# the image archives, index digest kept. Pause and CoreDNS stay imported (imagePullPolicy: Never).
+REGISTRY_BIN=$("$TRAFFICLAB_ROOT/hack/tools/install.sh" registry)
+CRANE=$("$TRAFFICLAB_ROOT/hack/tools/install.sh" crane)
+HTPASSWD=$("$TRAFFICLAB_ROOT/hack/tools/install.sh" htpasswd)
+CERTS_D=$CLUSTER_DIR/containerd/certs.d
+# crane trusts the cluster CA (SSL_CERT_FILE replaces the system roots: only our registries are
+# reached) and reads the auth registry's login from a docker config of the cluster's, not ~/.docker.
+crane_() { SSL_CERT_FILE=$PKI_DIR/ca.crt DOCKER_CONFIG=$REGISTRY_DIR/docker "$CRANE" "$@"; }
+
+# Config of one registry instance; with an htpasswd file it asks for basic auth.
+write_registry_config() { # name addr [htpasswd-file]
+  local d=$REGISTRY_DIR/$1
+  mkdir -p "$d/storage"
+  {
+    cat <<YAML
+version: 0.1
+log:
+  level: info
+  fields: {service: $1}
+storage:
+  filesystem: {rootdirectory: $d/storage}
+  delete: {enabled: true}
+http:
+  addr: $2
+  tls:
+    certificate: $PKI_DIR/registry.crt
+    key: $PKI_DIR/registry.key
+YAML
+    if [ -n "${3:-}" ]; then
+      printf 'auth:\n  htpasswd:\n    realm: trafficlab\n    path: %s\n' "$3"
+    fi
+  } > "$d/config.yml"
+}
+
+# The auth registry's user and a password made once per cluster, as the e2e reads them
+# ($REGISTRY_ENV), as its htpasswd file and as crane's docker config.
+write_registry_credentials() {
+  local user=trafficlab-e2e password
+  mkdir -p "$REGISTRY_DIR/docker"
+  password=$(openssl rand -hex 16)
+  printf %s "$password" | "$HTPASSWD" "$user" > "$REGISTRY_DIR/htpasswd"
+  printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$AUTH_REGISTRY_ADDR" "$(printf %s "$user:$password" | base64 -w0)" \
+    > "$REGISTRY_DIR/docker/config.json"
+  cat > "$REGISTRY_ENV" <<ENV
+# written by hack/cluster/up.sh: the local registries (TLS, cluster CA $PKI_DIR/ca.crt)
+TRAFFICLAB_REGISTRY=$REGISTRY_ADDR
+TRAFFICLAB_AUTH_REGISTRY=$AUTH_REGISTRY_ADDR
+TRAFFICLAB_AUTH_REGISTRY_USER=$user
+TRAFFICLAB_AUTH_REGISTRY_PASSWORD=$password
+ENV
+  chmod 600 "$REGISTRY_ENV" "$REGISTRY_DIR/htpasswd" "$REGISTRY_DIR/docker/config.json"
+}
+
+registry_up() { # addr [user:password]   /v2/ answers 200 (with the credentials when given)
+  curl -sf --cacert "$PKI_DIR/ca.crt" ${2:+-u "$2"} -o /dev/null "https://$1/v2/"
+}
+
+# containerd sends every pull of images named HOST/... to our registry TO: the mirror entry and the
+# server (the fallback containerd tries after the hosts) are both ours, so no request ever reaches
+# the real HOST. Pull and resolve only; the CA is the cluster's. containerd reads the file on each
+# pull: no restart.
+write_hosts_toml() { # host [to]
+  local h=$1 to=${2:-$REGISTRY_ADDR} d=$CERTS_D/$1
+  mkdir -p "$d"
+  cat > "$d/hosts.toml.tmp" <<TOML
+# written by hack/cluster/up.sh: $h images come from the local registry $to, never from $h itself
+server = "https://$to"
+capabilities = ["pull", "resolve"]
+ca = "$PKI_DIR/ca.crt"
+
+[host."https://$to"]
+  capabilities = ["pull", "resolve"]
+  ca = "$PKI_DIR/ca.crt"
+TOML
+  mv "$d/hosts.toml.tmp" "$d/hosts.toml"
+}
+
+# The ref an archive from hack/mkimage names (io.containerd.image.name in its index.json).
+archive_ref() { tar -xOf "$1" index.json | sed -n 's/.*"io\.containerd\.image\.name": *"\([^"]*\)".*/\1/p'; }
+
+# Push an image archive into both registries under its ref's path, point containerd at the open one
+# for the ref's host, and drop containerd's copy of the ref if it holds other content: pods pull
+# IfNotPresent, and the agent's tag stays the same while its tree is dirty, so a rebuilt agent would
+# otherwise never reach the node. Running pods keep their snapshots.
+push_archive() { # tarball ref
+  local t=$1 ref=$2 host path src dir="" pushed have
+  host=${ref%%/*} path=${ref#*/} src=$t
+  # An OCI archive (several platforms: the agent) is unpacked, because crane pushes a layout from a
+  # directory: a layout with one index entry as that index (or image) as it is, same digest. A
+  # docker archive (one platform: the peers) is pushed from the file.
+  if tar -tf "$t" index.json >/dev/null 2>&1; then
+    dir=$(mktemp -d "$REGISTRY_DIR/push.XXXXXX")
+    tar -xf "$t" -C "$dir"
+    src=$dir
+  fi
+  if ! pushed=$(crane_ push "$src" "$REGISTRY_ADDR/$path" 2>>"$LOG_DIR/crane.log") ||
+    ! crane_ push "$src" "$AUTH_REGISTRY_ADDR/$path" >/dev/null 2>>"$LOG_DIR/crane.log"; then
+    echo "up.sh: pushing $t as $path failed (log: $LOG_DIR/crane.log)" >&2
+    exit 1
+  fi
+  [ -z "$dir" ] || rm -rf "$dir"
+  write_hosts_toml "$host"
+  have=$(ctr_ images ls "name==$ref" | awk 'NR > 1 {print $3}')
+  if [ -n "$have" ] && [ "$have" != "${pushed#*@}" ]; then
+    ctr_ images rm "$ref" >/dev/null
+    ts "  $ref changed (${have:7:12} -> ${pushed:${#pushed}-64:12}): removed from containerd, the next pod pulls it"
+  fi
+  ts "  pushed $ref as $pushed (and to $AUTH_REGISTRY_ADDR/$path)"
+}
+
+# Import an archive unless the image it names is already there (pause and CoreDNS, which stay
+# imported, and archives without io.containerd.image.name, named trafficlab.local/<file stem>).
 import_image() { # tarball [ref-if-known]
   local t=$1 ref=${2:-} args=()
   # (grep without -q: an early exit would SIGPIPE the writer and fail the pipeline)
@@ -83,15 +198,25 @@ import_image() { # tarball [ref-if-known]
   ctr_ images import --snapshotter overlayfs "${args[@]}" "$t" | sed 's/^/    /'
 }
 
-import_all_images() {
+load_images() {
   import_image "$TRAFFICLAB_PAUSE_TAR" "$TRAFFICLAB_PAUSE_IMAGE"
-  import_image "$TRAFFICLAB_PEERS_TAR" "$TRAFFICLAB_PEERS_IMAGE"
   import_image "$TRAFFICLAB_COREDNS_TAR" "$TRAFFICLAB_COREDNS_IMAGE"
-  # the lead's `make agent-image` output (and anything else dropped there)
-  local t
+  write_hosts_toml "$AUTH_REGISTRY_ADDR" "$AUTH_REGISTRY_ADDR"
+  push_archive "$TRAFFICLAB_PEERS_TAR" "$TRAFFICLAB_PEERS_IMAGE"
+  local env=$REGISTRY_ENV.images
+  echo "TRAFFICLAB_AUTH_PEERS_IMAGE=$AUTH_REGISTRY_ADDR/${TRAFFICLAB_PEERS_IMAGE#*/}" > "$env"
+  # the agent image of `make agent-image`, and anything else dropped there
+  local t ref
   for t in "$TRAFFICLAB_ROOT"/_output/images/*.tar; do
-    [ -f "$t" ] && import_image "$t"
+    [ -f "$t" ] || continue
+    ref=$(archive_ref "$t")
+    if [ -z "$ref" ]; then import_image "$t"; continue; fi
+    push_archive "$t" "$ref"
+    [ "$(basename "$t")" != agent.tar ] || echo "TRAFFICLAB_AUTH_AGENT_IMAGE=$AUTH_REGISTRY_ADDR/${ref#*/}" >> "$env"
   done
+  # the refs of what was pushed this run replace the previous run's
+  { grep -v '^TRAFFICLAB_AUTH_[A-Z]*_IMAGE=' "$REGISTRY_ENV"; cat "$env"; } > "$REGISTRY_ENV.tmp"
+  rm -f "$env"; chmod 600 "$REGISTRY_ENV.tmp"; mv "$REGISTRY_ENV.tmp" "$REGISTRY_ENV"
   # Older peers builds are unreachable through refs.env; untag them (running pods keep their
   # snapshots) so the list stays readable.
   local old
@@ -104,7 +229,7 @@ import_all_images() {
 if "$HERE/healthy.sh" >/dev/null 2>&1; then
   install_cni
   write_cni_conf
-  import_all_images
+  load_images
   ts "cluster already up and healthy (KUBECONFIG=$KUBECONFIG)"
   exit 0
 fi
@@ -203,6 +328,15 @@ start etcd etcd --name "$NODE_NAME" --data-dir "$CLUSTER_DIR/etcd" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster "$NODE_NAME=http://127.0.0.1:$ETCD_PEER_PORT" --quota-backend-bytes 1073741824
 
+# --- the image registries (pushed to once containerd is up) ---
+mkdir -p "$REGISTRY_DIR"
+write_registry_credentials
+write_registry_config registry "$REGISTRY_ADDR"
+write_registry_config registry-auth "$AUTH_REGISTRY_ADDR" "$REGISTRY_DIR/htpasswd"
+# no OpenTelemetry exporter: its default would post spans to localhost:4318
+start registry env OTEL_TRACES_EXPORTER=none "$REGISTRY_BIN" serve "$REGISTRY_DIR/registry/config.yml"
+start registry-auth env OTEL_TRACES_EXPORTER=none "$REGISTRY_BIN" serve "$REGISTRY_DIR/registry-auth/config.yml"
+
 # --- containerd (Debian 1.6) with CRI ---
 C=$CLUSTER_DIR/containerd
 cat > "$C/config.toml" <<TOML
@@ -241,6 +375,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         # crun 1.8 refuses this host's hybrid cgroup layout; runc 1.1 copes
         BinaryName = "/usr/sbin/runc"
         Root = "$C/runc"
+  # hosts.toml per registry host (load_images writes them): the agent and the peers are pulled
+  # from the local registries, never from the hosts their refs name
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$CERTS_D"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "$CNI_BIN"
     conf_dir = "$CLUSTER_DIR/cni/net.d"
@@ -263,9 +401,12 @@ start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
   --allow-privileged=true --profiling=false --v=1
 
-# --- images into containerd while the apiserver starts ---
+# --- images into containerd and the registries while the apiserver starts ---
 wait_for "containerd up" 60 ctr --address "$CTRD_SOCK" version
-import_all_images
+wait_for "registry up at $REGISTRY_ADDR" 30 registry_up "$REGISTRY_ADDR"
+wait_for "registry with basic auth up at $AUTH_REGISTRY_ADDR" 30 registry_up "$AUTH_REGISTRY_ADDR" \
+  "$(sed -n 's/^TRAFFICLAB_AUTH_REGISTRY_USER=//p' "$REGISTRY_ENV"):$(sed -n 's/^TRAFFICLAB_AUTH_REGISTRY_PASSWORD=//p' "$REGISTRY_ENV")"
+load_images
 
 wait_for "apiserver ready" 120 kubectl get --raw /readyz
 
@@ -306,7 +447,7 @@ resolvConf: $CLUSTER_DIR/resolv.conf
 clusterDomain: cluster.local
 clusterDNS: [$DNS_SVC_IP]
 makeIPTablesUtilChains: false
-# images are imported, never pulled: never garbage-collect them
+# never garbage-collect images: pause and CoreDNS are imported, not pullable
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%"}

@@ -15,8 +15,12 @@
 # (istio-iptables, Istio's sidecar rule generator in its iptables-legacy,
 # iptables-nft and native nftables modes, for internal/meshtest and the mesh
 # e2e; Istio serves it only as a cobra command, so hack/tools/istio has a
-# ten-line main that runs it) and toxiproxy (toxiproxy-server, the latency proxy
-# in front of the apiserver in hack/bench's laptop link).
+# ten-line main that runs it), registry (the CNCF Distribution registry the local
+# cluster pulls its agent and peers images from, and htpasswd, a bcrypt line for
+# its authenticated instance), crane (pushes the OCI archives into it, digest
+# kept), cosign (make verify signs and verifies the snapshot agent image) and
+# toxiproxy (toxiproxy-server, the latency proxy in front of the apiserver in
+# hack/bench's laptop link).
 # One module per tool set so no tool's dependency graph moves another's
 # (golangci-lint and krew together would bump golangci-lint's x/text and krew's
 # x/net, x/text, logr; vegeta brings prometheus) and none touches the main
@@ -60,13 +64,17 @@ spec() {
 	cyclonedx-gomod) echo "cyclonedx github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod" ;;
 	actionlint) echo "actionlint github.com/rhysd/actionlint/cmd/actionlint github.com/rhysd/actionlint.version" ;;
 	istio-iptables) echo "istio github.com/trafficlab/kubectl-trafficlab/hack/tools/istio/istio-iptables" ;;
+	registry) echo "registry github.com/distribution/distribution/v3/cmd/registry github.com/distribution/distribution/v3/version.version" ;;
+	htpasswd) echo "registry github.com/trafficlab/kubectl-trafficlab/hack/tools/registry/htpasswd" ;;
+	crane) echo "crane github.com/google/go-containerregistry/cmd/crane github.com/google/go-containerregistry/cmd/crane/cmd.Version" ;;
+	cosign) echo "cosign github.com/sigstore/cosign/v2/cmd/cosign sigs.k8s.io/release-utils/version.gitVersion" ;;
 	toxiproxy-server) echo "toxiproxy github.com/Shopify/toxiproxy/v2/cmd/server" ;;
 	*) return 1 ;;
 	esac
 }
 
 if [[ $# -eq 0 ]]; then
-	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint|istio-iptables|toxiproxy-server ..." >&2
+	echo "usage: $0 golangci-lint|validate-krew-manifest|kubectl-krew|grpcurl|vegeta|gotestsum|goreleaser|cyclonedx-gomod|actionlint|istio-iptables|registry|htpasswd|crane|cosign|toxiproxy-server ..." >&2
 	exit 2
 fi
 
@@ -76,7 +84,7 @@ goversion="$(go env GOVERSION) $(go env GOHOSTOS)/$(go env GOHOSTARCH)"
 for tool in "$@"; do
 	versionvar=""
 	if ! read -r moddir pkg versionvar < <(spec "$tool"); then
-		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint, istio-iptables, toxiproxy-server" >&2
+		echo "hack/tools/install.sh: unknown tool \"$tool\"; known: golangci-lint, validate-krew-manifest, kubectl-krew, grpcurl, vegeta, gotestsum, goreleaser, cyclonedx-gomod, actionlint, istio-iptables, registry, htpasswd, crane, cosign, toxiproxy-server" >&2
 		exit 2
 	fi
 	mod="$root/hack/tools/$moddir"

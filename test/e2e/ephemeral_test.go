@@ -46,7 +46,7 @@ func addEphemeral(ctx context.Context, t *testing.T, ns, pod string, ec corev1.E
 
 func ephemeral(t *testing.T, name string, caps []corev1.Capability, cmd ...string) corev1.EphemeralContainer {
 	ec := corev1.EphemeralContainer{EphemeralContainerCommon: corev1.EphemeralContainerCommon{
-		Name: name, Image: peersImage(t), ImagePullPolicy: corev1.PullNever, Command: cmd,
+		Name: name, Image: peersImage(t), ImagePullPolicy: corev1.PullIfNotPresent, Command: cmd,
 	}}
 	if caps != nil {
 		ec.SecurityContext = &corev1.SecurityContext{Capabilities: &corev1.Capabilities{Add: caps}}

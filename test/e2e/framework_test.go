@@ -193,7 +193,7 @@ func peerPodSpec(t *testing.T, cmd ...string) corev1.PodSpec {
 		Containers: []corev1.Container{{
 			Name:            "main",
 			Image:           peersImage(t),
-			ImagePullPolicy: corev1.PullNever,
+			ImagePullPolicy: corev1.PullIfNotPresent,
 			Command:         cmd,
 			Env: []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{
 				FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"},

@@ -161,7 +161,7 @@ func (w meshWorld) meshedPod(t *testing.T, name string, labels map[string]string
 	pod.Spec.Containers = append(pod.Spec.Containers, corev1.Container{
 		Name:            w.sidecarName(),
 		Image:           peersImage(t),
-		ImagePullPolicy: corev1.PullNever,
+		ImagePullPolicy: corev1.PullIfNotPresent,
 		Command:         []string{"/usr/local/bin/peer-meshproxy", "-mesh", meshName, "-ca", "/etc/meshca"},
 		Env: []corev1.EnvVar{
 			fieldEnv("POD_IP", "status.podIP"), fieldEnv("POD_NAMESPACE", "metadata.namespace"),
