@@ -80,7 +80,15 @@ import_image() { # tarball [ref-if-known]
   if tar -tf "$t" index.json >/dev/null 2>&1 && ! tar -xOf "$t" index.json | grep '"io.containerd.image.name"' >/dev/null; then
     args=(--base-name "trafficlab.local/$(basename "$t" .tar)")
   fi
-  ctr_ images import --snapshotter overlayfs "${args[@]}" "$t" | sed 's/^/    /'
+  local out name dgst
+  out=$(ctr_ images import --snapshotter overlayfs "${args[@]}" "$t")
+  printf '%s\n' "$out" | sed 's/^/    /'
+  # A pull by tag also names the image by its digest (repo@sha256:...), which is how a released plugin
+  # asks for its agent (repo:tag@sha256:..., resolved by the digest alone); an import names the tag
+  # only, so add that name as the pull would.
+  while read -r name dgst; do
+    if [[ "${name##*/}" == *:* ]]; then ctr_ images tag --force "$name" "${name%:*}@$dgst" >/dev/null; fi
+  done < <(sed -n 's/^unpacking \([^ ]*\) (\(sha256:[0-9a-f]*\)).*/\1 \2/p' <<<"$out")
 }
 
 import_all_images() {
