@@ -19,12 +19,11 @@ import (
 // the user's line.
 func CompletionFunc(flags *genericclioptions.ConfigFlags) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
-		if cmd.ArgsLenAtDash() >= 0 {
-			// After "--" comes the user's own command (exec, steal): the shell's own completion.
-			return nil, cobra.ShellCompDirectiveDefault
-		}
 		if len(args) > 0 {
-			return nil, cobra.ShellCompDirectiveNoFileComp
+			// Past TYPE/NAME: the shell's own completion, for the user's command after "--" (exec,
+			// steal). cmd.ArgsLenAtDash cannot tell: cobra's completion parses the line with a "--"
+			// appended first.
+			return nil, cobra.ShellCompDirectiveDefault
 		}
 		list, err := nameLister(cmd.Context(), flags)
 		if err != nil {
