@@ -62,7 +62,10 @@ test-kernel: ## kernel tests (build tag kernel) under the race detector, in netw
 # Only that build is on PATH: kubectl plugin list fails on a plugin shadowed by another. It is built
 # as the unit tests are (no -trimpath), so it reuses their compiled race-detector packages.
 # E2E_ARGS go to go test, e.g. E2E_ARGS='-run TestSteal'.
-e2e: agent-image ## end-to-end tests on the local cluster (started and stopped if it was not up)
+# TestKrewInstall installs this tree's snapshot release (make dist) with krew: the full run, and any
+# whose E2E_ARGS name Krew, make dist first (about a minute); narrower runs skip it.
+E2E_DIST := $(if $(E2E_ARGS),$(if $(findstring Krew,$(E2E_ARGS)),dist),dist)
+e2e: agent-image $(E2E_DIST) ## end-to-end tests on the local cluster (started and stopped if it was not up)
 	$(TEST_ENV) go build $(RACE) -tags $(TEST_TAGS) -ldflags '$(PLUGIN_LDFLAGS)' -o $(OUT)/race/bin/ ./cmd/kubectl-trafficlab ./cmd/kubectl_complete-trafficlab
 	grpcurl="$$(hack/tools/install.sh grpcurl)" && PATH="$(CURDIR)/$(OUT)/race/bin:$$(dirname "$$grpcurl"):$$PATH" \
 	  TRAFFICLAB_RACE_LOG="$(CURDIR)/$(OUT)/race/log" hack/e2e.sh $(E2E_ARGS)

@@ -105,11 +105,22 @@ func pluginStart(t *testing.T, name, verb, ns string, args ...string) *pfProc {
 func pluginStartAs(t *testing.T, u *osUser, name, verb, ns string, args ...string) *pfProc {
 	t.Helper()
 	pfRequirePlugin(t)
+	var setup func(*exec.Cmd)
+	if u != nil {
+		setup = u.apply
+	}
+	return pluginStartWith(t, setup, name, verb, ns, args...)
+}
+
+// pluginStartWith is pluginStart with the command changed by setup (nil: as it is) before it starts:
+// another user, or an environment whose PATH finds another install of the plugin.
+func pluginStartWith(t *testing.T, setup func(*exec.Cmd), name, verb, ns string, args ...string) *pfProc {
+	t.Helper()
 	argv := append([]string{"trafficlab", verb, "-n", ns}, args...)
 	p := &pfProc{t: t, name: name, changed: make(chan struct{}), done: make(chan struct{})}
 	p.cmd = exec.Command("kubectl", argv...)
-	if u != nil {
-		u.apply(p.cmd)
+	if setup != nil {
+		setup(p.cmd)
 	}
 	p.cmd.Stdout = &pfLineWriter{p: p, stream: "stdout"}
 	p.cmd.Stderr = &pfLineWriter{p: p, stream: "stderr"}

@@ -89,6 +89,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "doctor [TYPE/NAME]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Check which verbs work in a namespace or pod, changing nothing",
 		Long:                  doctorLong,
 		Example:               doctorExample,

@@ -104,6 +104,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "dump TYPE/NAME [--port PORT ...] [-w FILE|-] [FILTER]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Show a pod's traffic live and write it as pcapng",
 		Long:                  dumpLong,
 		Example:               dumpExample,

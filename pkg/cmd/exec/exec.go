@@ -109,6 +109,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "exec TYPE/NAME [--steal PORT[:LOCAL] | --mirror PORT[:LOCAL]] [--local DEST ...] [--remote DEST ...] [--proxy] -- COMMAND [ARGS...]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Run a local command with a pod's outgoing network (and optionally its incoming traffic)",
 		Long:                  execLong,
 		Example:               execExample,

@@ -99,6 +99,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "mirror TYPE/NAME --port REMOTE[:LOCAL] [--port ...] [filters] [--mode sniff|redirect] [--to svc/NAME[:PORT]]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Replay a copy of a pod's incoming traffic to a local process or another service",
 		Long:                  mirrorLong,
 		Example:               mirrorExample,

@@ -77,6 +77,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "port-forward TYPE/NAME [LOCAL_PORT:]HOST:PORT[/udp] [...]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Forward local ports to anything the pod can reach",
 		Long:                  pfLong,
 		Example:               pfExample,

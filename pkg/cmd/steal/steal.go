@@ -86,6 +86,7 @@ func newCmd(o *Options) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:                   "steal TYPE/NAME --port REMOTE[:LOCAL] [--port ...] [filters] [-- COMMAND [ARGS...]]",
 		DisableFlagsInUseLine: true,
+		ValidArgsFunction:     target.CompletionFunc(o.configFlags),
 		Short:                 "Answer a pod's incoming traffic with a local process",
 		Long:                  stealLong,
 		Example:               stealExample,
