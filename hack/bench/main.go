@@ -75,18 +75,20 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal,mirror,exec,workload", "which measurements to run, comma separated: forward, steal, mirror, exec, workload")
+	suites := flag.String("suites", "forward,steal,mirror,exec,workload", "which measurements to run, comma separated: forward, steal, mirror, exec, workload, limited")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
 	so.addFlags(flag.CommandLine)
 	var mo mirrorOptions
 	mo.addFlags(flag.CommandLine)
+	var lo limitedOptions // limited.go
+	lo.addFlags(flag.CommandLine)
 	flag.Parse()
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal, runMirror, runExec, runWorkload := false, false, false, false, false
+	runForward, runSteal, runMirror, runExec, runWorkload, runLimited := false, false, false, false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
@@ -99,11 +101,13 @@ func run() error {
 			runExec = true
 		case "workload":
 			runWorkload = true
+		case "limited":
+			runLimited = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload, limited", s)
 		}
 	}
-	if runSteal || runMirror {
+	if runSteal || runMirror || runLimited {
 		if err := so.check(); err != nil {
 			return err
 		}
@@ -161,6 +165,13 @@ func run() error {
 		t, err := mirrorSuite(ctx, m, ns, so, mo)
 		if err != nil {
 			return fmt.Errorf("mirror: %w", err)
+		}
+		tables = append(tables, t)
+	}
+	if runLimited {
+		t, err := limitedSuite(ctx, *quiet, *disturbed, ns, *image, so, lo)
+		if err != nil {
+			return fmt.Errorf("limited: %w", err)
 		}
 		tables = append(tables, t)
 	}
