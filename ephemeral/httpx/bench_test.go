@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime/metrics"
 	"slices"
 	"sync"
 	"syscall"
@@ -160,11 +161,13 @@ func BenchmarkSequentialSessions(b *testing.B) {
 // sharing a paced 2,000 requests per second, every one passed to the app by a filter that matches
 // nothing. It reports the process's CPU (user + system, getrusage) per request: the proxied run's
 // figure minus the direct one's is what the proxy costs per passed request, wake-ups and scheduling
-// included, which a back-to-back benchmark (BenchmarkSequential) hides.
+// included, which a back-to-back benchmark (BenchmarkSequential) hides. It also reports the
+// goroutines the proxy started per request (runtime/metrics), the hand-offs that cost wake-ups.
 func BenchmarkPacedCPU(b *testing.B) {
 	app := whoServer(b, "app", false, nil)
 	steal := filterSteal(b, wire.HTTPFilter{Headers: []string{`^X-Steal: yes$`}})
-	p := startProxy(b, proxyConfig{app: app.addr(), steal: steal})
+	// A drain channel, as the agent's dispatcher always gives one.
+	p := startProxy(b, proxyConfig{app: app.addr(), steal: steal, drain: make(chan struct{})})
 	for _, target := range []struct{ name, addr string }{{"direct", app.addr()}, {"proxied", p.addr}} {
 		b.Run(target.name, func(b *testing.B) {
 			const conns, rate = 64, 2000
@@ -189,7 +192,7 @@ func BenchmarkPacedCPU(b *testing.B) {
 			}
 			tick := time.NewTicker(time.Second / rate)
 			defer tick.Stop()
-			before := processCPU()
+			before, spawned := processCPU(), goroutinesCreated()
 			b.ResetTimer()
 			for range b.N {
 				<-tick.C
@@ -199,6 +202,7 @@ func BenchmarkPacedCPU(b *testing.B) {
 			wg.Wait()
 			b.StopTimer()
 			b.ReportMetric(float64((processCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
+			b.ReportMetric(float64(goroutinesCreated()-spawned)/float64(b.N), "goroutines/op")
 		})
 	}
 }
@@ -208,4 +212,14 @@ func processCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// goroutinesCreated is the goroutines the process has started so far.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
