@@ -1,13 +1,20 @@
 package httpx
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -222,4 +229,134 @@ func goroutinesCreated() uint64 {
 		return 0
 	}
 	return s[0].Value.Uint64()
+}
+
+// proxyProcessEnv, set to the app's address, makes the test binary run TestProxyProcess as the
+// proxy of BenchmarkProxyProcessCPU.
+const proxyProcessEnv = "HTTPX_BENCH_PROXY_APP"
+
+// proxyProfileEnv names a file for the proxy process's CPU profile (go tool pprof httpx.test FILE).
+const proxyProfileEnv = "HTTPX_BENCH_PROXY_PROFILE"
+
+// TestProxyProcess is BenchmarkProxyProcessCPU's proxy, in a process of its own so that its CPU time
+// is the proxy's alone: with proxyProcessEnv set it proxies to that app, with a filter that matches
+// nothing and a drain as the agent's dispatcher gives, prints its address and serves until its
+// stdin closes. Without it, it checks that such a process proxies a request.
+func TestProxyProcess(t *testing.T) {
+	app := os.Getenv(proxyProcessEnv)
+	if app == "" {
+		w := whoServer(t, "app", false, nil)
+		addr, _, stop := startProxyProcess(t, w.addr())
+		defer stop()
+		resp, err := http.Get("http://" + addr + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Served-By"); got != "app" {
+			t.Errorf("served by %q, want app", got)
+		}
+		return
+	}
+	if out := os.Getenv(proxyProfileEnv); out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	p := startProxy(t, proxyConfig{app: app, steal: filterSteal(t, wire.HTTPFilter{Headers: []string{`^X-Steal: yes$`}}), drain: make(chan struct{})})
+	fmt.Println(p.addr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// startProxyProcess runs TestProxyProcess as a proxy to app and returns its address and pid, and a
+// function that ends it.
+func startProxyProcess(t testing.TB, app string) (addr string, pid int, stop func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), proxyProcessEnv+"="+app)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("proxy process: %v", err)
+	}
+	return strings.TrimSpace(line), cmd.Process.Pid, func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}
+}
+
+// procCPU is a running process's CPU time (user + system) from /proc/PID/stat, in clock ticks
+// (USER_HZ, 100 on Linux).
+func procCPU(t testing.TB, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// BenchmarkProxyProcessCPU is the steal bench's agent measurement without the cluster: the proxy in a
+// process of its own (TestProxyProcess), 64 kept-alive connections sharing a paced 2,000 requests per
+// second, every one passed to the app by a filter that matches nothing; it reports the proxy
+// process's CPU per request (/proc, 10 ms ticks: run at least 10,000 requests), the figure issue 20
+// wants at most 60 µs in the pod.
+func BenchmarkProxyProcessCPU(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	addr, pid, stop := startProxyProcess(b, app.addr())
+	defer stop()
+	const conns, rate = 64, 2000
+	tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	work := make(chan struct{})
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			for range work {
+				resp, err := c.Get("http://" + addr + "/x")
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	// Warm up: the connections are set up before the count starts.
+	for range 4 * conns {
+		work <- struct{}{}
+	}
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	before := procCPU(b, pid)
+	b.ResetTimer()
+	for range b.N {
+		<-tick.C
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64((procCPU(b, pid)-before).Microseconds())/float64(b.N), "proxy-cpu-µs/op")
 }
