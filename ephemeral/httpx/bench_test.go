@@ -360,3 +360,59 @@ func BenchmarkProxyProcessCPU(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64((procCPU(b, pid)-before).Microseconds())/float64(b.N), "proxy-cpu-µs/op")
 }
+
+// BenchmarkProxyProcessRSS is the agent's memory per kept-alive pass-through connection without the
+// cluster: the proxy process's RSS (/proc) idle and with 1,000 client connections that each passed
+// one request to the app through a filter that matches nothing and stay open, and the difference per
+// connection (each holds its connection to the app too). b.N is ignored: one measurement per run.
+func BenchmarkProxyProcessRSS(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	addr, pid, stop := startProxyProcess(b, app.addr())
+	defer stop()
+	const n = 1000
+	idle := procRSS(b, pid)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	held := procRSS(b, pid)
+	b.ReportMetric(float64(idle)/(1<<20), "idle-MiB")
+	b.ReportMetric(float64(held-idle)/n/1024, "KiB/conn")
+}
+
+// procRSS is a running process's resident set in bytes (/proc/PID/status VmRSS).
+func procRSS(t testing.TB, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for pid %d", pid)
+	return 0
+}

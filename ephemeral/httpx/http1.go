@@ -107,6 +107,7 @@ func (c *h1conn) serve() error {
 			if !more || err != nil {
 				return err
 			}
+			c.unpark()
 		}
 		var err error
 		// The deadline runs from the head's first byte (the first request's: from here, Peek having
@@ -183,6 +184,7 @@ func (c *h1conn) idle() (more bool, err error) {
 		// its response, and so does the client's side now.
 		return false, nil
 	}
+	c.park()
 	ups := slices.Clone(c.ups)
 	later := time.AfterFunc(idleWatchAfter, func() {
 		for s, u := range ups {
@@ -210,6 +212,48 @@ func (c *h1conn) idle() (more bool, err error) {
 	return false, fmt.Errorf("read request: %w", err)
 }
 
+// park returns the buffers of the client's writer and of the upstream connections (readers and
+// writers) to their pools while the connection waits for its next request, and unpark takes them
+// back: a kept-alive connection waits far longer than it works, and the agent holds thousands of
+// them (8 KiB each buffer; the client's reader stays, as the wait reads into it). A buffer that
+// still holds bytes stays.
+func (c *h1conn) park() {
+	if c.cw.Buffered() == 0 {
+		putWriter(c.cw)
+		c.cw = nil
+	}
+	for _, u := range c.ups {
+		if u == nil {
+			continue
+		}
+		if u.bw.Buffered() == 0 {
+			putWriter(u.bw)
+			u.bw = nil
+		}
+		if u.br.Buffered() == 0 {
+			putReader(u.br)
+			u.br = nil
+		}
+	}
+}
+
+func (c *h1conn) unpark() {
+	if c.cw == nil {
+		c.cw = getWriter(c.client)
+	}
+	for _, u := range c.ups {
+		if u == nil {
+			continue
+		}
+		if u.bw == nil {
+			u.bw = getWriter(u.conn)
+		}
+		if u.br == nil {
+			u.br = getReader(u.conn)
+		}
+	}
+}
+
 // idleWatch watches a client connection's idle upstream connections for their close, and wakes the
 // client's read when the client connection should end.
 type idleWatch struct {
@@ -234,6 +278,9 @@ func (w *idleWatch) start(s side, u *h1up) {
 	defer w.mu.Unlock()
 	if w.stopping {
 		return
+	}
+	if u.br == nil {
+		u.br = getReader(u.conn) // parked: unpark keeps this one
 	}
 	w.ups[s] = u
 	w.wg.Add(1)
