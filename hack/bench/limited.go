@@ -125,27 +125,32 @@ func limitedSuite(ctx context.Context, quiet, disturbed float64, ns, image strin
 			}
 			stop = func() error { _, err := s(); return err }
 		}
-		var profile func() (string, error)
-		if mode == "filtered steal (unmatched)" && o.profileOut != "" {
-			profile = agentProfile(ctx, lns, o.profileOut, o.duration)
-		}
-		before, err := readCgroupCPU(cg)
-		if err != nil {
-			return "", err
-		}
+		profiled := mode == "filtered steal (unmatched)" && o.profileOut != ""
 		fmt.Fprintf(os.Stderr, "limited: vegeta %d/s for %s, %s\n", o.rate, o.duration, mode)
+		// m.run may repeat a disturbed run: the pod's counters are the last attempt's, as its CPU is.
 		run.cpu, err = m.run(ctx, "limited "+mode, func() (float64, error) {
-			var err error
+			before, err := readCgroupCPU(cg)
+			if err != nil {
+				return 0, err
+			}
+			var profile func() (string, error)
+			if profiled {
+				profile = agentProfile(ctx, lns, o.profileOut, o.duration)
+			}
 			run.r, err = attack(ctx, []string{so.vegeta}, podURL+"/", o.rate, so.conns, o.duration)
+			if profile != nil {
+				var perr error
+				if run.profile, perr = profile(); perr != nil {
+					run.notes = append(run.notes, "profile: "+perr.Error())
+				}
+			}
+			if err != nil {
+				return 0, err
+			}
+			after, err := readCgroupCPU(cg)
+			run.pod = after.sub(before)
 			return run.r.clientCores, err
 		})
-		after, cerr := readCgroupCPU(cg)
-		if profile != nil {
-			var perr error
-			if run.profile, perr = profile(); perr != nil {
-				run.notes = append(run.notes, "profile: "+perr.Error())
-			}
-		}
 		if stop != nil {
 			if serr := stop(); serr != nil {
 				run.notes = append(run.notes, fmt.Sprintf("exited with %v", serr))
@@ -154,10 +159,9 @@ func limitedSuite(ctx context.Context, quiet, disturbed float64, ns, image strin
 				err = waitAnswer(ctx, podURL+"/healthz", nil, false, nil)
 			}
 		}
-		if err = errors.Join(err, cerr); err != nil {
+		if err != nil {
 			return "", fmt.Errorf("%s: %w", mode, err)
 		}
-		run.pod = after.sub(before)
 		fmt.Fprintf(os.Stderr, "  %s\n  cpu: %s\n  pod cgroup: %+v\n", run.r, run.cpu, run.pod)
 		runs = append(runs, run)
 	}
