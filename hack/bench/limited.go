@@ -329,13 +329,25 @@ func vmRSS(pid int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	rss, err := parseVmRSS(string(b))
+	if err != nil {
+		return 0, fmt.Errorf("pid %d: %w", pid, err)
+	}
+	return rss, nil
+}
+
+// parseVmRSS reads the VmRSS line of /proc/PID/status ("VmRSS:    1234 kB") into bytes.
+func parseVmRSS(status string) (int64, error) {
+	for _, line := range strings.Split(status, "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10, err
+			if err != nil || kb < 0 || kb > 1<<40 {
+				return 0, fmt.Errorf("VmRSS %q: not a size in kB", strings.TrimSpace(v))
+			}
+			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, errors.New("no VmRSS line")
 }
 
 // podCPUCgroup is the directory of the pod's cgroup in the CPU controller: the parent of its app
@@ -379,12 +391,27 @@ func podCPUCgroup(uid string) (string, error) {
 
 // readCgroupCPU reads dir's cpu.stat (and, on cgroup v1, cpuacct.usage).
 func readCgroupCPU(dir string) (cgroupCPU, error) {
-	var c cgroupCPU
 	b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
 	if err != nil {
-		return c, err
+		return cgroupCPU{}, err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	c := parseCPUStat(string(b))
+	// cgroup v1 keeps usage in cpuacct, mounted with cpu or on its own.
+	for _, d := range []string{dir, strings.Replace(dir, "/sys/fs/cgroup/cpu/", "/sys/fs/cgroup/cpuacct/", 1)} {
+		if u, err := os.ReadFile(filepath.Join(d, "cpuacct.usage")); err == nil {
+			v, _ := strconv.ParseUint(strings.TrimSpace(string(u)), 10, 64)
+			c.usage = time.Duration(v)
+			break
+		}
+	}
+	return c, nil
+}
+
+// parseCPUStat reads a cgroup's cpu.stat: v2's usage_usec and throttled_usec, v1's throttled_time
+// (ns), and both's nr_periods and nr_throttled. Lines it does not know are skipped.
+func parseCPUStat(text string) cgroupCPU {
+	var c cgroupCPU
+	for _, line := range strings.Split(text, "\n") {
 		f := strings.Fields(line)
 		if len(f) != 2 {
 			continue
@@ -403,15 +430,7 @@ func readCgroupCPU(dir string) (cgroupCPU, error) {
 			c.throttledTime = time.Duration(v)
 		}
 	}
-	// cgroup v1 keeps usage in cpuacct, mounted with cpu or on its own.
-	for _, d := range []string{dir, strings.Replace(dir, "/sys/fs/cgroup/cpu/", "/sys/fs/cgroup/cpuacct/", 1)} {
-		if u, err := os.ReadFile(filepath.Join(d, "cpuacct.usage")); err == nil {
-			v, _ := strconv.ParseUint(strings.TrimSpace(string(u)), 10, 64)
-			c.usage = time.Duration(v)
-			break
-		}
-	}
-	return c, nil
+	return c
 }
 
 func (c cgroupCPU) sub(o cgroupCPU) cgroupCPU {
