@@ -329,15 +329,15 @@ func vmRSS(pid int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	rss, err := parseVmRSS(string(b))
+	rss, err := parseVMRSS(string(b))
 	if err != nil {
 		return 0, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	return rss, nil
 }
 
-// parseVmRSS reads the VmRSS line of /proc/PID/status ("VmRSS:    1234 kB") into bytes.
-func parseVmRSS(status string) (int64, error) {
+// parseVMRSS reads the VmRSS line of /proc/PID/status ("VmRSS:    1234 kB") into bytes.
+func parseVMRSS(status string) (int64, error) {
 	for _, line := range strings.Split(status, "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)

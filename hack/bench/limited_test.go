@@ -29,7 +29,7 @@ func TestParseCPUStat(t *testing.T) {
 	}
 }
 
-func TestParseVmRSS(t *testing.T) {
+func TestParseVMRSS(t *testing.T) {
 	for _, tc := range []struct {
 		text string
 		want int64
@@ -40,9 +40,9 @@ func TestParseVmRSS(t *testing.T) {
 		{"VmRSS:\t  -5 kB\n", 0, false},
 		{"VmRSS:\t  lots kB\n", 0, false},
 	} {
-		got, err := parseVmRSS(tc.text)
+		got, err := parseVMRSS(tc.text)
 		if (err == nil) != tc.ok || got != tc.want {
-			t.Errorf("parseVmRSS(%q) = %d, %v; want %d, ok %v", tc.text, got, err, tc.want, tc.ok)
+			t.Errorf("parseVMRSS(%q) = %d, %v; want %d, ok %v", tc.text, got, err, tc.want, tc.ok)
 		}
 	}
 }
@@ -59,13 +59,13 @@ func FuzzParseCPUStat(f *testing.F) {
 	})
 }
 
-// FuzzParseVmRSS: any text gives a size or an error, never a panic or a negative size.
-func FuzzParseVmRSS(f *testing.F) {
+// FuzzParseVMRSS: any text gives a size or an error, never a panic or a negative size.
+func FuzzParseVMRSS(f *testing.F) {
 	f.Add("VmRSS:\t   13332 kB\n")
 	f.Add("VmRSS: 9223372036854775807 kB")
 	f.Fuzz(func(t *testing.T, text string) {
-		if rss, err := parseVmRSS(text); err == nil && rss < 0 {
-			t.Errorf("parseVmRSS(%q) = %d", text, rss)
+		if rss, err := parseVMRSS(text); err == nil && rss < 0 {
+			t.Errorf("parseVMRSS(%q) = %d", text, rss)
 		}
 	})
 }
