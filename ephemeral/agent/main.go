@@ -20,6 +20,9 @@
 //	        exec'd by `kubectl trafficlab sessions`: asks the main process (same socket and peer check
 //	        as attach) for its sessions and prints them as JSON, or ends session ID, whose plugin is
 //	        told who ended it
+//	trafficlab-agent profile --name=C [--kind=cpu|heap] [--seconds=30]
+//	        exec'd by hand: asks the main process (same socket and peer check as attach) for a CPU
+//	        profile over the given seconds, or a heap profile, and writes it to stdout (pprof format)
 //	trafficlab-agent guard SESSION-ID PID
 //	        removes a table the kernel cannot own (before 5.12) once PID is gone
 package main
@@ -65,6 +68,9 @@ func main() {
 	case len(args) > 0 && args[0] == "sessions":
 		//nolint:forbidigo // the exec stream's stdout carries the answer, and exec output is not logged
 		err = runSessions(args[1:], os.Stdout, os.Stderr)
+	case len(args) > 0 && args[0] == "profile":
+		//nolint:forbidigo // the exec stream's stdout carries the profile, and exec output is not logged
+		err = runProfile(args[1:], os.Stdout, os.Stderr)
 	case len(args) > 0 && args[0] == "guard":
 		err = runGuard(ctx, args[1:], os.Stderr)
 	default:

@@ -43,6 +43,8 @@ type header struct {
 	// Query, when set, makes the connection a question about the sessions (`trafficlab-agent
 	// sessions`), not an attachment.
 	Query *query `json:"query,omitempty"`
+	// Profile, when set, asks for a profile of the main process (`trafficlab-agent profile`).
+	Profile *profileQuery `json:"profile,omitempty"`
 }
 
 // checkPeer accepts a unix peer only if it is a process of this agent container: its pid is visible in
@@ -367,6 +369,11 @@ func (s *server) handle(ctx context.Context, c *net.UnixConn) {
 	if h.Query != nil {
 		closeFile(logFile)
 		s.answer(c, *h.Query)
+		return
+	}
+	if h.Profile != nil {
+		closeFile(logFile)
+		s.profile(ctx, c, *h.Profile)
 		return
 	}
 	logw := io.Discard

@@ -1,13 +1,22 @@
 package httpx
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -153,4 +162,257 @@ func BenchmarkSequentialSessions(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkPacedCPU is the agent's load in the steal bench in miniature: 64 kept-alive connections
+// sharing a paced 2,000 requests per second, every one passed to the app by a filter that matches
+// nothing. It reports the process's CPU (user + system, getrusage) per request: the proxied run's
+// figure minus the direct one's is what the proxy costs per passed request, wake-ups and scheduling
+// included, which a back-to-back benchmark (BenchmarkSequential) hides. It also reports the
+// goroutines the proxy started per request (runtime/metrics), the hand-offs that cost wake-ups.
+func BenchmarkPacedCPU(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	steal := filterSteal(b, wire.HTTPFilter{Headers: []string{`^X-Steal: yes$`}})
+	// A drain channel, as the agent's dispatcher always gives one.
+	p := startProxy(b, proxyConfig{app: app.addr(), steal: steal, drain: make(chan struct{})})
+	for _, target := range []struct{ name, addr string }{{"direct", app.addr()}, {"proxied", p.addr}} {
+		b.Run(target.name, func(b *testing.B) {
+			const conns, rate = 64, 2000
+			tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			work := make(chan struct{})
+			var wg sync.WaitGroup
+			for range conns {
+				wg.Go(func() {
+					for range work {
+						req, _ := http.NewRequest(http.MethodGet, "http://"+target.addr+"/x", nil)
+						resp, err := c.Do(req)
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						_, _ = io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				})
+			}
+			tick := time.NewTicker(time.Second / rate)
+			defer tick.Stop()
+			before, spawned := processCPU(), goroutinesCreated()
+			b.ResetTimer()
+			for range b.N {
+				<-tick.C
+				work <- struct{}{}
+			}
+			close(work)
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64((processCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
+			b.ReportMetric(float64(goroutinesCreated()-spawned)/float64(b.N), "goroutines/op")
+		})
+	}
+}
+
+// processCPU is the process's user and system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// goroutinesCreated is the goroutines the process has started so far.
+func goroutinesCreated() uint64 {
+	s := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
+
+// proxyProcessEnv, set to the app's address, makes the test binary run TestProxyProcess as the
+// proxy of BenchmarkProxyProcessCPU.
+const proxyProcessEnv = "HTTPX_BENCH_PROXY_APP"
+
+// proxyProfileEnv names a file for the proxy process's CPU profile (go tool pprof httpx.test FILE).
+const proxyProfileEnv = "HTTPX_BENCH_PROXY_PROFILE"
+
+// TestProxyProcess is BenchmarkProxyProcessCPU's proxy, in a process of its own so that its CPU time
+// is the proxy's alone: with proxyProcessEnv set it proxies to that app, with a filter that matches
+// nothing and a drain as the agent's dispatcher gives, prints its address and serves until its
+// stdin closes. Without it, it checks that such a process proxies a request.
+func TestProxyProcess(t *testing.T) {
+	app := os.Getenv(proxyProcessEnv)
+	if app == "" {
+		w := whoServer(t, "app", false, nil)
+		addr, _, stop := startProxyProcess(t, w.addr())
+		defer stop()
+		resp, err := http.Get("http://" + addr + "/x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.Header.Get("X-Served-By"); got != "app" {
+			t.Errorf("served by %q, want app", got)
+		}
+		return
+	}
+	if out := os.Getenv(proxyProfileEnv); out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
+	}
+	p := startProxy(t, proxyConfig{app: app, steal: filterSteal(t, wire.HTTPFilter{Headers: []string{`^X-Steal: yes$`}}), drain: make(chan struct{})})
+	fmt.Println(p.addr)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
+
+// startProxyProcess runs TestProxyProcess as a proxy to app and returns its address and pid, and a
+// function that ends it.
+func startProxyProcess(t testing.TB, app string) (addr string, pid int, stop func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestProxyProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), proxyProcessEnv+"="+app)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("proxy process: %v", err)
+	}
+	return strings.TrimSpace(line), cmd.Process.Pid, func() {
+		stdin.Close()
+		_ = cmd.Wait()
+	}
+}
+
+// procCPU is a running process's CPU time (user + system) from /proc/PID/stat, in clock ticks
+// (USER_HZ, 100 on Linux).
+func procCPU(t testing.TB, pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// BenchmarkProxyProcessCPU is the steal bench's agent measurement without the cluster: the proxy in a
+// process of its own (TestProxyProcess), 64 kept-alive connections sharing a paced 2,000 requests per
+// second, every one passed to the app by a filter that matches nothing; it reports the proxy
+// process's CPU per request (/proc, 10 ms ticks: run at least 10,000 requests), the figure issue 20
+// wants at most 60 µs in the pod.
+func BenchmarkProxyProcessCPU(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	addr, pid, stop := startProxyProcess(b, app.addr())
+	defer stop()
+	const conns, rate = 64, 2000
+	tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	work := make(chan struct{})
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			for range work {
+				resp, err := c.Get("http://" + addr + "/x")
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	// Warm up: the connections are set up before the count starts.
+	for range 4 * conns {
+		work <- struct{}{}
+	}
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	before := procCPU(b, pid)
+	b.ResetTimer()
+	for range b.N {
+		<-tick.C
+		work <- struct{}{}
+	}
+	close(work)
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64((procCPU(b, pid)-before).Microseconds())/float64(b.N), "proxy-cpu-µs/op")
+}
+
+// BenchmarkProxyProcessRSS is the agent's memory per kept-alive pass-through connection without the
+// cluster: the proxy process's RSS (/proc) idle and with 1,000 client connections that each passed
+// one request to the app through a filter that matches nothing and stay open, and the difference per
+// connection (each holds its connection to the app too). b.N is ignored: one measurement per run.
+func BenchmarkProxyProcessRSS(b *testing.B) {
+	app := whoServer(b, "app", false, nil)
+	addr, pid, stop := startProxyProcess(b, app.addr())
+	defer stop()
+	const n = 1000
+	idle := procRSS(b, pid)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+			b.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	held := procRSS(b, pid)
+	b.ReportMetric(float64(idle)/(1<<20), "idle-MiB")
+	b.ReportMetric(float64(held-idle)/n/1024, "KiB/conn")
+}
+
+// procRSS is a running process's resident set in bytes (/proc/PID/status VmRSS).
+func procRSS(t testing.TB, pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmRSS for pid %d", pid)
+	return 0
 }

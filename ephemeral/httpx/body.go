@@ -33,7 +33,11 @@ func getReader(r io.Reader) *bufio.Reader {
 	return bufio.NewReaderSize(r, bufioSize)
 }
 
+// putReader returns br to the pool; nil is a reader parked already (h1conn.park).
 func putReader(br *bufio.Reader) {
+	if br == nil {
+		return
+	}
 	br.Reset(nil)
 	readerPool.Put(br)
 }
@@ -46,7 +50,11 @@ func getWriter(w io.Writer) *bufio.Writer {
 	return bufio.NewWriterSize(w, bufioSize)
 }
 
+// putWriter returns bw to the pool; nil is a writer parked already (h1conn.park).
 func putWriter(bw *bufio.Writer) {
+	if bw == nil {
+		return
+	}
 	bw.Reset(nil)
 	writerPool.Put(bw)
 }

@@ -2,7 +2,8 @@ package httpx
 
 import (
 	"bytes"
-	"sync/atomic"
+	"context"
+	"sync"
 	"time"
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
@@ -10,15 +11,7 @@ import (
 
 // draining reports whether Route.Drain has been closed.
 func (r *Route) draining() bool {
-	if r.Drain == nil {
-		return false
-	}
-	select {
-	case <-r.Drain:
-		return true
-	default:
-		return false
-	}
+	return r.Drain != nil && r.Drain.Err() != nil
 }
 
 // DrainIdle is how long a drained HTTP/1 connection may wait for its next request before it is
@@ -31,33 +24,42 @@ const DrainIdle = time.Second
 // watchDrain closes the wait for the next request once Route.Drain is closed and the connection
 // has waited DrainIdle, by the client's read deadline; stop ends the watch and reports whether it
 // fired.
+//
+// It starts no goroutine while the route does not drain (a registration on Route.Drain and, once
+// that fires, a timer): it runs for every wait between two requests on a kept-alive connection.
 func (c *h1conn) watchDrain() (stop func() (fired bool)) {
 	if c.route.Drain == nil {
 		return func() bool { return false }
 	}
 	since := time.Now()
-	done, finished := make(chan struct{}), make(chan struct{})
-	var fired atomic.Bool
-	go func() {
-		defer close(finished)
-		select {
-		case <-c.route.Drain:
-		case <-done:
-			return
-		}
-		t := time.NewTimer(time.Until(since.Add(DrainIdle)))
-		defer t.Stop()
-		select {
-		case <-t.C:
-			fired.Store(true)
+	var mu sync.Mutex
+	var stopped, fired bool
+	var t *time.Timer
+	// Both callbacks take mu and do nothing once stop has: after stop returns, no deadline is set.
+	fire := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			fired = true
 			_ = c.client.SetReadDeadline(time.Unix(1, 0))
-		case <-done:
 		}
-	}()
+	}
+	unregister := context.AfterFunc(c.route.Drain, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t = time.AfterFunc(time.Until(since.Add(DrainIdle)), fire)
+		}
+	})
 	return func() bool {
-		close(done)
-		<-finished
-		return fired.Load()
+		unregister()
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		if t != nil {
+			t.Stop()
+		}
+		return fired
 	}
 }
 

@@ -92,7 +92,10 @@ func ServeH2C(ctx context.Context, client net.Conn, pre []byte, r Route) error {
 		defer close(served)
 		_ = srv.Serve(ln)
 	}()
-	drain := p.drainAfterFirst(r.Drain)
+	var drain <-chan struct{}
+	if r.Drain != nil {
+		drain = p.drainAfterFirst(r.Drain.Done())
+	}
 	// shut is the graceful close that follows the app's, or Route.Drain: GOAWAY to the client
 	// (net/http names the last stream it took), streams in flight finish, then the connection
 	// closes.

@@ -163,7 +163,19 @@ func startProxy(t testing.TB, cfg proxyConfig) *proxy {
 		Event:       p.ev.add,
 		OpenTimeout: cfg.openTimeout,
 		HeadTimeout: cfg.headTimeout,
-		Drain:       cfg.drain,
+	}
+	if cfg.drain != nil {
+		// The tests close a channel, as the steal ends its drain context.
+		dctx, drained := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-cfg.drain:
+				drained()
+			case <-dctx.Done():
+			}
+		}()
+		t.Cleanup(drained)
+		route.Drain = dctx
 	}
 	switch {
 	case cfg.localDial != nil:

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,10 @@ import (
 
 	"github.com/trafficlab/kubectl-trafficlab/internal/httpsyntax"
 )
+
+// idleWatchAfter is how long a kept-alive client connection waits for its next request before its
+// upstream connections are watched for their close (idle).
+const idleWatchAfter = 100 * time.Millisecond
 
 // bodyGrace is how long a finished response waits for the rest of its request body. A server may
 // answer before reading the body (413, or a final status to "Expect: 100-continue"); the client then
@@ -102,6 +107,7 @@ func (c *h1conn) serve() error {
 			if !more || err != nil {
 				return err
 			}
+			c.unpark()
 		}
 		var err error
 		// The deadline runs from the head's first byte (the first request's: from here, Peek having
@@ -156,6 +162,13 @@ func (c *h1conn) serve() error {
 // been connected to the app, would have seen that close, so it sees it now), or the local process
 // closed its side and no app connection is left to watch. There is no timer of the agent's own: a
 // shorter one than the client's pool would break clients that rely on the server's.
+//
+// The upstream connections are watched only once the client has been idle for idleWatchAfter: a
+// watch is a goroutine per upstream connection, and a client that sends its next request sooner,
+// as a busy one does, would pay for it on every request. A server closes an idle keep-alive
+// connection after seconds, so the client hears of that close at most idleWatchAfter later than it
+// would from the server itself; a request that comes first finds the dead connection (alive) and
+// goes on a new one.
 func (c *h1conn) idle() (more bool, err error) {
 	if c.cr.Buffered() > 0 || c.pre.Len() > 0 {
 		return true, nil // pipelined: the next request is already here
@@ -171,13 +184,18 @@ func (c *h1conn) idle() (more bool, err error) {
 		// its response, and so does the client's side now.
 		return false, nil
 	}
-	for s, u := range c.ups {
-		if u != nil {
-			w.start(side(s), u)
+	c.park()
+	ups := slices.Clone(c.ups)
+	later := time.AfterFunc(idleWatchAfter, func() {
+		for s, u := range ups {
+			if u != nil {
+				w.start(side(s), u)
+			}
 		}
-	}
+	})
 	quiet := c.watchDrain()
 	_, err = c.cr.Peek(1)
+	later.Stop()
 	drained := quiet()
 	woke := w.stop()
 	for s, dead := range w.dead {
@@ -192,6 +210,48 @@ func (c *h1conn) idle() (more bool, err error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("read request: %w", err)
+}
+
+// park returns the buffers of the client's writer and of the upstream connections (readers and
+// writers) to their pools while the connection waits for its next request, and unpark takes them
+// back: a kept-alive connection waits far longer than it works, and the agent holds thousands of
+// them (8 KiB each buffer; the client's reader stays, as the wait reads into it). A buffer that
+// still holds bytes stays.
+func (c *h1conn) park() {
+	if c.cw.Buffered() == 0 {
+		putWriter(c.cw)
+		c.cw = nil
+	}
+	for _, u := range c.ups {
+		if u == nil {
+			continue
+		}
+		if u.bw.Buffered() == 0 {
+			putWriter(u.bw)
+			u.bw = nil
+		}
+		if u.br.Buffered() == 0 {
+			putReader(u.br)
+			u.br = nil
+		}
+	}
+}
+
+func (c *h1conn) unpark() {
+	if c.cw == nil {
+		c.cw = getWriter(c.client)
+	}
+	for _, u := range c.ups {
+		if u == nil {
+			continue
+		}
+		if u.bw == nil {
+			u.bw = getWriter(u.conn)
+		}
+		if u.br == nil {
+			u.br = getReader(u.conn)
+		}
+	}
 }
 
 // idleWatch watches a client connection's idle upstream connections for their close, and wakes the
@@ -211,8 +271,17 @@ type idleWatch struct {
 	dead      []bool
 }
 
-// start watches u; w.live already counts it.
+// start watches u; w.live already counts it. Nothing once stop has begun: start runs from a timer
+// (idle) that may fire while the wait ends.
 func (w *idleWatch) start(s side, u *h1up) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopping {
+		return
+	}
+	if u.br == nil {
+		u.br = getReader(u.conn) // parked: unpark keeps this one
+	}
 	w.ups[s] = u
 	w.wg.Add(1)
 	go func() {
@@ -240,8 +309,9 @@ func (w *idleWatch) stop() (woke bool) {
 	w.mu.Lock()
 	w.stopping = true
 	woke = w.woke
+	ups := slices.Clone(w.ups) // no start adds to them from here on
 	w.mu.Unlock()
-	for s, u := range w.ups {
+	for s, u := range ups {
 		if u == nil {
 			continue
 		}

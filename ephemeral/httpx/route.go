@@ -43,8 +43,9 @@ type Route struct {
 	// HTTP/1 answers its next response with "Connection: close" and closes after it; HTTP/2 sends
 	// GOAWAY (naming the last stream it took) and closes once its streams are done. An HTTP/1
 	// connection waiting for its next request is closed once it has waited DrainIdle. nil never
-	// drains.
-	Drain <-chan struct{}
+	// drains. A context rather than a channel: an idle HTTP/1 connection registers on it
+	// (context.AfterFunc) without a goroutine of its own, so a kept-alive request costs none.
+	Drain context.Context
 	// Event hears about every request when its response is done, and about warnings when they happen.
 	// It is called from the connection's goroutines (HTTP/2: one per stream) and must not block long.
 	Event func(Event)

@@ -1,6 +1,7 @@
 package steal
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -11,9 +12,10 @@ import (
 
 // ending is what a steal needs to end without failing the app's clients.
 type ending struct {
-	// drain is closed when the steal starts ending: filtered connections stop stealing and drain
-	// (httpx.Route.Drain), and the flush stops.
-	drain chan struct{}
+	// drain is done when the steal starts ending (startDrain): filtered connections stop stealing
+	// and drain (httpx.Route.Drain), and the flush stops.
+	drain      context.Context
+	startDrain context.CancelFunc
 	// stolen are the connections handed whole to the developer's process (under Steal.mu).
 	stolen map[net.Conn]bool
 	// changed hears that a connection ended.
@@ -27,15 +29,16 @@ type ending struct {
 }
 
 func newEnding() ending {
+	drain, start := context.WithCancel(context.Background())
 	return ending{
-		drain: make(chan struct{}), stolen: map[net.Conn]bool{}, changed: make(chan struct{}, 1),
+		drain: drain, startDrain: start, stolen: map[net.Conn]bool{}, changed: make(chan struct{}, 1),
 		flushDone: make(chan struct{}),
 	}
 }
 
 func (s *Steal) draining() bool {
 	select {
-	case <-s.drain:
+	case <-s.drain.Done():
 		return true
 	default:
 		return false
@@ -89,7 +92,7 @@ type stopper interface{ StopNew() error }
 // every connection is reset at once, as new ones would keep arriving.
 func (s *Steal) end() error {
 	s.mu.Lock()
-	close(s.drain)
+	s.startDrain()
 	var stolen []net.Conn
 	for c := range s.stolen {
 		stolen = append(stolen, c)

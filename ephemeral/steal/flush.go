@@ -66,7 +66,7 @@ func (s *Steal) flush(ports []uint16) {
 		}
 		select {
 		case <-t.C:
-		case <-s.drain:
+		case <-s.drain.Done():
 			return
 		}
 	}

@@ -42,7 +42,7 @@ func flushRun(t *testing.T, spec wire.StealSpec, window time.Duration, script []
 	select {
 	case <-s.flushDone:
 	case <-time.After(20 * time.Second): // a failure, not a hang
-		close(s.drain)
+		s.startDrain()
 		<-s.flushDone
 		t.Fatal("the flush did not end")
 	}

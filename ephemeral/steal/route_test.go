@@ -116,7 +116,7 @@ func TestPick(t *testing.T) {
 	if got := regs[3].Others(); len(got) != 2 || got[0] != regs[0] || got[1] != regs[2] {
 		t.Errorf("others of s3: %v", got)
 	}
-	close(s.drain)
+	s.startDrain()
 	if got := req("/", "alice"); got != "app" {
 		t.Errorf("alice's request while the steal ends went to %s, want app", got)
 	}

@@ -78,23 +78,25 @@ func run() error {
 	requests := flag.Int("requests", 500, "small requests per latency run")
 	image := flag.String("image", os.Getenv("TRAFFICLAB_PEERS_IMAGE"), "test peers image")
 	out := flag.String("out", "", "also write the markdown tables here")
-	suites := flag.String("suites", "forward,steal,mirror,exec,workload,link", "which measurements to run, comma separated: forward, steal, mirror, exec, workload, link")
+	suites := flag.String("suites", "forward,steal,mirror,exec,workload,link,limited", "which measurements to run, comma separated: forward, steal, mirror, exec, workload, link, limited")
 	quiet := flag.Float64("quiet-cores", 0.3, "before each run, wait until the machine uses fewer cores than this (the machine is shared)")
 	disturbed := flag.Float64("disturbed-cores", 0.2, "steal suite: repeat a run (up to 3 times) when processes outside the measured path used more cores than this")
 	var so stealOptions
 	so.addFlags(flag.CommandLine)
 	var mo mirrorOptions
 	mo.addFlags(flag.CommandLine)
-	var lo linkOptions
-	flag.StringVar(&lo.links, "links", "100mbit/30ms,1gbit/5ms", "link suite: the laptop links, comma separated RATE/RTT (RATE in kbit, mbit or gbit each way, RTT in whole ms)")
-	flag.DurationVar(&lo.seconds, "link-seconds", 4*time.Second, "link suite: each bulk download is what the link carries in this time at its rate")
-	flag.IntVar(&lo.requests, "link-requests", 200, "link suite: small requests per latency run")
-	flag.StringVar(&lo.toxiproxy, "toxiproxy", "", "link suite: the toxiproxy-server binary (hack/tools/install.sh toxiproxy-server)")
+	var lk linkOptions
+	flag.StringVar(&lk.links, "links", "100mbit/30ms,1gbit/5ms", "link suite: the laptop links, comma separated RATE/RTT (RATE in kbit, mbit or gbit each way, RTT in whole ms)")
+	flag.DurationVar(&lk.seconds, "link-seconds", 4*time.Second, "link suite: each bulk download is what the link carries in this time at its rate")
+	flag.IntVar(&lk.requests, "link-requests", 200, "link suite: small requests per latency run")
+	flag.StringVar(&lk.toxiproxy, "toxiproxy", "", "link suite: the toxiproxy-server binary (hack/tools/install.sh toxiproxy-server)")
+	var lo limitedOptions // limited.go
+	lo.addFlags(flag.CommandLine)
 	flag.Parse()
 	if *image == "" {
 		return errors.New("set --image or TRAFFICLAB_PEERS_IMAGE (hack/cluster/images.sh prints it)")
 	}
-	runForward, runSteal, runMirror, runExec, runWorkload, runLink := false, false, false, false, false, false
+	runForward, runSteal, runMirror, runExec, runWorkload, runLink, runLimited := false, false, false, false, false, false, false
 	for _, s := range strings.Split(*suites, ",") {
 		switch strings.TrimSpace(s) {
 		case "forward":
@@ -109,11 +111,13 @@ func run() error {
 			runWorkload = true
 		case "link":
 			runLink = true
+		case "limited":
+			runLimited = true
 		default:
-			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload, link", s)
+			return fmt.Errorf("--suites: unknown suite %q; use forward, steal, mirror, exec, workload, link, limited", s)
 		}
 	}
-	if runSteal || runMirror {
+	if runSteal || runMirror || runLimited {
 		if err := so.check(); err != nil {
 			return err
 		}
@@ -124,7 +128,7 @@ func run() error {
 		}
 	}
 	if runLink {
-		if err := lo.check(); err != nil {
+		if err := lk.check(); err != nil {
 			return err
 		}
 	}
@@ -179,6 +183,13 @@ func run() error {
 		}
 		tables = append(tables, t)
 	}
+	if runLimited {
+		t, err := limitedSuite(ctx, *quiet, *disturbed, ns, *image, so, lo)
+		if err != nil {
+			return fmt.Errorf("limited: %w", err)
+		}
+		tables = append(tables, t)
+	}
 	if runWorkload {
 		t, err := workloadSuite(ctx, m, ns, *image)
 		if err != nil {
@@ -187,7 +198,7 @@ func run() error {
 		tables = append(tables, t)
 	}
 	if runLink {
-		t, err := linkSuite(ctx, m, ns, lo)
+		t, err := linkSuite(ctx, m, ns, lk)
 		if err != nil {
 			return fmt.Errorf("link: %w", err)
 		}
