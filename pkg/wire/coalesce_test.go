@@ -68,3 +68,48 @@ func TestCoalescer(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSCoalescer: over TLS the header is joined with one record's worth of its body and the rest
+// goes as it is, so TLS cuts the same records while the coalescer copies less.
+func TestTLSCoalescer(t *testing.T) {
+	frame := readFromBlock + blockHeaderSize // the yamux body a ReadFrom block makes
+	big := randomBytes(4, frame)
+	small := []byte("hello")
+	tests := []struct {
+		name   string
+		writes [][]byte
+		want   [][]byte
+	}{
+		{
+			name:   "a body that fits one record is joined whole",
+			writes: [][]byte{header(0, uint32(len(small))), small},
+			want:   [][]byte{append(header(0, uint32(len(small))), small...)},
+		},
+		{
+			name:   "a larger body is joined up to one record, then sent from yamux's slice",
+			writes: [][]byte{header(0, uint32(frame)), big},
+			want: [][]byte{
+				append(header(0, uint32(frame)), big[:tlsRecord-yamuxHeaderSize]...),
+				big[tlsRecord-yamuxHeaderSize:],
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := &recordConn{}
+			c := newTLSCoalescer(rc)
+			for _, w := range tt.writes {
+				if n, err := c.Write(w); err != nil || n != len(w) {
+					t.Fatalf("Write = %d, %v", n, err)
+				}
+			}
+			if diff := cmp.Diff(tt.want, rc.writes); diff != "" {
+				t.Errorf("writes to TLS (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// A ReadFrom block's frame is two whole records: nothing left for a third, tiny one.
+	if got := yamuxHeaderSize + frame; got != 2*tlsRecord {
+		t.Errorf("a ReadFrom block's yamux frame is %d bytes, want %d (two TLS records)", got, 2*tlsRecord)
+	}
+}
