@@ -174,20 +174,6 @@ func (c *codecs) close() {
 	}
 }
 
-// encodeBlock writes one framed block for src into dst (cap >= encodedLen(len(src))) and returns it.
-// It falls back to a raw block when the codec does not save at least 1/8.
-func (c *codecs) encodeBlock(dst []byte, codec Compression, src []byte) ([]byte, bool, error) {
-	if codec != CompressionNone && len(src) >= minCompressSize {
-		out, ok, err := c.compressBlock(dst, codec, src)
-		if err != nil || ok {
-			return out, ok, err
-		}
-	}
-	out := rawBlock(dst[:blockHeaderSize+len(src)])
-	copy(out[blockHeaderSize:], src)
-	return out, false, nil
-}
-
 // compressBlock writes src as one compressed block into dst (cap >= encodedLen(len(src))) when the
 // codec saves at least 1/8, and reports false, with no block, when it does not.
 func (c *codecs) compressBlock(dst []byte, codec Compression, src []byte) ([]byte, bool, error) {
