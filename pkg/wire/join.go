@@ -27,7 +27,7 @@ func Join(a, b io.ReadWriteCloser) error {
 		defer wg.Done()
 		var err error
 		if st, ok := dst.(*Stream); ok {
-			// Reads straight into the block it sends: one copy less per byte (BenchmarkJoin).
+			// Reads straight into the block it sends: one copy less per byte (BenchmarkStreamFeed).
 			_, err = st.ReadFrom(readerOnly{src})
 		} else {
 			buf := joinBufs.Get().(*[]byte)
