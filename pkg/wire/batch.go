@@ -21,34 +21,20 @@ const maxBatch = 1 << 20
 // mirror's answers, one per copied request, then crossed the chain one write each. interval spaces
 // the writes out instead: a write waits until interval has passed since the one before, and what
 // arrives meanwhile joins it. A frame after a quiet interval still leaves at once.
-//
-// A frame that finds the connection quiet (no write in flight, nothing queued, none for inlineAfter
-// and the interval) is written by the caller itself: handing it to the flusher would only add a
-// goroutine wake-up to its latency (BenchmarkStreamRoundTrip: ~11 µs per round trip, one hand-off
-// on each end), and there is nothing to join it with. Frames that come while it is on its way queue
-// behind it as they would behind the flusher's write, so a burst still crosses as few writes.
 type batcher struct {
 	conn     io.ReadWriteCloser
 	interval atomic.Int64 // time.Duration; zero writes as soon as the previous write returned
+	last     time.Time    // when the last write started; only the flusher uses it
 	clock    Clock        // the waits for interval and closeFlush; a fake one in tests
 
 	mu      sync.Mutex
 	cond    *sync.Cond
 	pending []byte
 	spare   []byte
-	last    time.Time // when the last write started
-	lastEnd time.Time // when the last write returned
-	writing bool      // a write is on its way, the flusher's or a caller's
-	inlines int       // writes made by callers; tests read it
-	err     error     // the first write error; every later Write returns it
+	err     error // the first write error; every later Write returns it
 	closing bool
 	done    chan struct{}
 }
-
-// inlineAfter is how long the connection must have been quiet for a frame to be written by its caller.
-// Frames of one transfer follow each other within microseconds and are joined by the flusher; a
-// kept-alive request comes a round trip (hundreds of microseconds at least) after the last answer.
-const inlineAfter = 50 * time.Microsecond
 
 func newBatcher(conn io.ReadWriteCloser) *batcher { return newBatcherClock(conn, SystemClock()) }
 
@@ -59,8 +45,7 @@ func newBatcherClock(conn io.ReadWriteCloser, clock Clock) *batcher {
 	return b
 }
 
-// Write queues p and returns once it is queued, not sent; or, on a quiet connection, writes p itself
-// and returns once the connection took it.
+// Write queues p; it returns once p is queued, not sent.
 func (b *batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -73,34 +58,16 @@ func (b *batcher) Write(p []byte) (int, error) {
 	if b.closing {
 		return 0, io.ErrClosedPipe
 	}
-	if now := b.clock.Now(); !b.writing && len(b.pending) == 0 && b.quiet(now) {
-		b.writing, b.last = true, now
-		b.inlines++
-		b.mu.Unlock()
-		n, err := b.conn.Write(p)
-		b.mu.Lock()
-		b.writing, b.lastEnd = false, b.clock.Now()
-		if err != nil && b.err == nil {
-			b.err = err
-		}
-		b.cond.Broadcast() // the flusher waits for this write to end before it writes what queued behind it
-		return n, err
-	}
 	b.pending = append(b.pending, p...)
 	b.cond.Broadcast()
 	return len(p), nil
-}
-
-// quiet reports whether a write may leave now without waiting for company; the caller holds mu.
-func (b *batcher) quiet(now time.Time) bool {
-	return now.Sub(b.lastEnd) >= inlineAfter && now.Sub(b.last) >= time.Duration(b.interval.Load())
 }
 
 func (b *batcher) flush() {
 	defer close(b.done)
 	b.mu.Lock()
 	for {
-		for b.err == nil && (b.writing || (len(b.pending) == 0 && !b.closing)) {
+		for len(b.pending) == 0 && !b.closing && b.err == nil {
 			b.cond.Wait()
 		}
 		if b.err != nil || len(b.pending) == 0 {
@@ -113,15 +80,14 @@ func (b *batcher) flush() {
 			b.mu.Lock()
 			continue
 		}
-		b.last, b.writing = b.clock.Now(), true
+		b.last = b.clock.Now()
 		out := b.pending
 		b.pending = b.spare[:0]
 		b.mu.Unlock()
 		_, err := b.conn.Write(out)
 		b.mu.Lock()
-		b.writing, b.lastEnd = false, b.clock.Now()
 		b.spare = out[:0]
-		if err != nil && b.err == nil {
+		if err != nil {
 			b.err = err
 		}
 		b.cond.Broadcast()

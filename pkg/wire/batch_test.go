@@ -47,116 +47,39 @@ func (g *gatedConn) messages() [][]byte {
 }
 
 // TestBatcherJoinsFramesWhileAWriteIsInFlight: the first frame leaves alone; the frames queued while
-// it is on its way leave together, in order, whether the first went out from its caller (a quiet
-// connection) or from the flusher (one that has just written).
+// it is on its way leave together, in order.
 func TestBatcherJoinsFramesWhileAWriteIsInFlight(t *testing.T) {
-	for _, inline := range []bool{true, false} {
-		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
-			g := &gatedConn{gate: make(chan struct{})}
-			clk := newFakeClock()
-			b := newBatcherClock(g, clk)
-			if !inline {
-				b.mu.Lock()
-				b.lastEnd = clk.Now() // a write has just returned: the next one is queued
-				b.mu.Unlock()
-			}
-			first := make(chan error, 1)
-			go func() {
-				_, err := b.Write([]byte("a"))
-				first <- err
-			}()
-			// Wait until "a" is on its way and blocks in the connection's Write.
-			waitFor(t, func() bool {
-				b.mu.Lock()
-				defer b.mu.Unlock()
-				return b.writing
-			})
-			if !inline {
-				if err := <-first; err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, p := range []string{"b", "c", "d"} {
-				if _, err := b.Write([]byte(p)); err != nil {
-					t.Fatal(err)
-				}
-			}
-			close(g.gate)
-			if inline {
-				if err := <-first; err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := b.Close(); err != nil {
-				t.Fatal(err)
-			}
-			got := g.messages()
-			if len(got) != 2 || string(got[0]) != "a" || string(got[1]) != "bcd" {
-				t.Errorf("messages %q, want [a bcd]", got)
-			}
-			if want := map[bool]int{true: 1, false: 0}[inline]; b.inlines != want {
-				t.Errorf("%d writes made by their callers, want %d", b.inlines, want)
-			}
-			if !g.closed {
-				t.Error("Close did not close the connection")
-			}
-		})
+	g := &gatedConn{gate: make(chan struct{})}
+	b := newBatcher(g)
+	if _, err := b.Write([]byte("a")); err != nil {
+		t.Fatal(err)
 	}
-}
-
-// waitFor polls cond until it holds, for state no channel announces.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met")
+	// Let the flusher pick "a" up and block in Write.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.mu.Lock()
+		taken := len(b.pending) == 0
+		b.mu.Unlock()
+		if taken || time.Now().After(deadline) {
+			break
 		}
 		time.Sleep(time.Millisecond)
 	}
-}
-
-// TestBatcherInlineWhenQuiet: a frame on a quiet connection is on the connection when Write returns,
-// written by its caller; one that follows within inlineAfter is left to the flusher; after
-// inlineAfter of quiet, the caller writes again.
-func TestBatcherInlineWhenQuiet(t *testing.T) {
-	clk := newFakeClock()
-	c := &stampConn{clock: clk, wrote: make(chan struct{}, 8)}
-	b := newBatcherClock(c, clk)
-	write := func(p string) {
-		t.Helper()
+	for _, p := range []string{"b", "c", "d"} {
 		if _, err := b.Write([]byte(p)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	written := func() int {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		return len(c.writes)
-	}
-	write("quiet;")
-	if got := written(); got != 1 || b.inlines != 1 {
-		t.Fatalf("after a write on a quiet connection: %d on the connection, %d by the caller; want 1, 1", got, b.inlines)
-	}
-	<-c.wrote
-	write("soon;") // no time has passed: the flusher writes it
-	<-c.wrote
-	if b.inlines != 1 {
-		t.Errorf("a write right after another was made by its caller")
-	}
-	clk.Advance(inlineAfter)
-	write("later;")
-	if got := written(); got != 3 || b.inlines != 2 {
-		t.Errorf("after inlineAfter of quiet: %d on the connection, %d by the caller; want 3, 2", got, b.inlines)
-	}
-	<-c.wrote
+	close(g.gate)
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if want := [][]byte{[]byte("quiet;"), []byte("soon;"), []byte("later;")}; !slices.EqualFunc(c.writes, want, bytes.Equal) {
-		t.Errorf("writes %q, want %q", c.writes, want)
+	got := g.messages()
+	if len(got) != 2 || string(got[0]) != "a" || string(got[1]) != "bcd" {
+		t.Errorf("messages %q, want [a bcd]", got)
+	}
+	if !g.closed {
+		t.Error("Close did not close the connection")
 	}
 }
 
@@ -187,12 +110,7 @@ func TestBatcherCloseDoesNotWaitForAStuckPeer(t *testing.T) {
 	clk := newFakeClock()
 	g := &stuckConn{unblock: make(chan struct{})}
 	b := newBatcherClock(g, clk)
-	go func() { _, _ = b.Write(bytes.Repeat([]byte("x"), 10)) }() // on a quiet connection: it blocks its caller
-	waitFor(t, func() bool {
-		b.mu.Lock()
-		defer b.mu.Unlock()
-		return b.writing
-	})
+	_, _ = b.Write(bytes.Repeat([]byte("x"), 10))
 	closed := make(chan error, 1)
 	go func() { closed <- b.Close() }()
 	clk.waitTimers(t, 1) // Close's wait for the flush

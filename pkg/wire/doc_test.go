@@ -36,7 +36,6 @@ func docConstants() map[string]any {
 		"wire.DefaultMuxConfig().OpenTimeout":       tc.OpenTimeout,
 		"wire.PluginStreamWindow":                   PluginStreamWindow,
 		"wire.MirrorWriteInterval":                  MirrorWriteInterval,
-		"wire.inlineAfter":                          inlineAfter,
 		"wire.MaxBlockSize":                         MaxBlockSize,
 		"wire.minCompressSize":                      minCompressSize,
 		"wire.maxSkipBlocks":                        maxSkipBlocks,
@@ -60,7 +59,7 @@ type docQuote struct {
 var (
 	// quoteRE finds every quote; a quote whose value does not parse is an error, not a skip.
 	quoteRE = regexp.MustCompile("`(wire\\.[^`]+)` = ")
-	valueRE = regexp.MustCompile(`^(\d[\d,]*)(?: (µs|ms|s|min|bytes|KiB|MiB)\b)?`)
+	valueRE = regexp.MustCompile(`^(\d[\d,]*)(?: (ms|s|min|bytes|KiB|MiB)\b)?`)
 )
 
 // parseDocQuotes returns the quotes in doc, in order.
@@ -71,7 +70,7 @@ func parseDocQuotes(doc string) ([]docQuote, error) {
 			name, rest := line[m[2]:m[3]], line[m[1]:]
 			v := valueRE.FindStringSubmatch(rest)
 			if v == nil {
-				return nil, fmt.Errorf("line %d: %s = %.20q: not a number with an optional unit (µs, ms, s, min, bytes, KiB, MiB)", i+1, name, rest)
+				return nil, fmt.Errorf("line %d: %s = %.20q: not a number with an optional unit (ms, s, min, bytes, KiB, MiB)", i+1, name, rest)
 			}
 			n, err := strconv.ParseInt(strings.ReplaceAll(v[1], ",", ""), 10, 64)
 			if err != nil {
@@ -79,8 +78,6 @@ func parseDocQuotes(doc string) ([]docQuote, error) {
 			}
 			var value any
 			switch v[2] {
-			case "µs":
-				value = time.Duration(n) * time.Microsecond
 			case "ms":
 				value = time.Duration(n) * time.Millisecond
 			case "s":
