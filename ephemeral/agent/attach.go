@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -122,30 +121,7 @@ func runRelay(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	growPipe(stdin)
-	growPipe(stdout)
 	return wire.Join(c, stdio{r: stdin, w: stdout})
-}
-
-// relayPipeSize is what the relay asks of the exec stream's pipes. At the default 64 KiB the relay and
-// the runtime's shim, which copies each pipe to the exec stream, wake each other every two 32 KiB
-// copies; 1 MiB, the most an unprivileged process may ask (fs.pipe-max-size), lets each run on.
-const relayPipeSize = 1 << 20
-
-// growPipe asks for relayPipeSize when f is a pipe; anything else (a file, a terminal, a test's
-// buffer), or a refusal, leaves it as it is: the relay works either way, only slower.
-func growPipe(f any) {
-	sc, ok := f.(syscall.Conn)
-	if !ok {
-		return
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return
-	}
-	_ = rc.Control(func(fd uintptr) {
-		_, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, relayPipeSize)
-	})
 }
 
 // stdio makes the exec stream's two halves one connection; closing the write half is all an exec

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
@@ -221,93 +220,4 @@ func BenchmarkDataHandshake(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-}
-
-// BenchmarkStreamFeed feeds one stream through a TLS tunnel over loopback TCP from a reader, as Join
-// feeds it from the app's connection on a download: "write" copies through a buffer into Write, as
-// Join did, "readfrom" is Stream.ReadFrom, which reads into the block it sends.
-func BenchmarkStreamFeed(b *testing.B) {
-	for name, p := range benchPayloads() {
-		for _, c := range []Compression{CompressionNone, CompressionS2} {
-			for _, mode := range []string{"write", "readfrom"} {
-				b.Run(fmt.Sprintf("%s/%s/%s", name, c, mode), func(b *testing.B) {
-					benchFeed(b, p, c, mode == "readfrom")
-				})
-			}
-		}
-	}
-}
-
-func benchFeed(b *testing.B, p []byte, c Compression, readFrom bool) {
-	client, server, _ := benchPair(b, true)
-	defer client.Close()
-	defer server.Close()
-	done := make(chan int64, 1)
-	go func() {
-		in, err := server.Accept(context.Background())
-		if err != nil {
-			done <- -1
-			return
-		}
-		st, _ := in.Accept()
-		n, _ := io.Copy(io.Discard, st)
-		st.Close()
-		done <- n
-	}()
-	st, err := client.Open(context.Background(), dialReq("sink:1", c))
-	if err != nil {
-		b.Fatal(err)
-	}
-	const chunk = 256 << 10
-	b.SetBytes(chunk)
-	src := &loopReader{p: p, left: int64(b.N) * chunk}
-	cpu0 := processCPU(b)
-	b.ResetTimer()
-	if readFrom {
-		_, err = st.ReadFrom(src)
-	} else {
-		_, err = io.CopyBuffer(writerOnly{st}, src, make([]byte, joinBufSize))
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	_ = st.CloseWrite()
-	got := <-done
-	b.StopTimer()
-	cpu := processCPU(b) - cpu0
-	st.Close()
-	if got != int64(b.N)*chunk {
-		b.Fatalf("sink got %d bytes, want %d", got, int64(b.N)*chunk)
-	}
-	// Both ends' CPU per byte: on a shared machine the MB/s mostly says how much CPU the others left.
-	b.ReportMetric(float64(cpu.Nanoseconds())/float64(got), "cpu-ns/B")
-}
-
-// processCPU is the CPU time (user and system) the process has used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// loopReader serves left bytes of p over and over, copying into each read as a socket does.
-type loopReader struct {
-	p    []byte
-	off  int
-	left int64
-}
-
-func (r *loopReader) Read(b []byte) (int, error) {
-	if r.left == 0 {
-		return 0, io.EOF
-	}
-	if r.off == len(r.p) {
-		r.off = 0
-	}
-	n := copy(b[:min(int64(len(b)), r.left)], r.p[r.off:])
-	r.off += n
-	r.left -= int64(n)
-	return n, nil
 }

@@ -9,52 +9,29 @@ import (
 // TCP socket with Nagle off, and on a port-forward stream where every write becomes its own SPDY or
 // WebSocket frame (and TLS record), that doubles the frames every proxy on the path handles. The
 // coalescer holds a data frame's header back and sends it in one write with its body.
-//
-// Over TLS only the first record needs the header: the coalescer joins the header with as much of the
-// body as fills one record and writes the rest as it is, which TLS cuts into records the same way,
-// instead of copying the whole body behind the header first (a 32 KiB block is copied 16 KiB less).
 type coalescer struct {
 	io.ReadWriteCloser
 	hdr    [yamuxHeaderSize]byte
 	held   bool
 	buf    []byte
 	wantBy int // body length the held header announces
-	split  int // over TLS, the record size: the most one write joining header and body carries
 }
 
 const (
 	yamuxHeaderSize = 12
 	yamuxTypeData   = 0
-
-	// tlsRecord is the most plaintext crypto/tls puts in one record (the protocol's limit; it starts
-	// smaller on a new connection, and writes are cut at it).
-	tlsRecord = 16 << 10
 )
 
 func newCoalescer(conn io.ReadWriteCloser) *coalescer { return &coalescer{ReadWriteCloser: conn} }
-
-// newTLSCoalescer is newCoalescer for a TLS connection.
-func newTLSCoalescer(conn io.ReadWriteCloser) *coalescer {
-	return &coalescer{ReadWriteCloser: conn, split: tlsRecord}
-}
 
 // Write is called only from yamux's single send loop, so it needs no lock.
 func (c *coalescer) Write(p []byte) (int, error) {
 	if c.held {
 		c.held = false
 		if len(p) == c.wantBy {
-			head := len(p)
-			if c.split > 0 {
-				head = min(head, c.split-yamuxHeaderSize)
-			}
-			c.buf = append(append(c.buf[:0], c.hdr[:]...), p[:head]...)
+			c.buf = append(append(c.buf[:0], c.hdr[:]...), p...)
 			if _, err := c.ReadWriteCloser.Write(c.buf); err != nil {
 				return 0, err
-			}
-			if head < len(p) {
-				if n, err := c.ReadWriteCloser.Write(p[head:]); err != nil {
-					return head + n, err
-				}
 			}
 			return len(p), nil
 		}

@@ -174,43 +174,40 @@ func (c *codecs) close() {
 	}
 }
 
-// compressBlock writes src as one compressed block into dst (cap >= encodedLen(len(src))) when the
-// codec saves at least 1/8, and reports false, with no block, when it does not.
-func (c *codecs) compressBlock(dst []byte, codec Compression, src []byte) ([]byte, bool, error) {
-	var enc []byte
-	var typ byte
-	switch codec {
-	case CompressionS2:
-		typ = blockS2
-		enc = s2.Encode(dst[blockCompHeaderSize:cap(dst)], src)
-	case CompressionZstd:
-		zenc, _, err := c.zstd()
-		if err != nil {
-			return nil, false, err
+// encodeBlock writes one framed block for src into dst (cap >= encodedLen(len(src))) and returns it.
+// It falls back to a raw block when the codec does not save at least 1/8.
+func (c *codecs) encodeBlock(dst []byte, codec Compression, src []byte) ([]byte, bool, error) {
+	if codec != CompressionNone && len(src) >= minCompressSize {
+		var enc []byte
+		var typ byte
+		switch codec {
+		case CompressionS2:
+			typ = blockS2
+			enc = s2.Encode(dst[blockCompHeaderSize:cap(dst)], src)
+		case CompressionZstd:
+			zenc, _, err := c.zstd()
+			if err != nil {
+				return nil, false, err
+			}
+			typ = blockZstd
+			enc = zenc.EncodeAll(src, dst[blockCompHeaderSize:blockCompHeaderSize])
 		}
-		typ = blockZstd
-		enc = zenc.EncodeAll(src, dst[blockCompHeaderSize:blockCompHeaderSize])
-	default:
-		return nil, false, nil
+		if len(enc) < len(src)-len(src)/8 && len(enc) <= cap(dst)-blockCompHeaderSize {
+			out := dst[:blockCompHeaderSize+len(enc)]
+			if &out[blockCompHeaderSize] != &enc[0] {
+				copy(out[blockCompHeaderSize:], enc) // zstd grew past dst's capacity
+			}
+			out[0] = typ
+			putUint24(out[1:], len(enc))
+			putUint24(out[4:], len(src))
+			return out, true, nil
+		}
 	}
-	if len(enc) >= len(src)-len(src)/8 || len(enc) > cap(dst)-blockCompHeaderSize {
-		return nil, false, nil
-	}
-	out := dst[:blockCompHeaderSize+len(enc)]
-	if &out[blockCompHeaderSize] != &enc[0] {
-		copy(out[blockCompHeaderSize:], enc) // zstd grew past dst's capacity
-	}
-	out[0] = typ
-	putUint24(out[1:], len(enc))
-	putUint24(out[4:], len(src))
-	return out, true, nil
-}
-
-// rawBlock writes a raw block's header into framed, whose data is framed[blockHeaderSize:].
-func rawBlock(framed []byte) []byte {
-	framed[0] = blockRaw
-	putUint24(framed[1:], len(framed)-blockHeaderSize)
-	return framed
+	out := dst[:blockHeaderSize+len(src)]
+	out[0] = blockRaw
+	putUint24(out[1:], len(src))
+	copy(out[blockHeaderSize:], src)
+	return out, false, nil
 }
 
 // decodeBlock decodes a compressed block payload into dst (cap >= MaxBlockSize) and checks its size.

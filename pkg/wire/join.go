@@ -25,15 +25,9 @@ func Join(a, b io.ReadWriteCloser) error {
 	}
 	pipe := func(i int, dst, src io.ReadWriteCloser) {
 		defer wg.Done()
-		var err error
-		if st, ok := dst.(*Stream); ok {
-			// Reads straight into the block it sends: one copy less per byte (BenchmarkStreamFeed).
-			_, err = st.ReadFrom(readerOnly{src})
-		} else {
-			buf := joinBufs.Get().(*[]byte)
-			_, err = io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *buf)
-			joinBufs.Put(buf)
-		}
+		buf := joinBufs.Get().(*[]byte)
+		_, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *buf)
+		joinBufs.Put(buf)
 		if err == nil {
 			err = closeWrite(dst)
 		}

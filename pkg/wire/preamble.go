@@ -241,7 +241,7 @@ func clientTunnel(conn io.ReadWriteCloser, pin KeyPin, secret Secret, cfg MuxCon
 	if err := ackError(proto, code); err != nil {
 		return fail(err)
 	}
-	m, err := yamux.Client(newTLSCoalescer(tc), cfg.yamux())
+	m, err := yamux.Client(newCoalescer(tc), cfg.yamux())
 	if err != nil {
 		return fail(fmt.Errorf("start tunnel client: %w", err))
 	}
@@ -348,7 +348,7 @@ func (d *DataServer) accept(conn net.Conn) (*Mux, error) {
 	if verr != nil {
 		return fail(verr)
 	}
-	m, err := yamux.Server(newTLSCoalescer(tc), d.Mux.yamux())
+	m, err := yamux.Server(newCoalescer(tc), d.Mux.yamux())
 	if err != nil {
 		return fail(fmt.Errorf("start tunnel server: %w", err))
 	}

@@ -274,7 +274,16 @@ func (s *Stream) corrupt(err error) error {
 func (s *Stream) Write(p []byte) (int, error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	if err := s.writable(); err != nil {
+	s.mu.Lock()
+	done, aborted := s.sentEnd || s.closed, s.aborted
+	s.mu.Unlock()
+	switch {
+	case aborted:
+		return 0, ErrStreamAborted
+	case done:
+		return 0, ErrWriteClosed
+	}
+	if err := s.flushPending(); err != nil {
 		return 0, err
 	}
 	buf := s.codecs.getBufFor(min(len(p), MaxBlockSize))
@@ -282,127 +291,35 @@ func (s *Stream) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		chunk := p[:min(len(p), MaxBlockSize)]
-		n, err := s.sendBlock(chunk, nil, buf)
-		written += n
+		codec := s.codec
+		if s.skip > 0 {
+			s.skip--
+			codec = CompressionNone
+		}
+		block, compressed, err := s.codecs.encodeBlock((*buf)[:0], codec, chunk)
 		if err != nil {
 			return written, err
 		}
+		if codec != CompressionNone && len(chunk) >= minCompressSize {
+			if compressed {
+				s.backof = 1
+			} else {
+				s.skip, s.backof = s.backof, min(s.backof*2, maxSkipBlocks)
+			}
+		}
+		if nw, err := s.ys.Write(block); err != nil {
+			if nw > 0 && isTimeout(err) {
+				// Half a block is on the wire: keep the rest so the framing survives a retry,
+				// and count the chunk as taken, as a buffered writer would.
+				s.wpend = append([]byte(nil), block[nw:]...)
+				written += len(chunk)
+			}
+			return written, s.writeFailed(err)
+		}
+		written += len(chunk)
 		p = p[len(chunk):]
 	}
 	return written, nil
-}
-
-// ReadFrom copies r into the stream until r's io.EOF, one block per read. Each read lands
-// blockHeaderSize bytes into the buffer the block is sent from, so a block that goes out raw
-// (incompressible data, or a stream without a codec) is handed to yamux without a copy; Write has to
-// copy every byte into a framed block first. It is what Join uses to feed a stream.
-func (s *Stream) ReadFrom(r io.Reader) (int64, error) {
-	framed := readFromBufs.Get().(*[]byte)
-	defer readFromBufs.Put(framed)
-	var total int64
-	for {
-		n, rerr := r.Read((*framed)[blockHeaderSize:])
-		if n > 0 {
-			s.wmu.Lock()
-			err := s.writable()
-			if err == nil {
-				var m int
-				m, err = s.sendFramed((*framed)[:blockHeaderSize+n])
-				total += int64(m)
-			}
-			s.wmu.Unlock()
-			if err != nil {
-				return total, err
-			}
-		}
-		if rerr == io.EOF {
-			return total, nil
-		}
-		if rerr != nil {
-			return total, rerr
-		}
-	}
-}
-
-// readFromBlock is the data a ReadFrom block carries: about joinBufSize, what Join read per call
-// before, so that a relayed connection holds no more memory than it did, and just so much that the
-// yamux frame (its header, the block's, the data) fills two TLS records exactly instead of adding a
-// third, tiny one.
-const readFromBlock = 2*tlsRecord - yamuxHeaderSize - blockHeaderSize
-
-// readFromBufs lends ReadFrom its framed read buffers, so idle streams hold none.
-var readFromBufs = sync.Pool{New: func() any { b := make([]byte, blockHeaderSize+readFromBlock); return &b }}
-
-// sendFramed sends framed[blockHeaderSize:] as one block, from framed itself when it goes out raw.
-// The caller holds wmu.
-func (s *Stream) sendFramed(framed []byte) (int, error) {
-	chunk := framed[blockHeaderSize:]
-	if s.codec == CompressionNone || len(chunk) < minCompressSize || s.skip > 0 {
-		// No compression will be tried: sendBlock would only copy the chunk behind a raw header.
-		return s.sendBlock(chunk, framed, nil)
-	}
-	buf := s.codecs.getBufFor(len(chunk))
-	defer s.codecs.putBuf(buf)
-	return s.sendBlock(chunk, framed, buf)
-}
-
-// writable reports why nothing may be written any more, and first sends the rest of a block that
-// a write deadline cut short. The caller holds wmu.
-func (s *Stream) writable() error {
-	s.mu.Lock()
-	done, aborted := s.sentEnd || s.closed, s.aborted
-	s.mu.Unlock()
-	switch {
-	case aborted:
-		return ErrStreamAborted
-	case done:
-		return ErrWriteClosed
-	}
-	return s.flushPending()
-}
-
-// sendBlock sends chunk (at most MaxBlockSize) as one block and returns how much of it was taken.
-// It compresses into buf when the codec and the skip back-off allow; a raw block goes out from
-// framed when the caller has chunk at framed[blockHeaderSize:], and is copied into buf otherwise.
-// The caller holds wmu.
-func (s *Stream) sendBlock(chunk, framed []byte, buf *[]byte) (int, error) {
-	codec := s.codec
-	if s.skip > 0 {
-		s.skip--
-		codec = CompressionNone
-	}
-	var block []byte
-	if codec != CompressionNone && len(chunk) >= minCompressSize {
-		var compressed bool
-		var err error
-		block, compressed, err = s.codecs.compressBlock((*buf)[:0], codec, chunk)
-		if err != nil {
-			return 0, err
-		}
-		if compressed {
-			s.backof = 1
-		} else {
-			s.skip, s.backof = s.backof, min(s.backof*2, maxSkipBlocks)
-		}
-	}
-	if block == nil {
-		if framed != nil {
-			block = rawBlock(framed)
-		} else {
-			block = rawBlock((*buf)[:blockHeaderSize+len(chunk)])
-			copy(block[blockHeaderSize:], chunk)
-		}
-	}
-	if nw, err := s.ys.Write(block); err != nil {
-		if nw > 0 && isTimeout(err) {
-			// Half a block is on the wire: keep the rest so the framing survives a retry,
-			// and count the chunk as taken, as a buffered writer would.
-			s.wpend = append([]byte(nil), block[nw:]...)
-			return len(chunk), s.writeFailed(err)
-		}
-		return 0, s.writeFailed(err)
-	}
-	return len(chunk), nil
 }
 
 func (s *Stream) flushPending() error {
