@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -109,30 +108,12 @@ func runProfile(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := dialMain(cfg.name)
+	// The answer comes once the sampling is over.
+	_, br, done, err := askMain(cfg.name, header{Profile: &cfg.q}, time.Duration(cfg.q.Seconds)*time.Second+time.Minute)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	line, err := json.Marshal(header{Profile: &cfg.q})
-	if err != nil {
-		return err
-	}
-	if _, err := c.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("ask the agent's main process: %w", err)
-	}
-	br := bufio.NewReader(c)
-	reply, err := br.ReadBytes('\n')
-	if err != nil {
-		return fmt.Errorf("read the main process's answer: %w", err)
-	}
-	var a queryAnswer
-	if err := json.Unmarshal(reply, &a); err != nil {
-		return fmt.Errorf("the main process's answer: %w", err)
-	}
-	if a.Error != "" {
-		return errors.New(a.Error)
-	}
+	defer done()
 	n, err := io.Copy(stdout, br)
 	if err != nil {
 		return fmt.Errorf("read the profile: %w", err)

@@ -138,30 +138,11 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := dialMain(cfg.name)
+	a, _, done, err := askMain(cfg.name, header{Query: &cfg.q}, 30*time.Second)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	line, err := json.Marshal(header{Query: &cfg.q})
-	if err != nil {
-		return err
-	}
-	if _, err := c.Write(append(line, '\n')); err != nil {
-		return fmt.Errorf("ask the agent's main process: %w", err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
-	reply, err := bufio.NewReader(io.LimitReader(c, 4<<20)).ReadBytes('\n')
-	if err != nil {
-		return fmt.Errorf("read the main process's answer: %w", err)
-	}
-	var a queryAnswer
-	if err := json.Unmarshal(reply, &a); err != nil {
-		return fmt.Errorf("the main process's answer: %w", err)
-	}
-	if a.Error != "" {
-		return errors.New(a.Error)
-	}
+	defer done()
 	if cfg.q.End != "" {
 		return nil
 	}
@@ -174,4 +155,52 @@ func runSessions(args []string, stdout, stderr io.Writer) error {
 	}
 	_, err = stdout.Write(append(out, '\n'))
 	return err
+}
+
+// maxAnswer bounds the main process's one-line answer.
+const maxAnswer = 4 << 20
+
+// askMain sends one request line to the main process of the agent container name and reads its
+// one-line answer within wait, for the subcommands that ask it something (sessions, profile). The
+// reader holds what follows the answer (a profile's bytes); done closes the connection.
+func askMain(name string, h header, wait time.Duration) (queryAnswer, *bufio.Reader, func(), error) {
+	var a queryAnswer
+	c, err := dialMain(name)
+	if err != nil {
+		return a, nil, nil, err
+	}
+	done := func() { _ = c.Close() }
+	fail := func(err error) (queryAnswer, *bufio.Reader, func(), error) {
+		done()
+		return a, nil, nil, err
+	}
+	line, err := json.Marshal(h)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := c.Write(append(line, '\n')); err != nil {
+		return fail(fmt.Errorf("ask the agent's main process: %w", err))
+	}
+	_ = c.SetReadDeadline(time.Now().Add(wait))
+	br := bufio.NewReader(c)
+	// The answer line is bounded (4 MiB, thousands of sessions) so that a confused peer cannot make
+	// this process buffer without end; what follows it is the caller's to read.
+	var reply []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		reply = append(reply, chunk...)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) || len(reply) > maxAnswer {
+			return fail(fmt.Errorf("read the main process's answer: %w", err))
+		}
+	}
+	if err := json.Unmarshal(reply, &a); err != nil {
+		return fail(fmt.Errorf("the main process's answer: %w", err))
+	}
+	if a.Error != "" {
+		return fail(errors.New(a.Error))
+	}
+	return a, br, done, nil
 }
