@@ -254,23 +254,22 @@ func writeLinkKubeconfig(ctx context.Context, path, proxyAddr string) error {
 
 // serveSource answers each connection's 8-byte big-endian count with that many zero bytes.
 func serveSource(ln net.Listener) {
-	for {
-		c, err := ln.Accept()
-		if err != nil {
+	serveEach(ln, func(c net.Conn) {
+		var b [8]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			var b [8]byte
-			if _, err := io.ReadFull(c, b[:]); err != nil {
-				return
-			}
-			_, _ = io.Copy(c, io.LimitReader(zeros{}, int64(binary.BigEndian.Uint64(b[:]))))
-		}()
-	}
+		_, _ = io.Copy(c, io.LimitReader(zeros{}, int64(binary.BigEndian.Uint64(b[:]))))
+	})
 }
 
 func serveEcho(ln net.Listener) {
+	serveEach(ln, func(c net.Conn) { _, _ = io.Copy(c, c) })
+}
+
+// serveEach runs handle on each accepted connection in a goroutine of its own and closes the
+// connection after it, until the listener is closed.
+func serveEach(ln net.Listener, handle func(net.Conn)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -278,7 +277,7 @@ func serveEcho(ln net.Listener) {
 		}
 		go func() {
 			defer c.Close()
-			_, _ = io.Copy(c, c)
+			handle(c)
 		}()
 	}
 }
