@@ -458,7 +458,11 @@ type h1result struct {
 // roundTrip sends the request on u and relays the response. A request body is copied by a goroutine
 // of its own while the response is read, because a server may answer (100 Continue, or early with a
 // final status) before it has read the body, and a proxy that insisted on sending the whole body first
-// would deadlock with it. Bodiless requests, most of them, need no goroutine.
+// would deadlock with it. Bodiless requests, most of them, need no goroutine, and neither does a body
+// of known length that the client's reader already holds whole (a small POST comes in the head's
+// read): it goes with the head in the same write, since a write that small to a server at a request
+// boundary does not wait for the server to read, and the request and its response are then relayed
+// on the connection's own goroutine with no hand-off between two (issue 20: each costs wake-ups).
 func (c *h1conn) roundTrip(h *RequestHead, u *h1up, hasBody bool) (res h1result) {
 	for s, x := range c.ups {
 		if x == u {
@@ -469,6 +473,18 @@ func (c *h1conn) roundTrip(h *RequestHead, u *h1up, hasBody bool) (res h1result)
 	if _, err := u.bw.Write(h.Raw); err != nil {
 		res.err = fmt.Errorf("send request to %s: %w", res.side, err)
 		return res
+	}
+	if hasBody && bodyBuffered(h, c.cr) {
+		n, err := copyN(u.bw, c.cr, h.ContentLength)
+		res.reqBytes += n
+		if err != nil {
+			// Only the write can fail (the body is in memory): the request is spent and the
+			// server's connection is mid-message.
+			res.err = fmt.Errorf("send request to %s: %w", res.side, err)
+			res.upClose, res.clientClose = true, true
+			return res
+		}
+		hasBody = false
 	}
 	var body chan bodyResult
 	if !hasBody {
@@ -498,6 +514,12 @@ func (c *h1conn) roundTrip(h *RequestHead, u *h1up, hasBody bool) (res h1result)
 		}
 	}
 	return res
+}
+
+// bodyBuffered reports a request body of known length, no larger than a pooled buffer, that br
+// holds whole already.
+func bodyBuffered(h *RequestHead, br *bufio.Reader) bool {
+	return !h.Chunked && h.ContentLength > 0 && h.ContentLength <= bufioSize && h.ContentLength <= int64(br.Buffered())
 }
 
 type bodyResult struct {

@@ -2,6 +2,7 @@ package httpx
 
 import (
 	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -104,5 +105,56 @@ func TestHTTP1IdleConnectionHoldsOneBuffer(t *testing.T) {
 	// The client's bufio.Readers above (4 KiB each) count in both; the proxy's one buffer is 8 KiB.
 	if extra := proxied - direct; extra > 2*bufioSize {
 		t.Errorf("an idle connection through the proxy holds %d bytes of heap more than directly (%d vs %d); want at most %d (its client reader and small change)", extra, proxied, direct, 2*bufioSize)
+	}
+}
+
+// A small request body that comes with its head (a POST of a few bytes, in one segment) is sent with
+// the head on the connection's own goroutine: no goroutine is started to copy it while the response
+// is read, and the app still gets the body whole, request after request on one kept-alive connection
+// (issue 20: each hand-off between goroutines costs the agent wake-ups).
+func TestHTTP1KeptAliveSmallBodyStartsNoGoroutine(t *testing.T) {
+	checkLeaks(t)
+	app := whoServer(t, "app", false, func(mux *http.ServeMux) {
+		mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			w.Header().Set("X-Served-By", "app")
+			_, _ = w.Write(b)
+		})
+	})
+	p := startProxy(t, proxyConfig{app: app.addr(), steal: stealHeader(t), drain: make(chan struct{})})
+	const n = 200
+	created := func(addr string) uint64 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		post := func(i int) {
+			body := fmt.Sprintf("body %d", i)
+			if _, err := fmt.Fprintf(c, "POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n%s", len(body), body); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(got) != body || resp.Header.Get("X-Served-By") != "app" {
+				t.Fatalf("response %q from %q, want %q from app", got, resp.Header.Get("X-Served-By"), body)
+			}
+		}
+		post(-1) // the connections are set up
+		before := goroutinesCreated()
+		for i := range n {
+			post(i)
+		}
+		return goroutinesCreated() - before
+	}
+	direct := created(app.addr())
+	proxied := created(p.addr)
+	if proxied > direct+n/10 {
+		t.Errorf("%d kept-alive small POSTs started %d goroutines through the proxy, %d directly; want no more than one per ten requests above direct", n, proxied, direct)
 	}
 }
