@@ -776,4 +776,22 @@ func (c *h1conn) reply(status int, msg string) {
 		"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: " + strconv.Itoa(len(msg)) +
 		"\r\nConnection: close\r\n\r\n" + msg)
 	_ = c.cw.Flush()
+	// Every answer from the proxy itself ends the connection, often with the client still sending (a
+	// head over the limit, a body the upstream never took). Closing a socket with unread data makes the
+	// kernel reset the connection, and a reset can destroy the answer before the client reads it; so,
+	// as net/http's server does, half-close and read what the client still sends, for a bounded time
+	// and amount, before the caller closes.
+	if cw, ok := c.client.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.client.SetReadDeadline(time.Now().Add(lingerAfterReply))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.cr, lingerMaxBytes))
 }
+
+// lingerAfterReply and lingerMaxBytes bound the read after the proxy's own answer (reply): long
+// enough for a client to see the answer and close, short enough that a client which never does
+// cannot hold the connection.
+const (
+	lingerAfterReply = 500 * time.Millisecond
+	lingerMaxBytes   = 256 << 10
+)
