@@ -386,28 +386,8 @@ func BenchmarkProxyProcessRSS(b *testing.B) {
 	defer stop()
 	const n = 1000
 	idle := procRSS(b, pid)
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for range n {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns = append(conns, c)
-		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
-			b.Fatal(err)
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-	}
+	closeAll := keptAliveConns(b, addr, n)
+	defer closeAll()
 	held := procRSS(b, pid)
 	b.ReportMetric(float64(idle)/(1<<20), "idle-MiB")
 	b.ReportMetric(float64(held-idle)/n/1024, "KiB/conn")

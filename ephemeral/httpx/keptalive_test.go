@@ -76,28 +76,8 @@ func TestHTTP1IdleConnectionHoldsOneBuffer(t *testing.T) {
 	// perConn is the heap each of n idle kept-alive connections to addr holds, each after one request.
 	perConn := func(addr string) int64 {
 		before := heap()
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for range n {
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = append(conns, c)
-			if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
-				t.Fatal(err)
-			}
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
+		closeAll := keptAliveConns(t, addr, n)
+		defer closeAll()
 		return (heap() - before) / n
 	}
 	direct := perConn(app.addr())
@@ -157,4 +137,35 @@ func TestHTTP1KeptAliveSmallBodyStartsNoGoroutine(t *testing.T) {
 	if proxied > direct+n/10 {
 		t.Errorf("%d kept-alive small POSTs started %d goroutines through the proxy, %d directly; want no more than one per ten requests above direct", n, proxied, direct)
 	}
+}
+
+// keptAliveConns opens n connections to addr that each passed one GET and stay open, kept alive;
+// closeAll closes them.
+func keptAliveConns(tb testing.TB, addr string, n int) (closeAll func()) {
+	var conns []net.Conn
+	closeAll = func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			closeAll()
+			tb.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := io.WriteString(c, "GET /x HTTP/1.1\r\nHost: app\r\n\r\n"); err != nil {
+			closeAll()
+			tb.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			closeAll()
+			tb.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	return closeAll
 }
