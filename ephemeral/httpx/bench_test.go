@@ -177,39 +177,14 @@ func BenchmarkPacedCPU(b *testing.B) {
 	p := startProxy(b, proxyConfig{app: app.addr(), steal: steal, drain: make(chan struct{})})
 	for _, target := range []struct{ name, addr string }{{"direct", app.addr()}, {"proxied", p.addr}} {
 		b.Run(target.name, func(b *testing.B) {
-			const conns, rate = 64, 2000
-			tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns}
-			defer tr.CloseIdleConnections()
-			c := &http.Client{Transport: tr}
-			work := make(chan struct{})
-			var wg sync.WaitGroup
-			for range conns {
-				wg.Go(func() {
-					for range work {
-						req, _ := http.NewRequest(http.MethodGet, "http://"+target.addr+"/x", nil)
-						resp, err := c.Do(req)
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						_, _ = io.Copy(io.Discard, resp.Body)
-						resp.Body.Close()
-					}
-				})
-			}
-			tick := time.NewTicker(time.Second / rate)
-			defer tick.Stop()
-			before, spawned := processCPU(), goroutinesCreated()
-			b.ResetTimer()
-			for range b.N {
-				<-tick.C
-				work <- struct{}{}
-			}
-			close(work)
-			wg.Wait()
-			b.StopTimer()
-			b.ReportMetric(float64((processCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
-			b.ReportMetric(float64(goroutinesCreated()-spawned)/float64(b.N), "goroutines/op")
+			var before time.Duration
+			var spawned uint64
+			pacedLoad(b, target.addr, http.MethodGet, 0, func() {
+				before, spawned = processCPU(), goroutinesCreated()
+			}, func() {
+				b.ReportMetric(float64((processCPU()-before).Microseconds())/float64(b.N), "cpu-µs/op")
+				b.ReportMetric(float64(goroutinesCreated()-spawned)/float64(b.N), "goroutines/op")
+			})
 		})
 	}
 }
@@ -330,13 +305,27 @@ func proxyProcessCPU(b *testing.B, method string) {
 	app := whoServer(b, "app", false, nil)
 	addr, pid, stop := startProxyProcess(b, app.addr())
 	defer stop()
-	const conns, rate = 64, 2000
-	tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns}
+	var before time.Duration
+	// Warm up: the connections are set up before the count starts.
+	pacedLoad(b, addr, method, 4*pacedConns, func() { before = procCPU(b, pid) }, func() {
+		b.ReportMetric(float64((procCPU(b, pid)-before).Microseconds())/float64(b.N), "proxy-cpu-µs/op")
+	})
+}
+
+// pacedConns and pacedRate are the paced load of the CPU benchmarks: 2,000 requests a second over 64
+// kept-alive connections, what an agent in front of a busy app sees.
+const pacedConns, pacedRate = 64, 2000
+
+// pacedLoad offers b.N requests (GET /x, or a small JSON POST) to addr at pacedRate over pacedConns
+// kept-alive connections, after warm requests sent as fast as they go. start runs just before the
+// count starts and end once the last request is answered, before the connections are closed.
+func pacedLoad(b *testing.B, addr, method string, warm int, start, end func()) {
+	tr := &http.Transport{MaxConnsPerHost: pacedConns, MaxIdleConnsPerHost: pacedConns}
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr}
 	work := make(chan struct{})
 	var wg sync.WaitGroup
-	for range conns {
+	for range pacedConns {
 		wg.Go(func() {
 			for range work {
 				var body io.Reader
@@ -358,13 +347,12 @@ func proxyProcessCPU(b *testing.B, method string) {
 			}
 		})
 	}
-	// Warm up: the connections are set up before the count starts.
-	for range 4 * conns {
+	for range warm {
 		work <- struct{}{}
 	}
-	tick := time.NewTicker(time.Second / rate)
+	tick := time.NewTicker(time.Second / pacedRate)
 	defer tick.Stop()
-	before := procCPU(b, pid)
+	start()
 	b.ResetTimer()
 	for range b.N {
 		<-tick.C
@@ -373,7 +361,7 @@ func proxyProcessCPU(b *testing.B, method string) {
 	close(work)
 	wg.Wait()
 	b.StopTimer()
-	b.ReportMetric(float64((procCPU(b, pid)-before).Microseconds())/float64(b.N), "proxy-cpu-µs/op")
+	end()
 }
 
 // BenchmarkProxyProcessRSS is the agent's memory per kept-alive pass-through connection without the
