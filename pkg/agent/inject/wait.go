@@ -67,15 +67,15 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 	var held atomic.Pointer[ImagePullError]
 	wctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	start := time.Now()
-	if opts.PullGrace > 0 {
-		timer := time.AfterFunc(opts.PullGrace, func() {
-			if pe := held.Load(); pe != nil {
-				stop(pe)
-			}
-		})
-		defer timer.Stop()
-	}
+	// The grace starts when the failure is first seen (the list, for a reused agent), not before the
+	// list call, so a slow apiserver cannot use it up before the state it is meant for has been read.
+	var graceEnd time.Time
+	var graceTimer *time.Timer
+	defer func() {
+		if graceTimer != nil {
+			graceTimer.Stop()
+		}
+	}()
 
 	last, lastWaiting, lastReason := "no status yet", "", ""
 	ev, err := watchtools.UntilWithSync(wctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
@@ -103,7 +103,15 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 		freshFailure := reason == reasonErrImagePull && lastReason != "" && lastReason != reasonErrImagePull
 		lastReason = reason
 		var pe *ImagePullError
-		if errors.As(err, &pe) && !freshFailure && time.Since(start) < opts.PullGrace {
+		if errors.As(err, &pe) && !freshFailure && opts.PullGrace > 0 && graceTimer == nil {
+			graceEnd = time.Now().Add(opts.PullGrace)
+			graceTimer = time.AfterFunc(opts.PullGrace, func() {
+				if pe := held.Load(); pe != nil {
+					stop(pe)
+				}
+			})
+		}
+		if errors.As(err, &pe) && !freshFailure && graceTimer != nil && time.Now().Before(graceEnd) {
 			held.Store(pe)
 			err = nil
 		} else {
