@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -62,20 +62,27 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 		},
 	}
 
-	// A pull failure held back by the grace is kept here; the grace's timer ends the wait with it when
-	// no event comes in the meantime (the kubelet updates nothing during its back-off).
-	var held atomic.Pointer[ImagePullError]
+	// A pull failure that was there when the wait began (the list's state) is held back for the
+	// grace; the grace's timer ends the wait with it when no event comes in the meantime (the kubelet
+	// updates nothing during its back-off). The timer starts only once the failure is held, so a
+	// slow list or a busy machine cannot use the grace up before the state it is meant for is read,
+	// and mu keeps the timer and the event handler from crossing.
+	var (
+		mu         sync.Mutex
+		held       *ImagePullError
+		expired    bool
+		graceTimer *time.Timer
+	)
 	wctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
-	// The grace starts when the failure is first seen (the list, for a reused agent), not before the
-	// list call, so a slow apiserver cannot use it up before the state it is meant for has been read.
-	var graceEnd time.Time
-	var graceTimer *time.Timer
 	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
 		if graceTimer != nil {
 			graceTimer.Stop()
 		}
 	}()
+	first := true
 
 	last, lastWaiting, lastReason := "no status yet", "", ""
 	ev, err := watchtools.UntilWithSync(wctx, lw, &corev1.Pod{}, nil, func(ev watch.Event) (bool, error) {
@@ -103,20 +110,27 @@ func WaitRunning(ctx context.Context, client kubernetes.Interface, namespace, po
 		freshFailure := reason == reasonErrImagePull && lastReason != "" && lastReason != reasonErrImagePull
 		lastReason = reason
 		var pe *ImagePullError
-		if errors.As(err, &pe) && !freshFailure && opts.PullGrace > 0 && graceTimer == nil {
-			graceEnd = time.Now().Add(opts.PullGrace)
-			graceTimer = time.AfterFunc(opts.PullGrace, func() {
-				if pe := held.Load(); pe != nil {
-					stop(pe)
-				}
-			})
+		mu.Lock()
+		held = nil
+		if errors.As(err, &pe) && !freshFailure && opts.PullGrace > 0 {
+			switch {
+			case first:
+				held, err = pe, nil
+				graceTimer = time.AfterFunc(opts.PullGrace, func() {
+					mu.Lock()
+					expired = true
+					h := held
+					mu.Unlock()
+					if h != nil {
+						stop(h)
+					}
+				})
+			case graceTimer != nil && !expired:
+				held, err = pe, nil
+			}
 		}
-		if errors.As(err, &pe) && !freshFailure && graceTimer != nil && time.Now().Before(graceEnd) {
-			held.Store(pe)
-			err = nil
-		} else {
-			held.Store(nil)
-		}
+		mu.Unlock()
+		first = false
 		// Only the states waited through are told: a failure is the error itself.
 		if err == nil && !done && state != lastWaiting && reason != "" && reason != "ContainerCreating" && opts.Progress != nil {
 			opts.Progress(state)

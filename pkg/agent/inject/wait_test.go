@@ -143,6 +143,16 @@ func TestWaitRunning(t *testing.T) {
 			wantProgress: []string{"ImagePullBackOff: " + backOff},
 		},
 		{
+			// A grace shorter than any list: it starts when the failure is read, so the state is
+			// still told and the grace's end is what fails the wait (CI once lost a 1 ms grace to
+			// a slow list and got the error with no progress).
+			name:         "a grace that is over before the list returns still starts at the state it waits on",
+			initial:      podWithAgent(waitingFor("ImagePullBackOff", backOff)),
+			grace:        time.Nanosecond,
+			wantErr:      `agent image "ghcr.io/trafficlab/trafficlab-agent:v1.2.3" cannot be pulled (ImagePullBackOff): ` + backOff + `; ` + generic,
+			wantProgress: []string{"ImagePullBackOff: " + backOff},
+		},
+		{
 			name:    "create container config error gives the runtime's reason and message",
 			initial: podWithAgent(creating),
 			events: func(w *watch.FakeWatcher) {
