@@ -2,14 +2,20 @@ package cmd
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 
@@ -222,5 +228,89 @@ func TestHelpUsesDisplayName(t *testing.T) {
 	}
 	if strings.Contains(out, "kubectl-trafficlab [command]") {
 		t.Errorf("help shows the binary name instead of the display name")
+	}
+}
+
+// TestCompletionFromTheCluster: every command that takes TYPE/NAME completes it from the cluster (here an API
+// server that knows one pod), `sessions end` after the session ID, and every -o offers the formats
+// its help names.
+func TestCompletionFromTheCluster(t *testing.T) {
+	var mu sync.Mutex
+	var paths []string
+	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		paths = append(paths, r.URL.Path)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		items := `[]`
+		if r.URL.Path == "/api/v1/namespaces/shop/pods" {
+			items = `[{"metadata":{"name":"web-1","namespace":"shop"}}]`
+		}
+		fmt.Fprintf(w, `{"kind":"PartialObjectMetadataList","apiVersion":"meta.k8s.io/v1","metadata":{},"items":%s}`, items)
+	}))
+	t.Cleanup(api.Close)
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+	complete := func(t *testing.T, words ...string) []string {
+		t.Helper()
+		out, _, err := execute(t, append([]string{"__complete", "--server", api.URL, "-n", "shop"}, words...)...)
+		if err != nil {
+			t.Fatalf("__complete %q: %v", words, err)
+		}
+		var comps []string
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if !strings.HasPrefix(l, ":") { // the last line is cobra's directive
+				comps = append(comps, strings.SplitN(l, "\t", 2)[0])
+			}
+		}
+		return comps
+	}
+
+	root := NewCmdTrafficlab(genericiooptions.NewTestIOStreamsDiscard())
+	var walk func(c *cobra.Command, path []string)
+	walk = func(c *cobra.Command, path []string) {
+		for _, sub := range c.Commands() {
+			walk(sub, append(slices.Clip(path), sub.Name()))
+		}
+		if len(path) == 0 || c.Hidden {
+			return
+		}
+		t.Run(strings.Join(path, " "), func(t *testing.T) {
+			if strings.Contains(c.Use, "TYPE/NAME") {
+				words := path
+				if strings.HasPrefix(c.Use, "end ID") {
+					if got := complete(t, append(slices.Clip(path), "")...); len(got) != 0 {
+						t.Errorf("the session ID was completed with %q", got)
+					}
+					words = append(slices.Clip(path), "abcdef")
+				}
+				got := complete(t, append(slices.Clip(words), "")...)
+				if !slices.Contains(got, "web-1") || !slices.Contains(got, "deployments/") {
+					t.Errorf("TYPE/NAME completions = %q, want the pod web-1 and the kinds", got)
+				}
+			}
+			if c.Flags().Lookup("output") != nil {
+				if _, ok := c.GetFlagCompletionFunc("output"); !ok {
+					t.Errorf("-o has no completion")
+				}
+			}
+			c.Flags().VisitAll(func(f *pflag.Flag) {
+				if _, ok := c.GetFlagCompletionFunc(f.Name); !ok {
+					return
+				}
+				got := complete(t, append(slices.Clip(path), "--"+f.Name, "")...)
+				if len(got) == 0 {
+					t.Errorf("--%s completes nothing", f.Name)
+				}
+				for _, v := range got {
+					if !strings.Contains(f.Usage, v) {
+						t.Errorf("--%s completes %q, which its help (%q) does not name", f.Name, v, f.Usage)
+					}
+				}
+			})
+		})
+	}
+	walk(root, nil)
+	if !slices.Contains(paths, "/api/v1/namespaces/shop/pods") {
+		t.Errorf("the API server was asked for %q, never for the pods of shop", paths)
 	}
 }

@@ -105,6 +105,7 @@ func newCmd(o *Options) *cobra.Command {
 	}
 	o.Target.AddFlags(cmd.Flags())
 	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format: empty for one line per check, or json.")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.Flags().BoolVarP(&o.Quiet, "quiet", "q", o.Quiet, "Print no progress lines.")
 	// The verbs' own image flags: the dry run sends the image they would add (an image policy webhook
 	// may judge it).

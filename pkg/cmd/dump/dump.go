@@ -124,6 +124,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.IntSliceVarP(&o.Ports, "port", "p", nil, "Capture only packets to or from these ports (TCP or UDP). Repeatable or comma separated.")
 	f.StringVarP(&o.Write, "write", "w", "", "Write the capture as pcapng to this file, or to stdout with -; the live view then goes to stderr.")
 	f.StringVarP(&o.Output, "output", "o", "", "Output format of the live view: json (one object per line), or empty for text.")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	f.IntVar(&o.SnapLen, "snaplen", 0, "Bytes of each packet to keep; 0 keeps whole packets.")
 	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "Add NET_RAW to the agent instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
 	o.Session.AddFlags(f)

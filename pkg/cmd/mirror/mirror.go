@@ -120,6 +120,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.StringArrayVarP(&m.PortArgs, "port", "p", nil, "Pod port to mirror and the local port that receives the copy, REMOTE[:LOCAL]; LOCAL defaults to REMOTE. With a Service, REMOTE is the Service's port. Repeatable.")
 	f.StringVar(&m.LocalAddress, "local-address", m.LocalAddress, "Address of the local process that receives the copy.")
 	f.StringVar(&m.Mode, "mode", m.Mode, "How the agent sees the traffic: sniff (packet capture, NET_RAW only) or redirect (in the path with nftables, NET_ADMIN; nothing is missed).")
+	_ = cmd.RegisterFlagCompletionFunc("mode", cobra.FixedCompletions([]string{"sniff", "redirect"}, cobra.ShellCompDirectiveNoFileComp))
 	f.BoolVar(&m.AllowUnownedRedirect, "allow-unowned-redirect", false, "With --mode redirect, mirror even on a node whose kernel (before 5.12) cannot remove the redirect by itself should the whole agent container be killed; the next session in the pod removes it.")
 	m.Filter.AddFlags(f, "Mirror")
 	f.StringVar(&m.To, "to", "", "Send the copy to svc/NAME[:PORT] or HOST:PORT, dialed from the pod, instead of to a local port. Refused when it leads back to the mirrored pod; the mirror ends if the pod joins its endpoints later.")
@@ -127,6 +128,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.BoolVar(&m.Diff, "diff", false, "Compare each copy's response with the pod's (status, --diff-header headers, gRPC status, body) and print only the requests whose responses differ.")
 	f.StringSliceVar(&m.DiffHeaders, "diff-header", []string{"Content-Type"}, "Response headers --diff compares (comma separated).")
 	f.StringVarP(&m.Output, "output", "o", "", "Output format for the per-request lines: json (with the counts so far every second, and the final counts last), or empty for text.")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	f.BoolVar(&o.AddNetRaw, "add-net-raw", false, "Add NET_RAW to the agent instead of relying on the container runtime's default (needed on CRI-O; refused by PodSecurity baseline).")
 	o.Session.AddFlags(f)
 	return cmd

@@ -55,6 +55,7 @@ func newCmdEnd(o *EndOptions) *cobra.Command {
 		Short:                 "End another session, whose plugin is told who ended it",
 		Long:                  endLong,
 		Example:               endExample,
+		ValidArgsFunction:     completeEnd(o.configFlags),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(args); err != nil {
 				return err
@@ -67,6 +68,18 @@ func newCmdEnd(o *EndOptions) *cobra.Command {
 	}
 	o.addFlags(cmd)
 	return cmd
+}
+
+// completeEnd completes the TYPE/NAME after the session ID. The ID itself is not offered: finding
+// the sessions means an exec into every agent, too slow for a <TAB>; `sessions` lists them.
+func completeEnd(flags *genericclioptions.ConfigFlags) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	completeTarget := target.CompletionFunc(flags)
+	return func(cmd *cobra.Command, args []string, toComplete string) ([]string, cobra.ShellCompDirective) {
+		if len(args) == 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		return completeTarget(cmd, args[1:], toComplete)
+	}
 }
 
 // Complete reads the arguments and the kubeconfig.

@@ -77,6 +77,7 @@ func NewCmdSessions(streams genericiooptions.IOStreams, configFlags *genericclio
 		Short:                 "List who runs which session on which pod, or end one",
 		Long:                  sessionsLong,
 		Example:               sessionsExample,
+		ValidArgsFunction:     target.CompletionFunc(configFlags),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.Complete(args); err != nil {
 				return err
@@ -89,6 +90,7 @@ func NewCmdSessions(streams genericiooptions.IOStreams, configFlags *genericclio
 	}
 	o.addFlags(cmd)
 	cmd.Flags().StringVarP(&o.Output, "output", "o", o.Output, "Output format: empty for a table, wide (with bytes, requests and connections), json or yaml.")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"wide", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
 	cmd.AddCommand(newCmdEnd(NewEndOptions(streams, configFlags)))
 	return cmd
 }

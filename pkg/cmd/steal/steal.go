@@ -112,6 +112,7 @@ func newCmd(o *Options) *cobra.Command {
 	f.DurationVar(&o.Steal.DetectTimeout, "detect-timeout", o.Steal.DetectTimeout, "How long the agent waits for a new connection's first bytes to recognise HTTP and probes; a client that says nothing first (a server-first protocol) waits this long once.")
 	f.DurationVar(&o.Steal.HeadTimeout, "head-timeout", o.Steal.HeadTimeout, "With a filter: how long a client may take to send a request's headers before the agent answers 408 and closes the connection, as the app's own slow-header protection would.")
 	f.StringVarP(&o.Steal.Output, "output", "o", "", "Output format for the per-request lines: json, or empty for text.")
+	_ = cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"json"}, cobra.ShellCompDirectiveNoFileComp))
 	o.Session.AddFlags(f)
 	return cmd
 }
