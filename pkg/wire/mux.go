@@ -216,7 +216,11 @@ func (s *Mux) Open(ctx context.Context, req OpenRequest) (*Stream, error) {
 		return nil, err
 	}
 	_ = ys.SetDeadline(time.Time{})
-	return newStream(ys, reply.Compression, s.codecs, req), nil
+	st := newStream(ys, reply.Compression, s.codecs, req)
+	// The reply's Decodes is the peer's word that it decodes those codecs' blocks; an older peer
+	// sends none, and then gets only blocks of the codec it chose.
+	st.slow, st.behind = slowCodec(reply.Compression, reply.Decodes), &s.batcher.behind
+	return st, nil
 }
 
 func (s *Mux) openHandshake(ys *yamux.Stream, req OpenRequest) (OpenReply, error) {
@@ -375,11 +379,18 @@ func (in *Incoming) AcceptWith(c Compression) (*Stream, error) {
 	if c != CompressionNone && !contains(in.req.Compression, c) {
 		c = CompressionNone
 	}
-	if err := WriteMessage(in.ys, OpenReply{Code: CodeOK, Compression: c}); err != nil {
+	reply := OpenReply{Code: CodeOK, Compression: c}
+	if c != CompressionNone {
+		reply.Decodes = SupportedCompression()
+	}
+	if err := WriteMessage(in.ys, reply); err != nil {
 		_ = in.ys.Close()
 		return nil, err
 	}
-	return newStream(in.ys, c, in.sess.codecs, in.req), nil
+	st := newStream(in.ys, c, in.sess.codecs, in.req)
+	// The opener decodes what it offered: a peer that did not offer zstd never gets a zstd block.
+	st.slow, st.behind = slowCodec(c, in.req.Compression), &in.sess.batcher.behind
+	return st, nil
 }
 
 // Reject answers with the code CodeFor(reason) and reason's text, then closes the stream.
