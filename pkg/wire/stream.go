@@ -82,9 +82,11 @@ func slowCodec(codec Compression, peerDecodes []Compression) Compression {
 }
 
 // blockCodec is the codec for the next block: the stream's own, or the slow one while the session's
-// connection is behind. One atomic load per block of up to 64 KiB; no clock, no syscall.
+// connection is behind. One atomic load per block of up to 64 KiB; no clock, no syscall. The slow
+// codec is only for data that compresses (the last attempt saved, backof is 1): the probes that the
+// skip makes into incompressible data stay s2's, which costs a fraction of zstd's on random bytes.
 func (s *Stream) blockCodec() Compression {
-	if s.slow != CompressionNone && s.behind != nil && s.behind.Load() {
+	if s.slow != CompressionNone && s.backof == 1 && s.behind != nil && s.behind.Load() {
 		return s.slow
 	}
 	return s.codec
