@@ -678,10 +678,10 @@ func (w *writeEntered) Write(p []byte) (int, error) {
 	return w.Stream.Write(p)
 }
 
-// TestTunnelZstdWhileBehind: a writer on an s2 stream sends zstd blocks while its session's
-// connection is behind and s2 blocks while it keeps up, and never sends a zstd block to a peer that
-// did not offer zstd (the acceptor writing) or did not say it decodes it (the opener writing, to an
-// older acceptor). The path is "behind" because its writes are held while another stream fills the
+// TestTunnelZstdWhileBehind: with MuxConfig.ZstdWhileBehind, a writer on an s2 stream sends zstd
+// blocks while its session's connection is behind and s2 blocks while it keeps up, and never sends a
+// zstd block to a peer that did not offer zstd (the acceptor writing) or did not say it decodes it
+// (the opener writing, to an older acceptor); without the option it sends none. The path is "behind" because its writes are held while another stream fills the
 // batcher; the block under test is encoded before the hold is lifted, so nothing depends on timing.
 func TestTunnelZstdWhileBehind(t *testing.T) {
 	both := []Compression{CompressionS2, CompressionZstd}
@@ -691,6 +691,7 @@ func TestTunnelZstdWhileBehind(t *testing.T) {
 		behind       bool
 		offer        []Compression
 		oldAcceptor  bool // replies without decodes, as builds before it did
+		off          bool // MuxConfig.ZstdWhileBehind left off
 		wantZstd     bool
 	}{
 		{name: "acceptor writes, path keeps up", offer: both},
@@ -699,16 +700,20 @@ func TestTunnelZstdWhileBehind(t *testing.T) {
 		{name: "opener writes, path keeps up", openerWrites: true, offer: both},
 		{name: "opener writes, path behind", openerWrites: true, behind: true, offer: both, wantZstd: true},
 		{name: "opener writes, path behind, older acceptor", openerWrites: true, behind: true, offer: both, oldAcceptor: true},
+		{name: "acceptor writes, path behind, option off", behind: true, offer: both, off: true},
+		{name: "opener writes, path behind, option off", openerWrites: true, behind: true, offer: both, off: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cc, sc := net.Pipe()
 			hc, hs := newHoldConn(cc), newHoldConn(sc)
-			client, err := Client(hc, DefaultMuxConfig())
+			cfg := DefaultMuxConfig()
+			cfg.ZstdWhileBehind = !tc.off
+			client, err := Client(hc, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer client.Close()
-			server, err := Server(hs, DefaultMuxConfig())
+			server, err := Server(hs, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -31,7 +31,7 @@ type Stream struct {
 
 	// slow is the codec for blocks while *behind says the session's connection is behind:
 	// zstd on an s2 stream whose peer decodes zstd (see slowCodec), else CompressionNone. behind is
-	// the session's batcher.behind, nil for a wrapped stream.
+	// the session's batcher.behind, nil for a wrapped stream or when MuxConfig.ZstdWhileBehind is off.
 	slow   Compression
 	behind *atomic.Bool
 
