@@ -11,7 +11,7 @@ import (
 // the back-pressure yamux expects from a slow connection.
 const maxBatch = 1 << 20
 
-// behindLow is the batch below which the path is no longer behind (see batcher.behind): the
+// behindLow is the queue below which the path is no longer behind (see batcher.behind): the
 // connection took the previous write before a quarter of maxBatch had queued behind it.
 const behindLow = maxBatch / 4
 

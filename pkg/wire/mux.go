@@ -29,8 +29,10 @@ type MuxConfig struct {
 	OpenTimeout time.Duration
 	// ZstdWhileBehind lets the session's s2 streams send zstd blocks, to a peer that decodes them,
 	// while the connection is behind (docs/protocol.md, §7.3). Off by default: on the link bench's
-	// 1 Gbit/s link, where the agent shares two cores with every proxy of the path, the CPU zstd took
-	// was the proxies', and JSON fell from 373 to 214 MiB/s (docs/performance.md, Laptop link).
+	// 1 Gbit/s link, where the agent shares two cores with every proxy of the path, the path was
+	// behind for want of the CPU zstd takes (JSON 214 MiB/s with it, 249 with s2 only), and at
+	// 100 Mbit/s the stream window, not the connection, held the writer back, so it never engaged
+	// (docs/performance.md, Laptop link).
 	ZstdWhileBehind bool
 	// Log receives yamux's own diagnostics. Nil means io.Discard. Never pass os.Stdout: on the agent,
 	// stdout is the control channel.
