@@ -221,3 +221,47 @@ func TestBatcherWriteInterval(t *testing.T) {
 		t.Errorf("writes at %v, want %v", c.at, want)
 	}
 }
+
+// TestBatcherBehind: the path is behind once a Write finds the queue full behind a write in flight,
+// and no longer once the flusher has drained the queue.
+func TestBatcherBehind(t *testing.T) {
+	g := &gatedConn{gate: make(chan struct{})}
+	b := newBatcher(g)
+	if _, err := b.Write([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	// "a" is in flight once the flusher took it; the next writes queue behind it.
+	waitFor(t, "the flusher to take the first write", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.pending) == 0
+	})
+	half := make([]byte, maxBatch/2)
+	for range 2 {
+		if _, err := b.Write(half); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.behind.Load() {
+		t.Fatal("behind with the queue full but nobody waiting")
+	}
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := b.Write(half)
+		wrote <- err
+	}()
+	waitFor(t, "a write to wait for the path", b.behind.Load)
+	close(g.gate)
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if b.behind.Load() {
+		t.Error("still behind after the queue drained")
+	}
+	if n := len(g.messages()); n != 3 {
+		t.Errorf("%d writes, want 3 (a, the full queue, the write that waited)", n)
+	}
+}

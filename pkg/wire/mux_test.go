@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/yamux"
 )
 
 func TestTunnelConcurrentStreams(t *testing.T) {
@@ -624,4 +626,212 @@ func TestAcceptJoin(t *testing.T) {
 			t.Errorf("the dialed connection's peer read %v, want it closed", err)
 		}
 	})
+}
+
+// holdConn is one end of a connection whose writes can be held, like a path that stopped taking
+// bytes: a Write waits while held. Close releases it so that a failed test still tears down.
+type holdConn struct {
+	net.Conn
+	mu   sync.Mutex
+	cond *sync.Cond
+	held bool
+}
+
+func newHoldConn(c net.Conn) *holdConn {
+	h := &holdConn{Conn: c}
+	h.cond = sync.NewCond(&h.mu)
+	return h
+}
+
+func (h *holdConn) hold(on bool) {
+	h.mu.Lock()
+	h.held = on
+	h.cond.Broadcast()
+	h.mu.Unlock()
+}
+
+func (h *holdConn) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	for h.held {
+		h.cond.Wait()
+	}
+	h.mu.Unlock()
+	return h.Conn.Write(p)
+}
+
+func (h *holdConn) Close() error {
+	h.hold(false)
+	return h.Conn.Close()
+}
+
+// writeEntered tells when a Stream has encoded a block and hands it to yamux.
+type writeEntered struct {
+	*yamux.Stream
+	entered chan struct{}
+}
+
+func (w *writeEntered) Write(p []byte) (int, error) {
+	select {
+	case w.entered <- struct{}{}:
+	default:
+	}
+	return w.Stream.Write(p)
+}
+
+// TestTunnelZstdWhileBehind: with MuxConfig.ZstdWhileBehind, a writer on an s2 stream sends zstd
+// blocks while its session's connection is behind and s2 blocks while it keeps up, and never sends a
+// zstd block to a peer that did not offer zstd (the acceptor writing) or did not say it decodes it
+// (the opener writing, to an older acceptor); without the option it sends none. The path is "behind" because its writes are held while another stream fills the
+// batcher; the block under test is encoded before the hold is lifted, so nothing depends on timing.
+func TestTunnelZstdWhileBehind(t *testing.T) {
+	both := []Compression{CompressionS2, CompressionZstd}
+	for _, tc := range []struct {
+		name         string
+		openerWrites bool
+		behind       bool
+		offer        []Compression
+		oldAcceptor  bool // replies without decodes, as builds before it did
+		off          bool // MuxConfig.ZstdWhileBehind left off
+		wantZstd     bool
+	}{
+		{name: "acceptor writes, path keeps up", offer: both},
+		{name: "acceptor writes, path behind", behind: true, offer: both, wantZstd: true},
+		{name: "acceptor writes, path behind, opener offered s2 only", behind: true, offer: []Compression{CompressionS2}},
+		{name: "opener writes, path keeps up", openerWrites: true, offer: both},
+		{name: "opener writes, path behind", openerWrites: true, behind: true, offer: both, wantZstd: true},
+		{name: "opener writes, path behind, older acceptor", openerWrites: true, behind: true, offer: both, oldAcceptor: true},
+		{name: "acceptor writes, path behind, option off", behind: true, offer: both, off: true},
+		{name: "opener writes, path behind, option off", openerWrites: true, behind: true, offer: both, off: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cc, sc := net.Pipe()
+			hc, hs := newHoldConn(cc), newHoldConn(sc)
+			cfg := DefaultMuxConfig()
+			cfg.ZstdWhileBehind = !tc.off
+			client, err := Client(hc, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			server, err := Server(hs, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			open := func(addr string) (opener, acceptor *Stream) {
+				t.Helper()
+				type res struct {
+					st  *Stream
+					err error
+				}
+				opened := make(chan res, 1)
+				go func() {
+					st, err := client.Open(context.Background(), dialReq(addr, tc.offer...))
+					opened <- res{st, err}
+				}()
+				in, err := server.Accept(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.oldAcceptor {
+					if err := WriteMessage(in.ys, OpenReply{Code: CodeOK, Compression: CompressionS2}); err != nil {
+						t.Fatal(err)
+					}
+					acceptor = newStream(in.ys, CompressionS2, server.codecs, in.req)
+				} else if acceptor, err = in.Accept(); err != nil {
+					t.Fatal(err)
+				}
+				r := <-opened
+				if r.err != nil {
+					t.Fatal(r.err)
+				}
+				t.Cleanup(func() {
+					r.st.Close()
+					acceptor.Close()
+				})
+				return r.st, acceptor
+			}
+			fillO, fillA := open("fill:1")
+			jsonO, jsonA := open("json:1")
+			fillW, fillR, jsonW, jsonR, wconn, wmux := fillA, fillO, jsonA, jsonO, hs, server
+			if tc.openerWrites {
+				fillW, fillR, jsonW, jsonR, wconn, wmux = fillO, fillA, jsonO, jsonA, hc, client
+			}
+			if jsonW.Compression() != CompressionS2 {
+				t.Fatalf("negotiated %v, want s2", jsonW.Compression())
+			}
+
+			drained := make(chan error, 1)
+			go func() {
+				_, err := io.Copy(io.Discard, fillR)
+				drained <- err
+			}()
+			type result struct {
+				got    []byte
+				blocks [blockZstd + 1]int
+				err    error
+			}
+			read := make(chan result, 1)
+			go func() {
+				got, err := io.ReadAll(jsonR)
+				read <- result{got, jsonR.blocksRead, err}
+			}()
+			filled := make(chan error, 1)
+			if tc.behind {
+				// 3 MiB of random data, within the 4 MiB window, fills the 1 MiB queue behind the
+				// held write.
+				wconn.hold(true)
+				go func() {
+					_, err := fillW.Write(randomBytes(1, 3<<20))
+					filled <- errors.Join(err, fillW.CloseWrite())
+				}()
+				waitFor(t, "the path to fall behind", wmux.batcher.behind.Load)
+			} else {
+				filled <- fillW.CloseWrite()
+			}
+
+			entered := make(chan struct{}, 1)
+			jsonW.ys = &writeEntered{Stream: jsonW.ys.(*yamux.Stream), entered: entered}
+			payload := jsonBytes(5, MaxBlockSize) // one block
+			wrote := make(chan error, 1)
+			go func() {
+				_, err := jsonW.Write(payload)
+				wrote <- errors.Join(err, jsonW.CloseWrite())
+			}()
+			<-entered // the block is encoded
+			wconn.hold(false)
+
+			for _, ch := range []chan error{wrote, filled, drained} {
+				if err := <-ch; err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := <-read
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			if !bytes.Equal(r.got, payload) {
+				t.Fatalf("read %d bytes, wrote %d (or they differ)", len(r.got), len(payload))
+			}
+			want := [blockZstd + 1]int{blockS2: 1}
+			if tc.wantZstd {
+				want = [blockZstd + 1]int{blockZstd: 1}
+			}
+			if r.blocks != want {
+				t.Errorf("blocks read (raw, s2, zstd) %v, want %v", r.blocks, want)
+			}
+		})
+	}
+}
+
+// waitFor waits until cond holds, yielding in between; it fails the test after a minute.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.Gosched()
+	}
 }
