@@ -11,10 +11,6 @@ import (
 // the back-pressure yamux expects from a slow connection.
 const maxBatch = 1 << 20
 
-// behindLow is the queue below which the path is no longer behind (see batcher.behind): the
-// connection took the previous write before a quarter of maxBatch had queued behind it.
-const behindLow = maxBatch / 4
-
 // batcher is group commit for the data connection: yamux's send loop hands it frames, and while one
 // write is on its way through the port-forward chain (apiserver, kubelet, runtime: each write is a
 // message every hop handles), the frames that arrive meanwhile are joined into the next write. Idle,
@@ -30,14 +26,6 @@ type batcher struct {
 	interval atomic.Int64 // time.Duration; zero writes as soon as the previous write returned
 	last     time.Time    // when the last write started; only the flusher uses it
 	clock    Clock        // the waits for interval and closeFlush; a fake one in tests
-
-	// behind says that writes wait on the path: a Write found maxBatch queued behind the write in
-	// flight, and since then the flusher has not found less than behindLow queued when it came back
-	// for the next batch. Streams read it for every block to choose a codec (Stream.blockCodec). It
-	// costs nothing the batcher did not already do: no clock, no syscall, one atomic load per block.
-	// The two marks are the hysteresis: a producer slowed down by a costlier codec keeps it until
-	// the queue has drained to a quarter, not merely below full.
-	behind atomic.Bool
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -62,9 +50,6 @@ func (b *batcher) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for b.err == nil && !b.closing && len(b.pending) > 0 && len(b.pending)+len(p) > maxBatch {
-		if !b.behind.Load() {
-			b.behind.Store(true)
-		}
 		b.cond.Wait()
 	}
 	if b.err != nil {
@@ -82,11 +67,6 @@ func (b *batcher) flush() {
 	defer close(b.done)
 	b.mu.Lock()
 	for {
-		if len(b.pending) < behindLow && b.behind.Load() {
-			// The connection took the last write before much queued behind it, or the flusher
-			// is about to go idle: the path keeps up.
-			b.behind.Store(false)
-		}
 		for len(b.pending) == 0 && !b.closing && b.err == nil {
 			b.cond.Wait()
 		}

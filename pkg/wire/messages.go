@@ -200,11 +200,6 @@ type OpenReply struct {
 	Code        Code        `json:"code"`
 	Message     string      `json:"message,omitempty"`
 	Compression Compression `json:"compression,omitempty"`
-	// Decodes lists the codecs whose blocks the answering side decodes on this stream besides
-	// Compression's, so that the opener may send zstd blocks on an s2 stream while its path is behind,
-	// as the answering side may since the request offered zstd. Names this build does not know are
-	// ignored; an older peer sends none.
-	Decodes []Compression `json:"decodes,omitempty"`
 }
 
 func (Hello) FrameType() FrameType       { return FrameHello }

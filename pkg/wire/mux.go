@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -27,13 +26,6 @@ type MuxConfig struct {
 	AcceptBacklog int
 	// OpenTimeout bounds the open handshake of one stream (request to reply).
 	OpenTimeout time.Duration
-	// ZstdWhileBehind lets the session's s2 streams send zstd blocks, to a peer that decodes them,
-	// while the connection is behind (docs/protocol.md, §7.3). Off by default: on the link bench's
-	// 1 Gbit/s link, where the agent shares two cores with every proxy of the path, the path was
-	// behind for want of the CPU zstd takes (JSON 214 MiB/s with it, 249 with s2 only), and at
-	// 100 Mbit/s the stream window, not the connection, held the writer back, so it never engaged
-	// (docs/performance.md, Laptop link).
-	ZstdWhileBehind bool
 	// Log receives yamux's own diagnostics. Nil means io.Discard. Never pass os.Stdout: on the agent,
 	// stdout is the control channel.
 	Log io.Writer
@@ -98,7 +90,6 @@ type Mux struct {
 	mux      *yamux.Session
 	batcher  *batcher
 	codecs   *codecs
-	behind   *atomic.Bool // the batcher's mark when cfg.ZstdWhileBehind, else nil
 	openTO   time.Duration
 	incoming chan *Incoming
 	done     chan struct{}
@@ -142,9 +133,6 @@ func newMux(m *yamux.Session, b *batcher, cfg MuxConfig) *Mux {
 		openTO:   openTO,
 		incoming: make(chan *Incoming, backlog),
 		done:     make(chan struct{}),
-	}
-	if cfg.ZstdWhileBehind {
-		s.behind = &b.behind
 	}
 	s.acceptWG.Add(1)
 	go s.acceptLoop()
@@ -228,11 +216,7 @@ func (s *Mux) Open(ctx context.Context, req OpenRequest) (*Stream, error) {
 		return nil, err
 	}
 	_ = ys.SetDeadline(time.Time{})
-	st := newStream(ys, reply.Compression, s.codecs, req)
-	// The reply's Decodes is the peer's word that it decodes those codecs' blocks; an older peer
-	// sends none, and then gets only blocks of the codec it chose.
-	st.slow, st.behind = slowCodec(reply.Compression, reply.Decodes), s.behind
-	return st, nil
+	return newStream(ys, reply.Compression, s.codecs, req), nil
 }
 
 func (s *Mux) openHandshake(ys *yamux.Stream, req OpenRequest) (OpenReply, error) {
@@ -391,18 +375,11 @@ func (in *Incoming) AcceptWith(c Compression) (*Stream, error) {
 	if c != CompressionNone && !contains(in.req.Compression, c) {
 		c = CompressionNone
 	}
-	reply := OpenReply{Code: CodeOK, Compression: c}
-	if c != CompressionNone {
-		reply.Decodes = SupportedCompression()
-	}
-	if err := WriteMessage(in.ys, reply); err != nil {
+	if err := WriteMessage(in.ys, OpenReply{Code: CodeOK, Compression: c}); err != nil {
 		_ = in.ys.Close()
 		return nil, err
 	}
-	st := newStream(in.ys, c, in.sess.codecs, in.req)
-	// The opener decodes what it offered: a peer that did not offer zstd never gets a zstd block.
-	st.slow, st.behind = slowCodec(c, in.req.Compression), in.sess.behind
-	return st, nil
+	return newStream(in.ys, c, in.sess.codecs, in.req), nil
 }
 
 // Reject answers with the code CodeFor(reason) and reason's text, then closes the stream.

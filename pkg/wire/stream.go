@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -29,12 +28,6 @@ type Stream struct {
 	ownCodecs bool
 	req       OpenRequest
 
-	// slow is the codec for blocks while *behind says the session's connection is behind:
-	// zstd on an s2 stream whose peer decodes zstd (see slowCodec), else CompressionNone. behind is
-	// the session's batcher.behind, nil for a wrapped stream or when MuxConfig.ZstdWhileBehind is off.
-	slow   Compression
-	behind *atomic.Bool
-
 	rmu     sync.Mutex
 	hdr     [blockCompHeaderSize]byte
 	hdrN    int // header bytes read so far; reads survive deadlines mid-block
@@ -46,8 +39,6 @@ type Stream struct {
 	dec     *[]byte
 	pending []byte // decoded bytes not yet returned
 	rerr    error  // sticky read error (io.EOF, ErrStreamAborted, corruption)
-	// blocksRead counts the data blocks read by type (raw, s2, zstd), for tests and debugging.
-	blocksRead [blockZstd + 1]int
 
 	wmu    sync.Mutex
 	skip   int    // blocks left to send uncompressed
@@ -69,29 +60,6 @@ func newStream(ys io.ReadWriteCloser, codec Compression, c *codecs, req OpenRequ
 	return &Stream{ys: ys, codec: codec, codecs: c, req: req, backof: 1}
 }
 
-// slowCodec is the codec a writer may use while its path is behind, given the stream's codec and the
-// codecs the peer decodes: zstd on an s2 stream when the peer decodes zstd, else none. zstd sends
-// ~45% fewer bytes of JSON than s2 for ~2-3x the CPU; that trade pays only while the bytes wait on
-// the path, not on our CPU. A stream negotiated without compression stays so (UDP, or a peer that
-// chose none on purpose), and a zstd stream has nothing better to switch to.
-func slowCodec(codec Compression, peerDecodes []Compression) Compression {
-	if codec == CompressionS2 && contains(peerDecodes, CompressionZstd) {
-		return CompressionZstd
-	}
-	return CompressionNone
-}
-
-// blockCodec is the codec for the next block: the stream's own, or the slow one while the session's
-// connection is behind. One atomic load per block of up to 64 KiB; no clock, no syscall. The slow
-// codec is only for data that compresses (the last attempt saved, backof is 1): the probes that the
-// skip makes into incompressible data stay s2's, which costs a fraction of zstd's on random bytes.
-func (s *Stream) blockCodec() Compression {
-	if s.slow != CompressionNone && s.backof == 1 && s.behind != nil && s.behind.Load() {
-		return s.slow
-	}
-	return s.codec
-}
-
 // Wrap applies the stream framing and codec to any byte stream, for tests and for transports other
 // than yamux. Close must mean "no more writes from me" on rwc for the half-close rules to hold, as it
 // does for a yamux stream; on a TCP connection, end blocks still work but an abort is only seen when
@@ -108,8 +76,7 @@ func Wrap(rwc io.ReadWriteCloser, codec Compression) (*Stream, error) {
 // Request is the open request that created the stream.
 func (s *Stream) Request() OpenRequest { return s.req }
 
-// Compression is the codec both directions negotiated. A writer whose peer decodes zstd may send zstd
-// blocks on an s2 stream while the session's connection is behind (docs/protocol.md, §7.3).
+// Compression is the codec both directions use.
 func (s *Stream) Compression() Compression { return s.codec }
 
 // ID is yamux's stream id, for logs; 0 for a wrapped stream.
@@ -226,7 +193,6 @@ func (s *Stream) readBlock() error {
 			return s.corrupt(fmt.Errorf("raw block of %d bytes: %w", size, ErrMalformed))
 		}
 		s.hdrN, s.rawLeft = 0, size
-		s.blocksRead[blockRaw]++
 		return nil
 	case blockEnd:
 		if size != 0 {
@@ -265,7 +231,6 @@ func (s *Stream) readBlock() error {
 		return s.corrupt(err)
 	}
 	s.pending = out
-	s.blocksRead[typ]++
 	return nil
 }
 
@@ -326,7 +291,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		chunk := p[:min(len(p), MaxBlockSize)]
-		codec := s.blockCodec()
+		codec := s.codec
 		if s.skip > 0 {
 			s.skip--
 			codec = CompressionNone

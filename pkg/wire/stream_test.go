@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -86,70 +85,6 @@ func TestStreamAdaptive(t *testing.T) {
 	}
 	if st.backof != 1 {
 		t.Errorf("compressible data did not reset the backoff (%d)", st.backof)
-	}
-}
-
-// TestStreamSlowCodec: an s2 stream whose peer decodes zstd sends zstd blocks exactly while the path
-// is behind, and one whose peer does not never does; either way the reader gets the data back.
-func TestStreamSlowCodec(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		codec Compression
-		peer  []Compression
-		want  [2]byte // block type while keeping up, while behind
-	}{
-		{"s2, peer decodes zstd", CompressionS2, []Compression{CompressionS2, CompressionZstd}, [2]byte{blockS2, blockZstd}},
-		{"s2, peer decodes s2 only", CompressionS2, []Compression{CompressionS2}, [2]byte{blockS2, blockS2}},
-		{"s2, older peer", CompressionS2, nil, [2]byte{blockS2, blockS2}},
-		{"zstd", CompressionZstd, []Compression{CompressionS2, CompressionZstd}, [2]byte{blockZstd, blockZstd}},
-		{"none", CompressionNone, []Compression{CompressionS2, CompressionZstd}, [2]byte{blockRaw, blockRaw}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			var out bytes.Buffer
-			var behind atomic.Bool
-			w, _ := Wrap(nopCloser{&out}, tc.codec)
-			defer w.Close()
-			w.slow, w.behind = slowCodec(tc.codec, tc.peer), &behind
-			var sent []byte
-			var want []byte
-			for i, b := range []bool{false, true, true, false, true} {
-				behind.Store(b)
-				p := jsonBytes(uint64(i), 2*MaxBlockSize)
-				if _, err := w.Write(p); err != nil {
-					t.Fatal(err)
-				}
-				sent = append(sent, p...)
-				typ := tc.want[0]
-				if b {
-					typ = tc.want[1]
-				}
-				want = append(want, typ, typ)
-			}
-			if err := w.CloseWrite(); err != nil {
-				t.Fatal(err)
-			}
-			var got []byte
-			for b := out.Bytes(); len(b) > 0 && b[0] != blockEnd; {
-				got = append(got, b[0])
-				if b[0] == blockRaw {
-					b = b[blockHeaderSize+uint24(b[1:4]):]
-				} else {
-					b = b[blockCompHeaderSize+uint24(b[1:4]):]
-				}
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("block types %x, want %x", got, want)
-			}
-			r, _ := Wrap(nopCloser{&out}, CompressionNone)
-			defer r.Close()
-			back, err := io.ReadAll(r)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(back, sent) {
-				t.Errorf("read back %d bytes, wrote %d (or they differ)", len(back), len(sent))
-			}
-		})
 	}
 }
 
