@@ -692,11 +692,43 @@ func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, 
 			return nil, nil, wire.ErrSessionClosed
 		}
 		s, err := t.Open(ctx, req)
-		if err != nil && c.resumable() && ctx.Err() == nil && closed(t.Done()) {
+		if err != nil && c.resumable() && ctx.Err() == nil && muxGoing(ctx, t, err, c.heartbeatDeadline()) {
 			c.dropLinkIf(l)
 			continue
 		}
 		return s, t, err
+	}
+}
+
+func (c *Tunnel) heartbeatDeadline() time.Duration {
+	if d := c.cfg.HeartbeatDeadline; d > 0 {
+		return d
+	}
+	return wire.DefaultHeartbeatDeadline
+}
+
+// muxGoing says whether an open that failed with err failed because its data connection is going.
+// The agent's answer (a RemoteError) is final. Any other error may be the first sign of a cut
+// connection: yamux hands a failed write to the stream before it closes the session, so an open
+// that races the cut can fail while Done is still open (a plugin resumed after a SIGSTOP accepted
+// a waiting local connection and reset it instead of waiting for the reconnect). The mux is given
+// up to within to show it is closing; a live one that refused a stream is left as it is.
+func muxGoing(ctx context.Context, t *wire.Mux, err error, within time.Duration) bool {
+	if closed(t.Done()) {
+		return true
+	}
+	if _, ok := errors.AsType[*wire.RemoteError](err); ok || errors.Is(err, wire.ErrMalformed) {
+		return false
+	}
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	select {
+	case <-t.Done():
+		return true
+	case <-timer.C:
+		return false
+	case <-ctx.Done():
+		return false
 	}
 }
 
