@@ -413,11 +413,7 @@ func waitAny(ctx context.Context, chans []<-chan struct{}) bool {
 // resumes it, says it no longer has it, or the grace (counted from lost, plus the heartbeat
 // deadline by which the agent notices) is over.
 func (c *Tunnel) reconnect(lost time.Time) (*link, error) {
-	deadline := c.cfg.HeartbeatDeadline
-	if deadline <= 0 {
-		deadline = wire.DefaultHeartbeatDeadline
-	}
-	giveUp := lost.Add(c.grace + deadline)
+	giveUp := lost.Add(c.grace + c.heartbeatDeadline())
 	wait := c.cfg.RetryMin
 	resume := &wire.Resume{SessionID: c.welcome.SessionID, Token: *c.token}
 	for {
@@ -700,6 +696,7 @@ func (c *Tunnel) open(ctx context.Context, req wire.OpenRequest) (*wire.Stream, 
 	}
 }
 
+// heartbeatDeadline is the configured deadline, or the wire default.
 func (c *Tunnel) heartbeatDeadline() time.Duration {
 	if d := c.cfg.HeartbeatDeadline; d > 0 {
 		return d
@@ -710,9 +707,9 @@ func (c *Tunnel) heartbeatDeadline() time.Duration {
 // muxGoing says whether an open that failed with err failed because its data connection is going.
 // The agent's answer (a RemoteError) is final. Any other error may be the first sign of a cut
 // connection: yamux hands a failed write to the stream before it closes the session, so an open
-// that races the cut can fail while Done is still open (a plugin resumed after a SIGSTOP accepted
-// a waiting local connection and reset it instead of waiting for the reconnect). The mux is given
-// up to within to show it is closing; a live one that refused a stream is left as it is.
+// that races the cut can fail while Done is still open, and would end a local connection that
+// should have waited for the next link. The mux is given up to within to show it is closing; a
+// live one that refused a stream is left as it is.
 func muxGoing(ctx context.Context, t *wire.Mux, err error, within time.Duration) bool {
 	if closed(t.Done()) {
 		return true
